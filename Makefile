@@ -1,0 +1,45 @@
+# Pharmacy fulfillment: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install contracts up down status demo test lint unit e2e clean
+
+$(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -c constraints.txt -e ./contracts -e '.[devstack,test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## virtual environment with the services, the dev stack and the test tools
+
+contracts: install ## JSON Schema per message into contracts/schemas, topic table into README
+	$(BIN)/python -m pharmacy_contracts.schemas contracts/schemas
+	$(BIN)/python -m services.ops.readme_topics README.md
+
+up: install ## broker, database, topics and the four services on loopback; logs in .devstack/logs
+	$(BIN)/pharmacy-dev up
+
+down: ## stop everything `make up` started
+	@if [ -x $(BIN)/pharmacy-dev ]; then $(BIN)/pharmacy-dev down; fi
+
+status: install
+	$(BIN)/pharmacy-dev status
+
+demo: install ## the whole system on the embedded stack, a simulated rural county, a summary
+	$(BIN)/python -m services.ops.demo
+
+lint: install
+	$(BIN)/ruff check services contracts tests
+	$(BIN)/lint-imports
+
+test: install lint ## every test; starts and stops its own broker and database
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+clean: down
+	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache

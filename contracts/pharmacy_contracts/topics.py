@@ -1,0 +1,175 @@
+"""The one registry of topic names and the messages each topic carries.
+
+Public topics keep their names forever (other teams depend on them); a breaking change to a
+message is a new topic with a new version suffix, never an edit in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Any, Union
+
+from pydantic import Field, TypeAdapter
+
+from .consultation import PrescriptionAccepted, PrescriptionSubmitted
+from .courier import (
+    CourierAssigned,
+    CourierReported,
+    DeliveryAbandoned,
+    DeliveryAccepted,
+    DeliveryCompleted,
+    DeliveryFailed,
+    DeliveryPickedUp,
+    DispatchOffered,
+)
+from .envelope import Envelope
+from .inventory import (
+    AdjustmentRequested,
+    LowStock,
+    ReservationFailed,
+    RestockRequested,
+    StockAdjusted,
+    StockCommandRefused,
+    StockDispatched,
+    StockReleased,
+    StockReserved,
+    StockRestocked,
+    StockReturned,
+)
+from .prescription import PrescriptionApproved, PrescriptionRejected
+
+DEAD_LETTER_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    key: str
+    key_fields: tuple[str, ...]
+    messages: tuple[type[Envelope], ...]
+    public: bool
+    description: str
+
+    @cached_property
+    def adapter(self) -> TypeAdapter[Any]:
+        """Parses raw bytes into the right message class, refusing anything else."""
+        if len(self.messages) == 1:
+            return TypeAdapter(self.messages[0])
+        union = Annotated[Union[self.messages], Field(discriminator="type")]  # noqa: UP007
+        return TypeAdapter(union)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.name + DEAD_LETTER_SUFFIX
+
+    def parse(self, raw: bytes | str) -> Envelope:
+        return self.adapter.validate_json(raw)
+
+    def key_of(self, message: Envelope) -> str:
+        """The partition key: the first of `key_fields` the message has a value for."""
+        for field_name in self.key_fields:
+            value = getattr(message, field_name, None)
+            if value:
+                return str(value)
+        raise ValueError(f"{type(message).__name__} has none of {self.key_fields}")
+
+
+CONSULTATION_PRESCRIPTIONS = Topic(
+    "consultation.prescriptions.v1",
+    key="prescription id",
+    key_fields=("correlation_id",),
+    messages=(PrescriptionSubmitted,),
+    public=True,
+    description="Upstream consultation systems publish issued prescriptions here.",
+)
+CONSULTATION_INTAKE = Topic(
+    "consultation.intake.v1",
+    key="prescription id",
+    key_fields=("correlation_id",),
+    messages=(PrescriptionAccepted,),
+    public=False,
+    description="Validated, de-duplicated prescriptions handed on for checking.",
+)
+PRESCRIPTION_DECISIONS = Topic(
+    "prescription.decisions.v1",
+    key="prescription id",
+    key_fields=("prescription_id",),
+    messages=(PrescriptionApproved, PrescriptionRejected),
+    public=False,
+    description="The formulary check's verdict on each prescription.",
+)
+INVENTORY_COMMANDS = Topic(
+    "inventory.commands.v1",
+    key="warehouse id",
+    key_fields=("warehouse_id",),
+    messages=(RestockRequested, AdjustmentRequested),
+    public=False,
+    description="Restock and adjustment requests from warehouse staff.",
+)
+INVENTORY_EVENTS = Topic(
+    "inventory.events.v1",
+    key="prescription id for reservations, warehouse id for stock-only events",
+    key_fields=("prescription_id", "warehouse_id"),
+    messages=(
+        StockReserved,
+        ReservationFailed,
+        StockReleased,
+        StockDispatched,
+        StockReturned,
+        StockRestocked,
+        StockAdjusted,
+        StockCommandRefused,
+        LowStock,
+    ),
+    public=True,
+    description="Every stock change and alert, for warehouse staff and downstream services.",
+)
+COURIER_DISPATCH = Topic(
+    "courier.dispatch.v1",
+    key="courier id",
+    key_fields=("courier_id",),
+    messages=(DispatchOffered,),
+    public=True,
+    description="Dispatch offers to couriers; each courier reads the messages keyed by its id.",
+)
+COURIER_UPDATES = Topic(
+    "courier.updates.v1",
+    key="package id",
+    key_fields=("package_id",),
+    messages=(CourierReported,),
+    public=True,
+    description="Couriers report accepted, picked up, delivered or failed.",
+)
+COURIER_DELIVERIES = Topic(
+    "courier.deliveries.v1",
+    key="prescription id",
+    key_fields=("prescription_id",),
+    messages=(
+        CourierAssigned,
+        DeliveryAccepted,
+        DeliveryPickedUp,
+        DeliveryCompleted,
+        DeliveryFailed,
+        DeliveryAbandoned,
+    ),
+    public=False,
+    description="The delivery lifecycle as the courier service decides it.",
+)
+
+ALL_TOPICS: tuple[Topic, ...] = (
+    CONSULTATION_PRESCRIPTIONS,
+    CONSULTATION_INTAKE,
+    PRESCRIPTION_DECISIONS,
+    INVENTORY_COMMANDS,
+    INVENTORY_EVENTS,
+    COURIER_DISPATCH,
+    COURIER_UPDATES,
+    COURIER_DELIVERIES,
+)
+BY_NAME = {topic.name: topic for topic in ALL_TOPICS}
+TOPIC_OF_MESSAGE: dict[type[Envelope], Topic] = {message: topic for topic in ALL_TOPICS for message in topic.messages}
+
+
+def topic_for(message: Envelope) -> Topic:
+    return TOPIC_OF_MESSAGE[type(message)]

@@ -1,0 +1,1 @@
+"""The four fulfillment services, their shared runtime, and the people-facing tools."""

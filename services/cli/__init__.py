@@ -1,0 +1,1 @@
+"""Command-line tools for upstream systems, warehouse and pharmacy staff, and couriers."""

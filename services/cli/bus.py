@@ -1,0 +1,91 @@
+"""Publishing and following topics from tools (CLI, demo, tests): plain aiokafka, contracts only."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from uuid import uuid4
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import ValidationError
+
+from pharmacy_contracts import Envelope
+from pharmacy_contracts.topics import Topic, topic_for
+from services.runtime.settings import RuntimeSettings
+
+
+@asynccontextmanager
+async def producer(settings: RuntimeSettings) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks=settings.kafka_acks_value(),
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=5,
+    )
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+def encode(message: Envelope) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+    topic = topic_for(message)
+    headers = [
+        ("content-type", b"application/json"),
+        ("message-type", message.type.encode()),
+        ("message-id", message.message_id.encode()),
+        ("correlation-id", message.correlation_id.encode()),
+    ]
+    return topic.name, topic.key_of(message).encode(), message.model_dump_json().encode(), headers
+
+
+async def publish_all(client: AIOKafkaProducer, messages: Iterable[Envelope]) -> int:
+    """Send in order and wait until the broker confirmed every one."""
+    futures = []
+    for message in messages:
+        name, key, value, headers = encode(message)
+        futures.append(await client.send(name, value, key=key, headers=headers))
+    for future in futures:
+        await future
+    return len(futures)
+
+
+async def publish(settings: RuntimeSettings, *messages: Envelope) -> int:
+    async with producer(settings) as client:
+        return await publish_all(client, messages)
+
+
+async def follow(
+    settings: RuntimeSettings, topic: Topic, *, from_beginning: bool = False, keys: set[str] | None = None
+) -> AsyncIterator[tuple[str | None, Envelope | None, bytes]]:
+    """Yield (key, parsed message or None if it breaks the contract, raw bytes), forever.
+
+    A tool reads without a consumer group of its own, so watching never steals messages from a service.
+    """
+    consumer = AIOKafkaConsumer(
+        topic.name,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        client_id=f"pharmacy-tool-{uuid4().hex[:8]}",
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+    )
+    await consumer.start()
+    try:
+        async for record in consumer:
+            key = record.key.decode() if record.key else None
+            if keys is not None and key not in keys:
+                continue
+            try:
+                parsed: Envelope | None = topic.parse(record.value)
+            except ValidationError:
+                parsed = None
+            yield key, parsed, record.value
+    finally:
+        await consumer.stop()
+
+
+def short_id() -> str:
+    return uuid4().hex[:12]

@@ -1,0 +1,40 @@
+"""FastStream wiring of the consultation service."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+
+from pharmacy_contracts import topics
+from pharmacy_contracts.envelope import utc_now
+from services.runtime.service import ServiceRuntime
+
+from .service import ConsultationService
+from .settings import ConsultationSettings
+from .storage import ConsultationStorage
+
+#: Topics whose events move a prescription along; the status of each is kept from them.
+LIFECYCLE_TOPICS = (
+    topics.CONSULTATION_INTAKE,
+    topics.PRESCRIPTION_DECISIONS,
+    topics.INVENTORY_EVENTS,
+    topics.COURIER_DELIVERIES,
+)
+
+
+def create_app(settings: ConsultationSettings) -> FastStream:
+    runtime = ServiceRuntime("consultation", settings)
+    storage = ConsultationStorage(runtime.database)
+    runtime.publish_outbox_of(storage.with_outbox)
+    service = ConsultationService(storage, runtime.notify_relay, clock=utc_now)
+
+    runtime.consume(
+        topics.CONSULTATION_PRESCRIPTIONS,
+        group="consultation.intake",
+        handle=service.receive_prescription,
+        title="receive prescriptions from upstream",
+    )
+    for topic in LIFECYCLE_TOPICS:
+        runtime.consume(
+            topic, group=f"consultation.status.{topic.name}", handle=service.track, title=f"track {topic.name}"
+        )
+    return runtime.app(on_startup=storage.ensure_indexes)

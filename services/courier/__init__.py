@@ -1,0 +1,1 @@
+"""Courier service: turns reserved prescriptions into deliveries, dispatches couriers, follows their reports."""

@@ -1,0 +1,213 @@
+"""Use cases of the courier service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from pharmacy_contracts import Envelope
+from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
+from pharmacy_contracts.prescription import PrescriptionApproved
+from services.runtime.documents import Change
+from services.runtime.kafka import Refused
+
+from . import domain
+from .domain import CourierProfile, Delivery, DeliveryState, ReportOutcome
+from .storage import CourierStorage
+
+log = structlog.get_logger()
+PRODUCER = "courier"
+
+Mutation = Callable[[Delivery], Delivery | None]
+
+
+class CourierService:
+    def __init__(self, storage: CourierStorage, notify_relay: Callable[[], None], max_attempts: int):
+        self._storage = storage
+        self._notify_relay = notify_relay
+        self._max_attempts = max_attempts
+
+    # --- what the delivery waits for ------------------------------------------------------------
+
+    async def on_decision(self, event: Envelope) -> None:
+        if isinstance(event, PrescriptionApproved):
+            details = event.delivery
+            await self._update(
+                event.prescription_id,
+                lambda d: None if d.details is not None else d.model_copy(update={"details": details}),
+                event,
+            )
+
+    async def on_inventory_event(self, event: Envelope) -> None:
+        match event:
+            case inv.StockReserved():
+                warehouse_id = event.warehouse_id
+                await self._update(
+                    event.prescription_id,
+                    lambda d: None if d.warehouse_id else d.model_copy(update={"warehouse_id": warehouse_id}),
+                    event,
+                )
+            case inv.ReservationFailed():
+                await self._update(
+                    event.prescription_id,
+                    lambda d: (
+                        d.model_copy(update={"state": DeliveryState.CANCELLED})
+                        if d.state is DeliveryState.WAITING
+                        else None
+                    ),
+                    event,
+                )
+
+    async def _update(self, rx: str, mutate: Mutation, cause: Envelope) -> None:
+        """Apply `mutate`; if the delivery then has all it needs, offer it to a courier in the same write."""
+        roster: list[CourierProfile] | None = None
+        loads: dict[str, int] = {}
+        for _ in range(3):
+            needs_roster: list[bool] = []
+
+            def decide(current: Delivery | None) -> Change[Delivery] | None:
+                mutated = mutate(current or Delivery(prescription_id=rx))
+                if mutated is None:
+                    return None
+                if not domain.ready_to_offer(mutated):
+                    return Change(mutated)
+                if roster is None:
+                    needs_roster.append(True)
+                    return None
+                return self._offer(mutated, roster, loads, cause)
+
+            change = await self._storage.deliveries.apply(rx, decide, message_id=cause.message_id)
+            if not needs_roster:
+                if change is not None and change.events:
+                    self._notify_relay()
+                return
+            roster = await self._storage.couriers()
+            loads = await self._storage.loads(roster)
+        raise RuntimeError(f"delivery {rx} kept changing while choosing a courier")
+
+    def _offer(
+        self, delivery: Delivery, roster: list[CourierProfile], loads: dict[str, int], cause: Envelope
+    ) -> Change[Delivery]:
+        tried = [a.courier_id for a in delivery.attempts]
+        courier = domain.choose_courier(roster, loads, tried)
+        offered = domain.offer(delivery, courier)
+        attempt = offered.current
+        if courier is None or attempt is None or offered.state is not DeliveryState.OFFERED:
+            log.warning("no courier available; delivery waits", prescription_id=delivery.prescription_id)
+            return Change(offered)
+        assert offered.details is not None and offered.warehouse_id is not None
+        common = {"correlation_id": delivery.prescription_id, "causation_id": cause.message_id, "producer": PRODUCER}
+        dispatch = c.DispatchOffered(
+            **common,
+            dispatch_id=attempt.dispatch_id,
+            courier_id=courier.courier_id,
+            package_id=delivery.prescription_id,
+            attempt=attempt.number,
+            pickup_warehouse_id=offered.warehouse_id,
+            address=offered.details.address,
+            contact_phone=offered.details.contact_phone,
+            cold_chain=offered.details.cold_chain,
+            controlled=offered.details.controlled,
+        )
+        assigned = c.CourierAssigned(
+            **common,
+            prescription_id=delivery.prescription_id,
+            dispatch_id=attempt.dispatch_id,
+            courier_id=courier.courier_id,
+            attempt=attempt.number,
+            warehouse_id=offered.warehouse_id,
+        )
+        log.info("courier dispatched", courier_id=courier.courier_id, attempt=attempt.number)
+        return Change(offered, [assigned, dispatch])
+
+    # --- what couriers report -------------------------------------------------------------------
+
+    async def on_report(self, report: c.CourierReported) -> None:
+        rx = report.package_id
+        refusal: list[domain.ReportRefused] = []
+        outcomes: list[ReportOutcome] = []
+        roster = await self._storage.couriers() if report.status == "failed" else []
+        loads = await self._storage.loads(roster) if roster else {}
+
+        def decide(current: Delivery | None) -> Change[Delivery] | None:
+            refusal.clear()
+            outcomes.clear()
+            if current is None:
+                refusal.append(domain.ReportRefused("unknown_package", f"no delivery for package {rx}"))
+                return None
+            try:
+                updated, outcome = domain.apply_report(
+                    current,
+                    dispatch_id=report.dispatch_id,
+                    courier_id=report.courier_id,
+                    status=report.status,
+                    failure_reason=report.failure_reason,
+                    max_attempts=self._max_attempts,
+                )
+            except domain.ReportRefused as refused:
+                refusal.append(refused)
+                return None
+            outcomes.append(outcome)
+            if outcome is ReportOutcome.IGNORED:
+                return None
+            return self._report_events(current, updated, outcome, report, roster, loads)
+
+        change = await self._storage.deliveries.apply(rx, decide, message_id=report.message_id)
+        if refusal:
+            raise Refused(refusal[0].code, str(refusal[0]))
+        if change is not None:
+            self._notify_relay()
+            log.info("courier report applied", outcome=outcomes[-1], courier_id=report.courier_id)
+
+    def _report_events(
+        self,
+        before: Delivery,
+        after: Delivery,
+        outcome: ReportOutcome,
+        report: c.CourierReported,
+        roster: list[CourierProfile],
+        loads: dict[str, int],
+    ) -> Change[Delivery]:
+        attempt = before.current
+        assert attempt is not None and before.warehouse_id is not None
+        common = {
+            "correlation_id": before.prescription_id,
+            "causation_id": report.message_id,
+            "producer": PRODUCER,
+            "prescription_id": before.prescription_id,
+            "dispatch_id": attempt.dispatch_id,
+            "courier_id": attempt.courier_id,
+            "attempt": attempt.number,
+        }
+        where = {"warehouse_id": before.warehouse_id}
+        match outcome:
+            case ReportOutcome.ACCEPTED:
+                return Change(after, [c.DeliveryAccepted(**common)])
+            case ReportOutcome.PICKED_UP:
+                return Change(after, [c.DeliveryPickedUp(**common, **where)])
+            case ReportOutcome.DELIVERED:
+                return Change(after, [c.DeliveryCompleted(**common, **where)])
+        assert report.failure_reason is not None
+        failed = c.DeliveryFailed(
+            **common,
+            **where,
+            reason=report.failure_reason,
+            goods_returned=before.state is DeliveryState.PICKED_UP,
+            will_retry=outcome is ReportOutcome.FAILED_WILL_RETRY,
+        )
+        if outcome is ReportOutcome.FAILED_GIVEN_UP:
+            abandoned = c.DeliveryAbandoned(
+                correlation_id=before.prescription_id,
+                causation_id=report.message_id,
+                producer=PRODUCER,
+                prescription_id=before.prescription_id,
+                warehouse_id=before.warehouse_id,
+                attempts=len(after.attempts),
+                last_reason=report.failure_reason,
+            )
+            log.info("delivery undeliverable", attempts=len(after.attempts))
+            return Change(after, [failed, abandoned])
+        redispatch = self._offer(after, roster, loads, report)
+        return Change(redispatch.state, [failed, *redispatch.events])

@@ -1,0 +1,32 @@
+"""The courier service's collections: deliveries and the courier roster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.runtime.documents import Change, DocumentStore
+
+from .domain import CourierProfile, Delivery
+
+
+class CourierStorage:
+    def __init__(self, database: Any) -> None:
+        self.deliveries: DocumentStore[Delivery] = DocumentStore(database, "courier_deliveries", Delivery)
+        self.roster: DocumentStore[CourierProfile] = DocumentStore(database, "courier_roster", CourierProfile)
+
+    @property
+    def with_outbox(self) -> list[DocumentStore[Any]]:
+        return [self.deliveries]
+
+    async def ensure_indexes(self) -> None:
+        await self.deliveries.ensure_indexes(plain=["active_courier_id", "state"])
+        await self.roster.ensure_indexes()
+
+    async def couriers(self) -> list[CourierProfile]:
+        return await self.roster.find()
+
+    async def loads(self, couriers: list[CourierProfile]) -> dict[str, int]:
+        return {c.courier_id: await self.deliveries.count(active_courier_id=c.courier_id) for c in couriers}
+
+    async def save_courier(self, courier: CourierProfile) -> None:
+        await self.roster.apply(courier.courier_id, lambda _: Change(courier))

@@ -1,0 +1,1 @@
+"""Inventory service: stock per warehouse and drug; reserves, releases and dispatches for prescriptions."""

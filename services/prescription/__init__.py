@@ -1,0 +1,1 @@
+"""Prescription service: checks each prescription against the formulary and approves or rejects it."""

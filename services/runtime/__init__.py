@@ -1,0 +1,1 @@
+"""Plumbing shared by the four services: settings, logging, storage base, Kafka wiring, outbox relay."""

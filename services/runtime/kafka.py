@@ -1,0 +1,184 @@
+"""Kafka wiring: the broker, the at-least-once subscriber with dead letters, topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from pharmacy_contracts import Envelope
+from pharmacy_contracts.topics import ALL_TOPICS, Topic
+
+from .documents import TRANSIENT_ERRORS
+from .settings import RuntimeSettings
+
+log = structlog.get_logger()
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+class Refused(Exception):
+    """A well-formed message the service will not act on (a forged sender, an unknown delivery).
+
+    It is dead-lettered with this reason at once: retrying cannot make it acceptable.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def create_broker(settings: RuntimeSettings, client_id: str) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks=settings.kafka_acks_value(),
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=settings.kafka_linger_ms,
+        graceful_timeout=8.0,
+        logger=None,
+    )
+
+
+class DeadLetters:
+    """Keeps what a consumer could not use, with the original bytes, so a person can replay it."""
+
+    def __init__(self, broker: KafkaBroker, group: str) -> None:
+        self._broker = broker
+        self._group = group
+
+    async def send(self, message: Any, topic: Topic, *, reason: str, detail: str, attempts: int) -> None:
+        record = message.raw_message
+        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        headers.update(
+            {
+                "dlq.reason": reason,
+                "dlq.detail": detail[:2000],
+                "dlq.topic": record.topic,
+                "dlq.partition": str(record.partition),
+                "dlq.offset": str(record.offset),
+                "dlq.group": self._group,
+                "dlq.attempts": str(attempts),
+            }
+        )
+        await self._broker.publish(record.value, topic=topic.dead_letter_topic, key=record.key, headers=headers)
+        log.warning("message dead-lettered", reason=reason, detail=detail[:300], attempts=attempts)
+
+
+def subscribe(
+    broker: KafkaBroker,
+    settings: RuntimeSettings,
+    *,
+    topic: Topic,
+    group: str,
+    handle: Handler,
+    title: str,
+) -> None:
+    """Register one at-least-once consumer of `topic`.
+
+    The offset is committed only after `handle` returned (AckPolicy.ACK), so a crash redelivers;
+    handlers are idempotent, so a redelivery changes nothing. Bad input never stops the consumer:
+    unparseable or contract-violating bytes and `Refused` messages go straight to the dead-letter
+    topic; a handler that keeps failing is retried with backoff and then dead-lettered. An
+    unreachable database is retried without limit: our outage is not the message's fault.
+    """
+    group_id = settings.group(group)
+    dead_letters = DeadLetters(broker, group_id)
+
+    async def consume(message: KafkaMessage) -> None:
+        record = message.raw_message
+        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
+        try:
+            try:
+                parsed: Envelope = topic.parse(message.body)
+            except ValidationError as error:
+                await dead_letters.send(message, topic, reason="contract_violation", detail=_brief(error), attempts=1)
+                return
+            structlog.contextvars.bind_contextvars(
+                correlation_id=parsed.correlation_id, message_id=parsed.message_id, message_type=parsed.type
+            )
+            await _handle_with_retries(parsed, message, topic, handle, dead_letters, settings)
+        finally:
+            structlog.contextvars.unbind_contextvars(
+                "topic", "partition", "offset", "correlation_id", "message_id", "message_type"
+            )
+
+    broker.subscriber(
+        topic.name,
+        group_id=group_id,
+        ack_policy=AckPolicy.ACK,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        title=title,
+        description=topic.description,
+    )(consume)
+
+
+async def _handle_with_retries(
+    parsed: Envelope,
+    message: Any,
+    topic: Topic,
+    handle: Handler,
+    dead_letters: DeadLetters,
+    settings: RuntimeSettings,
+) -> None:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await handle(parsed)
+            return
+        except Refused as refusal:
+            await dead_letters.send(message, topic, reason=refusal.code, detail=refusal.detail, attempts=attempt)
+            return
+        except TRANSIENT_ERRORS as error:
+            delay = min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0)
+            log.warning("database unreachable, retrying", error=str(error), attempt=attempt, delay_s=delay)
+            await asyncio.sleep(delay)
+        except Exception as error:
+            if attempt >= settings.handler_max_attempts:
+                log.exception("handler kept failing")
+                await dead_letters.send(
+                    message, topic, reason="processing_failed", detail=repr(error), attempts=attempt
+                )
+                return
+            delay = settings.handler_retry_backoff_s * 2 ** (attempt - 1)
+            log.warning("handler failed, retrying", error=repr(error), attempt=attempt, delay_s=delay)
+            await asyncio.sleep(delay)
+
+
+def _brief(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in error.errors()[:10])
+
+
+async def create_topics(settings: RuntimeSettings, *, with_dead_letters: bool = True) -> list[str]:
+    """Create every topic of the registry (and its dead-letter topic); existing ones are kept."""
+    names = [t.name for t in ALL_TOPICS]
+    if with_dead_letters:
+        names += [t.dead_letter_topic for t in ALL_TOPICS]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.kafka_topic_partitions, settings.kafka_replication_factor)
+            for name in names
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()

@@ -1,0 +1,76 @@
+"""Wiring shared by the four services: one `ServiceRuntime` per process, built by `create_app`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from faststream import FastStream
+
+from pharmacy_contracts.topics import Topic
+
+from .documents import DocumentStore, connect, ping
+from .kafka import Handler, create_broker, subscribe
+from .logging import configure_logging
+from .relay import OutboxRelay
+from .settings import RuntimeSettings
+
+log = structlog.get_logger()
+
+
+class ServiceRuntime:
+    """The clients one service process owns: built once, closed at shutdown."""
+
+    def __init__(self, name: str, settings: RuntimeSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.mongo = connect(settings.mongo_url.get_secret_value())
+        self.database = self.mongo[settings.mongo_database]
+        self.broker = create_broker(settings, client_id=f"{name}-{settings.instance_id}")
+        self.relay = OutboxRelay(self.broker, [], settings.outbox_poll_interval_s)
+
+    def publish_outbox_of(self, stores: Sequence[DocumentStore[Any]]) -> None:
+        self.relay = OutboxRelay(self.broker, stores, self.settings.outbox_poll_interval_s)
+
+    def notify_relay(self) -> None:
+        self.relay.notify()
+
+    def consume(self, topic: Topic, *, group: str, handle: Handler, title: str) -> None:
+        subscribe(self.broker, self.settings, topic=topic, group=group, handle=handle, title=title)
+
+    def app(self, *, on_startup: Callable[[], Awaitable[None]] | None = None) -> FastStream:
+        async def prepare() -> None:
+            await ping(self.mongo)
+            if on_startup is not None:
+                await on_startup()
+
+        async def started() -> None:
+            self.relay.start()
+            log.info("service started", bootstrap=self.settings.kafka_bootstrap_servers)
+
+        async def stop_consuming_then_flush() -> None:
+            # Stop fetching first and let in-flight handlers finish and commit, then publish what
+            # they stored, and only then let FastStream close the producer.
+            await asyncio.gather(*(sub.stop() for sub in self.broker.subscribers))
+            await self.relay.stop()
+            log.info("service stopped consuming and flushed its outbox")
+
+        async def close_database() -> None:
+            self.mongo.close()
+
+        return FastStream(
+            self.broker,
+            logger=None,
+            on_startup=[prepare],
+            after_startup=[started],
+            on_shutdown=[stop_consuming_then_flush],
+            after_shutdown=[close_database],
+        )
+
+
+def run_service(name: str, settings: RuntimeSettings, create_app: Callable[[Any], FastStream]) -> None:
+    """Entry point body of every service: logs, app, run until SIGTERM/SIGINT."""
+    configure_logging(name, settings.log_level, settings.log_format)
+    asyncio.run(create_app(settings).run())

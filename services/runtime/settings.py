@@ -1,0 +1,48 @@
+"""Settings every service reads from the environment (prefix `PHARMACY_`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RuntimeSettings(BaseSettings):
+    """Defaults point at the embedded dev stack on loopback (see `make up`).
+
+    On Apache Kafka set `PHARMACY_KAFKA_ENABLE_IDEMPOTENCE=true`; the dev broker (Tansu) refuses
+    idempotent producers. `PHARMACY_KAFKA_FETCH_MAX_WAIT_MS` is low because Tansu holds every fetch
+    for the full wait; on Apache Kafka the default 500 ms only bounds idle polling.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PHARMACY_", extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    kafka_acks: Literal["all", "1", "0"] = "all"
+    kafka_enable_idempotence: bool = False
+    kafka_linger_ms: int = Field(default=0, ge=0)
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
+    kafka_group_prefix: str = "pharmacy"
+    kafka_topic_partitions: int = Field(default=4, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+
+    mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27117")
+    mongo_database: str = "pharmacy"
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0)
+    handler_max_attempts: int = Field(default=5, ge=1)
+    handler_retry_backoff_s: float = Field(default=0.2, ge=0)
+
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    def group(self, name: str) -> str:
+        return f"{self.kafka_group_prefix}.{name}"
+
+    def kafka_acks_value(self) -> str | int:
+        return "all" if self.kafka_acks == "all" else int(self.kafka_acks)
