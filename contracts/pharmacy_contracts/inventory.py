@@ -65,11 +65,16 @@ class Shortage(Contract):
 
 
 class ReservationFailed(Envelope):
-    """No single warehouse could fill the whole prescription; nothing was reserved."""
+    """No single warehouse could fill the whole prescription; nothing was reserved.
+
+    OUT_OF_STOCK lists the drugs no warehouse has enough of. NOT_IN_ONE_WAREHOUSE means every
+    drug is in stock somewhere, but not all in one place: prescriptions are not split, because a
+    courier makes one pickup and a patient gets one package.
+    """
 
     type: Literal["inventory.reservation_failed"] = "inventory.reservation_failed"
     prescription_id: Identifier
-    reason: Literal["OUT_OF_STOCK"] = "OUT_OF_STOCK"
+    reason: Literal["OUT_OF_STOCK", "NOT_IN_ONE_WAREHOUSE"] = "OUT_OF_STOCK"
     shortages: list[Shortage]
 
 

@@ -28,9 +28,8 @@ def topics_markdown() -> str:
     rows = ["| topic | public | key | messages | purpose |", "|---|---|---|---|---|"]
     for topic in ALL_TOPICS:
         names = ", ".join(f"`{m.__name__}`" for m in topic.messages)
-        rows.append(
-            f"| `{topic.name}` | {'yes' if topic.public else 'internal'} | {topic.key} | {names} | {topic.description} |"
-        )
+        public = "yes" if topic.public else "internal"
+        rows.append(f"| `{topic.name}` | {public} | {topic.key} | {names} | {topic.description} |")
     return "\n".join(rows)
 
 
@@ -38,7 +37,6 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "contracts/schemas")
     for path in write_schemas(target):
         print(path)
-
 
 
 def messages_markdown() -> str:

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
@@ -207,7 +206,9 @@ def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beg
             _settings(), topics.COURIER_DISPATCH, from_beginning=from_beginning, keys={courier_id}
         ):
             if isinstance(offer, c.DispatchOffered):
-                flags = " ".join(f for f, on in (("COLD-CHAIN", offer.cold_chain), ("CONTROLLED", offer.controlled)) if on)
+                flags = " ".join(
+                    f for f, on in (("COLD-CHAIN", offer.cold_chain), ("CONTROLLED", offer.controlled)) if on
+                )
                 console.print(
                     f"[bold]{offer.dispatch_id}[/] package {offer.package_id} (attempt {offer.attempt}) "
                     f"pick up at {offer.pickup_warehouse_id} → {offer.address.line}, {offer.address.town} "

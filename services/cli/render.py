@@ -30,8 +30,13 @@ def stock_table(warehouses: list[Warehouse]) -> Table:
     for warehouse in sorted(warehouses, key=lambda w: w.warehouse_id):
         for drug, s in sorted(warehouse.stock.items()):
             table.add_row(
-                warehouse.warehouse_id, drug, str(s.available), str(s.reserved), str(s.dispatched),
-                str(s.received), f"{s.adjusted:+d}",
+                warehouse.warehouse_id,
+                drug,
+                str(s.available),
+                str(s.reserved),
+                str(s.dispatched),
+                str(s.received),
+                f"{s.adjusted:+d}",
             )
     return table
 

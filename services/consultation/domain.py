@@ -104,7 +104,7 @@ def _stage_and_detail(event: Envelope) -> tuple[Stage, str, list[str]] | None:
             why = [
                 f"OUT_OF_STOCK: {s.drug_code} needs {s.requested}, best warehouse has {s.best_available}"
                 for s in event.shortages
-            ]
+            ] or [f"{event.reason}: every item is in stock, but no single warehouse holds them all"]
             return Stage.OUT_OF_STOCK, "no warehouse can fill the whole prescription", why
         case c.CourierAssigned():
             return Stage.COURIER_ASSIGNED, f"offered to courier {event.courier_id} (attempt {event.attempt})", []

@@ -107,6 +107,13 @@ def offer(delivery: Delivery, courier: CourierProfile | None) -> Delivery:
     )
 
 
+def _already_applied(delivery: Delivery, current: Attempt, status: str) -> bool:
+    """A courier's app may send the same report twice (new message id, same meaning)."""
+    if status == "failed":
+        return current.failure_reason is not None
+    return status in _NEXT and delivery.state is _NEXT[status][1]
+
+
 _NEXT = {
     "accepted": ({DeliveryState.OFFERED}, DeliveryState.ACCEPTED, ReportOutcome.ACCEPTED),
     "picked_up": ({DeliveryState.OFFERED, DeliveryState.ACCEPTED}, DeliveryState.PICKED_UP, ReportOutcome.PICKED_UP),
@@ -131,13 +138,13 @@ def apply_report(
     owner = next(a for a in delivery.attempts if a.dispatch_id == dispatch_id)
     if owner.courier_id != courier_id:
         raise ReportRefused("not_your_dispatch", f"dispatch {dispatch_id} is assigned to another courier")
+    if dispatch_id == current.dispatch_id and _already_applied(delivery, current, status):
+        return delivery, ReportOutcome.IGNORED
     if dispatch_id != current.dispatch_id or delivery.state in FINISHED:
         raise ReportRefused("dispatch_closed", f"dispatch {dispatch_id} is no longer active ({delivery.state})")
 
     if status in _NEXT:
         allowed, target, outcome = _NEXT[status]
-        if delivery.state is target:
-            return delivery, ReportOutcome.IGNORED
         if delivery.state not in allowed:
             raise ReportRefused("out_of_order", f"'{status}' reported while the delivery is {delivery.state}")
         active = None if target is DeliveryState.DELIVERED else courier_id

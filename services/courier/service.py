@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -21,6 +22,13 @@ log = structlog.get_logger()
 PRODUCER = "courier"
 
 Mutation = Callable[[Delivery], Delivery | None]
+
+
+@dataclass
+class _RosterView:
+    roster: list[CourierProfile] | None = None
+    loads: dict[str, int] = field(default_factory=dict)
+    wanted: bool = False
 
 
 class CourierService:
@@ -61,30 +69,34 @@ class CourierService:
                 )
 
     async def _update(self, rx: str, mutate: Mutation, cause: Envelope) -> None:
-        """Apply `mutate`; if the delivery then has all it needs, offer it to a courier in the same write."""
-        roster: list[CourierProfile] | None = None
-        loads: dict[str, int] = {}
+        """Apply `mutate`; if the delivery then has all it needs, offer it to a courier in the same write.
+
+        The roster and loads are read only when an offer is due; if the delivery became ready
+        between our read and our write (the approval and the reservation arrive on two consumers),
+        the write is skipped, the roster read, and the decision taken again.
+        """
+        view = _RosterView()
+
+        def decide(current: Delivery | None) -> Change[Delivery] | None:
+            mutated = mutate(current or Delivery(prescription_id=rx))
+            if mutated is None:
+                return None
+            if not domain.ready_to_offer(mutated):
+                return Change(mutated)
+            if view.roster is None:
+                view.wanted = True
+                return None
+            return self._offer(mutated, view.roster, view.loads, cause)
+
         for _ in range(3):
-            needs_roster: list[bool] = []
-
-            def decide(current: Delivery | None) -> Change[Delivery] | None:
-                mutated = mutate(current or Delivery(prescription_id=rx))
-                if mutated is None:
-                    return None
-                if not domain.ready_to_offer(mutated):
-                    return Change(mutated)
-                if roster is None:
-                    needs_roster.append(True)
-                    return None
-                return self._offer(mutated, roster, loads, cause)
-
+            view.wanted = False
             change = await self._storage.deliveries.apply(rx, decide, message_id=cause.message_id)
-            if not needs_roster:
+            if not view.wanted:
                 if change is not None and change.events:
                     self._notify_relay()
                 return
-            roster = await self._storage.couriers()
-            loads = await self._storage.loads(roster)
+            view.roster = await self._storage.couriers()
+            view.loads = await self._storage.loads(view.roster)
         raise RuntimeError(f"delivery {rx} kept changing while choosing a courier")
 
     def _offer(

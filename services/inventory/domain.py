@@ -102,6 +102,8 @@ def _with_stock(warehouse: Warehouse, changes: Mapping[str, DrugStock]) -> dict[
 def reserve(warehouse: Warehouse, prescription_id: str, lines: Mapping[str, int]) -> Warehouse:
     if prescription_id in warehouse.holds:
         return warehouse
+    if any(quantity <= 0 for quantity in lines.values()):
+        raise StockRefused(f"a reservation takes at least one unit per line: {dict(lines)}")
     if not can_fill(warehouse, lines):
         raise StockRefused(f"{warehouse.warehouse_id} cannot fill {dict(lines)}")
     changed = {}

@@ -87,18 +87,20 @@ class InventoryService:
                 return
             chosen = domain.choose_warehouse(warehouses, lines)
             if chosen is None:
+                shortages = domain.shortages(warehouses, lines)
                 failed = inv.ReservationFailed(
                     correlation_id=rx,
                     causation_id=approved.message_id,
                     producer=PRODUCER,
                     prescription_id=rx,
+                    reason="OUT_OF_STOCK" if shortages else "NOT_IN_ONE_WAREHOUSE",
                     shortages=[
                         inv.Shortage(drug_code=s.drug_code, requested=s.requested, best_available=s.best_available)
-                        for s in domain.shortages(warehouses, lines)
+                        for s in shortages
                     ],
                 )
                 await self._settle(rx, AllocationState.OUT_OF_STOCK, None, [failed])
-                log.info("out of stock", shortages=[s.drug_code for s in failed.shortages])
+                log.info("out of stock", reason=failed.reason, shortages=[s.drug_code for s in failed.shortages])
                 return
             if await self._reserve_at(chosen.warehouse_id, rx, lines, approved):
                 await self._settle(rx, AllocationState.RESERVED, chosen.warehouse_id, [])

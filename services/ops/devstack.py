@@ -135,9 +135,19 @@ class DevStack:
         self._spawn(
             "database",
             [
-                sys.executable, "-m", "services.ops.quiet_database", "--host", "127.0.0.1", "--port", str(self.mongo_port),
-                "--db", str(data / "pharmacy.db"), "--log-file", os.devnull,
-                "--pid-file", str(data / "nx.pid"),
+                sys.executable,
+                "-m",
+                "services.ops.quiet_database",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mongo_port),
+                "--db",
+                str(data / "pharmacy.db"),
+                "--log-file",
+                os.devnull,
+                "--pid-file",
+                str(data / "nx.pid"),
             ],
         )
         try:
@@ -227,7 +237,9 @@ def _terminate(pid: int, timeout: float) -> None:
 
 # --- command line ------------------------------------------------------------------------------
 
-app = typer.Typer(pretty_exceptions_enable=False, help="Run the embedded dev stack (Tansu broker, nx-27017 database, four services).")
+app = typer.Typer(
+    pretty_exceptions_enable=False, help="Run the embedded dev stack (Tansu broker, nx-27017 database, four services)."
+)
 
 
 @app.command()

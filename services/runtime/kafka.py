@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -175,10 +176,8 @@ async def create_topics(settings: RuntimeSettings, *, with_dead_letters: bool = 
             if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by someone else
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
         return [t.name for t in wanted]
     finally:
         await admin.close()

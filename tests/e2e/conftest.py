@@ -1,0 +1,32 @@
+"""The four services as separate processes, started once for the e2e module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from services.ops.devstack import SERVICES, DevStack
+from services.runtime.settings import RuntimeSettings
+from tests.support.scenario import System
+from tests.support.stack import start_services
+
+
+@pytest.fixture(scope="module")
+def services(stack: DevStack) -> Iterator[DevStack]:
+    start_services(stack, *SERVICES)
+    try:
+        yield stack
+    finally:
+        for name in stack.running():
+            if name not in ("broker", "database"):
+                stack.stop(name)
+
+
+@pytest.fixture
+async def system(services: DevStack, settings: RuntimeSettings) -> AsyncIterator[System]:
+    running = System(settings)
+    try:
+        yield running
+    finally:
+        running.close()

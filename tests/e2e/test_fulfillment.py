@@ -1,0 +1,256 @@
+"""The whole path, four service processes, real broker and database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+
+import pytest
+
+from pharmacy_contracts import topics
+from pharmacy_contracts.inventory import RestockRequested
+from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved
+from services.courier.domain import CourierProfile
+from services.inventory.domain import AllocationState
+from services.ops.devstack import DevStack
+from services.prescription.domain import FormularyEntry
+from tests.support.scenario import CourierSimulator, System, prescription_message, read_topic, wait_until
+from tests.support.stack import start_services
+
+pytestmark = pytest.mark.e2e
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
+
+
+async def test_every_terminal_state_and_stock_is_conserved(system: System) -> None:
+    drug_a, drug_b = unique("DA"), unique("DB")
+    north, south = unique("WH-N"), unique("WH-S")
+    couriers = [CourierProfile(courier_id=unique("C"), name=n) for n in ("Amina", "Bayu", "Chen")]
+    await system.seed(
+        formulary=[
+            FormularyEntry(drug_code=drug_a, name="Metformin", max_quantity=200, max_days_supply=90),
+            FormularyEntry(drug_code=drug_b, name="Amlodipine", max_quantity=100, max_days_supply=90),
+        ],
+        couriers=couriers,
+        stock=[(north, drug_a, 100), (north, drug_b, 40), (south, drug_a, 500), (south, drug_b, 50)],
+    )
+    rx = {name: unique(f"RX-{name}") for name in ("delivered", "rejected", "oos", "retry", "undeliverable")}
+    simulator = CourierSimulator(
+        system.settings,
+        plans={
+            rx["delivered"]: ["deliver"],
+            rx["retry"]: ["fail-after-pickup:patient_absent", "deliver"],
+            rx["undeliverable"]: ["fail:address_not_found", "fail-after-pickup:refused", "fail:patient_absent"],
+        },
+    )
+    simulator.start()
+    try:
+        await system.publish(
+            prescription_message(rx["delivered"], [(drug_a, 60), (drug_b, 30)]),
+            prescription_message(rx["rejected"], [(drug_a, 201)]),
+            prescription_message(rx["oos"], [(drug_a, 20), (drug_b, 60)]),  # no warehouse has 60 B
+            prescription_message(rx["retry"], [(drug_a, 30)]),
+            prescription_message(rx["undeliverable"], [(drug_b, 20)]),
+        )
+        final = await system.wait_terminal(rx.values(), timeout=120)
+    finally:
+        await simulator.stop()
+
+    assert {name: final[rx[name]].stage.value for name in rx} == {
+        "delivered": "delivered",
+        "rejected": "rejected",
+        "oos": "out_of_stock",
+        "retry": "delivered",
+        "undeliverable": "undeliverable",
+    }
+    assert any("QUANTITY_ABOVE_MAXIMUM" in why for why in final[rx["rejected"]].why)
+
+    offers = Counter(o.package_id for o in simulator.offers)
+    assert offers[rx["oos"]] == 0 and offers[rx["rejected"]] == 0
+    assert offers[rx["delivered"]] == 1
+    assert offers[rx["retry"]] == 2
+    assert offers[rx["undeliverable"]] == 3
+    retry_couriers = [o.courier_id for o in simulator.offers if o.package_id == rx["retry"]]
+    assert len(set(retry_couriers)) == 2, "a failed delivery goes to another courier when there is one"
+    assert len({o.dispatch_id for o in simulator.offers}) == len(simulator.offers)
+    assert not [h for h in final[rx["oos"]].history if h.stage.value == "reserved"]
+
+    async def settled() -> bool:
+        warehouses = await system.warehouses()
+        return all(not warehouses[w].holds for w in (north, south))
+
+    await wait_until(settled, "holds of delivered and undeliverable prescriptions to close", timeout=30)
+    warehouses = await system.warehouses()
+    for warehouse in (north, south):
+        for drug, level in warehouses[warehouse].stock.items():
+            assert level.received + level.adjusted == level.available + level.reserved + level.dispatched, (
+                warehouse,
+                drug,
+                level,
+            )
+    # delivered took 60 A + 30 B, retry 30 A; undeliverable's 20 B were released again
+    totals = Counter()
+    for warehouse in (north, south):
+        for drug, level in warehouses[warehouse].stock.items():
+            totals[drug, "dispatched"] += level.dispatched
+            totals[drug, "reserved"] += level.reserved
+            totals[drug, "available"] += level.available
+    assert (totals[drug_a, "dispatched"], totals[drug_b, "dispatched"]) == (90, 30)
+    assert (totals[drug_a, "reserved"], totals[drug_b, "reserved"]) == (0, 0)
+    assert (totals[drug_a, "available"], totals[drug_b, "available"]) == (600 - 90, 90 - 30)
+
+
+async def test_the_same_prescription_twice_is_fulfilled_once(system: System) -> None:
+    drug = unique("DD")
+    warehouse = unique("WH-D")
+    await system.seed(
+        formulary=[FormularyEntry(drug_code=drug, name="Levothyroxine", max_quantity=100, max_days_supply=90)],
+        couriers=[CourierProfile(courier_id=unique("C"), name="Dilnoza")],
+        stock=[(warehouse, drug, 50)],
+    )
+    prescription_id = unique("RX-DUP")
+    message = prescription_message(prescription_id, [(drug, 10)])
+    simulator = CourierSimulator(system.settings, plans={prescription_id: ["deliver"]})
+    simulator.start()
+    try:
+        await system.publish(message)
+        await system.publish(message)
+        await system.wait_terminal([prescription_id])
+    finally:
+        await simulator.stop()
+
+    intake = await system.consultation.intake.find(prescription_id=prescription_id)
+    assert len(intake) == 1
+    reservations = [
+        r
+        for r in await read_topic(system.settings, topics.INVENTORY_EVENTS.name)
+        if r.key == prescription_id.encode() and json.loads(r.value)["type"] == "inventory.stock_reserved"
+    ]
+    assert len(reservations) == 1
+    dispatches = [
+        r
+        for r in await read_topic(system.settings, topics.COURIER_DISPATCH.name)
+        if json.loads(r.value)["package_id"] == prescription_id
+    ]
+    assert len(dispatches) == 1
+    level = (await system.warehouses())[warehouse].stock[drug]
+    assert (level.available, level.dispatched) == (40, 10)
+
+
+GARBAGE = [b"\x00\xff not json at all", b'{"type": "nonsense"}', b"[]"]
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        topics.CONSULTATION_PRESCRIPTIONS,
+        topics.PRESCRIPTION_DECISIONS,
+        topics.INVENTORY_COMMANDS,
+        topics.COURIER_UPDATES,
+        topics.COURIER_DELIVERIES,
+        topics.INVENTORY_EVENTS,
+        topics.CONSULTATION_INTAKE,
+    ],
+    ids=lambda t: t.name,
+)
+async def test_bad_bytes_are_dead_lettered_and_the_service_carries_on(system: System, topic: topics.Topic) -> None:
+    marker = unique("BAD").encode()
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=system.settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        for payload in GARBAGE:
+            await producer.send_and_wait(topic.name, payload + marker, key=marker)
+        # a message that parses but breaks the contract: an unknown field
+        violating = json.loads(prescription_message(unique("RX-BAD"), [("X", 1)]).model_dump_json())
+        violating["unexpected"] = True
+        await producer.send_and_wait(topic.name, json.dumps(violating).encode(), key=marker)
+    finally:
+        await producer.stop()
+
+    async def dead_lettered() -> bool:
+        records = [r for r in await read_topic(system.settings, topic.dead_letter_topic, idle_s=0.5) if r.key == marker]
+        return len(records) >= len(GARBAGE) + 1
+
+    await wait_until(dead_lettered, f"dead letters on {topic.dead_letter_topic}", timeout=60)
+    records = [r for r in await read_topic(system.settings, topic.dead_letter_topic, idle_s=0.5) if r.key == marker]
+    for record in records:
+        headers = dict(record.headers)
+        assert headers["dlq.reason"] == b"contract_violation"
+        assert headers["dlq.topic"] == topic.name.encode()
+        assert b"dlq.offset" in headers or "dlq.offset" in headers
+    assert {bytes(r.value) for r in records} >= {g + marker for g in GARBAGE}
+
+    # every consumer of the topic is still alive and serving: a fresh prescription goes through
+    drug, warehouse = unique("DG"), unique("WH-G")
+    await system.seed(
+        formulary=[FormularyEntry(drug_code=drug, name="Atorvastatin", max_quantity=100, max_days_supply=90)],
+        couriers=[],
+        stock=[(warehouse, drug, 5)],
+    )
+    prescription_id = unique("RX-AFTER")
+    simulator = CourierSimulator(system.settings, plans={prescription_id: ["deliver"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(prescription_id, [(drug, 1)]))
+        assert (await system.wait_terminal([prescription_id]))[prescription_id].stage.value == "delivered"
+    finally:
+        await simulator.stop()
+
+
+async def test_two_inventory_instances_never_oversell(system: System, services: DevStack) -> None:
+    start_services(services, "inventory-2")
+    try:
+        drug, warehouse = unique("DL"), unique("WH-L")
+        units, demand = 25, 60
+        await system.publish(
+            RestockRequested(
+                correlation_id=unique("seed"),
+                producer="test",
+                warehouse_id=warehouse,
+                drug_code=drug,
+                quantity=units,
+                requested_by="test",
+            )
+        )
+        await wait_until(lambda: _has_stock(system, warehouse, drug, units), "stock", timeout=60)
+        example = prescription_message("RX-TEMPLATE", [(drug, 1)]).prescription
+        approvals = [
+            PrescriptionApproved(
+                correlation_id=rx,
+                producer="test",
+                prescription_id=rx,
+                patient_id="PAT-L",
+                lines=[ApprovedLine(drug_code=drug, quantity=1, days_supply=30)],
+                delivery=DeliveryDetails(address=example.patient.address, contact_phone=example.patient.phone),
+            )
+            for rx in (unique(f"RX-L{i}") for i in range(demand))
+        ]
+        await system.publish(*approvals)
+
+        async def all_settled() -> bool:
+            states = [await system.inventory.allocations.get(a.prescription_id) for a in approvals]
+            return all(s is not None and s.state is not AllocationState.RESERVING for s in states)
+
+        await wait_until(all_settled, "every approval to be reserved or refused", timeout=120)
+        settled_states = [await system.inventory.allocations.get(a.prescription_id) for a in approvals]
+        states = Counter(s.state for s in settled_states if s is not None)
+        level = (await system.warehouses())[warehouse].stock[drug]
+        assert states[AllocationState.RESERVED] == units
+        assert states[AllocationState.OUT_OF_STOCK] == demand - units
+        assert (level.available, level.reserved) == (0, units)
+        logs = {n: (services.logs / f"{n}.log").read_text() for n in ("inventory-1", "inventory-2")}
+        assert all('"stock reserved"' in text or '"out of stock"' in text for text in logs.values()), (
+            "both instances took part"
+        )
+    finally:
+        services.stop("inventory-2")
+
+
+async def _has_stock(system: System, warehouse: str, drug: str, units: int) -> bool:
+    found = (await system.warehouses()).get(warehouse)
+    return found is not None and found.level(drug).received >= units

@@ -1,0 +1,358 @@
+"""Wire contracts: the envelope, message-level rules, and the topic registry."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
+from pharmacy_contracts import prescription as rx
+from pharmacy_contracts import topics
+from pharmacy_contracts.consultation import Prescription, PrescriptionSubmitted
+from pharmacy_contracts.envelope import Envelope
+from tests.unit.builders import (
+    EXAMPLE_PRESCRIPTION_PATH,
+    RX_ID,
+    abandoned,
+    approved,
+    assigned,
+    completed,
+    delivery_accepted,
+    delivery_failed,
+    envelope_fields,
+    low_stock,
+    make_prescription,
+    make_report,
+    make_submitted,
+    one_of_each_message,
+    picked_up,
+    prescription_data,
+    rejected,
+    reservation_failed,
+    reserved,
+    restocked,
+    submitted_data,
+)
+
+ALL_MESSAGE_CLASSES = [message for topic in topics.ALL_TOPICS for message in topic.messages]
+
+
+# --- the example and the envelope -----------------------------------------------------------------
+
+
+def test_the_example_prescription_is_valid():
+    prescription = Prescription.model_validate_json(EXAMPLE_PRESCRIPTION_PATH.read_text())
+
+    assert prescription.prescription_id == "RX-2026-000123"
+    assert [item.drug_code for item in prescription.items] == ["MET500", "AML5"]
+    assert prescription.issued_at == datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+
+def test_envelope_refuses_unknown_fields():
+    with pytest.raises(ValidationError) as error:
+        PrescriptionSubmitted.model_validate(submitted_data(surprise="hello"))
+
+    assert error.value.errors()[0]["type"] == "extra_forbidden"
+    assert error.value.errors()[0]["loc"] == ("surprise",)
+
+
+def test_nested_contracts_refuse_unknown_fields_too():
+    data = prescription_data()
+    data["patient"]["address"]["floor"] = 3
+
+    with pytest.raises(ValidationError) as error:
+        Prescription.model_validate(data)
+
+    assert [(e["type"], e["loc"]) for e in error.value.errors()] == [
+        ("extra_forbidden", ("patient", "address", "floor"))
+    ]
+
+
+def test_envelope_messages_are_immutable():
+    message = make_submitted()
+
+    with pytest.raises(ValidationError):
+        message.producer = "someone-else"
+
+
+@pytest.mark.parametrize("occurred_at", ["2027-01-15T09:00:00", datetime(2027, 1, 15, 9, 0)], ids=["str", "datetime"])
+def test_occurred_at_without_a_timezone_is_refused(occurred_at):
+    with pytest.raises(ValidationError) as error:
+        make_submitted(occurred_at=occurred_at)
+
+    assert error.value.errors()[0]["loc"] == ("occurred_at",)
+    assert error.value.errors()[0]["type"] == "timezone_aware"
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "2027-01-15T14:00:00+05:00",
+        "2027-01-15T04:00:00-05:00",
+        datetime(2027, 1, 15, 14, 0, tzinfo=timezone(timedelta(hours=5))),
+        "2027-01-15T09:00:00Z",
+    ],
+)
+def test_occurred_at_in_another_timezone_is_normalised_to_utc(occurred_at):
+    message = make_submitted(occurred_at=occurred_at)
+
+    assert message.occurred_at == datetime(2027, 1, 15, 9, 0, tzinfo=UTC)
+    assert message.occurred_at.utcoffset() == timedelta(0)
+    assert message.occurred_at.tzinfo is UTC
+
+
+def test_prescription_times_are_normalised_to_utc_too():
+    prescription = make_prescription(valid_until="2027-05-25T13:00:00+05:00")
+
+    assert prescription.valid_until == datetime(2027, 5, 25, 8, 0, tzinfo=UTC)
+    assert prescription.valid_until.tzinfo is UTC
+
+
+def test_prescription_issued_at_without_a_timezone_is_refused():
+    with pytest.raises(ValidationError):
+        make_prescription(issued_at="2026-11-25T08:00:00")
+
+
+def test_envelope_defaults_a_message_id_and_an_aware_occurred_at():
+    message = PrescriptionSubmitted(
+        correlation_id=RX_ID, producer="tests", sender_id="CLINIC-SYS-1", prescription=make_prescription()
+    )
+
+    assert message.message_id
+    assert message.occurred_at.tzinfo is UTC
+    assert message.schema_version == 1
+    assert message.type == "consultation.prescription_submitted"
+
+
+@pytest.mark.parametrize("bad_id", ["", " RX-1", "RX 1", "-RX-1", "RX/1", "x" * 129])
+def test_identifiers_must_be_plain(bad_id):
+    with pytest.raises(ValidationError):
+        make_submitted(message_id=bad_id)
+
+
+def test_a_message_of_the_wrong_type_is_refused():
+    with pytest.raises(ValidationError):
+        PrescriptionSubmitted.model_validate(submitted_data(type="consultation.prescription_accepted"))
+
+
+# --- message rules ----------------------------------------------------------------------------------
+
+
+def test_prescription_submitted_needs_the_correlation_id_to_be_the_prescription_id():
+    with pytest.raises(ValidationError, match=r"correlation_id must equal prescription\.prescription_id"):
+        make_submitted(correlation_id="RX-OTHER")
+
+
+def test_prescription_submitted_with_matching_correlation_id_is_accepted():
+    message = make_submitted(make_prescription(prescription_id="RX-77"))
+
+    assert message.correlation_id == message.prescription.prescription_id == "RX-77"
+
+
+@pytest.mark.parametrize("status", ["accepted", "picked_up", "delivered"])
+def test_courier_report_without_failure_needs_no_reason(status):
+    assert make_report(dispatch_id="D1", courier_id="CUR-1", status=status).failure_reason is None
+
+
+@pytest.mark.parametrize("status", ["accepted", "picked_up", "delivered"])
+def test_courier_report_with_a_reason_but_no_failure_is_refused(status):
+    with pytest.raises(ValidationError, match="failure_reason is required"):
+        make_report(dispatch_id="D1", courier_id="CUR-1", status=status, failure_reason="damaged")
+
+
+def test_courier_report_of_failure_needs_a_reason():
+    with pytest.raises(ValidationError, match="failure_reason is required"):
+        make_report(dispatch_id="D1", courier_id="CUR-1", status="failed")
+
+    report = make_report(dispatch_id="D1", courier_id="CUR-1", status="failed", failure_reason="patient_absent")
+    assert report.failure_reason == "patient_absent"
+
+
+def test_courier_report_refuses_unknown_statuses_and_reasons():
+    with pytest.raises(ValidationError):
+        make_report(dispatch_id="D1", courier_id="CUR-1", status="lost")
+    with pytest.raises(ValidationError):
+        make_report(dispatch_id="D1", courier_id="CUR-1", status="failed", failure_reason="dog")
+
+
+def test_quantities_and_days_are_plain_integers_on_the_prescription():
+    # Whether they are sensible is a formulary rule (a reason code), not a parse error.
+    prescription = make_prescription(
+        items=[{"drug_code": "MET500", "quantity": -3, "dosage_text": "x", "days_supply": 0}]
+    )
+
+    assert (prescription.items[0].quantity, prescription.items[0].days_supply) == (-3, 0)
+
+
+def test_stock_lines_must_be_positive():
+    with pytest.raises(ValidationError):
+        inv.StockLine(drug_code="MET500", quantity=0)
+
+
+def test_a_rejection_needs_at_least_one_reason():
+    with pytest.raises(ValidationError):
+        rx.PrescriptionRejected(**envelope_fields(), prescription_id=RX_ID, reasons=[])
+
+
+# --- topics ------------------------------------------------------------------------------------------
+
+
+def test_every_message_class_belongs_to_exactly_one_topic():
+    assert len(ALL_MESSAGE_CLASSES) == len(set(ALL_MESSAGE_CLASSES))
+    assert set(topics.TOPIC_OF_MESSAGE) == set(ALL_MESSAGE_CLASSES)
+    for message in ALL_MESSAGE_CLASSES:
+        owners = [topic.name for topic in topics.ALL_TOPICS if message in topic.messages]
+        assert len(owners) == 1, (message.__name__, owners)
+
+
+def test_every_envelope_subclass_is_on_some_topic():
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    concrete = {cls for cls in subclasses(Envelope) if not cls.__name__.startswith("_")}
+
+    assert concrete == set(ALL_MESSAGE_CLASSES)
+
+
+def test_message_types_are_unique_across_all_topics():
+    types = [message.model_fields["type"].default for message in ALL_MESSAGE_CLASSES]
+
+    assert len(types) == len(set(types))
+
+
+def test_topic_names_are_unique_and_versioned():
+    names = [topic.name for topic in topics.ALL_TOPICS]
+
+    assert len(names) == len(set(names)) == 8
+    assert all(name.endswith(".v1") for name in names)
+    assert topics.BY_NAME["courier.updates.v1"] is topics.COURIER_UPDATES
+    assert topics.COURIER_UPDATES.dead_letter_topic == "courier.updates.v1.dlq"
+
+
+def test_one_of_each_message_covers_every_class():
+    assert {type(message) for message in one_of_each_message()} == set(ALL_MESSAGE_CLASSES)
+
+
+@pytest.mark.parametrize("message", one_of_each_message(), ids=lambda m: type(m).__name__)
+def test_every_message_round_trips_through_its_topic(message):
+    topic = topics.topic_for(message)
+
+    parsed = topic.parse(message.model_dump_json())
+
+    assert type(parsed) is type(message)
+    assert parsed == message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff\xfe\x00garbage", b"not json", b"", b"{}", b"[]", b"null", b'{"type": "nope"}'],
+    ids=["binary", "text", "empty", "empty-object", "list", "null", "unknown-type"],
+)
+@pytest.mark.parametrize("topic", topics.ALL_TOPICS, ids=lambda t: t.name)
+def test_parse_of_garbage_raises_a_validation_error(topic, raw):
+    with pytest.raises(ValidationError):
+        topic.parse(raw)
+
+
+def test_parse_of_a_message_on_the_wrong_topic_is_refused():
+    with pytest.raises(ValidationError):
+        topics.COURIER_DELIVERIES.parse(approved().model_dump_json())
+    with pytest.raises(ValidationError):
+        topics.CONSULTATION_INTAKE.parse(make_submitted().model_dump_json())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [approved(), rejected()],
+    ids=["approved", "rejected"],
+)
+def test_decisions_topic_parses_each_decision_by_its_type(message):
+    parsed = topics.PRESCRIPTION_DECISIONS.parse(message.model_dump_json().encode())
+
+    assert type(parsed) is type(message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [assigned(), delivery_accepted(), picked_up(), completed(), delivery_failed(), abandoned()],
+    ids=lambda m: type(m).__name__,
+)
+def test_deliveries_topic_parses_each_delivery_event_by_its_type(message):
+    parsed = topics.COURIER_DELIVERIES.parse(message.model_dump_json())
+
+    assert type(parsed) is type(message)
+    assert parsed.prescription_id == RX_ID
+
+
+def test_multi_message_topic_refuses_a_known_type_with_the_wrong_fields():
+    data = json.loads(approved().model_dump_json())
+    data["type"] = "prescription.rejected"
+
+    with pytest.raises(ValidationError):
+        topics.PRESCRIPTION_DECISIONS.parse(json.dumps(data))
+
+
+def test_multi_message_topic_still_forbids_unknown_fields():
+    data = json.loads(rejected().model_dump_json()) | {"extra": 1}
+
+    with pytest.raises(ValidationError):
+        topics.PRESCRIPTION_DECISIONS.parse(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("topic", "message", "key"),
+    [
+        (topics.CONSULTATION_PRESCRIPTIONS, make_submitted(), RX_ID),
+        (topics.PRESCRIPTION_DECISIONS, approved(prescription_id="RX-5"), "RX-5"),
+        (topics.PRESCRIPTION_DECISIONS, rejected(prescription_id="RX-6"), "RX-6"),
+        (topics.INVENTORY_EVENTS, reserved(prescription_id="RX-7", warehouse_id="WH-9"), "RX-7"),
+        (topics.INVENTORY_EVENTS, reservation_failed(prescription_id="RX-8"), "RX-8"),
+        (topics.INVENTORY_EVENTS, restocked(warehouse_id="WH-3"), "WH-3"),
+        (topics.INVENTORY_EVENTS, low_stock(warehouse_id="WH-4"), "WH-4"),
+        (topics.COURIER_UPDATES, make_report(dispatch_id="D1", courier_id="CUR-1", package_id="RX-9"), "RX-9"),
+        (topics.COURIER_DELIVERIES, assigned(prescription_id="RX-10"), "RX-10"),
+        (topics.COURIER_DELIVERIES, abandoned(prescription_id="RX-11"), "RX-11"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Envelope) else None,
+)
+def test_key_of_picks_the_topics_key_field(topic, message, key):
+    assert topic.key_of(message) == key
+
+
+def test_key_of_for_every_message_uses_its_topic_key_fields():
+    expected = {
+        "consultation.prescriptions.v1": lambda m: m.correlation_id,
+        "consultation.intake.v1": lambda m: m.correlation_id,
+        "prescription.decisions.v1": lambda m: m.prescription_id,
+        "inventory.commands.v1": lambda m: m.warehouse_id,
+        "inventory.events.v1": lambda m: getattr(m, "prescription_id", None) or m.warehouse_id,
+        "courier.dispatch.v1": lambda m: m.courier_id,
+        "courier.updates.v1": lambda m: m.package_id,
+        "courier.deliveries.v1": lambda m: m.prescription_id,
+    }
+    for message in one_of_each_message():
+        topic = topics.topic_for(message)
+        assert topic.key_of(message) == expected[topic.name](message), type(message).__name__
+
+
+def test_the_dispatch_topic_is_keyed_by_courier():
+    offer = next(m for m in one_of_each_message() if isinstance(m, c.DispatchOffered))
+
+    assert topics.COURIER_DISPATCH.key_of(offer.model_copy(update={"courier_id": "CUR-42"})) == "CUR-42"
+
+
+def test_inventory_commands_are_keyed_by_warehouse():
+    command = next(m for m in one_of_each_message() if isinstance(m, inv.RestockRequested))
+
+    assert topics.INVENTORY_COMMANDS.key_of(command) == "WH-1"
+
+
+def test_key_of_a_message_without_any_key_field_is_an_error():
+    with pytest.raises(ValueError, match="has none of"):
+        topics.COURIER_DISPATCH.key_of(make_submitted())
