@@ -163,9 +163,26 @@ class DevStack:
         module_env = {**self.service_env(), "PHARMACY_INSTANCE_ID": name, **(env or {})}
         return self._spawn(name, [sys.executable, "-m", f"services.{service}"], module_env)
 
-    def start_services(self) -> None:
-        for service in SERVICES:
-            self.start_service(service)
+    def start_services(self, *names: str, env: dict[str, str] | None = None) -> None:
+        """Start service processes (`inventory-2` is a second inventory instance), wait until ready."""
+        for name in names or SERVICES:
+            service, _, instance = name.partition("-")
+            self.start_service(service, int(instance or 1), env=env)
+        for name in names or SERVICES:
+            self.wait_ready(name if "-" in name else f"{name}-1")
+
+    def wait_ready(self, name: str, timeout: float = 90.0) -> None:
+        """A service is ready once it logged that it started (its consumers have joined their groups)."""
+        path = self.logs / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and '"service started"' in path.read_text(errors="replace"):
+                return
+            if self.pid_of(name) is None:
+                tail = path.read_text(errors="replace")[-3000:] if path.exists() else ""
+                raise RuntimeError(f"{name} exited during start-up:\n{tail}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{name} was not ready within {timeout:.0f}s; see {path}")
 
     def stop(self, name: str, timeout: float = 15.0) -> None:
         pid = self.pid_of(name)

@@ -9,12 +9,11 @@ import pytest
 from services.ops.devstack import SERVICES, DevStack
 from services.runtime.settings import RuntimeSettings
 from tests.support.scenario import System
-from tests.support.stack import start_services
 
 
 @pytest.fixture(scope="module")
 def services(stack: DevStack) -> Iterator[DevStack]:
-    start_services(stack, *SERVICES)
+    stack.start_services(*SERVICES)
     try:
         yield stack
     finally:

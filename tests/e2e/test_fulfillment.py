@@ -15,8 +15,7 @@ from services.courier.domain import CourierProfile
 from services.inventory.domain import AllocationState
 from services.ops.devstack import DevStack
 from services.prescription.domain import FormularyEntry
-from tests.support.scenario import CourierSimulator, System, prescription_message, read_topic, wait_until
-from tests.support.stack import start_services
+from tests.support.scenario import System, prescription_message, read_topic, scripted_couriers, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -38,9 +37,9 @@ async def test_every_terminal_state_and_stock_is_conserved(system: System) -> No
         stock=[(north, drug_a, 100), (north, drug_b, 40), (south, drug_a, 500), (south, drug_b, 50)],
     )
     rx = {name: unique(f"RX-{name}") for name in ("delivered", "rejected", "oos", "retry", "undeliverable")}
-    simulator = CourierSimulator(
+    simulator = scripted_couriers(
         system.settings,
-        plans={
+        {
             rx["delivered"]: ["deliver"],
             rx["retry"]: ["fail-after-pickup:patient_absent", "deliver"],
             rx["undeliverable"]: ["fail:address_not_found", "fail-after-pickup:refused", "fail:patient_absent"],
@@ -113,7 +112,7 @@ async def test_the_same_prescription_twice_is_fulfilled_once(system: System) -> 
     )
     prescription_id = unique("RX-DUP")
     message = prescription_message(prescription_id, [(drug, 10)])
-    simulator = CourierSimulator(system.settings, plans={prescription_id: ["deliver"]})
+    simulator = scripted_couriers(system.settings, {prescription_id: ["deliver"]})
     simulator.start()
     try:
         await system.publish(message)
@@ -193,7 +192,7 @@ async def test_bad_bytes_are_dead_lettered_and_the_service_carries_on(system: Sy
         stock=[(warehouse, drug, 5)],
     )
     prescription_id = unique("RX-AFTER")
-    simulator = CourierSimulator(system.settings, plans={prescription_id: ["deliver"]})
+    simulator = scripted_couriers(system.settings, {prescription_id: ["deliver"]})
     simulator.start()
     try:
         await system.publish(prescription_message(prescription_id, [(drug, 1)]))
@@ -203,7 +202,7 @@ async def test_bad_bytes_are_dead_lettered_and_the_service_carries_on(system: Sy
 
 
 async def test_two_inventory_instances_never_oversell(system: System, services: DevStack) -> None:
-    start_services(services, "inventory-2")
+    services.start_services("inventory-2")
     try:
         drug, warehouse = unique("DL"), unique("WH-L")
         units, demand = 25, 60

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,6 @@ from pharmacy_contracts.consultation import (
     PrescriptionItem,
     PrescriptionSubmitted,
 )
-from pharmacy_contracts.topics import COURIER_DISPATCH
 from services.cli import bus
 from services.consultation.domain import PrescriptionStatus
 from services.consultation.storage import ConsultationStorage
@@ -30,6 +28,7 @@ from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.inventory.domain import Warehouse
 from services.inventory.storage import InventoryStorage
+from services.ops.simulation import CourierSimulator, Plan
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
@@ -179,55 +178,11 @@ async def read_topic(settings: RuntimeSettings, topic: str, idle_s: float = 2.0)
         await consumer.stop()
 
 
-# A courier's plan for one attempt: "deliver", or "fail:<reason>" before pickup, or
-# "fail-after-pickup:<reason>".
-Plan = str
+def scripted_couriers(settings: RuntimeSettings, plans: dict[str, list[Plan]]) -> CourierSimulator:
+    """Couriers that follow each package's plan, attempt by attempt, and ignore other packages."""
 
+    def plan_for(offer: c.DispatchOffered) -> Plan | None:
+        steps = plans.get(offer.package_id)
+        return None if steps is None else steps[min(offer.attempt, len(steps)) - 1]
 
-@dataclass
-class CourierSimulator:
-    """Plays the couriers: follows courier.dispatch.v1 and reports as each package's plan says."""
-
-    settings: RuntimeSettings
-    plans: dict[str, list[Plan]]
-    offers: list[c.DispatchOffered] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        async with bus.producer(self.settings) as producer:
-            async for _, offer, _ in bus.follow(self.settings, COURIER_DISPATCH, from_beginning=True):
-                if not isinstance(offer, c.DispatchOffered) or offer.package_id not in self.plans:
-                    continue
-                self.offers.append(offer)
-                plans = self.plans[offer.package_id]
-                plan = plans[min(offer.attempt, len(plans)) - 1]
-                await bus.publish_all(producer, self.reports(offer, plan))
-
-    @staticmethod
-    def reports(offer: c.DispatchOffered, plan: Plan) -> list[c.CourierReported]:
-        def report(status: str, reason: str | None = None) -> c.CourierReported:
-            return c.CourierReported(
-                correlation_id=offer.package_id,
-                producer=f"courier-{offer.courier_id}",
-                dispatch_id=offer.dispatch_id,
-                courier_id=offer.courier_id,
-                package_id=offer.package_id,
-                status=status,
-                failure_reason=reason,
-            )
-
-        if plan == "deliver":
-            return [report("accepted"), report("picked_up"), report("delivered")]
-        if plan.startswith("fail-after-pickup:"):
-            return [report("accepted"), report("picked_up"), report("failed", plan.split(":", 1)[1])]
-        if plan.startswith("fail:"):
-            return [report("accepted"), report("failed", plan.split(":", 1)[1])]
-        raise ValueError(plan)
+    return CourierSimulator(settings, plan_for)
