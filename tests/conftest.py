@@ -11,9 +11,10 @@ from services.runtime.settings import RuntimeSettings
 from tests.support.stack import start_test_stack
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    """A real Kafka-protocol broker and MongoDB-protocol server for the whole session."""
+    """A real Kafka-protocol broker and MongoDB-protocol server, fresh for each test module
+    (they start in about a second), so modules never see each other's messages."""
     running = start_test_stack(tmp_path_factory.mktemp("devstack"))
     try:
         yield running
@@ -21,6 +22,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         running.stop_all()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def settings(stack: DevStack) -> RuntimeSettings:
     return stack.runtime_settings()

@@ -42,8 +42,16 @@ from .simulation import CourierSimulator, Plan, county_prescriptions
 console = Console()
 
 STOCK = {
-    "WH-CENTRAL": {"MET500": 3000, "AML5": 1500, "LIS10": 900, "ATV20": 1200, "LEV50": 600, "SALB100": 30,
-                   "INSGL": 20, "AMOX500": 200},
+    "WH-CENTRAL": {
+        "MET500": 3000,
+        "AML5": 1500,
+        "LIS10": 900,
+        "ATV20": 1200,
+        "LEV50": 600,
+        "SALB100": 30,
+        "INSGL": 20,
+        "AMOX500": 200,
+    },
     "PH-NORTHFORD": {"MET500": 600, "AML5": 300, "LIS10": 200, "LEV50": 180, "SALB100": 6, "INSGL": 10},
     "PH-RIVERTON": {"MET500": 400, "AML5": 200, "ATV20": 180, "AMOX500": 63},
 }
@@ -90,8 +98,12 @@ class Demo:
             self.settings,
             *(
                 inv.RestockRequested(
-                    correlation_id=f"opening-{warehouse}-{drug}", producer="demo", warehouse_id=warehouse,
-                    drug_code=drug, quantity=quantity, requested_by="opening stock count",
+                    correlation_id=f"opening-{warehouse}-{drug}",
+                    producer="demo",
+                    warehouse_id=warehouse,
+                    drug_code=drug,
+                    quantity=quantity,
+                    requested_by="opening stock count",
                 )
                 for warehouse, drugs in STOCK.items()
                 for drug, quantity in drugs.items()

@@ -45,7 +45,7 @@ def create_broker(settings: RuntimeSettings, client_id: str) -> KafkaBroker:
         acks=settings.kafka_acks_value(),
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=settings.kafka_linger_ms,
-        graceful_timeout=8.0,
+        graceful_timeout=settings.shutdown_grace_s,
         logger=None,
     )
 

@@ -38,6 +38,9 @@ class RuntimeSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     handler_max_attempts: int = Field(default=5, ge=1)
     handler_retry_backoff_s: float = Field(default=0.2, ge=0)
+    shutdown_grace_s: float = Field(
+        default=8.0, gt=0, description="How long SIGTERM waits for in-flight handlers before abandoning them"
+    )
 
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 

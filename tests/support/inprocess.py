@@ -1,0 +1,91 @@
+"""Run one service's FastStream app inside the test's event loop, against the real broker and
+database, and read what it publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+from faststream import FastStream
+
+from pharmacy_contracts import Envelope
+from pharmacy_contracts.topics import BY_NAME
+
+
+@asynccontextmanager
+async def running(app: FastStream) -> AsyncIterator[FastStream]:
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+class TopicWatch:
+    """Collects every record of some topics from the beginning; `wait_for` polls until a match."""
+
+    def __init__(self, bootstrap: str, *topics: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+        )
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+
+    async def __aenter__(self) -> TopicWatch:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._consumer.stop()
+
+    async def _pull(self, timeout_ms: int) -> None:
+        for batch in (await self._consumer.getmany(timeout_ms=timeout_ms)).values():
+            self.records.extend(batch)
+
+    def messages(self, topic: str | None = None) -> list[Envelope]:
+        """Records that parse under their topic's contract (dead-letter topics are skipped)."""
+        parsed = []
+        for record in self.records:
+            if record.topic in BY_NAME and (topic is None or record.topic == topic):
+                parsed.append(BY_NAME[record.topic].parse(record.value))
+        return parsed
+
+    def raw(self, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+        return [r for r in self.records if r.topic == topic]
+
+    async def wait_for(self, predicate: Callable[[TopicWatch], Any], what: str, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = predicate(self)
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                seen = [
+                    json.loads(r.value).get("type", "?") if r.value[:1] == b"{" else r.value[:40]
+                    for r in self.records[-20:]
+                ]
+                raise TimeoutError(f"timed out waiting for {what}; last records: {seen}")
+            await self._pull(200)
+
+    async def settle(self, quiet_s: float = 1.0) -> None:
+        """Read until nothing new arrives for `quiet_s` (to show that something did NOT happen)."""
+        while True:
+            before = len(self.records)
+            await self._pull(int(quiet_s * 1000))
+            if len(self.records) == before:
+                return
+        await asyncio.sleep(0)
+
+
+def of_type(messages: list[Envelope], cls: type[Any], **fields: Any) -> list[Any]:
+    return [m for m in messages if isinstance(m, cls) and all(getattr(m, k) == v for k, v in fields.items())]
