@@ -33,8 +33,10 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         handle=service.receive_prescription,
         title="receive prescriptions from upstream",
     )
-    for topic in LIFECYCLE_TOPICS:
-        runtime.consume(
-            topic, group=f"consultation.status.{topic.name}", handle=service.track, title=f"track {topic.name}"
-        )
+    runtime.consume(
+        *LIFECYCLE_TOPICS,
+        group="consultation.status",
+        handle=service.track,
+        title="keep each prescription's status from its lifecycle events",
+    )
     return runtime.app(on_startup=storage.ensure_indexes)

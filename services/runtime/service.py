@@ -37,8 +37,8 @@ class ServiceRuntime:
     def notify_relay(self) -> None:
         self.relay.notify()
 
-    def consume(self, topic: Topic, *, group: str, handle: Handler, title: str) -> None:
-        subscribe(self.broker, self.settings, topic=topic, group=group, handle=handle, title=title)
+    def consume(self, *topics: Topic, group: str, handle: Handler, title: str) -> None:
+        subscribe(self.broker, self.settings, topics=topics, group=group, handle=handle, title=title)
 
     def app(self, *, on_startup: Callable[[], Awaitable[None]] | None = None) -> FastStream:
         async def prepare() -> None:

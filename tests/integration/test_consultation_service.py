@@ -50,6 +50,7 @@ async def wait_consumed(settings: RuntimeSettings, group: str, landed: list[Reco
         async def committed_past() -> bool:
             for record in landed:
                 committed = await reader.committed(TopicPartition(record.topic, record.partition))
+                print("COMMITTED", group, record.partition, record.offset, committed)
                 if committed is None or committed <= record.offset:
                     return False
             return True

@@ -57,7 +57,7 @@ async def committed(settings: RuntimeSettings, group: str) -> dict[int, int]:
     try:
         partitions = [TopicPartition(TOPIC.name, p) for p in consumer.partitions_for_topic(TOPIC.name) or ()]
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for an unsubscribed topic
+            await consumer._client.force_metadata_update()  # metadata of a topic we do not subscribe to
             partitions = [TopicPartition(TOPIC.name, p) for p in consumer.partitions_for_topic(TOPIC.name) or ()]
         return {tp.partition: (await consumer.committed(tp)) or 0 for tp in partitions}
     finally:
