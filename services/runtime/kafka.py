@@ -89,7 +89,12 @@ class DeadLetters:
                 "dlq.attempts": str(attempts),
             }
         )
-        await self._broker.publish(record.value, topic=topic.dead_letter_topic, key=record.key, headers=headers)
+        try:
+            await self._broker.publish(record.value, topic=topic.dead_letter_topic, key=record.key, headers=headers)
+        except Exception:
+            log.exception("could not dead-letter; the message will be redelivered", reason=reason)
+            await asyncio.sleep(1.0)  # the broker is struggling: do not spin on it
+            raise
         log.warning("message dead-lettered", reason=reason, detail=detail[:300], attempts=attempts)
 
 
@@ -104,11 +109,16 @@ def subscribe(
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
 
-    The offset is committed only after `handle` returned (AckPolicy.ACK), so a crash redelivers;
-    handlers are idempotent, so a redelivery changes nothing. Bad input never stops the consumer:
+    The offset is committed only after `handle` returned, so a crash redelivers; handlers are
+    idempotent, so a redelivery changes nothing. Bad input never stops the consumer:
     unparseable or contract-violating bytes and `Refused` messages go straight to the dead-letter
     topic; a handler that keeps failing is retried with backoff and then dead-lettered. An
     unreachable database is retried without limit: our outage is not the message's fault.
+
+    Every message therefore ends in the handler's effect or in a dead letter. The only exceptions
+    that escape are infrastructure failures (the dead-letter publish itself failed): NACK_ON_ERROR
+    then rewinds to this message instead of committing past it. No poison message can loop,
+    because none reaches that path.
     """
     group_id = settings.group(group)
     dead_letters = DeadLetters(broker, group_id)
@@ -137,7 +147,7 @@ def subscribe(
     broker.subscriber(
         *by_name,
         group_id=group_id,
-        ack_policy=AckPolicy.ACK,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         title=title,

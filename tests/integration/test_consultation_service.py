@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import RecordMetadata, TopicPartition
-
 from pharmacy_contracts import Envelope, topics
 from pharmacy_contracts.consultation import PrescriptionAccepted, PrescriptionSubmitted
 from pharmacy_contracts.courier import CourierAssigned, DeliveryCompleted, DeliveryPickedUp
@@ -19,45 +16,14 @@ from services.consultation.settings import ConsultationSettings
 from services.consultation.storage import ConsultationStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, of_type, running
+from tests.support.inprocess import TopicWatch, headers_of, of_type, own_groups, publish_noting, running, wait_consumed
 from tests.support.scenario import prescription_message, wait_until
 
 DLQ = topics.CONSULTATION_PRESCRIPTIONS.dead_letter_topic
 
 
-def headers_of(record: object) -> dict[str, str]:
-    return {k: v.decode() for k, v in record.headers}  # type: ignore[attr-defined]
-
-
-async def publish_noting(settings: RuntimeSettings, *messages: Envelope) -> list[RecordMetadata]:
-    """Publish in order and return where each message landed (topic, partition, offset)."""
-    async with bus.producer(settings) as client:
-        landed = []
-        for message in messages:
-            name, key, value, headers = bus.encode(message)
-            landed.append(await client.send_and_wait(name, value, key=key, headers=headers))
-        return landed
-
-
-async def wait_consumed(settings: RuntimeSettings, group: str, landed: list[RecordMetadata]) -> None:
-    """Until the service's consumer group has committed past every record in `landed` (it handled them)."""
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.group(group), enable_auto_commit=False
-    )
-    await reader.start()
-    try:
-
-        async def committed_past() -> bool:
-            for record in landed:
-                committed = await reader.committed(TopicPartition(record.topic, record.partition))
-                print("COMMITTED", group, record.partition, record.offset, committed)
-                if committed is None or committed <= record.offset:
-                    return False
-            return True
-
-        await wait_until(committed_past, f"group {group} to commit past {landed}", timeout=30)
-    finally:
-        await reader.stop()
+def service_settings(settings: RuntimeSettings) -> ConsultationSettings:
+    return own_groups(ConsultationSettings, settings)
 
 
 def accepted_for(watch: TopicWatch, prescription_id: str) -> list[PrescriptionAccepted]:
@@ -78,12 +44,12 @@ async def test_a_prescription_is_accepted_once(settings: RuntimeSettings) -> Non
     submitted = prescription_message("RX-C-ONCE", [("INSGL", 5), ("MET500", 60)])
     try:
         async with (
-            running(create_app(ConsultationSettings(**settings.model_dump()))),
+            running(create_app(service_settings(settings))) as app,
             TopicWatch(settings.kafka_bootstrap_servers, topics.CONSULTATION_INTAKE.name, DLQ) as watch,
         ):
             landed = await publish_noting(settings, submitted, submitted)
             await watch.wait_for(lambda w: accepted_for(w, "RX-C-ONCE"), "the prescription to be accepted")
-            await wait_consumed(settings, "consultation.intake", landed)
+            await wait_consumed(settings, app, landed)
             await watch.settle()
 
             async def received() -> bool:
@@ -128,14 +94,19 @@ async def test_a_reused_prescription_id_is_dead_lettered(settings: RuntimeSettin
     assert len({first.message_id, second.message_id, same_sender.message_id}) == 3
     try:
         async with (
-            running(create_app(ConsultationSettings(**settings.model_dump()))),
+            running(create_app(service_settings(settings))) as app,
             TopicWatch(settings.kafka_bootstrap_servers, topics.CONSULTATION_INTAKE.name, DLQ) as watch,
         ):
             landed = await publish_noting(settings, first, second, same_sender)
             await watch.wait_for(lambda w: len(dead_letters_for(w, "RX-C-REUSED")) >= 2, "two dead letters")
-            await wait_consumed(settings, "consultation.intake", landed)
+            await wait_consumed(settings, app, landed)
             await watch.settle()
             record = await storage.intake.get("RX-C-REUSED")
+            (intake_group,) = [
+                sub.group_id
+                for sub in app.broker.subscribers
+                if topics.CONSULTATION_PRESCRIPTIONS.name in sub.topic_names
+            ]
     finally:
         client.close()
 
@@ -153,7 +124,7 @@ async def test_a_reused_prescription_id_is_dead_lettered(settings: RuntimeSettin
         assert headers["dlq.topic"] == topics.CONSULTATION_PRESCRIPTIONS.name
         assert headers["dlq.partition"] == str(landed_at.partition)
         assert headers["dlq.offset"] == str(landed_at.offset)
-        assert headers["dlq.group"] == settings.group("consultation.intake")
+        assert headers["dlq.group"] == intake_group
         assert headers["dlq.attempts"] == "1"
         assert headers["message-id"] == message.message_id
 
@@ -203,7 +174,7 @@ async def test_status_follows_the_lifecycle_to_delivered(settings: RuntimeSettin
         level=StockLevel(drug_code="INSGL", available=40, reserved=0, dispatched=0),
     )
     try:
-        async with running(create_app(ConsultationSettings(**settings.model_dump()))):
+        async with running(create_app(service_settings(settings))) as app:
             landed = await publish_noting(settings, restock, *events, *events)
 
             async def terminal() -> bool:
@@ -211,12 +182,7 @@ async def test_status_follows_the_lifecycle_to_delivered(settings: RuntimeSettin
                 return status is not None and status.terminal
 
             await wait_until(terminal, "RX-C-LIFE to reach a terminal state", timeout=30)
-            for topic in (topics.PRESCRIPTION_DECISIONS, topics.INVENTORY_EVENTS, topics.COURIER_DELIVERIES):
-                await wait_consumed(
-                    settings,
-                    f"consultation.status.{topic.name}",
-                    [r for r in landed if r.topic == topic.name],
-                )
+            await wait_consumed(settings, app, landed)
             status = await storage.status.get("RX-C-LIFE")
             tracked = {s.prescription_id for s in await storage.status.find()}
             restock_status = [
