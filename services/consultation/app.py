@@ -25,13 +25,14 @@ def create_app(settings: ConsultationSettings) -> FastStream:
     runtime = ServiceRuntime("consultation", settings)
     storage = ConsultationStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = ConsultationService(storage, runtime.notify_relay, clock=utc_now)
+    service = ConsultationService(storage, runtime.notify_relay, clock=utc_now, sender_keys=settings.secrets())
 
     runtime.consume(
         topics.CONSULTATION_PRESCRIPTIONS,
         group="consultation.intake",
         handle=service.receive_prescription,
-        title="receive prescriptions from upstream",
+        title="receive signed prescriptions from upstream",
+        gate=service.check_signature,
     )
     runtime.consume(
         *LIFECYCLE_TOPICS,

@@ -42,6 +42,20 @@ def judge_intake(existing: IntakeRecord | None, sender_id: str, message_id: str)
     return IntakeVerdict.ID_REUSED
 
 
+class MessageClaim(BaseModel):
+    """The first content seen under one sender's message id."""
+
+    sender_id: str
+    message_id: str
+    content_sha256: str
+    prescription_id: str
+
+
+def is_replay(existing: MessageClaim | None, content_sha256: str) -> bool:
+    """The same message id with different content is a replay (or a sender bug): refused, never merged."""
+    return existing is not None and existing.content_sha256 != content_sha256
+
+
 # --- status ------------------------------------------------------------------------------------
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 import structlog
 
-from pharmacy_contracts import Envelope
+from pharmacy_contracts import Envelope, signing
 from pharmacy_contracts.consultation import PrescriptionAccepted, PrescriptionSubmitted
 from services.runtime.documents import Change
-from services.runtime.kafka import Refused
+from services.runtime.errors import Refused
 
 from . import domain
 from .storage import ConsultationStorage
@@ -20,20 +22,43 @@ PRODUCER = "consultation"
 
 
 class ConsultationService:
-    def __init__(self, storage: ConsultationStorage, notify_relay: Callable[[], None], clock: Callable[[], datetime]):
+    def __init__(
+        self,
+        storage: ConsultationStorage,
+        notify_relay: Callable[[], None],
+        clock: Callable[[], datetime],
+        sender_keys: Mapping[str, Mapping[str, bytes]],
+    ):
         self._storage = storage
         self._notify_relay = notify_relay
         self._clock = clock
+        self._sender_keys = sender_keys
+
+    def check_signature(self, body: bytes, headers: dict[str, str]) -> None:
+        """Only registered upstream systems may send prescriptions, and only in their own name.
+
+        Runs on the raw bytes before parsing; a refusal quarantines the message (dead letter)."""
+        try:
+            sender = signing.verify(body, headers, self._sender_keys)
+        except signing.SignatureRefused as refused:
+            raise Refused(refused.code, str(refused)) from None
+        claimed = _sender_in(body)
+        if claimed is not None and claimed != sender:
+            raise Refused("sender_mismatch", f"signed by {sender!r} but claims to be {claimed!r}")
 
     async def receive_prescription(self, submitted: PrescriptionSubmitted) -> None:
         prescription = submitted.prescription
-        verdicts: list[domain.IntakeVerdict] = []
+        await self._claim_message_id(submitted)
 
         def decide(existing: domain.IntakeRecord | None) -> Change[domain.IntakeRecord] | None:
             verdict = domain.judge_intake(existing, submitted.sender_id, submitted.message_id)
-            verdicts.append(verdict)
-            if verdict is not domain.IntakeVerdict.NEW:
+            if verdict is domain.IntakeVerdict.DUPLICATE:
                 return None
+            if verdict is domain.IntakeVerdict.ID_REUSED:
+                raise Refused(
+                    "prescription_id_reused",
+                    f"prescription {prescription.prescription_id} was already received in another message",
+                )
             record = domain.IntakeRecord(
                 prescription_id=prescription.prescription_id,
                 sender_id=submitted.sender_id,
@@ -53,13 +78,27 @@ class ConsultationService:
         if await self._storage.intake.apply(prescription.prescription_id, decide, message_id=submitted.message_id):
             log.info("prescription received", sender_id=submitted.sender_id, items=len(prescription.items))
             self._notify_relay()
-        elif verdicts and verdicts[-1] is domain.IntakeVerdict.ID_REUSED:
-            raise Refused(
-                "prescription_id_reused",
-                f"prescription {prescription.prescription_id} was already received in another message",
-            )
         else:
             log.info("duplicate prescription message dropped")
+
+    async def _claim_message_id(self, submitted: PrescriptionSubmitted) -> None:
+        content = hashlib.sha256(submitted.model_dump_json().encode()).hexdigest()
+
+        def decide(existing: domain.MessageClaim | None) -> Change[domain.MessageClaim] | None:
+            if domain.is_replay(existing, content):
+                raise Refused("message_id_replayed", f"message {submitted.message_id} was seen with other content")
+            if existing is not None:
+                return None
+            claim = domain.MessageClaim(
+                sender_id=submitted.sender_id,
+                message_id=submitted.message_id,
+                content_sha256=content,
+                prescription_id=submitted.prescription.prescription_id,
+            )
+            return Change(claim)
+
+        # No message_id here: the claim is keyed by it, and a replay must reach `decide` to be caught.
+        await self._storage.messages.apply(f"{submitted.sender_id}:{submitted.message_id}", decide)
 
     async def track(self, event: Envelope) -> None:
         prescription_id = domain.prescription_of(event)
@@ -76,3 +115,13 @@ class ConsultationService:
 
     async def status_of(self, prescription_id: str) -> domain.PrescriptionStatus | None:
         return await self._storage.status.get(prescription_id)
+
+
+def _sender_in(body: bytes) -> str | None:
+    """The sender id the message body claims, if it is readable at all (parsing proper comes later)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    sender = data.get("sender_id") if isinstance(data, dict) else None
+    return sender if isinstance(sender, str) else None

@@ -6,12 +6,13 @@ from typing import Any
 
 from services.runtime.documents import DocumentStore
 
-from .domain import IntakeRecord, PrescriptionStatus
+from .domain import IntakeRecord, MessageClaim, PrescriptionStatus
 
 
 class ConsultationStorage:
     def __init__(self, database: Any) -> None:
         self.intake: DocumentStore[IntakeRecord] = DocumentStore(database, "consultation_prescriptions", IntakeRecord)
+        self.messages: DocumentStore[MessageClaim] = DocumentStore(database, "consultation_messages", MessageClaim)
         self.status: DocumentStore[PrescriptionStatus] = DocumentStore(
             database, "consultation_status", PrescriptionStatus
         )
@@ -23,3 +24,4 @@ class ConsultationStorage:
     async def ensure_indexes(self) -> None:
         await self.intake.ensure_indexes(plain=["patient_id"])
         await self.status.ensure_indexes(plain=["stage"])
+        await self.messages.ensure_indexes()

@@ -16,14 +16,25 @@ from services.consultation.settings import ConsultationSettings
 from services.consultation.storage import ConsultationStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, headers_of, of_type, own_groups, publish_noting, running, wait_consumed
+from tests.support.inprocess import (
+    TopicWatch,
+    headers_of,
+    of_type,
+    own_groups,
+    publish_noting,
+    running,
+    sender_keys,
+    wait_consumed,
+)
 from tests.support.scenario import prescription_message, wait_until
 
 DLQ = topics.CONSULTATION_PRESCRIPTIONS.dead_letter_topic
 
 
 def service_settings(settings: RuntimeSettings) -> ConsultationSettings:
-    return own_groups(ConsultationSettings, settings)
+    return own_groups(
+        ConsultationSettings, settings, sender_keys=sender_keys(settings, "hospital-test", "hospital-other")
+    )
 
 
 def accepted_for(watch: TopicWatch, prescription_id: str) -> list[PrescriptionAccepted]:
