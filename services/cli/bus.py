@@ -9,8 +9,10 @@ from uuid import uuid4
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from pharmacy_contracts import Envelope
+from pharmacy_contracts import Envelope, signing
+from pharmacy_contracts.consultation import PrescriptionSubmitted
 from pharmacy_contracts.topics import Topic, topic_for
+from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
 
 
@@ -21,6 +23,7 @@ async def producer(settings: RuntimeSettings) -> AsyncIterator[AIOKafkaProducer]
         acks=settings.kafka_acks_value(),
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=5,
+        **aiokafka_kwargs(settings),
     )
     await client.start()
     try:
@@ -29,22 +32,36 @@ async def producer(settings: RuntimeSettings) -> AsyncIterator[AIOKafkaProducer]
         await client.stop()
 
 
-def encode(message: Envelope) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+def encode(
+    message: Envelope, settings: RuntimeSettings | None = None
+) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+    """Topic, key, value and headers of a message. A prescription is signed as its sender when
+    `settings` carry a signing key (see `RuntimeSettings.signing_key_id`)."""
     topic = topic_for(message)
-    headers = [
-        ("content-type", b"application/json"),
-        ("message-type", message.type.encode()),
-        ("message-id", message.message_id.encode()),
-        ("correlation-id", message.correlation_id.encode()),
-    ]
-    return topic.name, topic.key_of(message).encode(), message.model_dump_json().encode(), headers
+    value = message.model_dump_json().encode()
+    headers = {
+        "content-type": "application/json",
+        "message-type": message.type,
+        "message-id": message.message_id,
+        "correlation-id": message.correlation_id,
+    }
+    if isinstance(message, PrescriptionSubmitted) and settings and settings.signing_secret and settings.signing_key_id:
+        headers |= signing.signature_headers(
+            value,
+            sender_id=message.sender_id,
+            key_id=settings.signing_key_id,
+            secret=settings.signing_secret.get_secret_value().encode(),
+        )
+    return topic.name, topic.key_of(message).encode(), value, [(k, v.encode()) for k, v in headers.items()]
 
 
-async def publish_all(client: AIOKafkaProducer, messages: Iterable[Envelope]) -> int:
+async def publish_all(
+    client: AIOKafkaProducer, messages: Iterable[Envelope], settings: RuntimeSettings | None = None
+) -> int:
     """Send in order and wait until the broker confirmed every one."""
     futures = []
     for message in messages:
-        name, key, value, headers = encode(message)
+        name, key, value, headers = encode(message, settings)
         futures.append(await client.send(name, value, key=key, headers=headers))
     for future in futures:
         await future
@@ -53,7 +70,7 @@ async def publish_all(client: AIOKafkaProducer, messages: Iterable[Envelope]) ->
 
 async def publish(settings: RuntimeSettings, *messages: Envelope) -> int:
     async with producer(settings) as client:
-        return await publish_all(client, messages)
+        return await publish_all(client, messages, settings)
 
 
 async def follow(
@@ -71,6 +88,7 @@ async def follow(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        **aiokafka_kwargs(settings),
     )
     await consumer.start()
     try:

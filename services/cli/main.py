@@ -29,7 +29,7 @@ from services.runtime.documents import connect
 from services.runtime.kafka import create_topics
 from services.runtime.settings import RuntimeSettings
 
-from . import bus
+from . import bus, dlq
 from .render import describe_inventory_event, status_panel, stock_table
 
 T = TypeVar("T")
@@ -44,6 +44,7 @@ app.add_typer(warehouse, name="warehouse")
 app.add_typer(courier, name="courier")
 app.add_typer(formulary, name="formulary")
 app.add_typer(couriers, name="couriers")
+app.add_typer(dlq.app, name="dlq")
 
 
 def _settings() -> RuntimeSettings:
@@ -72,7 +73,7 @@ async def _with_database(use: Callable[[Any], Awaitable[T]]) -> T:
 @app.command()
 def submit(
     file: Path = typer.Argument(..., exists=True, readable=True, help="A prescription, or a whole message, as JSON"),
-    sender_id: str = typer.Option("cli", help="The upstream system's registered id"),
+    sender_id: str = typer.Option("cli", help="The upstream system's registered id (it signs the message)"),
 ) -> None:
     """Publish a prescription on consultation.prescriptions.v1, as an upstream system does."""
     data = json.loads(file.read_text())
@@ -86,8 +87,26 @@ def submit(
             sender_id=sender_id,
             prescription=prescription,
         )
-    _run(bus.publish(_settings(), message))
-    console.print(f"submitted [bold]{message.prescription.prescription_id}[/] as message {message.message_id}")
+    settings = _settings()
+    if settings.signing_secret is None:
+        settings = _with_dev_stack_key(settings)
+    _run(bus.publish(settings, message))
+    console.print(
+        f"submitted [bold]{message.prescription.prescription_id}[/] as message {message.message_id}, "
+        f"signed by {message.sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}"
+    )
+
+
+def _with_dev_stack_key(settings: RuntimeSettings) -> RuntimeSettings:
+    """Without PHARMACY_SIGNING_KEY_ID/SECRET, sign with the key of a local dev stack (`make up`)."""
+    from services.ops.devstack import DEV_KEY_ID, DevStack
+
+    key_file = DevStack.from_env().home / "signing.key"
+    if not key_file.exists():
+        return settings
+    return settings.model_copy(
+        update={"signing_key_id": DEV_KEY_ID, "signing_secret": DevStack.from_env().signing_secret}
+    )
 
 
 @app.command()

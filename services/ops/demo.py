@@ -120,7 +120,7 @@ class Demo:
             ids.append(prescription.prescription_id)
         async with bus.producer(self.settings) as producer:
             for message in messages:
-                await bus.publish_all(producer, [message])
+                await bus.publish_all(producer, [message], self.settings)
                 self.submitted += 1
                 await asyncio.sleep(1 / self.rate)
         return ids

@@ -8,7 +8,9 @@ database file. The broker keeps messages in memory only, so `up` starts from emp
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +29,10 @@ from services.runtime.kafka import create_topics
 from services.runtime.settings import RuntimeSettings
 
 SERVICES = ("consultation", "prescription", "inventory", "courier")
+#: Upstream systems the dev stack registers with the consultation service (the demo's hospital,
+#: the CLI's default, the tests'), all signing with the dev stack's own key.
+DEV_SENDERS = ("internet-hospital", "hospital-a", "hospital-test", "cli")
+DEV_KEY_ID = "dev"
 console = Console(stderr=True)
 
 
@@ -64,11 +70,26 @@ class DevStack:
     def mongo_url(self) -> str:
         return f"mongodb://127.0.0.1:{self.mongo_port}"
 
+    @property
+    def signing_secret(self) -> str:
+        """A signing key made for this dev stack only (never committed): the simulated upstream
+        systems sign with it, and the consultation service knows it for each of DEV_SENDERS."""
+        path = self.home / "signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def sender_keys(self) -> dict[str, dict[str, str]]:
+        return {sender: {DEV_KEY_ID: self.signing_secret} for sender in DEV_SENDERS}
+
     def service_env(self) -> dict[str, str]:
         return {
             "PHARMACY_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "PHARMACY_MONGO_URL": self.mongo_url,
             "PHARMACY_KAFKA_TOPIC_PARTITIONS": str(self.partitions),
+            "PHARMACY_SENDER_KEYS": json.dumps(self.sender_keys()),
             **self.extra_env,
         }
 
@@ -77,6 +98,8 @@ class DevStack:
             kafka_bootstrap_servers=self.bootstrap,
             mongo_url=self.mongo_url,
             kafka_topic_partitions=self.partitions,
+            signing_key_id=DEV_KEY_ID,
+            signing_secret=self.signing_secret,
         )
 
     @property

@@ -8,8 +8,9 @@ A document is `{_id, version, state, outbox, outbox_pending, handled}`:
   sub-documents and positional updates.
 * `outbox` holds the events the change caused, written in the same atomic write; the relay
   publishes them and removes them. A crash between the two leaves them to be published again.
-* `handled` remembers the last message ids applied to this document, so a redelivered message
-  is recognised and changes nothing.
+* `handled` remembers the last message ids applied to this document and `positions` the highest
+  offset absorbed per topic partition (see `tracking`), so a redelivered or replayed message is
+  recognised and changes nothing.
 
 This module and the services' `storage` modules are the only code that knows MongoDB.
 """
@@ -27,6 +28,10 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import topic_for
+
+from .errors import Refused
+from .faults import crash_point
+from .tracking import Position, current_position
 
 #: Errors that mean "the database is unreachable right now", not "this message is bad".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure,)
@@ -91,6 +96,12 @@ class DocumentStore(Generic[S]):
         query = {f"state.{k}": v for k, v in state_equals.items()}
         return [self.model.model_validate(d["state"]) async for d in self._collection.find(query, {"state": 1})]
 
+    async def versions(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Every document's version and state, for comparing before and after (tests, tools)."""
+        return {
+            d["_id"]: (d["version"], d["state"]) async for d in self._collection.find({}, {"version": 1, "state": 1})
+        }
+
     async def count(self, **state_equals: Any) -> int:
         return await self._collection.count_documents({f"state.{k}": v for k, v in state_equals.items()})
 
@@ -109,32 +120,48 @@ class DocumentStore(Generic[S]):
         """
         for _ in range(MAX_WRITE_ATTEMPTS):
             doc = await self._collection.find_one({"_id": doc_id})
-            if doc is not None and message_id is not None and message_id in doc["handled"]:
+            position = current_position.get() if message_id is not None else None
+            if doc is not None and _already_absorbed(doc, message_id, position):
                 return None
             current = None if doc is None else self.model.model_validate(doc["state"])
-            change = decide(current)
+            try:
+                change = decide(current)
+            except Refused:
+                if doc is not None and message_id is not None:
+                    await self._remember(doc, message_id, position)
+                raise
             if change is None:
                 return None
             outbox = (doc["outbox"] if doc else []) + [outbox_entry(e) for e in change.events]
-            handled = (doc["handled"] if doc else []) + ([message_id] if message_id else [])
             new_doc = {
                 "_id": doc_id,
                 "version": (doc["version"] + 1) if doc else 1,
                 "state": change.state.model_dump(mode="json"),
                 "outbox": outbox,
                 "outbox_pending": len(outbox),
-                "handled": handled[-HANDLED_MEMORY:],
+                **_tracking(doc, message_id, position),
             }
             if doc is None:
                 try:
                     await self._collection.insert_one(new_doc)
                 except DuplicateKeyError:
                     continue
-                return change
-            result = await self._collection.replace_one({"_id": doc_id, "version": doc["version"]}, new_doc)
-            if result.matched_count == 1:
-                return change
+            elif (
+                await self._collection.replace_one({"_id": doc_id, "version": doc["version"]}, new_doc)
+            ).matched_count != 1:
+                continue
+            if change.events:
+                crash_point(f"after-write:{self.name}")
+            return change
         raise ConcurrencyConflict(f"{self.name}/{doc_id}: too many concurrent writers")
+
+    async def _remember(self, doc: dict[str, Any], message_id: str, position: Position | None) -> None:
+        """Record a refused message on the document without changing its state (best effort: if
+        someone wrote first, a replay is refused again, which is harmless)."""
+        await self._collection.update_one(
+            {"_id": doc["_id"], "version": doc["version"]},
+            {"$set": _tracking(doc, message_id, position), "$inc": {"version": 1}},
+        )
 
     # --- outbox -------------------------------------------------------------------------------
 
@@ -157,6 +184,20 @@ class DocumentStore(Generic[S]):
             if result.matched_count == 1:
                 return
         raise ConcurrencyConflict(f"{self.name}/{doc_id}: could not clear the outbox")
+
+
+def _already_absorbed(doc: dict[str, Any], message_id: str | None, position: Position | None) -> bool:
+    if message_id is not None and message_id in doc["handled"]:
+        return True
+    return position is not None and doc.get("positions", {}).get(position.key, -1) >= position.offset
+
+
+def _tracking(doc: dict[str, Any] | None, message_id: str | None, position: Position | None) -> dict[str, Any]:
+    handled = (doc["handled"] if doc else []) + ([message_id] if message_id else [])
+    positions = dict(doc.get("positions", {})) if doc else {}
+    if position is not None:
+        positions[position.key] = max(position.offset, positions.get(position.key, -1))
+    return {"handled": handled[-HANDLED_MEMORY:], "positions": positions}
 
 
 async def ping(client: AsyncIOMotorClient) -> None:

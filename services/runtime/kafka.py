@@ -19,23 +19,16 @@ from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import ALL_TOPICS, Topic
 
 from .documents import TRANSIENT_ERRORS
+from .errors import Refused
+from .security import aiokafka_kwargs, faststream_security
 from .settings import RuntimeSettings
+from .tracking import Position, current_position
 
 log = structlog.get_logger()
 
 Handler = Callable[[Any], Awaitable[None]]
-
-
-class Refused(Exception):
-    """A well-formed message the service will not act on (a forged sender, an unknown delivery).
-
-    It is dead-lettered with this reason at once: retrying cannot make it acceptable.
-    """
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
+#: Checks a record's raw bytes and headers before it is parsed; raises Refused to quarantine it.
+Gate = Callable[[bytes, dict[str, str]], None]
 
 
 class ConcurrentStartBroker(KafkaBroker):
@@ -64,6 +57,7 @@ def create_broker(settings: RuntimeSettings, client_id: str) -> KafkaBroker:
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=settings.kafka_linger_ms,
         graceful_timeout=settings.shutdown_grace_s,
+        security=faststream_security(settings),
         logger=None,
     )
 
@@ -77,7 +71,7 @@ class DeadLetters:
 
     async def send(self, message: Any, topic: Topic, *, reason: str, detail: str, attempts: int) -> None:
         record = message.raw_message
-        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+        headers = _headers(record)
         headers.update(
             {
                 "dlq.reason": reason,
@@ -106,6 +100,7 @@ def subscribe(
     group: str,
     handle: Handler,
     title: str,
+    gate: Gate | None = None,
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
 
@@ -129,7 +124,18 @@ def subscribe(
         record = message.raw_message
         topic = by_name[record.topic]
         structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
+        current_position.set(Position(record.topic, record.partition, record.offset))
         try:
+            if len(message.body) > settings.max_message_bytes:
+                detail = f"{len(message.body)} bytes, at most {settings.max_message_bytes}"
+                await dead_letters.send(message, topic, reason="too_large", detail=detail, attempts=1)
+                return
+            if gate is not None:
+                try:
+                    gate(message.body, _headers(record))
+                except Refused as refusal:
+                    await dead_letters.send(message, topic, reason=refusal.code, detail=refusal.detail, attempts=1)
+                    return
             try:
                 parsed: Envelope = topic.parse(message.body)
             except ValidationError as error:
@@ -140,12 +146,16 @@ def subscribe(
             )
             await _handle_with_retries(parsed, message, topic, handle, dead_letters, settings)
         finally:
+            current_position.set(None)
             structlog.contextvars.unbind_contextvars(
                 "topic", "partition", "offset", "correlation_id", "message_id", "message_type"
             )
 
     broker.subscriber(
         *by_name,
+        # The runtime parses the raw bytes itself: FastStream's own decoding of a body labelled
+        # application/json would fail on garbage before `consume` runs, outside the dead-letter path.
+        decoder=_raw_body,
         group_id=group_id,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
@@ -188,6 +198,14 @@ async def _handle_with_retries(
             await asyncio.sleep(delay)
 
 
+async def _raw_body(message: Any) -> bytes:
+    return message.body
+
+
+def _headers(record: Any) -> dict[str, str]:
+    return {k: v.decode("utf-8", "replace") for k, v in (record.headers or ())}
+
+
 def _brief(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in error.errors()[:10])
 
@@ -197,7 +215,7 @@ async def create_topics(settings: RuntimeSettings, *, with_dead_letters: bool = 
     names = [t.name for t in ALL_TOPICS]
     if with_dead_letters:
         names += [t.dead_letter_topic for t in ALL_TOPICS]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **aiokafka_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

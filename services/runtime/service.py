@@ -12,7 +12,7 @@ from faststream import FastStream
 from pharmacy_contracts.topics import Topic
 
 from .documents import DocumentStore, connect, ping
-from .kafka import Handler, create_broker, subscribe
+from .kafka import Gate, Handler, create_broker, subscribe
 from .logging import configure_logging
 from .relay import OutboxRelay
 from .settings import RuntimeSettings
@@ -37,8 +37,8 @@ class ServiceRuntime:
     def notify_relay(self) -> None:
         self.relay.notify()
 
-    def consume(self, *topics: Topic, group: str, handle: Handler, title: str) -> None:
-        subscribe(self.broker, self.settings, topics=topics, group=group, handle=handle, title=title)
+    def consume(self, *topics: Topic, group: str, handle: Handler, title: str, gate: Gate | None = None) -> None:
+        subscribe(self.broker, self.settings, topics=topics, group=group, handle=handle, title=title, gate=gate)
 
     def app(self, *, on_startup: Callable[[], Awaitable[None]] | None = None) -> FastStream:
         async def prepare() -> None:

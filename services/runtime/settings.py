@@ -29,6 +29,23 @@ class RuntimeSettings(BaseSettings):
     kafka_topic_partitions: int = Field(default=4, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
 
+    # Kafka security: PLAINTEXT on the dev stack; SASL and/or TLS wherever the network is shared.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(
+        default=None, description="CA bundle to verify the brokers; system CAs if unset"
+    )
+    max_message_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Larger messages are dead-lettered unread (reason: too_large)"
+    )
+
+    # Tools that publish prescriptions as an upstream system (the CLI, the demo, tests) sign them
+    # with this key; every sender id it signs for must have the key registered with consultation.
+    signing_key_id: str | None = None
+    signing_secret: SecretStr | None = None
+
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27117")
     mongo_database: str = "pharmacy"
 

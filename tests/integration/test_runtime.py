@@ -20,7 +20,7 @@ from pharmacy_contracts.inventory import RestockRequested
 from services.cli import bus
 from services.ops.devstack import DevStack
 from services.runtime.documents import Change, DocumentStore
-from services.runtime.kafka import Refused
+from services.runtime.errors import Refused
 from services.runtime.relay import OutboxRelay
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings

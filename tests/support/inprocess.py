@@ -113,7 +113,7 @@ async def publish_noting(settings: RuntimeSettings, *messages: Envelope) -> list
     async with bus.producer(settings) as client:
         landed = []
         for message in messages:
-            name, key, value, headers = bus.encode(message)
+            name, key, value, headers = bus.encode(message, settings)
             landed.append(await client.send_and_wait(name, value, key=key, headers=headers))
         return landed
 
@@ -145,3 +145,9 @@ async def wait_consumed(settings: RuntimeSettings, app: FastStream, landed: list
     finally:
         for reader in readers.values():
             await reader.stop()
+
+
+def sender_keys(settings: RuntimeSettings, *senders: str) -> dict[str, dict[str, str]]:
+    """Register `senders` with the consultation service under the key the tools sign with."""
+    assert settings.signing_key_id and settings.signing_secret
+    return {sender: {settings.signing_key_id: settings.signing_secret.get_secret_value()} for sender in senders}
