@@ -12,7 +12,7 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.prescription import PrescriptionApproved
 from services.runtime.documents import Change
-from services.runtime.kafka import Refused
+from services.runtime.errors import Refused
 
 from . import domain
 from .domain import CourierProfile, Delivery, DeliveryState, ReportOutcome
@@ -138,17 +138,14 @@ class CourierService:
 
     async def on_report(self, report: c.CourierReported) -> None:
         rx = report.package_id
-        refusal: list[domain.ReportRefused] = []
         outcomes: list[ReportOutcome] = []
         roster = await self._storage.couriers() if report.status == "failed" else []
         loads = await self._storage.loads(roster) if roster else {}
 
         def decide(current: Delivery | None) -> Change[Delivery] | None:
-            refusal.clear()
             outcomes.clear()
             if current is None:
-                refusal.append(domain.ReportRefused("unknown_package", f"no delivery for package {rx}"))
-                return None
+                raise Refused("unknown_package", f"no delivery for package {rx}")
             try:
                 updated, outcome = domain.apply_report(
                     current,
@@ -159,17 +156,13 @@ class CourierService:
                     max_attempts=self._max_attempts,
                 )
             except domain.ReportRefused as refused:
-                refusal.append(refused)
-                return None
+                raise Refused(refused.code, str(refused)) from None
             outcomes.append(outcome)
             if outcome is ReportOutcome.IGNORED:
                 return None
             return self._report_events(current, updated, outcome, report, roster, loads)
 
-        change = await self._storage.deliveries.apply(rx, decide, message_id=report.message_id)
-        if refusal:
-            raise Refused(refusal[0].code, str(refusal[0]))
-        if change is not None:
+        if await self._storage.deliveries.apply(rx, decide, message_id=report.message_id):
             self._notify_relay()
             log.info("courier report applied", outcome=outcomes[-1], courier_id=report.courier_id)
 

@@ -11,7 +11,7 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.prescription import PrescriptionApproved
 from services.runtime.documents import Change
-from services.runtime.kafka import Refused
+from services.runtime.errors import Refused
 
 from . import domain
 from .domain import Allocation, AllocationState, Warehouse
@@ -225,12 +225,9 @@ class InventoryService:
             )
 
     async def _adjust(self, command: inv.AdjustmentRequested) -> None:
-        refusal: list[str] = []
-
         def decide(current: Warehouse | None) -> Change[Warehouse] | None:
             if current is None:
-                refusal.append(f"unknown warehouse {command.warehouse_id}")
-                return None
+                raise Refused("unknown_warehouse", f"unknown warehouse {command.warehouse_id}")
             common = {
                 "correlation_id": command.correlation_id,
                 "causation_id": command.message_id,
@@ -254,5 +251,3 @@ class InventoryService:
         if await self._storage.warehouses.apply(command.warehouse_id, decide, message_id=command.message_id):
             self._notify_relay()
             log.info("adjustment handled", warehouse_id=command.warehouse_id, drug_code=command.drug_code)
-        elif refusal:
-            raise Refused("unknown_warehouse", refusal[0])
