@@ -106,6 +106,16 @@ async def test_every_terminal_state_and_stock_is_conserved(system: System) -> No
     assert (totals[drug_a, "available"], totals[drug_b, "available"]) == (600 - 90, 90 - 30)
 
 
+def test_service_logs_carry_no_patient_data(services: DevStack) -> None:
+    """Runs after the traffic above: the patients' names, phones, addresses and diagnoses never
+    reach a log line (the builders give every test patient the same recognisable details)."""
+    logs = {path.name: path.read_text() for path in services.logs.glob("*-*.log")}
+    assert logs and sum(len(text) for text in logs.values()) > 10_000
+    for name, text in logs.items():
+        for personal in ("Test Patient", "+7 700 000 0000", "Farm 1", "E11.9", "1960-01-01"):
+            assert personal not in text, f"{personal!r} in {name}"
+
+
 async def test_the_same_prescription_twice_is_fulfilled_once(system: System) -> None:
     drug = unique("DD")
     warehouse = unique("WH-D")

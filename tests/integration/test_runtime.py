@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from pydantic import BaseModel
 
@@ -218,3 +218,31 @@ async def _async(value: bool) -> bool:
 
 async def _pending_empty(store: DocumentStore[Counted]) -> bool:
     return not await store.pending_outbox()
+
+
+async def test_an_oversized_message_is_dead_lettered_unread(settings: RuntimeSettings) -> None:
+    settings = fast(settings, max_message_bytes=4096)
+    handled: list[str] = []
+
+    async def handle(message: RestockRequested) -> None:
+        handled.append(message.correlation_id)
+
+    marker = f"BIG{uuid.uuid4().hex[:6]}"
+    huge = command(marker).model_copy(update={"requested_by": "x" * 80})
+    body = (
+        huge.model_dump_json().encode().replace(b'"requested_by"', b'"padding":"' + b"y" * 5000 + b'","requested_by"')
+    )
+    runtime = ServiceRuntime("test", settings)
+    runtime.consume(TOPIC, group="size", handle=handle, title="test")
+    async with running(runtime.app()), TopicWatch(settings.kafka_bootstrap_servers, TOPIC.dead_letter_topic) as dlq:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(TOPIC.name, body, key=marker.encode())
+        finally:
+            await producer.stop()
+        await dlq.wait_for(lambda w: [r for r in w.raw(TOPIC.dead_letter_topic) if r.key == marker.encode()], "it")
+    letter = next(r for r in dlq.raw(TOPIC.dead_letter_topic) if r.key == marker.encode())
+    assert dict(letter.headers)["dlq.reason"] == b"too_large"
+    assert letter.value == body
+    assert marker not in handled
