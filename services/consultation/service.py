@@ -121,7 +121,7 @@ def _sender_in(body: bytes) -> str | None:
     """The sender id the message body claims, if it is readable at all (parsing proper comes later)."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting thousands deep
         return None
     sender = data.get("sender_id") if isinstance(data, dict) else None
     return sender if isinstance(sender, str) else None

@@ -37,7 +37,7 @@ from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 
 from .devstack import DevStack
-from .simulation import CourierSimulator, Plan, county_prescriptions
+from .simulation import CourierSimulator, Plan, county_prescriptions, restocks
 
 console = Console()
 
@@ -94,21 +94,8 @@ class Demo:
             await self.prescription.save_formulary_entry(FormularyEntry.model_validate(entry))
         for profile in _data("couriers.json"):
             await self.courier.save_courier(CourierProfile.model_validate(profile))
-        await bus.publish(
-            self.settings,
-            *(
-                inv.RestockRequested(
-                    correlation_id=f"opening-{warehouse}-{drug}",
-                    producer="demo",
-                    warehouse_id=warehouse,
-                    drug_code=drug,
-                    quantity=quantity,
-                    requested_by="opening stock count",
-                )
-                for warehouse, drugs in STOCK.items()
-                for drug, quantity in drugs.items()
-            ),
-        )
+        opening = [(w, d, q) for w, drugs in STOCK.items() for d, q in drugs.items()]
+        await bus.publish(self.settings, *restocks(opening, requested_by="opening stock count"))
 
     async def submit_all(self) -> list[str]:
         ids = []

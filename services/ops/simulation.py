@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import (
     Address,
     Coordinates,
@@ -87,6 +88,21 @@ def reports_for(offer: c.DispatchOffered, plan: Plan) -> list[c.CourierReported]
     if kind == "fail":
         return [report("accepted"), report("failed", reason)]
     raise ValueError(f"unknown plan {plan!r}")
+
+
+def restocks(stock: Iterable[tuple[str, str, int]], *, requested_by: str) -> list[inv.RestockRequested]:
+    """Opening stock as warehouse staff would enter it: one restock command per warehouse and drug."""
+    return [
+        inv.RestockRequested(
+            correlation_id=f"opening-{warehouse}-{drug}",
+            producer="simulation",
+            warehouse_id=warehouse,
+            drug_code=drug,
+            quantity=quantity,
+            requested_by=requested_by,
+        )
+        for warehouse, drug, quantity in stock
+    ]
 
 
 # --- the county ----------------------------------------------------------------------------------

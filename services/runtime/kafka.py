@@ -136,10 +136,16 @@ def subscribe(
                 except Refused as refusal:
                     await dead_letters.send(message, topic, reason=refusal.code, detail=refusal.detail, attempts=1)
                     return
+                except Exception as error:  # a gate that trips over hostile bytes refuses them
+                    await dead_letters.send(message, topic, reason="unreadable", detail=repr(error), attempts=1)
+                    return
             try:
                 parsed: Envelope = topic.parse(message.body)
             except ValidationError as error:
                 await dead_letters.send(message, topic, reason="contract_violation", detail=_brief(error), attempts=1)
+                return
+            except Exception as error:  # parsing is pure: whatever it raises, the bytes are at fault
+                await dead_letters.send(message, topic, reason="contract_violation", detail=repr(error), attempts=1)
                 return
             structlog.contextvars.bind_contextvars(
                 correlation_id=parsed.correlation_id, message_id=parsed.message_id, message_type=parsed.type

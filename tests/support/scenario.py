@@ -11,7 +11,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from pharmacy_contracts import courier as c
-from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import (
     Address,
     Coordinates,
@@ -28,7 +27,7 @@ from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.inventory.domain import Warehouse
 from services.inventory.storage import InventoryStorage
-from services.ops.simulation import CourierSimulator, Plan
+from services.ops.simulation import CourierSimulator, Plan, restocks
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
@@ -98,19 +97,7 @@ class System:
         for profile in couriers:
             await self.courier.save_courier(profile)
         stock = list(stock)
-        await self.publish(
-            *(
-                inv.RestockRequested(
-                    correlation_id=f"seed-{w}-{d}",
-                    producer="test",
-                    warehouse_id=w,
-                    drug_code=d,
-                    quantity=q,
-                    requested_by="test",
-                )
-                for w, d, q in stock
-            )
-        )
+        await self.publish(*restocks(stock, requested_by="test"))
 
         async def stocked() -> bool:
             levels = {

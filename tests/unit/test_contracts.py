@@ -356,3 +356,16 @@ def test_inventory_commands_are_keyed_by_warehouse():
 def test_key_of_a_message_without_any_key_field_is_an_error():
     with pytest.raises(ValueError, match="has none of"):
         topics.COURIER_DISPATCH.key_of(make_submitted())
+
+
+def test_a_timestamp_that_overflows_in_utc_is_a_validation_error_not_a_crash() -> None:
+    import pydantic
+
+    from pharmacy_contracts.inventory import RestockRequested
+
+    raw = (
+        '{"type":"inventory.restock_requested","correlation_id":"c","producer":"p","warehouse_id":"W",'
+        '"drug_code":"D","quantity":1,"requested_by":"x","occurred_at":"9999-12-31T23:59:59-01:00"}'
+    )
+    with pytest.raises(pydantic.ValidationError):
+        RestockRequested.model_validate_json(raw)
