@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from services.runtime.documents import Change, DocumentStore
@@ -26,7 +27,10 @@ class CourierStorage:
         return await self.roster.find()
 
     async def loads(self, couriers: list[CourierProfile]) -> dict[str, int]:
-        return {c.courier_id: await self.deliveries.count(active_courier_id=c.courier_id) for c in couriers}
+        """Deliveries on the road per courier, in one query."""
+        ids = [c.courier_id for c in couriers]
+        on_the_road = Counter(await self.deliveries.values_of("active_courier_id", active_courier_id={"$in": ids}))
+        return {courier_id: on_the_road[courier_id] for courier_id in ids}
 
     async def save_courier(self, courier: CourierProfile) -> None:
         await self.roster.apply(courier.courier_id, lambda _: Change(courier))

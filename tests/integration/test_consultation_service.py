@@ -69,7 +69,7 @@ async def test_a_prescription_is_accepted_once(settings: RuntimeSettings) -> Non
 
             await wait_until(received, "the status to record the intake", timeout=30)
             record = await storage.intake.get("RX-C-ONCE")
-            records = await storage.intake.count(prescription_id="RX-C-ONCE")
+            records = len(await storage.intake.find(prescription_id="RX-C-ONCE"))
             status = await storage.status.get("RX-C-ONCE")
     finally:
         client.close()
