@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install contracts up down status demo test lint unit e2e clean
+.PHONY: install contracts up down status demo test lint unit chaos clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ test: install lint ## every test; starts and stops its own broker and database
 
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+chaos: install ## the chaos run on its own (it also runs inside `make test`): kill -9 under load, then every guarantee
+	$(BIN)/python -m services.ops.chaos
 
 clean: down
 	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache

@@ -10,20 +10,16 @@ a message that was in fact handled changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
 from uuid import uuid4
 
 import typer
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -33,9 +29,7 @@ from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
 
 from . import bus
-
-T = TypeVar("T")
-console = Console()
+from .running import console, run, settings_from_env
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -372,23 +366,6 @@ def printable_block(text: str) -> str:
 # --- commands -----------------------------------------------------------------------------------
 
 
-def _settings() -> RuntimeSettings:
-    return RuntimeSettings()
-
-
-def _run(coro: Awaitable[T]) -> T:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except TimeoutError as error:
-        console.print(Text(f"the broker is slow: {error}", style="red"))
-        raise typer.Exit(1) from None
-    except KafkaError as error:
-        console.print(Text(f"Kafka: {error!r}", style="red"))
-        raise typer.Exit(1) from None
-
-
 def _dead_letter_topic_param(name: str) -> str:
     try:
         return dead_letter_topic(name)
@@ -402,7 +379,7 @@ def list_command(
 ) -> None:
     """Every dead letter, or one topic's, oldest first."""
     names = [_dead_letter_topic_param(topic)] if topic else None
-    letters = _run(read_dead_letters(_settings(), names))
+    letters = run(read_dead_letters(settings_from_env(), names))
     if not letters:
         console.print(f"no dead letters on {names[0] if names else 'any dead-letter topic'}")
         return
@@ -421,7 +398,7 @@ def show(
 ) -> None:
     """One dead letter: every header and the value."""
     name = _dead_letter_topic_param(dlq_topic)
-    letter = _run(read_dead_letter(_settings(), name, partition, offset))
+    letter = run(read_dead_letter(settings_from_env(), name, partition, offset))
     if letter is None:
         console.print(f"no dead letter at {escape(name)}:{partition}:{offset}")
         raise typer.Exit(1)
@@ -442,19 +419,19 @@ def replay_command(
     Either one letter (DLQ_TOPIC PARTITION OFFSET) or `DLQ_TOPIC --all [--reason R]`.
     """
     name = _dead_letter_topic_param(dlq_topic)
-    settings = _settings()
+    settings = settings_from_env()
     if every:
         if partition is not None or offset is not None:
             raise typer.BadParameter("give either PARTITION OFFSET or --all, not both")
         letters = [
-            letter for letter in _run(read_dead_letters(settings, [name])) if reason is None or letter.reason == reason
+            letter for letter in run(read_dead_letters(settings, [name])) if reason is None or letter.reason == reason
         ]
     else:
         if partition is None or offset is None:
             raise typer.BadParameter("give PARTITION and OFFSET, or --all")
         if reason is not None:
             raise typer.BadParameter("--reason only goes with --all")
-        found = _run(read_dead_letter(settings, name, partition, offset))
+        found = run(read_dead_letter(settings, name, partition, offset))
         if found is None:
             console.print(f"no dead letter at {escape(name)}:{partition}:{offset}")
             raise typer.Exit(1)
@@ -485,5 +462,5 @@ def replay_command(
             )
         )
 
-    count = _run(replay(settings, letters, on_replayed=report))
+    count = run(replay(settings, letters, on_replayed=report))
     console.print(f"{count} dead letter{'s' if count != 1 else ''} replayed")

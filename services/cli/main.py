@@ -6,14 +6,12 @@ read-only views (`status`, `warehouse stock`) ask the owning service's own stora
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
@@ -31,9 +29,9 @@ from services.runtime.settings import RuntimeSettings
 
 from . import bus, dlq
 from .render import describe_inventory_event, status_panel, stock_table
+from .running import console, run, settings_from_env
 
 T = TypeVar("T")
-console = Console()
 
 app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True, help=__doc__)
 warehouse = typer.Typer(no_args_is_help=True, help="For warehouse staff: watch stock move, restock, adjust.")
@@ -47,19 +45,8 @@ app.add_typer(couriers, name="couriers")
 app.add_typer(dlq.app, name="dlq")
 
 
-def _settings() -> RuntimeSettings:
-    return RuntimeSettings()
-
-
-def _run(coro: Awaitable[T]) -> T:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
 async def _with_database(use: Callable[[Any], Awaitable[T]]) -> T:
-    settings = _settings()
+    settings = settings_from_env()
     client = connect(settings.mongo_url.get_secret_value())
     try:
         return await use(client[settings.mongo_database])
@@ -87,10 +74,10 @@ def submit(
             sender_id=sender_id,
             prescription=prescription,
         )
-    settings = _settings()
+    settings = settings_from_env()
     if settings.signing_secret is None:
         settings = _with_dev_stack_key(settings)
-    _run(bus.publish(settings, message))
+    run(bus.publish(settings, message))
     console.print(
         f"submitted [bold]{message.prescription.prescription_id}[/] as message {message.message_id}, "
         f"signed by {message.sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}"
@@ -112,7 +99,7 @@ def _with_dev_stack_key(settings: RuntimeSettings) -> RuntimeSettings:
 @app.command()
 def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Where a prescription is, and why."""
-    found = _run(_with_database(lambda db: ConsultationStorage(db).status.get(prescription_id)))
+    found = run(_with_database(lambda db: ConsultationStorage(db).status.get(prescription_id)))
     if found is None:
         console.print(f"no prescription {prescription_id} has been seen yet")
         raise typer.Exit(1)
@@ -135,7 +122,7 @@ def formulary_load(file: Path = typer.Argument(..., exists=True, help="A JSON li
         for entry in entries:
             await storage.save_formulary_entry(entry)
 
-    _run(_with_database(save))
+    run(_with_database(save))
     console.print(f"{len(entries)} formulary entries loaded")
 
 
@@ -149,7 +136,7 @@ def couriers_load(file: Path = typer.Argument(..., exists=True, help="A JSON lis
         for profile in roster:
             await storage.save_courier(profile)
 
-    _run(_with_database(save))
+    run(_with_database(save))
     console.print(f"{len(roster)} couriers loaded")
 
 
@@ -169,7 +156,7 @@ def restock(
         quantity=quantity,
         requested_by=by,
     )
-    _run(bus.publish(_settings(), command))
+    run(bus.publish(settings_from_env(), command))
     console.print(f"restock of {quantity} × {drug_code} at {warehouse_id} requested")
 
 
@@ -191,7 +178,7 @@ def adjust(
         reason=reason,
         requested_by=by,
     )
-    _run(bus.publish(_settings(), command))
+    run(bus.publish(settings_from_env(), command))
     console.print(f"adjustment of {delta:+d} × {drug_code} at {warehouse_id} requested")
 
 
@@ -200,16 +187,18 @@ def watch(from_beginning: bool = typer.Option(False, "--from-beginning")) -> Non
     """A live feed of every stock change and alert (inventory.events.v1). Ctrl-C to stop."""
 
     async def feed() -> None:
-        async for _, event, raw in bus.follow(_settings(), topics.INVENTORY_EVENTS, from_beginning=from_beginning):
+        async for _, event, raw in bus.follow(
+            settings_from_env(), topics.INVENTORY_EVENTS, from_beginning=from_beginning
+        ):
             console.print(describe_inventory_event(event) if event else f"[red]unreadable event[/] {raw[:120]!r}")
 
-    _run(feed())
+    run(feed())
 
 
 @warehouse.command()
 def stock() -> None:
     """Current stock per warehouse and drug."""
-    warehouses = _run(_with_database(lambda db: InventoryStorage(db).all_warehouses()))
+    warehouses = run(_with_database(lambda db: InventoryStorage(db).all_warehouses()))
     console.print(stock_table(warehouses))
 
 
@@ -222,7 +211,7 @@ def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beg
 
     async def feed() -> None:
         async for _, offer, _ in bus.follow(
-            _settings(), topics.COURIER_DISPATCH, from_beginning=from_beginning, keys={courier_id}
+            settings_from_env(), topics.COURIER_DISPATCH, from_beginning=from_beginning, keys={courier_id}
         ):
             if isinstance(offer, c.DispatchOffered):
                 flags = " ".join(
@@ -234,7 +223,7 @@ def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beg
                     f"☎ {offer.contact_phone} {flags}"
                 )
 
-    _run(feed())
+    run(feed())
 
 
 @courier.command()
@@ -259,7 +248,7 @@ def report(
             "note": note,
         }
     )
-    _run(bus.publish(_settings(), update))
+    run(bus.publish(settings_from_env(), update))
     console.print(f"reported {status} on {dispatch_id}")
 
 
@@ -269,7 +258,7 @@ def report(
 @app.command("create-topics")
 def create_topics_command() -> None:
     """Create every topic of the contracts registry and its dead-letter topic (idempotent)."""
-    created = _run(create_topics(_settings()))
+    created = run(create_topics(settings_from_env()))
     console.print(f"created: {', '.join(created) if created else 'nothing, all topics exist'}")
 
 
