@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from pydantic import SecretStr
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
@@ -88,12 +89,10 @@ def _with_dev_stack_key(settings: RuntimeSettings) -> RuntimeSettings:
     """Without PHARMACY_SIGNING_KEY_ID/SECRET, sign with the key of a local dev stack (`make up`)."""
     from services.ops.devstack import DEV_KEY_ID, DevStack
 
-    key_file = DevStack.from_env().home / "signing.key"
-    if not key_file.exists():
+    stack = DevStack.from_env()
+    if not (stack.home / "signing.key").exists():
         return settings
-    return settings.model_copy(
-        update={"signing_key_id": DEV_KEY_ID, "signing_secret": DevStack.from_env().signing_secret}
-    )
+    return settings.model_copy(update={"signing_key_id": DEV_KEY_ID, "signing_secret": SecretStr(stack.signing_secret)})
 
 
 @app.command()
