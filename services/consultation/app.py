@@ -25,7 +25,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
     runtime = ServiceRuntime("consultation", settings)
     storage = ConsultationStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = ConsultationService(storage, runtime.notify_relay, clock=utc_now, sender_keys=settings.secrets())
+    service = ConsultationService(storage, clock=utc_now, sender_keys=settings.secrets())
 
     runtime.consume(
         topics.CONSULTATION_PRESCRIPTIONS,

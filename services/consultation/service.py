@@ -25,12 +25,10 @@ class ConsultationService:
     def __init__(
         self,
         storage: ConsultationStorage,
-        notify_relay: Callable[[], None],
         clock: Callable[[], datetime],
         sender_keys: Mapping[str, Mapping[str, bytes]],
     ):
         self._storage = storage
-        self._notify_relay = notify_relay
         self._clock = clock
         self._sender_keys = sender_keys
 
@@ -77,7 +75,6 @@ class ConsultationService:
 
         if await self._storage.intake.apply(prescription.prescription_id, decide, message_id=submitted.message_id):
             log.info("prescription received", sender_id=submitted.sender_id, items=len(prescription.items))
-            self._notify_relay()
         else:
             log.info("duplicate prescription message dropped")
 

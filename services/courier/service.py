@@ -32,9 +32,8 @@ class _RosterView:
 
 
 class CourierService:
-    def __init__(self, storage: CourierStorage, notify_relay: Callable[[], None], max_attempts: int):
+    def __init__(self, storage: CourierStorage, max_attempts: int):
         self._storage = storage
-        self._notify_relay = notify_relay
         self._max_attempts = max_attempts
 
     # --- what the delivery waits for ------------------------------------------------------------
@@ -90,10 +89,8 @@ class CourierService:
 
         for _ in range(3):
             view.wanted = False
-            change = await self._storage.deliveries.apply(rx, decide, message_id=cause.message_id)
+            await self._storage.deliveries.apply(rx, decide, message_id=cause.message_id)
             if not view.wanted:
-                if change is not None and change.events:
-                    self._notify_relay()
                 return
             view.roster = await self._storage.couriers()
             view.loads = await self._storage.loads(view.roster)
@@ -163,7 +160,6 @@ class CourierService:
             return self._report_events(current, updated, outcome, report, roster, loads)
 
         if await self._storage.deliveries.apply(rx, decide, message_id=report.message_id):
-            self._notify_relay()
             log.info("courier report applied", outcome=outcomes[-1], courier_id=report.courier_id)
 
     def _report_events(

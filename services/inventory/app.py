@@ -16,7 +16,7 @@ def create_app(settings: InventorySettings) -> FastStream:
     runtime = ServiceRuntime("inventory", settings)
     storage = InventoryStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = InventoryService(storage, runtime.notify_relay, settings.low_stock_threshold)
+    service = InventoryService(storage, settings.low_stock_threshold)
 
     runtime.consume(
         topics.PRESCRIPTION_DECISIONS,

@@ -36,9 +36,8 @@ def _lines(lines: dict[str, int]) -> list[inv.StockLine]:
 
 
 class InventoryService:
-    def __init__(self, storage: InventoryStorage, notify_relay: Callable[[], None], low_stock_threshold: int):
+    def __init__(self, storage: InventoryStorage, low_stock_threshold: int):
         self._storage = storage
-        self._notify_relay = notify_relay
         self._threshold = low_stock_threshold
 
     def _alerts(self, before: Warehouse, after: Warehouse, drugs: Iterable[str], cause: Envelope) -> list[Envelope]:
@@ -132,8 +131,7 @@ class InventoryService:
             )
             return Change(after, [reserved, *self._alerts(current, after, lines, cause)])
 
-        if await self._storage.warehouses.apply(warehouse_id, decide):
-            self._notify_relay()
+        await self._storage.warehouses.apply(warehouse_id, decide)
         return outcome[-1]
 
     async def _settle(self, rx: str, state: AllocationState, warehouse_id: str | None, events: list[Envelope]) -> None:
@@ -142,8 +140,7 @@ class InventoryService:
                 return None
             return Change(current.model_copy(update={"state": state, "warehouse_id": warehouse_id}), events)
 
-        if await self._storage.allocations.apply(rx, decide) and events:
-            self._notify_relay()
+        await self._storage.allocations.apply(rx, decide)
 
     # --- the delivery moves stock ---------------------------------------------------------------
 
@@ -190,7 +187,6 @@ class InventoryService:
             return Change(after, events)
 
         if await self._storage.warehouses.apply(event.warehouse_id, decide, message_id=event.message_id):
-            self._notify_relay()
             log.info(what, warehouse_id=event.warehouse_id)
 
     # --- warehouse staff ------------------------------------------------------------------------
@@ -219,7 +215,6 @@ class InventoryService:
             return Change(after, [restocked])
 
         if await self._storage.warehouses.apply(command.warehouse_id, decide, message_id=command.message_id):
-            self._notify_relay()
             log.info(
                 "restocked", warehouse_id=command.warehouse_id, drug_code=command.drug_code, quantity=command.quantity
             )
@@ -249,5 +244,4 @@ class InventoryService:
             return Change(after, [adjusted, *self._alerts(current, after, [command.drug_code], command)])
 
         if await self._storage.warehouses.apply(command.warehouse_id, decide, message_id=command.message_id):
-            self._notify_relay()
             log.info("adjustment handled", warehouse_id=command.warehouse_id, drug_code=command.drug_code)

@@ -17,7 +17,7 @@ def create_app(settings: PrescriptionSettings) -> FastStream:
     runtime = ServiceRuntime("prescription", settings)
     storage = PrescriptionStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = PrescriptionService(storage, runtime.notify_relay, clock=utc_now)
+    service = PrescriptionService(storage, clock=utc_now)
 
     runtime.consume(
         topics.CONSULTATION_INTAKE,

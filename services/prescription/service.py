@@ -24,9 +24,8 @@ PRODUCER = "prescription"
 
 
 class PrescriptionService:
-    def __init__(self, storage: PrescriptionStorage, notify_relay: Callable[[], None], clock: Callable[[], datetime]):
+    def __init__(self, storage: PrescriptionStorage, clock: Callable[[], datetime]):
         self._storage = storage
-        self._notify_relay = notify_relay
         self._clock = clock
 
     async def check(self, accepted: PrescriptionAccepted) -> None:
@@ -75,7 +74,6 @@ class PrescriptionService:
         if change is None:
             log.info("prescription already decided; duplicate dropped")
             return
-        self._notify_relay()
         log.info(
             "prescription approved" if result.approved else "prescription rejected",
             reasons=[r.code for r in result.reasons],

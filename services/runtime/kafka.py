@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -69,8 +71,7 @@ class DeadLetters:
         self._broker = broker
         self._group = group
 
-    async def send(self, message: Any, topic: Topic, *, reason: str, detail: str, attempts: int) -> None:
-        record = message.raw_message
+    async def send(self, record: ConsumerRecord, topic: Topic, *, reason: str, detail: str, attempts: int) -> None:
         headers = _headers(record)
         headers.update(
             {
@@ -104,76 +105,94 @@ def subscribe(
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
 
-    The offset is committed only after `handle` returned, so a crash redelivers; handlers are
-    idempotent, so a redelivery changes nothing. Bad input never stops the consumer:
-    unparseable or contract-violating bytes and `Refused` messages go straight to the dead-letter
-    topic; a handler that keeps failing is retried with backoff and then dead-lettered. An
-    unreachable database is retried without limit: our outage is not the message's fault.
+    Records come in batches of up to `kafka_max_batch_records`. Records with the same key (one
+    prescription, one warehouse) are handled one after another in their order; different keys are
+    handled concurrently, so their database round trips are shared (see `DocumentStore`). The
+    offsets are committed once the whole batch is handled, so a crash redelivers it; handlers are
+    idempotent, so a redelivery changes nothing.
 
-    Every message therefore ends in the handler's effect or in a dead letter. The only exceptions
-    that escape are infrastructure failures (the dead-letter publish itself failed): NACK_ON_ERROR
-    then rewinds to this message instead of committing past it. No poison message can loop,
-    because none reaches that path.
+    Bad input never stops the consumer: unparseable or contract-violating bytes and `Refused`
+    messages go straight to the dead-letter topic; a handler that keeps failing is retried with
+    backoff and then dead-lettered. An unreachable database is retried without limit: our outage
+    is not the message's fault. Every message therefore ends in the handler's effect or in a dead
+    letter. The only exceptions that escape are infrastructure failures (a dead-letter publish
+    failed): NACK_ON_ERROR then rewinds to the batch's first records instead of committing past
+    them. No poison message can loop, because none reaches that path.
     """
     group_id = settings.group(group)
     dead_letters = DeadLetters(broker, group_id)
 
     by_name = {topic.name: topic for topic in topics}
 
-    async def consume(message: KafkaMessage) -> None:
-        record = message.raw_message
+    async def consume_one(record: ConsumerRecord) -> None:
         topic = by_name[record.topic]
+        body: bytes = record.value or b""
         structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
         current_position.set(Position(record.topic, record.partition, record.offset))
-        try:
-            if len(message.body) > settings.max_message_bytes:
-                detail = f"{len(message.body)} bytes, at most {settings.max_message_bytes}"
-                await dead_letters.send(message, topic, reason="too_large", detail=detail, attempts=1)
-                return
-            if gate is not None:
-                try:
-                    gate(message.body, _headers(record))
-                except Refused as refusal:
-                    await dead_letters.send(message, topic, reason=refusal.code, detail=refusal.detail, attempts=1)
-                    return
-                except Exception as error:  # a gate that trips over hostile bytes refuses them
-                    await dead_letters.send(message, topic, reason="unreadable", detail=repr(error), attempts=1)
-                    return
+        if len(body) > settings.max_message_bytes:
+            detail = f"{len(body)} bytes, at most {settings.max_message_bytes}"
+            await dead_letters.send(record, topic, reason="too_large", detail=detail, attempts=1)
+            return
+        if gate is not None:
             try:
-                parsed: Envelope = topic.parse(message.body)
-            except ValidationError as error:
-                await dead_letters.send(message, topic, reason="contract_violation", detail=_brief(error), attempts=1)
+                gate(body, _headers(record))
+            except Refused as refusal:
+                await dead_letters.send(record, topic, reason=refusal.code, detail=refusal.detail, attempts=1)
                 return
-            except Exception as error:  # parsing is pure: whatever it raises, the bytes are at fault
-                await dead_letters.send(message, topic, reason="contract_violation", detail=repr(error), attempts=1)
+            except Exception as error:  # a gate that trips over hostile bytes refuses them
+                await dead_letters.send(record, topic, reason="unreadable", detail=repr(error), attempts=1)
                 return
-            structlog.contextvars.bind_contextvars(
-                correlation_id=parsed.correlation_id, message_id=parsed.message_id, message_type=parsed.type
-            )
-            await _handle_with_retries(parsed, message, topic, handle, dead_letters, settings)
-        finally:
-            current_position.set(None)
-            structlog.contextvars.unbind_contextvars(
-                "topic", "partition", "offset", "correlation_id", "message_id", "message_type"
-            )
+        try:
+            parsed: Envelope = topic.parse(body)
+        except ValidationError as error:
+            await dead_letters.send(record, topic, reason="contract_violation", detail=_brief(error), attempts=1)
+            return
+        except Exception as error:  # parsing is pure: whatever it raises, the bytes are at fault
+            await dead_letters.send(record, topic, reason="contract_violation", detail=repr(error), attempts=1)
+            return
+        structlog.contextvars.bind_contextvars(
+            correlation_id=parsed.correlation_id, message_id=parsed.message_id, message_type=parsed.type
+        )
+        await _handle_with_retries(parsed, record, topic, handle, dead_letters, settings)
+
+    async def consume_in_order(records: list[ConsumerRecord]) -> None:
+        # Runs as its own task: the log context and position it binds stay with its records.
+        for record in records:
+            await consume_one(record)
+
+    async def consume_batch(message: KafkaMessage) -> None:
+        chains: dict[tuple[Any, ...], list[ConsumerRecord]] = {}
+        for record in message.raw_message:
+            chain = (record.key,) if record.key is not None else (record.topic, record.partition)
+            chains.setdefault(chain, []).append(record)
+        outcomes = await asyncio.gather(*(consume_in_order(c) for c in chains.values()), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise failures[0]
 
     broker.subscriber(
         *by_name,
+        batch=True,
+        max_records=settings.kafka_max_batch_records,
+        # How long an idle consumer waits for records before looking again (FastStream then also
+        # sleeps this long), so it bounds the latency a quiet topic adds.
+        batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
         # The runtime parses the raw bytes itself: FastStream's own decoding of a body labelled
         # application/json would fail on garbage before `consume` runs, outside the dead-letter path.
         decoder=_raw_body,
+        parser=_tolerant_parser,
         group_id=group_id,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         title=title,
         description=" ".join(topic.description for topic in topics),
-    )(consume)
+    )(consume_batch)
 
 
 async def _handle_with_retries(
     parsed: Envelope,
-    message: Any,
+    record: ConsumerRecord,
     topic: Topic,
     handle: Handler,
     dead_letters: DeadLetters,
@@ -186,7 +205,7 @@ async def _handle_with_retries(
             await handle(parsed)
             return
         except Refused as refusal:
-            await dead_letters.send(message, topic, reason=refusal.code, detail=refusal.detail, attempts=attempt)
+            await dead_letters.send(record, topic, reason=refusal.code, detail=refusal.detail, attempts=attempt)
             return
         except TRANSIENT_ERRORS as error:
             delay = min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0)
@@ -195,9 +214,7 @@ async def _handle_with_retries(
         except Exception as error:
             if attempt >= settings.handler_max_attempts:
                 log.exception("handler kept failing")
-                await dead_letters.send(
-                    message, topic, reason="processing_failed", detail=repr(error), attempts=attempt
-                )
+                await dead_letters.send(record, topic, reason="processing_failed", detail=repr(error), attempts=attempt)
                 return
             delay = settings.handler_retry_backoff_s * 2 ** (attempt - 1)
             log.warning("handler failed, retrying", error=repr(error), attempt=attempt, delay_s=delay)
@@ -206,6 +223,21 @@ async def _handle_with_retries(
 
 async def _raw_body(message: Any) -> bytes:
     return message.body
+
+
+async def _tolerant_parser(
+    records: tuple[ConsumerRecord, ...], original_parser: Callable[[Any], Awaitable[Any]]
+) -> Any:
+    """FastStream decodes every header as strict UTF-8 before any handler runs; one hostile header
+    would then fail the whole batch again and again. It gets readable copies; the handlers keep the
+    original records, so a dead letter carries the bytes exactly as they came."""
+    readable = tuple(
+        dataclasses.replace(r, headers=[(k, (v or b"").decode("utf-8", "replace").encode()) for k, v in r.headers])
+        for r in records
+    )
+    message = await original_parser(readable)
+    message.raw_message = records
+    return message
 
 
 def _headers(record: Any) -> dict[str, str]:

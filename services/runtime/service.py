@@ -14,7 +14,7 @@ from pharmacy_contracts.topics import Topic
 from .documents import DocumentStore, connect, ping
 from .kafka import Gate, Handler, create_broker, subscribe
 from .logging import configure_logging
-from .relay import OutboxRelay
+from .relay import OutboxRelay, publisher_for
 from .settings import RuntimeSettings
 
 log = structlog.get_logger()
@@ -32,10 +32,13 @@ class ServiceRuntime:
         self.relay = OutboxRelay(self.broker, [], settings.outbox_poll_interval_s)
 
     def publish_outbox_of(self, stores: Sequence[DocumentStore[Any]]) -> None:
-        self.relay = OutboxRelay(self.broker, stores, self.settings.outbox_poll_interval_s)
-
-    def notify_relay(self) -> None:
-        self.relay.notify()
+        """Each write to these stores publishes its events; the relay catches what a crash left."""
+        publish = publisher_for(self.broker)
+        for store in stores:
+            store.publish_with(publish)
+        self.relay = OutboxRelay(
+            self.broker, stores, self.settings.outbox_poll_interval_s, self.settings.outbox_stale_after_s
+        )
 
     def consume(self, *topics: Topic, group: str, handle: Handler, title: str, gate: Gate | None = None) -> None:
         subscribe(self.broker, self.settings, topics=topics, group=group, handle=handle, title=title, gate=gate)

@@ -53,6 +53,12 @@ class RuntimeSettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
+    outbox_stale_after_s: float = Field(
+        default=5.0, ge=0, description="The relay publishes outbox entries no live write published within this"
+    )
+    kafka_max_batch_records: int = Field(
+        default=500, ge=1, description="Records a consumer takes at once; their writes share round trips"
+    )
     handler_max_attempts: int = Field(default=5, ge=1)
     handler_retry_backoff_s: float = Field(default=0.2, ge=0)
     shutdown_grace_s: float = Field(
