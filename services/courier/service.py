@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +36,19 @@ class CourierService:
     def __init__(self, storage: CourierStorage, max_attempts: int):
         self._storage = storage
         self._max_attempts = max_attempts
+        self._roster_read: asyncio.Future[tuple[list[CourierProfile], dict[str, int]]] | None = None
+
+    async def _roster_and_loads(self) -> tuple[list[CourierProfile], dict[str, int]]:
+        """The roster and the deliveries on the road per courier, read once for all the offers
+        being decided together; each offer counts itself into the shared loads, so a batch of
+        offers is spread over the couriers instead of all going to the one that was least busy."""
+        if self._roster_read is None or self._roster_read.done():
+            self._roster_read = asyncio.ensure_future(self._read_roster())
+        return await asyncio.shield(self._roster_read)
+
+    async def _read_roster(self) -> tuple[list[CourierProfile], dict[str, int]]:
+        roster = await self._storage.couriers()
+        return roster, await self._storage.loads(roster)
 
     # --- what the delivery waits for ------------------------------------------------------------
 
@@ -92,8 +106,7 @@ class CourierService:
             await self._storage.deliveries.apply(rx, decide, message_id=cause.message_id)
             if not view.wanted:
                 return
-            view.roster = await self._storage.couriers()
-            view.loads = await self._storage.loads(view.roster)
+            view.roster, view.loads = await self._roster_and_loads()
         raise RuntimeError(f"delivery {rx} kept changing while choosing a courier")
 
     def _offer(
@@ -102,6 +115,8 @@ class CourierService:
         tried = [a.courier_id for a in delivery.attempts]
         courier = domain.choose_courier(roster, loads, tried)
         offered = domain.offer(delivery, courier)
+        if courier is not None:
+            loads[courier.courier_id] = loads.get(courier.courier_id, 0) + 1
         attempt = offered.current
         if courier is None or attempt is None or offered.state is not DeliveryState.OFFERED:
             log.warning("no courier available; delivery waits", prescription_id=delivery.prescription_id)
@@ -136,8 +151,7 @@ class CourierService:
     async def on_report(self, report: c.CourierReported) -> None:
         rx = report.package_id
         outcomes: list[ReportOutcome] = []
-        roster = await self._storage.couriers() if report.status == "failed" else []
-        loads = await self._storage.loads(roster) if roster else {}
+        roster, loads = await self._roster_and_loads() if report.status == "failed" else ([], {})
 
         def decide(current: Delivery | None) -> Change[Delivery] | None:
             outcomes.clear()

@@ -26,12 +26,7 @@ class PrescriptionStorage:
         await self.formulary.ensure_indexes()
 
     async def formulary_entries(self, drug_codes: Iterable[str]) -> dict[str, FormularyEntry]:
-        entries = {}
-        for code in set(drug_codes):
-            entry = await self.formulary.get(code)
-            if entry is not None:
-                entries[code] = entry
-        return entries
+        return await self.formulary.get_many(drug_codes)
 
     async def save_formulary_entry(self, entry: FormularyEntry) -> None:
         await self.formulary.apply(entry.drug_code, lambda _: Change(entry))
