@@ -145,8 +145,9 @@ def track(status: PrescriptionStatus | None, event: Envelope) -> PrescriptionSta
         return None
     stage, detail, why = found
     current = status or PrescriptionStatus(prescription_id=prescription_id, stage=Stage.RECEIVED)
-    updated = current.model_copy(deep=True)
-    updated.history.append(HistoryEntry(at=event.occurred_at, stage=stage, detail=detail))
+    # A shallow copy with a new history list: every later change assigns, never mutates in place.
+    entry = HistoryEntry(at=event.occurred_at, stage=stage, detail=detail)
+    updated = current.model_copy(update={"history": [*current.history, entry]})
     if why:
         updated.why = why
     if isinstance(event, inv.StockReserved):

@@ -108,7 +108,8 @@ class ConsultationService:
 
         change = await self._storage.status.apply(prescription_id, decide, message_id=event.message_id)
         if change is not None:
-            log.info("status updated", stage=change.state.stage, terminal=change.state.terminal)
+            # A projection of decisions logged where they were taken: debug only, ~8 per prescription.
+            log.debug("status updated", stage=change.state.stage, terminal=change.state.terminal)
 
     async def status_of(self, prescription_id: str) -> domain.PrescriptionStatus | None:
         return await self._storage.status.get(prescription_id)

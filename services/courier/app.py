@@ -16,7 +16,7 @@ def create_app(settings: CourierSettings) -> FastStream:
     runtime = ServiceRuntime("courier", settings)
     storage = CourierStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = CourierService(storage, settings.max_delivery_attempts)
+    service = CourierService(storage, settings.max_delivery_attempts, settings.roster_refresh_s)
 
     runtime.consume(
         topics.PRESCRIPTION_DECISIONS,

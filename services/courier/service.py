@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,17 +34,24 @@ class _RosterView:
 
 
 class CourierService:
-    def __init__(self, storage: CourierStorage, max_attempts: int):
+    def __init__(self, storage: CourierStorage, max_attempts: int, roster_refresh_s: float):
         self._storage = storage
         self._max_attempts = max_attempts
+        self._roster_refresh_s = roster_refresh_s
         self._roster_read: asyncio.Future[tuple[list[CourierProfile], dict[str, int]]] | None = None
+        self._roster_read_at = 0.0
 
     async def _roster_and_loads(self) -> tuple[list[CourierProfile], dict[str, int]]:
-        """The roster and the deliveries on the road per courier, read once for all the offers
-        being decided together; each offer counts itself into the shared loads, so a batch of
-        offers is spread over the couriers instead of all going to the one that was least busy."""
-        if self._roster_read is None or self._roster_read.done():
+        """The roster and the deliveries on the road per courier, shared by every offer decided
+        within `roster_refresh_s`; each offer counts itself into the shared loads, so offers decided
+        together are spread over the couriers. Loads only balance the work, so a count a second
+        or two old is good enough, and reading it per offer costs a query over every delivery on
+        the road."""
+        read = self._roster_read
+        stale = time.monotonic() - self._roster_read_at > self._roster_refresh_s
+        if read is None or (read.done() and (stale or read.cancelled() or read.exception() is not None)):
             self._roster_read = asyncio.ensure_future(self._read_roster())
+            self._roster_read_at = time.monotonic()
         return await asyncio.shield(self._roster_read)
 
     async def _read_roster(self) -> tuple[list[CourierProfile], dict[str, int]]:

@@ -24,6 +24,7 @@ This module and the services' `storage` modules are the only code that knows Mon
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 import uuid
@@ -99,6 +100,8 @@ class _Write:
     message_id: str | None
     position: Position | None
     result: asyncio.Future[Change[Any] | None]
+    #: The caller's context (its log fields): a decision that logs runs in it, not in the writer's.
+    context: contextvars.Context
     attempts: int = 0
 
 
@@ -124,9 +127,10 @@ class DocumentStore(Generic[S]):
         self._publish: Publish | None = None
         self._queue: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
+        self._clearing: set[asyncio.Task[None]] = set()
         self._confirmed: OrderedDict[str, None] = OrderedDict()
         self._by_id: Coalescer[str, dict[str, Any]] = Coalescer(self._fetch_by_id)
-        self._queries: Coalescer[str, list[dict[str, Any]]] = Coalescer(self._run_queries)
+        self._queries: Coalescer[str, list[Any]] = Coalescer(self._run_queries)
 
     def publish_with(self, publish: Publish) -> None:
         """Publish each write's events right after it (without this, only a relay publishes them)."""
@@ -157,8 +161,8 @@ class DocumentStore(Generic[S]):
 
     async def find(self, **state_equals: Any) -> list[S]:
         query = {f"state.{k}": v for k, v in state_equals.items()}
-        docs = await self._queries(json.dumps([query, None], sort_keys=True, default=str)) or []
-        return [self.model.model_validate(d["state"]) for d in docs]
+        # The models are shared by every caller of the same query: treat them as read-only.
+        return list(await self._queries(json.dumps([query, None], sort_keys=True, default=str)) or [])
 
     async def values_of(self, field_name: str, **state_filter: Any) -> list[Any]:
         """The value of one state field in every matching document (filters may use operators).
@@ -180,10 +184,12 @@ class DocumentStore(Generic[S]):
     async def _fetch_by_id(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
         return {d["_id"]: d async for d in self._collection.find({"_id": {"$in": doc_ids}}, {"state": 1})}
 
-    async def _run_queries(self, specs: list[str]) -> dict[str, list[dict[str, Any]]]:
-        async def run(spec: str) -> list[dict[str, Any]]:
+    async def _run_queries(self, specs: list[str]) -> dict[str, list[Any]]:
+        async def run(spec: str) -> list[Any]:
             query, path = json.loads(spec)
-            return [d async for d in self._collection.find(query, {path or "state": 1})]
+            if path is None:  # whole states, validated once for all callers
+                return [self.model.model_validate(d["state"]) async for d in self._collection.find(query, {"state": 1})]
+            return [d async for d in self._collection.find(query, {path: 1})]
 
         return dict(zip(specs, await asyncio.gather(*(run(spec) for spec in specs)), strict=True))
 
@@ -203,7 +209,7 @@ class DocumentStore(Generic[S]):
         """
         result: asyncio.Future[Change[Any] | None] = asyncio.get_running_loop().create_future()
         position = current_position.get() if message_id is not None else None
-        self._queue.append(_Write(doc_id, decide, message_id, position, result))
+        self._queue.append(_Write(doc_id, decide, message_id, position, result, contextvars.copy_context()))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_while_queued(), name=f"writes-{self.name}")
         return await result
@@ -212,6 +218,7 @@ class DocumentStore(Generic[S]):
         """Wait until every queued write is written and its events published (used at shutdown)."""
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+        await asyncio.gather(*self._clearing)
 
     async def _write_while_queued(self) -> None:
         await asyncio.sleep(0)  # let the other handlers of this batch queue their writes too
@@ -274,7 +281,7 @@ class DocumentStore(Generic[S]):
                 plan.outcomes.append((write, None))
                 continue
             try:
-                change = write.decide(state)
+                change = write.context.run(write.decide, state)
             except Refused as refusal:
                 if state is not None and write.message_id is not None:  # a replay is not refused twice
                     _track(handled, positions, write.message_id, write.position)
@@ -359,8 +366,17 @@ class DocumentStore(Generic[S]):
                 )
             )
         if clears:
-            # Someone who wrote meanwhile carried the entries on; the relay publishes them again later.
+            # Off the write path: the next group's read needs no wait for it, and a document that
+            # group rewrites drops the published entries itself (the guarded clear then misses).
+            task = asyncio.create_task(self._clear(clears))
+            self._clearing.add(task)
+            task.add_done_callback(self._clearing.discard)
+
+    async def _clear(self, clears: list[UpdateOne]) -> None:
+        try:
             await self._collection.bulk_write(clears, ordered=False)
+        except Exception as error:  # the entries stay; the relay publishes them again later
+            log.warning("could not clear published outbox entries", store=self.name, error=repr(error))
 
     # --- outbox leftovers (the relay) -------------------------------------------------------------
 

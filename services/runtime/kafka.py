@@ -174,9 +174,9 @@ def subscribe(
         *by_name,
         batch=True,
         max_records=settings.kafka_max_batch_records,
-        # How long an idle consumer waits for records before looking again (FastStream then also
-        # sleeps this long), so it bounds the latency a quiet topic adds.
-        batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
+        # How long an idle consumer waits for records before looking again; FastStream then also
+        # sleeps this long, so it adds up to twice this to the latency of a quiet topic.
+        batch_timeout_ms=settings.kafka_batch_wait_ms,
         # The runtime parses the raw bytes itself: FastStream's own decoding of a body labelled
         # application/json would fail on garbage before `consume` runs, outside the dead-letter path.
         decoder=_raw_body,
@@ -229,15 +229,18 @@ async def _tolerant_parser(
     records: tuple[ConsumerRecord, ...], original_parser: Callable[[Any], Awaitable[Any]]
 ) -> Any:
     """FastStream decodes every header as strict UTF-8 before any handler runs; one hostile header
-    would then fail the whole batch again and again. It gets readable copies; the handlers keep the
-    original records, so a dead letter carries the bytes exactly as they came."""
-    readable = tuple(
-        dataclasses.replace(r, headers=[(k, (v or b"").decode("utf-8", "replace").encode()) for k, v in r.headers])
-        for r in records
-    )
-    message = await original_parser(readable)
-    message.raw_message = records
-    return message
+    would then fail the whole batch again and again. Such a batch gets readable copies; the
+    handlers keep the original records, so a dead letter carries the bytes exactly as they came."""
+    try:
+        return await original_parser(records)
+    except (UnicodeDecodeError, AttributeError):  # AttributeError: a header with no value
+        readable = tuple(
+            dataclasses.replace(r, headers=[(k, (v or b"").decode("utf-8", "replace").encode()) for k, v in r.headers])
+            for r in records
+        )
+        message = await original_parser(readable)
+        message.raw_message = records
+        return message
 
 
 def _headers(record: Any) -> dict[str, str]:

@@ -56,6 +56,9 @@ class RuntimeSettings(BaseSettings):
     outbox_stale_after_s: float = Field(
         default=5.0, ge=0, description="The relay publishes outbox entries no live write published within this"
     )
+    kafka_batch_wait_ms: int = Field(
+        default=10, ge=1, description="How long an idle consumer waits for records before looking again"
+    )
     kafka_max_batch_records: int = Field(
         default=500, ge=1, description="Records a consumer takes at once; their writes share round trips"
     )
