@@ -280,6 +280,82 @@ async def _has_stock(system: System, warehouse: str, drug: str, units: int) -> b
     return found is not None and found.level(drug).received >= units
 
 
+async def test_two_instances_of_every_service_keep_every_guarantee(system: System, services: DevStack) -> None:
+    """Two processes of each service share every consumer group's partitions and every collection:
+    each prescription is still reserved once, dispatched once per attempt and delivered once, stock
+    is neither oversold nor lost, and both processes of each service did part of the work."""
+    seconds = ("consultation-2", "prescription-2", "inventory-2", "courier-2")
+    services.start_services(*seconds)
+    try:
+        drug, north, south = unique("DT"), unique("WH-TN"), unique("WH-TS")
+        couriers = [CourierProfile(courier_id=unique("C"), name=n) for n in ("Dana", "Erlan", "Farida")]
+        await system.seed(
+            formulary=[FormularyEntry(drug_code=drug, name="Metformin", max_quantity=200, max_days_supply=90)],
+            couriers=couriers,
+            stock=[(north, drug, 300), (south, drug, 300)],
+        )
+        ids = [unique(f"RX-T{i}") for i in range(80)]  # 80 x 10 units against 600: 20 out of stock
+        retried = set(ids[:8])
+        simulator = scripted_couriers(
+            system.settings,
+            {rx: ["fail-after-pickup:patient_absent", "deliver"] if rx in retried else ["deliver"] for rx in ids},
+        )
+        simulator.start()
+        try:
+            await system.publish(*(prescription_message(rx, [(drug, 10)]) for rx in ids))
+            final = await system.wait_terminal(ids, timeout=240)
+        finally:
+            await simulator.stop()
+
+        stages = Counter(status.stage.value for status in final.values())
+        assert stages == {"delivered": 60, "out_of_stock": 20}, stages
+
+        def per_prescription(records: list, type_name: str) -> Counter:
+            found = {}
+            for record in records:
+                body = json.loads(record.value)
+                if body["type"] == type_name and body["correlation_id"] in final:
+                    found[body["message_id"]] = body["correlation_id"]  # a re-published event counts once
+            return Counter(found.values())
+
+        inventory_events = await read_topic(system.settings, topics.INVENTORY_EVENTS.name)
+        deliveries = await read_topic(system.settings, topics.COURIER_DELIVERIES.name)
+        reserved = per_prescription(inventory_events, "inventory.stock_reserved")
+        failed = per_prescription(inventory_events, "inventory.reservation_failed")
+        completed = per_prescription(deliveries, "courier.delivered")
+        delivered = {rx for rx, status in final.items() if status.stage.value == "delivered"}
+        assert set(reserved) == delivered and set(reserved.values()) == {1}
+        assert set(failed) == set(final) - delivered and set(failed.values()) == {1}
+        assert set(completed) == delivered and set(completed.values()) == {1}
+        offers = Counter(o.dispatch_id for o in simulator.offers)
+        attempts = {rx: 2 if rx in retried else 1 for rx in delivered}
+        assert {d.rsplit("-D", 1)[0] for d in offers} == delivered
+        assert Counter(d.rsplit("-D", 1)[0] for d in offers) == attempts, "one dispatch id per attempt"
+
+        async def holds_closed() -> bool:
+            warehouses = await system.warehouses()
+            return all(not warehouses[w].holds for w in (north, south))
+
+        await wait_until(holds_closed, "every hold to close", timeout=60)
+        levels = [(await system.warehouses())[w].stock[drug] for w in (north, south)]
+        assert all(lv.received == lv.available + lv.reserved + lv.dispatched for lv in levels), levels
+        assert sum(lv.dispatched for lv in levels) == 600 and sum(lv.reserved for lv in levels) == 0
+
+        work = {
+            "consultation": '"prescription received"',
+            "prescription": '"prescription approved"',
+            "inventory": '"stock reserved"',
+            "courier": '"courier report applied"',
+        }
+        for service, line in work.items():
+            for instance in (1, 2):
+                log = (services.logs / f"{service}-{instance}.log").read_text()
+                assert line in log, f"{service}-{instance} took no part"
+    finally:
+        for name in seconds:
+            services.stop(name)
+
+
 async def test_replaying_every_topic_from_the_beginning_changes_nothing(system: System, services: DevStack) -> None:
     """Runs last in this module, after all the traffic above: a second set of the four services,
     in consumer groups of their own, reads every topic from offset 0 while the first set runs.
