@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install contracts up down status demo test lint unit chaos clean
+.PHONY: install contracts up down status demo test lint unit chaos bench clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
-	$(BIN)/pip install --quiet -c constraints.txt -e ./contracts -e '.[devstack,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e ./contracts -e '.[devstack,test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP) ## virtual environment with the services, the dev stack and the test tools
@@ -43,6 +44,9 @@ unit: install
 
 chaos: install ## the chaos run on its own (it also runs inside `make test`): kill -9 under load, then every guarantee
 	$(BIN)/python -m services.ops.chaos
+
+bench: install ## throughput, latency and memory on the dev stack vs the bare relay; bench-results/ (BENCH_ARGS="--runs 1")
+	$(BIN)/python -m services.ops.bench $(BENCH_ARGS)
 
 clean: down
 	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache

@@ -1,0 +1,318 @@
+"""The ceiling for any four-hop pipeline on a broker: four processes that only relay raw bytes.
+
+Topic 0 → hop 1 → topic 1 → … → hop 4 → topic 4. Each hop is its own OS process (like the four
+services) doing the least a correct at-least-once relay can do: fetch a batch, send every record
+to the next topic without waiting for each one, wait for the broker to confirm the batch, commit
+the batch. No parsing, no validation, no database. A driver publishes M messages into topic 0 and
+counts them arriving on topic 4; messages per second end to end is the best any four-hop Python
+pipeline could hope for on this broker and machine, so `make bench` divides by it.
+
+`python -m services.ops.relay_ceiling run --bootstrap 127.0.0.1:19092` measures a running broker;
+`hop` is what the driver starts four times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+from uuid import uuid4
+
+import typer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+HOPS = 4
+READY = "ready"
+#: The dev broker (Tansu) holds each fetch for the full fetch_max_wait_ms (see ARCHITECTURE.md:
+#: 500 ms → ~250 ms per hop); a small wait keeps the hops from idling between batches.
+FETCH_MAX_WAIT_MS = 10
+SEQUENCE_BYTES = 8  # each message starts with its sequence number, so the driver counts each once
+#: aiokafka's default batch (16 KiB) holds ~15 messages of a prescription's size; measured here, a
+#: producer with 256 KiB batches publishes ~2-3x faster. A ceiling should not be held back by it.
+MAX_BATCH_BYTES = 256 * 1024
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    messages: int  # published into topic 0
+    delivered: int  # distinct messages that came out of topic 4
+    seconds: float  # from the first publish to the last message counted
+    message_bytes: int
+    hops: int
+    complete: bool
+    error: str | None = None
+
+    @property
+    def rate_per_s(self) -> float | None:
+        return self.delivered / self.seconds if self.delivered and self.seconds > 0 else None
+
+    @property
+    def hop_messages_per_s(self) -> float | None:
+        """Messages handled per second by the four hops together (each message is handled four times)."""
+        return self.rate_per_s * self.hops if self.rate_per_s else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "rate_per_s": self.rate_per_s, "hop_messages_per_s": self.hop_messages_per_s}
+
+
+# --- one hop (a process of its own) ----------------------------------------------------------------
+
+
+async def relay_hop(bootstrap: str, source: str, target: str, group: str, linger_ms: int) -> None:
+    """Relay `source` to `target` until killed (or until the driver that started it is gone)."""
+    consumer = AIOKafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=MAX_BATCH_BYTES
+    )
+    await asyncio.gather(consumer.start(), producer.start())
+    try:
+        await _wait_for_assignment(consumer)
+        print(READY, flush=True)
+        await _relay_batches(consumer, producer, target)
+    finally:
+        await asyncio.gather(consumer.stop(), producer.stop(), return_exceptions=True)
+
+
+async def _wait_for_assignment(consumer: AIOKafkaConsumer) -> None:
+    # Joining a group takes seconds on the dev broker; the driver must not start its clock before
+    # every hop owns its partitions. Nothing is published yet, so these polls consume nothing.
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+
+
+async def _relay_batches(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, target: str) -> None:
+    driver = os.getppid()
+    while os.getppid() == driver:  # a driver killed with -9 must not leave hops running forever
+        batches = await consumer.getmany(timeout_ms=500)
+        if not batches:
+            continue
+        confirmations = [
+            await producer.send(target, record.value, key=record.key)  # queues only; confirmed below
+            for records in batches.values()
+            for record in records
+        ]
+        await asyncio.gather(*confirmations)
+        await consumer.commit()
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+async def measure_relay_ceiling(
+    bootstrap: str,
+    *,
+    messages: int = 30_000,
+    message_bytes: int = 1024,
+    partitions: int = 4,
+    timeout_s: float = 60.0,
+    linger_ms: int = 0,
+    log_dir: Path | None = None,
+    progress: Progress = lambda _: None,
+) -> RelayResult:
+    """Start four hops on fresh topics of the broker at `bootstrap`, push `messages` through them."""
+    run_id = uuid4().hex[:8]
+    topics = [f"bench.relay.{run_id}.{hop}" for hop in range(HOPS + 1)]
+    await _create_topics(bootstrap, topics, partitions)
+    log_dir = log_dir or Path(tempfile.gettempdir())
+    hops: list[asyncio.subprocess.Process] = []
+    try:
+        for hop in range(HOPS):
+            hops.append(
+                await _start_hop(bootstrap, topics[hop], topics[hop + 1], f"bench.relay.{run_id}", linger_ms, log_dir)
+            )
+        await _wait_ready(hops, timeout_s)
+        return await _drive(bootstrap, topics[0], topics[-1], messages, message_bytes, timeout_s, progress)
+    except TimeoutError as error:
+        return RelayResult(messages, 0, 0.0, message_bytes, HOPS, complete=False, error=str(error))
+    finally:
+        await _stop_hops(hops)
+
+
+async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
+    finally:
+        await admin.close()
+
+
+async def _start_hop(
+    bootstrap: str, source: str, target: str, group_prefix: str, linger_ms: int, log_dir: Path
+) -> asyncio.subprocess.Process:
+    log = await asyncio.to_thread(_open_log, log_dir / f"relay-hop-{source.rsplit('.', 1)[-1]}.log")
+    with log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.ops.relay_ceiling",
+            "hop",
+            "--bootstrap",
+            bootstrap,
+            "--source",
+            source,
+            "--target",
+            target,
+            "--group",
+            f"{group_prefix}.{source}",
+            "--linger-ms",
+            str(linger_ms),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+
+
+def _open_log(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")  # handed to the child process; the caller closes its own copy
+
+
+async def _wait_ready(hops: list[asyncio.subprocess.Process], timeout_s: float) -> None:
+    async def ready(hop: asyncio.subprocess.Process) -> None:
+        assert hop.stdout is not None
+        line = await hop.stdout.readline()
+        if line.decode().strip() != READY:
+            raise TimeoutError(f"relay hop {hop.pid} exited before it was ready (see relay-hop-*.log)")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(ready(hop) for hop in hops)), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"the relay hops did not join their groups within {timeout_s:.0f}s") from None
+
+
+async def _stop_hops(hops: list[asyncio.subprocess.Process]) -> None:
+    for hop in hops:
+        if hop.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                hop.terminate()
+    for hop in hops:
+        try:
+            await asyncio.wait_for(hop.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                hop.kill()
+            await hop.wait()
+
+
+def payload(sequence: int, size: int) -> bytes:
+    """`size` bytes that start with the sequence number (what the driver counts by)."""
+    head = sequence.to_bytes(SEQUENCE_BYTES, "big")
+    return head + b"x" * max(0, size - SEQUENCE_BYTES)
+
+
+async def _drive(
+    bootstrap: str, first: str, last: str, messages: int, message_bytes: int, timeout_s: float, progress: Progress
+) -> RelayResult:
+    sink = AIOKafkaConsumer(
+        last,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=MAX_BATCH_BYTES)
+    await asyncio.gather(sink.start(), producer.start())
+    try:
+        bodies = [payload(sequence, message_bytes) for sequence in range(messages)]  # made before the clock
+        started = time.monotonic()
+        publishing = asyncio.create_task(_publish(producer, first, bodies))
+        seen, last_seen = await _count_arrivals(sink, messages, started + timeout_s, progress)
+        await _finish(publishing)
+        elapsed = (last_seen or time.monotonic()) - started
+        return RelayResult(messages, len(seen), round(elapsed, 3), message_bytes, HOPS, complete=len(seen) == messages)
+    finally:
+        await asyncio.gather(sink.stop(), producer.stop(), return_exceptions=True)
+
+
+async def _publish(producer: AIOKafkaProducer, topic: str, bodies: list[bytes]) -> None:
+    confirmations = [await producer.send(topic, body, key=body[:SEQUENCE_BYTES]) for body in bodies]
+    await asyncio.gather(*confirmations)
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _count_arrivals(
+    sink: AIOKafkaConsumer, expected: int, deadline: float, progress: Progress
+) -> tuple[set[int], float | None]:
+    seen: set[int] = set()
+    last_seen: float | None = None
+    while len(seen) < expected and time.monotonic() < deadline:
+        batches = await sink.getmany(timeout_ms=100)
+        before = len(seen)
+        for records in batches.values():
+            seen.update(int.from_bytes(record.value[:SEQUENCE_BYTES], "big") for record in records)
+        if len(seen) > before:
+            last_seen = time.monotonic()
+            progress(len(seen))
+    return seen, last_seen
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+app = typer.Typer(pretty_exceptions_enable=False, add_completion=False, help=__doc__.split("\n\n")[0])
+
+
+@app.command()
+def run(
+    bootstrap: str = typer.Option("127.0.0.1:19092", help="A running Kafka-protocol broker"),
+    messages: int = typer.Option(30_000, min=1, help="Messages pushed through the four hops"),
+    message_bytes: int = typer.Option(1024, min=SEQUENCE_BYTES, help="Size of each message"),
+    partitions: int = typer.Option(4, min=1, help="Partitions of each relay topic"),
+    timeout: float = typer.Option(60.0, help="Give up after this many seconds"),
+    linger_ms: int = typer.Option(0, min=0, help="linger_ms of each hop's producer"),
+) -> None:
+    """Measure the bare four-hop relay on a running broker and print messages per second."""
+    result = asyncio.run(
+        measure_relay_ceiling(
+            bootstrap,
+            messages=messages,
+            message_bytes=message_bytes,
+            partitions=partitions,
+            timeout_s=timeout,
+            linger_ms=linger_ms,
+        )
+    )
+    rate = f"{result.rate_per_s:,.0f} messages/s" if result.rate_per_s else "no rate"
+    state = "complete" if result.complete else f"INCOMPLETE ({result.error or 'timed out'})"
+    typer.echo(f"{result.delivered}/{result.messages} through {HOPS} hops in {result.seconds:.2f}s: {rate}, {state}")
+
+
+@app.command()
+def hop(
+    bootstrap: str = typer.Option(...),
+    source: str = typer.Option(...),
+    target: str = typer.Option(...),
+    group: str = typer.Option(...),
+    linger_ms: int = typer.Option(0),
+) -> None:
+    """One relay hop (started by `run`; prints "ready" once it owns its partitions)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(relay_hop(bootstrap, source, target, group, linger_ms))
+
+
+if __name__ == "__main__":
+    app()
