@@ -313,8 +313,11 @@ async def test_two_instances_of_every_service_keep_every_guarantee(system: Syste
         def per_prescription(records: list, type_name: str) -> Counter:
             found = {}
             for record in records:
-                body = json.loads(record.value)
-                if body["type"] == type_name and body["correlation_id"] in final:
+                try:  # the bad-bytes test left garbage on these topics
+                    body = json.loads(record.value)
+                except ValueError:
+                    continue
+                if isinstance(body, dict) and body.get("type") == type_name and body.get("correlation_id") in final:
                     found[body["message_id"]] = body["correlation_id"]  # a re-published event counts once
             return Counter(found.values())
 
