@@ -24,6 +24,7 @@ This module and the services' `storage` modules are the only code that knows Mon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import time
@@ -36,7 +37,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorCollection, AsyncIOMotorDatabase
 from pydantic import BaseModel
-from pymongo import ASCENDING, IndexModel, InsertOne, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, IndexModel, InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from pharmacy_contracts import Envelope
@@ -57,6 +58,10 @@ MAX_WRITE_ATTEMPTS = 50
 DUPLICATE_KEY = 11000
 #: Message ids this process saw confirmed by the broker, so a later write can drop them from the outbox.
 CONFIRMED_MEMORY = 50_000
+#: Documents per store kept as last written, so writing one again needs no read first.
+CACHE_DOCUMENTS = 1_000
+#: How long published entries wait for the next group write to clear them before a write of their own.
+CLEAR_DELAY_S = 0.05
 
 S = TypeVar("S", bound=BaseModel)
 #: Publishes outbox entries and returns once the broker confirmed every one (raises otherwise).
@@ -112,6 +117,10 @@ class _Plan:
     doc_id: str
     writes: list[_Write]
     before: dict[str, Any] | None
+    #: `before` is this process's copy of its own last write, not a fresh read.
+    cached: bool = False
+    #: Some decision chose to change nothing: on a cached copy that must be checked.
+    decided: bool = False
     after: dict[str, Any] | None = None
     new_entries: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[tuple[_Write, Change[Any] | BaseException | None]] = field(default_factory=list)
@@ -127,7 +136,10 @@ class DocumentStore(Generic[S]):
         self._publish: Publish | None = None
         self._queue: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
-        self._clearing: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: Documents written by this process whose published entries are still in their outbox.
+        self._clears: dict[str, dict[str, Any]] = {}
         self._confirmed: OrderedDict[str, None] = OrderedDict()
         self._by_id: Coalescer[str, dict[str, Any]] = Coalescer(self._fetch_by_id)
         self._queries: Coalescer[str, list[Any]] = Coalescer(self._run_queries)
@@ -210,50 +222,61 @@ class DocumentStore(Generic[S]):
         result: asyncio.Future[Change[Any] | None] = asyncio.get_running_loop().create_future()
         position = current_position.get() if message_id is not None else None
         self._queue.append(_Write(doc_id, decide, message_id, position, result, contextvars.copy_context()))
+        self._wake.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_while_queued(), name=f"writes-{self.name}")
         return await result
 
     async def settled(self) -> None:
-        """Wait until every queued write is written and its events published (used at shutdown)."""
+        """Wait until every queued write is written, its events published and cleared (at shutdown)."""
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
-        await asyncio.gather(*self._clearing)
 
     async def _write_while_queued(self) -> None:
         await asyncio.sleep(0)  # let the other handlers of this batch queue their writes too
-        while self._queue:
+        while self._queue or self._clears:
+            if not self._queue:
+                # Published entries are cleared with the next group's write; wait a little for one.
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), CLEAR_DELAY_S)
             group, self._queue = self._queue, []
             try:
                 await self._write_group(group)
             except Exception as error:  # e.g. the database is unreachable: each caller retries its own
                 log.warning("group write failed", store=self.name, error=repr(error))
+                self._cache.clear()
                 for write in group:
                     if not write.result.done():
                         write.result.set_exception(error)
+                if not self._queue:
+                    self._clears.clear()  # the relay publishes them again if they are still there
+                    return
 
     async def _write_group(self, group: list[_Write]) -> None:
         by_doc: dict[str, list[_Write]] = {}
         for write in group:
             by_doc.setdefault(write.doc_id, []).append(write)
-        found = {d["_id"]: d async for d in self._collection.find({"_id": {"$in": list(by_doc)}})}
+        docs = await self._current(list(by_doc))
         write_id = uuid.uuid4().hex
-        plans = [self._plan(doc_id, writes, found.get(doc_id), write_id) for doc_id, writes in by_doc.items()]
+        plans = [
+            self._plan(doc_id, writes, docs.get(doc_id), write_id, cached=docs.get(doc_id) is self._cache.get(doc_id))
+            for doc_id, writes in by_doc.items()
+        ]
+        plans += [self._clear_plan(doc, write_id) for doc_id, doc in self._clears.items() if doc_id not in by_doc]
+        self._clears = {}
         to_write = [p for p in plans if p.after is not None]
         lost = await self._write_plans(to_write, write_id)
+        lost |= await self._changed_since_cached(p for p in plans if p.after is None and p.cached)
 
         retry: list[_Write] = []
         for plan in plans:
             if plan.doc_id in lost:
-                for write in plan.writes:
-                    write.attempts += 1
-                    if write.attempts >= MAX_WRITE_ATTEMPTS:
-                        write.result.set_exception(
-                            ConcurrencyConflict(f"{self.name}/{plan.doc_id}: too many concurrent writers")
-                        )
-                    else:
-                        retry.append(write)
+                self._cache.pop(plan.doc_id, None)
+                retry += self._again(plan)
                 continue
+            if plan.after is not None:
+                self._remember(plan.after)
             for write, outcome in plan.outcomes:
                 if write.result.done():
                     continue
@@ -266,11 +289,56 @@ class DocumentStore(Generic[S]):
         written = [p for p in to_write if p.doc_id not in lost and p.new_entries]
         if written:
             crash_point(f"after-write:{self.name}")
-            await self._publish_and_clear(written)
+            await self._publish_written(written)
 
-    def _plan(self, doc_id: str, writes: list[_Write], doc: dict[str, Any] | None, write_id: str) -> _Plan:
+    async def _current(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each document as this process last wrote it, or as the database has it if not cached.
+
+        A cached copy saves a read per write (a prescription's document is written several times
+        as it moves along); if someone else wrote meanwhile, the version guard notices."""
+        docs = {doc_id: self._cache[doc_id] for doc_id in doc_ids if doc_id in self._cache}
+        missing = [doc_id for doc_id in doc_ids if doc_id not in docs]
+        if missing:
+            async for doc in self._collection.find({"_id": {"$in": missing}}):
+                docs[doc["_id"]] = doc
+        return docs
+
+    def _remember(self, doc: dict[str, Any]) -> None:
+        self._cache[doc["_id"]] = doc
+        self._cache.move_to_end(doc["_id"])
+        while len(self._cache) > CACHE_DOCUMENTS:
+            self._cache.popitem(last=False)
+
+    def _again(self, plan: _Plan) -> list[_Write]:
+        """Someone else wrote the document first: its decisions are taken again on a fresh read."""
+        retry = []
+        for write in plan.writes:
+            write.attempts += 1
+            if write.attempts >= MAX_WRITE_ATTEMPTS:
+                write.result.set_exception(
+                    ConcurrencyConflict(f"{self.name}/{plan.doc_id}: too many concurrent writers")
+                )
+            else:
+                retry.append(write)
+        return retry
+
+    async def _changed_since_cached(self, plans: Iterable[_Plan]) -> set[str]:
+        """A decision that wrote nothing was taken on a cached copy, unchecked by any guard: it
+        stands only if the document is still at that version."""
+        expected = {p.doc_id: p.before["version"] for p in plans if p.before is not None and p.decided}
+        if not expected:
+            return set()
+        current = {
+            d["_id"]: d["version"]
+            async for d in self._collection.find({"_id": {"$in": list(expected)}}, {"version": 1})
+        }
+        return {doc_id for doc_id, version in expected.items() if current.get(doc_id) != version}
+
+    def _plan(
+        self, doc_id: str, writes: list[_Write], doc: dict[str, Any] | None, write_id: str, *, cached: bool
+    ) -> _Plan:
         """Run every decision queued for one document, in order, on the state the previous one left."""
-        plan = _Plan(doc_id, writes, doc)
+        plan = _Plan(doc_id, writes, doc, cached=cached and doc is not None)
         state = None if doc is None else self.model.model_validate(doc["state"])
         handled: list[str] = list(doc["handled"]) if doc else []
         positions: dict[str, int] = dict(doc.get("positions", {})) if doc else {}
@@ -291,7 +359,9 @@ class DocumentStore(Generic[S]):
             except Exception as error:  # the decision's own bug: its message is retried, the rest go on
                 plan.outcomes.append((write, error))
                 continue
-            if change is not None:
+            if change is None:
+                plan.decided = True
+            else:
                 state = change.state
                 plan.new_entries += [outbox_entry(e) for e in change.events]
                 _track(handled, positions, write.message_id, write.position)
@@ -339,7 +409,7 @@ class DocumentStore(Generic[S]):
             lost.update(doc_id for doc_id in replaced if doc_id not in ours)
         return lost
 
-    async def _publish_and_clear(self, plans: list[_Plan]) -> None:
+    async def _publish_written(self, plans: list[_Plan]) -> None:
         if self._publish is None:
             return  # the relay publishes them
         entries = [entry for plan in plans for entry in plan.new_entries]
@@ -352,31 +422,23 @@ class DocumentStore(Generic[S]):
             self._confirmed[entry["message_id"]] = None
         while len(self._confirmed) > CONFIRMED_MEMORY:
             self._confirmed.popitem(last=False)
-        # A document about to be written again drops its published entries in that write instead.
-        queued = {write.doc_id for write in self._queue}
-        clears = []
         for plan in plans:
-            if plan.doc_id in queued or plan.after is None:
-                continue
-            left = [e for e in plan.after["outbox"] if e["message_id"] not in self._confirmed]
-            clears.append(
-                UpdateOne(
-                    {"_id": plan.doc_id, "version": plan.after["version"]},
-                    {"$set": {"outbox": left, "outbox_pending": len(left)}, "$inc": {"version": 1}},
-                )
-            )
-        if clears:
-            # Off the write path: the next group's read needs no wait for it, and a document that
-            # group rewrites drops the published entries itself (the guarded clear then misses).
-            task = asyncio.create_task(self._clear(clears))
-            self._clearing.add(task)
-            task.add_done_callback(self._clearing.discard)
+            assert plan.after is not None
+            self._clears[plan.doc_id] = plan.after
 
-    async def _clear(self, clears: list[UpdateOne]) -> None:
-        try:
-            await self._collection.bulk_write(clears, ordered=False)
-        except Exception as error:  # the entries stay; the relay publishes them again later
-            log.warning("could not clear published outbox entries", store=self.name, error=repr(error))
+    def _clear_plan(self, doc: dict[str, Any], write_id: str) -> _Plan:
+        """Drop published entries from a document's outbox, in the next group's bulk write."""
+        plan = _Plan(doc["_id"], [], doc, cached=True)
+        left = [e for e in doc["outbox"] if e["message_id"] not in self._confirmed]
+        if len(left) != len(doc["outbox"]):
+            plan.after = {
+                **doc,
+                "version": doc["version"] + 1,
+                "outbox": left,
+                "outbox_pending": len(left),
+                "write_id": write_id,
+            }
+        return plan
 
     # --- outbox leftovers (the relay) -------------------------------------------------------------
 

@@ -58,6 +58,7 @@ def create_broker(settings: RuntimeSettings, client_id: str) -> KafkaBroker:
         acks=settings.kafka_acks_value(),
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=settings.kafka_linger_ms,
+        max_batch_size=settings.kafka_max_batch_bytes,
         graceful_timeout=settings.shutdown_grace_s,
         security=faststream_security(settings),
         logger=None,
