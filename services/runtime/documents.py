@@ -53,7 +53,9 @@ log = structlog.get_logger()
 #: Errors that mean "the database is unreachable right now", not "this message is bad".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure,)
 
-HANDLED_MEMORY = 200
+#: Message ids a document remembers. Records of the batch in hand are recognised by id alone (see
+#: `tracking`), so this must exceed what one document can absorb from one batch (settings cap it).
+HANDLED_MEMORY = 500
 MAX_WRITE_ATTEMPTS = 50
 DUPLICATE_KEY = 11000
 #: Message ids this process saw confirmed by the broker, so a later write can drop them from the outbox.
@@ -70,6 +72,11 @@ Publish = Callable[[Sequence[dict[str, Any]]], Awaitable[None]]
 
 class ConcurrencyConflict(RuntimeError):
     """Gave up after too many concurrent writers changed the same document first."""
+
+
+class WriteNotDurable(ConnectionFailure):
+    """The write was not acknowledged by enough replicas (MongoDB reports it beside the write):
+    treated like an unreachable database, so the message is retried and its duplicate recognised."""
 
 
 @dataclass(frozen=True)
@@ -260,7 +267,9 @@ class DocumentStore(Generic[S]):
         docs = await self._current(list(by_doc))
         write_id = uuid.uuid4().hex
         plans = [
-            self._plan(doc_id, writes, docs.get(doc_id), write_id, cached=docs.get(doc_id) is self._cache.get(doc_id))
+            self._plan_safely(
+                doc_id, writes, docs.get(doc_id), write_id, cached=docs.get(doc_id) is self._cache.get(doc_id)
+            )
             for doc_id, writes in by_doc.items()
         ]
         plans += [self._clear_plan(doc, write_id) for doc_id, doc in self._clears.items() if doc_id not in by_doc]
@@ -286,9 +295,10 @@ class DocumentStore(Generic[S]):
                     write.result.set_result(outcome)
         self._queue = retry + self._queue
 
-        written = [p for p in to_write if p.doc_id not in lost and p.new_entries]
-        if written:
+        if any(p.new_entries for p in to_write if p.doc_id not in lost):
             crash_point(f"after-write:{self.name}")
+        written = [p for p in to_write if p.doc_id not in lost and p.after is not None and p.after["outbox"]]
+        if written:
             await self._publish_written(written)
 
     async def _current(self, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -314,6 +324,8 @@ class DocumentStore(Generic[S]):
         retry = []
         for write in plan.writes:
             write.attempts += 1
+            if write.result.done():  # its caller was cancelled
+                continue
             if write.attempts >= MAX_WRITE_ATTEMPTS:
                 write.result.set_exception(
                     ConcurrencyConflict(f"{self.name}/{plan.doc_id}: too many concurrent writers")
@@ -334,6 +346,16 @@ class DocumentStore(Generic[S]):
         }
         return {doc_id for doc_id, version in expected.items() if current.get(doc_id) != version}
 
+    def _plan_safely(
+        self, doc_id: str, writes: list[_Write], doc: dict[str, Any] | None, write_id: str, *, cached: bool
+    ) -> _Plan:
+        """One document's plan; if building it fails (a state that no longer validates, say), only
+        that document's writes fail, not the whole group."""
+        try:
+            return self._plan(doc_id, writes, doc, write_id, cached=cached)
+        except Exception as error:
+            return _Plan(doc_id, writes, doc, outcomes=[(write, error) for write in writes])
+
     def _plan(
         self, doc_id: str, writes: list[_Write], doc: dict[str, Any] | None, write_id: str, *, cached: bool
     ) -> _Plan:
@@ -350,10 +372,10 @@ class DocumentStore(Generic[S]):
                 continue
             try:
                 change = write.context.run(write.decide, state)
+                entries = [] if change is None else [outbox_entry(e) for e in change.events]
             except Refused as refusal:
-                if state is not None and write.message_id is not None:  # a replay is not refused twice
-                    _track(handled, positions, write.message_id, write.position)
-                    dirty = True
+                # Not remembered: the dead letter does not exist yet, and a crash before it does
+                # must leave the message to be refused again, not absorbed. A replay refuses it again.
                 plan.outcomes.append((write, refusal))
                 continue
             except Exception as error:  # the decision's own bug: its message is retried, the rest go on
@@ -363,11 +385,12 @@ class DocumentStore(Generic[S]):
                 plan.decided = True
             else:
                 state = change.state
-                plan.new_entries += [outbox_entry(e) for e in change.events]
+                plan.new_entries += entries
                 _track(handled, positions, write.message_id, write.position)
                 dirty = True
             plan.outcomes.append((write, change))
         if dirty and state is not None:
+            kept = bool(outbox)
             outbox += plan.new_entries
             plan.after = {
                 "_id": doc_id,
@@ -375,7 +398,8 @@ class DocumentStore(Generic[S]):
                 "state": state.model_dump(mode="json"),
                 "outbox": outbox,
                 "outbox_pending": len(outbox),
-                "outbox_at": time.time() if plan.new_entries else (doc or {}).get("outbox_at", 0.0),
+                # The age of the oldest entry, which the relay goes by.
+                "outbox_at": (doc or {}).get("outbox_at", 0.0) if kept else time.time(),
                 "handled": handled[-HANDLED_MEMORY:],
                 "positions": positions,
                 "write_id": write_id,
@@ -393,16 +417,24 @@ class DocumentStore(Generic[S]):
             for p in plans
         ]
         lost: set[str] = set()
+        refused: set[str] = set()
         try:
             result = await self._collection.bulk_write(operations, ordered=False)
             matched = result.matched_count
         except BulkWriteError as error:
+            if error.details.get("writeConcernErrors"):
+                raise WriteNotDurable(f"{self.name}: {error.details['writeConcernErrors'][:3]}") from error
             for failure in error.details["writeErrors"]:
-                if failure["code"] != DUPLICATE_KEY:
-                    raise
-                lost.add(plans[failure["index"]].doc_id)  # created by someone else meanwhile
+                plan = plans[failure["index"]]
+                if failure["code"] == DUPLICATE_KEY:
+                    lost.add(plan.doc_id)  # created by someone else meanwhile
+                else:  # this document alone fails (too large, say); the others were written
+                    refused.add(plan.doc_id)
+                    failed = RuntimeError(f"{self.name}/{plan.doc_id}: {failure.get('errmsg', failure)}")
+                    plan.outcomes = [(write, failed) for write in plan.writes]
+                    plan.after, plan.new_entries = None, []
             matched = error.details.get("nMatched", 0)
-        replaced = [p.doc_id for p in plans if p.before is not None]
+        replaced = [p.doc_id for p in plans if p.before is not None and p.doc_id not in refused]
         if matched < len(replaced):
             # A version guard did not match, but the count does not say which: ask for our write id.
             ours = {d["_id"] async for d in self._collection.find({"_id": {"$in": replaced}, "write_id": write_id})}
@@ -412,7 +444,9 @@ class DocumentStore(Generic[S]):
     async def _publish_written(self, plans: list[_Plan]) -> None:
         if self._publish is None:
             return  # the relay publishes them
-        entries = [entry for plan in plans for entry in plan.new_entries]
+        # The whole outbox, oldest first: entries a failed publish or another writer left behind
+        # go out before the new ones, so one document's events keep their order.
+        entries = [entry for plan in plans if plan.after is not None for entry in plan.after["outbox"]]
         try:
             await self._publish(entries)
         except Exception:
@@ -480,7 +514,7 @@ def _track(handled: list[str], positions: dict[str, int], message_id: str | None
     if message_id is not None:
         handled.append(message_id)
     if position is not None:
-        positions[position.key] = max(position.offset, positions.get(position.key, -1))
+        positions[position.key] = max(position.floor, positions.get(position.key, -1))
 
 
 async def ping(client: AsyncIOMotorClient) -> None:

@@ -125,11 +125,11 @@ def subscribe(
 
     by_name = {topic.name: topic for topic in topics}
 
-    async def consume_one(record: ConsumerRecord) -> None:
+    async def consume_one(record: ConsumerRecord, floor: int) -> None:
         topic = by_name[record.topic]
         body: bytes = record.value or b""
         structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
-        current_position.set(Position(record.topic, record.partition, record.offset))
+        current_position.set(Position(record.topic, record.partition, record.offset, floor))
         if len(body) > settings.max_message_bytes:
             detail = f"{len(body)} bytes, at most {settings.max_message_bytes}"
             await dead_letters.send(record, topic, reason="too_large", detail=detail, attempts=1)
@@ -156,17 +156,22 @@ def subscribe(
         )
         await _handle_with_retries(parsed, record, topic, handle, dead_letters, settings)
 
-    async def consume_in_order(records: list[ConsumerRecord]) -> None:
+    async def consume_in_order(records: list[ConsumerRecord], floors: dict[tuple[str, int], int]) -> None:
         # Runs as its own task: the log context and position it binds stay with its records.
         for record in records:
-            await consume_one(record)
+            await consume_one(record, floors[record.topic, record.partition])
 
     async def consume_batch(message: KafkaMessage) -> None:
         chains: dict[tuple[Any, ...], list[ConsumerRecord]] = {}
+        floors: dict[tuple[str, int], int] = {}
         for record in message.raw_message:
             chain = (record.key,) if record.key is not None else (record.topic, record.partition)
             chains.setdefault(chain, []).append(record)
-        outcomes = await asyncio.gather(*(consume_in_order(c) for c in chains.values()), return_exceptions=True)
+            partition = (record.topic, record.partition)
+            floors[partition] = min(floors.get(partition, record.offset), record.offset - 1)
+        outcomes = await asyncio.gather(
+            *(consume_in_order(chain, floors) for chain in chains.values()), return_exceptions=True
+        )
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             raise failures[0]

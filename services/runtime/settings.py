@@ -63,7 +63,12 @@ class RuntimeSettings(BaseSettings):
         default=10, ge=1, description="How long an idle consumer waits for records before looking again"
     )
     kafka_max_batch_records: int = Field(
-        default=500, ge=1, description="Records a consumer takes at once; their writes share round trips"
+        default=250,
+        ge=1,
+        # A document remembers its last 500 message ids (documents.HANDLED_MEMORY); records of the
+        # batch in hand are recognised by id only, so a batch must fit with room to spare.
+        le=250,
+        description="Records a consumer takes at once; their writes share round trips",
     )
     handler_max_attempts: int = Field(default=5, ge=1)
     handler_retry_backoff_s: float = Field(default=0.2, ge=0)

@@ -1,10 +1,15 @@
 """Where the message being handled came from, for the write that records it.
 
 The subscriber sets it once per message; `DocumentStore.apply` reads it. Every document keeps,
-per topic partition, the highest offset whose message it absorbed. Kafka delivers one partition
-in order, so a message at or below that offset has been applied to this document already: a
-replay from the beginning changes nothing, however long ago the message was handled. (Message ids
-cover the other kind of duplicate: the same message published twice, at two offsets.)
+per topic partition, an offset below which it has absorbed every message meant for it, so a
+replay from the beginning changes nothing, however long ago the message was handled.
+
+That offset is the batch's *floor* (the offset before the partition's first record in the batch),
+not the record's own offset: records of one partition with different keys are handled
+concurrently, so a document may absorb offset 11 before offset 10. The previous batch was fully
+handled before this one was fetched, so everything up to the floor is done. Records inside the
+batch are recognised by their message ids (`handled`), which also cover the other kind of
+duplicate: the same message published twice, at two offsets.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ class Position:
     topic: str
     partition: int
     offset: int
+    #: Every record of this partition up to here was handled before this record's batch.
+    floor: int
 
     @property
     def key(self) -> str:

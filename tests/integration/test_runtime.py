@@ -24,6 +24,7 @@ from services.runtime.errors import Refused
 from services.runtime.relay import OutboxRelay
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
+from services.runtime.tracking import Position, current_position
 from tests.support.inprocess import TopicWatch, running
 from tests.support.scenario import wait_until
 
@@ -193,6 +194,62 @@ async def test_concurrent_writers_never_lose_an_update(settings: RuntimeSettings
     try:
         await asyncio.gather(*(store.apply("doc", increment, message_id=f"m{i}") for i in range(40)))
         assert (await store.get("doc")) == Counted(count=40)
+    finally:
+        runtime.mongo.close()
+
+
+def _increment(current: Counted | None) -> Change[Counted]:
+    return Change(Counted(count=(current.count if current else 0) + 1))
+
+
+async def _apply_at(store: DocumentStore[Counted], offset: int, floor: int, message_id: str) -> Change[Counted] | None:
+    current_position.set(Position("t.v1", 0, offset, floor))
+    try:
+        return await store.apply("doc", _increment, message_id=message_id)
+    finally:
+        current_position.set(None)
+
+
+async def test_records_of_one_batch_count_whatever_order_they_land_in(settings: RuntimeSettings) -> None:
+    """Records of one partition with different keys are handled concurrently, so one document may
+    absorb offset 11 before offset 10: both count; a replay of an earlier batch changes nothing."""
+    runtime = ServiceRuntime("test", settings)
+    store: DocumentStore[Counted] = DocumentStore(runtime.database, f"test_order_{uuid.uuid4().hex[:6]}", Counted)
+    try:
+        assert await _apply_at(store, 11, floor=9, message_id="m11") is not None
+        assert await _apply_at(store, 10, floor=9, message_id="m10") is not None
+        assert await _apply_at(store, 10, floor=9, message_id="m10") is None, "the batch redelivered"
+        assert await _apply_at(store, 12, floor=11, message_id="m12") is not None
+        # the next batch's floor covers offsets 10 and 11, whatever ids a replay carries
+        assert await _apply_at(store, 11, floor=9, message_id="m11-published-again-as-another-id") is None
+        assert (await store.get("doc")) == Counted(count=3)
+    finally:
+        runtime.mongo.close()
+
+
+async def test_one_document_failing_leaves_the_others_of_its_group_written(settings: RuntimeSettings) -> None:
+    runtime = ServiceRuntime("test", settings)
+    store: DocumentStore[Counted] = DocumentStore(runtime.database, f"test_group_{uuid.uuid4().hex[:6]}", Counted)
+
+    def broken(_: Counted | None) -> Change[Counted]:
+        raise ValueError("a bug in one decision")
+
+    def refused(_: Counted | None) -> Change[Counted]:
+        raise Refused("not_yours", "refused")
+
+    try:
+        await store.apply("refused", _increment)
+        outcomes = await asyncio.gather(
+            store.apply("bad", broken, message_id="b1"),
+            store.apply("good", _increment, message_id="g1"),
+            store.apply("refused", refused, message_id="r1"),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], ValueError) and isinstance(outcomes[2], Refused)
+        assert isinstance(outcomes[1], Change)
+        assert await store.get("good") == Counted(count=1) and await store.get("bad") is None
+        versions = await store.versions()
+        assert versions["refused"][0] == 1, "a refusal is not written: it is dead-lettered, and refused again on replay"
     finally:
         runtime.mongo.close()
 
