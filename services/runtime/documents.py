@@ -126,7 +126,7 @@ class _Plan:
     before: dict[str, Any] | None
     #: `before` is this process's copy of its own last write, not a fresh read.
     cached: bool = False
-    #: Some decision chose to change nothing: on a cached copy that must be checked.
+    #: Some decision chose to change nothing, or refused: on a cached copy that must be checked.
     decided: bool = False
     after: dict[str, Any] | None = None
     new_entries: list[dict[str, Any]] = field(default_factory=list)
@@ -376,6 +376,7 @@ class DocumentStore(Generic[S]):
             except Refused as refusal:
                 # Not remembered: the dead letter does not exist yet, and a crash before it does
                 # must leave the message to be refused again, not absorbed. A replay refuses it again.
+                plan.decided = True  # writes nothing, so a refusal on a cached copy must be re-checked
                 plan.outcomes.append((write, refusal))
                 continue
             except Exception as error:  # the decision's own bug: its message is retried, the rest go on

@@ -254,6 +254,37 @@ async def test_one_document_failing_leaves_the_others_of_its_group_written(setti
         runtime.mongo.close()
 
 
+async def test_a_decision_on_a_stale_copy_is_taken_again(settings: RuntimeSettings) -> None:
+    """A process reuses its copy of a document it wrote last; when another process wrote since, a
+    decision that writes nothing (a refusal, no change) must not stand on that old copy."""
+    runtime = ServiceRuntime("test", settings)
+    name = f"test_stale_{uuid.uuid4().hex[:6]}"
+    mine: DocumentStore[Counted] = DocumentStore(runtime.database, name, Counted)
+    theirs: DocumentStore[Counted] = DocumentStore(runtime.database, name, Counted)  # another process
+
+    def refuse_below_two(current: Counted | None) -> Change[Counted]:
+        if current is None or current.count < 2:
+            raise Refused("too_early", "count below 2")
+        return Change(Counted(count=current.count + 10))
+
+    def nothing_below_three(current: Counted | None) -> Change[Counted] | None:
+        return None if current is None or current.count < 3 else Change(Counted(count=current.count + 100))
+
+    try:
+        await mine.apply("refused", _increment)
+        await theirs.apply("refused", _increment)  # count 2: mine's copy says 1
+        assert await mine.apply("refused", refuse_below_two, message_id="r1") is not None
+        assert await theirs.get("refused") == Counted(count=12)
+
+        await mine.apply("unchanged", _increment)
+        for _ in range(2):
+            await theirs.apply("unchanged", _increment)  # count 3: mine's copy says 1
+        assert await mine.apply("unchanged", nothing_below_three, message_id="n1") is not None
+        assert await theirs.get("unchanged") == Counted(count=103)
+    finally:
+        runtime.mongo.close()
+
+
 @pytest.mark.parametrize("service", ["consultation", "inventory"])
 def test_sigterm_stops_a_service_cleanly_within_ten_seconds(stack: DevStack, service: str) -> None:
     stack.start_services(service)
