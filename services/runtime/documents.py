@@ -62,8 +62,10 @@ DUPLICATE_KEY = 11000
 CONFIRMED_MEMORY = 50_000
 #: Documents per store kept as last written, so writing one again needs no read first.
 CACHE_DOCUMENTS = 1_000
-#: How long published entries wait for the next group write to clear them before a write of their own.
-CLEAR_DELAY_S = 0.05
+#: How long published entries stay in their document's outbox before a write of their own clears
+#: them. A document written again meanwhile (a delivery: offered, accepted, picked up, delivered)
+#: drops them in that write, which saves the clear; the relay waits longer (outbox_stale_after_s).
+CLEAR_DELAY_S = 1.0
 
 S = TypeVar("S", bound=BaseModel)
 #: Publishes outbox entries and returns once the broker confirmed every one (raises otherwise).
@@ -146,7 +148,7 @@ class DocumentStore(Generic[S]):
         self._wake = asyncio.Event()
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         #: Documents written by this process whose published entries are still in their outbox.
-        self._clears: dict[str, dict[str, Any]] = {}
+        self._clears: dict[str, tuple[dict[str, Any], float]] = {}
         self._confirmed: OrderedDict[str, None] = OrderedDict()
         self._by_id: Coalescer[str, dict[str, Any]] = Coalescer(self._fetch_by_id)
         self._queries: Coalescer[str, list[Any]] = Coalescer(self._run_queries)
@@ -243,10 +245,11 @@ class DocumentStore(Generic[S]):
         await asyncio.sleep(0)  # let the other handlers of this batch queue their writes too
         while self._queue or self._clears:
             if not self._queue:
-                # Published entries are cleared with the next group's write; wait a little for one.
+                # Only clears are left: wait until the oldest is due, or for new writes.
+                oldest = min(since for _, since in self._clears.values())
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), CLEAR_DELAY_S)
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, oldest + CLEAR_DELAY_S - time.monotonic()))
             group, self._queue = self._queue, []
             try:
                 await self._write_group(group)
@@ -272,8 +275,16 @@ class DocumentStore(Generic[S]):
             )
             for doc_id, writes in by_doc.items()
         ]
-        plans += [self._clear_plan(doc, write_id) for doc_id, doc in self._clears.items() if doc_id not in by_doc]
-        self._clears = {}
+        due = time.monotonic() - CLEAR_DELAY_S
+        plans += [
+            self._clear_plan(doc, write_id)
+            for doc_id, (doc, since) in self._clears.items()
+            if doc_id not in by_doc and since <= due
+        ]
+        # Documents written in this group drop their published entries themselves.
+        self._clears = {
+            doc_id: pending for doc_id, pending in self._clears.items() if doc_id not in by_doc and pending[1] > due
+        }
         to_write = [p for p in plans if p.after is not None]
         lost = await self._write_plans(to_write, write_id)
         lost |= await self._changed_since_cached(p for p in plans if p.after is None and p.cached)
@@ -459,7 +470,7 @@ class DocumentStore(Generic[S]):
             self._confirmed.popitem(last=False)
         for plan in plans:
             assert plan.after is not None
-            self._clears[plan.doc_id] = plan.after
+            self._clears[plan.doc_id] = (plan.after, time.monotonic())
 
     def _clear_plan(self, doc: dict[str, Any], write_id: str) -> _Plan:
         """Drop published entries from a document's outbox, in the next group's bulk write."""
