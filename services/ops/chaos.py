@@ -61,7 +61,7 @@ from services.runtime.settings import RuntimeSettings
 
 from .devstack import DevStack
 from .lag import consumer_lag
-from .simulation import CourierSimulator, Plan, county_prescriptions
+from .simulation import CourierSimulator, Plan, county_prescriptions, restocks
 
 PROCESSES = ("consultation-1", "prescription-1", "inventory-1", "inventory-2", "courier-1", "courier-2")
 FAILURES = ("patient_absent", "refused", "damaged", "address_not_found", "other")
@@ -427,22 +427,14 @@ def _demand(messages: Iterable[PrescriptionSubmitted], formulary: dict[str, Form
 
 
 def _restocks(demand: Counter[str], share: float, by: str, round_no: int) -> list[inv.RestockRequested]:
-    commands = []
-    for warehouse, warehouse_share in WAREHOUSE_SHARES.items():
-        for drug, units in sorted(demand.items()):
-            quantity = round(units * share * warehouse_share)
-            if quantity > 0:
-                commands.append(
-                    inv.RestockRequested(
-                        correlation_id=f"chaos-restock-{round_no}-{warehouse}-{drug}",
-                        producer="chaos",
-                        warehouse_id=warehouse,
-                        drug_code=drug,
-                        quantity=quantity,
-                        requested_by=by,
-                    )
-                )
-    return commands
+    """A share of the expected demand, split over the warehouses."""
+    lines = [
+        (warehouse, drug, quantity)
+        for warehouse, warehouse_share in WAREHOUSE_SHARES.items()
+        for drug, units in sorted(demand.items())
+        if (quantity := round(units * share * warehouse_share)) > 0
+    ]
+    return restocks(lines, requested_by=by, round_name=f"chaos-restock-{round_no}")
 
 
 def _adjustments(demand: Counter[str], rng: random.Random, round_no: int) -> list[inv.AdjustmentRequested]:
@@ -628,8 +620,9 @@ class ChaosRun:
             started = time.monotonic()
             for index, message in enumerate(messages):
                 if (number := rounds.get(index)) is not None:
-                    restocks = _restocks(demand, RESTOCK_SHARE, "delivery from the wholesaler", number)
-                    await self.publish_commands(restocks)
+                    await self.publish_commands(
+                        _restocks(demand, RESTOCK_SHARE, "delivery from the wholesaler", number)
+                    )
                     await self.publish_commands(_adjustments(demand, self.rng, number))
                 if (delay := started + index / self.rate - time.monotonic()) > 0:
                     await asyncio.sleep(delay)

@@ -90,11 +90,13 @@ def reports_for(offer: c.DispatchOffered, plan: Plan) -> list[c.CourierReported]
     raise ValueError(f"unknown plan {plan!r}")
 
 
-def restocks(stock: Iterable[tuple[str, str, int]], *, requested_by: str) -> list[inv.RestockRequested]:
-    """Opening stock as warehouse staff would enter it: one restock command per warehouse and drug."""
+def restocks(
+    stock: Iterable[tuple[str, str, int]], *, requested_by: str, round_name: str = "opening"
+) -> list[inv.RestockRequested]:
+    """Stock as warehouse staff would enter it: one restock command per warehouse and drug."""
     return [
         inv.RestockRequested(
-            correlation_id=f"opening-{warehouse}-{drug}",
+            correlation_id=f"{round_name}-{warehouse}-{drug}",
             producer="simulation",
             warehouse_id=warehouse,
             drug_code=drug,
