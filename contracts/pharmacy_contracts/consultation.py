@@ -52,6 +52,9 @@ class PrescriptionItem(Contract):
     quantity: int = Field(description="Quantity in dispensing units (tablets, vials, ...)")
     dosage_text: Text
     days_supply: int
+    chronic: bool = Field(
+        default=False, description="Long-term therapy: the formulary's longer chronic days-of-supply limit applies"
+    )
 
 
 class Prescription(Contract):
@@ -87,3 +90,36 @@ class PrescriptionAccepted(Envelope):
     type: Literal["consultation.prescription_accepted"] = "consultation.prescription_accepted"
     sender_id: Identifier
     prescription: Prescription
+
+
+CancellationReason = Annotated[str, Field(min_length=1, max_length=300)]
+
+
+class CancellationRequested(Envelope):
+    """Upstream → `consultation.prescriptions.v1`: the doctor or the patient withdrew the prescription.
+
+    Signed like a submission. Honoured at any stage: before pickup the stock is released, after
+    pickup the courier brings the goods back to quarantine.
+    """
+
+    type: Literal["consultation.cancellation_requested"] = "consultation.cancellation_requested"
+    sender_id: Identifier
+    prescription_id: Identifier
+    reason: CancellationReason
+    requested_by: Annotated[str, Field(min_length=1, max_length=120)]
+
+    @model_validator(mode="after")
+    def _correlation_is_the_prescription(self) -> CancellationRequested:
+        if self.correlation_id != self.prescription_id:
+            raise ValueError("correlation_id must equal prescription_id")
+        return self
+
+
+class CancellationAccepted(Envelope):
+    """consultation → `consultation.intake.v1`: a verified cancellation from an upstream system."""
+
+    type: Literal["consultation.cancellation_accepted"] = "consultation.cancellation_accepted"
+    sender_id: Identifier
+    prescription_id: Identifier
+    reason: CancellationReason
+    requested_by: Annotated[str, Field(min_length=1, max_length=120)]

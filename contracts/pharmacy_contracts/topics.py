@@ -12,32 +12,52 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter
 
-from .consultation import PrescriptionAccepted, PrescriptionSubmitted
+from .consultation import CancellationAccepted, CancellationRequested, PrescriptionAccepted, PrescriptionSubmitted
 from .courier import (
     CourierAssigned,
     CourierReported,
     DeliveryAbandoned,
     DeliveryAccepted,
+    DeliveryCancelled,
+    DeliveryCodeRejected,
     DeliveryCompleted,
     DeliveryFailed,
+    DeliveryOfferExpired,
+    DeliveryOverdue,
     DeliveryPickedUp,
+    DeliveryWaiting,
     DispatchOffered,
+    DispatchWithdrawn,
 )
 from .envelope import Envelope
 from .inventory import (
     AdjustmentRequested,
+    LotExpired,
+    LotNearingExpiry,
     LowStock,
     ReservationFailed,
     RestockRequested,
     StockAdjusted,
     StockCommandRefused,
+    StockDelivered,
     StockDispatched,
+    StockQuarantined,
     StockReleased,
     StockReserved,
     StockRestocked,
     StockReturned,
+    WarehouseRegistered,
+    WarehouseRegistrationRequested,
 )
-from .prescription import PrescriptionApproved, PrescriptionRejected
+from .prescription import (
+    CancellationOrdered,
+    PrescriptionApproved,
+    PrescriptionCancelled,
+    PrescriptionHeld,
+    PrescriptionRejected,
+    ReviewDecided,
+    ReviewEscalated,
+)
 
 DEAD_LETTER_SUFFIX = ".dlq"
 
@@ -79,33 +99,41 @@ CONSULTATION_PRESCRIPTIONS = Topic(
     "consultation.prescriptions.v1",
     key="prescription id",
     key_fields=("correlation_id",),
-    messages=(PrescriptionSubmitted,),
+    messages=(PrescriptionSubmitted, CancellationRequested),
     public=True,
-    description="Upstream consultation systems publish issued prescriptions here.",
+    description="Upstream consultation systems publish issued prescriptions, and their cancellations, here.",
 )
 CONSULTATION_INTAKE = Topic(
     "consultation.intake.v1",
     key="prescription id",
     key_fields=("correlation_id",),
-    messages=(PrescriptionAccepted,),
+    messages=(PrescriptionAccepted, CancellationAccepted),
     public=False,
-    description="Validated, de-duplicated prescriptions handed on for checking.",
+    description="Validated, de-duplicated prescriptions (and verified cancellations) handed on for checking.",
 )
 PRESCRIPTION_DECISIONS = Topic(
     "prescription.decisions.v1",
     key="prescription id",
     key_fields=("prescription_id",),
-    messages=(PrescriptionApproved, PrescriptionRejected),
+    messages=(PrescriptionApproved, PrescriptionRejected, PrescriptionHeld, ReviewEscalated, PrescriptionCancelled),
     public=False,
-    description="The formulary check's verdict on each prescription.",
+    description="The checks' verdict on each prescription, holds for pharmacist review, and cancellations.",
+)
+PRESCRIPTION_REVIEWS = Topic(
+    "prescription.reviews.v1",
+    key="prescription id",
+    key_fields=("prescription_id",),
+    messages=(ReviewDecided, CancellationOrdered),
+    public=False,
+    description="Pharmacists' decisions on held prescriptions, and their cancellations.",
 )
 INVENTORY_COMMANDS = Topic(
     "inventory.commands.v1",
     key="warehouse id",
     key_fields=("warehouse_id",),
-    messages=(RestockRequested, AdjustmentRequested),
+    messages=(WarehouseRegistrationRequested, RestockRequested, AdjustmentRequested),
     public=False,
-    description="Restock and adjustment requests from warehouse staff.",
+    description="Warehouse registrations, restocks (by lot) and adjustments from warehouse staff.",
 )
 INVENTORY_EVENTS = Topic(
     "inventory.events.v1",
@@ -117,10 +145,15 @@ INVENTORY_EVENTS = Topic(
         StockReleased,
         StockDispatched,
         StockReturned,
+        StockQuarantined,
+        StockDelivered,
         StockRestocked,
         StockAdjusted,
         StockCommandRefused,
+        WarehouseRegistered,
         LowStock,
+        LotNearingExpiry,
+        LotExpired,
     ),
     public=True,
     description="Every stock change and alert, for warehouse staff and downstream services.",
@@ -129,9 +162,9 @@ COURIER_DISPATCH = Topic(
     "courier.dispatch.v1",
     key="courier id",
     key_fields=("courier_id",),
-    messages=(DispatchOffered,),
+    messages=(DispatchOffered, DispatchWithdrawn),
     public=True,
-    description="Dispatch offers to couriers; each courier reads the messages keyed by its id.",
+    description="Dispatch offers (and withdrawals) to couriers; each courier reads the messages keyed by its id.",
 )
 COURIER_UPDATES = Topic(
     "courier.updates.v1",
@@ -139,7 +172,7 @@ COURIER_UPDATES = Topic(
     key_fields=("package_id",),
     messages=(CourierReported,),
     public=True,
-    description="Couriers report accepted, picked up, delivered or failed.",
+    description="Couriers report accepted, picked up, delivered (with the patient's code), failed or returned.",
 )
 COURIER_DELIVERIES = Topic(
     "courier.deliveries.v1",
@@ -152,6 +185,11 @@ COURIER_DELIVERIES = Topic(
         DeliveryCompleted,
         DeliveryFailed,
         DeliveryAbandoned,
+        DeliveryOfferExpired,
+        DeliveryWaiting,
+        DeliveryCodeRejected,
+        DeliveryOverdue,
+        DeliveryCancelled,
     ),
     public=False,
     description="The delivery lifecycle as the courier service decides it.",
@@ -161,6 +199,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CONSULTATION_PRESCRIPTIONS,
     CONSULTATION_INTAKE,
     PRESCRIPTION_DECISIONS,
+    PRESCRIPTION_REVIEWS,
     INVENTORY_COMMANDS,
     INVENTORY_EVENTS,
     COURIER_DISPATCH,

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
 from pharmacy_contracts import Envelope, signing
-from pharmacy_contracts.consultation import PrescriptionSubmitted
+from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted
 from pharmacy_contracts.topics import Topic, topic_for
 from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
@@ -35,8 +35,8 @@ async def producer(settings: RuntimeSettings) -> AsyncIterator[AIOKafkaProducer]
 def encode(
     message: Envelope, settings: RuntimeSettings | None = None
 ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
-    """Topic, key, value and headers of a message. A prescription is signed as its sender when
-    `settings` carry a signing key (see `RuntimeSettings.signing_key_id`)."""
+    """Topic, key, value and headers of a message. A prescription or a cancellation is signed as
+    its sender when `settings` carry a signing key (see `RuntimeSettings.signing_key_id`)."""
     topic = topic_for(message)
     value = message.model_dump_json().encode()
     headers = {
@@ -45,7 +45,8 @@ def encode(
         "message-id": message.message_id,
         "correlation-id": message.correlation_id,
     }
-    if isinstance(message, PrescriptionSubmitted) and settings and settings.signing_secret and settings.signing_key_id:
+    signed = isinstance(message, PrescriptionSubmitted | CancellationRequested)
+    if signed and settings and settings.signing_secret and settings.signing_key_id:
         headers |= signing.signature_headers(
             value,
             sender_id=message.sender_id,

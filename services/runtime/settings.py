@@ -49,6 +49,13 @@ class RuntimeSettings(BaseSettings):
     signing_key_id: str | None = None
     signing_secret: SecretStr | None = None
 
+    # Consultation derives each patient's delivery code from this key and the prescription id;
+    # courier checks the code a courier reports with the same key. Couriers never see the key or
+    # the code before the patient reads it out. The simulated patients of the demo and tests use it.
+    delivery_code_key: SecretStr | None = None
+    sweep_interval_s: float = Field(
+        default=5.0, gt=0, description="How often each service looks for passed deadlines (reviews, offers, expiry)"
+    )
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27117")
     mongo_database: str = "pharmacy"
 

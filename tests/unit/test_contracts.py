@@ -6,13 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
 from pharmacy_contracts import topics
-from pharmacy_contracts.consultation import Prescription, PrescriptionSubmitted
+from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted
 from pharmacy_contracts.envelope import Envelope
 from tests.unit.builders import (
     EXAMPLE_PRESCRIPTION_PATH,
@@ -20,10 +20,12 @@ from tests.unit.builders import (
     abandoned,
     approved,
     assigned,
+    cancellation_requested,
     completed,
     delivery_accepted,
     delivery_failed,
     envelope_fields,
+    lifecycle_messages_of_reviews_and_cancellations,
     low_stock,
     make_prescription,
     make_report,
@@ -179,6 +181,72 @@ def test_courier_report_refuses_unknown_statuses_and_reasons():
         make_report(dispatch_id="D1", courier_id="CUR-1", status="failed", failure_reason="dog")
 
 
+def test_cancellation_requested_needs_the_correlation_id_to_be_the_prescription_id():
+    with pytest.raises(ValidationError, match="correlation_id must equal prescription_id"):
+        cancellation_requested(correlation_id="RX-OTHER")
+
+
+def test_cancellation_requested_with_matching_correlation_id_is_accepted():
+    message = cancellation_requested(prescription_id="RX-77")
+
+    assert message.correlation_id == message.prescription_id == "RX-77"
+
+
+def test_a_delivered_report_carries_the_patients_code():
+    report = make_report(dispatch_id="D1", courier_id="CUR-1", status="delivered", delivery_code="004217")
+
+    assert report.delivery_code == "004217"
+
+
+@pytest.mark.parametrize("status", ["accepted", "picked_up", "returned"])
+def test_a_delivery_code_on_any_other_report_is_refused(status):
+    with pytest.raises(ValidationError, match="delivery_code belongs to a 'delivered' report only"):
+        make_report(dispatch_id="D1", courier_id="CUR-1", status=status, delivery_code="123456")
+
+
+def test_a_delivery_code_on_a_failure_report_is_refused():
+    with pytest.raises(ValidationError, match="delivery_code belongs to a 'delivered' report only"):
+        make_report(
+            dispatch_id="D1", courier_id="CUR-1", status="failed", failure_reason="refused", delivery_code="123456"
+        )
+
+
+def test_a_delivered_report_without_a_code_still_parses():
+    # A missing code is the courier service's rule (the delivery does not count), not a parse error.
+    assert make_report(dispatch_id="D1", courier_id="CUR-1", status="delivered").delivery_code is None
+
+
+@pytest.mark.parametrize("code", ["12345", "1234567", "12345a", "١٢٣٤٥٦", " 123456", "123456\n", ""])
+def test_a_delivered_report_with_a_code_that_is_not_six_digits_is_refused(code):
+    with pytest.raises(ValidationError) as error:
+        make_report(dispatch_id="D1", courier_id="CUR-1", status="delivered", delivery_code=code)
+
+    assert error.value.errors()[0]["loc"] == ("delivery_code",)
+
+
+@pytest.mark.parametrize(
+    ("code", "accepted"),
+    [
+        ("000000", True),
+        ("999999", True),
+        ("123456", True),
+        ("12345", False),  # one digit short
+        ("1234567", False),  # one digit over
+        ("", False),
+        ("12 456", False),
+        ("12345x", False),
+    ],
+)
+def test_delivery_code_is_exactly_six_ascii_digits(code, accepted):
+    adapter = TypeAdapter(c.DeliveryCode)
+
+    if accepted:
+        assert adapter.validate_python(code) == code
+    else:
+        with pytest.raises(ValidationError):
+            adapter.validate_python(code)
+
+
 def test_quantities_and_days_are_plain_integers_on_the_prescription():
     # Whether they are sensible is a formulary rule (a reason code), not a parse error.
     prescription = make_prescription(
@@ -229,7 +297,8 @@ def test_message_types_are_unique_across_all_topics():
 def test_topic_names_are_unique_and_versioned():
     names = [topic.name for topic in topics.ALL_TOPICS]
 
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 9
+    assert "prescription.reviews.v1" in names
     assert all(name.endswith(".v1") for name in names)
     assert topics.BY_NAME["courier.updates.v1"] is topics.COURIER_UPDATES
     assert topics.COURIER_UPDATES.dead_letter_topic == "courier.updates.v1.dlq"
@@ -265,12 +334,22 @@ def test_parse_of_a_message_on_the_wrong_topic_is_refused():
         topics.COURIER_DELIVERIES.parse(approved().model_dump_json())
     with pytest.raises(ValidationError):
         topics.CONSULTATION_INTAKE.parse(make_submitted().model_dump_json())
+    with pytest.raises(ValidationError):
+        topics.CONSULTATION_INTAKE.parse(cancellation_requested().model_dump_json())
+    review = next(m for m in one_of_each_message() if isinstance(m, rx.ReviewDecided))
+    with pytest.raises(ValidationError):
+        topics.PRESCRIPTION_DECISIONS.parse(review.model_dump_json())
 
 
 @pytest.mark.parametrize(
     "message",
-    [approved(), rejected()],
-    ids=["approved", "rejected"],
+    [approved(), rejected()]
+    + [
+        m
+        for m in lifecycle_messages_of_reviews_and_cancellations()
+        if topics.topic_for(m) is topics.PRESCRIPTION_DECISIONS
+    ],
+    ids=lambda m: type(m).__name__,
 )
 def test_decisions_topic_parses_each_decision_by_its_type(message):
     parsed = topics.PRESCRIPTION_DECISIONS.parse(message.model_dump_json().encode())
@@ -280,7 +359,32 @@ def test_decisions_topic_parses_each_decision_by_its_type(message):
 
 @pytest.mark.parametrize(
     "message",
-    [assigned(), delivery_accepted(), picked_up(), completed(), delivery_failed(), abandoned()],
+    [
+        m
+        for m in lifecycle_messages_of_reviews_and_cancellations()
+        if topics.topic_for(m) is topics.PRESCRIPTION_REVIEWS
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_reviews_topic_parses_each_pharmacist_command_by_its_type(message):
+    parsed = topics.PRESCRIPTION_REVIEWS.parse(message.model_dump_json())
+
+    assert type(parsed) is type(message)
+    assert topics.PRESCRIPTION_REVIEWS.key_of(parsed) == RX_ID
+
+
+def test_the_upstream_topic_parses_a_cancellation_by_its_type():
+    parsed = topics.CONSULTATION_PRESCRIPTIONS.parse(cancellation_requested().model_dump_json())
+
+    assert type(parsed) is CancellationRequested
+
+
+@pytest.mark.parametrize(
+    "message",
+    [assigned(), delivery_accepted(), picked_up(), completed(), delivery_failed(), abandoned()]
+    + [
+        m for m in lifecycle_messages_of_reviews_and_cancellations() if topics.topic_for(m) is topics.COURIER_DELIVERIES
+    ],
     ids=lambda m: type(m).__name__,
 )
 def test_deliveries_topic_parses_each_delivery_event_by_its_type(message):
@@ -309,6 +413,7 @@ def test_multi_message_topic_still_forbids_unknown_fields():
     ("topic", "message", "key"),
     [
         (topics.CONSULTATION_PRESCRIPTIONS, make_submitted(), RX_ID),
+        (topics.CONSULTATION_PRESCRIPTIONS, cancellation_requested(prescription_id="RX-4"), "RX-4"),
         (topics.PRESCRIPTION_DECISIONS, approved(prescription_id="RX-5"), "RX-5"),
         (topics.PRESCRIPTION_DECISIONS, rejected(prescription_id="RX-6"), "RX-6"),
         (topics.INVENTORY_EVENTS, reserved(prescription_id="RX-7", warehouse_id="WH-9"), "RX-7"),
@@ -330,12 +435,14 @@ def test_key_of_for_every_message_uses_its_topic_key_fields():
         "consultation.prescriptions.v1": lambda m: m.correlation_id,
         "consultation.intake.v1": lambda m: m.correlation_id,
         "prescription.decisions.v1": lambda m: m.prescription_id,
+        "prescription.reviews.v1": lambda m: m.prescription_id,
         "inventory.commands.v1": lambda m: m.warehouse_id,
         "inventory.events.v1": lambda m: getattr(m, "prescription_id", None) or m.warehouse_id,
         "courier.dispatch.v1": lambda m: m.courier_id,
         "courier.updates.v1": lambda m: m.package_id,
         "courier.deliveries.v1": lambda m: m.prescription_id,
     }
+    assert set(expected) == set(topics.BY_NAME)
     for message in one_of_each_message():
         topic = topics.topic_for(message)
         assert topic.key_of(message) == expected[topic.name](message), type(message).__name__
@@ -365,7 +472,11 @@ def test_a_timestamp_that_overflows_in_utc_is_a_validation_error_not_a_crash() -
 
     raw = (
         '{"type":"inventory.restock_requested","correlation_id":"c","producer":"p","warehouse_id":"W",'
-        '"drug_code":"D","quantity":1,"requested_by":"x","occurred_at":"9999-12-31T23:59:59-01:00"}'
+        '"drug_code":"D","lot_id":"L1","expiry_date":"2031-12-31","quantity":1,"requested_by":"x",'
+        '"occurred_at":"9999-12-31T23:59:59-01:00"}'
     )
-    with pytest.raises(pydantic.ValidationError):
+    RestockRequested.model_validate_json(raw.replace("9999-12-31T23:59:59-01:00", "2027-01-15T09:00:00Z"))
+    with pytest.raises(pydantic.ValidationError) as error:
         RestockRequested.model_validate_json(raw)
+
+    assert [e["loc"] for e in error.value.errors()] == [("occurred_at",)]
