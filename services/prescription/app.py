@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from faststream import FastStream
 
 from pharmacy_contracts import topics
@@ -14,15 +17,29 @@ from .storage import PrescriptionStorage
 
 
 def create_app(settings: PrescriptionSettings) -> FastStream:
+    return build(settings)[0]
+
+
+def build(
+    settings: PrescriptionSettings, *, clock: Callable[[], datetime] = utc_now
+) -> tuple[FastStream, PrescriptionService]:
+    """The app and its service, so a test can drive the clock and call the review sweep itself."""
     runtime = ServiceRuntime("prescription", settings)
     storage = PrescriptionStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = PrescriptionService(storage, clock=utc_now)
+    service = PrescriptionService(storage, clock=clock, policy=settings.review_policy())
 
     runtime.consume(
         topics.CONSULTATION_INTAKE,
         group="prescription.check",
-        handle=service.check,
-        title="check prescriptions against the formulary",
+        handle=service.on_intake,
+        title="check prescriptions against the safety rules; honour cancellations",
     )
-    return runtime.app(on_startup=storage.ensure_indexes)
+    runtime.consume(
+        topics.PRESCRIPTION_REVIEWS,
+        group="prescription.reviews",
+        handle=service.on_review,
+        title="apply pharmacists' review decisions and cancellations",
+    )
+    runtime.every_sweep("review-deadlines", service.sweep_reviews)
+    return runtime.app(on_startup=storage.ensure_indexes), service
