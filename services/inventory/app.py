@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from faststream import FastStream
 
 from pharmacy_contracts import topics
+from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
 from .service import InventoryService
@@ -12,11 +16,11 @@ from .settings import InventorySettings
 from .storage import InventoryStorage
 
 
-def create_app(settings: InventorySettings) -> FastStream:
+def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_now) -> FastStream:
     runtime = ServiceRuntime("inventory", settings)
     storage = InventoryStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = InventoryService(storage, settings.low_stock_threshold)
+    service = InventoryService(storage, settings, clock=clock)
 
     runtime.consume(
         topics.PRESCRIPTION_DECISIONS,
@@ -28,12 +32,19 @@ def create_app(settings: InventorySettings) -> FastStream:
         topics.COURIER_DELIVERIES,
         group="inventory.deliveries",
         handle=service.on_delivery_event,
-        title="dispatch, return or release held stock as deliveries progress",
+        title="dispatch, return, deliver, release or quarantine held stock as deliveries progress",
     )
     runtime.consume(
         topics.INVENTORY_COMMANDS,
         group="inventory.commands",
         handle=service.on_command,
-        title="restock and adjust on warehouse staff's request",
+        title="register warehouses, restock lots and adjust counts on warehouse staff's request",
     )
+    runtime.consume(
+        topics.INVENTORY_EVENTS,
+        group="inventory.ledger",
+        handle=service.record_movements,
+        title="keep the stock ledger: one entry per movement",
+    )
+    runtime.every_sweep("lot-expiry", service.sweep_expiry)
     return runtime.app(on_startup=storage.ensure_indexes)

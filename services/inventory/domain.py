@@ -1,45 +1,127 @@
-"""Stock rules. Pure functions: a warehouse in, a new warehouse out (or a refusal)."""
+"""Stock rules. Pure functions: a warehouse in, a new warehouse and the ledger movements that made it out
+(or a refusal).
+
+Every change of a lot's figures is expressed as movements (`quantity` units of one lot from one bucket
+to another) and applied by one function, `apply_movement`; the events carry the same movements, so the
+ledger built from them recomputes exactly the figures the warehouse documents hold.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from enum import StrEnum
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+from pharmacy_contracts.inventory import Bucket, Movement, MovementKind
 
-class DrugStock(BaseModel):
-    """One drug in one warehouse. `available + reserved + dispatched` always equals
-    `received + adjusted` (the conservation law the tests check)."""
+EARTH_RADIUS_KM = 6371.0088
+WarehouseKind = Literal["central", "township"]
+
+
+class Figures(BaseModel):
+    """Units in each place, and how they came and went. The conservation law the tests check:
+    available + reserved + dispatched + quarantined + expired + delivered == received + adjusted."""
 
     available: int = Field(default=0, ge=0)
     reserved: int = Field(default=0, ge=0)
     dispatched: int = Field(default=0, ge=0)
+    quarantined: int = Field(default=0, ge=0)
+    expired: int = Field(default=0, ge=0)
+    delivered: int = Field(default=0, ge=0, description="Units handed to patients (gone to `outside`)")
     received: int = Field(default=0, ge=0)
     adjusted: int = 0
 
+    def counts(self) -> Figures:
+        """The figures alone, without whatever else a subclass carries (to compare with the ledger)."""
+        return Figures(**{name: getattr(self, name) for name in Figures.model_fields})
+
+    @property
+    def balanced(self) -> bool:
+        held = self.available + self.reserved + self.dispatched + self.quarantined + self.expired + self.delivered
+        return held == self.received + self.adjusted
+
+
+class DrugStock(Figures):
+    """One drug in one warehouse: the sum over its lots."""
+
+
+class Lot(Figures):
+    drug_code: str
+    expiry_date: date
+    near_expiry_alerted: bool = False
+
+
+class Pick(BaseModel):
+    """Units of one lot held for a prescription."""
+
+    lot_id: str
+    drug_code: str
+    quantity: int = Field(gt=0)
+
 
 class Hold(BaseModel):
-    """Stock held for one prescription, from reservation until delivered or released."""
+    """Stock held for one prescription, from reservation until delivered, released or quarantined."""
 
-    lines: dict[str, int]
+    picks: list[Pick]
     dispatched: bool = False
+
+    @property
+    def lines(self) -> dict[str, int]:
+        return merge_quantities((pick.drug_code, pick.quantity) for pick in self.picks)
+
+
+class Location(BaseModel):
+    latitude: float
+    longitude: float
 
 
 class Warehouse(BaseModel):
+    """A central warehouse or township pharmacy: where it is, its lots, and what it holds for whom."""
+
     warehouse_id: str
-    stock: dict[str, DrugStock] = Field(default_factory=dict)
+    name: str = ""
+    kind: WarehouseKind = "township"
+    location: Location | None = Field(default=None, description="None until registered")
+    lots: dict[str, Lot] = Field(default_factory=dict)
     holds: dict[str, Hold] = Field(default_factory=dict)
 
+    @property
+    def registered(self) -> bool:
+        return self.location is not None
+
+    def lots_of(self, drug_code: str) -> list[tuple[str, Lot]]:
+        """The drug's lots, first expiry first (ties by lot id)."""
+        found = [(lot_id, lot) for lot_id, lot in self.lots.items() if lot.drug_code == drug_code]
+        return sorted(found, key=lambda item: (item[1].expiry_date, item[0]))
+
     def level(self, drug_code: str) -> DrugStock:
-        return self.stock.get(drug_code, DrugStock())
+        return _sum(lot for lot in self.lots.values() if lot.drug_code == drug_code)
+
+    @property
+    def stock(self) -> dict[str, DrugStock]:
+        """Per-drug figures (sums over lots), for readers that do not care about lots."""
+        return {drug: self.level(drug) for drug in sorted({lot.drug_code for lot in self.lots.values()})}
+
+
+def _sum(lots: Iterable[Figures]) -> DrugStock:
+    totals = dict.fromkeys(Figures.model_fields, 0)
+    for lot in lots:
+        for name in totals:
+            totals[name] += getattr(lot, name)
+    return DrugStock(**totals)
 
 
 class AllocationState(StrEnum):
     RESERVING = "reserving"
     RESERVED = "reserved"
     OUT_OF_STOCK = "out_of_stock"
+    CANCELLED = "cancelled"
+    """The delivery was withdrawn before any stock was held: a late approval reserves nothing."""
 
 
 class Allocation(BaseModel):
@@ -56,135 +138,416 @@ class StockRefused(ValueError):
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """A changed warehouse and the movements that changed it (and, for a reservation, its picks)."""
+
+    warehouse: Warehouse
+    movements: tuple[Movement, ...] = ()
+    picks: tuple[Pick, ...] = field(default_factory=tuple)
+
+
+# --- movements: the one way figures change ----------------------------------------------------------
+
+BUCKET_FIELDS: dict[Bucket, str | None] = {
+    "outside": None,
+    "available": "available",
+    "reserved": "reserved",
+    "dispatched": "dispatched",
+    "quarantine": "quarantined",
+    "expired": "expired",
+}
+
+F = TypeVar("F", bound=Figures)
+
+
+def move(kind: MovementKind, lot_id: str, drug_code: str, quantity: int, source: Bucket, target: Bucket) -> Movement:
+    return Movement(kind=kind, lot_id=lot_id, drug_code=drug_code, quantity=quantity, source=source, target=target)
+
+
+def shift(figures: F, movement: Movement) -> F:
+    """Move the units between buckets; receipts, adjustments and deliveries also count where units
+    came from or went to, which keeps the conservation law. Unchecked: see `apply_movement`."""
+    changes: dict[str, int] = {}
+    quantity = movement.quantity
+    if (source := BUCKET_FIELDS[movement.source]) is not None:
+        changes[source] = getattr(figures, source) - quantity
+    if (target := BUCKET_FIELDS[movement.target]) is not None:
+        changes[target] = changes.get(target, getattr(figures, target)) + quantity
+    if movement.kind == "received":
+        changes["received"] = figures.received + quantity
+    elif movement.kind == "adjusted":
+        changes["adjusted"] = figures.adjusted + (quantity if movement.source == "outside" else -quantity)
+    elif movement.kind == "delivered":
+        changes["delivered"] = figures.delivered + quantity
+    return figures.model_copy(update=changes)
+
+
+def apply_movement(figures: F, movement: Movement) -> F:
+    """`shift`, refused if it would take units that are not in the source bucket."""
+    after = shift(figures, movement)
+    if min(getattr(after, name) for name in BUCKET_FIELDS.values() if name is not None) < 0:
+        raise StockRefused(f"{movement.kind} of {movement.quantity} from {movement.source} of lot {movement.lot_id}")
+    return after
+
+
+def _apply(warehouse: Warehouse, movements: Sequence[Movement]) -> dict[str, Lot]:
+    lots = dict(warehouse.lots)
+    for movement in movements:
+        lots[movement.lot_id] = apply_movement(lots[movement.lot_id], movement)
+    return lots
+
+
+# --- registration, restock, adjustment -------------------------------------------------------------
+
+
+def register(
+    current: Warehouse | None, warehouse_id: str, *, name: str, kind: WarehouseKind, location: Location
+) -> Warehouse:
+    """A new warehouse, or an existing one renamed or moved; its lots and holds stay."""
+    base = current or Warehouse(warehouse_id=warehouse_id)
+    return base.model_copy(update={"name": name, "kind": kind, "location": location})
+
+
+def restock(warehouse: Warehouse, lot_id: str, drug_code: str, expiry_date: date, quantity: int) -> Outcome:
+    """Received goods: a new lot, or more of a lot already here (same drug, same printed expiry)."""
+    if quantity <= 0:
+        raise StockRefused("a restock adds at least one unit")
+    existing = warehouse.lots.get(lot_id)
+    if existing is not None and (existing.drug_code, existing.expiry_date) != (drug_code, expiry_date):
+        raise StockRefused(
+            f"lot {lot_id} is {existing.drug_code} expiring {existing.expiry_date}, "
+            f"not {drug_code} expiring {expiry_date}"
+        )
+    lot = existing or Lot(drug_code=drug_code, expiry_date=expiry_date)
+    movements = (move("received", lot_id, drug_code, quantity, "outside", "available"),)
+    lots = _apply(warehouse.model_copy(update={"lots": {**warehouse.lots, lot_id: lot}}), movements)
+    return Outcome(warehouse.model_copy(update={"lots": lots}), movements)
+
+
+def adjust(warehouse: Warehouse, lot_id: str, drug_code: str, delta: int) -> Outcome:
+    """A count correction on the shelf of one lot: never below zero, never reserved or travelling units."""
+    if delta == 0:
+        raise StockRefused("an adjustment changes at least one unit")
+    lot = warehouse.lots.get(lot_id)
+    if lot is None:
+        raise StockRefused(f"no lot {lot_id} in {warehouse.warehouse_id}: restock it first")
+    if lot.drug_code != drug_code:
+        raise StockRefused(f"lot {lot_id} is {lot.drug_code}, not {drug_code}")
+    if lot.available + delta < 0:
+        raise StockRefused(f"only {lot.available} units of {drug_code} in lot {lot_id} are available to remove")
+    if delta > 0:
+        movement = move("adjusted", lot_id, drug_code, delta, "outside", "available")
+    else:
+        movement = move("adjusted", lot_id, drug_code, -delta, "available", "outside")
+    return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, [movement])}), (movement,))
+
+
+# --- allocation ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    """One drug's demand: the units and the longest therapy they must last."""
+
+    drug_code: str
+    quantity: int
+    days_supply: int = 0
+
+
+@dataclass(frozen=True)
 class Shortage:
     drug_code: str
     requested: int
     best_available: int
 
 
-def merge_lines(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
-    """The same drug on two lines is one demand."""
+def merge_quantities(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """The same drug on two lines is one demand (first-seen order)."""
     merged: dict[str, int] = {}
     for drug_code, quantity in lines:
         merged[drug_code] = merged.get(drug_code, 0) + quantity
     return merged
 
 
-def can_fill(warehouse: Warehouse, lines: Mapping[str, int]) -> bool:
-    return all(warehouse.level(drug).available >= quantity for drug, quantity in lines.items())
+def merge_lines(lines: Iterable[tuple[str, int, int]]) -> dict[str, Line]:
+    """(drug, quantity, days of supply) lines merged per drug: quantities add up, and the lot must
+    last the longest of the therapies."""
+    merged: dict[str, Line] = {}
+    for drug_code, quantity, days_supply in lines:
+        before = merged.get(drug_code, Line(drug_code, 0, 0))
+        merged[drug_code] = Line(drug_code, before.quantity + quantity, max(before.days_supply, days_supply))
+    return merged
 
 
-def choose_warehouse(warehouses: Iterable[Warehouse], lines: Mapping[str, int]) -> Warehouse | None:
-    """The whole prescription from one warehouse, or none: couriers make one pickup.
-
-    Simple rule for now: the first warehouse by id that can fill every line.
-    """
-    for warehouse in sorted(warehouses, key=lambda w: w.warehouse_id):
-        if can_fill(warehouse, lines):
-            return warehouse
-    return None
+def usable_until(today: date, delivery_days: int, days_supply: int) -> date:
+    """The earliest expiry a lot may have: the goods must last the delivery and the whole therapy."""
+    return today + timedelta(days=delivery_days + days_supply)
 
 
-def shortages(warehouses: Iterable[Warehouse], lines: Mapping[str, int]) -> list[Shortage]:
-    warehouses = list(warehouses)
+def is_usable(lot: Lot, *, today: date, delivery_days: int, days_supply: int) -> bool:
+    return lot.expiry_date >= usable_until(today, delivery_days, days_supply)
+
+
+def usable_units(warehouse: Warehouse, line: Line, *, today: date, delivery_days: int) -> int:
+    return sum(
+        lot.available
+        for _, lot in warehouse.lots_of(line.drug_code)
+        if is_usable(lot, today=today, delivery_days=delivery_days, days_supply=line.days_supply)
+    )
+
+
+def plan_picks(
+    warehouse: Warehouse, lines: Mapping[str, Line], *, today: date, delivery_days: int
+) -> list[Pick] | None:
+    """Lots first-expiry-first-out among the usable ones, as many lots per line as it takes; None
+    if some line cannot be filled here."""
+    picks: list[Pick] = []
+    for line in lines.values():
+        wanted = line.quantity
+        for lot_id, lot in warehouse.lots_of(line.drug_code):
+            if wanted == 0:
+                break
+            if lot.available == 0 or not is_usable(
+                lot, today=today, delivery_days=delivery_days, days_supply=line.days_supply
+            ):
+                continue
+            taken = min(wanted, lot.available)
+            picks.append(Pick(lot_id=lot_id, drug_code=line.drug_code, quantity=taken))
+            wanted -= taken
+        if wanted > 0:
+            return None
+    return picks
+
+
+def can_fill(warehouse: Warehouse, lines: Mapping[str, Line], *, today: date, delivery_days: int) -> bool:
+    return plan_picks(warehouse, lines, today=today, delivery_days=delivery_days) is not None
+
+
+def distance_km(a: Location, b: Location) -> float:
+    """Great-circle (haversine) distance."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (a.latitude, a.longitude, b.latitude, b.longitude))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def choose_warehouse(
+    warehouses: Iterable[Warehouse],
+    lines: Mapping[str, Line],
+    patient: Location,
+    *,
+    today: date,
+    delivery_days: int,
+) -> Warehouse | None:
+    """The registered warehouse nearest the patient that can fill the whole prescription from usable
+    lots (ties by id), or none: couriers make one pickup and the patient gets one package."""
+    candidates = [
+        w for w in warehouses if w.registered and can_fill(w, lines, today=today, delivery_days=delivery_days)
+    ]
+    return min(
+        candidates,
+        key=lambda w: (distance_km(w.location, patient), w.warehouse_id),  # type: ignore[arg-type]
+        default=None,
+    )
+
+
+def shortages(
+    warehouses: Iterable[Warehouse], lines: Mapping[str, Line], *, today: date, delivery_days: int
+) -> list[Shortage]:
+    """Drugs no single registered warehouse has enough usable units of (empty: the drugs are there,
+    only not all in one place)."""
+    registered = [w for w in warehouses if w.registered]
     found = []
-    for drug, quantity in lines.items():
-        best = max((w.level(drug).available for w in warehouses), default=0)
-        if best < quantity:
-            found.append(Shortage(drug, quantity, best))
+    for line in lines.values():
+        best = max((usable_units(w, line, today=today, delivery_days=delivery_days) for w in registered), default=0)
+        if best < line.quantity:
+            found.append(Shortage(line.drug_code, line.quantity, best))
     return found
 
 
-def _with_stock(warehouse: Warehouse, changes: Mapping[str, DrugStock]) -> dict[str, DrugStock]:
-    return {**warehouse.stock, **changes}
-
-
-def reserve(warehouse: Warehouse, prescription_id: str, lines: Mapping[str, int]) -> Warehouse:
+def reserve(
+    warehouse: Warehouse, prescription_id: str, lines: Mapping[str, Line], *, today: date, delivery_days: int
+) -> Outcome:
+    """Available → reserved for every pick, all or nothing. Again for the same prescription: no change."""
     if prescription_id in warehouse.holds:
-        return warehouse
-    if any(quantity <= 0 for quantity in lines.values()):
-        raise StockRefused(f"a reservation takes at least one unit per line: {dict(lines)}")
-    if not can_fill(warehouse, lines):
-        raise StockRefused(f"{warehouse.warehouse_id} cannot fill {dict(lines)}")
-    changed = {}
-    for drug, quantity in lines.items():
-        level = warehouse.level(drug)
-        changed[drug] = level.model_copy(
-            update={"available": level.available - quantity, "reserved": level.reserved + quantity}
+        return Outcome(warehouse)
+    if not lines or any(line.quantity <= 0 for line in lines.values()):
+        raise StockRefused(f"a reservation takes at least one unit per line: {list(lines.values())}")
+    picks = plan_picks(warehouse, lines, today=today, delivery_days=delivery_days)
+    if picks is None:
+        raise StockRefused(
+            f"{warehouse.warehouse_id} cannot fill {[(ln.drug_code, ln.quantity) for ln in lines.values()]}"
         )
-    holds = {**warehouse.holds, prescription_id: Hold(lines=dict(lines))}
-    return warehouse.model_copy(update={"stock": _with_stock(warehouse, changed), "holds": holds})
+    movements = tuple(move("reserved", p.lot_id, p.drug_code, p.quantity, "available", "reserved") for p in picks)
+    holds = {**warehouse.holds, prescription_id: Hold(picks=picks)}
+    after = warehouse.model_copy(update={"lots": _apply(warehouse, movements), "holds": holds})
+    return Outcome(after, movements, tuple(picks))
 
 
-def _move_held(warehouse: Warehouse, hold: Hold, *, source: str, target: str) -> dict[str, DrugStock]:
-    changed = {}
-    for drug, quantity in hold.lines.items():
-        level = warehouse.level(drug)
-        changed[drug] = level.model_copy(
-            update={source: getattr(level, source) - quantity, target: getattr(level, target) + quantity}
-        )
-    return _with_stock(warehouse, changed)
+# --- the delivery moves held stock -----------------------------------------------------------------
 
 
-def dispatch(warehouse: Warehouse, prescription_id: str) -> Warehouse | None:
+def _move_hold(
+    warehouse: Warehouse, prescription_id: str, kind: MovementKind, source: Bucket, target: Bucket, hold: Hold | None
+) -> Outcome:
+    """Every pick of a prescription's hold from `source` to `target`; the hold becomes `hold` (None: closed)."""
+    held = warehouse.holds[prescription_id]
+    movements = tuple(move(kind, p.lot_id, p.drug_code, p.quantity, source, target) for p in held.picks)
+    holds = {k: v for k, v in warehouse.holds.items() if k != prescription_id}
+    if hold is not None:
+        holds[prescription_id] = hold
+    return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, movements), "holds": holds}), movements)
+
+
+def dispatch(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
     """Reserved → dispatched when the courier picks the goods up. None if nothing to do."""
     hold = warehouse.holds.get(prescription_id)
     if hold is None or hold.dispatched:
         return None
-    holds = {**warehouse.holds, prescription_id: hold.model_copy(update={"dispatched": True})}
-    stock = _move_held(warehouse, hold, source="reserved", target="dispatched")
-    return warehouse.model_copy(update={"stock": stock, "holds": holds})
+    travelling = hold.model_copy(update={"dispatched": True})
+    return _move_hold(warehouse, prescription_id, "dispatched", "reserved", "dispatched", travelling)
 
 
-def return_goods(warehouse: Warehouse, prescription_id: str) -> Warehouse | None:
-    """Dispatched → reserved: a failed attempt brought the goods back; they stay held for a retry."""
+def return_goods(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
+    """Dispatched → reserved: the sealed package came back from a failed attempt and waits for the retry."""
     hold = warehouse.holds.get(prescription_id)
     if hold is None or not hold.dispatched:
         return None
-    holds = {**warehouse.holds, prescription_id: hold.model_copy(update={"dispatched": False})}
-    stock = _move_held(warehouse, hold, source="dispatched", target="reserved")
-    return warehouse.model_copy(update={"stock": stock, "holds": holds})
+    back = hold.model_copy(update={"dispatched": False})
+    return _move_hold(warehouse, prescription_id, "returned", "dispatched", "reserved", back)
 
 
-def release(warehouse: Warehouse, prescription_id: str) -> Warehouse | None:
-    """Reserved → available when the delivery is given up."""
-    if (returned := return_goods(warehouse, prescription_id)) is not None:
-        warehouse = returned
+def release(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
+    """Reserved → available when the delivery is given up before the goods left. Goods that are on the
+    road are not released (see `quarantine`): nothing that left goes straight back on the shelf."""
+    hold = warehouse.holds.get(prescription_id)
+    if hold is None or hold.dispatched:
+        return None
+    return _move_hold(warehouse, prescription_id, "released", "reserved", "available", None)
+
+
+def quarantine(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
+    """Held goods back from the road for good (undeliverable, damaged, cancelled) → quarantine,
+    until a pharmacist inspects them. The hold is closed."""
     hold = warehouse.holds.get(prescription_id)
     if hold is None:
         return None
-    holds = {k: v for k, v in warehouse.holds.items() if k != prescription_id}
-    stock = _move_held(warehouse, hold, source="reserved", target="available")
-    return warehouse.model_copy(update={"stock": stock, "holds": holds})
+    source: Bucket = "dispatched" if hold.dispatched else "reserved"
+    return _move_hold(warehouse, prescription_id, "returned", source, "quarantine", None)
 
 
-def complete(warehouse: Warehouse, prescription_id: str) -> Warehouse | None:
-    """Delivered: the hold is closed; the units stay counted as dispatched."""
+def deliver(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
+    """Dispatched → the patient: the units leave the books as delivered and the hold is closed."""
     hold = warehouse.holds.get(prescription_id)
     if hold is None or not hold.dispatched:
         return None
-    holds = {k: v for k, v in warehouse.holds.items() if k != prescription_id}
-    return warehouse.model_copy(update={"holds": holds})
+    return _move_hold(warehouse, prescription_id, "delivered", "dispatched", "outside", None)
 
 
-def restock(warehouse: Warehouse, drug_code: str, quantity: int) -> Warehouse:
-    if quantity <= 0:
-        raise StockRefused("a restock adds at least one unit")
-    level = warehouse.level(drug_code)
-    updated = level.model_copy(update={"available": level.available + quantity, "received": level.received + quantity})
-    return warehouse.model_copy(update={"stock": _with_stock(warehouse, {drug_code: updated})})
+# --- expiry and alerts -----------------------------------------------------------------------------
 
 
-def adjust(warehouse: Warehouse, drug_code: str, delta: int) -> Warehouse:
-    level = warehouse.level(drug_code)
-    if delta == 0:
-        raise StockRefused("an adjustment changes at least one unit")
-    if level.available + delta < 0:
-        raise StockRefused(f"only {level.available} units of {drug_code} are available to remove")
-    updated = level.model_copy(update={"available": level.available + delta, "adjusted": level.adjusted + delta})
-    return warehouse.model_copy(update={"stock": _with_stock(warehouse, {drug_code: updated})})
+def expired_lots(warehouse: Warehouse, today: date) -> list[str]:
+    """Lots past (or at) their expiry date with units still on the shelf."""
+    return sorted(lot_id for lot_id, lot in warehouse.lots.items() if lot.expiry_date <= today and lot.available > 0)
+
+
+def expire(warehouse: Warehouse, today: date) -> Outcome:
+    """Available → expired for every lot at or past its expiry date: never allocated again."""
+    movements = tuple(
+        move("expired", lot_id, lot.drug_code, lot.available, "available", "expired")
+        for lot_id in expired_lots(warehouse, today)
+        for lot in [warehouse.lots[lot_id]]
+    )
+    if not movements:
+        return Outcome(warehouse)
+    return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, movements)}), movements)
+
+
+def nearing_expiry(warehouse: Warehouse, today: date, near_expiry_days: int) -> list[str]:
+    """Lots with units on the shelf expiring within the warning window (today excluded: that lot has
+    expired), not alerted before."""
+    horizon = today + timedelta(days=near_expiry_days)
+    return sorted(
+        lot_id
+        for lot_id, lot in warehouse.lots.items()
+        if lot.available > 0 and not lot.near_expiry_alerted and today < lot.expiry_date <= horizon
+    )
+
+
+def mark_near_expiry_alerted(warehouse: Warehouse, lot_ids: Iterable[str]) -> Warehouse:
+    lots = dict(warehouse.lots)
+    for lot_id in lot_ids:
+        lots[lot_id] = lots[lot_id].model_copy(update={"near_expiry_alerted": True})
+    return warehouse.model_copy(update={"lots": lots})
+
+
+def threshold_for(drug_code: str, thresholds: Mapping[str, int], default: int) -> int:
+    return thresholds.get(drug_code, default)
 
 
 def fell_below(before: Warehouse, after: Warehouse, drug_code: str, threshold: int) -> bool:
     """Alert once, when available stock crosses below the threshold, not on every later change."""
     return after.level(drug_code).available < threshold <= before.level(drug_code).available
+
+
+# --- the ledger ------------------------------------------------------------------------------------
+
+
+class LedgerEntry(BaseModel):
+    """One movement as the ledger keeps it: which event, which warehouse, when."""
+
+    entry_id: str
+    message_id: str
+    event_type: str
+    index: int
+    warehouse_id: str
+    occurred_at: datetime
+    kind: MovementKind
+    lot_id: str
+    drug_code: str
+    quantity: int
+    source: Bucket
+    target: Bucket
+
+    @property
+    def movement(self) -> Movement:
+        return move(self.kind, self.lot_id, self.drug_code, self.quantity, self.source, self.target)
+
+
+def ledger_entries(
+    message_id: str, event_type: str, warehouse_id: str, occurred_at: datetime, movements: Sequence[Movement]
+) -> list[LedgerEntry]:
+    """An event's movements as ledger entries; the id makes recording one event twice harmless."""
+    return [
+        LedgerEntry(
+            entry_id=f"{message_id}:{index}",
+            message_id=message_id,
+            event_type=event_type,
+            index=index,
+            warehouse_id=warehouse_id,
+            occurred_at=occurred_at,
+            **m.model_dump(),
+        )
+        for index, m in enumerate(movements)
+    ]
+
+
+def recompute_lots(entries: Iterable[LedgerEntry], *, until: datetime | None = None) -> dict[tuple[str, str], Figures]:
+    """Each lot's figures (by warehouse and lot id) from its movements alone, up to `until` if given.
+
+    Figures are sums of movements, so the order of the entries does not matter; an entry seen twice
+    (same id) counts once."""
+    figures: dict[tuple[str, str], Figures] = {}
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.entry_id in seen or (until is not None and entry.occurred_at > until):
+            continue
+        seen.add(entry.entry_id)
+        key = (entry.warehouse_id, entry.lot_id)
+        figures[key] = shift(figures.get(key, Figures()), entry.movement)
+    return figures
+
+
+def current_lots(warehouses: Iterable[Warehouse]) -> dict[tuple[str, str], Figures]:
+    """Each lot's figures as the warehouse documents hold them (to compare with `recompute_lots`)."""
+    return {(w.warehouse_id, lot_id): lot.counts() for w in warehouses for lot_id, lot in w.lots.items()}

@@ -1,96 +1,157 @@
-"""The inventory service alone, in-process, against the real broker and database."""
+"""The inventory service alone, in-process, against the real broker and database.
+
+Each test uses drugs of its own: every registered warehouse of the module is a candidate for every
+reservation, so a shared drug would let one test's stock answer another's prescription."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
 from uuid import uuid4
 
 from aiokafka.structs import ConsumerRecord
 
 from pharmacy_contracts import Envelope, topics
-from pharmacy_contracts.courier import DeliveryAbandoned, DeliveryCompleted, DeliveryFailed, DeliveryPickedUp
+from pharmacy_contracts.consultation import Address, Coordinates
+from pharmacy_contracts.courier import (
+    DeliveryAbandoned,
+    DeliveryCancelled,
+    DeliveryCompleted,
+    DeliveryFailed,
+    DeliveryPickedUp,
+)
 from pharmacy_contracts.inventory import (
     AdjustmentRequested,
+    LotExpired,
+    LotNearingExpiry,
+    LotPick,
     LowStock,
+    Movement,
     ReservationFailed,
     RestockRequested,
     Shortage,
     StockAdjusted,
     StockCommandRefused,
+    StockDelivered,
     StockDispatched,
     StockLevel,
     StockLine,
+    StockQuarantined,
     StockReleased,
     StockReserved,
     StockRestocked,
     StockReturned,
+    WarehouseRegistered,
+    WarehouseRegistrationRequested,
 )
 from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved
 from services.cli import bus
 from services.inventory.app import create_app
-from services.inventory.domain import AllocationState, DrugStock, Warehouse
+from services.inventory.domain import AllocationState, Warehouse, current_lots, recompute_lots
+from services.inventory.service import InventoryService
 from services.inventory.settings import InventorySettings
 from services.inventory.storage import InventoryStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch, of_type, own_groups, publish_noting, running, wait_consumed
-from tests.support.scenario import prescription_message
+from tests.support.scenario import wait_until
 
 THRESHOLD = 5
 EVENTS = topics.INVENTORY_EVENTS.name
 COMMANDS_DLQ = topics.INVENTORY_COMMANDS.dead_letter_topic
+TODAY = datetime.now(UTC).date()
+FAR = TODAY + timedelta(days=700)
+# Northford, where the test patients live; the warehouses are placed around it.
+HOME = (51.81, 69.40)
 
 
-def service_settings(settings: RuntimeSettings) -> InventorySettings:
-    return own_groups(InventorySettings, settings, low_stock_threshold=THRESHOLD)
+def service_settings(settings: RuntimeSettings, **overrides: object) -> InventorySettings:
+    return own_groups(InventorySettings, settings, low_stock_threshold=THRESHOLD, sweep_interval_s=0.2, **overrides)
 
 
-def restock(warehouse_id: str, drug_code: str, quantity: int) -> RestockRequested:
-    command_id = f"RESTOCK-{uuid4().hex[:8]}"
+def registration(warehouse_id: str, latitude: float, longitude: float, kind: str = "township"):
+    return WarehouseRegistrationRequested(
+        correlation_id=f"REGISTER-{uuid4().hex[:8]}",
+        producer="test",
+        warehouse_id=warehouse_id,
+        name=f"Test {warehouse_id}",
+        kind=kind,
+        location=Coordinates(latitude=latitude, longitude=longitude),
+        requested_by="Warehouse Staff",
+    )
+
+
+def restock(warehouse_id: str, drug_code: str, quantity: int, lot: str | None = None, expiry: date = FAR):
     return RestockRequested(
-        correlation_id=command_id,
+        correlation_id=f"RESTOCK-{uuid4().hex[:8]}",
         producer="test",
         warehouse_id=warehouse_id,
         drug_code=drug_code,
+        lot_id=lot or f"{warehouse_id}-{drug_code}-L1",
+        expiry_date=expiry,
         quantity=quantity,
         requested_by="Warehouse Staff",
     )
 
 
-def adjustment(warehouse_id: str, drug_code: str, delta: int, reason: str = "stock count") -> AdjustmentRequested:
-    command_id = f"ADJUST-{uuid4().hex[:8]}"
+def adjustment(warehouse_id: str, drug_code: str, lot: str, delta: int, reason: str = "stock count"):
     return AdjustmentRequested(
-        correlation_id=command_id,
+        correlation_id=f"ADJUST-{uuid4().hex[:8]}",
         producer="test",
         warehouse_id=warehouse_id,
         drug_code=drug_code,
+        lot_id=lot,
         delta=delta,
         reason=reason,
         requested_by="Warehouse Staff",
     )
 
 
-def approval(prescription_id: str, lines: list[tuple[str, int]]) -> PrescriptionApproved:
-    patient = prescription_message(prescription_id, lines).prescription.patient
+def approval(prescription_id: str, lines: list[tuple[str, int]], days_supply: int = 30) -> PrescriptionApproved:
+    home = Coordinates(latitude=HOME[0], longitude=HOME[1])
     return PrescriptionApproved(
         correlation_id=prescription_id,
         producer="prescription",
         prescription_id=prescription_id,
-        patient_id=patient.patient_id,
-        lines=[ApprovedLine(drug_code=d, quantity=q, days_supply=30) for d, q in lines],
-        delivery=DeliveryDetails(address=patient.address, contact_phone=patient.phone),
+        patient_id=f"PAT-{prescription_id}",
+        lines=[ApprovedLine(drug_code=d, quantity=q, days_supply=days_supply) for d, q in lines],
+        delivery=DeliveryDetails(
+            address=Address(line="Farm 1", town="Northford", coordinates=home), contact_phone="+7 700 000 0000"
+        ),
     )
 
 
-def attempt(prescription_id: str, warehouse_id: str) -> dict[str, object]:
+def attempt(prescription_id: str, warehouse_id: str, number: int = 1) -> dict[str, object]:
     return {
         "correlation_id": prescription_id,
         "producer": "courier",
         "prescription_id": prescription_id,
-        "dispatch_id": f"{prescription_id}-D1",
+        "dispatch_id": f"{prescription_id}-D{number}",
         "courier_id": "CR-I",
-        "attempt": 1,
+        "attempt": number,
         "warehouse_id": warehouse_id,
     }
+
+
+def abandoned(prescription_id: str, warehouse_id: str, *, travelled: bool, last_reason: str = "patient_absent"):
+    return DeliveryAbandoned(
+        correlation_id=prescription_id,
+        producer="courier",
+        prescription_id=prescription_id,
+        warehouse_id=warehouse_id,
+        attempts=3,
+        last_reason=last_reason,
+        goods_travelled=travelled,
+    )
+
+
+def cancelled(prescription_id: str, warehouse_id: str | None, *, returned: bool) -> DeliveryCancelled:
+    return DeliveryCancelled(
+        correlation_id=prescription_id,
+        producer="courier",
+        prescription_id=prescription_id,
+        warehouse_id=warehouse_id,
+        goods_returned=returned,
+    )
 
 
 def events_for(watch: TopicWatch, key: str, cls: type[Envelope] | None = None) -> list[Envelope]:
@@ -103,38 +164,49 @@ def dead_letters(watch: TopicWatch, warehouse_id: str) -> list[ConsumerRecord[by
     return [r for r in watch.raw(COMMANDS_DLQ) if r.key == warehouse_id.encode()]
 
 
-def level(drug_code: str, available: int, reserved: int = 0, dispatched: int = 0) -> StockLevel:
-    return StockLevel(drug_code=drug_code, available=available, reserved=reserved, dispatched=dispatched)
+def level(drug_code: str, available: int, reserved: int = 0, dispatched: int = 0, quarantined: int = 0) -> StockLevel:
+    return StockLevel(
+        drug_code=drug_code, available=available, reserved=reserved, dispatched=dispatched, quarantined=quarantined
+    )
+
+
+def figures(warehouse: Warehouse | None, lot_id: str) -> tuple[int, ...]:
+    """(available, reserved, dispatched, quarantined, expired, delivered) of one lot."""
+    assert warehouse is not None
+    lot = warehouse.lots[lot_id]
+    return lot.available, lot.reserved, lot.dispatched, lot.quarantined, lot.expired, lot.delivered
 
 
 def assert_conserved(warehouses: list[Warehouse]) -> None:
-    """For each drug in each warehouse: received + adjusted == available + reserved + dispatched."""
+    """Every lot balances, and what holds say is held is exactly what the lots hold."""
     for warehouse in warehouses:
-        for drug, stock in warehouse.stock.items():
-            assert stock.received + stock.adjusted == stock.available + stock.reserved + stock.dispatched, (
-                f"{warehouse.warehouse_id}/{drug}: {stock}"
-            )
-        for rx, hold in warehouse.holds.items():
-            for drug, quantity in hold.lines.items():
-                held = warehouse.level(drug).dispatched if hold.dispatched else warehouse.level(drug).reserved
-                assert held >= quantity, f"{warehouse.warehouse_id} holds {quantity} {drug} for {rx}"
+        for lot_id, lot in warehouse.lots.items():
+            assert lot.balanced, f"{warehouse.warehouse_id}/{lot_id}: {lot}"
+            picks = [(p, h.dispatched) for h in warehouse.holds.values() for p in h.picks if p.lot_id == lot_id]
+            assert lot.reserved == sum(p.quantity for p, out in picks if not out), f"{warehouse.warehouse_id}/{lot_id}"
+            assert lot.dispatched == sum(p.quantity for p, out in picks if out), f"{warehouse.warehouse_id}/{lot_id}"
 
 
-async def test_restocks_and_adjustments(settings: RuntimeSettings) -> None:
+async def test_registration_restocks_and_adjustments(settings: RuntimeSettings) -> None:
     client = connect(settings.mongo_url.get_secret_value())
     storage = InventoryStorage(client[settings.mongo_database])
-    wh, drug = "WH-I-CMD", "DRUG-CMD"
-    first = restock(wh, drug, 10)
+    wh, drug, lot = "WH-I-CMD", "DRUG-CMD", "LOT-CMD-1"
+    early = restock(wh, drug, 7, lot)  # before the warehouse is registered: dead-lettered
+    first = restock(wh, drug, 10, lot)
     commands = [
+        early,
+        registration(wh, 51.5, 70.0),
         first,
-        restock(wh, drug, 5),
+        restock(wh, drug, 5, lot),
         first,  # delivered twice: applied once
-        adjustment(wh, drug, -3, "breakage"),  # 12
-        too_many := adjustment(wh, drug, -100, "miscount"),  # refused: would go below zero
-        adjustment(wh, drug, +2, "found in the back"),  # 14
-        crossing := adjustment(wh, drug, -10, "expired"),  # 4: falls below the threshold of 5
-        adjustment(wh, drug, -1, "breakage"),  # 3: already below, no second alert
-        nowhere := adjustment("WH-I-NOWHERE", drug, +1, "wrong warehouse"),
+        other_expiry := restock(wh, drug, 1, lot, expiry=FAR + timedelta(days=1)),  # refused: the lot says otherwise
+        adjustment(wh, drug, lot, -3, "breakage"),  # 12
+        too_many := adjustment(wh, drug, lot, -100, "miscount"),  # refused: would go below zero
+        no_lot := adjustment(wh, drug, "LOT-NOWHERE", 2, "found"),  # refused: no such lot
+        adjustment(wh, drug, lot, +2, "found in the back"),  # 14
+        crossing := adjustment(wh, drug, lot, -10, "expired"),  # 4: falls below the threshold of 5
+        adjustment(wh, drug, lot, -1, "breakage"),  # 3: already below, no second alert
+        nowhere := adjustment("WH-I-NOWHERE", drug, lot, +1, "wrong warehouse"),
     ]
     try:
         async with (
@@ -143,8 +215,12 @@ async def test_restocks_and_adjustments(settings: RuntimeSettings) -> None:
         ):
             landed = await publish_noting(settings, *commands)
             await watch.wait_for(lambda w: len(events_for(w, wh, StockAdjusted)) >= 4, "four adjustments")
-            await watch.wait_for(lambda w: dead_letters(w, "WH-I-NOWHERE"), "a dead letter")
+            await watch.wait_for(lambda w: dead_letters(w, "WH-I-NOWHERE") and dead_letters(w, wh), "dead letters")
             await wait_consumed(settings, app, landed)
+            before_replay = await storage.warehouses.get(wh)
+            # The dead-lettered restock, replayed now that the warehouse is registered, is applied.
+            await publish_noting(settings, early)
+            await watch.wait_for(lambda w: len(events_for(w, wh, StockRestocked)) >= 3, "the replayed restock")
             await watch.settle()
             warehouse = await storage.warehouses.get(wh)
             unknown = await storage.warehouses.get("WH-I-NOWHERE")
@@ -152,10 +228,19 @@ async def test_restocks_and_adjustments(settings: RuntimeSettings) -> None:
     finally:
         client.close()
 
+    (registered,) = events_for(watch, wh, WarehouseRegistered)
+    assert (registered.kind, registered.location) == ("township", Coordinates(latitude=51.5, longitude=70.0))
+
     restocked = events_for(watch, wh, StockRestocked)
-    assert [(e.quantity, e.level) for e in restocked] == [(10, level(drug, 10)), (5, level(drug, 15))]
+    assert [(e.lot_id, e.quantity, e.level) for e in restocked] == [
+        (lot, 10, level(drug, 10)),
+        (lot, 5, level(drug, 15)),
+        (lot, 7, level(drug, 10)),  # the replay, after the adjustments
+    ]
     assert restocked[0].causation_id == first.message_id
-    assert restocked[0].requested_by == "Warehouse Staff"
+    assert restocked[0].movements == [
+        Movement(kind="received", lot_id=lot, drug_code=drug, quantity=10, source="outside", target="available")
+    ]
 
     adjusted = events_for(watch, wh, StockAdjusted)
     assert [(e.delta, e.reason, e.level.available) for e in adjusted] == [
@@ -164,18 +249,21 @@ async def test_restocks_and_adjustments(settings: RuntimeSettings) -> None:
         (-10, "expired", 4),
         (-1, "breakage", 3),
     ]
+    assert adjusted[0].movements == [
+        Movement(kind="adjusted", lot_id=lot, drug_code=drug, quantity=3, source="available", target="outside")
+    ]
     refused = events_for(watch, wh, StockCommandRefused)
-    assert len(refused) == 1
-    assert refused[0].causation_id == too_many.message_id
-    assert refused[0].drug_code == drug
-    assert "12" in refused[0].reason, refused[0].reason
+    assert [r.causation_id for r in refused] == [other_expiry.message_id, too_many.message_id, no_lot.message_id]
+    assert "expiring" in refused[0].reason and "12" in refused[1].reason and "LOT-NOWHERE" in refused[2].reason
 
     alerts = events_for(watch, wh, LowStock)
     assert [(a.drug_code, a.available, a.threshold) for a in alerts] == [(drug, 4, THRESHOLD)], "alerted once"
     assert alerts[0].causation_id == crossing.message_id
 
-    assert warehouse is not None
-    assert warehouse.stock[drug] == DrugStock(available=3, reserved=0, dispatched=0, received=15, adjusted=-12)
+    assert before_replay is not None and warehouse is not None
+    assert figures(before_replay, lot) == (3, 0, 0, 0, 0, 0)
+    lot_now = warehouse.lots[lot]
+    assert (lot_now.available, lot_now.received, lot_now.adjusted, lot_now.expiry_date) == (10, 22, -12, FAR)
     assert unknown is None, "an adjustment does not create a warehouse"
 
     dead = dead_letters(watch, "WH-I-NOWHERE")
@@ -185,129 +273,167 @@ async def test_restocks_and_adjustments(settings: RuntimeSettings) -> None:
     assert "WH-I-NOWHERE" in headers["dlq.detail"]
     assert headers["dlq.topic"] == topics.INVENTORY_COMMANDS.name
     assert headers["dlq.offset"] == str(landed[-1].offset)
-    assert headers["dlq.partition"] == str(landed[-1].partition)
     assert dead[0].value == bus.encode(nowhere)[2]
-    assert dead_letters(watch, wh) == [], "refusals are events, not dead letters"
+    (early_dead,) = dead_letters(watch, wh)
+    assert {k: v.decode() for k, v in early_dead.headers}["dlq.reason"] == "unknown_warehouse"
+    assert early_dead.value == bus.encode(early)[2]
 
     assert_conserved(everything)
 
 
-async def test_a_reservation_follows_the_delivery(settings: RuntimeSettings) -> None:
+async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first(settings: RuntimeSettings) -> None:
     client = connect(settings.mongo_url.get_secret_value())
     storage = InventoryStorage(client[settings.mongo_database])
-    rx, drug = "RX-I-RES", "DRUG-RES"
-    approved = approval(rx, [(drug, 4), (drug, 2)])  # one drug on two lines: one demand of 6
-    picked_up = DeliveryPickedUp(**attempt(rx, "WH-I-RES-B"))
-    failed = DeliveryFailed(**attempt(rx, "WH-I-RES-B"), reason="patient_absent", goods_returned=True, will_retry=True)
-    abandoned = DeliveryAbandoned(
-        correlation_id=rx,
-        producer="courier",
-        prescription_id=rx,
-        warehouse_id="WH-I-RES-B",
-        attempts=2,
-        last_reason="patient_absent",
-    )
+    rx, a, b = "RX-I-RES", "DRUG-RES-A", "DRUG-RES-B"
+    near, mid, far = "PH-I-NEAR", "PH-I-MID", "WH-I-FAR"
+    setup = [
+        registration(near, *HOME),  # at the patient's door, but without B
+        registration(mid, 51.55, 70.40),  # ~75 km: has everything
+        registration(far, 50.61, 72.10, kind="central"),  # ~230 km: has plenty of everything
+        restock(near, a, 500),
+        restock(mid, a, 50, "A-EXPIRED", TODAY - timedelta(days=1)),
+        restock(mid, a, 50, "A-SHORT", TODAY + timedelta(days=2 + 30 - 1)),  # one day short
+        restock(mid, a, 20, "A-SOON", TODAY + timedelta(days=2 + 30)),  # lasts exactly
+        restock(mid, a, 50, "A-LATER", TODAY + timedelta(days=300)),
+        restock(mid, b, 10, "B-1"),
+        restock(far, a, 500),
+        restock(far, b, 500),
+    ]
+    approved = approval(rx, [(a, 20), (b, 4), (a, 10)])  # one drug on two lines: one demand of 30
+    picked_up = DeliveryPickedUp(**attempt(rx, mid))
+    failed = DeliveryFailed(**attempt(rx, mid), reason="patient_absent", goods_returned=True, will_retry=True)
+    picked_up_again = DeliveryPickedUp(**attempt(rx, mid, 2))
+    delivered = DeliveryCompleted(**attempt(rx, mid, 2))
     try:
         async with (
             running(create_app(service_settings(settings))) as app,
             TopicWatch(settings.kafka_bootstrap_servers, EVENTS) as watch,
         ):
-            # WH-I-RES-A sorts first but cannot fill 6; WH-I-RES-B can.
-            await publish_noting(settings, restock("WH-I-RES-A", drug, 3), restock("WH-I-RES-B", drug, 10))
-            await watch.wait_for(
-                lambda w: events_for(w, "WH-I-RES-A", StockRestocked) and events_for(w, "WH-I-RES-B", StockRestocked),
-                "the restocks",
-            )
+            landed = await publish_noting(settings, *setup)
+            await wait_consumed(settings, app, landed)
             landed = await publish_noting(settings, approved, approved)
             await watch.wait_for(lambda w: events_for(w, rx, StockReserved), "the reservation")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
-            reserved_events = events_for(watch, rx)
             allocation = await storage.allocations.get(rx)
-            after_reserve = await storage.warehouses.get("WH-I-RES-B")
+            after_reserve = await storage.warehouses.get(mid)
 
             await publish_noting(settings, picked_up)
             await watch.wait_for(lambda w: events_for(w, rx, StockDispatched), "the dispatch")
-            after_pickup = await storage.warehouses.get("WH-I-RES-B")
-
-            landed = await publish_noting(settings, failed, picked_up, failed, abandoned, abandoned)
-            await watch.wait_for(lambda w: events_for(w, rx, StockReleased), "the release")
+            landed = await publish_noting(settings, failed, picked_up, failed)
+            await watch.wait_for(lambda w: events_for(w, rx, StockReturned), "the return")
+            await wait_consumed(settings, app, landed)
+            after_return = await storage.warehouses.get(mid)
+            landed = await publish_noting(settings, picked_up_again, delivered, delivered, picked_up_again)
+            await watch.wait_for(lambda w: events_for(w, rx, StockDelivered), "the delivery")
             await wait_consumed(settings, app, landed)
             await watch.settle()
-            after_release = await storage.warehouses.get("WH-I-RES-B")
-            untouched = await storage.warehouses.get("WH-I-RES-A")
+            after_delivery = await storage.warehouses.get(mid)
             everything = await storage.all_warehouses()
     finally:
         client.close()
 
-    assert [type(e) for e in reserved_events] == [StockReserved], "the repeated approval reserves once"
+    reserved_events = events_for(watch, rx, StockReserved)
+    assert len(reserved_events) == 1, "the repeated approval reserves once"
     reserved = reserved_events[0]
     assert isinstance(reserved, StockReserved)
-    assert reserved.warehouse_id == "WH-I-RES-B"
-    assert reserved.lines == [StockLine(drug_code=drug, quantity=6)]
-    assert reserved.levels == [level(drug, 4, reserved=6)]
+    assert reserved.warehouse_id == mid
+    assert reserved.pickup_location == Coordinates(latitude=51.55, longitude=70.40)
+    assert reserved.lines == [StockLine(drug_code=a, quantity=30), StockLine(drug_code=b, quantity=4)]
+    assert reserved.picks == [
+        LotPick(drug_code=a, lot_id="A-SOON", expiry_date=TODAY + timedelta(days=32), quantity=20),
+        LotPick(drug_code=a, lot_id="A-LATER", expiry_date=TODAY + timedelta(days=300), quantity=10),
+        LotPick(drug_code=b, lot_id="B-1", expiry_date=FAR, quantity=4),
+    ]
+    assert [(m.kind, m.lot_id, m.quantity, m.source, m.target) for m in reserved.movements] == [
+        ("reserved", "A-SOON", 20, "available", "reserved"),
+        ("reserved", "A-LATER", 10, "available", "reserved"),
+        ("reserved", "B-1", 4, "available", "reserved"),
+    ]
+    assert reserved.levels[1] == level(b, 6, reserved=4)
     assert reserved.causation_id == approved.message_id
-    alerts = events_for(watch, "WH-I-RES-B", LowStock)
-    assert [(a.drug_code, a.available, a.threshold, a.correlation_id) for a in alerts] == [(drug, 4, THRESHOLD, rx)]
 
     assert allocation is not None
-    assert allocation.state is AllocationState.RESERVED
-    assert allocation.warehouse_id == "WH-I-RES-B"
-    assert allocation.lines == {drug: 6}
-    assert after_reserve is not None
-    assert after_reserve.stock[drug] == DrugStock(available=4, reserved=6, received=10)
-    assert after_reserve.holds[rx].lines == {drug: 6} and after_reserve.holds[rx].dispatched is False
-    assert after_pickup is not None
-    assert after_pickup.stock[drug] == DrugStock(available=4, dispatched=6, received=10)
-    assert after_pickup.holds[rx].dispatched is True
+    assert (allocation.state, allocation.warehouse_id, allocation.lines) == (
+        AllocationState.RESERVED,
+        mid,
+        {a: 30, b: 4},
+    )
+    assert figures(after_reserve, "A-SOON") == (0, 20, 0, 0, 0, 0)
+    assert figures(after_reserve, "A-LATER") == (40, 10, 0, 0, 0, 0)
+    assert figures(after_reserve, "A-SHORT")[:2] == (50, 0), "short-dated: not taken"
+    assert figures(after_reserve, "A-EXPIRED")[1] == 0, "expired: not taken"
+    assert after_return is not None and after_return.holds[rx].dispatched is False
+    assert figures(after_return, "A-SOON") == (0, 20, 0, 0, 0, 0), "the sealed package is held for the retry"
 
     moves = [e for e in events_for(watch, rx) if not isinstance(e, StockReserved)]
-    assert [type(e) for e in moves] == [StockDispatched, StockReturned, StockReleased], "redeliveries change nothing"
-    dispatched, returned, released = moves
-    assert isinstance(dispatched, StockDispatched) and dispatched.levels == [level(drug, 4, dispatched=6)]
-    assert dispatched.causation_id == picked_up.message_id
-    assert isinstance(returned, StockReturned) and returned.levels == [level(drug, 4, reserved=6)]
-    assert returned.causation_id == failed.message_id
-    assert isinstance(released, StockReleased) and released.levels == [level(drug, 10)]
-    assert released.lines == [StockLine(drug_code=drug, quantity=6)]
-    assert released.warehouse_id == "WH-I-RES-B"
-
-    assert after_release is not None
-    assert after_release.stock[drug] == DrugStock(available=10, received=10)
-    assert rx not in after_release.holds
-    assert untouched is not None and untouched.stock[drug] == DrugStock(available=3, received=3)
+    assert [type(e) for e in moves] == [StockDispatched, StockReturned, StockDispatched, StockDelivered], (
+        "redeliveries change nothing"
+    )
+    assert moves[0].causation_id == picked_up.message_id
+    assert moves[1].causation_id == failed.message_id
+    assert moves[3].levels == [level(a, 90), level(b, 6)]
+    assert figures(after_delivery, "A-SOON") == (0, 0, 0, 0, 0, 20)
+    assert figures(after_delivery, "B-1") == (6, 0, 0, 0, 0, 4)
+    assert after_delivery is not None and after_delivery.holds == {}, "delivery closes the hold"
     assert_conserved(everything)
 
 
-async def test_delivered_stock_stays_dispatched(settings: RuntimeSettings) -> None:
+async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_back(settings: RuntimeSettings) -> None:
     client = connect(settings.mongo_url.get_secret_value())
     storage = InventoryStorage(client[settings.mongo_database])
-    rx, wh, drug = "RX-I-DONE", "WH-I-DONE", "DRUG-DONE"
-    picked_up = DeliveryPickedUp(**attempt(rx, wh))
-    delivered = DeliveryCompleted(**attempt(rx, wh))
+    wh, drug, lot = "PH-I-Q", "DRUG-Q", "LOT-Q"
+    damaged, kept, withdrawn, unknown_wh, early = (f"RX-I-Q{n}" for n in range(1, 6))
     try:
         async with (
             running(create_app(service_settings(settings))) as app,
             TopicWatch(settings.kafka_bootstrap_servers, EVENTS) as watch,
         ):
-            await publish_noting(settings, restock(wh, drug, 20))
-            await watch.wait_for(lambda w: events_for(w, wh, StockRestocked), "the restock")
-            await publish_noting(settings, approval(rx, [(drug, 5)]))
-            await watch.wait_for(lambda w: events_for(w, rx, StockReserved), "the reservation")
-            landed = await publish_noting(settings, picked_up, picked_up, delivered, delivered)
-            await watch.wait_for(lambda w: events_for(w, rx, StockDispatched), "the dispatch")
+            landed = await publish_noting(
+                settings,
+                registration(wh, *HOME),
+                restock(wh, drug, 100, lot),
+                cancelled(early, None, returned=False),  # withdrawn before inventory saw the approval
+            )
+            await wait_consumed(settings, app, landed)
+            landed = await publish_noting(
+                settings, *(approval(rx, [(drug, 10)]) for rx in (damaged, kept, withdrawn, unknown_wh, early))
+            )
+            await wait_consumed(settings, app, landed)
+            landed = await publish_noting(
+                settings,
+                DeliveryPickedUp(**attempt(damaged, wh)),
+                abandoned(damaged, wh, travelled=True, last_reason="damaged"),
+                abandoned(kept, wh, travelled=False),
+                DeliveryPickedUp(**attempt(withdrawn, wh)),
+                cancelled(withdrawn, wh, returned=True),
+                cancelled(withdrawn, wh, returned=True),
+                cancelled(unknown_wh, None, returned=False),
+            )
             await wait_consumed(settings, app, landed)
             await watch.settle()
             warehouse = await storage.warehouses.get(wh)
+            allocations = {rx: await storage.allocations.get(rx) for rx in (damaged, early)}
             everything = await storage.all_warehouses()
     finally:
         client.close()
 
-    assert [type(e) for e in events_for(watch, rx)] == [StockReserved, StockDispatched]
-    assert events_for(watch, wh, LowStock) == [], "15 left is above the threshold"
-    assert warehouse is not None
-    assert warehouse.stock[drug] == DrugStock(available=15, dispatched=5, received=20)
-    assert warehouse.holds == {}, "delivery closes the hold"
+    (quarantined_damaged,) = events_for(watch, damaged, StockQuarantined)
+    assert quarantined_damaged.why == "damaged"
+    assert quarantined_damaged.lines == [StockLine(drug_code=drug, quantity=10)]
+    assert {(m.source, m.target) for m in quarantined_damaged.movements} == {("dispatched", "quarantine")}
+    (released,) = events_for(watch, kept, StockReleased)
+    assert {(m.kind, m.source, m.target) for m in released.movements} == {("released", "reserved", "available")}
+    (quarantined_cancelled,) = events_for(watch, withdrawn, StockQuarantined)
+    assert quarantined_cancelled.why == "cancelled"
+    assert [type(e) for e in events_for(watch, unknown_wh)] == [StockReserved, StockReleased], (
+        "found through the allocation"
+    )
+    assert events_for(watch, early) == [], "a delivery withdrawn first leaves nothing to reserve"
+    assert allocations[early] is not None and allocations[early].state is AllocationState.CANCELLED
+    assert allocations[damaged] is not None and allocations[damaged].state is AllocationState.RESERVED
+
+    assert figures(warehouse, lot) == (80, 0, 0, 20, 0, 0), "20 quarantined, never back on the shelf"
+    assert warehouse is not None and warehouse.holds == {}
     assert_conserved(everything)
 
 
@@ -321,18 +447,21 @@ async def test_an_approval_nobody_can_fill_changes_no_stock(settings: RuntimeSet
             running(create_app(service_settings(settings))) as app,
             TopicWatch(settings.kafka_bootstrap_servers, EVENTS) as watch,
         ):
-            await publish_noting(settings, restock("WH-I-X", "DRUG-X", 6), restock("WH-I-Y", "DRUG-Y", 9))
-            await watch.wait_for(
-                lambda w: events_for(w, "WH-I-X", StockRestocked) and events_for(w, "WH-I-Y", StockRestocked),
-                "the restocks",
+            landed = await publish_noting(
+                settings,
+                registration("WH-I-X", 51.0, 70.0),
+                registration("WH-I-Y", 51.1, 70.0),
+                restock("WH-I-X", "DRUG-X", 6),
+                restock("WH-I-X", "DRUG-X", 50, "X-SHORT", TODAY + timedelta(days=10)),  # too short: does not count
+                restock("WH-I-Y", "DRUG-Y", 9),
             )
+            await wait_consumed(settings, app, landed)
             before = {w.warehouse_id: w for w in await storage.all_warehouses()}
             landed = await publish_noting(settings, short, split)
             await watch.wait_for(
                 lambda w: events_for(w, "RX-I-SHORT") and events_for(w, "RX-I-SPLIT"), "two failed reservations"
             )
             await wait_consumed(settings, app, landed)
-            await watch.settle()
             after = {w.warehouse_id: w for w in await storage.all_warehouses()}
             allocations = [await storage.allocations.get(rx) for rx in ("RX-I-SHORT", "RX-I-SPLIT")]
     finally:
@@ -345,15 +474,102 @@ async def test_an_approval_nobody_can_fill_changes_no_stock(settings: RuntimeSet
     assert short_failed.causation_id == short.message_id
     (split_failed,) = events_for(watch, "RX-I-SPLIT")
     assert isinstance(split_failed, ReservationFailed)
-    assert split_failed.reason == "NOT_IN_ONE_WAREHOUSE"
-    assert split_failed.shortages == []
+    assert (split_failed.reason, split_failed.shortages) == ("NOT_IN_ONE_WAREHOUSE", [])
     assert of_type(watch.messages(EVENTS), StockReserved, prescription_id="RX-I-SHORT") == []
 
-    assert after == before, "nothing was reserved anywhere"
-    assert after["WH-I-X"].stock["DRUG-X"] == DrugStock(available=6, received=6)
+    for wid in ("WH-I-X", "WH-I-Y"):
+        assert after[wid].holds == {} and after[wid].stock == before[wid].stock, "nothing was reserved"
     for allocation, rx in zip(allocations, ("RX-I-SHORT", "RX-I-SPLIT"), strict=True):
         assert allocation is not None
-        assert allocation.prescription_id == rx
-        assert allocation.state is AllocationState.OUT_OF_STOCK
-        assert allocation.warehouse_id is None
-    assert_conserved(list(after.values()))
+        assert (allocation.prescription_id, allocation.state, allocation.warehouse_id) == (
+            rx,
+            AllocationState.OUT_OF_STOCK,
+            None,
+        )
+
+
+class Clock:
+    """Time the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_expiry_alerts_and_the_ledger_rebuilds_every_lot(settings: RuntimeSettings) -> None:
+    """Runs last: its ledger consumer reads every event of the module, so the ledger it leaves must
+    rebuild every lot of every warehouse the module's tests touched."""
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = InventoryStorage(client[settings.mongo_database])
+    wh, drug = "PH-I-EXP", "DRUG-EXP"
+    start = datetime.combine(TODAY, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
+    clock = Clock(start)
+    setup = [
+        registration(wh, 52.2, 71.38),
+        restock(wh, drug, 4, "EXP-TOMORROW", TODAY + timedelta(days=1)),
+        restock(wh, drug, 5, "EXP-IN-30", TODAY + timedelta(days=30)),
+        restock(wh, drug, 6, "EXP-IN-31", TODAY + timedelta(days=31)),
+        restock(wh, drug, 20, "EXP-LATER", FAR),
+        adjustment(wh, drug, "EXP-LATER", -17, "broken in transport"),  # 4 + 5 + 6 + 3 = 18: not below 16
+    ]
+    try:
+        async with (
+            running(create_app(service_settings(settings, low_stock_thresholds={drug: 16}), clock=clock)) as app,
+            TopicWatch(settings.kafka_bootstrap_servers, EVENTS) as watch,
+        ):
+            landed = await publish_noting(settings, *setup)
+            await wait_consumed(settings, app, landed)
+            await watch.wait_for(lambda w: len(events_for(w, wh, LotNearingExpiry)) >= 2, "the near-expiry alerts")
+            await watch.settle(quiet_s=1.0)  # several sweeps: no second alert
+            nearing_today = events_for(watch, wh, LotNearingExpiry)
+            before_expiry = clock.now
+            clock.now = start + timedelta(days=1)  # EXP-TOMORROW expires; EXP-IN-31 is now 30 days away
+            await watch.wait_for(lambda w: events_for(w, wh, LotExpired), "the expiry")
+            await watch.settle(quiet_s=1.0)
+            warehouse = await storage.warehouses.get(wh)
+
+            async def ledger_caught_up() -> bool:
+                return recompute_lots(await storage.movements()) == current_lots(await storage.all_warehouses())
+
+            await wait_until(ledger_caught_up, "the ledger to account for every lot", timeout=30)
+            entries = await storage.movements()
+            everything = await storage.all_warehouses()
+
+            # Every event recorded again (a redelivery, a replay): the ledger does not change.
+            recorder = InventoryService(storage, service_settings(settings))
+            for event in watch.messages(EVENTS):
+                await recorder.record_movements(event)
+            entries_after_replay = await storage.movements()
+            lot_history = await storage.movements(wh, "EXP-TOMORROW")
+    finally:
+        client.close()
+
+    assert sorted((e.lot_id, e.available, e.expiry_date) for e in nearing_today) == [
+        ("EXP-IN-30", 5, TODAY + timedelta(days=30)),
+        ("EXP-TOMORROW", 4, TODAY + timedelta(days=1)),
+    ], "once per lot, within 30 days inclusive"
+    nearing_tomorrow = events_for(watch, wh, LotNearingExpiry)[len(nearing_today) :]
+    assert [(e.lot_id, e.occurred_at) for e in nearing_tomorrow] == [("EXP-IN-31", start + timedelta(days=1))]
+    (expired,) = events_for(watch, wh, LotExpired)
+    assert (expired.lot_id, expired.removed, expired.level) == ("EXP-TOMORROW", 4, level(drug, 14))
+    assert expired.movements == [
+        Movement(
+            kind="expired", lot_id="EXP-TOMORROW", drug_code=drug, quantity=4, source="available", target="expired"
+        )
+    ]
+    assert expired.occurred_at == start + timedelta(days=1), "events carry the service's clock"
+    (low,) = events_for(watch, wh, LowStock)
+    assert (low.available, low.threshold) == (14, 16), "the drug's own threshold, crossed by the expiry"
+    assert figures(warehouse, "EXP-TOMORROW") == (0, 0, 0, 0, 4, 0)
+
+    assert len(entries) == len({e.entry_id for e in entries})
+    assert entries_after_replay == entries
+    assert recompute_lots(entries) == current_lots(everything)
+    assert len(current_lots(everything)) >= 15, "every test's lots are accounted for"
+    # The lot as it was before it expired, from the ledger alone.
+    history = recompute_lots(lot_history, until=before_expiry)
+    assert (history[wh, "EXP-TOMORROW"].available, history[wh, "EXP-TOMORROW"].expired) == (4, 0)
+    assert [e.kind for e in lot_history] == ["received", "expired"]
+    assert_conserved(everything)
