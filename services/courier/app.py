@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from faststream import FastStream
 
 from pharmacy_contracts import topics
+from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
 from .service import CourierService
@@ -12,17 +16,25 @@ from .settings import CourierSettings
 from .storage import CourierStorage
 
 
-def create_app(settings: CourierSettings) -> FastStream:
+def build(settings: CourierSettings, *, clock: Callable[[], datetime] = utc_now) -> tuple[FastStream, CourierService]:
+    """The app and its service (tests drive the service's sweep with their own clock)."""
     runtime = ServiceRuntime("courier", settings)
     storage = CourierStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = CourierService(storage, settings.max_delivery_attempts, settings.roster_refresh_s)
+    key = settings.delivery_code_key
+    service = CourierService(
+        storage,
+        policy=settings.policy(),
+        roster_refresh_s=settings.roster_refresh_s,
+        code_key=key.get_secret_value().encode() if key is not None and key.get_secret_value() else None,
+        clock=clock,
+    )
 
     runtime.consume(
         topics.PRESCRIPTION_DECISIONS,
         group="courier.decisions",
         handle=service.on_decision,
-        title="take delivery details of approved prescriptions",
+        title="take delivery details of approved prescriptions, and cancellations",
     )
     runtime.consume(
         topics.INVENTORY_EVENTS,
@@ -36,4 +48,16 @@ def create_app(settings: CourierSettings) -> FastStream:
         handle=service.on_report,
         title="follow couriers' reports",
     )
-    return runtime.app(on_startup=storage.ensure_indexes)
+    runtime.every_sweep("deliveries", service.sweep)
+
+    async def startup() -> None:
+        settings.delivery_code_secret()  # refuses to start without the key, with a clear message
+        await storage.ensure_indexes()
+
+    app = runtime.app(on_startup=startup)
+    app.on_shutdown(service.stop)
+    return app, service
+
+
+def create_app(settings: CourierSettings) -> FastStream:
+    return build(settings)[0]

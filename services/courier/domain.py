@@ -1,19 +1,37 @@
-"""Delivery rules. Pure: a delivery and a fact in, a new delivery and what happened out."""
+"""Delivery rules. Pure: a delivery, a fact and the time in; a new delivery and what happened out."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from pharmacy_contracts.consultation import Coordinates
+from pharmacy_contracts.courier import FailureReason
 from pharmacy_contracts.prescription import DeliveryDetails
+
+EARTH_RADIUS_KM = 6371.0088
+DEFAULT_RETRY_LIMITS: dict[str, int] = {
+    "patient_absent": 3,
+    "address_not_found": 2,
+    "refused": 1,
+    "damaged": 1,
+    "other": 3,
+}
 
 
 class CourierProfile(BaseModel):
     courier_id: str
     name: str
-    zone: str = ""
+    zone: str = Field(default="", description="Home zone")
+    location: Coordinates | None = Field(default=None, description="The base of the home zone")
+    capacity: int = Field(default=3, ge=1, description="Deliveries the courier carries at once")
+    cold_chain: bool = Field(default=False, description="Can carry goods that must stay cold")
     active: bool = True
 
 
@@ -23,6 +41,7 @@ class DeliveryState(StrEnum):
     OFFERED = "offered"
     ACCEPTED = "accepted"
     PICKED_UP = "picked_up"
+    RETURNING = "returning"  # cancelled after pickup: the courier brings the goods back
     DELIVERED = "delivered"
     UNDELIVERABLE = "undeliverable"
     CANCELLED = "cancelled"
@@ -30,13 +49,44 @@ class DeliveryState(StrEnum):
 
 ON_THE_ROAD = frozenset({DeliveryState.OFFERED, DeliveryState.ACCEPTED, DeliveryState.PICKED_UP})
 FINISHED = frozenset({DeliveryState.DELIVERED, DeliveryState.UNDELIVERABLE, DeliveryState.CANCELLED})
+#: States a sweep looks at: an offer may expire, a deadline pass, a waiting delivery find a courier.
+SWEPT = frozenset(
+    {
+        DeliveryState.AWAITING_COURIER,
+        DeliveryState.OFFERED,
+        DeliveryState.ACCEPTED,
+        DeliveryState.PICKED_UP,
+        DeliveryState.RETURNING,
+    }
+)
+_CARRYING = frozenset({DeliveryState.ACCEPTED, DeliveryState.PICKED_UP, DeliveryState.RETURNING})
+
+
+class AttemptStatus(StrEnum):
+    OFFERED = "offered"  # open: offered, accepted or picked up
+    TIMED_OUT = "timed_out"  # not accepted in time; the next courier was asked
+    FAILED = "failed"
+    DELIVERED = "delivered"
+    WITHDRAWN = "withdrawn"  # the prescription was cancelled
 
 
 class Attempt(BaseModel):
     number: int
     dispatch_id: str
     courier_id: str
-    failure_reason: str | None = None
+    status: AttemptStatus = AttemptStatus.OFFERED
+    offered_at: datetime | None = None
+    accept_by: datetime | None = None
+    accepted_at: datetime | None = None
+    picked_up_at: datetime | None = None
+    returned_at: datetime | None = None
+    failure_reason: FailureReason | None = None
+    wrong_codes: int = Field(default=0, description="'delivered' reports with a wrong or missing code")
+    overdue_alerted: bool = Field(default=False, description="The on-the-road deadline alert went out")
+
+    @property
+    def on_the_road_since(self) -> datetime | None:
+        return self.accepted_at or self.picked_up_at
 
 
 class Delivery(BaseModel):
@@ -44,21 +94,66 @@ class Delivery(BaseModel):
     state: DeliveryState = DeliveryState.WAITING
     details: DeliveryDetails | None = None
     warehouse_id: str | None = None
+    pickup_location: Coordinates | None = None
     attempts: list[Attempt] = Field(default_factory=list)
-    active_courier_id: str | None = Field(default=None, description="Set while a courier is on this delivery")
+    active_courier_id: str | None = Field(default=None, description="Set while a courier holds this delivery")
+    awaiting_since: datetime | None = Field(default=None, description="Start of the current wait for a courier")
+    waiting_overdue_alerted: bool = Field(default=False, description="The waiting deadline alert of this wait went out")
+    cancel_notice_due: bool = Field(
+        default=False, description="Cancelled before the warehouse was known: DeliveryCancelled goes out once it is"
+    )
+
+    @model_validator(mode="after")
+    def _statuses_of_older_documents(self) -> Delivery:
+        """Documents written before attempts had a status: infer it, so failures keep counting."""
+        for attempt in self.attempts:
+            if attempt.status is AttemptStatus.OFFERED and attempt.failure_reason is not None:
+                attempt.status = AttemptStatus.FAILED
+        current = self.current
+        if current is not None and current.status is AttemptStatus.OFFERED and self.state is DeliveryState.DELIVERED:
+            current.status = AttemptStatus.DELIVERED
+        return self
 
     @property
     def current(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
+
+    @property
+    def cold_chain(self) -> bool:
+        return self.details is not None and self.details.cold_chain
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The limits a delivery lives by (settings: services/courier/settings.py)."""
+
+    max_attempts: int = 3
+    retry_limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RETRY_LIMITS))
+    accept_timeout: timedelta = timedelta(minutes=15)
+    on_the_road_deadline: timedelta = timedelta(hours=24)
+    courier_wait_deadline: timedelta = timedelta(hours=4)
 
 
 class ReportOutcome(StrEnum):
     ACCEPTED = "accepted"
     PICKED_UP = "picked_up"
     DELIVERED = "delivered"
+    CODE_REJECTED = "code_rejected"
     FAILED_WILL_RETRY = "failed_will_retry"
     FAILED_GIVEN_UP = "failed_given_up"
+    RETURNED = "returned"
     IGNORED = "ignored"  # a repeat of something already applied
+
+
+#: Outcomes after which the courier carries one delivery fewer.
+FREES_COURIER = frozenset(
+    {
+        ReportOutcome.DELIVERED,
+        ReportOutcome.FAILED_WILL_RETRY,
+        ReportOutcome.FAILED_GIVEN_UP,
+        ReportOutcome.RETURNED,
+    }
+)
 
 
 class ReportRefused(ValueError):
@@ -72,15 +167,76 @@ def dispatch_id_for(prescription_id: str, attempt: int) -> str:
     return f"{prescription_id}-D{attempt}"
 
 
+# --- choosing a courier ----------------------------------------------------------------------------
+
+
+def haversine_km(a: Coordinates, b: Coordinates) -> float:
+    """Great-circle distance; good enough to rank couriers (roads are not straight anyway)."""
+    lat1, lon1, lat2, lon2 = map(math.radians, (a.latitude, a.longitude, b.latitude, b.longitude))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def trip_km(courier: CourierProfile, delivery: Delivery) -> float:
+    """From the courier's base to the pickup warehouse, plus from the base to the patient. A
+    courier whose base is unknown comes after every courier whose base is known."""
+    if courier.location is None:
+        return math.inf
+    total = 0.0
+    if delivery.pickup_location is not None:
+        total += haversine_km(courier.location, delivery.pickup_location)
+    if delivery.details is not None:
+        total += haversine_km(courier.location, delivery.details.address.coordinates)
+    return total
+
+
+def not_to_ask_again(delivery: Delivery) -> set[str]:
+    """Couriers who let this delivery's offer expire, or whom its patient refused."""
+    return {
+        a.courier_id
+        for a in delivery.attempts
+        if a.status is AttemptStatus.TIMED_OUT or (a.status is AttemptStatus.FAILED and a.failure_reason == "refused")
+    }
+
+
+def _eligible(roster: Iterable[CourierProfile], loads: Mapping[str, int], delivery: Delivery) -> list[CourierProfile]:
+    excluded = not_to_ask_again(delivery)
+    return [
+        c
+        for c in roster
+        if c.active
+        and loads.get(c.courier_id, 0) < c.capacity
+        and (c.cold_chain or not delivery.cold_chain)
+        and c.courier_id not in excluded
+    ]
+
+
 def choose_courier(
-    roster: Iterable[CourierProfile], loads: Mapping[str, int], tried: Iterable[str]
+    roster: Iterable[CourierProfile], loads: Mapping[str, int], delivery: Delivery
 ) -> CourierProfile | None:
-    """Simple rule for now: an active courier who has not tried this delivery yet (any active
-    courier if all have), with the fewest deliveries on the road; ties by id."""
+    """The nearest eligible courier (active, below capacity, cold-chain capable if needed, has not
+    let this delivery's offer expire); ties by fewest deliveries on hand, then by id."""
+    eligible = _eligible(roster, loads, delivery)
+    return min(eligible, key=lambda c: (trip_km(c, delivery), loads.get(c.courier_id, 0), c.courier_id), default=None)
+
+
+def why_no_courier(roster: Iterable[CourierProfile], loads: Mapping[str, int], delivery: Delivery) -> str:
+    """A sentence for people: which condition left no courier."""
     active = [c for c in roster if c.active]
-    tried = set(tried)
-    fresh = [c for c in active if c.courier_id not in tried] or active
-    return min(fresh, key=lambda c: (loads.get(c.courier_id, 0), c.courier_id), default=None)
+    if not active:
+        return "no courier is on duty"
+    suitable = [c for c in active if c.cold_chain or not delivery.cold_chain]
+    if not suitable:
+        return "no cold-chain courier is on duty"
+    excluded = not_to_ask_again(delivery)
+    willing = [c for c in suitable if c.courier_id not in excluded]
+    if not willing:
+        return "every suitable courier has already let this offer expire or been refused"
+    kind = "cold-chain courier" if delivery.cold_chain else "courier"
+    return f"every {kind} on duty is carrying as many deliveries as they can"
+
+
+# --- offering ----------------------------------------------------------------------------------------
 
 
 def ready_to_offer(delivery: Delivery) -> bool:
@@ -91,26 +247,82 @@ def ready_to_offer(delivery: Delivery) -> bool:
     )
 
 
-def offer(delivery: Delivery, courier: CourierProfile | None) -> Delivery:
+def await_courier(delivery: Delivery, now: datetime) -> Delivery:
+    """No courier now: wait. A wait already under way keeps its start (and its alerts)."""
+    if delivery.state is DeliveryState.AWAITING_COURIER and delivery.awaiting_since is not None:
+        return delivery
+    return delivery.model_copy(
+        update={
+            "state": DeliveryState.AWAITING_COURIER,
+            "active_courier_id": None,
+            "awaiting_since": now,
+            "waiting_overdue_alerted": False,
+        }
+    )
+
+
+def offer(delivery: Delivery, courier: CourierProfile | None, *, now: datetime, accept_timeout: timedelta) -> Delivery:
     if courier is None:
-        return delivery.model_copy(update={"state": DeliveryState.AWAITING_COURIER, "active_courier_id": None})
+        return await_courier(delivery, now)
     number = len(delivery.attempts) + 1
     attempt = Attempt(
-        number=number, dispatch_id=dispatch_id_for(delivery.prescription_id, number), courier_id=courier.courier_id
+        number=number,
+        dispatch_id=dispatch_id_for(delivery.prescription_id, number),
+        courier_id=courier.courier_id,
+        offered_at=now,
+        accept_by=now + accept_timeout,
     )
     return delivery.model_copy(
         update={
             "state": DeliveryState.OFFERED,
             "attempts": [*delivery.attempts, attempt],
             "active_courier_id": courier.courier_id,
+            "awaiting_since": None,
+            "waiting_overdue_alerted": False,
         }
     )
 
 
-def _already_applied(delivery: Delivery, current: Attempt, status: str) -> bool:
+def began_waiting(before: Delivery | None, after: Delivery) -> bool:
+    """A new wait for a courier started (announced once per wait)."""
+    return (
+        after.state is DeliveryState.AWAITING_COURIER
+        and after.awaiting_since is not None
+        and (before is None or before.awaiting_since != after.awaiting_since)
+    )
+
+
+# --- couriers' reports ---------------------------------------------------------------------------------
+
+
+def will_retry(failures: int, latest_reason: str, policy: Policy) -> bool:
+    """After `failures` failed attempts, the latest for `latest_reason`: try again? The limit of the
+    latest reason applies, capped by the overall `max_attempts`. Offers that expired are no failures."""
+    limit = min(policy.retry_limits.get(latest_reason, policy.max_attempts), policy.max_attempts)
+    return failures < limit
+
+
+def failures(delivery: Delivery) -> int:
+    return sum(a.status is AttemptStatus.FAILED for a in delivery.attempts)
+
+
+def goods_travelled(delivery: Delivery) -> bool:
+    return any(a.picked_up_at is not None for a in delivery.attempts)
+
+
+def _replace_current(delivery: Delivery, attempt: Attempt, **update: object) -> Delivery:
+    return delivery.model_copy(update={"attempts": [*delivery.attempts[:-1], attempt], **update})
+
+
+def _already_applied(delivery: Delivery, attempt: Attempt, status: str) -> bool:
     """A courier's app may send the same report twice (new message id, same meaning)."""
-    if status == "failed":
-        return current.failure_reason is not None
+    match status:
+        case "failed":
+            return attempt.status is AttemptStatus.FAILED
+        case "returned":
+            return attempt.returned_at is not None
+        case "delivered":
+            return attempt.status is AttemptStatus.DELIVERED
     return status in _NEXT and delivery.state is _NEXT[status][1]
 
 
@@ -127,37 +339,149 @@ def apply_report(
     dispatch_id: str,
     courier_id: str,
     status: str,
-    failure_reason: str | None,
-    max_attempts: int,
+    failure_reason: FailureReason | None,
+    code_is_right: bool,
+    policy: Policy,
+    now: datetime,
 ) -> tuple[Delivery, ReportOutcome]:
-    """A courier's report on its current dispatch. Reports on someone else's dispatch, on an old
-    attempt, or out of order are refused: they are kept for a person, never acted on."""
-    current = delivery.current
-    if current is None or dispatch_id not in {a.dispatch_id for a in delivery.attempts}:
+    """A courier's report on its current dispatch. Reports on someone else's dispatch, on an old or
+    withdrawn attempt, or out of order are refused: they are kept for a person, never acted on.
+    'delivered' counts only with the right code (`code_is_right`); a wrong one only counts itself."""
+    attempt = next((a for a in delivery.attempts if a.dispatch_id == dispatch_id), None)
+    if attempt is None:
         raise ReportRefused("unknown_dispatch", f"no dispatch {dispatch_id} for this package")
-    owner = next(a for a in delivery.attempts if a.dispatch_id == dispatch_id)
-    if owner.courier_id != courier_id:
+    if attempt.courier_id != courier_id:
         raise ReportRefused("not_your_dispatch", f"dispatch {dispatch_id} is assigned to another courier")
-    if dispatch_id == current.dispatch_id and _already_applied(delivery, current, status):
+    is_current = attempt is delivery.current
+    if is_current and _already_applied(delivery, attempt, status):
         return delivery, ReportOutcome.IGNORED
-    if dispatch_id != current.dispatch_id or delivery.state in FINISHED:
+    if attempt.status is AttemptStatus.TIMED_OUT:
+        raise ReportRefused("offer_expired", f"dispatch {dispatch_id} was not accepted in time and went to another")
+    if is_current and delivery.state is DeliveryState.RETURNING:
+        if status != "returned":
+            raise ReportRefused(
+                "dispatch_withdrawn",
+                f"dispatch {dispatch_id} was cancelled: bring the goods back and report 'returned'",
+            )
+        back = attempt.model_copy(update={"returned_at": now})
+        return _replace_current(delivery, back, state=DeliveryState.CANCELLED, active_courier_id=None), (
+            ReportOutcome.RETURNED
+        )
+    if not is_current or delivery.state in FINISHED or attempt.status is not AttemptStatus.OFFERED:
         raise ReportRefused("dispatch_closed", f"dispatch {dispatch_id} is no longer active ({delivery.state})")
+    if status == "returned":
+        raise ReportRefused("out_of_order", f"'returned' reported while the delivery is {delivery.state}")
 
     if status in _NEXT:
         allowed, target, outcome = _NEXT[status]
         if delivery.state not in allowed:
             raise ReportRefused("out_of_order", f"'{status}' reported while the delivery is {delivery.state}")
+        if status == "delivered" and not code_is_right:
+            rejected = attempt.model_copy(update={"wrong_codes": attempt.wrong_codes + 1})
+            return _replace_current(delivery, rejected), ReportOutcome.CODE_REJECTED
+        match status:
+            case "accepted":
+                moved = attempt.model_copy(update={"accepted_at": now})
+            case "picked_up":
+                moved = attempt.model_copy(update={"picked_up_at": now, "accepted_at": attempt.accepted_at or now})
+            case _:
+                moved = attempt.model_copy(update={"status": AttemptStatus.DELIVERED})
         active = None if target is DeliveryState.DELIVERED else courier_id
-        return delivery.model_copy(update={"state": target, "active_courier_id": active}), outcome
+        return _replace_current(delivery, moved, state=target, active_courier_id=active), outcome
 
     # failed
-    attempts = [*delivery.attempts[:-1], current.model_copy(update={"failure_reason": failure_reason})]
-    if len(attempts) >= max_attempts:
-        given_up = delivery.model_copy(
-            update={"state": DeliveryState.UNDELIVERABLE, "attempts": attempts, "active_courier_id": None}
-        )
-        return given_up, ReportOutcome.FAILED_GIVEN_UP
-    retry = delivery.model_copy(
-        update={"state": DeliveryState.AWAITING_COURIER, "attempts": attempts, "active_courier_id": None}
+    assert failure_reason is not None
+    failed = attempt.model_copy(update={"status": AttemptStatus.FAILED, "failure_reason": failure_reason})
+    after = _replace_current(delivery, failed)
+    if will_retry(failures(after), failure_reason, policy):
+        return await_courier(after, now), ReportOutcome.FAILED_WILL_RETRY
+    given_up = after.model_copy(update={"state": DeliveryState.UNDELIVERABLE, "active_courier_id": None})
+    return given_up, ReportOutcome.FAILED_GIVEN_UP
+
+
+# --- deadlines (the sweep) -----------------------------------------------------------------------------------
+
+OverdueStage = Literal["awaiting_courier", "on_the_road"]
+
+
+def offer_expired(delivery: Delivery, now: datetime) -> bool:
+    """An offer not accepted by its `accept_by` (exactly at it counts as expired)."""
+    attempt = delivery.current
+    return (
+        delivery.state is DeliveryState.OFFERED
+        and attempt is not None
+        and attempt.accept_by is not None
+        and now >= attempt.accept_by
     )
-    return retry, ReportOutcome.FAILED_WILL_RETRY
+
+
+def expire_offer(delivery: Delivery, now: datetime) -> Delivery:
+    """The courier did not accept in time: the attempt times out and the delivery waits for the next one."""
+    attempt = delivery.current
+    assert attempt is not None and offer_expired(delivery, now)
+    timed_out = attempt.model_copy(update={"status": AttemptStatus.TIMED_OUT})
+    return await_courier(_replace_current(delivery, timed_out), now)
+
+
+def overdue(delivery: Delivery, now: datetime, policy: Policy) -> tuple[OverdueStage, datetime] | None:
+    """A deadline that passed and was not alerted yet: the stage and since when. Exactly at the
+    deadline counts as passed."""
+    if delivery.state is DeliveryState.AWAITING_COURIER and delivery.awaiting_since is not None:
+        since = delivery.awaiting_since
+        if not delivery.waiting_overdue_alerted and now >= since + policy.courier_wait_deadline:
+            return "awaiting_courier", since
+        return None
+    attempt = delivery.current
+    if delivery.state in _CARRYING and attempt is not None and attempt.on_the_road_since is not None:
+        since = attempt.on_the_road_since
+        if not attempt.overdue_alerted and now >= since + policy.on_the_road_deadline:
+            return "on_the_road", since
+    return None
+
+
+def mark_overdue(delivery: Delivery, stage: OverdueStage) -> Delivery:
+    if stage == "awaiting_courier":
+        return delivery.model_copy(update={"waiting_overdue_alerted": True})
+    attempt = delivery.current
+    assert attempt is not None
+    return _replace_current(delivery, attempt.model_copy(update={"overdue_alerted": True}))
+
+
+# --- cancellation ---------------------------------------------------------------------------------------------
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"  # nothing had left: closed at once
+    WITHDRAWN = "withdrawn"  # a courier was offered it or on the way to pick it up: told to stop
+    RECALLED = "recalled"  # the goods are with a courier: told to bring them back
+    TOO_LATE = "too_late"  # delivered or undeliverable already
+    ALREADY = "already"  # cancelled or coming back already
+
+
+def cancel(delivery: Delivery) -> tuple[Delivery, CancelOutcome]:
+    """The prescription was withdrawn. Before pickup the delivery closes; after pickup it closes
+    when the courier reports the goods 'returned'."""
+    attempt = delivery.current
+    match delivery.state:
+        case DeliveryState.WAITING | DeliveryState.AWAITING_COURIER:
+            closed = delivery.model_copy(
+                update={
+                    "state": DeliveryState.CANCELLED,
+                    "active_courier_id": None,
+                    "awaiting_since": None,
+                    "cancel_notice_due": delivery.warehouse_id is None,
+                }
+            )
+            return closed, CancelOutcome.CANCELLED
+        case DeliveryState.OFFERED | DeliveryState.ACCEPTED:
+            assert attempt is not None
+            withdrawn = attempt.model_copy(update={"status": AttemptStatus.WITHDRAWN})
+            closed = _replace_current(delivery, withdrawn, state=DeliveryState.CANCELLED, active_courier_id=None)
+            return closed, CancelOutcome.WITHDRAWN
+        case DeliveryState.PICKED_UP:
+            assert attempt is not None
+            withdrawn = attempt.model_copy(update={"status": AttemptStatus.WITHDRAWN})
+            return _replace_current(delivery, withdrawn, state=DeliveryState.RETURNING), CancelOutcome.RECALLED
+        case DeliveryState.DELIVERED | DeliveryState.UNDELIVERABLE:
+            return delivery, CancelOutcome.TOO_LATE
+    return delivery, CancelOutcome.ALREADY

@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
 from pharmacy_contracts import Envelope, topics
+from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.courier import (
     CourierAssigned,
     CourierReported,
     DeliveryAbandoned,
     DeliveryAccepted,
+    DeliveryCancelled,
+    DeliveryCodeRejected,
     DeliveryCompleted,
     DeliveryFailed,
+    DeliveryOfferExpired,
+    DeliveryOverdue,
     DeliveryPickedUp,
+    DeliveryWaiting,
     DispatchOffered,
+    DispatchWithdrawn,
 )
-from pharmacy_contracts.inventory import ReservationFailed, Shortage, StockLevel, StockLine, StockReserved
-from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved
+from pharmacy_contracts.inventory import LotPick, ReservationFailed, Shortage, StockLevel, StockLine, StockReserved
+from pharmacy_contracts.prescription import (
+    ApprovedLine,
+    DeliveryDetails,
+    PrescriptionApproved,
+    PrescriptionCancelled,
+)
 from services.cli import bus
-from services.courier.app import create_app
+from services.courier.app import build, create_app
 from services.courier.domain import CourierProfile, DeliveryState
 from services.courier.settings import CourierSettings
 from services.courier.storage import CourierStorage
+from services.ops.simulation import wrong_code
+from services.runtime import delivery_codes
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch, headers_of, own_groups, publish_noting, running, wait_consumed
@@ -34,14 +49,24 @@ DISPATCH = topics.COURIER_DISPATCH.name
 DELIVERIES = topics.COURIER_DELIVERIES.name
 UPDATES_DLQ = topics.COURIER_UPDATES.dead_letter_topic
 WATCHED = (DISPATCH, DELIVERIES, UPDATES_DLQ)
+WAREHOUSE_AT = Coordinates(latitude=51.80, longitude=69.40)  # next to the test patients (Northford)
+
+
+def base(latitude: float, longitude: float) -> Coordinates:
+    return Coordinates(latitude=latitude, longitude=longitude)
+
 
 ROSTER = [
-    CourierProfile(courier_id="CR-0", name="Off Duty", active=False),  # first by id, but never offered
-    CourierProfile(courier_id="CR-A", name="Amina", zone="north"),
-    CourierProfile(courier_id="CR-B", name="Bayu", zone="north"),
-    CourierProfile(courier_id="CR-C", name="Chen", zone="south"),
+    # Nearest of all, but off duty: never offered.
+    CourierProfile(courier_id="CR-0", name="Off Duty", location=base(51.80, 69.40), active=False),
+    CourierProfile(courier_id="CR-A", name="Amina", zone="north", location=base(51.81, 69.40), capacity=10),
+    CourierProfile(courier_id="CR-B", name="Bayu", zone="north", location=base(51.95, 69.70), capacity=10),
+    # The only cold-chain courier, and the farthest.
+    CourierProfile(
+        courier_id="CR-C", name="Chen", zone="south", location=base(50.61, 70.02), capacity=1, cold_chain=True
+    ),
 ]
-ACTIVE = [c.courier_id for c in ROSTER if c.active]
+NEAREST, NEXT_NEAREST, COLD = "CR-A", "CR-B", "CR-C"
 
 #: Everything a dispatch may carry: the envelope and the trip. No name, diagnosis, drug or patient id.
 DISPATCH_KEYS = {
@@ -61,11 +86,30 @@ DISPATCH_KEYS = {
     "contact_phone",
     "cold_chain",
     "controlled",
+    "pickup_location",
+    "accept_by",
 }
 
 
-def service_settings(settings: RuntimeSettings) -> CourierSettings:
-    return own_groups(CourierSettings, settings, max_delivery_attempts=2)
+class Clock:
+    """The service's clock, moved by the test: deadlines pass without sleeping. The module's tests
+    share one database, so a sweep also acts on what earlier tests left (their offers expire):
+    every assertion looks at its own prescriptions only."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def service_settings(settings: RuntimeSettings, **overrides: Any) -> CourierSettings:
+    return own_groups(CourierSettings, settings, max_delivery_attempts=2, **overrides)
+
+
+def swept_by_hand(settings: RuntimeSettings) -> CourierSettings:
+    """The runtime's own sweep never comes round during the test: the test calls it."""
+    return service_settings(settings, sweep_interval_s=3600)
 
 
 # --- messages ------------------------------------------------------------------------------------
@@ -91,13 +135,36 @@ def reserved(rx: str, warehouse_id: str) -> StockReserved:
         producer="inventory",
         prescription_id=rx,
         warehouse_id=warehouse_id,
+        pickup_location=WAREHOUSE_AT,
         lines=[StockLine(drug_code="INSGL", quantity=3)],
+        picks=[LotPick(drug_code="INSGL", lot_id="LOT-1", expiry_date=date(2099, 1, 1), quantity=3)],
         levels=[StockLevel(drug_code="INSGL", available=10, reserved=3, dispatched=0)],
     )
 
 
+def cancelled(rx: str, *, was_approved: bool = True) -> PrescriptionCancelled:
+    return PrescriptionCancelled(
+        correlation_id=rx,
+        producer="prescription",
+        prescription_id=rx,
+        reason="the doctor changed the therapy",
+        requested_by="Dr Test",
+        was_approved=was_approved,
+    )
+
+
+def right_code(settings: RuntimeSettings, rx: str) -> str:
+    assert settings.delivery_code_key is not None, "the test stack sets the delivery code key"
+    return delivery_codes.delivery_code(settings.delivery_code_key.get_secret_value().encode(), rx)
+
+
 def report(
-    offer: DispatchOffered, status: str, *, courier_id: str | None = None, reason: str | None = None
+    offer: DispatchOffered,
+    status: str,
+    *,
+    courier_id: str | None = None,
+    reason: str | None = None,
+    code: str | None = None,
 ) -> CourierReported:
     return CourierReported(
         correlation_id=offer.package_id,
@@ -107,6 +174,7 @@ def report(
         package_id=offer.package_id,
         status=status,  # type: ignore[arg-type]
         failure_reason=reason,  # type: ignore[arg-type]
+        delivery_code=code,
     )
 
 
@@ -117,9 +185,17 @@ def offers(watch: TopicWatch, rx: str) -> list[tuple[ConsumerRecord[bytes, bytes
     found = []
     for record in watch.raw(DISPATCH):
         offer = topics.COURIER_DISPATCH.parse(record.value)
-        assert isinstance(offer, DispatchOffered)
-        if offer.package_id == rx:
+        if isinstance(offer, DispatchOffered) and offer.package_id == rx:
             found.append((record, offer))
+    return found
+
+
+def withdrawals(watch: TopicWatch, rx: str) -> list[tuple[ConsumerRecord[bytes, bytes], DispatchWithdrawn]]:
+    found = []
+    for record in watch.raw(DISPATCH):
+        withdrawn = topics.COURIER_DISPATCH.parse(record.value)
+        if isinstance(withdrawn, DispatchWithdrawn) and withdrawn.package_id == rx:
+            found.append((record, withdrawn))
     return found
 
 
@@ -127,20 +203,18 @@ def lifecycle(watch: TopicWatch, rx: str) -> list[Envelope]:
     return [e for e in watch.messages(DELIVERIES) if getattr(e, "prescription_id", None) == rx]
 
 
+def of_kind(events: list[Envelope], cls: type[Envelope]) -> list[Any]:
+    return [e for e in events if isinstance(e, cls)]
+
+
 def dead_letters(watch: TopicWatch, rx: str) -> list[ConsumerRecord[bytes, bytes]]:
     return [r for r in watch.raw(UPDATES_DLQ) if r.key == rx.encode()]
 
 
-def least_loaded(loads: dict[str, int], tried: Iterable[str] = ()) -> str:
-    """Who the service should offer to: an active courier not yet tried, fewest deliveries, then by id."""
-    fresh = [c for c in ACTIVE if c not in set(tried)] or ACTIVE
-    return min(fresh, key=lambda c: (loads.get(c, 0), c))
-
-
-async def seed(storage: CourierStorage) -> dict[str, int]:
-    for profile in ROSTER:
+async def seed(storage: CourierStorage, roster: list[CourierProfile] = ROSTER) -> dict[str, int]:
+    for profile in roster:
         await storage.save_courier(profile)
-    return await storage.loads(ROSTER)
+    return await storage.loads(roster)
 
 
 def assert_private(record: ConsumerRecord[bytes, bytes], offer: DispatchOffered, courier_id: str) -> None:
@@ -156,14 +230,16 @@ def assert_private(record: ConsumerRecord[bytes, bytes], offer: DispatchOffered,
 # --- tests ---------------------------------------------------------------------------------------
 
 
-async def test_an_approved_and_reserved_prescription_is_offered_once(settings: RuntimeSettings) -> None:
+async def test_an_approved_and_reserved_prescription_is_offered_once_to_the_nearest_able_courier(
+    settings: RuntimeSettings,
+) -> None:
     client = connect(settings.mongo_url.get_secret_value())
     storage = CourierStorage(client[settings.mongo_database])
     one, two = "RX-K-ONE", "RX-K-TWO"
     one_approved, one_reserved = approval(one, cold_chain=True), reserved(one, "WH-K-1")
     two_approved, two_reserved = approval(two, controlled=True), reserved(two, "WH-K-2")
     try:
-        loads = await seed(storage)
+        await seed(storage)
         async with (
             running(create_app(service_settings(settings))) as app,
             TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch,
@@ -179,8 +255,6 @@ async def test_an_approved_and_reserved_prescription_is_offered_once(settings: R
             waiting = await storage.deliveries.get(one)
             landed += await publish_noting(settings, one_reserved, one_reserved)
             await watch.wait_for(lambda w: offers(w, one), "the dispatch of RX-K-ONE")
-            first_choice = least_loaded(loads)
-            loads[first_choice] += 1
 
             # RX-K-TWO: the reservation first, then the approval.
             landed += await publish_noting(settings, two_reserved)
@@ -197,21 +271,21 @@ async def test_an_approved_and_reserved_prescription_is_offered_once(settings: R
             deliveries = {rx: await storage.deliveries.get(rx) for rx in (one, two)}
     finally:
         client.close()
-    second_choice = least_loaded(loads)
-    assert first_choice != second_choice, "the busy courier is not offered a second package"
 
     assert waiting is not None and waiting.state is DeliveryState.WAITING and waiting.attempts == []
     for rx, courier_id, warehouse_id, cause in (
-        (one, first_choice, "WH-K-1", one_reserved),
-        (two, second_choice, "WH-K-2", two_approved),
+        # Cold-chain goods go to the only cold-chain courier, though the farthest.
+        (one, COLD, "WH-K-1", one_reserved),
+        # The rest to the nearest courier on duty (the off-duty one is nearer still).
+        (two, NEAREST, "WH-K-2", two_approved),
     ):
-        assert courier_id != "CR-0", "an inactive courier is never offered a delivery"
         (record, offer), *more = offers(watch, rx)
         assert more == [], f"{rx} is offered once"
         assert_private(record, offer, courier_id)
         assert offer.dispatch_id == f"{rx}-D1"
         assert offer.attempt == 1
         assert offer.pickup_warehouse_id == warehouse_id
+        assert offer.pickup_location == WAREHOUSE_AT
         assert offer.correlation_id == rx
         assert offer.causation_id == cause.message_id
         assert offer.address == one_approved.delivery.address
@@ -220,7 +294,6 @@ async def test_an_approved_and_reserved_prescription_is_offered_once(settings: R
         events = lifecycle(watch, rx)
         assert [type(e) for e in events] == [CourierAssigned], f"{rx}: {events}"
         assigned = events[0]
-        assert isinstance(assigned, CourierAssigned)
         assert (assigned.courier_id, assigned.dispatch_id, assigned.attempt, assigned.warehouse_id) == (
             courier_id,
             f"{rx}-D1",
@@ -232,7 +305,11 @@ async def test_an_approved_and_reserved_prescription_is_offered_once(settings: R
         assert delivery is not None
         assert delivery.state is DeliveryState.OFFERED
         assert delivery.active_courier_id == courier_id
+        assert delivery.pickup_location == WAREHOUSE_AT
         assert [(a.number, a.dispatch_id, a.courier_id) for a in delivery.attempts] == [(1, f"{rx}-D1", courier_id)]
+        attempt = delivery.attempts[0]
+        assert attempt.offered_at is not None
+        assert offer.accept_by == attempt.accept_by == attempt.offered_at + timedelta(minutes=15)
     assert offers(watch, one)[0][1].cold_chain is True and offers(watch, one)[0][1].controlled is False
     assert offers(watch, two)[0][1].cold_chain is False and offers(watch, two)[0][1].controlled is True
 
@@ -242,7 +319,7 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
     storage = CourierStorage(client[settings.mongo_database])
     rx = "RX-K-RETRY"
     try:
-        loads = await seed(storage)
+        await seed(storage)
         async with (
             running(create_app(service_settings(settings))) as app,
             TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch,
@@ -250,30 +327,27 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
             await publish_noting(settings, approval(rx), reserved(rx, "WH-K-R"))
             await watch.wait_for(lambda w: offers(w, rx), "the first dispatch")
             (_, first), *_ = offers(watch, rx)
-            assert first.courier_id == least_loaded(loads)
-            other = next(c for c in ACTIVE if c != first.courier_id)
 
             # Another courier claims the dispatch: refused, nothing changes.
             before = await storage.deliveries.get(rx)
-            intruder = report(first, "accepted", courier_id=other)
+            intruder = report(first, "accepted", courier_id=NEXT_NEAREST)
             (intruder_landed,) = await publish_noting(settings, intruder)
             await watch.wait_for(lambda w: dead_letters(w, rx), "the intruder's report to be dead-lettered")
             await wait_consumed(settings, app, [intruder_landed])
             after_intruder = await storage.deliveries.get(rx)
             events_after_intruder = lifecycle(watch, rx)
 
-            # The courier accepts, picks up and fails: the goods come back and someone else is offered.
+            # The courier accepts, picks up and fails: the goods come back and the delivery is offered again.
             accepted, picked_up = report(first, "accepted"), report(first, "picked_up")
             failed = report(first, "failed", reason="patient_absent")
-            loads = await storage.loads(ROSTER)
             await publish_noting(settings, accepted, picked_up, failed)
             await watch.wait_for(lambda w: len(offers(w, rx)) >= 2, "the second dispatch")
             (_, second_offer) = offers(watch, rx)[1]
             retried = await storage.deliveries.get(rx)
 
-            # The second courier fails too (before pick-up): that was the last attempt.
+            # The address is not found on the second attempt (before pick-up): its limit (2) is reached.
             given_up = report(second_offer, "failed", reason="address_not_found")
-            late = report(first, "delivered")  # about the closed first dispatch
+            late = report(first, "delivered", code=right_code(settings, rx))  # about the closed first dispatch
             landed = await publish_noting(settings, given_up, late)
             await watch.wait_for(lambda w: of_kind(lifecycle(w, rx), DeliveryAbandoned), "the delivery to be abandoned")
             await watch.wait_for(lambda w: len(dead_letters(w, rx)) >= 2, "the late report to be dead-lettered")
@@ -282,6 +356,8 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
             final = await storage.deliveries.get(rx)
     finally:
         client.close()
+
+    assert first.courier_id == NEAREST
 
     # the intruder
     (refused, closed) = dead_letters(watch, rx)
@@ -301,8 +377,7 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
         (first.courier_id, "patient_absent"),
         (second_offer.courier_id, None),
     ]
-    assert second_offer.courier_id != first.courier_id, "the retry goes to a different courier"
-    assert second_offer.courier_id == least_loaded(loads, tried=[first.courier_id])
+    assert second_offer.courier_id == NEAREST, "nobody at home is no reason to send someone else"
     assert second_offer.attempt == 2
     assert second_offer.dispatch_id == f"{rx}-D2"
     assert second_offer.pickup_warehouse_id == "WH-K-R"
@@ -346,6 +421,7 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
     )
     assert isinstance(abandoned, DeliveryAbandoned)
     assert (abandoned.attempts, abandoned.last_reason, abandoned.warehouse_id) == (2, "address_not_found", "WH-K-R")
+    assert abandoned.goods_travelled is True, "the first attempt had picked the goods up"
     assert len(offers(watch, rx)) == 2, "no third attempt"
 
     # the late report on the closed first dispatch
@@ -358,14 +434,13 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
     assert [a.failure_reason for a in final.attempts] == ["patient_absent", "address_not_found"]
 
 
-def of_kind(events: list[Envelope], cls: type[Envelope]) -> list[Envelope]:
-    return [e for e in events if isinstance(e, cls)]
-
-
-async def test_a_delivered_package_frees_the_courier(settings: RuntimeSettings) -> None:
+async def test_only_the_right_code_delivers_and_a_delivered_package_frees_the_courier(
+    settings: RuntimeSettings,
+) -> None:
     client = connect(settings.mongo_url.get_secret_value())
     storage = CourierStorage(client[settings.mongo_database])
     rx = "RX-K-DONE"
+    code = right_code(settings, rx)
     try:
         await seed(storage)
         async with (
@@ -376,9 +451,18 @@ async def test_a_delivered_package_frees_the_courier(settings: RuntimeSettings) 
             await watch.wait_for(lambda w: offers(w, rx), "the dispatch")
             (_, offer), *_ = offers(watch, rx)
             busy = (await storage.loads(ROSTER))[offer.courier_id]
-            delivered = report(offer, "delivered")
-            again = report(offer, "delivered")  # the app sends it twice: a new message id, the same meaning
-            landed = await publish_noting(settings, report(offer, "picked_up"), delivered, again)
+            misread = report(offer, "delivered", code=wrong_code(code))
+            no_code = report(offer, "delivered")
+            landed = await publish_noting(settings, report(offer, "picked_up"), misread, no_code)
+            await watch.wait_for(
+                lambda w: len(of_kind(lifecycle(w, rx), DeliveryCodeRejected)) == 2, "both codes refused"
+            )
+            await wait_consumed(settings, app, landed)
+            refused_twice = await storage.deliveries.get(rx)
+
+            delivered = report(offer, "delivered", code=code)
+            again = report(offer, "delivered", code=code)  # the app sends it twice: a new message id, the same meaning
+            landed = await publish_noting(settings, delivered, again)
             await watch.wait_for(lambda w: of_kind(lifecycle(w, rx), DeliveryCompleted), "the delivery")
             await wait_consumed(settings, app, landed)
             await watch.settle()
@@ -387,13 +471,26 @@ async def test_a_delivered_package_frees_the_courier(settings: RuntimeSettings) 
     finally:
         client.close()
 
+    assert refused_twice is not None
+    assert refused_twice.state is DeliveryState.PICKED_UP, "a wrong or missing code changes nothing"
+    assert refused_twice.attempts[0].wrong_codes == 2
     events = lifecycle(watch, rx)
-    assert [type(e) for e in events] == [CourierAssigned, DeliveryPickedUp, DeliveryCompleted]
+    assert [type(e) for e in events] == [
+        CourierAssigned,
+        DeliveryPickedUp,
+        DeliveryCodeRejected,
+        DeliveryCodeRejected,
+        DeliveryCompleted,
+    ]
+    first_refusal, second_refusal = of_kind(events, DeliveryCodeRejected)
+    assert (first_refusal.wrong_codes, first_refusal.causation_id) == (1, misread.message_id)
+    assert (second_refusal.wrong_codes, second_refusal.causation_id) == (2, no_code.message_id)
+    assert (first_refusal.courier_id, first_refusal.dispatch_id) == (offer.courier_id, offer.dispatch_id)
+    assert code.encode() not in b"".join(r.value for r in watch.raw(DELIVERIES)), "the code never travels"
     completed = events[-1]
-    assert isinstance(completed, DeliveryCompleted)
     assert (completed.courier_id, completed.warehouse_id, completed.attempt) == (offer.courier_id, "WH-K-D", 1)
     assert completed.causation_id == delivered.message_id
-    assert dead_letters(watch, rx) == [], "a repeated report is no error"
+    assert dead_letters(watch, rx) == [], "neither a wrong code nor a repeated report is an error"
     assert final is not None
     assert final.state is DeliveryState.DELIVERED
     assert final.active_courier_id is None
@@ -441,3 +538,237 @@ async def test_a_failed_reservation_cancels_the_delivery(settings: RuntimeSettin
         assert delivery.attempts == [] and delivery.active_courier_id is None, rx
         assert offers(watch, rx) == [], f"{rx} is never dispatched"
         assert lifecycle(watch, rx) == [], f"{rx} has no delivery events"
+
+
+async def test_a_delivery_waits_for_a_free_courier_and_is_offered_when_one_frees_up(settings: RuntimeSettings) -> None:
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = CourierStorage(client[settings.mongo_database])
+    first, second = "RX-K-COLD-1", "RX-K-COLD-2"
+    # The usual cold-chain courier is off today; a stand-in carries one package at a time.
+    stand_in = CourierProfile(
+        courier_id="CR-D", name="Dilnoza", location=base(51.05, 72.10), capacity=1, cold_chain=True
+    )
+    roster = [*(p.model_copy(update={"active": False}) if p.courier_id == COLD else p for p in ROSTER), stand_in]
+    clock = Clock()
+    app, service = build(swept_by_hand(settings), clock=clock)
+    try:
+        await seed(storage, roster)
+        async with running(app), TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch:
+            await publish_noting(settings, approval(first, cold_chain=True), reserved(first, "WH-K-W"))
+            await watch.wait_for(lambda w: offers(w, first), "the first cold-chain dispatch")
+            (_, first_offer), *_ = offers(watch, first)
+            (landed,) = await publish_noting(settings, report(first_offer, "accepted"))
+            await wait_consumed(settings, app, [landed])
+
+            waiting_from = clock.now
+            await publish_noting(settings, approval(second, cold_chain=True), reserved(second, "WH-K-W"))
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, second), DeliveryWaiting), "the second to wait")
+
+            # Four hours on, it still waits (the sweep finds no free courier): the dispatcher is told, once.
+            clock.now = waiting_from + timedelta(hours=4)
+            await service.sweep()
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, second), DeliveryOverdue), "the waiting alert")
+            await service.sweep()
+            await watch.settle(0.5)
+            still_waiting = await storage.deliveries.get(second)
+
+            # The stand-in delivers the first package: free again, they are offered the second.
+            code = right_code(settings, first)
+            await publish_noting(
+                settings, report(first_offer, "picked_up"), report(first_offer, "delivered", code=code)
+            )
+            await watch.wait_for(lambda w: offers(w, second), "the second offered once the courier is free")
+            await watch.settle()
+            final = await storage.deliveries.get(second)
+    finally:
+        await seed(storage, [*ROSTER, stand_in.model_copy(update={"active": False})])
+        client.close()
+
+    assert first_offer.courier_id == "CR-D"
+    events = lifecycle(watch, second)
+    assert [type(e) for e in events] == [DeliveryWaiting, DeliveryOverdue, CourierAssigned]
+    waiting, overdue, _ = events
+    assert waiting.warehouse_id == "WH-K-W"
+    assert waiting.why == "every cold-chain courier on duty is carrying as many deliveries as they can"
+    assert (overdue.stage, overdue.since, overdue.courier_id) == ("awaiting_courier", waiting_from, None)
+    assert still_waiting is not None and still_waiting.state is DeliveryState.AWAITING_COURIER
+    assert still_waiting.awaiting_since == waiting_from
+    ((_, offer),) = offers(watch, second)
+    assert (offer.courier_id, offer.dispatch_id, offer.cold_chain) == ("CR-D", f"{second}-D1", True)
+    assert final is not None and final.state is DeliveryState.OFFERED and final.awaiting_since is None
+
+
+async def test_an_offer_not_accepted_in_time_goes_to_the_next_courier(settings: RuntimeSettings) -> None:
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = CourierStorage(client[settings.mongo_database])
+    rx = "RX-K-SLOW"
+    clock = Clock()
+    app, service = build(swept_by_hand(settings), clock=clock)
+    try:
+        await seed(storage)
+        async with running(app), TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch:
+            await publish_noting(settings, approval(rx), reserved(rx, "WH-K-S"))
+            await watch.wait_for(lambda w: offers(w, rx), "the first dispatch")
+            (_, first), *_ = offers(watch, rx)
+            assert first.accept_by == clock.now + timedelta(minutes=15)
+
+            clock.now = first.accept_by - timedelta(microseconds=1)
+            await service.sweep()
+            await watch.settle(0.5)
+            before_the_deadline = (len(offers(watch, rx)), len(lifecycle(watch, rx)))
+
+            clock.now = first.accept_by
+            await service.sweep()
+            await watch.wait_for(lambda w: len(offers(w, rx)) >= 2, "the offer to the next courier")
+            await service.sweep()  # again: nothing more happens
+
+            # The first courier wakes up too late.
+            too_late = report(first, "accepted")
+            (landed,) = await publish_noting(settings, too_late)
+            await watch.wait_for(lambda w: dead_letters(w, rx), "the late acceptance to be dead-lettered")
+            await wait_consumed(settings, app, [landed])
+
+            # The next courier accepts, and is still on the road a day later: the dispatcher is told, once.
+            (_, second) = offers(watch, rx)[1]
+            (landed,) = await publish_noting(settings, report(second, "accepted"))
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, rx), DeliveryAccepted), "the acceptance")
+            await wait_consumed(settings, app, [landed])
+            accepted_at = clock.now
+            clock.now = accepted_at + timedelta(hours=24)
+            await service.sweep()
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, rx), DeliveryOverdue), "the overdue alert")
+            clock.now += timedelta(hours=1)
+            await service.sweep()
+            await watch.settle()
+            final = await storage.deliveries.get(rx)
+    finally:
+        client.close()
+
+    assert before_the_deadline == (1, 1), "a microsecond before accept_by the offer stands"
+    assert first.courier_id == NEAREST
+    assert second.courier_id == NEXT_NEAREST, "the courier who let it expire is not asked again"
+    assert (second.dispatch_id, second.attempt) == (f"{rx}-D2", 2)
+    assert second.accept_by == first.accept_by + timedelta(minutes=15)
+    assert len(offers(watch, rx)) == 2
+
+    ((record, withdrawn),) = withdrawals(watch, rx)
+    assert record.key == NEAREST.encode(), "the withdrawal reaches the courier it was offered to"
+    assert (withdrawn.dispatch_id, withdrawn.courier_id) == (f"{rx}-D1", NEAREST)
+    assert (withdrawn.reason, withdrawn.return_goods) == ("acceptance_timeout", False)
+
+    events = lifecycle(watch, rx)
+    assert [type(e) for e in events] == [
+        CourierAssigned,
+        DeliveryOfferExpired,
+        CourierAssigned,
+        DeliveryAccepted,
+        DeliveryOverdue,
+    ]
+    expired = events[1]
+    assert (expired.dispatch_id, expired.courier_id, expired.attempt) == (f"{rx}-D1", NEAREST, 1)
+    overdue = events[-1]
+    assert (overdue.stage, overdue.since, overdue.courier_id) == ("on_the_road", accepted_at, NEXT_NEAREST)
+
+    (late,) = dead_letters(watch, rx)
+    assert headers_of(late)["dlq.reason"] == "offer_expired"
+
+    assert final is not None
+    assert final.state is DeliveryState.ACCEPTED
+    assert final.active_courier_id == NEXT_NEAREST
+    assert [(a.courier_id, a.status) for a in final.attempts] == [(NEAREST, "timed_out"), (NEXT_NEAREST, "offered")]
+
+
+async def test_cancellation_withdraws_the_delivery_and_goods_picked_up_come_back(settings: RuntimeSettings) -> None:
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = CourierStorage(client[settings.mongo_database])
+    recalled, withdrawn, unreserved, unapproved = "RX-K-RECALL", "RX-K-WITHDRAW", "RX-K-UNRESERVED", "RX-K-HELD"
+    try:
+        await seed(storage)
+        async with (
+            running(create_app(service_settings(settings))) as app,
+            TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch,
+        ):
+            await publish_noting(
+                settings,
+                approval(recalled),
+                reserved(recalled, "WH-K-C"),
+                approval(withdrawn),
+                reserved(withdrawn, "WH-K-C"),
+                approval(unreserved),
+            )
+            await watch.wait_for(lambda w: offers(w, recalled) and offers(w, withdrawn), "both dispatches")
+            (_, recalled_offer), *_ = offers(watch, recalled)
+            (_, withdrawn_offer), *_ = offers(watch, withdrawn)
+            await publish_noting(settings, report(recalled_offer, "accepted"), report(recalled_offer, "picked_up"))
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, recalled), DeliveryPickedUp), "the pickup")
+
+            landed = await publish_noting(
+                settings,
+                cancelled(recalled),
+                cancelled(withdrawn),
+                cancelled(unreserved),
+                cancelled(unapproved, was_approved=False),
+            )
+            await watch.wait_for(
+                lambda w: withdrawals(w, recalled) and of_kind(lifecycle(w, withdrawn), DeliveryCancelled),
+                "the withdrawals",
+            )
+            await wait_consumed(settings, app, landed)
+            returning = await storage.deliveries.get(recalled)
+            unreserved_cancelled = await storage.deliveries.get(unreserved)
+            unreserved_events_before_stock = lifecycle(watch, unreserved)
+
+            # The reservation of the cancelled prescription arrives late: inventory learns which warehouse releases it.
+            (landed,) = await publish_noting(settings, reserved(unreserved, "WH-K-L"))
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, unreserved), DeliveryCancelled), "the late notice")
+            await wait_consumed(settings, app, [landed])
+
+            # The courier carrying the goods tries to deliver anyway, then brings them back.
+            deliver_anyway = report(recalled_offer, "delivered", code=right_code(settings, recalled))
+            returned = report(recalled_offer, "returned")
+            landed = await publish_noting(settings, deliver_anyway, returned)
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, recalled), DeliveryCancelled), "the goods back")
+            await wait_consumed(settings, app, landed)
+            await watch.settle()
+            final = {rx: await storage.deliveries.get(rx) for rx in (recalled, withdrawn, unreserved, unapproved)}
+    finally:
+        client.close()
+
+    # after pickup: recalled, closed when the goods are back
+    ((record, recall),) = withdrawals(watch, recalled)
+    assert record.key == recalled_offer.courier_id.encode()
+    assert (recall.dispatch_id, recall.reason, recall.return_goods) == (recalled_offer.dispatch_id, "cancelled", True)
+    assert returning is not None and returning.state is DeliveryState.RETURNING
+    assert returning.active_courier_id == recalled_offer.courier_id, "the goods are still with the courier"
+    (refused,) = dead_letters(watch, recalled)
+    assert headers_of(refused)["dlq.reason"] == "dispatch_withdrawn"
+    events = lifecycle(watch, recalled)
+    assert [type(e) for e in events] == [CourierAssigned, DeliveryAccepted, DeliveryPickedUp, DeliveryCancelled]
+    back = events[-1]
+    assert (back.goods_returned, back.warehouse_id, back.causation_id) == (True, "WH-K-C", returned.message_id)
+    assert final[recalled] is not None and final[recalled].state is DeliveryState.CANCELLED
+    assert final[recalled].active_courier_id is None, "the courier is free again"
+
+    # before pickup: withdrawn at once
+    ((record, stop),) = withdrawals(watch, withdrawn)
+    assert record.key == withdrawn_offer.courier_id.encode()
+    assert (stop.dispatch_id, stop.reason, stop.return_goods) == (withdrawn_offer.dispatch_id, "cancelled", False)
+    events = lifecycle(watch, withdrawn)
+    assert [type(e) for e in events] == [CourierAssigned, DeliveryCancelled]
+    assert (events[-1].goods_returned, events[-1].warehouse_id) == (False, "WH-K-C")
+    assert final[withdrawn] is not None and final[withdrawn].state is DeliveryState.CANCELLED
+    assert final[withdrawn].active_courier_id is None
+
+    # before the reservation: the notice waits for the warehouse, and nothing is ever dispatched
+    assert unreserved_cancelled is not None and unreserved_cancelled.state is DeliveryState.CANCELLED
+    assert unreserved_events_before_stock == []
+    ((notice),) = lifecycle(watch, unreserved)
+    assert isinstance(notice, DeliveryCancelled)
+    assert (notice.warehouse_id, notice.goods_returned) == ("WH-K-L", False)
+    assert offers(watch, unreserved) == []
+    assert final[unreserved] is not None and final[unreserved].warehouse_id == "WH-K-L"
+    assert final[unreserved].cancel_notice_due is False
+
+    # never approved: nothing to undo
+    assert final[unapproved] is None
+    assert lifecycle(watch, unapproved) == []
