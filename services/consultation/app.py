@@ -25,13 +25,19 @@ def create_app(settings: ConsultationSettings) -> FastStream:
     runtime = ServiceRuntime("consultation", settings)
     storage = ConsultationStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = ConsultationService(storage, clock=utc_now, sender_keys=settings.secrets())
+    service = ConsultationService(
+        storage,
+        clock=utc_now,
+        sender_keys=settings.secrets(),
+        delivery_code_key=settings.delivery_code_secret(),
+    )
 
     runtime.consume(
         topics.CONSULTATION_PRESCRIPTIONS,
         group="consultation.intake",
-        handle=service.receive_prescription,
-        title="receive signed prescriptions from upstream",
+        handle=service.receive_from_upstream,
+        title="receive signed prescriptions and cancellations from upstream",
+        # Every record of the topic passes the gate before it is parsed, whatever its type.
         gate=service.check_signature,
     )
     runtime.consume(

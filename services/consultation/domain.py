@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -11,19 +12,29 @@ from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
-from pharmacy_contracts.consultation import Prescription, PrescriptionAccepted
+from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
 
 # --- intake ------------------------------------------------------------------------------------
 
 
+class Cancellation(BaseModel):
+    """The upstream system's withdrawal of a prescription it sent, as first received."""
+
+    message_id: str
+    requested_by: str
+    reason: str
+    received_at: datetime
+
+
 class IntakeRecord(BaseModel):
-    """A prescription exactly as the upstream system sent it."""
+    """A prescription exactly as the upstream system sent it (and its withdrawal, if one came)."""
 
     prescription_id: str
     sender_id: str
     message_id: str
     received_at: datetime
     prescription: Prescription
+    cancellation: Cancellation | None = None
 
 
 class IntakeVerdict(StrEnum):
@@ -40,6 +51,29 @@ def judge_intake(existing: IntakeRecord | None, sender_id: str, message_id: str)
     if existing.message_id == message_id and existing.sender_id == sender_id:
         return IntakeVerdict.DUPLICATE
     return IntakeVerdict.ID_REUSED
+
+
+class CancellationVerdict(StrEnum):
+    NEW = "new"
+    ALREADY_CANCELLED = "already_cancelled"
+    UNKNOWN_PRESCRIPTION = "unknown_prescription"
+    NOT_YOUR_PRESCRIPTION = "not_your_prescription"
+
+
+def judge_cancellation(existing: IntakeRecord | None, sender_id: str) -> CancellationVerdict:
+    """Only the system that sent a prescription may withdraw it, and only one we received. The
+    first cancellation counts; a repeat (the same request again, or another one) changes nothing."""
+    if existing is None:
+        return CancellationVerdict.UNKNOWN_PRESCRIPTION
+    if existing.sender_id != sender_id:
+        return CancellationVerdict.NOT_YOUR_PRESCRIPTION
+    if existing.cancellation is not None:
+        return CancellationVerdict.ALREADY_CANCELLED
+    return CancellationVerdict.NEW
+
+
+def with_cancellation(record: IntakeRecord, cancellation: Cancellation) -> IntakeRecord:
+    return record.model_copy(update={"cancellation": cancellation})
 
 
 class MessageClaim(BaseModel):
@@ -61,8 +95,10 @@ def is_replay(existing: MessageClaim | None, content_sha256: str) -> bool:
 
 class Stage(StrEnum):
     RECEIVED = "received"
+    HELD_FOR_REVIEW = "held_for_review"
     APPROVED = "approved"
     RESERVED = "reserved"
+    WAITING_FOR_COURIER = "waiting_for_courier"
     COURIER_ASSIGNED = "courier_assigned"
     ACCEPTED_BY_COURIER = "accepted_by_courier"
     PICKED_UP = "picked_up"
@@ -71,28 +107,33 @@ class Stage(StrEnum):
     REJECTED = "rejected"
     OUT_OF_STOCK = "out_of_stock"
     UNDELIVERABLE = "undeliverable"
+    CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({Stage.DELIVERED, Stage.REJECTED, Stage.OUT_OF_STOCK, Stage.UNDELIVERABLE})
+TERMINAL = frozenset({Stage.DELIVERED, Stage.REJECTED, Stage.OUT_OF_STOCK, Stage.UNDELIVERABLE, Stage.CANCELLED})
 # Before the courier stage, events come from different topics and may be read out of order:
 # the furthest stage seen wins. Courier events come in order from one topic: the latest wins.
-_PIPELINE_RANK = {Stage.RECEIVED: 0, Stage.APPROVED: 1, Stage.RESERVED: 2}
+_PIPELINE_RANK = {Stage.RECEIVED: 0, Stage.HELD_FOR_REVIEW: 1, Stage.APPROVED: 2, Stage.RESERVED: 3}
 
 
 class HistoryEntry(BaseModel):
     at: datetime
-    stage: Stage
+    stage: Stage = Field(description="The stage the event moved to; for a note, the stage the prescription was at")
     detail: str
+    warning: bool = Field(default=False, description="Something needs a person's attention (overdue, wrong code)")
 
 
 class PrescriptionStatus(BaseModel):
     prescription_id: str
     stage: Stage
     terminal: bool = False
-    why: list[str] = Field(default_factory=list)
+    why: list[str] = Field(default_factory=list, description="What explains the current stage (holds, refusals)")
     warehouse_id: str | None = None
     courier_id: str | None = None
     delivery_attempts: int = 0
+    # The patient's proof of delivery, read out to the courier at the door. Only the patient's
+    # side sees it; repr=False keeps it out of tracebacks and debug output.
+    delivery_code: str | None = Field(default=None, repr=False)
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
@@ -103,65 +144,147 @@ def prescription_of(event: Envelope) -> str | None:
     return getattr(event, "prescription_id", None)
 
 
-def _stage_and_detail(event: Envelope) -> tuple[Stage, str, list[str]] | None:
+@dataclass(frozen=True)
+class _Step:
+    """What one event means for the status: a new stage, or (stage None) a note in the history."""
+
+    detail: str
+    stage: Stage | None = None
+    why: tuple[str, ...] = ()
+    warning: bool = False
+
+
+def _reasons(reasons: list[rx.Reason]) -> tuple[str, ...]:
+    return tuple(f"{r.code}: {r.message}" for r in reasons)
+
+
+def _rejection_detail(event: rx.PrescriptionRejected) -> str:
+    if any(r.code == "REVIEW_EXPIRED" for r in event.reasons):
+        return "rejected: no pharmacist decided the review in time"
+    if event.reviewed_by:
+        return f"rejected by pharmacist {event.reviewed_by} after review"
+    return "rejected by the checks"
+
+
+def _lines(event: inv.StockReleased | inv.StockReturned | inv.StockQuarantined | inv.StockDelivered) -> str:
+    return ", ".join(f"{line.quantity} × {line.drug_code}" for line in event.lines) or "the goods"
+
+
+def _step_of(event: Envelope) -> _Step | None:
     match event:
+        # --- intake and the checks
         case PrescriptionAccepted():
-            return Stage.RECEIVED, f"received from {event.sender_id}", []
+            return _Step(f"received from {event.sender_id}", Stage.RECEIVED)
+        case CancellationAccepted():
+            return _Step(f"cancellation requested by {event.requested_by} ({event.sender_id}): {event.reason}")
+        case rx.PrescriptionHeld():
+            codes = ", ".join(dict.fromkeys(r.code for r in event.reasons))
+            return _Step(f"held for pharmacist review ({codes})", Stage.HELD_FOR_REVIEW, _reasons(event.reasons))
+        case rx.ReviewEscalated():
+            expires = f"{event.expires_at:%Y-%m-%d %H:%M} UTC"
+            detail = f"review overdue: escalated to the pharmacist on duty; expires {expires}"
+            return _Step(detail, warning=True)
         case rx.PrescriptionApproved():
-            return Stage.APPROVED, "passed the formulary check", []
+            if event.reviewed_by:
+                return _Step(f"released by pharmacist {event.reviewed_by} after review", Stage.APPROVED)
+            return _Step("passed the checks", Stage.APPROVED)
         case rx.PrescriptionRejected():
-            why = [f"{r.code}: {r.message}" for r in event.reasons]
-            return Stage.REJECTED, "rejected by the formulary check", why
+            return _Step(_rejection_detail(event), Stage.REJECTED, _reasons(event.reasons))
+        case rx.PrescriptionCancelled():
+            why = (f"CANCELLED: {event.reason} (requested by {event.requested_by})",)
+            return _Step(f"cancelled by {event.requested_by}: {event.reason}", Stage.CANCELLED, why)
+        # --- stock
         case inv.StockReserved():
-            return Stage.RESERVED, f"stock reserved at {event.warehouse_id}", []
+            return _Step(f"stock reserved at {event.warehouse_id}", Stage.RESERVED)
         case inv.ReservationFailed():
-            why = [
+            why = tuple(
                 f"OUT_OF_STOCK: {s.drug_code} needs {s.requested}, best warehouse has {s.best_available}"
                 for s in event.shortages
-            ] or [f"{event.reason}: every item is in stock, but no single warehouse holds them all"]
-            return Stage.OUT_OF_STOCK, "no warehouse can fill the whole prescription", why
+            ) or (f"{event.reason}: every item is in stock, but no single warehouse holds them all",)
+            return _Step("no warehouse can fill the whole prescription", Stage.OUT_OF_STOCK, why)
+        case inv.StockReleased():
+            return _Step(f"held stock released at {event.warehouse_id}: {_lines(event)} back on the shelf")
+        case inv.StockReturned():
+            return _Step(f"package back at {event.warehouse_id}, held for the next attempt")
+        case inv.StockQuarantined():
+            return _Step(f"{_lines(event)} quarantined at {event.warehouse_id} ({event.why})")
+        case inv.StockDelivered():
+            return _Step(f"stock hold closed at {event.warehouse_id}: the patient has the goods")
+        # --- delivery
+        case c.DeliveryWaiting():
+            return _Step(f"waiting for a courier: {event.why}", Stage.WAITING_FOR_COURIER)
         case c.CourierAssigned():
-            return Stage.COURIER_ASSIGNED, f"offered to courier {event.courier_id} (attempt {event.attempt})", []
+            return _Step(f"offered to courier {event.courier_id} (attempt {event.attempt})", Stage.COURIER_ASSIGNED)
+        case c.DeliveryOfferExpired():
+            return _Step(f"courier {event.courier_id} did not accept in time; offered to the next courier")
         case c.DeliveryAccepted():
-            return Stage.ACCEPTED_BY_COURIER, f"courier {event.courier_id} accepted", []
+            return _Step(f"courier {event.courier_id} accepted", Stage.ACCEPTED_BY_COURIER)
         case c.DeliveryPickedUp():
-            return Stage.PICKED_UP, f"picked up by {event.courier_id} at {event.warehouse_id}", []
+            return _Step(f"picked up by {event.courier_id} at {event.warehouse_id}", Stage.PICKED_UP)
+        case c.DeliveryCodeRejected():
+            detail = f"wrong delivery code reported by courier {event.courier_id} ({event.wrong_codes} on this attempt)"
+            return _Step(detail, warning=True)
+        case c.DeliveryOverdue():
+            if event.stage == "awaiting_courier":
+                detail = f"overdue: no courier has taken it since {event.since:%Y-%m-%d %H:%M} UTC"
+            else:
+                detail = f"overdue: on the road with {event.courier_id} since {event.since:%Y-%m-%d %H:%M} UTC"
+            return _Step(detail, warning=True)
         case c.DeliveryFailed():
             then = "will be re-dispatched" if event.will_retry else "no attempts left"
-            return Stage.DELIVERY_FAILED, f"attempt {event.attempt} failed: {event.reason}; {then}", []
+            return _Step(f"attempt {event.attempt} failed: {event.reason}; {then}", Stage.DELIVERY_FAILED)
         case c.DeliveryCompleted():
-            return Stage.DELIVERED, f"delivered by {event.courier_id}", []
+            return _Step(f"delivered by {event.courier_id}", Stage.DELIVERED)
         case c.DeliveryAbandoned():
-            why = [f"UNDELIVERABLE: {event.attempts} attempts, last failure {event.last_reason}"]
-            return Stage.UNDELIVERABLE, "given up; held stock released", why
+            attempts = f"{event.attempts} attempt{'' if event.attempts == 1 else 's'}"
+            why = (f"UNDELIVERABLE: {attempts}, last failure {event.last_reason}",)
+            goods = "the goods go to quarantine" if event.goods_travelled else "held stock released"
+            return _Step(f"given up; {goods}", Stage.UNDELIVERABLE, why)
+        case c.DeliveryCancelled():
+            if event.goods_returned:
+                return _Step("delivery cancelled; the goods came back and are in quarantine")
+            return _Step("delivery cancelled before pickup; held stock released")
     return None
 
 
-def track(status: PrescriptionStatus | None, event: Envelope) -> PrescriptionStatus | None:
-    """Fold one lifecycle event into the status. Returns None if the event says nothing new."""
+def _next_stage(current: Stage, reported: Stage) -> Stage:
+    if reported in TERMINAL:
+        return reported
+    if reported in _PIPELINE_RANK:
+        if current in _PIPELINE_RANK and _PIPELINE_RANK[reported] > _PIPELINE_RANK[current]:
+            return reported
+        return current
+    return reported
+
+
+def track(
+    status: PrescriptionStatus | None, event: Envelope, *, delivery_code: str | None = None
+) -> PrescriptionStatus | None:
+    """Fold one lifecycle event into the status. Returns None if the event says nothing about a prescription.
+
+    `delivery_code` is the patient's proof-of-delivery code; it is shown once the prescription is approved.
+    """
     prescription_id = prescription_of(event)
-    found = _stage_and_detail(event)
-    if prescription_id is None or found is None:
+    step = _step_of(event)
+    if prescription_id is None or step is None:
         return None
-    stage, detail, why = found
     current = status or PrescriptionStatus(prescription_id=prescription_id, stage=Stage.RECEIVED)
+    entry = HistoryEntry(
+        at=event.occurred_at, stage=step.stage or current.stage, detail=step.detail, warning=step.warning
+    )
     # A shallow copy with a new history list: every later change assigns, never mutates in place.
-    entry = HistoryEntry(at=event.occurred_at, stage=stage, detail=detail)
     updated = current.model_copy(update={"history": [*current.history, entry]})
-    if why:
-        updated.why = why
     if isinstance(event, inv.StockReserved):
         updated.warehouse_id = event.warehouse_id
     if isinstance(event, c.CourierAssigned):
         updated.courier_id = event.courier_id
         updated.delivery_attempts = event.attempt
-    if current.terminal:
+    if isinstance(event, rx.PrescriptionApproved) and delivery_code is not None:
+        updated.delivery_code = delivery_code
+    if current.terminal or step.stage is None:
         return updated
-    if stage in TERMINAL:
-        updated.stage, updated.terminal = stage, True
-    elif stage in _PIPELINE_RANK:
-        if current.stage in _PIPELINE_RANK and _PIPELINE_RANK[stage] > _PIPELINE_RANK[current.stage]:
-            updated.stage = stage
-    else:
-        updated.stage = stage
+    stage = _next_stage(current.stage, step.stage)
+    if stage is not current.stage:
+        # `why` explains the current stage: a hold's reasons do not outlive the hold.
+        updated.stage, updated.terminal, updated.why = stage, stage in TERMINAL, list(step.why)
     return updated

@@ -10,7 +10,13 @@ from datetime import datetime
 import structlog
 
 from pharmacy_contracts import Envelope, signing
-from pharmacy_contracts.consultation import PrescriptionAccepted, PrescriptionSubmitted
+from pharmacy_contracts.consultation import (
+    CancellationAccepted,
+    CancellationRequested,
+    PrescriptionAccepted,
+    PrescriptionSubmitted,
+)
+from services.runtime.delivery_codes import delivery_code
 from services.runtime.documents import Change
 from services.runtime.errors import Refused
 
@@ -20,6 +26,9 @@ from .storage import ConsultationStorage
 log = structlog.get_logger()
 PRODUCER = "consultation"
 
+#: What upstream systems publish on consultation.prescriptions.v1.
+FromUpstream = PrescriptionSubmitted | CancellationRequested
+
 
 class ConsultationService:
     def __init__(
@@ -27,13 +36,15 @@ class ConsultationService:
         storage: ConsultationStorage,
         clock: Callable[[], datetime],
         sender_keys: Mapping[str, Mapping[str, bytes]],
+        delivery_code_key: bytes,
     ):
         self._storage = storage
         self._clock = clock
         self._sender_keys = sender_keys
+        self._delivery_code_key = delivery_code_key
 
     def check_signature(self, body: bytes, headers: dict[str, str]) -> None:
-        """Only registered upstream systems may send prescriptions, and only in their own name.
+        """Only registered upstream systems may send prescriptions or cancel them, and only in their own name.
 
         Runs on the raw bytes before parsing; a refusal quarantines the message (dead letter)."""
         try:
@@ -44,9 +55,19 @@ class ConsultationService:
         if claimed is not None and claimed != sender:
             raise Refused("sender_mismatch", f"signed by {sender!r} but claims to be {claimed!r}")
 
+    async def receive_from_upstream(self, message: FromUpstream) -> None:
+        """Everything a (signature-checked) upstream system sends: prescriptions and their cancellations."""
+        match message:
+            case PrescriptionSubmitted():
+                await self.receive_prescription(message)
+            case CancellationRequested():
+                await self.receive_cancellation(message)
+            case _:  # the topic's contract admits nothing else; kept for a person if that ever changes
+                raise Refused("unexpected_message", f"{type(message).__name__} is not sent by upstream systems")
+
     async def receive_prescription(self, submitted: PrescriptionSubmitted) -> None:
         prescription = submitted.prescription
-        await self._claim_message_id(submitted)
+        await self._claim_message_id(submitted, prescription.prescription_id)
 
         def decide(existing: domain.IntakeRecord | None) -> Change[domain.IntakeRecord] | None:
             verdict = domain.judge_intake(existing, submitted.sender_id, submitted.message_id)
@@ -78,32 +99,74 @@ class ConsultationService:
         else:
             log.info("duplicate prescription message dropped")
 
-    async def _claim_message_id(self, submitted: PrescriptionSubmitted) -> None:
-        content = hashlib.sha256(submitted.model_dump_json().encode()).hexdigest()
+    async def receive_cancellation(self, requested: CancellationRequested) -> None:
+        prescription_id = requested.prescription_id
+        await self._claim_message_id(requested, prescription_id)
+
+        def decide(existing: domain.IntakeRecord | None) -> Change[domain.IntakeRecord] | None:
+            verdict = domain.judge_cancellation(existing, requested.sender_id)
+            if verdict is domain.CancellationVerdict.UNKNOWN_PRESCRIPTION:
+                raise Refused("unknown_prescription", f"no prescription {prescription_id} was received to cancel")
+            if verdict is domain.CancellationVerdict.NOT_YOUR_PRESCRIPTION:
+                # Which system did send it is not the requester's business.
+                raise Refused(
+                    "not_your_prescription",
+                    f"prescription {prescription_id} came from another system; {requested.sender_id} may not cancel it",
+                )
+            if verdict is domain.CancellationVerdict.ALREADY_CANCELLED or existing is None:
+                return None
+            cancellation = domain.Cancellation(
+                message_id=requested.message_id,
+                requested_by=requested.requested_by,
+                reason=requested.reason,
+                received_at=self._clock(),
+            )
+            accepted = CancellationAccepted(
+                correlation_id=prescription_id,
+                causation_id=requested.message_id,
+                producer=PRODUCER,
+                sender_id=requested.sender_id,
+                prescription_id=prescription_id,
+                reason=requested.reason,
+                requested_by=requested.requested_by,
+            )
+            return Change(domain.with_cancellation(existing, cancellation), [accepted])
+
+        if await self._storage.intake.apply(prescription_id, decide, message_id=requested.message_id):
+            log.info("cancellation accepted", sender_id=requested.sender_id)
+        else:
+            log.info("cancellation already recorded; nothing changed", sender_id=requested.sender_id)
+
+    async def _claim_message_id(self, message: FromUpstream, prescription_id: str) -> None:
+        """A sender's message id stands for one content forever, whichever kind of message it is."""
+        content = hashlib.sha256(message.model_dump_json().encode()).hexdigest()
 
         def decide(existing: domain.MessageClaim | None) -> Change[domain.MessageClaim] | None:
             if domain.is_replay(existing, content):
-                raise Refused("message_id_replayed", f"message {submitted.message_id} was seen with other content")
+                raise Refused("message_id_replayed", f"message {message.message_id} was seen with other content")
             if existing is not None:
                 return None
             claim = domain.MessageClaim(
-                sender_id=submitted.sender_id,
-                message_id=submitted.message_id,
+                sender_id=message.sender_id,
+                message_id=message.message_id,
                 content_sha256=content,
-                prescription_id=submitted.prescription.prescription_id,
+                prescription_id=prescription_id,
             )
             return Change(claim)
 
         # No message_id here: the claim is keyed by it, and a replay must reach `decide` to be caught.
-        await self._storage.messages.apply(f"{submitted.sender_id}:{submitted.message_id}", decide)
+        await self._storage.messages.apply(f"{message.sender_id}:{message.message_id}", decide)
 
     async def track(self, event: Envelope) -> None:
         prescription_id = domain.prescription_of(event)
         if prescription_id is None:
             return
 
+        # Derived, never stored elsewhere or logged: the patient reads it to the courier at the door.
+        code = delivery_code(self._delivery_code_key, prescription_id)
+
         def decide(status: domain.PrescriptionStatus | None) -> Change[domain.PrescriptionStatus] | None:
-            updated = domain.track(status, event)
+            updated = domain.track(status, event, delivery_code=code)
             return None if updated is None else Change(updated)
 
         change = await self._storage.status.apply(prescription_id, decide, message_id=event.message_id)

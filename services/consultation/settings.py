@@ -1,4 +1,4 @@
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from services.runtime.settings import RuntimeSettings
 
@@ -11,9 +11,33 @@ class ConsultationSettings(RuntimeSettings):
             "PHARMACY_SENDER_KEYS. Several keys per sender let keys rotate."
         ),
     )
+    delivery_code_key: SecretStr | None = Field(
+        default=None,
+        validate_default=True,
+        description="PHARMACY_DELIVERY_CODE_KEY: required here; patients' delivery codes are derived from it",
+    )
+
+    # A field validator, not a model validator: its error shows only this field's input, never the
+    # other settings (sender keys are secrets too).
+    @field_validator("delivery_code_key")
+    @classmethod
+    def _delivery_code_key_is_set(cls, key: SecretStr | None) -> SecretStr:
+        # Without it no patient gets a proof-of-delivery code and no delivery can count: refuse to
+        # start rather than run a pharmacy that can never deliver.
+        if key is None or not key.get_secret_value().strip():
+            raise ValueError(
+                "PHARMACY_DELIVERY_CODE_KEY is not set: consultation derives each patient's delivery code "
+                "from it, and the courier service must hold the same key to check the codes couriers report"
+            )
+        return key
 
     def secrets(self) -> dict[str, dict[str, bytes]]:
         return {
             sender: {key_id: secret.get_secret_value().encode() for key_id, secret in keys.items()}
             for sender, keys in self.sender_keys.items()
         }
+
+    def delivery_code_secret(self) -> bytes:
+        if self.delivery_code_key is None:  # unreachable: checked when the settings were read
+            raise RuntimeError("PHARMACY_DELIVERY_CODE_KEY is not set")
+        return self.delivery_code_key.get_secret_value().encode()
