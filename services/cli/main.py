@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
-from pharmacy_contracts.consultation import Prescription, PrescriptionSubmitted
+from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted
 from services.consultation.storage import ConsultationStorage
 from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
@@ -28,7 +29,7 @@ from services.runtime.documents import connect
 from services.runtime.kafka import create_topics
 from services.runtime.settings import RuntimeSettings
 
-from . import bus, dlq
+from . import bus, dlq, pharmacist
 from .render import describe_inventory_event, status_panel, stock_table
 from .running import console, run, settings_from_env
 
@@ -44,6 +45,7 @@ app.add_typer(courier, name="courier")
 app.add_typer(formulary, name="formulary")
 app.add_typer(couriers, name="couriers")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(pharmacist.app, name="review")
 
 
 async def _with_database(use: Callable[[Any], Awaitable[T]]) -> T:
@@ -96,6 +98,37 @@ def _with_dev_stack_key(settings: RuntimeSettings) -> RuntimeSettings:
 
 
 @app.command()
+def cancel(
+    prescription_id: str,
+    reason: str = typer.Option(..., help="Why it is withdrawn; the pharmacy and the patient see it"),
+    by: str = typer.Option(..., help="Who withdraws it: the doctor, the patient, ..."),
+    sender_id: str = typer.Option("cli", help="The upstream system that sent the prescription (it signs the message)"),
+) -> None:
+    """Withdraw a prescription on consultation.prescriptions.v1, as the upstream system that sent it does."""
+    try:
+        message = CancellationRequested(
+            correlation_id=prescription_id,
+            producer=sender_id,
+            sender_id=sender_id,
+            prescription_id=prescription_id,
+            reason=reason,
+            requested_by=by,
+        )
+    except ValidationError as error:
+        console.print(f"[red]not a valid cancellation:[/] {error}")
+        raise typer.Exit(2) from None
+    settings = settings_from_env()
+    if settings.signing_secret is None:
+        settings = _with_dev_stack_key(settings)
+    run(bus.publish(settings, message))
+    console.print(
+        f"cancellation of [bold]{prescription_id}[/] sent as message {message.message_id}, "
+        f"signed by {message.sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}; "
+        f"follow it with `pharmacy status {prescription_id}`"
+    )
+
+
+@app.command()
 def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Where a prescription is, and why."""
     found = run(_with_database(lambda db: ConsultationStorage(db).status.get(prescription_id)))
@@ -142,21 +175,75 @@ def couriers_load(file: Path = typer.Argument(..., exists=True, help="A JSON lis
 # --- warehouse staff ----------------------------------------------------------------------------
 
 
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a date like 2028-03-31") from None
+
+
+@warehouse.command()
+def register(
+    warehouse_id: str | None = typer.Argument(None, help="The warehouse's id, e.g. PH-NORTHFORD"),
+    name: str | None = typer.Option(None, help="Its name, as staff and couriers know it"),
+    kind: str = typer.Option("township", help="central | township"),
+    lat: float | None = typer.Option(None, help="Latitude: where it is decides which patients it serves first"),
+    lon: float | None = typer.Option(None, help="Longitude"),
+    file: Path | None = typer.Option(None, exists=True, help="Register every warehouse of a warehouses.json instead"),
+    by: str = typer.Option(..., help="Who is registering"),
+) -> None:
+    """Register a warehouse or township pharmacy (or move one). Stock is accepted only for registered ones."""
+    if file is not None:
+        from services.ops.simulation import warehouse_registrations
+
+        commands = warehouse_registrations(file, requested_by=by)
+    else:
+        if warehouse_id is None or name is None or lat is None or lon is None:
+            raise typer.BadParameter("give WAREHOUSE_ID, --name, --lat and --lon, or --file")
+        fields = {"warehouse_id": warehouse_id, "name": name, "kind": kind, "requested_by": by}
+        try:
+            command = inv.WarehouseRegistrationRequested.model_validate(
+                {
+                    **fields,
+                    "correlation_id": f"register-{bus.short_id()}",
+                    "producer": "warehouse-cli",
+                    "location": {"latitude": lat, "longitude": lon},
+                }
+            )
+        except ValidationError as error:
+            console.print(f"[red]not a valid registration:[/] {error}")
+            raise typer.Exit(2) from None
+        commands = [command]
+    run(bus.publish(settings_from_env(), *commands))
+    for command in commands:
+        console.print(
+            f"registration of {command.warehouse_id} ({command.kind}) at "
+            f"{command.location.latitude}, {command.location.longitude} requested"
+        )
+
+
 @warehouse.command()
 def restock(
-    warehouse_id: str, drug_code: str, quantity: int, by: str = typer.Option(..., help="Who is restocking")
+    warehouse_id: str,
+    drug_code: str,
+    quantity: int,
+    lot: str = typer.Option(..., help="The lot number printed on the pack"),
+    expiry: str = typer.Option(..., help="The expiry date printed on the pack, e.g. 2028-03-31"),
+    by: str = typer.Option(..., help="Who is restocking"),
 ) -> None:
-    """Add received units of a drug to a warehouse."""
+    """Add received units of one lot of a drug to a registered warehouse."""
     command = inv.RestockRequested(
         correlation_id=f"restock-{bus.short_id()}",
         producer="warehouse-cli",
         warehouse_id=warehouse_id,
         drug_code=drug_code,
+        lot_id=lot,
+        expiry_date=_date(expiry),
         quantity=quantity,
         requested_by=by,
     )
     run(bus.publish(settings_from_env(), command))
-    console.print(f"restock of {quantity} × {drug_code} at {warehouse_id} requested")
+    console.print(f"restock of {quantity} × {drug_code} lot {lot} (expires {expiry}) at {warehouse_id} requested")
 
 
 @warehouse.command()
@@ -164,21 +251,23 @@ def adjust(
     warehouse_id: str,
     drug_code: str,
     delta: int = typer.Argument(..., help="Units to add (positive) or remove (negative)"),
+    lot: str = typer.Option(..., help="The lot counted"),
     reason: str = typer.Option(..., help="Why: breakage, count correction, ..."),
     by: str = typer.Option(..., help="Who is adjusting"),
 ) -> None:
-    """Correct the count of a drug in a warehouse."""
+    """Correct the shelf count of one lot in a warehouse."""
     command = inv.AdjustmentRequested(
         correlation_id=f"adjust-{bus.short_id()}",
         producer="warehouse-cli",
         warehouse_id=warehouse_id,
         drug_code=drug_code,
+        lot_id=lot,
         delta=delta,
         reason=reason,
         requested_by=by,
     )
     run(bus.publish(settings_from_env(), command))
-    console.print(f"adjustment of {delta:+d} × {drug_code} at {warehouse_id} requested")
+    console.print(f"adjustment of {delta:+d} × {drug_code} lot {lot} at {warehouse_id} requested")
 
 
 @warehouse.command()
@@ -196,9 +285,48 @@ def watch(from_beginning: bool = typer.Option(False, "--from-beginning")) -> Non
 
 @warehouse.command()
 def stock() -> None:
-    """Current stock per warehouse and drug."""
+    """Current stock per warehouse, drug and lot, with expiry, quarantine and expiry warnings."""
+    from services.inventory.settings import InventorySettings
+
     warehouses = run(_with_database(lambda db: InventoryStorage(db).all_warehouses()))
-    console.print(stock_table(warehouses))
+    console.print(stock_table(warehouses, near_expiry_days=InventorySettings().near_expiry_days))
+
+
+@warehouse.command()
+def ledger(warehouse_id: str, lot: str = typer.Argument(..., help="The lot id")) -> None:
+    """Every movement of one lot, oldest first, with the figures it left (from the stock ledger)."""
+    from rich.table import Table
+
+    from services.inventory.domain import Figures, shift
+
+    entries = run(_with_database(lambda db: InventoryStorage(db).movements(warehouse_id, lot)))
+    if not entries:
+        console.print(f"no movements of lot {lot} at {warehouse_id} recorded")
+        raise typer.Exit(1)
+    table = Table(title=f"ledger of lot {lot} ({entries[0].drug_code}) at {warehouse_id}")
+    words = ("at", "movement", "from", "to")
+    for column in (*words, "units", "available", "reserved", "dispatched", "quarantine", "expired"):
+        table.add_column(column, justify="left" if column in words else "right")
+    figures = Figures()
+    for entry in entries:
+        figures = shift(figures, entry.movement)
+        table.add_row(
+            f"{entry.occurred_at:%Y-%m-%d %H:%M:%S}",
+            entry.kind,
+            entry.source,
+            entry.target,
+            str(entry.quantity),
+            str(figures.available),
+            str(figures.reserved),
+            str(figures.dispatched),
+            str(figures.quarantined),
+            str(figures.expired),
+        )
+    console.print(table)
+    console.print(
+        f"received {figures.received}, adjusted {figures.adjusted:+d}, delivered {figures.delivered}"
+        + ("" if figures.balanced else "  [red]the books do not balance[/]")
+    )
 
 
 # --- couriers -----------------------------------------------------------------------------------
@@ -206,20 +334,31 @@ def stock() -> None:
 
 @courier.command()
 def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beginning/--new-only")) -> None:
-    """Dispatches offered to one courier, live. Report with `pharmacy courier report`."""
+    """Dispatches offered to one courier, and withdrawn from them, live. Report with `pharmacy courier report`."""
 
     async def feed() -> None:
-        async for _, offer, _ in bus.follow(
+        async for _, message, _ in bus.follow(
             settings_from_env(), topics.COURIER_DISPATCH, from_beginning=from_beginning, keys={courier_id}
         ):
-            if isinstance(offer, c.DispatchOffered):
+            if isinstance(message, c.DispatchOffered):
                 flags = " ".join(
-                    f for f, on in (("COLD-CHAIN", offer.cold_chain), ("CONTROLLED", offer.controlled)) if on
+                    f for f, on in (("COLD-CHAIN", message.cold_chain), ("CONTROLLED", message.controlled)) if on
+                )
+                deadline = f" accept by {message.accept_by:%Y-%m-%d %H:%M} UTC" if message.accept_by else ""
+                console.print(
+                    f"[bold]{message.dispatch_id}[/] package {message.package_id} (attempt {message.attempt}) "
+                    f"pick up at {message.pickup_warehouse_id} → {message.address.line}, {message.address.town} "
+                    f"☎ {message.contact_phone} {flags}{deadline}"
+                )
+            elif isinstance(message, c.DispatchWithdrawn):
+                why = "not accepted in time" if message.reason == "acceptance_timeout" else "prescription cancelled"
+                todo = (
+                    "bring the goods back to the warehouse, then report 'returned'"
+                    if message.return_goods
+                    else "do not pick it up"
                 )
                 console.print(
-                    f"[bold]{offer.dispatch_id}[/] package {offer.package_id} (attempt {offer.attempt}) "
-                    f"pick up at {offer.pickup_warehouse_id} → {offer.address.line}, {offer.address.town} "
-                    f"☎ {offer.contact_phone} {flags}"
+                    f"[yellow]{message.dispatch_id} WITHDRAWN[/] package {message.package_id} ({why}): {todo}"
                 )
 
     run(feed())
@@ -228,25 +367,36 @@ def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beg
 @courier.command()
 def report(
     dispatch_id: str,
-    status: str = typer.Argument(..., help="accepted | picked_up | delivered | failed"),
+    status: str = typer.Argument(..., help="accepted | picked_up | delivered | failed | returned"),
     courier_id: str = typer.Option(..., "--courier", help="Your courier id"),
     package_id: str = typer.Option(..., "--package", help="The package id from the dispatch"),
-    reason: str | None = typer.Option(None, help="For failed: patient_absent | address_not_found | refused | damaged"),
+    code: str | None = typer.Option(
+        None, help="For delivered: the six-digit code the patient reads out; without the right one it does not count"
+    ),
+    reason: str | None = typer.Option(
+        None, help="For failed: patient_absent | address_not_found | refused | damaged | other"
+    ),
     note: str | None = typer.Option(None),
 ) -> None:
-    """Report on a dispatch: accepted, picked up, delivered, or failed with a reason."""
-    update = c.CourierReported.model_validate(
-        {
-            "correlation_id": package_id,
-            "producer": f"courier-{courier_id}",
-            "dispatch_id": dispatch_id,
-            "courier_id": courier_id,
-            "package_id": package_id,
-            "status": status,
-            "failure_reason": reason,
-            "note": note,
-        }
-    )
+    """Report on a dispatch: accepted, picked up, delivered (with the patient's code), failed with a
+    reason, or returned (the goods of a withdrawn dispatch are back at the warehouse)."""
+    try:
+        update = c.CourierReported.model_validate(
+            {
+                "correlation_id": package_id,
+                "producer": f"courier-{courier_id}",
+                "dispatch_id": dispatch_id,
+                "courier_id": courier_id,
+                "package_id": package_id,
+                "status": status,
+                "failure_reason": reason,
+                "delivery_code": code,
+                "note": note,
+            }
+        )
+    except ValidationError as error:
+        console.print(f"[red]not a valid report:[/] {error}")
+        raise typer.Exit(2) from None
     run(bus.publish(settings_from_env(), update))
     console.print(f"reported {status} on {dispatch_id}")
 

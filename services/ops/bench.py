@@ -2,9 +2,11 @@
 what the broker allows.
 
 Each run has two phases, each on a dev stack of its own (free ports, home under `.devstack/bench`,
-the four services as processes, formulary, couriers and 10^7 units of every drug seeded), so
-no phase inherits another's backlog, broker memory or database size. Prescription ids also differ
-per phase. Simulated couriers deliver every offer at once.
+the four services as processes; formulary, prescribers, interactions, couriers with room for every
+delivery, the warehouses and 10^7 units of every drug they stock seeded), so no phase inherits
+another's backlog, broker memory or database size. Prescription ids also differ per phase. Only
+prescriptions the checks approve are sent (none faulty, none for a patient allergic to the drug).
+Simulated couriers deliver every offer at once, with the patient's delivery code.
 
 1. **Throughput.** N signed prescriptions (none faulty) published at once through one producer;
    prescriptions per second from the first submission until N distinct prescriptions have been
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -44,7 +47,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,10 +64,6 @@ from pharmacy_contracts.consultation import PrescriptionAccepted
 from pharmacy_contracts.prescription import PrescriptionApproved, PrescriptionRejected
 from pharmacy_contracts.topics import TOPIC_OF_MESSAGE
 from services.cli import bus
-from services.courier.domain import CourierProfile
-from services.courier.storage import CourierStorage
-from services.prescription.domain import FormularyEntry
-from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
@@ -73,8 +71,9 @@ from services.runtime.settings import RuntimeSettings
 from .bench_plot import LatencySeries, plot_latencies
 from .demo import STOCK
 from .devstack import SERVICES, DevStack
+from .reference import UNLIMITED_CAPACITY, Reference, load_reference_data
 from .relay_ceiling import MAX_BATCH_BYTES, RelayResult, measure_relay_ceiling
-from .simulation import CourierSimulator, Plan, county_prescriptions, restocks
+from .simulation import CourierSimulator, Plan, county_prescriptions, restocks, warehouse_registrations
 
 T = TypeVar("T")
 
@@ -411,10 +410,6 @@ def stack_pids(stack: DevStack) -> dict[str, int]:
     return {name: pid for name in stack.running() if (pid := stack.pid_of(name)) is not None}
 
 
-def _data(name: str) -> list[dict[str, Any]]:
-    return json.loads(resources.files("services.ops").joinpath("data", name).read_text())
-
-
 def opening_stock() -> list[inv.RestockRequested]:
     """The demo's warehouses and drugs, each with far more than any run needs."""
     lines = [(warehouse, drug, UNITS_PER_DRUG) for warehouse, drugs in STOCK.items() for drug in drugs]
@@ -422,20 +417,19 @@ def opening_stock() -> list[inv.RestockRequested]:
 
 
 async def seed(settings: RuntimeSettings, watch: PipelineWatch) -> None:
-    """Formulary and couriers in the owning services' collections (as `pharmacy formulary load`
-    does), opening stock through inventory's command topic; waits until inventory applied it."""
+    """Reference data in the owning services' collections (as `pharmacy formulary load` and its
+    siblings do), the roster with room for every delivery (the bench measures the pipeline, not
+    courier capacity), then the warehouses and their opening stock through inventory's command
+    topic (registrations first: both are keyed by warehouse id, so they arrive in order); waits
+    until inventory applied the stock."""
     client = connect(settings.mongo_url.get_secret_value())
     try:
         database = client[settings.mongo_database]
-        formulary, couriers = PrescriptionStorage(database), CourierStorage(database)
-        for entry in _data("formulary.json"):
-            await formulary.save_formulary_entry(FormularyEntry.model_validate(entry))
-        for profile in _data("couriers.json"):
-            await couriers.save_courier(CourierProfile.model_validate(profile))
+        await load_reference_data(database, courier_capacity=UNLIMITED_CAPACITY)
     finally:
         client.close()
     commands = opening_stock()
-    await bus.publish(settings, *commands)
+    await bus.publish(settings, *warehouse_registrations(requested_by="bench opening stock"), *commands)
     shelves = [f"{command.warehouse_id}/{command.drug_code}" for command in commands]
     if not await watch.wait_for("restocked", shelves, time.monotonic() + SEED_TIMEOUT_S):
         raise BenchError(f"inventory did not apply the opening stock within {SEED_TIMEOUT_S:.0f}s")
@@ -469,9 +463,13 @@ class Outgoing:
 
 
 def signed_prescriptions(settings: RuntimeSettings, count: int, seed: int) -> list[Outgoing]:
-    """Prescriptions that pass every formulary check (no faulty share), signed as their sender."""
+    """`count` prescriptions the checks approve (no faulty share; the county's allergic patients
+    who were prescribed what they are allergic to are skipped), signed as their sender."""
+    reference, now = Reference.load(), datetime.now(UTC)
+    drawn = county_prescriptions(10 * count + 100, seed=seed, faulty_share=0.0, patients=None)
+    approvable = (message for message in drawn if reference.approvable(message, now))
     outgoing = []
-    for message in county_prescriptions(count, seed=seed, faulty_share=0.0):
+    for message in itertools.islice(approvable, count):
         topic, key, value, headers = bus.encode(message, settings)
         outgoing.append(Outgoing(message.prescription.prescription_id, topic, key, value, headers))
     return outgoing

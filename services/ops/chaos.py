@@ -2,15 +2,20 @@
 few seconds and restarts it; then a check of every guarantee the system makes.
 
 Six processes run: consultation-1, prescription-1, inventory-1, inventory-2, courier-1, courier-2.
-Simulated couriers deliver most offers and fail some (before and after pickup); warehouse staff
-restock and adjust while the load flows. When the load is in, the killer stops, the run waits
-until every prescription is final and every consumer group has caught up, and then it checks,
-from the topics and from each service's own records:
+Simulated couriers deliver most offers, fail some (before and after pickup) and read out a wrong
+delivery code now and then; warehouse staff register the warehouses, restock lots and adjust
+counts while the load flows. When the load is in, the killer stops, the run waits until every
+prescription is final and every consumer group has caught up, and then it checks, from the topics
+and from each service's own records:
 
 * every prescription is in exactly one terminal state (and the owning services agree);
-* for every warehouse and drug, received + adjusted == available + reserved + dispatched, what
-  was restocked was received exactly once, and dispatched stock is exactly what was delivered;
-* no prescription reserved twice, nor dispatched more often than it was picked up;
+* for every warehouse and drug, and for every lot, available + reserved + dispatched + quarantined
+  + expired + delivered == received + adjusted; what was restocked was received exactly once;
+  delivered stock is exactly what the delivered prescriptions took, quarantined stock exactly what
+  undeliverable prescriptions took on the road, and nothing is left reserved or on the road;
+* the stock ledger recomputes every lot's figures exactly;
+* no prescription reserved twice, nor dispatched more often than it was picked up; each ended with
+  the stock movements its outcome calls for (delivered, released, or quarantined);
 * every dispatch offer has a unique dispatch id and was acted on once (by the couriers, which
   ignore a re-published offer, and by the courier service);
 * consumer lag is back to zero.
@@ -32,7 +37,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from importlib import resources
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +55,38 @@ from pharmacy_contracts.consultation import PrescriptionSubmitted
 from services.cli import bus
 from services.consultation.domain import TERMINAL, PrescriptionStatus, Stage
 from services.consultation.storage import ConsultationStorage
-from services.courier.domain import CourierProfile, Delivery, DeliveryState
+from services.courier.domain import Delivery, DeliveryState
 from services.courier.storage import CourierStorage
-from services.inventory.domain import Allocation, AllocationState, Warehouse
+from services.inventory.domain import (
+    Allocation,
+    AllocationState,
+    Figures,
+    Warehouse,
+    current_lots,
+    recompute_lots,
+)
 from services.inventory.storage import InventoryStorage
-from services.prescription.domain import FormularyEntry
+from services.prescription.domain import (
+    Verdict,
+    VerdictState,
+)
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 
 from .devstack import DevStack
 from .lag import consumer_lag
-from .simulation import CourierSimulator, Plan, county_prescriptions, restocks
+from .reference import UNLIMITED_CAPACITY, Reference, load_reference_data
+from .simulation import CourierSimulator, Plan, county_prescriptions, restocks, warehouse_registrations
 
 PROCESSES = ("consultation-1", "prescription-1", "inventory-1", "inventory-2", "courier-1", "courier-2")
 FAILURES = ("patient_absent", "refused", "damaged", "address_not_found", "other")
-# First by id wins a reservation (PH-NORTHFORD, PH-RIVERTON, WH-CENTRAL): shares of each drug's demand.
-WAREHOUSE_SHARES = {"PH-NORTHFORD": 0.25, "PH-RIVERTON": 0.2, "WH-CENTRAL": 0.55}
 OPENING_SHARE = 0.65  # of the expected demand, before the first prescription
 RESTOCK_ROUNDS = (0.25, 0.5, 0.75)  # restock (and adjust) when this share of the load is published
 RESTOCK_SHARE = 0.08  # of the expected demand, per round
+WRONG_CODE_SHARE = 0.03  # of the offers: the patient first reads out a wrong delivery code
+#: Room for every delivery at once: the chaos run checks the guarantees under kills, not the
+#: throttling by capacity (unit and end-to-end tests cover that), which would only slow it down.
 STALL_S = 120.0  # settling gives up when nothing (states, lag, outboxes) changed for this long
 
 Progress = Callable[[str], None]
@@ -85,10 +102,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _data(name: str) -> list[dict[str, Any]]:
-    return json.loads(resources.files("services.ops").joinpath("data", name).read_text())
-
-
 # --- the report ------------------------------------------------------------------------------------
 
 
@@ -101,13 +114,23 @@ class StockRow:
     available: int
     reserved: int
     dispatched: int
+    quarantined: int
+    expired: int
+    delivered: int
     restocked_sent: int  # what warehouse staff asked for: opening stock plus restocks
     adjusted_applied: int  # sum of StockAdjusted deltas on inventory.events.v1
-    dispatched_expected: int  # the lines of the prescriptions delivered from this warehouse
+    delivered_expected: int  # the lines of the prescriptions delivered from this warehouse
+    quarantined_expected: int  # the lines of undeliverable prescriptions whose goods had travelled
+
+    @property
+    def figures(self) -> Figures:
+        return Figures(
+            **{name: getattr(self, name) for name in Figures.model_fields},
+        )
 
     @property
     def balanced(self) -> bool:
-        return self.received + self.adjusted == self.available + self.reserved + self.dispatched
+        return self.figures.balanced
 
 
 @dataclass
@@ -133,6 +156,10 @@ class ChaosReport:
     owner_disagrees: dict[str, str] = field(default_factory=dict)
     # stock
     stock: list[StockRow] = field(default_factory=list)
+    lots_checked: int = 0
+    unbalanced_lots: list[str] = field(default_factory=list)  # warehouse/lot: figures
+    ledger_entries: int = 0
+    ledger_mismatches: dict[str, str] = field(default_factory=dict)  # warehouse/lot → ledger vs document
     open_holds: list[str] = field(default_factory=list)
     restocks_sent: int = 0
     adjustments_sent: int = 0
@@ -152,6 +179,8 @@ class ChaosReport:
     dispatch_ids_reused: dict[str, list[str]] = field(default_factory=dict)  # dispatch id → message ids
     dispatches_acted_twice: dict[str, str] = field(default_factory=dict)  # by the courier service
     offers_without_outcome: list[str] = field(default_factory=list)
+    wrong_codes_planned: int = 0  # offers where the patient first read out a wrong code
+    codes_rejected: int = 0  # DeliveryCodeRejected on courier.deliveries.v1
     # plumbing
     republished_events: dict[str, int] = field(default_factory=dict)  # same message id twice, per topic
     dead_letters: dict[str, int] = field(default_factory=dict)
@@ -197,8 +226,16 @@ class ChaosReport:
             found.append(f"adjusted differs from the adjustments published: {[_row(r) for r in wrong]}")
         if wrong := [r for r in self.stock if r.reserved != 0]:
             found.append(f"stock still reserved after everything finished: {[_row(r) for r in wrong]}")
-        if wrong := [r for r in self.stock if r.dispatched != r.dispatched_expected]:
-            found.append(f"dispatched stock differs from what was delivered: {[_row(r) for r in wrong]}")
+        if wrong := [r for r in self.stock if r.dispatched != 0]:
+            found.append(f"stock still on the road after everything finished: {[_row(r) for r in wrong]}")
+        if wrong := [r for r in self.stock if r.delivered != r.delivered_expected]:
+            found.append(f"delivered stock differs from what was delivered: {[_row(r) for r in wrong]}")
+        if wrong := [r for r in self.stock if r.quarantined != r.quarantined_expected]:
+            found.append(f"quarantined stock differs from what came back: {[_row(r) for r in wrong]}")
+        if self.unbalanced_lots:
+            found.append(f"{len(self.unbalanced_lots)} lots do not balance: {self.unbalanced_lots[:5]}")
+        if self.ledger_mismatches:
+            found.append(f"the ledger does not recompute these lots: {_some(self.ledger_mismatches)}")
         if self.open_holds:
             found.append(f"{len(self.open_holds)} holds still open: {self.open_holds[:5]}")
         if self.adjustments_unanswered or self.adjustments_answered_twice:
@@ -215,13 +252,15 @@ class ChaosReport:
         if self.double_dispatches:
             found.append(f"stock dispatched more often than picked up: {_some(self.double_dispatches)}")
         if self.net_dispatch_mismatches:
-            found.append(f"dispatches minus returns do not match the outcome: {_some(self.net_dispatch_mismatches)}")
+            found.append(f"stock movements do not match the outcome: {_some(self.net_dispatch_mismatches)}")
         if self.dispatch_ids_reused:
             found.append(f"dispatch ids used by more than one offer: {_some(self.dispatch_ids_reused)}")
         if self.dispatches_acted_twice:
             found.append(f"dispatches acted on more than once: {_some(self.dispatches_acted_twice)}")
         if self.offers_without_outcome:
             found.append(f"offers acted on with no outcome: {self.offers_without_outcome[:5]}")
+        if self.codes_rejected != self.wrong_codes_planned:
+            found.append(f"{self.wrong_codes_planned} wrong delivery codes read out, {self.codes_rejected} refused")
         if any(self.final_lag.values()):
             found.append(f"consumer lag not zero: { {k: v for k, v in self.final_lag.items() if v} }")
         if self.outbox_pending:
@@ -247,10 +286,15 @@ def _some(mapping: dict[str, Any], limit: int = 5) -> str:
 
 
 def _row(r: StockRow) -> str:
+    return f"{r.warehouse_id}/{r.drug_code} {_figures(r.figures)} (restocked {r.restocked_sent}, adjustments " + (
+        f"{r.adjusted_applied}, delivered prescriptions {r.delivered_expected}, came back {r.quarantined_expected})"
+    )
+
+
+def _figures(f: Figures) -> str:
     return (
-        f"{r.warehouse_id}/{r.drug_code} received {r.received} adjusted {r.adjusted} = available {r.available} "
-        f"+ reserved {r.reserved} + dispatched {r.dispatched} (restocked {r.restocked_sent}, adjustments "
-        f"{r.adjusted_applied}, delivered {r.dispatched_expected})"
+        f"received {f.received} adjusted {f.adjusted} = available {f.available} + reserved {f.reserved} "
+        f"+ dispatched {f.dispatched} + quarantined {f.quarantined} + expired {f.expired} + delivered {f.delivered}"
     )
 
 
@@ -385,8 +429,10 @@ class Couriers:
     seed: int
     unreachable: set[str]
     failure_rate: float = 0.12
+    wrong_code_share: float = WRONG_CODE_SHARE
     acted: dict[str, c.DispatchOffered] = field(default_factory=dict)
     duplicates: list[c.DispatchOffered] = field(default_factory=list)
+    wrong_codes: int = 0
 
     def plan_for(self, offer: c.DispatchOffered) -> Plan | None:
         if offer.dispatch_id in self.acted:
@@ -394,55 +440,55 @@ class Couriers:
             return None
         self.acted[offer.dispatch_id] = offer
         rng = random.Random(f"{self.seed}:{offer.dispatch_id}")
-        if offer.package_id in self.unreachable:  # never found: undeliverable after the attempt limit
+        if offer.package_id in self.unreachable:
+            # Never found: the first attempt fails before pickup, the second after it; address_not_found
+            # allows two attempts, so the delivery is undeliverable and its goods, which travelled, are
+            # quarantined.
             return "fail:address_not_found" if offer.attempt % 2 else "fail-after-pickup:address_not_found"
         roll = rng.random()
         if roll < self.failure_rate / 2:
             return f"fail:{rng.choice(FAILURES)}"
         if roll < self.failure_rate:
             return f"fail-after-pickup:{rng.choice(FAILURES)}"
+        if roll < self.failure_rate + self.wrong_code_share:
+            self.wrong_codes += 1
+            return "wrong-code"
         return "deliver"
 
 
-def _formulary() -> dict[str, FormularyEntry]:
-    return {e["drug_code"]: FormularyEntry.model_validate(e) for e in _data("formulary.json")}
+Shelf = tuple[str, str]  # (warehouse id, drug code)
 
 
-def _approvable(message: PrescriptionSubmitted, formulary: dict[str, FormularyEntry]) -> bool:
-    return all(
-        item.drug_code in formulary
-        and item.quantity <= formulary[item.drug_code].max_quantity
-        and item.days_supply <= formulary[item.drug_code].max_days_supply
-        for item in message.prescription.items
-    )
-
-
-def _demand(messages: Iterable[PrescriptionSubmitted], formulary: dict[str, FormularyEntry]) -> Counter[str]:
-    demand: Counter[str] = Counter()
+def _demand(messages: Iterable[PrescriptionSubmitted], reference: Reference) -> Counter[Shelf]:
+    """The units the approvable prescriptions will ask of each warehouse nearest their patients."""
+    now = datetime.now(UTC)
+    demand: Counter[Shelf] = Counter()
     for message in messages:
-        if _approvable(message, formulary):
+        if reference.approvable(message, now):
+            warehouse = reference.nearest_warehouse(message)
             for item in message.prescription.items:
-                demand[item.drug_code] += item.quantity
+                demand[warehouse, item.drug_code] += item.quantity
     return demand
 
 
-def _restocks(demand: Counter[str], share: float, by: str, round_no: int) -> list[inv.RestockRequested]:
-    """A share of the expected demand, split over the warehouses."""
+def _restocks(demand: Counter[Shelf], share: float, by: str, round_no: int) -> list[inv.RestockRequested]:
+    """A share of each warehouse's expected demand, as one new lot per shelf. A warehouse that runs
+    out sends its prescriptions to the next nearest that has everything, or they end out of stock."""
     lines = [
         (warehouse, drug, quantity)
-        for warehouse, warehouse_share in WAREHOUSE_SHARES.items()
-        for drug, units in sorted(demand.items())
-        if (quantity := round(units * share * warehouse_share)) > 0
+        for (warehouse, drug), units in sorted(demand.items())
+        if (quantity := round(units * share)) > 0
     ]
     return restocks(lines, requested_by=by, round_name=f"chaos-restock-{round_no}")
 
 
-def _adjustments(demand: Counter[str], rng: random.Random, round_no: int) -> list[inv.AdjustmentRequested]:
-    """A few stock-count corrections: breakage (some refused if the shelf is already empty), a find."""
+def _adjustments(lots: dict[Shelf, list[str]], rng: random.Random, round_no: int) -> list[inv.AdjustmentRequested]:
+    """A few stock-count corrections of lots restocked before: breakage (some refused if the lot's
+    shelf is already empty), a find."""
     commands = []
+    shelves = sorted(lots)
     for number in range(3):
-        warehouse = rng.choice(sorted(WAREHOUSE_SHARES))
-        drug = rng.choice(sorted(demand))
+        warehouse, drug = rng.choice(shelves)
         delta = rng.choice([-1, -1, 1]) * rng.randint(1, 5)
         commands.append(
             inv.AdjustmentRequested(
@@ -450,6 +496,7 @@ def _adjustments(demand: Counter[str], rng: random.Random, round_no: int) -> lis
                 producer="chaos",
                 warehouse_id=warehouse,
                 drug_code=drug,
+                lot_id=rng.choice(lots[warehouse, drug]),
                 delta=delta,
                 reason="breakage found at stock count" if delta < 0 else "found during stock count",
                 requested_by="night shift",
@@ -549,6 +596,50 @@ def _log_warnings(logs: Path, names: Iterable[str]) -> dict[str, dict[str, int]]
     return found
 
 
+#: The events that close a prescription's hold on stock, one of them per reserved prescription.
+CLOSING_EVENTS = ("StockDelivered", "StockReleased", "StockQuarantined")
+#: The events that move stock held for a prescription (their movements say from where to where).
+HOLD_EVENTS = (
+    inv.StockReserved,
+    inv.StockDispatched,
+    inv.StockReturned,
+    inv.StockReleased,
+    inv.StockQuarantined,
+    inv.StockDelivered,
+)
+
+
+def owner_agrees(
+    stage: Stage,
+    delivery: DeliveryState | None,
+    allocation: AllocationState | None,
+    verdict: VerdictState | None,
+) -> bool:
+    """The service that decided a terminal stage recorded the same outcome."""
+    match stage:
+        case Stage.DELIVERED:
+            return delivery is DeliveryState.DELIVERED
+        case Stage.UNDELIVERABLE:
+            return delivery is DeliveryState.UNDELIVERABLE
+        case Stage.OUT_OF_STOCK:
+            return allocation is AllocationState.OUT_OF_STOCK
+        case Stage.REJECTED:
+            return verdict is VerdictState.REJECTED
+        case Stage.CANCELLED:
+            return verdict is VerdictState.CANCELLED and delivery in (None, DeliveryState.CANCELLED)
+    return False  # not a terminal stage
+
+
+def expected_closing(stage: Stage, *, reserved: bool, travelled: bool) -> dict[str, int]:
+    """How the stock held for a prescription must have left the hold, by its terminal stage: to the
+    patient; back to the shelf if the goods never left; to quarantine if they travelled."""
+    if stage is Stage.DELIVERED:
+        return {"StockDelivered": 1}
+    if stage in (Stage.UNDELIVERABLE, Stage.CANCELLED) and reserved:
+        return {"StockQuarantined": 1} if travelled else {"StockReleased": 1}
+    return {}
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -587,7 +678,8 @@ class ChaosRun:
         self.prescription = PrescriptionStorage(self.db)
         self.inventory = InventoryStorage(self.db)
         self.courier = CourierStorage(self.db)
-        self.restocked: Counter[tuple[str, str]] = Counter()
+        self.restocked: Counter[Shelf] = Counter()
+        self.lots: defaultdict[Shelf, list[str]] = defaultdict(list)
         self.adjustments: list[inv.AdjustmentRequested] = []
         self.submitted = 0
 
@@ -595,15 +687,20 @@ class ChaosRun:
         await bus.publish(self.settings, *commands)
         for command in commands:
             if isinstance(command, inv.RestockRequested):
-                self.restocked[command.warehouse_id, command.drug_code] += command.quantity
+                shelf = (command.warehouse_id, command.drug_code)
+                self.restocked[shelf] += command.quantity
+                if command.lot_id not in self.lots[shelf]:
+                    self.lots[shelf].append(command.lot_id)
             else:
                 self.adjustments.append(command)
 
-    async def seed_data(self, demand: Counter[str]) -> None:
-        for entry in _formulary().values():
-            await self.prescription.save_formulary_entry(entry)
-        for profile in _data("couriers.json")[: self.couriers]:
-            await self.courier.save_courier(CourierProfile.model_validate(profile))
+    async def seed_data(self, demand: Counter[Shelf]) -> None:
+        """Formulary, prescribers and interactions as staff load them; the first `couriers` of the
+        roster with room for every delivery; the warehouses registered (before any restock: inventory
+        refuses stock for a warehouse it does not know; both go by warehouse id, so in order) and
+        the opening stock."""
+        await load_reference_data(self.db, couriers=self.couriers, courier_capacity=UNLIMITED_CAPACITY)
+        await bus.publish(self.settings, *warehouse_registrations(requested_by="opening stock count"))
         await self.publish_commands(_restocks(demand, OPENING_SHARE, "opening stock count", 0))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -614,7 +711,7 @@ class ChaosRun:
             await asyncio.sleep(0.5)
         raise TimeoutError("the opening stock did not arrive within 120 s")
 
-    async def submit(self, messages: list[PrescriptionSubmitted], demand: Counter[str]) -> None:
+    async def submit(self, messages: list[PrescriptionSubmitted], demand: Counter[Shelf]) -> None:
         rounds = {round(share * len(messages)): number for number, share in enumerate(RESTOCK_ROUNDS, start=1)}
         async with bus.producer(self.settings) as producer:
             started = time.monotonic()
@@ -623,7 +720,7 @@ class ChaosRun:
                     await self.publish_commands(
                         _restocks(demand, RESTOCK_SHARE, "delivery from the wholesaler", number)
                     )
-                    await self.publish_commands(_adjustments(demand, self.rng, number))
+                    await self.publish_commands(_adjustments(self.lots, self.rng, number))
                 if (delay := started + index / self.rate - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 await bus.publish_all(producer, [message], self.settings)
@@ -697,14 +794,15 @@ class ChaosRun:
                 report.lag_detail[key] = await partition_lag(self.settings, group, topic)
 
     async def run(self) -> ChaosReport:
-        messages = list(county_prescriptions(self.count, seed=self.seed, faulty_share=self.faulty_share))
-        formulary = _formulary()
-        demand = _demand(messages, formulary)
+        messages = list(county_prescriptions(self.count, seed=self.seed, faulty_share=self.faulty_share, patients=None))
+        reference = Reference.load()
+        demand = _demand(messages, reference)
         ids = [m.prescription.prescription_id for m in messages]
         unreachable = set(self.rng.sample(ids, k=max(1, len(ids) // 50)))
+        now = datetime.now(UTC)
         report = ChaosReport(
             prescriptions=len(messages),
-            faulty_submitted=sum(not _approvable(m, formulary) for m in messages),
+            faulty_submitted=sum(not reference.approvable(m, now) for m in messages),
             rate_per_s=self.rate,
             seed=self.seed,
             logs_dir=str(self.stack.logs),
@@ -758,7 +856,7 @@ class ChaosRun:
         statuses = {s.prescription_id: s for s in await self.consultation.status.find()}
         allocations: dict[str, Allocation] = {a.prescription_id: a for a in await self.inventory.allocations.find()}
         deliveries: dict[str, Delivery] = {d.prescription_id: d for d in await self.courier.deliveries.find()}
-        verdicts = {v.prescription_id: v for v in await self.prescription.verdicts.find()}
+        verdicts: dict[str, Verdict] = {v.prescription_id: v for v in await self.prescription.verdicts.find()}
         warehouses: list[Warehouse] = await self.inventory.all_warehouses()
         logs = {
             t.name: await read_messages(self.settings, t)
@@ -772,8 +870,10 @@ class ChaosRun:
         self._check_outcomes(report, ids, statuses, allocations, deliveries, verdicts)
         events = logs[topics.INVENTORY_EVENTS.name].messages
         delivery_events = logs[topics.COURIER_DELIVERIES.name].messages
-        self._check_stock(report, statuses, allocations, warehouses, events)
-        self._check_reservations(report, statuses, allocations, events, delivery_events)
+        travelled = {e.prescription_id for e in delivery_events if isinstance(e, c.DeliveryPickedUp)}
+        self._check_stock(report, statuses, allocations, warehouses, events, travelled)
+        await self._check_ledger(report, warehouses)
+        self._check_reservations(report, statuses, allocations, events, delivery_events, travelled)
         self._check_dispatches(report, couriers, logs[topics.COURIER_DISPATCH.name].messages, delivery_events)
 
     def _check_outcomes(
@@ -783,7 +883,7 @@ class ChaosRun:
         statuses: dict[str, PrescriptionStatus],
         allocations: dict[str, Allocation],
         deliveries: dict[str, Delivery],
-        verdicts: dict[str, Any],
+        verdicts: dict[str, Verdict],
     ) -> None:
         terminal: Counter[str] = Counter()
         non_terminal: Counter[str] = Counter()
@@ -800,17 +900,11 @@ class ChaosRun:
                 continue
             delivery_state = getattr(deliveries.get(rx), "state", None)
             allocation_state = getattr(allocations.get(rx), "state", None)
-            approved = getattr(verdicts.get(rx), "approved", None)
-            owner_agrees = {
-                Stage.DELIVERED: delivery_state is DeliveryState.DELIVERED,
-                Stage.UNDELIVERABLE: delivery_state is DeliveryState.UNDELIVERABLE,
-                Stage.OUT_OF_STOCK: allocation_state is AllocationState.OUT_OF_STOCK,
-                Stage.REJECTED: approved is False,
-            }[status.stage]
-            if not owner_agrees:
+            verdict_state = getattr(verdicts.get(rx), "state", None)
+            if not owner_agrees(status.stage, delivery_state, allocation_state, verdict_state):
                 report.owner_disagrees[rx] = (
                     f"status {status.stage.value}; delivery {delivery_state}, allocation {allocation_state}, "
-                    f"verdict approved {approved}"
+                    f"verdict {verdict_state}"
                 )
         report.terminal = dict(terminal.most_common())
         report.non_terminal = dict(non_terminal.most_common())
@@ -822,14 +916,23 @@ class ChaosRun:
         allocations: dict[str, Allocation],
         warehouses: list[Warehouse],
         events: list[Envelope],
+        travelled: set[str],
     ) -> None:
-        delivered_lines: Counter[tuple[str, str]] = Counter()
+        delivered_lines: Counter[Shelf] = Counter()
+        came_back_lines: Counter[Shelf] = Counter()
         for rx, status in statuses.items():
             allocation = allocations.get(rx)
-            if status.stage is Stage.DELIVERED and allocation is not None and allocation.warehouse_id:
-                for drug, quantity in allocation.lines.items():
-                    delivered_lines[allocation.warehouse_id, drug] += quantity
-        adjusted: Counter[tuple[str, str]] = Counter()
+            if allocation is None or not allocation.warehouse_id:
+                continue
+            if status.stage is Stage.DELIVERED:
+                target = delivered_lines
+            elif status.stage in (Stage.UNDELIVERABLE, Stage.CANCELLED) and rx in travelled:
+                target = came_back_lines
+            else:
+                continue
+            for drug, quantity in allocation.lines.items():
+                target[allocation.warehouse_id, drug] += quantity
+        adjusted: Counter[Shelf] = Counter()
         answers: Counter[str] = Counter()
         for event in events:
             if isinstance(event, inv.StockAdjusted):
@@ -841,7 +944,10 @@ class ChaosRun:
         report.adjustments_unanswered = [a.message_id for a in self.adjustments if answers[a.message_id] == 0]
         report.adjustments_answered_twice = [a.message_id for a in self.adjustments if answers[a.message_id] > 1]
         keys = sorted(
-            {(w.warehouse_id, d) for w in warehouses for d in w.stock} | set(self.restocked) | set(delivered_lines)
+            {(w.warehouse_id, d) for w in warehouses for d in w.stock}
+            | set(self.restocked)
+            | set(delivered_lines)
+            | set(came_back_lines)
         )
         by_id = {w.warehouse_id: w for w in warehouses}
         for warehouse_id, drug in keys:
@@ -851,17 +957,33 @@ class ChaosRun:
                 StockRow(
                     warehouse_id=warehouse_id,
                     drug_code=drug,
-                    received=level.received,
-                    adjusted=level.adjusted,
-                    available=level.available,
-                    reserved=level.reserved,
-                    dispatched=level.dispatched,
+                    **{name: getattr(level, name) for name in Figures.model_fields},
                     restocked_sent=self.restocked[warehouse_id, drug],
                     adjusted_applied=adjusted[warehouse_id, drug],
-                    dispatched_expected=delivered_lines[warehouse_id, drug],
+                    delivered_expected=delivered_lines[warehouse_id, drug],
+                    quarantined_expected=came_back_lines[warehouse_id, drug],
                 )
             )
+        for warehouse in warehouses:
+            for lot_id, lot in sorted(warehouse.lots.items()):
+                report.lots_checked += 1
+                if not lot.balanced:
+                    report.unbalanced_lots.append(f"{warehouse.warehouse_id}/{lot_id}: {_figures(lot)}")
         report.open_holds = [f"{w.warehouse_id}/{rx}" for w in warehouses for rx in w.holds]
+
+    async def _check_ledger(self, report: ChaosReport, warehouses: list[Warehouse]) -> None:
+        """Every lot's figures, recomputed from the ledger's movements alone, match the warehouse documents."""
+        entries = await self.inventory.movements()
+        report.ledger_entries = len(entries)
+        recomputed = recompute_lots(entries)
+        held = current_lots(warehouses)
+        for warehouse_id, lot_id in sorted(set(recomputed) | set(held)):
+            from_ledger = recomputed.get((warehouse_id, lot_id), Figures())
+            in_document = held.get((warehouse_id, lot_id), Figures())
+            if from_ledger != in_document:
+                report.ledger_mismatches[f"{warehouse_id}/{lot_id}"] = (
+                    f"ledger {_figures(from_ledger)}; document {_figures(in_document)}"
+                )
 
     def _check_reservations(
         self,
@@ -870,18 +992,30 @@ class ChaosRun:
         allocations: dict[str, Allocation],
         events: list[Envelope],
         delivery_events: list[Envelope],
+        travelled: set[str],
     ) -> None:
         reserved: defaultdict[str, list[str]] = defaultdict(list)
         refused: set[str] = set()
         moved: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        held: defaultdict[str, Counter[str]] = defaultdict(Counter)  # units per bucket, by the movements
         for event in events:
             match event:
                 case inv.StockReserved():
                     reserved[event.prescription_id].append(event.warehouse_id)
                 case inv.ReservationFailed():
                     refused.add(event.prescription_id)
-                case inv.StockDispatched() | inv.StockReturned() | inv.StockReleased():
+                case (
+                    inv.StockDispatched()
+                    | inv.StockReturned()
+                    | inv.StockReleased()
+                    | inv.StockQuarantined()
+                    | inv.StockDelivered()
+                ):
                     moved[event.prescription_id][type(event).__name__] += 1
+            if isinstance(event, HOLD_EVENTS):
+                for movement in event.movements:
+                    held[event.prescription_id][movement.source] -= movement.quantity
+                    held[event.prescription_id][movement.target] += movement.quantity
         pickups: Counter[str] = Counter()
         for event in delivery_events:
             if isinstance(event, c.DeliveryPickedUp):
@@ -898,16 +1032,17 @@ class ChaosRun:
             if counts["StockDispatched"] > pickups[rx]:
                 report.double_dispatches[rx] = f"{counts['StockDispatched']} dispatched, {pickups[rx]} pickups"
         for rx, status in statuses.items():
+            if not status.terminal:
+                continue
             counts = moved.get(rx, Counter())
-            net = counts["StockDispatched"] - counts["StockReturned"]
-            expected = {
-                Stage.DELIVERED: (1, 0),
-                Stage.UNDELIVERABLE: (0, 1 if rx in reserved else 0),
-            }.get(status.stage, (0, 0))
-            if (net, counts["StockReleased"]) != expected:
+            expected = expected_closing(status.stage, reserved=rx in reserved, travelled=rx in travelled)
+            closing = {kind: counts[kind] for kind in CLOSING_EVENTS if counts[kind]}
+            left = {bucket: units for bucket in ("reserved", "dispatched") if (units := held[rx][bucket])}
+            if closing != expected or left:
                 report.net_dispatch_mismatches[rx] = (
-                    f"{status.stage.value}: dispatched {counts['StockDispatched']}, returned "
-                    f"{counts['StockReturned']}, released {counts['StockReleased']}"
+                    f"{status.stage.value}: expected {expected or 'no stock moved'}, got {closing or 'none'}"
+                    + (f", still held {left}" if left else "")
+                    + f" (dispatched {counts['StockDispatched']}, returned {counts['StockReturned']})"
                 )
 
     def _check_dispatches(
@@ -930,6 +1065,8 @@ class ChaosRun:
         report.duplicate_offers_republished = sum(
             1 for o in couriers.duplicates if o.message_id == couriers.acted[o.dispatch_id].message_id
         )
+        report.wrong_codes_planned = couriers.wrong_codes
+        report.codes_rejected = sum(isinstance(e, c.DeliveryCodeRejected) for e in delivery_events)
         acted_on: defaultdict[str, Counter[str]] = defaultdict(Counter)
         acting = c.CourierAssigned | c.DeliveryAccepted | c.DeliveryPickedUp | c.DeliveryCompleted | c.DeliveryFailed
         for event in delivery_events:
@@ -989,7 +1126,10 @@ async def run_chaos(
 def render(report: ChaosReport, console: Console | None = None) -> None:
     console = console or Console()
     run = Table(title="chaos run", show_header=False)
-    run.add_row("prescriptions", f"{report.prescriptions} ({report.faulty_submitted} faulty) at {report.rate_per_s}/s")
+    run.add_row(
+        "prescriptions",
+        f"{report.prescriptions} ({report.faulty_submitted} the checks reject) at {report.rate_per_s}/s",
+    )
     run.add_row(
         "duration",
         f"{report.duration_s}s (publishing {report.publish_s}s, settling after the kills {report.settle_s}s)",
@@ -1018,20 +1158,20 @@ def render(report: ChaosReport, console: Console | None = None) -> None:
         outcomes.add_row("[red]no status at all[/]", str(len(report.missing_status)))
     console.print(outcomes)
 
-    stock = Table(title="stock books: received + adjusted = available + reserved + dispatched")
-    for column in ("warehouse", "drug", "received", "adjusted", "available", "reserved", "dispatched", "delivered"):
+    stock = Table(
+        title="stock books: received + adjusted = available + reserved + dispatched + quarantined + expired + delivered"
+    )
+    columns = ("received", "adjusted", "available", "reserved", "dispatched", "quarantined", "expired", "delivered")
+    for column in ("warehouse", "drug", *columns, "delivered rx", "came back"):
         stock.add_column(column, justify="left" if column in ("warehouse", "drug") else "right")
     stock.add_column("balanced")
     for r in report.stock:
         stock.add_row(
             r.warehouse_id,
             r.drug_code,
-            str(r.received),
-            str(r.adjusted),
-            str(r.available),
-            str(r.reserved),
-            str(r.dispatched),
-            str(r.dispatched_expected),
+            *(str(getattr(r, column)) for column in columns),
+            str(r.delivered_expected),
+            str(r.quarantined_expected),
             "[green]yes[/]" if r.balanced else "[red]NO[/]",
         )
     console.print(stock)
@@ -1046,18 +1186,23 @@ def render(report: ChaosReport, console: Console | None = None) -> None:
         ("stock rows not balanced", sum(not r.balanced for r in report.stock)),
         ("stock rows: received ≠ restocked", sum(r.received != r.restocked_sent for r in report.stock)),
         ("stock rows: adjusted ≠ adjustments", sum(r.adjusted != r.adjusted_applied for r in report.stock)),
-        ("stock rows: dispatched ≠ delivered", sum(r.dispatched != r.dispatched_expected for r in report.stock)),
+        ("stock rows: delivered ≠ delivered rx", sum(r.delivered != r.delivered_expected for r in report.stock)),
+        ("stock rows: quarantined ≠ came back", sum(r.quarantined != r.quarantined_expected for r in report.stock)),
         ("stock still reserved (units)", sum(r.reserved for r in report.stock)),
+        ("stock still on the road (units)", sum(r.dispatched for r in report.stock)),
+        (f"lots not balanced (of {report.lots_checked})", len(report.unbalanced_lots)),
+        (f"lots the ledger does not recompute ({report.ledger_entries} entries)", len(report.ledger_mismatches)),
         ("holds still open", len(report.open_holds)),
         ("adjustments not answered once", len(report.adjustments_unanswered + report.adjustments_answered_twice)),
         ("prescriptions reserved twice", len(report.double_reservations)),
         ("prescriptions reserved and refused", len(report.reserved_and_refused)),
         ("allocations ≠ reservations published", len(report.allocation_mismatches)),
         ("dispatched more often than picked up", len(report.double_dispatches)),
-        ("dispatches − returns ≠ outcome", len(report.net_dispatch_mismatches)),
+        ("stock movements ≠ outcome", len(report.net_dispatch_mismatches)),
         ("dispatch ids on more than one offer", len(report.dispatch_ids_reused)),
         ("dispatches acted on twice (courier service)", len(report.dispatches_acted_twice)),
         ("offers acted on without one outcome", len(report.offers_without_outcome)),
+        ("wrong delivery codes not refused once", abs(report.wrong_codes_planned - report.codes_rejected)),
         ("consumer lag (messages)", sum(report.final_lag.values())),
         ("outboxes with pending events", report.outbox_pending),
     ]
@@ -1072,6 +1217,7 @@ def render(report: ChaosReport, console: Console | None = None) -> None:
         "offers seen again and ignored",
         f"{report.duplicate_offers_ignored} ({report.duplicate_offers_republished} the same message re-published)",
     )
+    info.add_row("wrong delivery codes read out / refused", f"{report.wrong_codes_planned} / {report.codes_rejected}")
     info.add_row("events re-published (same message id)", str(report.republished_events))
     info.add_row("restocks / adjustments sent", f"{report.restocks_sent} / {report.adjustments_sent}")
     info.add_row("dead letters", str(report.dead_letters or 0))

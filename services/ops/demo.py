@@ -1,19 +1,21 @@
 """`make demo`: the whole system on the embedded dev stack, a rural county's prescriptions, a summary.
 
 An internet hospital publishes chronic-care prescriptions for patients spread over a large rural
-county; simulated couriers accept, pick up and deliver, and some deliveries fail. The live view
-shows where every prescription is; the summary shows how each one ended and the stock left.
+county. Some break a safety rule and are rejected; some need a pharmacist, who approves or rejects
+them (one hold is left undecided, so it escalates and then expires); the hospital cancels a few,
+before and after the courier picked them up. Simulated couriers accept, pick up and deliver with
+the patient's code; insulin travels only with cold-chain couriers; some attempts fail and one
+courier never answers an offer. The live view shows where every prescription is; the summary shows
+how each one ended, the reviews, the cancellations, the deliveries and the stock left by lot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections import Counter, deque
-from importlib import resources
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 import typer
 from rich.console import Console, Group
@@ -23,21 +25,20 @@ from rich.table import Table
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
+from pharmacy_contracts import prescription as pr
 from pharmacy_contracts import topics
+from pharmacy_contracts.consultation import CancellationRequested
 from services.cli import bus
 from services.cli.render import describe_inventory_event, stock_table
 from services.consultation.domain import TERMINAL, PrescriptionStatus, Stage
 from services.consultation.storage import ConsultationStorage
-from services.courier.domain import CourierProfile
-from services.courier.storage import CourierStorage
 from services.inventory.storage import InventoryStorage
-from services.prescription.domain import FormularyEntry
-from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 
 from .devstack import DevStack
-from .simulation import CourierSimulator, Plan, county_prescriptions, restocks
+from .reference import load_reference_data
+from .simulation import CourierSimulator, Plan, county_prescriptions, restocks, warehouse_registrations
 
 console = Console()
 
@@ -51,16 +52,31 @@ STOCK = {
         "SALB100": 30,
         "INSGL": 20,
         "AMOX500": 200,
+        "IBU400": 400,
+        "WAR5": 300,
+        "MOR10": 120,
     },
     "PH-NORTHFORD": {"MET500": 600, "AML5": 300, "LIS10": 200, "LEV50": 180, "SALB100": 6, "INSGL": 10},
-    "PH-RIVERTON": {"MET500": 400, "AML5": 200, "ATV20": 180, "AMOX500": 63},
+    "PH-RIVERTON": {"MET500": 400, "AML5": 200, "ATV20": 180, "AMOX500": 63, "IBU400": 60},
+    "PH-KARA-BULAK": {"MET500": 300, "AML5": 150, "LIS10": 120, "LEV50": 90},
 }
+# Lots a pharmacy has to be careful with: one that expired last week (the expiry sweep removes
+# it), one that expires within the warning window (an alert), one too short-dated for a 90-day
+# therapy (first-expiry-first-out passes over it).
+DIFFICULT_LOTS = [
+    ("PH-NORTHFORD", "MET500", 200, "MET500-OLD", -7),
+    ("PH-RIVERTON", "AML5", 100, "AML5-SOON", 20),
+    ("WH-CENTRAL", "LEV50", 150, "LEV50-SHORT", 60),
+]
 UNREACHABLE = "Farmstead 13"  # no courier ever finds it: shows the retry limit and the release of stock
 FAILURES = ["patient_absent", "refused", "damaged", "address_not_found"]
-
-
-def _data(name: str) -> list[dict[str, Any]]:
-    return json.loads(resources.files("services.ops").joinpath("data", name).read_text())
+#: Deadlines short enough to happen while the demo runs (hours in production; see the README).
+DEMO_DEADLINES = {
+    "PHARMACY_SWEEP_INTERVAL_S": "1",
+    "PHARMACY_REVIEW_ESCALATE_AFTER_S": "15",
+    "PHARMACY_REVIEW_EXPIRE_AFTER_S": "35",
+    "PHARMACY_OFFER_ACCEPT_TIMEOUT_S": "10",
+}
 
 
 class Demo:
@@ -75,35 +91,72 @@ class Demo:
         db = self.client[settings.mongo_database]
         self.status_store = ConsultationStorage(db).status
         self.inventory = InventoryStorage(db)
-        self.prescription = PrescriptionStorage(db)
-        self.courier = CourierStorage(db)
-        self.feed: deque[str] = deque(maxlen=12)
+        self.database = db
+        self.feed: deque[str] = deque(maxlen=14)
         self.submitted = 0
+        self.failures: Counter[str] = Counter()
+        self.reviews: Counter[str] = Counter()
+        self.cancel_early: set[str] = set()
+        self.cancel_late: set[str] = set()
+        self.ignored_once = False
 
     def plan_for(self, offer: c.DispatchOffered) -> Plan:
+        if offer.cold_chain:
+            self.feed.append(f"[blue]cold chain[/] {offer.package_id} offered to {offer.courier_id} (cold box)")
+        if offer.package_id in self.cancel_late:
+            return "hold-after-pickup"
+        if offer.package_id in self.cancel_early:
+            return "ignore"
+        if not self.ignored_once:
+            self.ignored_once = True
+            self.feed.append(f"[magenta]courier[/] {offer.courier_id} does not answer the offer of {offer.package_id}")
+            return "ignore"
         if offer.address.line == UNREACHABLE:
+            self.failures["address_not_found"] += 1
             return "fail:address_not_found"
+        if self.rng.random() < 0.08:
+            self.feed.append(f"[magenta]courier[/] {offer.courier_id} is given a wrong code for {offer.package_id}")
+            return "wrong-code"
         if self.rng.random() < self.failure_rate:
             reason = self.rng.choice(FAILURES)
+            self.failures[reason] += 1
             self.feed.append(f"[magenta]courier[/] {offer.courier_id} will fail {offer.package_id}: {reason}")
             return f"fail-after-pickup:{reason}" if self.rng.random() < 0.5 else f"fail:{reason}"
         return "deliver"
 
     async def seed_data(self) -> None:
-        for entry in _data("formulary.json"):
-            await self.prescription.save_formulary_entry(FormularyEntry.model_validate(entry))
-        for profile in _data("couriers.json"):
-            await self.courier.save_courier(CourierProfile.model_validate(profile))
+        await load_reference_data(self.database)
+        await bus.publish(self.settings, *warehouse_registrations(requested_by="opening stock count"))
         opening = [(w, d, q) for w, drugs in STOCK.items() for d, q in drugs.items()]
         await bus.publish(self.settings, *restocks(opening, requested_by="opening stock count"))
+        today = datetime.now(UTC).date()
+        difficult = [
+            inv.RestockRequested(
+                correlation_id=f"opening-{lot}",
+                producer="demo",
+                warehouse_id=warehouse,
+                drug_code=drug,
+                lot_id=lot,
+                expiry_date=today + timedelta(days=days),
+                quantity=units,
+                requested_by="opening stock count",
+            )
+            for warehouse, drug, units, lot, days in DIFFICULT_LOTS
+        ]
+        await bus.publish(self.settings, *difficult)
 
     async def submit_all(self) -> list[str]:
         ids = []
-        messages = list(county_prescriptions(self.count, seed=self.seed))
+        messages = list(county_prescriptions(self.count, seed=self.seed, review_share=0.12))
         for message in messages:
             prescription = message.prescription
-            if self.rng.random() < 0.05:
+            draw = self.rng.random()
+            if draw < 0.05:
                 object.__setattr__(prescription.patient.address, "line", UNREACHABLE)
+            elif draw < 0.08:
+                self.cancel_early.add(prescription.prescription_id)
+            elif draw < 0.11:
+                self.cancel_late.add(prescription.prescription_id)
             ids.append(prescription.prescription_id)
         async with bus.producer(self.settings) as producer:
             for message in messages:
@@ -111,6 +164,64 @@ class Demo:
                 self.submitted += 1
                 await asyncio.sleep(1 / self.rate)
         return ids
+
+    async def cancel_some(self) -> None:
+        """The hospital withdraws a few prescriptions: some while a courier is on the way to the
+        warehouse, some after the courier picked the goods up (they come back to quarantine)."""
+        handled: set[str] = set()
+        async with bus.producer(self.settings) as producer:
+            while True:
+                wanted = {rx: "courier_assigned" for rx in self.cancel_early} | {
+                    rx: "picked_up" for rx in self.cancel_late
+                }
+                for rx, stage in wanted.items():
+                    status = None if rx in handled else await self.status_store.get(rx)
+                    if status is not None and status.terminal:
+                        handled.add(rx)  # finished before the hospital got to it
+                    elif status is not None and status.stage.value == stage:
+                        cancellation = CancellationRequested(
+                            correlation_id=rx,
+                            producer="internet-hospital",
+                            sender_id="internet-hospital",
+                            prescription_id=rx,
+                            reason="the patient was admitted to hospital",
+                            requested_by="Dr. Petrova",
+                        )
+                        await bus.publish_all(producer, [cancellation], self.settings)
+                        self.feed.append(f"[red]hospital[/] cancels {rx} ({stage.replace('_', ' ')})")
+                        handled.add(rx)
+                await asyncio.sleep(0.5)
+
+    async def pharmacist(self) -> None:
+        """The pharmacist on duty works the review queue: approves most holds after a look, rejects
+        some controlled-drug prescriptions, and misses one hold, which escalates and expires."""
+        missed_one = False
+        async with bus.producer(self.settings) as producer:
+            async for _, event, _ in bus.follow(self.settings, topics.PRESCRIPTION_DECISIONS, from_beginning=True):
+                if isinstance(event, pr.ReviewEscalated):
+                    self.feed.append(f"[yellow]escalated[/] {event.prescription_id}: review overdue")
+                if not isinstance(event, pr.PrescriptionHeld):
+                    continue
+                codes = sorted({r.code for r in event.reasons})
+                if not missed_one:
+                    missed_one = True
+                    self.reviews["left undecided"] += 1
+                    self.feed.append(f"[yellow]held[/] {event.prescription_id} ({', '.join(codes)}): nobody looks")
+                    continue
+                await asyncio.sleep(self.rng.uniform(0.5, 2.0))
+                reject = "CONTROLLED_SUBSTANCE" in codes and self.rng.random() < 0.4
+                decision = pr.ReviewDecided(
+                    correlation_id=event.prescription_id,
+                    producer="pharmacist-console",
+                    prescription_id=event.prescription_id,
+                    decision="reject" if reject else "approve",
+                    pharmacist_id="PH-AIGUL",
+                    note="no documented pain assessment" if reject else "checked with the patient by phone",
+                )
+                await bus.publish_all(producer, [decision], self.settings)
+                self.reviews["rejected" if reject else "approved"] += 1
+                verb = "[red]rejects[/]" if reject else "[green]approves[/]"
+                self.feed.append(f"[cyan]pharmacist[/] {verb} {event.prescription_id} ({', '.join(codes)})")
 
     async def watch_inventory(self) -> None:
         async for _, event, _ in bus.follow(self.settings, topics.INVENTORY_EVENTS, from_beginning=True):
@@ -132,7 +243,12 @@ class Demo:
         await self.seed_data()
         couriers = CourierSimulator(self.settings, self.plan_for, delay_s=lambda: self.rng.uniform(0.05, 0.4))
         couriers.start()
-        watcher = asyncio.create_task(self.watch_inventory())
+        self.couriers = couriers
+        helpers = [
+            asyncio.create_task(self.watch_inventory()),
+            asyncio.create_task(self.pharmacist()),
+            asyncio.create_task(self.cancel_some()),
+        ]
         submitter = asyncio.create_task(self.submit_all())
         started = time.monotonic()
         try:
@@ -145,9 +261,10 @@ class Demo:
                         return statuses
                     await asyncio.sleep(0.5)
         finally:
-            watcher.cancel()
+            for helper in helpers:
+                helper.cancel()
             await couriers.stop()
-            await asyncio.gather(watcher, submitter, return_exceptions=True)
+            await asyncio.gather(*helpers, submitter, return_exceptions=True)
 
     async def summary(self, statuses: list[PrescriptionStatus]) -> None:
         table = Table(title="how each prescription ended")
@@ -165,17 +282,52 @@ class Demo:
             label = stage.value if stage in TERMINAL else f"{stage.value} (not finished)"
             table.add_row(label, str(len(members)), example)
         console.print(table)
+        console.print(self.activity(statuses))
         warehouses = await self.inventory.all_warehouses()
         console.print(stock_table(warehouses))
-        balanced = all(
-            s.received + s.adjusted == s.available + s.reserved + s.dispatched
-            for w in warehouses
-            for s in w.stock.values()
-        )
+        balanced = all(lot.balanced for w in warehouses for lot in w.lots.values())
         console.print(
-            "stock books balance (received = available + reserved + dispatched): "
-            + ("[green]yes[/]" if balanced else "[red]NO[/]")
+            "stock books balance for every lot (received + adjusted = available + reserved + dispatched"
+            " + quarantined + expired + delivered): " + ("[green]yes[/]" if balanced else "[red]NO[/]")
         )
+
+    def activity(self, statuses: list[PrescriptionStatus]) -> Table:
+        """Reviews, cancellations and deliveries: what the pharmacy and the couriers did."""
+        by_id = {s.prescription_id: s for s in statuses}
+        delivered = {rx for rx, s in by_id.items() if s.stage is Stage.DELIVERED}
+        offers = self.couriers.offers
+        cold = {o.package_id for o in offers if o.cold_chain and o.package_id in delivered}
+        expired = sum(1 for s in statuses if any("REVIEW_EXPIRED" in why for why in s.why))
+        cancelled = [s for s in statuses if s.stage is Stage.CANCELLED]
+        table = Table(title="the pharmacy's and the couriers' work")
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        rows = [
+            ("held for a pharmacist, approved", self.reviews["approved"]),
+            ("held for a pharmacist, rejected", self.reviews["rejected"]),
+            ("held, never decided: escalated, then expired", expired),
+            (
+                "cancelled by the hospital before pickup (stock released)",
+                len(self.cancel_early & {s.prescription_id for s in cancelled}),
+            ),
+            (
+                "cancelled after pickup (goods back to quarantine)",
+                len(self.cancel_late & {s.prescription_id for s in cancelled}),
+            ),
+            ("cold-chain deliveries (insulin), all by cold-chain couriers", len(cold)),
+            (
+                "offers not accepted in time, passed to the next courier",
+                sum(1 for w in self.couriers.withdrawals if w.reason == "acceptance_timeout"),
+            ),
+            (
+                "wrong delivery codes refused",
+                sum(1 for s in statuses for h in s.history if "wrong delivery code" in h.detail),
+            ),
+        ]
+        rows += [(f"failed attempts: {reason.replace('_', ' ')}", n) for reason, n in sorted(self.failures.items())]
+        for what, count in rows:
+            table.add_row(what, str(count))
+        return table
 
 
 def main(
@@ -188,6 +340,7 @@ def main(
 ) -> None:
     """Run the whole system on the embedded stack with a simulated county, then shut it down."""
     stack = DevStack.from_env()
+    stack.extra_env.update(DEMO_DEADLINES)
     console.print("[bold]starting broker, database and the four services…[/]")
     stack.start_infra()
     try:

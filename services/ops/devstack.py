@@ -81,6 +81,16 @@ class DevStack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    @property
+    def delivery_code_key(self) -> str:
+        """The key consultation and courier derive patients' delivery codes from (this stack only)."""
+        path = self.home / "delivery-code.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def sender_keys(self) -> dict[str, dict[str, str]]:
         return {sender: {DEV_KEY_ID: self.signing_secret} for sender in DEV_SENDERS}
 
@@ -90,6 +100,7 @@ class DevStack:
             "PHARMACY_MONGO_URL": self.mongo_url,
             "PHARMACY_KAFKA_TOPIC_PARTITIONS": str(self.partitions),
             "PHARMACY_SENDER_KEYS": json.dumps(self.sender_keys()),
+            "PHARMACY_DELIVERY_CODE_KEY": self.delivery_code_key,
             **self.extra_env,
         }
 
@@ -100,6 +111,7 @@ class DevStack:
             kafka_topic_partitions=self.partitions,
             signing_key_id=DEV_KEY_ID,
             signing_secret=self.signing_secret,
+            delivery_code_key=self.delivery_code_key,
         )
 
     @property

@@ -14,7 +14,7 @@ from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch, of_type
-from tests.support.scenario import prescription_message, wait_until
+from tests.support.scenario import prescription_message, registered_prescriber, wait_until
 
 
 def reaped(pid: int) -> bool:
@@ -32,6 +32,7 @@ async def test_an_event_written_before_a_crash_is_published_after_restart(
     await storage.save_formulary_entry(
         FormularyEntry(drug_code="LEV50", name="Levothyroxine", max_quantity=90, max_days_supply=90)
     )
+    await storage.save_prescriber(registered_prescriber())
     submitted = prescription_message("RX-CRASH-1", [("LEV50", 30)])
     accepted = PrescriptionAccepted(
         correlation_id="RX-CRASH-1",

@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from collections import Counter
+from datetime import date
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -37,6 +38,8 @@ def command(marker: str) -> RestockRequested:
         producer="test",
         warehouse_id=f"WH-{marker}",
         drug_code="D",
+        lot_id="L1",
+        expiry_date=date(2030, 1, 1),
         quantity=1,
         requested_by="test",
     )

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
+from pharmacy_contracts import prescription as pr
 from pharmacy_contracts.consultation import (
     Address,
+    CancellationRequested,
     Coordinates,
     Patient,
     Prescriber,
@@ -27,11 +31,23 @@ from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.inventory.domain import Warehouse
 from services.inventory.storage import InventoryStorage
-from services.ops.simulation import CourierSimulator, Plan, restocks
-from services.prescription.domain import FormularyEntry
+from services.ops.simulation import CourierSimulator, Plan
+from services.prescription.domain import FormularyEntry, Interaction, PrescriberRecord
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
+
+#: Where the test patients live unless a test says otherwise (Northford).
+PATIENT_HOME = (51.8, 69.4)
+#: The licence every test prescription is signed under; `System.seed` registers it.
+TEST_LICENCE = "LIC-T"
+
+
+def registered_prescriber() -> PrescriberRecord:
+    """The registered, licensed prescriber of every test prescription."""
+    return PrescriberRecord(
+        licence_number=TEST_LICENCE, prescriber_id="DR-T", name="Dr Test", licensed_until=date(2099, 12, 31)
+    )
 
 
 def prescription_message(
@@ -41,20 +57,26 @@ def prescription_message(
     days_supply: int = 30,
     sender_id: str = "hospital-test",
     valid_for: timedelta = timedelta(days=30),
+    patient_id: str | None = None,
+    allergies: Iterable[str] = (),
+    home: tuple[float, float] = PATIENT_HOME,
+    licence_number: str = TEST_LICENCE,
 ) -> PrescriptionSubmitted:
     now = datetime.now(UTC)
     prescription = Prescription(
         prescription_id=prescription_id,
         consultation_id=f"CONS-{prescription_id}",
         patient=Patient(
-            patient_id=f"PAT-{prescription_id}",
+            patient_id=patient_id or f"PAT-{prescription_id}",
             name="Test Patient",
             phone="+7 700 000 0000",
             date_of_birth="1960-01-01",
-            allergies=[],
-            address=Address(line="Farm 1", town="Northford", coordinates=Coordinates(latitude=51.8, longitude=69.4)),
+            allergies=list(allergies),
+            address=Address(
+                line="Farm 1", town="Northford", coordinates=Coordinates(latitude=home[0], longitude=home[1])
+            ),
         ),
-        prescriber=Prescriber(prescriber_id="DR-T", name="Dr Test", licence_number="LIC-T"),
+        prescriber=Prescriber(prescriber_id="DR-T", name="Dr Test", licence_number=licence_number),
         diagnosis_codes=["E11.9"],
         items=[
             PrescriptionItem(drug_code=d, quantity=q, dosage_text="as directed", days_supply=days_supply)
@@ -73,6 +95,7 @@ class System:
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
+        self._registered: set[str] = set()
         self._client = connect(settings.mongo_url.get_secret_value())
         db = self._client[settings.mongo_database]
         self.consultation = ConsultationStorage(db)
@@ -90,24 +113,92 @@ class System:
         self,
         formulary: Iterable[FormularyEntry],
         couriers: Iterable[CourierProfile],
-        stock: Iterable[tuple[str, str, int]],
+        stock: Iterable[tuple[str, str, int] | tuple[str, str, int, str, date]],
+        *,
+        locations: Mapping[str, tuple[float, float]] | None = None,
+        interactions: Iterable[Interaction] = (),
     ) -> None:
+        """Formulary, couriers and stock, as pharmacists, dispatchers and warehouse staff enter them.
+
+        Stock rows are (warehouse, drug, units) or (warehouse, drug, units, lot, expiry). Every
+        warehouse is registered first, at `locations[warehouse]` or next to the test patients."""
+        await self.prescription.save_prescriber(registered_prescriber())
         for entry in formulary:
             await self.prescription.save_formulary_entry(entry)
+        for interaction in interactions:
+            await self.prescription.save_interaction(interaction)
         for profile in couriers:
             await self.courier.save_courier(profile)
-        stock = list(stock)
-        await self.publish(*restocks(stock, requested_by="test"))
+        rows = [_lot_row(row) for row in stock]
+        locations = dict(locations or {})
+        warehouses = dict.fromkeys(row[0] for row in rows)
+        await self.publish(
+            *(
+                registration(warehouse, locations.get(warehouse, PATIENT_HOME))
+                for warehouse in warehouses
+                if warehouse not in self._registered
+            )
+        )
+        self._registered.update(warehouses)
+        await self.publish(
+            *(
+                inv.RestockRequested(
+                    correlation_id=f"seed-{warehouse}-{lot}",
+                    producer="test",
+                    warehouse_id=warehouse,
+                    drug_code=drug,
+                    lot_id=lot,
+                    expiry_date=expiry,
+                    quantity=units,
+                    requested_by="test",
+                )
+                for warehouse, drug, units, lot, expiry in rows
+            )
+        )
 
         async def stocked() -> bool:
-            levels = {
-                (w.warehouse_id, d): s.received
-                for w in await self.inventory.all_warehouses()
-                for d, s in w.stock.items()
-            }
-            return all(levels.get((w, d), 0) >= q for w, d, q in stock)
+            found = {w.warehouse_id: w for w in await self.inventory.all_warehouses()}
+            return all(
+                warehouse in found and lot in found[warehouse].lots and found[warehouse].lots[lot].received >= units
+                for warehouse, _, units, lot, _ in rows
+            )
 
         await wait_until(stocked, "seeded stock to arrive", timeout=60)
+
+    async def review(self, prescription_id: str, decision: str, note: str = "checked with the patient") -> None:
+        await self.publish(
+            pr.ReviewDecided(
+                correlation_id=prescription_id,
+                producer="pharmacist-test",
+                prescription_id=prescription_id,
+                decision=decision,
+                pharmacist_id="PH-TEST",
+                note=note,
+            )
+        )
+
+    async def cancel(self, prescription_id: str, sender_id: str = "hospital-test") -> None:
+        await self.publish(
+            CancellationRequested(
+                correlation_id=prescription_id,
+                producer=sender_id,
+                sender_id=sender_id,
+                prescription_id=prescription_id,
+                reason="the doctor changed the therapy",
+                requested_by="Dr Test",
+            )
+        )
+
+    async def wait_stage(self, prescription_id: str, stage: str, timeout: float = 60) -> PrescriptionStatus:
+        seen: list[PrescriptionStatus | None] = [None]
+
+        async def reached() -> bool:
+            seen[0] = await self.status(prescription_id)
+            return seen[0] is not None and seen[0].stage.value == stage
+
+        await wait_until(reached, lambda: f"{prescription_id} to reach {stage} (now {seen[0]})", timeout)
+        assert seen[0] is not None
+        return seen[0]
 
     async def status(self, prescription_id: str) -> PrescriptionStatus | None:
         return await self.consultation.status.get(prescription_id)
@@ -131,6 +222,38 @@ class System:
 
     async def warehouses(self) -> dict[str, Warehouse]:
         return {w.warehouse_id: w for w in await self.inventory.all_warehouses()}
+
+
+def registration(warehouse_id: str, location: tuple[float, float]) -> inv.WarehouseRegistrationRequested:
+    return inv.WarehouseRegistrationRequested(
+        correlation_id=f"register-{warehouse_id}",
+        producer="test",
+        warehouse_id=warehouse_id,
+        name=f"Test warehouse {warehouse_id}",
+        kind="township",
+        location=Coordinates(latitude=location[0], longitude=location[1]),
+        requested_by="test",
+    )
+
+
+def _lot_row(row: tuple[str, str, int] | tuple[str, str, int, str, date]) -> tuple[str, str, int, str, date]:
+    if len(row) == 5:
+        return row  # type: ignore[return-value]
+    warehouse, drug, units = row[:3]
+    return warehouse, drug, units, f"LOT-{warehouse}-{drug}", date.today() + timedelta(days=730)
+
+
+async def topic_events(settings: RuntimeSettings, topic: str, prescription_id: str) -> list[dict[str, Any]]:
+    """The readable messages of a topic about one prescription, in order, each once."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in await read_topic(settings, topic, idle_s=0.5):
+        try:
+            body = json.loads(record.value)
+        except ValueError:
+            continue
+        if isinstance(body, dict) and body.get("correlation_id") == prescription_id:
+            found.setdefault(body["message_id"], body)
+    return list(found.values())
 
 
 async def wait_until(check: Any, what: Any, timeout: float = 60, interval: float = 0.25) -> None:

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
-from pharmacy_contracts.consultation import Prescription, PrescriptionAccepted, PrescriptionSubmitted
+from pharmacy_contracts.consultation import (
+    CancellationAccepted,
+    CancellationRequested,
+    Coordinates,
+    Prescription,
+    PrescriptionAccepted,
+    PrescriptionSubmitted,
+)
 from pharmacy_contracts.envelope import Envelope
 from services.courier.domain import CourierProfile, Delivery, DeliveryState
-from services.inventory.domain import DrugStock, Warehouse
+from services.inventory.domain import Location, Lot, Warehouse
 from services.prescription.domain import FormularyEntry
 
 EXAMPLE_PRESCRIPTION_PATH = Path(__file__).resolve().parents[2] / "contracts" / "examples" / "prescription.json"
@@ -86,22 +93,86 @@ def make_entry(drug_code: str, max_quantity: int, max_days_supply: int, **overri
 
 
 def make_formulary() -> dict[str, FormularyEntry]:
-    """Covers the example prescription: MET500 (at most 180 units, 90 days) and AML5 (90 units, 90 days)."""
-    entries = [make_entry("MET500", 180, 90, name="Metformin 500 mg"), make_entry("AML5", 90, 90, name="Amlodipine")]
+    """Covers the example prescription: MET500 (at most 180 units, 90 days) and AML5 (90 units, 90 days),
+    plus drugs for the safety rules: chronic limits (30 days, 90 if chronic), allergy, interaction
+    and review flags. Classes as in services/ops/data/formulary.json."""
+    entries = [
+        make_entry("MET500", 180, 90, name="Metformin 500 mg", ingredient_classes=["biguanide"]),
+        make_entry("AML5", 90, 90, name="Amlodipine", ingredient_classes=["calcium-channel-blocker"]),
+        make_entry(
+            "LIS10", 180, 30, name="Lisinopril", ingredient_classes=["ace-inhibitor"], max_days_supply_chronic=90
+        ),
+        make_entry("ATV20", 180, 30, name="Atorvastatin", ingredient_classes=["statin"], max_days_supply_chronic=90),
+        make_entry(
+            "WAR5",
+            180,
+            30,
+            name="Warfarin",
+            ingredient_classes=["anticoagulant"],
+            max_days_supply_chronic=90,
+            high_risk=True,
+        ),
+        make_entry("IBU400", 84, 30, name="Ibuprofen", ingredient_classes=["nsaid"]),
+        make_entry("CLAR500", 28, 14, name="Clarithromycin", ingredient_classes=["macrolide"]),
+        make_entry("AMOX500", 42, 14, name="Amoxicillin", ingredient_classes=["penicillin"]),
+        make_entry("MOR10", 60, 30, name="Morphine", ingredient_classes=["opioid"], controlled=True),
+        make_entry("DIAZ5", 60, 30, name="Diazepam", ingredient_classes=["benzodiazepine"], controlled=True),
+        make_entry(
+            "INSGL",
+            15,
+            30,
+            name="Insulin glargine",
+            ingredient_classes=["insulin"],
+            max_days_supply_chronic=90,
+            cold_chain=True,
+        ),
+    ]
     return {entry.drug_code: entry for entry in entries}
 
 
 # --- inventory -------------------------------------------------------------------------------------
 
 
-def make_warehouse(warehouse_id: str = "WH-1", **available: int) -> Warehouse:
-    """A warehouse whose available stock was all received: `make_warehouse("WH-1", MET500=10)`."""
-    stock = {drug_code: DrugStock(available=quantity, received=quantity) for drug_code, quantity in available.items()}
-    return Warehouse(warehouse_id=warehouse_id, stock=stock)
+#: Far beyond any therapy the tests use: lots made by `make_warehouse` are always usable.
+FAR_EXPIRY = date(2031, 12, 31)
+#: Somewhere in the county of services/ops/simulation.py.
+WAREHOUSE_LOCATION = Location(latitude=51.5, longitude=70.0)
+
+
+def make_lot(drug_code: str, available: int, expiry_date: date = FAR_EXPIRY, **figures: int) -> Lot:
+    """A lot whose units were all received and are on the shelf (unless `figures` say otherwise)."""
+    fields = {"available": available, "received": available, **figures}
+    return Lot(drug_code=drug_code, expiry_date=expiry_date, **fields)
+
+
+def make_warehouse(
+    warehouse_id: str = "WH-1",
+    *,
+    location: Location | None = WAREHOUSE_LOCATION,
+    lots: dict[str, Lot] | None = None,
+    **available: int,
+) -> Warehouse:
+    """A registered warehouse whose stock was all received: `make_warehouse("WH-1", MET500=10)` has
+    one lot "MET500-L1" of 10 units expiring far ahead; `lots` adds lots of one's own."""
+    made = {f"{drug_code}-L1": make_lot(drug_code, quantity) for drug_code, quantity in available.items()}
+    return Warehouse(
+        warehouse_id=warehouse_id,
+        name=f"Warehouse {warehouse_id}",
+        location=location,
+        lots={**made, **(lots or {})},
+    )
+
+
+def movement(
+    kind: str, lot_id: str, quantity: int, source: str, target: str, drug_code: str = "MET500"
+) -> inv.Movement:
+    """One ledger line: `movement("reserved", "MET500-L1", 30, "available", "reserved")`."""
+    fields = {"kind": kind, "lot_id": lot_id, "drug_code": drug_code, "source": source, "target": target}
+    return inv.Movement.model_validate({**fields, "quantity": quantity})
 
 
 def levels(warehouse: Warehouse, drug_code: str) -> tuple[int, int, int]:
-    """(available, reserved, dispatched) of one drug."""
+    """(available, reserved, dispatched) of one drug, summed over its lots."""
     level = warehouse.level(drug_code)
     return level.available, level.reserved, level.dispatched
 
@@ -109,8 +180,30 @@ def levels(warehouse: Warehouse, drug_code: str) -> tuple[int, int, int]:
 # --- couriers --------------------------------------------------------------------------------------
 
 
-def make_courier(courier_id: str, *, active: bool = True) -> CourierProfile:
-    return CourierProfile(courier_id=courier_id, name=f"Courier {courier_id}", active=active)
+#: Where the example patient lives (Northford) and the warehouse WH-1 of `make_delivery`.
+PATIENT_AT = (51.812, 69.403)
+WAREHOUSE_AT = (51.80, 69.40)
+
+
+def make_courier(
+    courier_id: str,
+    *,
+    active: bool = True,
+    base: tuple[float, float] | None = WAREHOUSE_AT,
+    capacity: int = 3,
+    cold_chain: bool = False,
+    zone: str = "north",
+) -> CourierProfile:
+    """A courier based at `base` (next to WH-1 and the example patient unless told otherwise)."""
+    return CourierProfile(
+        courier_id=courier_id,
+        name=f"Courier {courier_id}",
+        zone=zone,
+        location=None if base is None else {"latitude": base[0], "longitude": base[1]},
+        capacity=capacity,
+        cold_chain=cold_chain,
+        active=active,
+    )
 
 
 def delivery_details(**overrides: Any) -> rx.DeliveryDetails:
@@ -129,6 +222,7 @@ def make_delivery(**overrides: Any) -> Delivery:
         "state": DeliveryState.WAITING,
         "details": delivery_details(),
         "warehouse_id": "WH-1",
+        "pickup_location": {"latitude": WAREHOUSE_AT[0], "longitude": WAREHOUSE_AT[1]},
     }
     fields.update(overrides)
     return Delivery(**fields)
@@ -193,8 +287,17 @@ def reserved(minute: int = 2, prescription_id: str = RX_ID, warehouse_id: str = 
         **_common(prescription_id, minute),
         prescription_id=prescription_id,
         warehouse_id=warehouse_id,
+        pickup_location=Coordinates(latitude=51.5, longitude=70.0),
         lines=[inv.StockLine(drug_code="MET500", quantity=180)],
+        picks=[
+            inv.LotPick(drug_code="MET500", lot_id="MET500-L0", expiry_date=date(2027, 9, 30), quantity=30),
+            inv.LotPick(drug_code="MET500", lot_id="MET500-L1", expiry_date=date(2031, 12, 31), quantity=150),
+        ],
         levels=[inv.StockLevel(drug_code="MET500", available=20, reserved=180, dispatched=0)],
+        movements=[
+            movement("reserved", "MET500-L0", 30, "available", "reserved"),
+            movement("reserved", "MET500-L1", 150, "available", "reserved"),
+        ],
     )
 
 
@@ -259,10 +362,69 @@ def restocked(minute: int = 0, warehouse_id: str = "WH-1") -> inv.StockRestocked
         **envelope_fields(message_id=f"MSG-restock-{minute}", occurred_at=at(minute), correlation_id="CMD-1"),
         warehouse_id=warehouse_id,
         drug_code="MET500",
+        lot_id="MET500-L1",
+        expiry_date=date(2031, 12, 31),
         quantity=100,
         requested_by="Aigerim",
         level=inv.StockLevel(drug_code="MET500", available=100, reserved=0, dispatched=0),
+        movements=[movement("received", "MET500-L1", 100, "outside", "available")],
     )
+
+
+def more_inventory_messages() -> list[Envelope]:
+    """The inventory messages of lots, warehouses, quarantine and delivery (for `one_of_each_message`)."""
+    where = Coordinates(latitude=51.81, longitude=69.40)
+    held = {
+        "prescription_id": RX_ID,
+        "warehouse_id": "WH-1",
+        "lines": [inv.StockLine(drug_code="MET500", quantity=180)],
+    }
+    return [
+        inv.WarehouseRegistrationRequested(
+            **envelope_fields(correlation_id="CMD-4"),
+            warehouse_id="PH-NORTHFORD",
+            name="Northford pharmacy",
+            kind="township",
+            location=where,
+            requested_by="Aigerim",
+        ),
+        inv.WarehouseRegistered(
+            **envelope_fields(correlation_id="CMD-4"),
+            warehouse_id="PH-NORTHFORD",
+            name="Northford pharmacy",
+            kind="township",
+            location=where,
+        ),
+        inv.StockQuarantined(
+            **envelope_fields(),
+            **held,
+            levels=[inv.StockLevel(drug_code="MET500", available=20, reserved=0, dispatched=0, quarantined=180)],
+            why="damaged",
+        ),
+        inv.StockDelivered(
+            **envelope_fields(),
+            **held,
+            levels=[inv.StockLevel(drug_code="MET500", available=20, reserved=0, dispatched=0)],
+        ),
+        inv.LotNearingExpiry(
+            **envelope_fields(correlation_id="MET500-L0"),
+            warehouse_id="WH-1",
+            drug_code="MET500",
+            lot_id="MET500-L0",
+            expiry_date=date(2027, 2, 10),
+            available=30,
+        ),
+        inv.LotExpired(
+            **envelope_fields(correlation_id="MET500-L0"),
+            warehouse_id="WH-1",
+            drug_code="MET500",
+            lot_id="MET500-L0",
+            expiry_date=date(2027, 2, 10),
+            removed=30,
+            level=inv.StockLevel(drug_code="MET500", available=100, reserved=0, dispatched=0),
+            movements=[movement("expired", "MET500-L0", 30, "available", "expired")],
+        ),
+    ]
 
 
 def low_stock(minute: int = 0, warehouse_id: str = "WH-1") -> inv.LowStock:
@@ -273,6 +435,89 @@ def low_stock(minute: int = 0, warehouse_id: str = "WH-1") -> inv.LowStock:
         available=3,
         threshold=10,
     )
+
+
+def cancellation_requested(prescription_id: str = RX_ID, **overrides: Any) -> CancellationRequested:
+    """A signed-by-upstream withdrawal of the prescription (correlation is the prescription id)."""
+    fields = envelope_fields(
+        message_id=f"MSG-cancel-{prescription_id}",
+        correlation_id=prescription_id,
+        sender_id="CLINIC-SYS-1",
+        prescription_id=prescription_id,
+        reason="the doctor changed the therapy",
+        requested_by="Dr Test",
+    )
+    fields.update(overrides)
+    return CancellationRequested(**fields)
+
+
+def lifecycle_messages_of_reviews_and_cancellations() -> list[Envelope]:
+    """The consultation, prescription and courier messages of holds, reviews, cancellations and
+    delivery deadlines (for `one_of_each_message`)."""
+    hold_reasons = [rx.Reason(code="HIGH_RISK_DRUG", message="WAR5 needs a pharmacist's eye", item_index=0)]
+    trip = _delivery_fields(RX_ID, 4, "CUR-1", 1)
+    return [
+        cancellation_requested(),
+        CancellationAccepted(
+            **_common(RX_ID, 1),
+            sender_id="CLINIC-SYS-1",
+            prescription_id=RX_ID,
+            reason="the doctor changed the therapy",
+            requested_by="Dr Test",
+        ),
+        rx.PrescriptionHeld(
+            **_common(RX_ID, 1),
+            prescription_id=RX_ID,
+            patient_id="PAT-5521",
+            reasons=hold_reasons,
+            escalate_at=at(31),
+            expires_at=at(24 * 60),
+        ),
+        rx.ReviewEscalated(
+            **_common(RX_ID, 31),
+            prescription_id=RX_ID,
+            held_since=at(1),
+            expires_at=at(24 * 60),
+            reasons=hold_reasons,
+        ),
+        rx.PrescriptionCancelled(
+            **_common(RX_ID, 9),
+            prescription_id=RX_ID,
+            reason="the doctor changed the therapy",
+            requested_by="Dr Test",
+            was_approved=True,
+        ),
+        rx.ReviewDecided(
+            **_common(RX_ID, 20),
+            prescription_id=RX_ID,
+            decision="approve",
+            pharmacist_id="PH-1",
+            note="INR checked with the patient",
+        ),
+        rx.CancellationOrdered(
+            **_common(RX_ID, 21),
+            prescription_id=RX_ID,
+            pharmacist_id="PH-1",
+            reason="the patient called: therapy stopped",
+        ),
+        c.DispatchWithdrawn(
+            **_common(RX_ID, 10),
+            dispatch_id=f"{RX_ID}-D1",
+            courier_id="CUR-1",
+            package_id=RX_ID,
+            reason="cancelled",
+            return_goods=True,
+        ),
+        c.DeliveryOfferExpired(**trip),
+        c.DeliveryWaiting(
+            **_common(RX_ID, 3), prescription_id=RX_ID, warehouse_id="WH-1", why="no cold-chain courier is free"
+        ),
+        c.DeliveryCodeRejected(**trip, wrong_codes=1),
+        c.DeliveryOverdue(
+            **_common(RX_ID, 90), prescription_id=RX_ID, stage="on_the_road", since=at(5), courier_id="CUR-1"
+        ),
+        c.DeliveryCancelled(**_common(RX_ID, 11), prescription_id=RX_ID, warehouse_id="WH-1", goods_returned=True),
+    ]
 
 
 def one_of_each_message() -> list[Envelope]:
@@ -286,6 +531,8 @@ def one_of_each_message() -> list[Envelope]:
             **envelope_fields(correlation_id="CMD-1"),
             warehouse_id="WH-1",
             drug_code="MET500",
+            lot_id="MET500-L1",
+            expiry_date=date(2031, 12, 31),
             quantity=10,
             requested_by="Aigerim",
         ),
@@ -293,6 +540,7 @@ def one_of_each_message() -> list[Envelope]:
             **envelope_fields(correlation_id="CMD-2"),
             warehouse_id="WH-1",
             drug_code="MET500",
+            lot_id="MET500-L1",
             delta=-2,
             reason="broken bottle",
             requested_by="Aigerim",
@@ -325,6 +573,7 @@ def one_of_each_message() -> list[Envelope]:
             **envelope_fields(correlation_id="CMD-2"),
             warehouse_id="WH-1",
             drug_code="MET500",
+            lot_id="MET500-L1",
             delta=-2,
             reason="broken bottle",
             requested_by="Aigerim",
@@ -334,6 +583,7 @@ def one_of_each_message() -> list[Envelope]:
             **envelope_fields(correlation_id="CMD-3"), warehouse_id="WH-1", drug_code="MET500", reason="below zero"
         ),
         low_stock(),
+        *more_inventory_messages(),
         c.DispatchOffered(
             **envelope_fields(),
             dispatch_id=f"{RX_ID}-D1",
@@ -345,6 +595,8 @@ def one_of_each_message() -> list[Envelope]:
             contact_phone=delivery_details().contact_phone,
             cold_chain=False,
             controlled=False,
+            pickup_location=Coordinates(latitude=WAREHOUSE_AT[0], longitude=WAREHOUSE_AT[1]),
+            accept_by=at(13),
         ),
         make_report(dispatch_id=f"{RX_ID}-D1", courier_id="CUR-1"),
         assigned(),
@@ -353,4 +605,5 @@ def one_of_each_message() -> list[Envelope]:
         completed(),
         delivery_failed(),
         abandoned(),
+        *lifecycle_messages_of_reviews_and_cancellations(),
     ]

@@ -1,0 +1,95 @@
+"""The county's reference data (services/ops/data/*.json), loaded the way staff load it.
+
+The formulary, prescriber registry and interaction table go into the prescription service's
+collections and the courier roster into the courier service's, as `pharmacy formulary load`,
+`pharmacy review load-prescribers`, `pharmacy review load-interactions` and `pharmacy couriers
+load` do. Used by the demo, the bench and the chaos run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from pharmacy_contracts.consultation import PrescriptionSubmitted
+from services.courier.domain import CourierProfile
+from services.courier.storage import CourierStorage
+from services.inventory.domain import Location, distance_km
+from services.prescription.domain import (
+    FormularyEntry,
+    Interaction,
+    InteractionTable,
+    PrescriberRecord,
+    Safety,
+    check_prescription,
+)
+from services.prescription.storage import PrescriptionStorage
+
+
+def data(name: str) -> list[dict[str, Any]]:
+    return json.loads(resources.files("services.ops").joinpath("data", name).read_text())
+
+
+#: A courier capacity no run reaches: for the bench and the chaos run, which measure the pipeline,
+#: not how many deliveries a courier can carry at once.
+UNLIMITED_CAPACITY = 10_000
+
+
+async def load_reference_data(
+    database: Any, *, couriers: int | None = None, courier_capacity: int | None = None
+) -> None:
+    """Everything in services/ops/data; only the first `couriers` of the roster if given, each
+    with `courier_capacity` if given."""
+    prescription = PrescriptionStorage(database)
+    for entry in data("formulary.json"):
+        await prescription.save_formulary_entry(FormularyEntry.model_validate(entry))
+    for record in data("prescribers.json"):
+        await prescription.save_prescriber(PrescriberRecord.model_validate(record))
+    for interaction in data("interactions.json"):
+        await prescription.save_interaction(Interaction.model_validate(interaction))
+    roster = CourierStorage(database)
+    for profile in data("couriers.json")[:couriers]:
+        courier = CourierProfile.model_validate(profile)
+        if courier_capacity is not None:
+            courier = courier.model_copy(update={"capacity": courier_capacity})
+        await roster.save_courier(courier)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The county's reference data (services/ops/data), as the services are seeded with it."""
+
+    formulary: dict[str, FormularyEntry]
+    prescribers: dict[str, PrescriberRecord]
+    interactions: InteractionTable
+    warehouses: dict[str, Location]
+
+    @classmethod
+    def load(cls) -> Reference:
+        return cls(
+            formulary={e["drug_code"]: FormularyEntry.model_validate(e) for e in data("formulary.json")},
+            prescribers={r["licence_number"]: PrescriberRecord.model_validate(r) for r in data("prescribers.json")},
+            interactions=InteractionTable(Interaction.model_validate(i) for i in data("interactions.json")),
+            warehouses={w["warehouse_id"]: Location.model_validate(w["location"]) for w in data("warehouses.json")},
+        )
+
+    def approvable(self, message: PrescriptionSubmitted, now: datetime) -> bool:
+        """What the prescription service's checks decide, with its own rule functions. No medication
+        history: every chaos prescription is for a patient of its own (county_prescriptions(patients=None)),
+        so neither a refill nor an interaction with another prescription can come up."""
+        prescription = message.prescription
+        safety = Safety(
+            formulary=self.formulary,
+            prescriber=self.prescribers.get(prescription.prescriber.licence_number),
+            interactions=self.interactions,
+        )
+        return check_prescription(prescription, safety, now).approved
+
+    def nearest_warehouse(self, message: PrescriptionSubmitted) -> str:
+        """Where inventory looks first: the warehouse nearest the patient (ties by id)."""
+        coordinates = message.prescription.patient.address.coordinates
+        patient = Location(latitude=coordinates.latitude, longitude=coordinates.longitude)
+        return min(self.warehouses, key=lambda w: (distance_km(self.warehouses[w], patient), w))
