@@ -60,6 +60,8 @@ async def test_every_guarantee_holds_while_processes_are_killed(
                 "non_terminal",
                 "double_reservations",
                 "double_dispatches",
+                "net_dispatch_mismatches",
+                "ledger_mismatches",
                 "dispatch_ids_reused",
                 "dispatches_acted_twice",
                 "duplicate_offers_ignored",
@@ -82,13 +84,17 @@ async def test_every_guarantee_holds_while_processes_are_killed(
     assert all(row.balanced for row in report.stock), context
     assert all(row.received == row.restocked_sent for row in report.stock), context
     assert all(row.adjusted == row.adjusted_applied for row in report.stock), context
-    assert all(row.dispatched == row.dispatched_expected for row in report.stock), context
-    assert all(row.reserved == 0 for row in report.stock) and not report.open_holds, context
+    assert all(row.delivered == row.delivered_expected for row in report.stock), context
+    assert all(row.quarantined == row.quarantined_expected for row in report.stock), context
+    assert all(row.reserved == 0 and row.dispatched == 0 for row in report.stock) and not report.open_holds, context
+    assert report.lots_checked and not report.unbalanced_lots, context
+    assert report.ledger_entries and not report.ledger_mismatches, context
     assert not report.double_reservations and not report.reserved_and_refused, context
     assert not report.allocation_mismatches, context
     assert not report.double_dispatches and not report.net_dispatch_mismatches, context
     assert not report.dispatch_ids_reused and not report.dispatches_acted_twice, context
     assert not report.offers_without_outcome, context
+    assert report.codes_rejected == report.wrong_codes_planned, context
     assert not any(report.final_lag.values()) and report.outbox_pending == 0, context
     assert not report.restarts_not_ready, context
     assert report.violations() == [], context

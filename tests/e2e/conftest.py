@@ -12,7 +12,14 @@ from tests.support.scenario import System
 
 
 @pytest.fixture(scope="module")
-def services(stack: DevStack) -> Iterator[DevStack]:
+def service_env() -> dict[str, str]:
+    """Settings for every service process of the module; a module overrides this to shorten deadlines."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def services(stack: DevStack, service_env: dict[str, str]) -> Iterator[DevStack]:
+    stack.extra_env.update(service_env)
     stack.start_services(*SERVICES)
     try:
         yield stack

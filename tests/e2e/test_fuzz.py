@@ -14,7 +14,7 @@ Promises checked, with the four services running as processes on a fresh broker 
    dead-letter and retry log events;
 2. every malformed message is dead-lettered by EVERY consumer group of its topic, with its original
    bytes and the reason `too_large` (over the size limit) or `contract_violation` (anything else;
-   `sender_mismatch` for a signed prescription whose mutated body claims another sender);
+   `sender_mismatch` for a signed prescription or cancellation whose mutated body claims another sender);
 3. every valid prescription sent in between the fuzz is delivered, none of the valid traffic is
    dead-lettered, and every consumer group reaches the end of its topics (none is stuck).
 
@@ -32,7 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -45,13 +45,23 @@ from hypothesis import strategies as st
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import signing, topics
-from pharmacy_contracts.consultation import PrescriptionAccepted
+from pharmacy_contracts.consultation import (
+    CancellationAccepted,
+    CancellationRequested,
+    Coordinates,
+    PrescriptionAccepted,
+)
 from pharmacy_contracts.prescription import (
     ApprovedLine,
+    CancellationOrdered,
     DeliveryDetails,
     PrescriptionApproved,
+    PrescriptionCancelled,
+    PrescriptionHeld,
     PrescriptionRejected,
     Reason,
+    ReviewDecided,
+    ReviewEscalated,
 )
 from services.cli import bus
 from services.courier.domain import CourierProfile
@@ -71,21 +81,27 @@ CONSUMED = (
     topics.CONSULTATION_PRESCRIPTIONS,
     topics.CONSULTATION_INTAKE,
     topics.PRESCRIPTION_DECISIONS,
+    topics.PRESCRIPTION_REVIEWS,
     topics.INVENTORY_COMMANDS,
     topics.INVENTORY_EVENTS,
     topics.COURIER_UPDATES,
     topics.COURIER_DELIVERIES,
 )
+"""Every topic a service reads (the test checks this against the services' own subscriptions)."""
 MAX_BYTES: int = RuntimeSettings.model_fields["max_message_bytes"].default
 EXAMPLES_PER_TOPIC = 40  # hypothesis examples per topic ...
-BATCH = 10  # ... of this many malformed messages each: 7 x 40 x 10 = 2800 messages
+BATCH = 10  # ... of this many malformed messages each: 8 x 40 x 10 = 3200 messages
 VALID_PRESCRIPTIONS = 30
-#: Parser and size refusals; `sender_mismatch` is the signature gate's (consultation.prescriptions.v1 only).
+#: Parser and size refusals; `sender_mismatch` is the signature gate's (consultation.prescriptions.v1 only:
+#: prescriptions and cancellations alike are signed there).
 ALLOWED_REASONS = {"contract_violation", "too_large", "sender_mismatch"}
 SIGNER = "hospital-test"
 #: Log events that legitimately carry a traceback (a handler failure being retried or dead-lettered).
 TRACEBACK_EVENTS = {"message dead-lettered", "handler kept failing", "handler failed, retrying"}
-TIMESTAMP_KEYS = {"occurred_at", "issued_at", "valid_until", "date_of_birth"}
+TIMESTAMP_KEYS = {
+    "occurred_at", "issued_at", "valid_until", "date_of_birth", "expiry_date",
+    "escalate_at", "expires_at", "held_since", "since",
+}  # fmt: skip
 
 
 def dump(doc: Any) -> bytes:
@@ -93,20 +109,37 @@ def dump(doc: Any) -> bytes:
 
 
 def valid_bases() -> dict[str, list[dict[str, Any]]]:
-    """At least one valid message of every type each consumed topic carries, as JSON trees."""
-    submitted = prescription_message("RX-FUZZ-BASE", [("DRUG-FA", 2), ("DRUG-FB", 1)])
+    """A valid message of every type each consumed topic carries (checked below), as JSON trees."""
+    submitted = prescription_message("RX-FUZZ-BASE", [("DRUG-FA", 2), ("DRUG-FB", 1)], sender_id=SIGNER)
     rx = submitted.prescription
     rid = rx.prescription_id
     env = {"correlation_id": rid, "producer": "fuzz", "causation_id": "CAUSE-1"}
     delivery = DeliveryDetails(address=rx.patient.address, contact_phone=rx.patient.phone, cold_chain=True)
+    hold = [Reason(code="HIGH_RISK_DRUG", message="needs a pharmacist", item_index=1)]
+    held_at = datetime(2027, 1, 15, 9, 0, tzinfo=UTC)
+    withdrawal = {"reason": "the doctor changed the therapy", "requested_by": "Dr Test"}
     lines = [inv.StockLine(drug_code="DRUG-FA", quantity=2)]
-    levels = [inv.StockLevel(drug_code="DRUG-FA", available=5, reserved=2, dispatched=1)]
+    levels = [inv.StockLevel(drug_code="DRUG-FA", available=5, reserved=2, dispatched=1, quarantined=1)]
+    expiry = date(2028, 6, 30)
+    lot = {"drug_code": "DRUG-FA", "lot_id": "LOT-FA-1", "expiry_date": expiry}
+    moved = [
+        inv.Movement(
+            kind="reserved", lot_id="LOT-FA-1", drug_code="DRUG-FA", quantity=2, source="available", target="reserved"
+        )
+    ]
     where = {"prescription_id": rid, "warehouse_id": "WH-FUZZ"}
+    held_stock = {**where, "lines": lines, "levels": levels, "movements": moved}
+    site = Coordinates(latitude=51.8, longitude=69.4)
     trip = {"prescription_id": rid, "dispatch_id": f"{rid}-D1", "courier_id": "C-FUZZ", "attempt": 1}
+    report = {"dispatch_id": f"{rid}-D1", "courier_id": "C-FUZZ", "package_id": rid}
     messages: dict[str, list[Any]] = {
-        topics.CONSULTATION_PRESCRIPTIONS.name: [submitted],
+        topics.CONSULTATION_PRESCRIPTIONS.name: [
+            submitted,
+            CancellationRequested(**env, sender_id=SIGNER, prescription_id=rid, **withdrawal),
+        ],
         topics.CONSULTATION_INTAKE.name: [
-            PrescriptionAccepted(**env, sender_id="hospital-test", prescription=rx),
+            PrescriptionAccepted(**env, sender_id=SIGNER, prescription=rx),
+            CancellationAccepted(**env, sender_id=SIGNER, prescription_id=rid, **withdrawal),
         ],
         topics.PRESCRIPTION_DECISIONS.name: [
             PrescriptionApproved(
@@ -115,55 +148,79 @@ def valid_bases() -> dict[str, list[dict[str, Any]]]:
                 patient_id=rx.patient.patient_id,
                 lines=[ApprovedLine(drug_code="DRUG-FA", quantity=2, days_supply=30)],
                 delivery=delivery,
+                reviewed_by="PH-FUZZ",
             ),
             PrescriptionRejected(
                 **env,
                 prescription_id=rid,
                 reasons=[Reason(code="UNKNOWN_DRUG", message="not in the formulary", item_index=0)],
             ),
+            PrescriptionHeld(
+                **env,
+                prescription_id=rid,
+                patient_id=rx.patient.patient_id,
+                reasons=hold,
+                escalate_at=held_at + timedelta(minutes=30),
+                expires_at=held_at + timedelta(hours=24),
+            ),
+            ReviewEscalated(
+                **env, prescription_id=rid, held_since=held_at, expires_at=held_at + timedelta(hours=24), reasons=hold
+            ),
+            PrescriptionCancelled(**env, prescription_id=rid, **withdrawal, was_approved=True),
+        ],
+        topics.PRESCRIPTION_REVIEWS.name: [
+            ReviewDecided(**env, prescription_id=rid, decision="approve", pharmacist_id="PH-FUZZ", note="checked"),
+            CancellationOrdered(**env, prescription_id=rid, pharmacist_id="PH-FUZZ", reason="therapy stopped"),
         ],
         topics.INVENTORY_COMMANDS.name: [
-            inv.RestockRequested(**env, warehouse_id="WH-FUZZ", drug_code="DRUG-FA", quantity=5, requested_by="x"),
+            inv.WarehouseRegistrationRequested(
+                **env, warehouse_id="WH-FUZZ", name="Fuzz pharmacy", kind="township", location=site, requested_by="x"
+            ),
+            inv.RestockRequested(**env, warehouse_id="WH-FUZZ", **lot, quantity=5, requested_by="x"),
             inv.AdjustmentRequested(
-                **env, warehouse_id="WH-FUZZ", drug_code="DRUG-FA", delta=-3, reason="broken", requested_by="x"
+                **env, warehouse_id="WH-FUZZ", **lot_of(lot), delta=-3, reason="broken", requested_by="x"
             ),
         ],
         topics.INVENTORY_EVENTS.name: [
-            inv.StockReserved(**env, **where, lines=lines, levels=levels),
+            inv.StockReserved(
+                **env,
+                **held_stock,
+                pickup_location=site,
+                picks=[inv.LotPick(**lot, quantity=2)],
+            ),
             inv.ReservationFailed(
                 **env,
                 prescription_id=rid,
                 reason="OUT_OF_STOCK",
                 shortages=[inv.Shortage(drug_code="DRUG-FA", requested=3, best_available=1)],
             ),
-            inv.StockReleased(**env, **where, lines=lines, levels=levels),
-            inv.StockDispatched(**env, **where, lines=lines, levels=levels),
-            inv.StockReturned(**env, **where, lines=lines, levels=levels),
+            inv.StockReleased(**env, **held_stock),
+            inv.StockDispatched(**env, **held_stock),
+            inv.StockReturned(**env, **held_stock),
+            inv.StockQuarantined(**env, **held_stock, why="cancelled"),
+            inv.StockDelivered(**env, **held_stock),
             inv.StockRestocked(
-                **env, warehouse_id="WH-FUZZ", drug_code="DRUG-FA", quantity=4, requested_by="x", level=levels[0]
+                **env, warehouse_id="WH-FUZZ", **lot, quantity=4, requested_by="x", level=levels[0], movements=moved
             ),
             inv.StockAdjusted(
                 **env,
                 warehouse_id="WH-FUZZ",
-                drug_code="DRUG-FA",
+                **lot_of(lot),
                 delta=-1,
                 reason="count",
                 requested_by="x",
                 level=levels[0],
+                movements=moved,
             ),
             inv.StockCommandRefused(**env, warehouse_id="WH-FUZZ", drug_code="DRUG-FA", reason="below zero"),
+            inv.WarehouseRegistered(**env, warehouse_id="WH-FUZZ", name="Fuzz pharmacy", kind="central", location=site),
             inv.LowStock(**env, warehouse_id="WH-FUZZ", drug_code="DRUG-FA", available=3, threshold=20),
+            inv.LotNearingExpiry(**env, warehouse_id="WH-FUZZ", **lot, available=3),
+            inv.LotExpired(**env, warehouse_id="WH-FUZZ", **lot, removed=3, level=levels[0], movements=moved),
         ],
         topics.COURIER_UPDATES.name: [
-            c.CourierReported(
-                **env,
-                dispatch_id=f"{rid}-D1",
-                courier_id="C-FUZZ",
-                package_id=rid,
-                status="failed",
-                failure_reason="patient_absent",
-                note="gate locked",
-            ),
+            c.CourierReported(**env, **report, status="failed", failure_reason="patient_absent", note="gate locked"),
+            c.CourierReported(**env, **report, status="delivered", delivery_code="042917"),
         ],
         topics.COURIER_DELIVERIES.name: [
             c.CourierAssigned(**env, **trip, warehouse_id="WH-FUZZ"),
@@ -173,14 +230,34 @@ def valid_bases() -> dict[str, list[dict[str, Any]]]:
             c.DeliveryFailed(
                 **env, **trip, warehouse_id="WH-FUZZ", reason="refused", goods_returned=True, will_retry=True
             ),
-            c.DeliveryAbandoned(**env, prescription_id=rid, warehouse_id="WH-FUZZ", attempts=3, last_reason="other"),
+            c.DeliveryAbandoned(
+                **env,
+                prescription_id=rid,
+                warehouse_id="WH-FUZZ",
+                attempts=3,
+                last_reason="other",
+                goods_travelled=True,
+            ),
+            c.DeliveryOfferExpired(**env, **trip),
+            c.DeliveryWaiting(**env, prescription_id=rid, warehouse_id="WH-FUZZ", why="no cold-chain courier free"),
+            c.DeliveryCodeRejected(**env, **trip, wrong_codes=2),
+            c.DeliveryOverdue(**env, prescription_id=rid, stage="on_the_road", since=held_at, courier_id="C-FUZZ"),
+            c.DeliveryCancelled(**env, prescription_id=rid, warehouse_id="WH-FUZZ", goods_returned=False),
         ],
     }
+    assert set(messages) == {topic.name for topic in CONSUMED}
     bases = {name: [m.model_dump(mode="json") for m in found] for name, found in messages.items()}
-    for name, docs in bases.items():  # the starting points really are valid
+    for name, docs in bases.items():  # the starting points really are valid, and every message type is fuzzed
         for doc in docs:
             topics.BY_NAME[name].parse(dump(doc))
+        carried = {message.model_fields["type"].default for message in topics.BY_NAME[name].messages}
+        assert {doc["type"] for doc in docs} == carried, name
     return bases
+
+
+def lot_of(lot: dict[str, Any]) -> dict[str, Any]:
+    """A lot's drug and id, without the expiry (adjustments name the lot only)."""
+    return {"drug_code": lot["drug_code"], "lot_id": lot["lot_id"]}
 
 
 BASES = valid_bases()
@@ -696,6 +773,7 @@ async def test_malformed_messages_on_every_topic_are_dead_lettered_and_valid_tra
         for name in names:
             groups_of[name].add(group)
     assert all(groups_of[t.name] for t in CONSUMED), groups_of
+    assert set(groups_of) == {t.name for t in CONSUMED}, "CONSUMED must list exactly the topics the services read"
 
     # valid traffic: a formulary, couriers and stock, then prescriptions between the fuzz
     suffix = f"{int(time.time() * 1000) % 10**8:08d}"

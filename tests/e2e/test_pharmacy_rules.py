@@ -1,0 +1,380 @@
+"""Issue 3's scenarios end to end: four service processes, real broker and database.
+
+The deadlines are seconds here instead of hours (the same settings operators use), so the review
+and courier timeouts happen while the test watches; the rules themselves, with their boundaries,
+are unit-tested with an injected clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, timedelta
+
+import pytest
+
+from pharmacy_contracts import topics
+from services.courier.domain import CourierProfile
+from services.prescription.domain import FormularyEntry, Interaction
+from tests.support.scenario import (
+    PATIENT_HOME,
+    System,
+    prescription_message,
+    scripted_couriers,
+    topic_events,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+REVIEW_ESCALATE_AFTER_S = 4
+REVIEW_EXPIRE_AFTER_S = 10
+OFFER_ACCEPT_TIMEOUT_S = 3
+
+
+@pytest.fixture(scope="module")
+def service_env() -> dict[str, str]:
+    return {
+        "PHARMACY_SWEEP_INTERVAL_S": "0.5",
+        "PHARMACY_REVIEW_ESCALATE_AFTER_S": str(REVIEW_ESCALATE_AFTER_S),
+        "PHARMACY_REVIEW_EXPIRE_AFTER_S": str(REVIEW_EXPIRE_AFTER_S),
+        "PHARMACY_OFFER_ACCEPT_TIMEOUT_S": str(OFFER_ACCEPT_TIMEOUT_S),
+    }
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
+
+
+def drug(code: str, *classes: str, **flags: object) -> FormularyEntry:
+    return FormularyEntry.model_validate(
+        {
+            "drug_code": code,
+            "name": f"Drug {code}",
+            "max_quantity": 500,
+            "max_days_supply": 90,
+            "ingredient_classes": list(classes),
+            **flags,
+        }
+    )
+
+
+def courier(name: str, at: tuple[float, float] = PATIENT_HOME, **extra: object) -> CourierProfile:
+    return CourierProfile.model_validate(
+        {
+            "courier_id": unique(f"C-{name}"),
+            "name": name,
+            "zone": name.lower(),
+            "location": {"latitude": at[0], "longitude": at[1]},
+            **extra,
+        }
+    )
+
+
+async def stocked_drugs(system: System, *entries: FormularyEntry, units: int = 100, **seed: object) -> str:
+    """The drugs in the formulary and in a warehouse of their own next to the patients; its id."""
+    warehouse = unique("WH")
+    await system.seed(
+        formulary=entries,
+        couriers=[courier("Amina")],
+        stock=[(warehouse, e.drug_code, units) for e in entries],
+        **seed,  # type: ignore[arg-type]
+    )
+    return warehouse
+
+
+def reason_codes(status: object) -> str:
+    return " ".join(getattr(status, "why", []))
+
+
+# --- prescription checks and pharmacist review --------------------------------------------------
+
+
+async def test_an_allergy_conflict_is_rejected(system: System) -> None:
+    amox = drug(unique("AMOX"), "penicillin")
+    await stocked_drugs(system, amox)
+    prescription_id = unique("RX-ALLERGY")
+    await system.publish(prescription_message(prescription_id, [(amox.drug_code, 21)], allergies=["Penicillin"]))
+    status = (await system.wait_terminal([prescription_id]))[prescription_id]
+    assert status.stage.value == "rejected"
+    assert "ALLERGY_CONFLICT" in reason_codes(status)
+
+
+async def test_a_severe_interaction_is_rejected(system: System) -> None:
+    warfarin, ibuprofen = drug(unique("WAR"), unique("anticoagulant")), drug(unique("IBU"), unique("nsaid"))
+    pair = Interaction(
+        class_a=warfarin.ingredient_classes[0],
+        class_b=ibuprofen.ingredient_classes[0],
+        severity="severe",
+        note="bleeding risk",
+    )
+    await stocked_drugs(system, warfarin, ibuprofen, interactions=[pair])
+    prescription_id = unique("RX-SEVERE")
+    await system.publish(prescription_message(prescription_id, [(warfarin.drug_code, 30), (ibuprofen.drug_code, 20)]))
+    status = (await system.wait_terminal([prescription_id]))[prescription_id]
+    assert status.stage.value == "rejected"
+    assert "SEVERE_INTERACTION" in reason_codes(status)
+
+
+async def test_a_moderate_interaction_is_reviewed_approved_and_delivered(system: System) -> None:
+    lisinopril, ibuprofen = drug(unique("LIS"), unique("ace")), drug(unique("IBU"), unique("nsaid"))
+    pair = Interaction(
+        class_a=lisinopril.ingredient_classes[0],
+        class_b=ibuprofen.ingredient_classes[0],
+        severity="moderate",
+        note="kidney function",
+    )
+    await stocked_drugs(system, lisinopril, ibuprofen, interactions=[pair])
+    prescription_id = unique("RX-MODERATE")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["deliver"]})
+    simulator.start()
+    try:
+        await system.publish(
+            prescription_message(prescription_id, [(lisinopril.drug_code, 30), (ibuprofen.drug_code, 20)])
+        )
+        held = await system.wait_stage(prescription_id, "held_for_review")
+        assert "MODERATE_INTERACTION" in reason_codes(held)
+        await system.review(prescription_id, "approve")
+        status = (await system.wait_terminal([prescription_id]))[prescription_id]
+    finally:
+        await simulator.stop()
+    assert status.stage.value == "delivered"
+    approvals = [
+        e
+        for e in await topic_events(system.settings, topics.PRESCRIPTION_DECISIONS.name, prescription_id)
+        if e["type"] == "prescription.approved"
+    ]
+    assert [a["reviewed_by"] for a in approvals] == ["PH-TEST"]
+
+
+async def test_a_controlled_drug_is_reviewed_and_rejected(system: System) -> None:
+    morphine = drug(unique("MOR"), "opioid", controlled=True)
+    await stocked_drugs(system, morphine)
+    prescription_id = unique("RX-CONTROLLED")
+    await system.publish(prescription_message(prescription_id, [(morphine.drug_code, 20)]))
+    held = await system.wait_stage(prescription_id, "held_for_review")
+    assert "CONTROLLED_SUBSTANCE" in reason_codes(held)
+    await system.review(prescription_id, "reject", note="no pain assessment on file")
+    status = (await system.wait_terminal([prescription_id]))[prescription_id]
+    assert status.stage.value == "rejected"
+    assert "PHARMACIST_REJECTED" in reason_codes(status)
+
+
+async def test_a_refill_too_soon_goes_to_review(system: System) -> None:
+    metformin = drug(unique("MET"), "biguanide")
+    await stocked_drugs(system, metformin)
+    patient = unique("PAT-REFILL")
+    first, second = unique("RX-FIRST"), unique("RX-REFILL")
+    simulator = scripted_couriers(system.settings, {first: ["deliver"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(first, [(metformin.drug_code, 60)], patient_id=patient))
+        assert (await system.wait_terminal([first]))[first].stage.value == "delivered"
+    finally:
+        await simulator.stop()
+    await system.publish(prescription_message(second, [(metformin.drug_code, 60)], patient_id=patient))
+    held = await system.wait_stage(second, "held_for_review")
+    assert "REFILL_TOO_SOON" in reason_codes(held)
+
+
+async def test_an_undecided_review_escalates_then_expires(system: System) -> None:
+    morphine = drug(unique("MOR"), "opioid", controlled=True)
+    await stocked_drugs(system, morphine)
+    prescription_id = unique("RX-TIMEOUT")
+    await system.publish(prescription_message(prescription_id, [(morphine.drug_code, 20)]))
+    await system.wait_stage(prescription_id, "held_for_review")
+    status = (await system.wait_terminal([prescription_id], timeout=REVIEW_EXPIRE_AFTER_S + 60))[prescription_id]
+    assert status.stage.value == "rejected"
+    assert "REVIEW_EXPIRED" in reason_codes(status)
+    types = [
+        e["type"] for e in await topic_events(system.settings, topics.PRESCRIPTION_DECISIONS.name, prescription_id)
+    ]
+    assert types == ["prescription.held_for_review", "prescription.review_escalated", "prescription.rejected"]
+
+
+# --- stock ---------------------------------------------------------------------------------------
+
+
+async def test_fefo_skips_an_expired_and_a_short_dated_lot(system: System) -> None:
+    insulin = drug(unique("INS"), "insulin")
+    warehouse = unique("WH-FEFO")
+    today = date.today()
+    lots = {
+        "expired": today - timedelta(days=1),
+        "short": today + timedelta(days=20),  # ends before 30 days of therapy plus delivery
+        "first": today + timedelta(days=120),
+        "later": today + timedelta(days=400),
+    }
+    await system.seed(
+        formulary=[insulin],
+        couriers=[courier("Bayu")],
+        stock=[(warehouse, insulin.drug_code, 10, f"{warehouse}-{name}", expiry) for name, expiry in lots.items()],
+    )
+    prescription_id = unique("RX-FEFO")
+    await system.publish(prescription_message(prescription_id, [(insulin.drug_code, 15)], days_supply=30))
+    await reserved_at(system, prescription_id)
+    reserved = [
+        e
+        for e in await topic_events(system.settings, topics.INVENTORY_EVENTS.name, prescription_id)
+        if e["type"] == "inventory.stock_reserved"
+    ]
+    assert len(reserved) == 1
+    picks = {p["lot_id"]: p["quantity"] for p in reserved[0]["picks"]}
+    assert picks == {f"{warehouse}-first": 10, f"{warehouse}-later": 5}
+    await system.cancel(prescription_id)  # frees the couriers for the next tests
+
+
+async def test_the_nearest_warehouse_that_has_everything_fills_the_prescription(system: System) -> None:
+    a, b = drug(unique("DA"), "biguanide"), drug(unique("DB"), "statin")
+    nearest, middle, far = unique("WH-NEAR"), unique("WH-MID"), unique("WH-FAR")
+    home = PATIENT_HOME
+    await system.seed(
+        formulary=[a, b],
+        couriers=[courier("Chen")],
+        stock=[
+            (nearest, a.drug_code, 100),  # next door, but without b
+            (middle, a.drug_code, 100),
+            (middle, b.drug_code, 100),
+            (far, a.drug_code, 100),
+            (far, b.drug_code, 100),
+        ],
+        locations={
+            nearest: home,
+            middle: (home[0] + 0.3, home[1] + 0.3),
+            far: (home[0] + 1.5, home[1] + 1.5),
+        },
+    )
+    prescription_id = unique("RX-NEAR")
+    await system.publish(prescription_message(prescription_id, [(a.drug_code, 10), (b.drug_code, 10)]))
+    assert await reserved_at(system, prescription_id) == middle
+    await system.cancel(prescription_id)
+
+
+async def reserved_at(system: System, prescription_id: str) -> str:
+    """The warehouse the prescription's stock was reserved at, once it is."""
+    found: list[str | None] = [None]
+
+    async def reserved() -> bool:
+        status = await system.status(prescription_id)
+        found[0] = None if status is None else status.warehouse_id
+        return found[0] is not None
+
+    await wait_until(reserved, f"a reservation for {prescription_id}", timeout=60)
+    assert found[0] is not None
+    return found[0]
+
+
+# --- couriers -------------------------------------------------------------------------------------
+
+
+async def test_a_cold_chain_drug_goes_to_a_cold_chain_courier(system: System) -> None:
+    insulin = drug(unique("INS"), "insulin", cold_chain=True)
+    ordinary = courier("Dana", at=PATIENT_HOME)  # nearest, but no cooler
+    cooled = courier("Erlan", at=(PATIENT_HOME[0] + 0.5, PATIENT_HOME[1]), cold_chain=True)
+    warehouse = unique("WH-COLD")
+    await system.seed(formulary=[insulin], couriers=[ordinary, cooled], stock=[(warehouse, insulin.drug_code, 20)])
+    prescription_id = unique("RX-COLD")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["deliver"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(prescription_id, [(insulin.drug_code, 5)]))
+        assert (await system.wait_terminal([prescription_id]))[prescription_id].stage.value == "delivered"
+    finally:
+        await simulator.stop()
+    offers = [o for o in simulator.offers if o.package_id == prescription_id]
+    roster = {p.courier_id: p for p in await system.courier.couriers()}
+    assert offers and all(o.cold_chain and roster[o.courier_id].cold_chain for o in offers)
+
+
+async def test_a_wrong_delivery_code_is_refused_then_the_right_one_accepted(system: System) -> None:
+    metformin = drug(unique("MET"), "biguanide")
+    await stocked_drugs(system, metformin)
+    prescription_id = unique("RX-CODE")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["wrong-code"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(prescription_id, [(metformin.drug_code, 30)]))
+        status = (await system.wait_terminal([prescription_id]))[prescription_id]
+    finally:
+        await simulator.stop()
+    assert status.stage.value == "delivered"
+    types = [e["type"] for e in await topic_events(system.settings, topics.COURIER_DELIVERIES.name, prescription_id)]
+    assert types.index("courier.delivery_code_rejected") < types.index("courier.delivered")
+    assert types.count("courier.delivered") == 1
+
+
+async def test_an_offer_not_accepted_in_time_goes_to_the_next_courier(system: System) -> None:
+    metformin = drug(unique("MET"), "biguanide")
+    warehouse = unique("WH-SLOW")
+    await system.seed(
+        formulary=[metformin],
+        couriers=[courier("Farida"), courier("Gani", at=(PATIENT_HOME[0] + 0.2, PATIENT_HOME[1]))],
+        stock=[(warehouse, metformin.drug_code, 50)],
+    )
+    prescription_id = unique("RX-SLOW")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["ignore", "deliver"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(prescription_id, [(metformin.drug_code, 30)]))
+        status = (await system.wait_terminal([prescription_id], timeout=OFFER_ACCEPT_TIMEOUT_S + 90))[prescription_id]
+    finally:
+        await simulator.stop()
+    assert status.stage.value == "delivered"
+    offers = [o for o in simulator.offers if o.package_id == prescription_id]
+    assert len(offers) == 2 and offers[0].courier_id != offers[1].courier_id
+    types = [e["type"] for e in await topic_events(system.settings, topics.COURIER_DELIVERIES.name, prescription_id)]
+    assert "courier.offer_expired" in types
+
+
+# --- cancellation ---------------------------------------------------------------------------------
+
+
+async def test_a_cancellation_before_pickup_releases_the_stock(system: System) -> None:
+    metformin = drug(unique("MET"), "biguanide")
+    warehouse = await stocked_drugs(system, metformin, units=100)
+    prescription_id = unique("RX-CANCEL-EARLY")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["ignore"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(prescription_id, [(metformin.drug_code, 40)]))
+        await system.wait_stage(prescription_id, "courier_assigned")
+        await system.cancel(prescription_id)
+        status = await system.wait_stage(prescription_id, "cancelled")
+    finally:
+        await simulator.stop()
+    assert status.terminal
+
+    async def released() -> bool:
+        level = (await system.warehouses())[warehouse].level(metformin.drug_code)
+        return (level.available, level.reserved, level.dispatched) == (100, 0, 0)
+
+    await wait_until(released, "the reserved units back on the shelf", timeout=60)
+    withdrawn = [
+        e
+        for e in await topic_events(system.settings, topics.COURIER_DISPATCH.name, prescription_id)
+        if e["type"] == "courier.dispatch_withdrawn"
+    ]
+    assert withdrawn and not withdrawn[-1]["return_goods"]
+
+
+async def test_a_cancellation_after_pickup_brings_the_goods_back_to_quarantine(system: System) -> None:
+    metformin = drug(unique("MET"), "biguanide")
+    warehouse = await stocked_drugs(system, metformin, units=100)
+    prescription_id = unique("RX-CANCEL-LATE")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["hold-after-pickup"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(prescription_id, [(metformin.drug_code, 40)]))
+        await system.wait_stage(prescription_id, "picked_up")
+        await system.cancel(prescription_id)
+
+        async def quarantined() -> bool:
+            level = (await system.warehouses())[warehouse].level(metformin.drug_code)
+            return (level.available, level.reserved, level.dispatched, level.quarantined) == (60, 0, 0, 40)
+
+        await wait_until(quarantined, "the returned goods in quarantine", timeout=60)
+    finally:
+        await simulator.stop()
+    status = await system.status(prescription_id)
+    assert status is not None and status.stage.value == "cancelled"
+    types = [e["type"] for e in await topic_events(system.settings, topics.INVENTORY_EVENTS.name, prescription_id)]
+    assert "inventory.stock_quarantined" in types and "inventory.stock_released" not in types
