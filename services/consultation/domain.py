@@ -227,6 +227,8 @@ def _step_of(event: Envelope) -> _Step | None:
         case c.DeliveryOverdue():
             if event.stage == "awaiting_courier":
                 detail = f"overdue: no courier has taken it since {event.since:%Y-%m-%d %H:%M} UTC"
+            elif event.stage == "awaiting_stock":
+                detail = f"overdue: no stock reserved for it since {event.since:%Y-%m-%d %H:%M} UTC"
             else:
                 detail = f"overdue: on the road with {event.courier_id} since {event.since:%Y-%m-%d %H:%M} UTC"
             return _Step(detail, warning=True)

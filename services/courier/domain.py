@@ -52,6 +52,7 @@ FINISHED = frozenset({DeliveryState.DELIVERED, DeliveryState.UNDELIVERABLE, Deli
 #: States a sweep looks at: an offer may expire, a deadline pass, a waiting delivery find a courier.
 SWEPT = frozenset(
     {
+        DeliveryState.WAITING,
         DeliveryState.AWAITING_COURIER,
         DeliveryState.OFFERED,
         DeliveryState.ACCEPTED,
@@ -82,6 +83,9 @@ class Attempt(BaseModel):
     returned_at: datetime | None = None
     failure_reason: FailureReason | None = None
     wrong_codes: int = Field(default=0, description="'delivered' reports with a wrong or missing code")
+    code_locked: bool = Field(
+        default=False, description="Too many wrong codes: no 'delivered' report counts on this attempt any more"
+    )
     overdue_alerted: bool = Field(default=False, description="The on-the-road deadline alert went out")
 
     @property
@@ -97,6 +101,10 @@ class Delivery(BaseModel):
     pickup_location: Coordinates | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     active_courier_id: str | None = Field(default=None, description="Set while a courier holds this delivery")
+    details_at: datetime | None = Field(
+        default=None, description="When the approval's delivery details arrived: the wait for the stock starts then"
+    )
+    stock_overdue_alerted: bool = Field(default=False, description="The waiting-for-stock alert went out")
     awaiting_since: datetime | None = Field(default=None, description="Start of the current wait for a courier")
     waiting_overdue_alerted: bool = Field(default=False, description="The waiting deadline alert of this wait went out")
     cancel_notice_due: bool = Field(
@@ -132,6 +140,7 @@ class Policy:
     accept_timeout: timedelta = timedelta(minutes=15)
     on_the_road_deadline: timedelta = timedelta(hours=24)
     courier_wait_deadline: timedelta = timedelta(hours=4)
+    max_wrong_codes: int = 5
 
 
 class ReportOutcome(StrEnum):
@@ -139,6 +148,7 @@ class ReportOutcome(StrEnum):
     PICKED_UP = "picked_up"
     DELIVERED = "delivered"
     CODE_REJECTED = "code_rejected"
+    CODE_LOCKED = "code_locked"  # a wrong code, the last one allowed: the attempt takes no more codes
     FAILED_WILL_RETRY = "failed_will_retry"
     FAILED_GIVEN_UP = "failed_given_up"
     RETURNED = "returned"
@@ -323,9 +333,12 @@ def _already_applied(delivery: Delivery, attempt: Attempt, status: str) -> bool:
             return attempt.returned_at is not None
         case "delivered":
             return attempt.status is AttemptStatus.DELIVERED
+        case "picked_up":
+            return attempt.picked_up_at is not None and delivery.state in _CARRYING_GOODS
     return status in _NEXT and delivery.state is _NEXT[status][1]
 
 
+_CARRYING_GOODS = frozenset({DeliveryState.PICKED_UP, DeliveryState.RETURNING})
 _NEXT = {
     "accepted": ({DeliveryState.OFFERED}, DeliveryState.ACCEPTED, ReportOutcome.ACCEPTED),
     "picked_up": ({DeliveryState.OFFERED, DeliveryState.ACCEPTED}, DeliveryState.PICKED_UP, ReportOutcome.PICKED_UP),
@@ -346,7 +359,8 @@ def apply_report(
 ) -> tuple[Delivery, ReportOutcome]:
     """A courier's report on its current dispatch. Reports on someone else's dispatch, on an old or
     withdrawn attempt, or out of order are refused: they are kept for a person, never acted on.
-    'delivered' counts only with the right code (`code_is_right`); a wrong one only counts itself."""
+    'delivered' counts only with the right code (`code_is_right`); a wrong one only counts itself,
+    and after `policy.max_wrong_codes` of them the attempt takes no more codes (see `_code_reported`)."""
     attempt = next((a for a in delivery.attempts if a.dispatch_id == dispatch_id), None)
     if attempt is None:
         raise ReportRefused("unknown_dispatch", f"no dispatch {dispatch_id} for this package")
@@ -358,15 +372,7 @@ def apply_report(
     if attempt.status is AttemptStatus.TIMED_OUT:
         raise ReportRefused("offer_expired", f"dispatch {dispatch_id} was not accepted in time and went to another")
     if is_current and delivery.state is DeliveryState.RETURNING:
-        if status != "returned":
-            raise ReportRefused(
-                "dispatch_withdrawn",
-                f"dispatch {dispatch_id} was cancelled: bring the goods back and report 'returned'",
-            )
-        back = attempt.model_copy(update={"returned_at": now})
-        return _replace_current(delivery, back, state=DeliveryState.CANCELLED, active_courier_id=None), (
-            ReportOutcome.RETURNED
-        )
+        return _while_returning(delivery, attempt, status, code_is_right=code_is_right, policy=policy, now=now)
     if not is_current or delivery.state in FINISHED or attempt.status is not AttemptStatus.OFFERED:
         raise ReportRefused("dispatch_closed", f"dispatch {dispatch_id} is no longer active ({delivery.state})")
     if status == "returned":
@@ -376,18 +382,14 @@ def apply_report(
         allowed, target, outcome = _NEXT[status]
         if delivery.state not in allowed:
             raise ReportRefused("out_of_order", f"'{status}' reported while the delivery is {delivery.state}")
-        if status == "delivered" and not code_is_right:
-            rejected = attempt.model_copy(update={"wrong_codes": attempt.wrong_codes + 1})
-            return _replace_current(delivery, rejected), ReportOutcome.CODE_REJECTED
         match status:
             case "accepted":
                 moved = attempt.model_copy(update={"accepted_at": now})
             case "picked_up":
                 moved = attempt.model_copy(update={"picked_up_at": now, "accepted_at": attempt.accepted_at or now})
             case _:
-                moved = attempt.model_copy(update={"status": AttemptStatus.DELIVERED})
-        active = None if target is DeliveryState.DELIVERED else courier_id
-        return _replace_current(delivery, moved, state=target, active_courier_id=active), outcome
+                return _code_reported(delivery, attempt, code_is_right=code_is_right, policy=policy)
+        return _replace_current(delivery, moved, state=target, active_courier_id=courier_id), outcome
 
     # failed
     assert failure_reason is not None
@@ -399,9 +401,61 @@ def apply_report(
     return given_up, ReportOutcome.FAILED_GIVEN_UP
 
 
+def _code_reported(
+    delivery: Delivery, attempt: Attempt, *, code_is_right: bool, policy: Policy
+) -> tuple[Delivery, ReportOutcome]:
+    """'delivered' with the goods in hand: the right code delivers, a wrong one is counted. The
+    `max_wrong_codes`-th wrong code locks the attempt, so the six digits cannot be guessed by trying:
+    every later 'delivered' on it is refused, and the dispatcher decides (a failure report still counts)."""
+    if attempt.code_locked:
+        raise ReportRefused(
+            "code_locked",
+            f"{attempt.wrong_codes} wrong codes were reported on dispatch {attempt.dispatch_id}: "
+            "it takes no more codes; the dispatcher decides",
+        )
+    if not code_is_right:
+        wrong = attempt.wrong_codes + 1
+        locked = wrong >= policy.max_wrong_codes
+        rejected = attempt.model_copy(update={"wrong_codes": wrong, "code_locked": locked})
+        return _replace_current(
+            delivery, rejected
+        ), ReportOutcome.CODE_LOCKED if locked else ReportOutcome.CODE_REJECTED
+    done = attempt.model_copy(update={"status": AttemptStatus.DELIVERED})
+    return _replace_current(delivery, done, state=DeliveryState.DELIVERED, active_courier_id=None), (
+        ReportOutcome.DELIVERED
+    )
+
+
+def _while_returning(
+    delivery: Delivery, attempt: Attempt, status: str, *, code_is_right: bool, policy: Policy, now: datetime
+) -> tuple[Delivery, ReportOutcome]:
+    """Reports on a dispatch recalled by a cancellation (see `cancel`). The courier confirms with
+    'returned'. Reports sent before the recall reached the courier still count: a pickup (the goods
+    are on the road and will come back), or a delivery with the right code (the patient has the
+    goods: the cancellation came too late)."""
+    match status:
+        case "returned":
+            back = attempt.model_copy(update={"returned_at": now})
+            closed = _replace_current(delivery, back, state=DeliveryState.CANCELLED, active_courier_id=None)
+            return closed, ReportOutcome.RETURNED
+        case "picked_up":
+            taken = attempt.model_copy(update={"picked_up_at": now, "accepted_at": attempt.accepted_at or now})
+            return _replace_current(delivery, taken), ReportOutcome.PICKED_UP
+        case "delivered":
+            if attempt.picked_up_at is None:
+                raise ReportRefused(
+                    "out_of_order", f"'delivered' reported on dispatch {attempt.dispatch_id}, never picked up"
+                )
+            return _code_reported(delivery, attempt, code_is_right=code_is_right, policy=policy)
+    raise ReportRefused(
+        "dispatch_withdrawn",
+        f"dispatch {attempt.dispatch_id} was cancelled: bring the goods back (if taken) and report 'returned'",
+    )
+
+
 # --- deadlines (the sweep) -----------------------------------------------------------------------------------
 
-OverdueStage = Literal["awaiting_courier", "on_the_road"]
+OverdueStage = Literal["awaiting_stock", "awaiting_courier", "on_the_road"]
 
 
 def offer_expired(delivery: Delivery, now: datetime) -> bool:
@@ -425,7 +479,14 @@ def expire_offer(delivery: Delivery, now: datetime) -> Delivery:
 
 def overdue(delivery: Delivery, now: datetime, policy: Policy) -> tuple[OverdueStage, datetime] | None:
     """A deadline that passed and was not alerted yet: the stage and since when. Exactly at the
-    deadline counts as passed."""
+    deadline counts as passed. Waiting for the stock reservation after the approval has the same
+    limit as waiting for a courier."""
+    if waiting_for_stock(delivery):
+        since = delivery.details_at
+        assert since is not None
+        if not delivery.stock_overdue_alerted and now >= since + policy.courier_wait_deadline:
+            return "awaiting_stock", since
+        return None
     if delivery.state is DeliveryState.AWAITING_COURIER and delivery.awaiting_since is not None:
         since = delivery.awaiting_since
         if not delivery.waiting_overdue_alerted and now >= since + policy.courier_wait_deadline:
@@ -439,7 +500,19 @@ def overdue(delivery: Delivery, now: datetime, policy: Policy) -> tuple[OverdueS
     return None
 
 
+def waiting_for_stock(delivery: Delivery) -> bool:
+    """Approved (the delivery details are here) but no reservation yet."""
+    return (
+        delivery.state is DeliveryState.WAITING
+        and delivery.details is not None
+        and delivery.details_at is not None
+        and delivery.warehouse_id is None
+    )
+
+
 def mark_overdue(delivery: Delivery, stage: OverdueStage) -> Delivery:
+    if stage == "awaiting_stock":
+        return delivery.model_copy(update={"stock_overdue_alerted": True})
     if stage == "awaiting_courier":
         return delivery.model_copy(update={"waiting_overdue_alerted": True})
     attempt = delivery.current
@@ -452,15 +525,22 @@ def mark_overdue(delivery: Delivery, stage: OverdueStage) -> Delivery:
 
 class CancelOutcome(StrEnum):
     CANCELLED = "cancelled"  # nothing had left: closed at once
-    WITHDRAWN = "withdrawn"  # a courier was offered it or on the way to pick it up: told to stop
-    RECALLED = "recalled"  # the goods are with a courier: told to bring them back
+    WITHDRAWN = "withdrawn"  # offered, not accepted: the courier is told to stop
+    RECALLED = "recalled"  # accepted or picked up: the courier brings the goods back, or confirms they never took them
     TOO_LATE = "too_late"  # delivered or undeliverable already
     ALREADY = "already"  # cancelled or coming back already
 
 
 def cancel(delivery: Delivery) -> tuple[Delivery, CancelOutcome]:
-    """The prescription was withdrawn. Before pickup the delivery closes; after pickup it closes
-    when the courier reports the goods 'returned'."""
+    """The prescription was withdrawn. Before any courier accepted, the delivery closes at once.
+
+    Once a courier accepted, it closes only when the courier reports 'returned' (RETURNING until
+    then): a courier on the way may already hold the goods, their 'picked_up' still in flight. The
+    held stock stays reserved meanwhile, so the warehouse books never guess: a late pickup moves
+    it onto the road (and it comes back to quarantine), a 'returned' without any pickup releases
+    it to the shelf. Releasing at once and taking units back off the shelf later could not be exact:
+    they may have been reserved for someone else by then. The courier's silence is bounded by the
+    on-the-road deadline (the dispatcher is alerted)."""
     attempt = delivery.current
     match delivery.state:
         case DeliveryState.WAITING | DeliveryState.AWAITING_COURIER:
@@ -473,12 +553,12 @@ def cancel(delivery: Delivery) -> tuple[Delivery, CancelOutcome]:
                 }
             )
             return closed, CancelOutcome.CANCELLED
-        case DeliveryState.OFFERED | DeliveryState.ACCEPTED:
+        case DeliveryState.OFFERED:
             assert attempt is not None
             withdrawn = attempt.model_copy(update={"status": AttemptStatus.WITHDRAWN})
             closed = _replace_current(delivery, withdrawn, state=DeliveryState.CANCELLED, active_courier_id=None)
             return closed, CancelOutcome.WITHDRAWN
-        case DeliveryState.PICKED_UP:
+        case DeliveryState.ACCEPTED | DeliveryState.PICKED_UP:
             assert attempt is not None
             withdrawn = attempt.model_copy(update={"status": AttemptStatus.WITHDRAWN})
             return _replace_current(delivery, withdrawn, state=DeliveryState.RETURNING), CancelOutcome.RECALLED

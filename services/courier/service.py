@@ -39,6 +39,20 @@ class _RosterView:
     roster: list[CourierProfile] | None = None
     loads: dict[str, int] = field(default_factory=dict)
     wanted: bool = False
+    #: Offers counted into `loads` by the decision in hand, not yet written.
+    counted: list[tuple[dict[str, int], str]] = field(default_factory=list)
+
+    def count_offer(self, courier_id: str) -> None:
+        """Counted while deciding, so the next decision of the same group write sees it; taken back
+        if the decision is run again (a concurrent write won) or its write fails (see `_apply`)."""
+        self.loads[courier_id] = self.loads.get(courier_id, 0) + 1
+        self.counted.append((self.loads, courier_id))
+
+    def uncount(self) -> None:
+        for loads, courier_id in self.counted:
+            if loads.get(courier_id, 0) > 0:
+                loads[courier_id] -= 1
+        self.counted.clear()
 
 
 Decide = Callable[[Delivery | None, _RosterView], Change[Delivery] | None]
@@ -108,9 +122,21 @@ class CourierService:
         """Apply `decide`; the roster is read only when it asks for one (an offer is due): it then
         returns None with `view.wanted` set, and is asked again with the roster."""
         view = view or _RosterView()
+
+        def run(current: Delivery | None) -> Change[Delivery] | None:
+            view.uncount()  # a decision run again counts its offer again
+            return decide(current, view)
+
         for _ in range(3):
             view.wanted = False
-            change = await self._storage.deliveries.apply(rx, lambda d: decide(d, view), message_id=message_id)
+            try:
+                change = await self._storage.deliveries.apply(rx, run, message_id=message_id)
+            except BaseException:
+                view.uncount()
+                raise
+            if change is None:
+                view.uncount()
+            view.counted.clear()  # written: the offer's count stays
             if not view.wanted:
                 return change
             view.roster, view.loads = await self._roster_and_loads()
@@ -154,7 +180,7 @@ class CourierService:
             log.warning("no courier can take the delivery; it waits", prescription_id=rx, why=why)
             waiting = c.DeliveryWaiting(**common, prescription_id=rx, warehouse_id=delivery.warehouse_id, why=why)
             return Change(offered, [*events, waiting])
-        view.loads[courier.courier_id] = view.loads.get(courier.courier_id, 0) + 1
+        view.count_offer(courier.courier_id)
         attempt = offered.current
         assert attempt is not None
         dispatch = c.DispatchOffered(
@@ -204,9 +230,8 @@ class CourierService:
             delivery = current or Delivery(prescription_id=rx)
             if delivery.details is not None:
                 return None
-            return self._offer_if_ready(
-                current, delivery.model_copy(update={"details": details}), [], view, event.message_id, now
-            )
+            known = delivery.model_copy(update={"details": details, "details_at": now})
+            return self._offer_if_ready(current, known, [], view, event.message_id, now)
 
         await self._apply(rx, decide, event.message_id)
 
@@ -283,17 +308,20 @@ class CourierService:
     ) -> Change[Delivery] | None:
         rx = before.prescription_id
         attempt = before.current
+        # An earlier attempt's goods that travelled and came back (held for the retry) never go back on the shelf.
+        travelled = domain.goods_travelled(before)
         match outcome:
             case CancelOutcome.CANCELLED:
-                notice = [] if after.cancel_notice_due else [self._cancelled(rx, causation_id, before.warehouse_id)]
-                return Change(after, notice)
+                if after.cancel_notice_due:
+                    return Change(after)
+                return Change(after, [self._cancelled(rx, causation_id, before.warehouse_id, goods_returned=travelled)])
             case CancelOutcome.WITHDRAWN:
                 assert attempt is not None
                 return Change(
                     after,
                     [
                         self._withdrawn(attempt, rx, causation_id, reason="cancelled", return_goods=False),
-                        self._cancelled(rx, causation_id, before.warehouse_id),
+                        self._cancelled(rx, causation_id, before.warehouse_id, goods_returned=travelled),
                     ],
                 )
             case CancelOutcome.RECALLED:
@@ -349,11 +377,14 @@ class CourierService:
         if report.status == "failed":  # a retry is offered in the same write
             view.roster, view.loads = await self._roster_and_loads()
         outcomes: list[tuple[ReportOutcome, Delivery]] = []
+        before_states: list[DeliveryState] = []
 
         def decide(current: Delivery | None, view: _RosterView) -> Change[Delivery] | None:
             outcomes.clear()
+            before_states.clear()
             if current is None:
                 raise Refused("unknown_package", f"no delivery for package {rx}")
+            before_states.append(current.state)
             try:
                 updated, outcome = domain.apply_report(
                     current,
@@ -375,6 +406,7 @@ class CourierService:
         if await self._apply(rx, decide, report.message_id, view) is None:
             return
         outcome, updated = outcomes[-1]
+        recalled = before_states[-1] is DeliveryState.RETURNING
         if outcome is ReportOutcome.CODE_REJECTED:
             attempt = updated.current
             log.warning(
@@ -383,6 +415,26 @@ class CourierService:
                 courier_id=report.courier_id,
                 dispatch_id=report.dispatch_id,
                 wrong_codes=attempt.wrong_codes if attempt else None,
+            )
+        elif outcome is ReportOutcome.CODE_LOCKED:
+            log.warning(
+                "too many wrong delivery codes: the attempt is locked; the dispatcher decides",
+                prescription_id=rx,
+                courier_id=report.courier_id,
+                dispatch_id=report.dispatch_id,
+                wrong_codes=self._policy.max_wrong_codes,
+            )
+        elif outcome is ReportOutcome.DELIVERED and recalled:
+            log.warning(
+                "delivered before the recall reached the courier: the cancellation came too late",
+                prescription_id=rx,
+                courier_id=report.courier_id,
+            )
+        elif outcome is ReportOutcome.PICKED_UP and recalled:
+            log.warning(
+                "goods picked up before the recall reached the courier; they come back",
+                prescription_id=rx,
+                courier_id=report.courier_id,
             )
         elif outcome is ReportOutcome.FAILED_GIVEN_UP:
             log.info(
@@ -422,11 +474,15 @@ class CourierService:
                 return Change(after, [c.DeliveryPickedUp(**common, **where)])
             case ReportOutcome.DELIVERED:
                 return Change(after, [c.DeliveryCompleted(**common, **where)])
-            case ReportOutcome.CODE_REJECTED:
+            case ReportOutcome.CODE_REJECTED | ReportOutcome.CODE_LOCKED:
                 wrong = after.current.wrong_codes if after.current else 1
-                return Change(after, [c.DeliveryCodeRejected(**common, wrong_codes=wrong)])
+                locked = outcome is ReportOutcome.CODE_LOCKED
+                return Change(after, [c.DeliveryCodeRejected(**common, wrong_codes=wrong, locked=locked)])
             case ReportOutcome.RETURNED:
-                return Change(after, [self._cancelled(rx, report.message_id, before.warehouse_id, goods_returned=True)])
+                # Confirmed by a courier recalled before pickup, nothing travelled: the stock goes back on the shelf.
+                travelled = domain.goods_travelled(after)
+                notice = self._cancelled(rx, report.message_id, before.warehouse_id, goods_returned=travelled)
+                return Change(after, [notice])
         assert report.failure_reason is not None
         failed = c.DeliveryFailed(
             **common,

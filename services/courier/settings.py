@@ -31,7 +31,17 @@ class CourierSettings(RuntimeSettings):
         default=24 * 3600, gt=0, description="On the road longer than this: the dispatcher is alerted"
     )
     courier_wait_deadline_s: float = Field(
-        default=4 * 3600, gt=0, description="Waiting for a courier longer than this: the dispatcher is alerted"
+        default=4 * 3600,
+        gt=0,
+        description=(
+            "Waiting for a courier, or approved and waiting for the stock reservation, longer than this: "
+            "the dispatcher is alerted"
+        ),
+    )
+    max_wrong_codes: int = Field(
+        default=5,
+        ge=1,
+        description="Wrong delivery codes after which an attempt takes no more codes and the dispatcher is alerted",
     )
     roster_refresh_s: float = Field(
         default=2.0, ge=0, description="How old the roster and per-courier loads used to choose a courier may be"
@@ -44,6 +54,7 @@ class CourierSettings(RuntimeSettings):
             accept_timeout=timedelta(seconds=self.offer_accept_timeout_s),
             on_the_road_deadline=timedelta(seconds=self.delivery_deadline_s),
             courier_wait_deadline=timedelta(seconds=self.courier_wait_deadline_s),
+            max_wrong_codes=self.max_wrong_codes,
         )
 
     def delivery_code_secret(self) -> bytes:

@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from pharmacy_contracts.inventory import Bucket, Movement, MovementKind
 
@@ -68,7 +68,17 @@ class Hold(BaseModel):
     """Stock held for one prescription, from reservation until delivered, released or quarantined."""
 
     picks: list[Pick]
-    dispatched: bool = False
+    dispatched: bool = Field(default=False, description="On the road now")
+    travelled: bool = Field(
+        default=False, description="Has been on the road, even if back now: never goes straight back on the shelf"
+    )
+
+    @model_validator(mode="after")
+    def _on_the_road_has_travelled(self) -> Hold:
+        """Documents written before `travelled` existed: goods on the road have travelled."""
+        if self.dispatched:
+            self.travelled = True
+        return self
 
     @property
     def lines(self) -> dict[str, int]:
@@ -403,12 +413,13 @@ def dispatch(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
     hold = warehouse.holds.get(prescription_id)
     if hold is None or hold.dispatched:
         return None
-    travelling = hold.model_copy(update={"dispatched": True})
+    travelling = hold.model_copy(update={"dispatched": True, "travelled": True})
     return _move_hold(warehouse, prescription_id, "dispatched", "reserved", "dispatched", travelling)
 
 
 def return_goods(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
-    """Dispatched → reserved: the sealed package came back from a failed attempt and waits for the retry."""
+    """Dispatched → reserved: the sealed package came back from a failed attempt and waits for the
+    retry. It stays marked as travelled: if the delivery ends without one, it goes to quarantine."""
     hold = warehouse.holds.get(prescription_id)
     if hold is None or not hold.dispatched:
         return None
@@ -417,12 +428,22 @@ def return_goods(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
 
 
 def release(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
-    """Reserved → available when the delivery is given up before the goods left. Goods that are on the
-    road are not released (see `quarantine`): nothing that left goes straight back on the shelf."""
+    """Reserved → available when the delivery is given up before the goods ever left. Goods that are
+    on the road or came back from it are not released (see `withdraw`): nothing that left goes
+    straight back on the shelf."""
     hold = warehouse.holds.get(prescription_id)
-    if hold is None or hold.dispatched:
+    if hold is None or hold.travelled:
         return None
     return _move_hold(warehouse, prescription_id, "released", "reserved", "available", None)
+
+
+def withdraw(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
+    """The delivery is given up: held goods that never left go back on the shelf (`release`); goods
+    that travelled, even if back in the warehouse since, go to quarantine (`quarantine`)."""
+    hold = warehouse.holds.get(prescription_id)
+    if hold is None:
+        return None
+    return quarantine(warehouse, prescription_id) if hold.travelled else release(warehouse, prescription_id)
 
 
 def quarantine(warehouse: Warehouse, prescription_id: str) -> Outcome | None:

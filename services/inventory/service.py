@@ -18,7 +18,7 @@ from services.runtime.documents import Change
 from services.runtime.errors import Refused
 
 from . import domain
-from .domain import Allocation, AllocationState, Line, Location, Outcome, Warehouse
+from .domain import Allocation, AllocationState, Hold, Line, Location, Outcome, Warehouse
 from .settings import InventorySettings
 from .storage import InventoryStorage
 
@@ -27,6 +27,8 @@ PRODUCER = "inventory"
 MAX_RESERVATION_ROUNDS = 20
 
 HoldRule = Callable[[Warehouse, str], Outcome | None]
+#: How a hold moves: the rule, the event that reports the move, and what the log line says.
+HoldMove = tuple[HoldRule, Callable[..., Envelope], str]
 
 
 def _level(warehouse: Warehouse, drug: str) -> inv.StockLevel:
@@ -95,9 +97,11 @@ class InventoryService:
     async def reserve(self, approved: PrescriptionApproved) -> None:
         """All lines from the nearest warehouse that can fill them with lots that last, or nothing.
 
-        The allocation record is claimed first, so a redelivered approval after a crash resumes
-        the same reservation instead of starting a second one; the warehouse write itself is
-        guarded by its version, so two inventory instances can never both take the last units.
+        The allocation record is claimed first, and the chosen warehouse recorded in it (under its
+        version guard) before that warehouse is written: a redelivered approval after a crash, or a
+        second worker handling the same approval, resumes the same warehouse instead of reserving
+        at a second one. The warehouse write itself is guarded by its version, so two inventory
+        instances can never both take the last units.
         """
         rx = approved.prescription_id
         lines = domain.merge_lines((line.drug_code, line.quantity, line.days_supply) for line in approved.lines)
@@ -114,6 +118,8 @@ class InventoryService:
         if allocation is not None and allocation.state is not AllocationState.RESERVING:
             log.info("prescription already allocated; approval dropped", state=allocation.state)
             return
+        claimed = allocation.warehouse_id if allocation is not None else None
+        given_up: str | None = None
 
         for _ in range(MAX_RESERVATION_ROUNDS):
             warehouses = await self._storage.all_warehouses()
@@ -122,6 +128,15 @@ class InventoryService:
                 await self._settle(rx, AllocationState.RESERVED, holding.warehouse_id, [])
                 await self._undo_if_cancelled(rx, holding.warehouse_id, approved)
                 return
+            if claimed is not None:
+                if await self._reserve_at(claimed, rx, lines, approved):
+                    await self._settle(rx, AllocationState.RESERVED, claimed, [])
+                    log.info("stock reserved at the warehouse claimed earlier", warehouse_id=claimed, lines=quantities)
+                    await self._undo_if_cancelled(rx, claimed, approved)
+                    return
+                log.info("the claimed warehouse can no longer fill it; choosing again", warehouse_id=claimed)
+                given_up, claimed = claimed, None
+                continue
             chosen = domain.choose_warehouse(warehouses, lines, patient, today=today, delivery_days=delivery_days)
             if chosen is None:
                 short = domain.shortages(warehouses, lines, today=today, delivery_days=delivery_days)
@@ -137,6 +152,13 @@ class InventoryService:
                 await self._settle(rx, AllocationState.OUT_OF_STOCK, None, [failed])
                 log.info("out of stock", reason=failed.reason, shortages=[s.drug_code for s in failed.shortages])
                 return
+            claimed = await self._claim_warehouse(rx, chosen.warehouse_id, replacing=given_up)
+            if claimed is None:
+                log.info("delivery withdrawn before a warehouse was chosen; nothing reserved")
+                return
+            if claimed != chosen.warehouse_id:
+                log.info("another worker claimed a warehouse for this approval; resuming it", warehouse_id=claimed)
+                continue
             if await self._reserve_at(chosen.warehouse_id, rx, lines, approved):
                 await self._settle(rx, AllocationState.RESERVED, chosen.warehouse_id, [])
                 log.info(
@@ -148,7 +170,26 @@ class InventoryService:
                 await self._undo_if_cancelled(rx, chosen.warehouse_id, approved)
                 return
             log.info("stock taken by a concurrent reservation; choosing again", warehouse_id=chosen.warehouse_id)
+            given_up, claimed = chosen.warehouse_id, None
         raise RuntimeError(f"could not settle the reservation of {rx}")
+
+    async def _claim_warehouse(self, rx: str, warehouse_id: str, *, replacing: str | None) -> str | None:
+        """Record `warehouse_id` as where this reservation is made, unless another worker recorded a
+        warehouse first (other than `replacing`, one that could not fill it). Returns the warehouse
+        now claimed, or None if the allocation is no longer being reserved (withdrawn)."""
+
+        def decide(current: Allocation | None) -> Change[Allocation] | None:
+            if current is None or current.state is not AllocationState.RESERVING:
+                return None
+            if current.warehouse_id is not None and current.warehouse_id != replacing:
+                return None
+            return Change(current.model_copy(update={"warehouse_id": warehouse_id}))
+
+        await self._storage.allocations.apply(rx, decide)
+        allocation = await self._storage.allocations.get(rx)
+        if allocation is None or allocation.state is not AllocationState.RESERVING:
+            return None
+        return allocation.warehouse_id
 
     async def _reserve_at(self, warehouse_id: str, rx: str, lines: dict[str, Line], cause: Envelope) -> bool:
         outcome: list[bool] = []
@@ -207,7 +248,7 @@ class InventoryService:
         allocation = await self._storage.allocations.get(rx)
         if allocation is not None and allocation.state is AllocationState.CANCELLED:
             log.info("delivery withdrawn while reserving; releasing", warehouse_id=warehouse_id)
-            await self._apply_hold_rule(rx, warehouse_id, cause, domain.release, inv.StockReleased, "released")
+            await self._apply_hold_rule(rx, warehouse_id, cause, self._withdrawal("cancelled"))
 
     # --- the delivery moves stock ---------------------------------------------------------------
 
@@ -230,8 +271,9 @@ class InventoryService:
                 await self._withdraw(event, event.warehouse_id, "cancelled")
 
     async def _withdraw(self, event: Envelope, warehouse_id: str | None, why: str) -> None:
-        """The goods never left: back on the shelf. If they had left after all, quarantine them:
-        nothing that travelled goes straight back to available stock."""
+        """The courier says the goods never left: back on the shelf. If this warehouse saw them leave
+        after all (now, or on an earlier attempt), quarantine them: nothing that travelled goes
+        straight back to available stock. Decided on the hold in the same write that moves it."""
         rx: str = event.prescription_id  # type: ignore[attr-defined]
         # Remember the withdrawal first, so an approval still being reserved undoes itself.
         await self._storage.allocations.apply(rx, lambda current: _cancelled(rx, current), message_id=event.message_id)
@@ -239,13 +281,19 @@ class InventoryService:
         if warehouse_id is None:
             log.info("delivery withdrawn before any stock was held", why=why)
             return
-        holding = await self._storage.warehouses.get(warehouse_id)
-        hold = holding.holds.get(rx) if holding is not None else None
-        if hold is not None and hold.dispatched:
-            log.warning("withdrawn goods had left the warehouse; quarantining instead of releasing", why=why)
-            await self._quarantine(event, warehouse_id, why)
-            return
-        await self._hold_moved(event, warehouse_id, domain.release, inv.StockReleased, "released")
+        await self._apply_hold_rule(rx, warehouse_id, event, self._withdrawal(why), message_id=event.message_id)
+
+    @staticmethod
+    def _withdrawal(why: str) -> Callable[[Hold], HoldMove]:
+        def quarantined(**fields: Any) -> inv.StockQuarantined:
+            return inv.StockQuarantined(**fields, why=why)
+
+        def choose(hold: Hold) -> HoldMove:
+            if hold.travelled:
+                return domain.withdraw, quarantined, f"quarantined ({why}): the goods had left the warehouse"
+            return domain.withdraw, inv.StockReleased, "released"
+
+        return choose
 
     async def _quarantine(self, event: Envelope, warehouse_id: str | None, why: str) -> None:
         rx: str = event.prescription_id  # type: ignore[attr-defined]
@@ -269,25 +317,30 @@ class InventoryService:
         self, event: Envelope, warehouse_id: str, rule: HoldRule, reported_as: Callable[..., Envelope], what: str
     ) -> None:
         rx: str = event.prescription_id  # type: ignore[attr-defined]
-        await self._apply_hold_rule(rx, warehouse_id, event, rule, reported_as, what, message_id=event.message_id)
+        move: HoldMove = (rule, reported_as, what)
+        await self._apply_hold_rule(rx, warehouse_id, event, lambda _: move, message_id=event.message_id)
 
     async def _apply_hold_rule(
         self,
         rx: str,
         warehouse_id: str,
         cause: Envelope,
-        rule: HoldRule,
-        reported_as: Callable[..., Envelope],
-        what: str,
+        choose: Callable[[Hold], HoldMove],
         *,
         message_id: str | None = None,
     ) -> None:
+        """Move the prescription's hold by the rule `choose` picks for the hold as this write finds it."""
+        moved: list[str] = []
+
         def decide(current: Warehouse | None) -> Change[Warehouse] | None:
+            moved.clear()
             if current is None or rx not in current.holds:
                 return None
+            rule, reported_as, what = choose(current.holds[rx])
             outcome = rule(current, rx)
             if outcome is None:
                 return None
+            moved.append(what)
             held = current.holds[rx].lines
             reported = reported_as(
                 **self._envelope(rx, cause),
@@ -299,8 +352,8 @@ class InventoryService:
             )
             return Change(outcome.warehouse, [reported])
 
-        if await self._storage.warehouses.apply(warehouse_id, decide, message_id=message_id):
-            log.info(f"stock {what}", warehouse_id=warehouse_id)
+        if await self._storage.warehouses.apply(warehouse_id, decide, message_id=message_id) and moved:
+            log.info(f"stock {moved[-1]}", warehouse_id=warehouse_id)
 
     # --- warehouse staff ------------------------------------------------------------------------
 

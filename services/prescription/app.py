@@ -41,5 +41,12 @@ def build(
         handle=service.on_review,
         title="apply pharmacists' review decisions and cancellations",
     )
+    runtime.consume(
+        topics.INVENTORY_EVENTS,
+        topics.COURIER_DELIVERIES,
+        group="prescription.supply",
+        handle=service.on_supply_event,
+        title="mark approved prescriptions that never reached the patient (no stock, delivery given up or withdrawn)",
+    )
     runtime.every_sweep("review-deadlines", service.sweep_reviews)
     return runtime.app(on_startup=storage.ensure_indexes), service

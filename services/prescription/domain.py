@@ -105,6 +105,10 @@ class InteractionTable:
 # --- the patient's medication history (one document per patient) -------------------------------------
 
 
+#: Why an approved prescription never reached the patient (`MedicationEntry.not_supplied`).
+NotSupplied = Literal["OUT_OF_STOCK", "NOT_IN_ONE_WAREHOUSE", "DELIVERY_ABANDONED", "DELIVERY_CANCELLED"]
+
+
 class MedicationEntry(BaseModel):
     """One approved item of a prescription: what the patient takes, since when, for how long."""
 
@@ -114,13 +118,21 @@ class MedicationEntry(BaseModel):
     started_at: datetime
     days_supply: int
     cancelled: bool = False
+    not_supplied: NotSupplied | None = Field(
+        default=None, description="The goods never reached the patient (no stock, delivery given up or withdrawn)"
+    )
 
     @property
     def supply_ends_at(self) -> datetime:
         return self.started_at + timedelta(days=self.days_supply)
 
+    @property
+    def withdrawn(self) -> bool:
+        """Cancelled or never supplied: the patient does not have this medicine."""
+        return self.cancelled or self.not_supplied is not None
+
     def active_at(self, now: datetime) -> bool:
-        return not self.cancelled and self.supply_ends_at > now
+        return not self.withdrawn and self.supply_ends_at > now
 
 
 class MedicationHistory(BaseModel):
@@ -168,6 +180,21 @@ def with_cancelled(history: MedicationHistory | None, prescription_id: str) -> M
         return None
     entries = [
         e.model_copy(update={"cancelled": True}) if e.prescription_id == prescription_id else e for e in history.entries
+    ]
+    return history.model_copy(update={"entries": entries})
+
+
+def with_not_supplied(
+    history: MedicationHistory | None, prescription_id: str, why: NotSupplied
+) -> MedicationHistory | None:
+    """The history with the prescription's entries marked as never supplied, so the interaction and
+    refill rules no longer count medicine the patient does not have; None if no entry of it still
+    counts (idempotent; an entry already cancelled stays as it is)."""
+    if history is None or not any(e.prescription_id == prescription_id and not e.withdrawn for e in history.entries):
+        return None
+    entries = [
+        e.model_copy(update={"not_supplied": why}) if e.prescription_id == prescription_id and not e.withdrawn else e
+        for e in history.entries
     ]
     return history.model_copy(update={"entries": entries})
 
@@ -376,7 +403,7 @@ def _interaction(
 
 def refill_too_soon(earlier: MedicationEntry, now: datetime, tolerance: float) -> bool:
     """The earlier supply of the same drug should still last: less than `tolerance` of it has passed."""
-    if earlier.cancelled:
+    if earlier.withdrawn:
         return False
     return earlier.started_at + timedelta(days=tolerance * earlier.days_supply) > now
 
@@ -547,6 +574,17 @@ def expired_review(verdict: Verdict, now: datetime) -> Verdict:
 
 
 CANCELLABLE = frozenset({VerdictState.APPROVED, VerdictState.HELD})
+
+
+def history_to_withdraw(verdict: Verdict | None) -> str | None:
+    """The patient whose medication history must drop this prescription: any verdict that ended
+    cancelled, however it got there. Asked after every cancellation's verdict write, even one that
+    changed nothing, because an approval running at the same time may have recorded the supply
+    after the cancellation last looked (a verdict cancelled before the checks has no patient yet,
+    and the check that comes later withdraws its own supply)."""
+    if verdict is None or verdict.state is not VerdictState.CANCELLED:
+        return None
+    return verdict.patient_id
 
 
 def cancelled(

@@ -11,6 +11,13 @@ on the history that includes the first (it may then be held or rejected instead)
 a prescription that is held enters the history only when a pharmacist approves it, so two holds of
 one patient do not see each other, and a pharmacist's approval does not re-run the checks; the
 pharmacist sees both in the review queue.
+
+An entry leaves the history's active medicine in two ways. A cancellation withdraws it after its
+verdict write, whatever that write did: an approval racing it (the check, or a pharmacist on the
+review topic's own consumer group) either wrote its verdict first, and so its entry too, or finds
+the verdict no longer open and withdraws its own entry. And a prescription approved but never
+supplied (out of stock, delivery given up or withdrawn, as inventory and courier report) is marked
+so: the interaction and refill rules must consider only medicine the patient actually has.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from datetime import datetime
 
 import structlog
 
+from pharmacy_contracts import Envelope
+from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
 from pharmacy_contracts.prescription import (
     ApprovedLine,
@@ -304,11 +314,6 @@ class PrescriptionService:
 
     async def cancel(self, rx: str, *, requested_by: str, reason: str, message_id: str) -> None:
         now = self._clock()
-        current = await self._storage.verdicts.get(rx)
-        if current is not None and current.patient_id is not None and current.state in domain.CANCELLABLE:
-            # Before the verdict: a crash in between is repeated by the redelivery, and an approval
-            # cannot slip back in (its history write keeps an entry already marked cancelled).
-            await self._withdraw_supply(current.patient_id, rx)
         outcome: list[Verdict | None] = []
 
         def decide(existing: Verdict | None) -> Change[Verdict] | None:
@@ -323,6 +328,12 @@ class PrescriptionService:
             return Change(updated, [event])
 
         change = await self._storage.verdicts.apply(rx, decide, message_id=message_id)
+        # After the verdict, and also when this write was a duplicate or changed nothing: a pharmacist's
+        # approval may have recorded the supply after any earlier look, and a crash right after the
+        # verdict write leaves the withdrawal to the redelivery (see the module docstring).
+        final = change.state if change is not None else await self._storage.verdicts.get(rx)
+        if (patient_id := domain.history_to_withdraw(final)) is not None:
+            await self._withdraw_supply(patient_id, rx)
         if change is None:
             if not outcome or outcome[0] is None:
                 log.info("cancellation already applied; duplicate dropped")
@@ -336,3 +347,34 @@ class PrescriptionService:
         (event,) = change.events
         assert isinstance(event, PrescriptionCancelled)
         log.info("prescription cancelled", requested_by=requested_by, reason=reason, was_approved=event.was_approved)
+
+    # --- supplies that never reached the patient ------------------------------------------------------
+
+    async def on_supply_event(self, event: Envelope) -> None:
+        """Inventory and courier events that end a supply before the patient has it; the rest of
+        those topics is none of this service's business."""
+        match event:
+            case inv.ReservationFailed():
+                await self.not_supplied(event.prescription_id, event.reason, message_id=event.message_id)
+            case c.DeliveryAbandoned():
+                await self.not_supplied(event.prescription_id, "DELIVERY_ABANDONED", message_id=event.message_id)
+            case c.DeliveryCancelled():
+                await self.not_supplied(event.prescription_id, "DELIVERY_CANCELLED", message_id=event.message_id)
+
+    async def not_supplied(self, rx: str, why: domain.NotSupplied, *, message_id: str) -> None:
+        """Mark the prescription's history entries as never supplied: the interaction and refill rules
+        must consider only medicine the patient actually has, not every approval."""
+        verdict = await self._storage.verdicts.get(rx)
+        if verdict is None or verdict.patient_id is None:
+            log.info("supply ended for a prescription with no patient history here; nothing to mark", why=why)
+            return
+
+        def mark(history: domain.MedicationHistory | None) -> Change[domain.MedicationHistory] | None:
+            marked = domain.with_not_supplied(history, rx, why)
+            return None if marked is None else Change(marked)
+
+        change = await self._storage.histories.apply(verdict.patient_id, mark, message_id=message_id)
+        if change is None:
+            log.info("supply end changes nothing: no entry of the prescription still counts", why=why)
+            return
+        log.info("prescription never supplied: dropped from the patient's active medicine", why=why)

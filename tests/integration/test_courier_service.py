@@ -723,10 +723,10 @@ async def test_cancellation_withdraws_the_delivery_and_goods_picked_up_come_back
             await watch.wait_for(lambda w: of_kind(lifecycle(w, unreserved), DeliveryCancelled), "the late notice")
             await wait_consumed(settings, app, [landed])
 
-            # The courier carrying the goods tries to deliver anyway, then brings them back.
-            deliver_anyway = report(recalled_offer, "delivered", code=right_code(settings, recalled))
+            # The courier carrying the goods reports a failure (refused: bring them back), then brings them back.
+            fail_anyway = report(recalled_offer, "failed", reason="patient_absent")
             returned = report(recalled_offer, "returned")
-            landed = await publish_noting(settings, deliver_anyway, returned)
+            landed = await publish_noting(settings, fail_anyway, returned)
             await watch.wait_for(lambda w: of_kind(lifecycle(w, recalled), DeliveryCancelled), "the goods back")
             await wait_consumed(settings, app, landed)
             await watch.settle()
@@ -772,3 +772,173 @@ async def test_cancellation_withdraws_the_delivery_and_goods_picked_up_come_back
     # never approved: nothing to undo
     assert final[unapproved] is None
     assert lifecycle(watch, unapproved) == []
+
+
+async def test_a_cancellation_racing_the_courier_keeps_the_goods_accounted_for(settings: RuntimeSettings) -> None:
+    """A recalled courier confirms with 'returned'; what they reported before the recall reached them
+    still counts: a pickup (the goods come back), or a delivery (the cancellation came too late)."""
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = CourierStorage(client[settings.mongo_database])
+    late_pickup, never_taken, too_late, failed_first = (
+        "RX-K-RACE-PICKUP",
+        "RX-K-RACE-UNTAKEN",
+        "RX-K-RACE-DELIVERED",
+        "RX-K-RACE-FAILED",
+    )
+    everyone = (late_pickup, never_taken, too_late, failed_first)
+    try:
+        await seed(storage)
+        async with (
+            running(create_app(service_settings(settings))) as app,
+            TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch,
+        ):
+            await publish_noting(settings, *(m for rx in everyone for m in (approval(rx), reserved(rx, "WH-K-R"))))
+            await watch.wait_for(lambda w: all(offers(w, rx) for rx in everyone), "the dispatches")
+            first = {rx: offers(watch, rx)[0][1] for rx in everyone}
+            landed = await publish_noting(
+                settings,
+                report(first[late_pickup], "accepted"),
+                report(first[never_taken], "accepted"),
+                report(first[too_late], "accepted"),
+                report(first[too_late], "picked_up"),
+                # The first attempt travels and fails; the package comes back, held for the retry.
+                report(first[failed_first], "picked_up"),
+                report(first[failed_first], "failed", reason="patient_absent"),
+            )
+            await watch.wait_for(lambda w: len(offers(w, failed_first)) >= 2, "the retry of the failed delivery")
+            await wait_consumed(settings, app, landed)
+
+            landed = await publish_noting(settings, *(cancelled(rx) for rx in everyone))
+            await watch.wait_for(lambda w: all(withdrawals(w, rx) for rx in everyone), "the withdrawals")
+            await wait_consumed(settings, app, landed)
+            await watch.settle(0.5)
+            recalled = {rx: await storage.deliveries.get(rx) for rx in everyone}
+            before_confirmation = {rx: lifecycle(watch, rx) for rx in everyone}
+
+            # What the couriers sent before the recall reached them, then their confirmations.
+            late = report(first[late_pickup], "picked_up")
+            delivered = report(first[too_late], "delivered", code=right_code(settings, too_late))
+            landed = await publish_noting(
+                settings,
+                late,
+                report(first[late_pickup], "returned"),
+                report(first[never_taken], "returned"),
+                delivered,
+            )
+            await watch.wait_for(
+                lambda w: (
+                    of_kind(lifecycle(w, late_pickup), DeliveryCancelled)
+                    and of_kind(lifecycle(w, never_taken), DeliveryCancelled)
+                    and of_kind(lifecycle(w, too_late), DeliveryCompleted)
+                ),
+                "the confirmations",
+            )
+            await wait_consumed(settings, app, landed)
+            await watch.settle()
+            final = {rx: await storage.deliveries.get(rx) for rx in everyone}
+    finally:
+        client.close()
+
+    for rx in (late_pickup, never_taken, too_late):
+        delivery = recalled[rx]
+        assert delivery is not None and delivery.state is DeliveryState.RETURNING, rx
+        assert delivery.active_courier_id == first[rx].courier_id, f"{rx}: the courier may hold the goods"
+        ((_, withdrawn),) = withdrawals(watch, rx)
+        assert (withdrawn.reason, withdrawn.return_goods) == ("cancelled", True), rx
+        assert not of_kind(before_confirmation[rx], DeliveryCancelled), f"{rx}: the stock stays held until confirmed"
+        assert dead_letters(watch, rx) == [], rx
+
+    # cancelled, then the pickup arrives: the goods came back from the road
+    events = lifecycle(watch, late_pickup)
+    assert [type(e) for e in events] == [CourierAssigned, DeliveryAccepted, DeliveryPickedUp, DeliveryCancelled]
+    assert events[2].causation_id == late.message_id
+    assert events[-1].goods_returned is True
+    assert final[late_pickup] is not None and final[late_pickup].state is DeliveryState.CANCELLED
+
+    # cancelled, and the courier never took the goods: back on the shelf
+    events = lifecycle(watch, never_taken)
+    assert [type(e) for e in events] == [CourierAssigned, DeliveryAccepted, DeliveryCancelled]
+    assert events[-1].goods_returned is False
+    assert final[never_taken] is not None and final[never_taken].active_courier_id is None
+
+    # delivered before the recall arrived: delivered
+    events = lifecycle(watch, too_late)
+    assert [type(e) for e in events] == [CourierAssigned, DeliveryAccepted, DeliveryPickedUp, DeliveryCompleted]
+    assert (events[-1].causation_id, events[-1].warehouse_id) == (delivered.message_id, "WH-K-R")
+    assert final[too_late] is not None and final[too_late].state is DeliveryState.DELIVERED
+    assert final[too_late].active_courier_id is None
+
+    # the retry's offer withdrawn; the package that travelled on the first attempt goes to quarantine
+    events = lifecycle(watch, failed_first)
+    assert [type(e) for e in events] == [
+        CourierAssigned,
+        DeliveryPickedUp,
+        DeliveryFailed,
+        CourierAssigned,
+        DeliveryCancelled,
+    ]
+    failed, notice = events[2], events[-1]
+    assert (failed.goods_returned, failed.will_retry) == (True, True)
+    assert (notice.goods_returned, notice.warehouse_id) == (True, "WH-K-R")
+    ((_, stop),) = withdrawals(watch, failed_first)
+    assert (stop.dispatch_id, stop.return_goods) == (f"{failed_first}-D2", False)
+    assert recalled[failed_first] is not None and recalled[failed_first].state is DeliveryState.CANCELLED
+
+
+async def test_wrong_codes_lock_the_attempt_and_a_missing_reservation_is_alerted(settings: RuntimeSettings) -> None:
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = CourierStorage(client[settings.mongo_database])
+    rx, unreserved = "RX-K-GUESS", "RX-K-NO-STOCK"
+    code = right_code(settings, rx)
+    guesses = [code]
+    for _ in range(6):
+        guesses.append(wrong_code(guesses[-1]))
+    clock = Clock()
+    app, service = build(swept_by_hand(settings), clock=clock)
+    try:
+        await seed(storage)
+        async with running(app), TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch:
+            await publish_noting(settings, approval(rx), reserved(rx, "WH-K-G"))
+            await watch.wait_for(lambda w: offers(w, rx), "the dispatch")
+            (_, offer), *_ = offers(watch, rx)
+            landed = await publish_noting(
+                settings, report(offer, "picked_up"), *(report(offer, "delivered", code=g) for g in guesses[1:6])
+            )
+            await watch.wait_for(lambda w: len(of_kind(lifecycle(w, rx), DeliveryCodeRejected)) == 5, "5 refusals")
+            await wait_consumed(settings, app, landed)
+            landed = await publish_noting(
+                settings, report(offer, "delivered", code=guesses[6]), report(offer, "delivered", code=code)
+            )
+            await watch.wait_for(lambda w: len(dead_letters(w, rx)) == 2, "both later codes dead-lettered")
+            await wait_consumed(settings, app, landed)
+            locked = await storage.deliveries.get(rx)
+
+            # Approved, but the reservation never comes: the dispatcher is told once the wait is too long.
+            approved_at = clock.now
+            (landed,) = await publish_noting(settings, approval(unreserved))
+            await wait_consumed(settings, app, [landed])
+            clock.now = approved_at + timedelta(hours=4) - timedelta(microseconds=1)
+            await service.sweep()
+            await watch.settle(0.5)
+            before_the_deadline = lifecycle(watch, unreserved)
+            clock.now = approved_at + timedelta(hours=4)
+            await service.sweep()
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, unreserved), DeliveryOverdue), "the stock alert")
+            await service.sweep()  # again: alerted once
+            await watch.settle()
+            waiting = await storage.deliveries.get(unreserved)
+    finally:
+        client.close()
+
+    refusals = of_kind(lifecycle(watch, rx), DeliveryCodeRejected)
+    assert [(r.wrong_codes, r.locked) for r in refusals] == [(1, False), (2, False), (3, False), (4, False), (5, True)]
+    assert of_kind(lifecycle(watch, rx), DeliveryCompleted) == [], "not even the right code counts once locked"
+    assert [headers_of(d)["dlq.reason"] for d in dead_letters(watch, rx)] == ["code_locked", "code_locked"]
+    assert locked is not None and locked.state is DeliveryState.PICKED_UP
+    assert (locked.attempts[0].wrong_codes, locked.attempts[0].code_locked) == (5, True)
+
+    assert before_the_deadline == []
+    (overdue,) = lifecycle(watch, unreserved)
+    assert isinstance(overdue, DeliveryOverdue)
+    assert (overdue.stage, overdue.since, overdue.courier_id) == ("awaiting_stock", approved_at, None)
+    assert waiting is not None and waiting.state is DeliveryState.WAITING and waiting.stock_overdue_alerted

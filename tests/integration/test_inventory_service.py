@@ -46,11 +46,11 @@ from pharmacy_contracts.inventory import (
 from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved
 from services.cli import bus
 from services.inventory.app import create_app
-from services.inventory.domain import AllocationState, Warehouse, current_lots, recompute_lots
+from services.inventory.domain import Allocation, AllocationState, Warehouse, current_lots, recompute_lots
 from services.inventory.service import InventoryService
 from services.inventory.settings import InventorySettings
 from services.inventory.storage import InventoryStorage
-from services.runtime.documents import connect
+from services.runtime.documents import Change, connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch, of_type, own_groups, publish_noting, running, wait_consumed
 from tests.support.scenario import wait_until
@@ -300,6 +300,11 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
         restock(far, b, 500),
     ]
     approved = approval(rx, [(a, 20), (b, 4), (a, 10)])  # one drug on two lines: one demand of 30
+    # Another worker handling this approval claimed the far warehouse and is still at it (or crashed).
+    resumed = approval(f"{rx}-CLAIMED", [(b, 5)])
+    claim = Allocation(
+        prescription_id=resumed.prescription_id, state=AllocationState.RESERVING, lines={b: 5}, warehouse_id=far
+    )
     picked_up = DeliveryPickedUp(**attempt(rx, mid))
     failed = DeliveryFailed(**attempt(rx, mid), reason="patient_absent", goods_returned=True, will_retry=True)
     picked_up_again = DeliveryPickedUp(**attempt(rx, mid, 2))
@@ -311,10 +316,15 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
         ):
             landed = await publish_noting(settings, *setup)
             await wait_consumed(settings, app, landed)
-            landed = await publish_noting(settings, approved, approved)
-            await watch.wait_for(lambda w: events_for(w, rx, StockReserved), "the reservation")
+            await storage.allocations.apply(resumed.prescription_id, lambda _: Change(claim))
+            landed = await publish_noting(settings, approved, approved, resumed)
+            await watch.wait_for(
+                lambda w: events_for(w, rx, StockReserved) and events_for(w, resumed.prescription_id, StockReserved),
+                "the reservations",
+            )
             await wait_consumed(settings, app, landed)
             allocation = await storage.allocations.get(rx)
+            resumed_allocation = await storage.allocations.get(resumed.prescription_id)
             after_reserve = await storage.warehouses.get(mid)
 
             await publish_noting(settings, picked_up)
@@ -358,6 +368,10 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
         mid,
         {a: 30, b: 4},
     )
+    (resumed_reservation,) = events_for(watch, resumed.prescription_id, StockReserved)
+    assert resumed_reservation.warehouse_id == far, "the warehouse another worker claimed, though mid is nearer"
+    assert resumed_allocation is not None
+    assert (resumed_allocation.state, resumed_allocation.warehouse_id) == (AllocationState.RESERVED, far)
     assert figures(after_reserve, "A-SOON") == (0, 20, 0, 0, 0, 0)
     assert figures(after_reserve, "A-LATER") == (40, 10, 0, 0, 0, 0)
     assert figures(after_reserve, "A-SHORT")[:2] == (50, 0), "short-dated: not taken"
@@ -382,7 +396,7 @@ async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_b
     client = connect(settings.mongo_url.get_secret_value())
     storage = InventoryStorage(client[settings.mongo_database])
     wh, drug, lot = "PH-I-Q", "DRUG-Q", "LOT-Q"
-    damaged, kept, withdrawn, unknown_wh, early = (f"RX-I-Q{n}" for n in range(1, 6))
+    damaged, kept, withdrawn, unknown_wh, early, came_back = (f"RX-I-Q{n}" for n in range(1, 7))
     try:
         async with (
             running(create_app(service_settings(settings))) as app,
@@ -396,7 +410,8 @@ async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_b
             )
             await wait_consumed(settings, app, landed)
             landed = await publish_noting(
-                settings, *(approval(rx, [(drug, 10)]) for rx in (damaged, kept, withdrawn, unknown_wh, early))
+                settings,
+                *(approval(rx, [(drug, 10)]) for rx in (damaged, kept, withdrawn, unknown_wh, early, came_back)),
             )
             await wait_consumed(settings, app, landed)
             landed = await publish_noting(
@@ -408,6 +423,11 @@ async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_b
                 cancelled(withdrawn, wh, returned=True),
                 cancelled(withdrawn, wh, returned=True),
                 cancelled(unknown_wh, None, returned=False),
+                # Picked up, failed (the sealed package is back, held for the retry), then cancelled; even
+                # if the notice says the goods were not returned, this warehouse saw them leave.
+                DeliveryPickedUp(**attempt(came_back, wh)),
+                DeliveryFailed(**attempt(came_back, wh), reason="patient_absent", goods_returned=True, will_retry=True),
+                cancelled(came_back, wh, returned=False),
             )
             await wait_consumed(settings, app, landed)
             await watch.settle()
@@ -432,7 +452,18 @@ async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_b
     assert allocations[early] is not None and allocations[early].state is AllocationState.CANCELLED
     assert allocations[damaged] is not None and allocations[damaged].state is AllocationState.RESERVED
 
-    assert figures(warehouse, lot) == (80, 0, 0, 20, 0, 0), "20 quarantined, never back on the shelf"
+    assert [type(e) for e in events_for(watch, came_back)] == [
+        StockReserved,
+        StockDispatched,
+        StockReturned,
+        StockQuarantined,
+    ]
+    quarantined_came_back = events_for(watch, came_back, StockQuarantined)[0]
+    assert quarantined_came_back.why == "cancelled"
+    assert {(m.kind, m.source, m.target) for m in quarantined_came_back.movements} == {
+        ("returned", "reserved", "quarantine")
+    }
+    assert figures(warehouse, lot) == (70, 0, 0, 30, 0, 0), "30 quarantined, never back on the shelf"
     assert warehouse is not None and warehouse.holds == {}
     assert_conserved(everything)
 

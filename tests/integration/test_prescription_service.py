@@ -7,8 +7,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted
+from pharmacy_contracts.courier import DeliveryAbandoned, DeliveryWaiting
+from pharmacy_contracts.inventory import ReservationFailed, Shortage
 from pharmacy_contracts.prescription import (
     CancellationOrdered,
     PrescriptionApproved,
@@ -26,7 +30,15 @@ from services.prescription.settings import PrescriptionSettings
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, headers_of, of_type, own_groups, running
+from tests.support.inprocess import (
+    TopicWatch,
+    headers_of,
+    of_type,
+    own_groups,
+    publish_noting,
+    running,
+    wait_consumed,
+)
 from tests.support.scenario import prescription_message
 
 DECISIONS = topics.PRESCRIPTION_DECISIONS.name
@@ -366,3 +378,123 @@ async def test_cancellation_of_a_held_or_approved_prescription(settings: Runtime
         "RX-C-EARLY": VerdictState.CANCELLED,
     }
     assert history is not None and [(e.prescription_id, e.cancelled) for e in history.entries] == [("RX-C-OK", True)]
+
+
+async def test_a_cancellation_racing_an_approval_leaves_no_active_supply(
+    settings: RuntimeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    racing = accepted("RX-X-RACE", [("MOR10", 20)], patient_id="PAT-RACE")
+    crashing = accepted("RX-X-CRASH", [("MET500", 60)], patient_id="PAT-CRASH")
+    app, service = build(service_settings(settings))
+    async with (
+        seeded(settings) as storage,
+        running(app),
+        TopicWatch(settings.kafka_bootstrap_servers, DECISIONS) as watch,
+    ):
+        await bus.publish(settings, racing, crashing)
+        await watch.wait_for(lambda w: of_rx(w, "RX-X-RACE") and of_rx(w, "RX-X-CRASH"), "a hold and an approval")
+
+        # The pharmacist's approval (its own consumer group) runs to its end while the cancellation
+        # is on its way to the verdict: the supply is recorded after the cancellation started.
+        verdicts = service._storage.verdicts
+        write_verdict = verdicts.apply
+        cancel_id = "MSG-CANCEL-RACE"
+
+        async def approval_slips_in(doc_id: str, decide: Any, *, message_id: str | None = None) -> Any:
+            if message_id == cancel_id:
+                await service.decide_review(decided("RX-X-RACE", "approve"))
+            return await write_verdict(doc_id, decide, message_id=message_id)
+
+        monkeypatch.setattr(verdicts, "apply", approval_slips_in)
+        await service.cancel("RX-X-RACE", requested_by="Dr Test", reason="patient moved", message_id=cancel_id)
+        monkeypatch.undo()
+
+        # A crash between the verdict write and the withdrawal: the redelivery is a duplicate for the
+        # verdict, and withdraws all the same.
+        withdraw = service._withdraw_supply
+
+        async def crash(patient_id: str, rx: str) -> None:
+            raise RuntimeError("process killed")
+
+        monkeypatch.setattr(service, "_withdraw_supply", crash)
+        with pytest.raises(RuntimeError):
+            await service.cancel("RX-X-CRASH", requested_by="Dr Test", reason="moved", message_id="MSG-CANCEL-2")
+        monkeypatch.setattr(service, "_withdraw_supply", withdraw)
+        crashed = await storage.history_of("PAT-CRASH")
+        await service.cancel("RX-X-CRASH", requested_by="Dr Test", reason="moved", message_id="MSG-CANCEL-2")
+
+        await watch.wait_for(lambda w: len(of_rx(w, "RX-X-RACE")) >= 3 and len(of_rx(w, "RX-X-CRASH")) >= 2, "events")
+        await watch.settle()
+        verdicts_now = {rx: await storage.verdicts.get(rx) for rx in ("RX-X-RACE", "RX-X-CRASH")}
+        race_history = await storage.history_of("PAT-RACE")
+        crash_history = await storage.history_of("PAT-CRASH")
+
+    held, approved, cancelled = of_rx(watch, "RX-X-RACE")
+    assert isinstance(held, PrescriptionHeld) and isinstance(approved, PrescriptionApproved)
+    assert isinstance(cancelled, PrescriptionCancelled) and cancelled.was_approved is True
+    assert [type(m) for m in of_rx(watch, "RX-X-CRASH")] == [PrescriptionApproved, PrescriptionCancelled]
+    assert all(v is not None and v.state is VerdictState.CANCELLED for v in verdicts_now.values())
+    assert race_history is not None and [(e.prescription_id, e.cancelled) for e in race_history.entries] == [
+        ("RX-X-RACE", True)
+    ]
+    assert crashed is not None and [e.cancelled for e in crashed.entries] == [False], "the crash left it active"
+    assert crash_history is not None and [e.cancelled for e in crash_history.entries] == [True]
+
+
+async def test_a_supply_that_never_reached_the_patient_no_longer_counts(settings: RuntimeSettings) -> None:
+    first = accepted("RX-S-FIRST", [("MET500", 60)], patient_id="PAT-SUPPLY")
+    again = accepted("RX-S-AGAIN", [("MET500", 60)], patient_id="PAT-SUPPLY")
+    abandoned = accepted("RX-S-ABANDONED", [("LIS10", 30)], patient_id="PAT-ROAD")
+    out_of_stock = ReservationFailed(
+        correlation_id="RX-S-FIRST",
+        producer="inventory",
+        prescription_id="RX-S-FIRST",
+        shortages=[Shortage(drug_code="MET500", requested=60, best_available=10)],
+    )
+    given_up = DeliveryAbandoned(
+        correlation_id="RX-S-ABANDONED",
+        producer="courier",
+        prescription_id="RX-S-ABANDONED",
+        warehouse_id="WH-1",
+        attempts=3,
+        last_reason="address_not_found",
+        goods_travelled=True,
+    )
+    unrelated = DeliveryWaiting(
+        correlation_id="RX-S-ABANDONED",
+        producer="courier",
+        prescription_id="RX-S-ABANDONED",
+        warehouse_id="WH-1",
+        why="no courier free",
+    )
+    dead_letters = (topics.INVENTORY_EVENTS.dead_letter_topic, topics.COURIER_DELIVERIES.dead_letter_topic)
+    app = create_app(service_settings(settings))
+    async with (
+        seeded(settings) as storage,
+        running(app),
+        TopicWatch(settings.kafka_bootstrap_servers, DECISIONS, *dead_letters) as watch,
+    ):
+        await bus.publish(settings, first, abandoned)
+        await watch.wait_for(lambda w: of_rx(w, "RX-S-FIRST") and of_rx(w, "RX-S-ABANDONED"), "two approvals")
+        landed = await publish_noting(settings, out_of_stock, unrelated, given_up, given_up)
+        await wait_consumed(settings, app, landed)
+        await bus.publish(settings, again)
+        await watch.wait_for(lambda w: of_rx(w, "RX-S-AGAIN"), "the second prescription's decision")
+        await watch.settle()
+        supply_history = await storage.history_of("PAT-SUPPLY")
+        road_history = await storage.history_of("PAT-ROAD")
+
+    (decision,) = of_rx(watch, "RX-S-AGAIN")
+    assert isinstance(decision, PrescriptionApproved), "no REFILL_TOO_SOON for a supply the patient never got"
+    assert supply_history is not None and [(e.prescription_id, e.not_supplied) for e in supply_history.entries] == [
+        ("RX-S-FIRST", "OUT_OF_STOCK"),
+        ("RX-S-AGAIN", None),
+    ]
+    assert road_history is not None and [e.not_supplied for e in road_history.entries] == ["DELIVERY_ABANDONED"]
+    ours = [
+        r
+        for topic in dead_letters
+        for r in watch.raw(topic)
+        if headers_of(r)["dlq.group"].endswith("prescription.supply")
+    ]
+    assert not ours, "valid events are never dead-lettered"

@@ -844,6 +844,7 @@ def test_a_wrong_delivery_code_is_a_warning_and_the_delivery_is_still_on_the_roa
     ("stage", "detail"),
     [
         ("awaiting_courier", "overdue: no courier has taken it since 2027-01-15 09:05 UTC"),
+        ("awaiting_stock", "overdue: no stock reserved for it since 2027-01-15 09:05 UTC"),
         ("on_the_road", "overdue: on the road with CUR-1 since 2027-01-15 09:05 UTC"),
     ],
 )

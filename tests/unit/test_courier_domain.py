@@ -34,13 +34,15 @@ from services.courier.domain import (
     overdue,
     ready_to_offer,
     trip_km,
+    waiting_for_stock,
     why_no_courier,
     will_retry,
 )
+from services.courier.service import CourierService
 from services.courier.settings import CourierSettings, MissingDeliveryCodeKey
 from services.ops.simulation import reports_for, returned_report, wrong_code
 from services.runtime.delivery_codes import delivery_code, is_right_code
-from tests.unit.builders import RX_ID, make_courier, make_delivery
+from tests.unit.builders import RX_ID, make_courier, make_delivery, reserved
 
 T0 = datetime(2027, 1, 15, 9, 0, tzinfo=UTC)
 ACCEPT = timedelta(minutes=15)
@@ -449,6 +451,59 @@ def test_a_code_after_delivery_is_a_repeat():
     assert (again, outcome) == (delivered, ReportOutcome.IGNORED)
 
 
+def wrong_codes(delivery: Delivery, count: int, policy: Policy = POLICY) -> tuple[Delivery, list[ReportOutcome]]:
+    outcomes = []
+    for _ in range(count):
+        delivery, outcome = report(delivery, "delivered", code_is_right=False, policy=policy)
+        outcomes.append(outcome)
+    return delivery, outcomes
+
+
+def test_the_fourth_wrong_code_is_refused_and_the_right_code_still_delivers():
+    picked = walked(offered_to("CUR-A"), "picked_up")
+
+    four, outcomes = wrong_codes(picked, 4)
+
+    assert outcomes == [ReportOutcome.CODE_REJECTED] * 4
+    assert (four.current.wrong_codes, four.current.code_locked) == (4, False)
+    assert report(four, "delivered", code_is_right=True)[1] is ReportOutcome.DELIVERED
+
+
+def test_the_fifth_wrong_code_locks_the_attempt():
+    picked = walked(offered_to("CUR-A"), "picked_up")
+
+    locked, outcomes = wrong_codes(picked, 5)
+
+    assert outcomes[-1] is ReportOutcome.CODE_LOCKED
+    assert (locked.current.wrong_codes, locked.current.code_locked) == (5, True)
+    assert (locked.state, locked.active_courier_id) == (DeliveryState.PICKED_UP, "CUR-A"), "the goods are still out"
+    for right in (False, True):
+        assert refusal_code(locked, "delivered", code_is_right=right) == "code_locked"
+    with pytest.raises(ReportRefused, match="5 wrong codes were reported"):
+        report(locked, "delivered")
+
+
+def test_a_locked_attempt_can_still_be_reported_failed_and_the_next_attempt_takes_codes_again():
+    locked, _ = wrong_codes(walked(offered_to("CUR-A"), "picked_up"), 5)
+
+    failed, outcome = report(locked, "failed", failure_reason="other")
+    retry = walked(offer_to(failed, "CUR-B"), "picked_up")
+
+    assert outcome is ReportOutcome.FAILED_WILL_RETRY
+    assert report(retry, "delivered", code_is_right=False)[1] is ReportOutcome.CODE_REJECTED
+    assert report(retry, "delivered")[1] is ReportOutcome.DELIVERED
+
+
+@pytest.mark.parametrize(("limit", "wrong", "locked"), [(1, 1, True), (3, 2, False), (3, 3, True)])
+def test_the_wrong_code_limit_is_a_policy(limit, wrong, locked):
+    policy = Policy(max_wrong_codes=limit)
+
+    after, outcomes = wrong_codes(walked(offered_to("CUR-A"), "picked_up"), wrong, policy)
+
+    assert after.current.code_locked is locked
+    assert outcomes[-1] is (ReportOutcome.CODE_LOCKED if locked else ReportOutcome.CODE_REJECTED)
+
+
 # --- apply_report: repeats are ignored ----------------------------------------------------------
 
 
@@ -740,6 +795,45 @@ def test_waiting_is_alerted_once_per_wait():
     assert overdue(failed, T0 + DAY + FOUR_HOURS, POLICY) == ("awaiting_courier", T0 + DAY)
 
 
+def approved_without_stock(at: datetime = T0) -> Delivery:
+    return make_delivery(warehouse_id=None, pickup_location=None, details_at=at)
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "due"),
+    [(FOUR_HOURS - EPSILON, False), (FOUR_HOURS, True), (FOUR_HOURS + EPSILON, True)],
+    ids=["before", "at", "after"],
+)
+def test_waiting_for_the_stock_after_approval_has_the_courier_wait_deadline(elapsed, due):
+    delivery = approved_without_stock()
+
+    assert waiting_for_stock(delivery) is True
+    expected = ("awaiting_stock", T0) if due else None
+    assert overdue(delivery, T0 + elapsed, POLICY) == expected
+
+
+def test_waiting_for_the_stock_is_alerted_once():
+    alerted = mark_overdue(approved_without_stock(), "awaiting_stock")
+
+    assert alerted.stock_overdue_alerted is True
+    assert overdue(alerted, T0 + 10 * DAY, POLICY) is None
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        make_delivery(details_at=T0),  # the reservation came: waiting for nothing
+        make_delivery(warehouse_id=None, details=None),  # not approved yet: nothing promised
+        make_delivery(warehouse_id=None),  # stored before details_at existed
+        make_delivery(warehouse_id=None, details_at=T0, state=DeliveryState.CANCELLED),
+    ],
+    ids=["reserved", "not-approved", "older-document", "cancelled"],
+)
+def test_only_an_approved_delivery_without_its_reservation_waits_for_stock(delivery):
+    assert waiting_for_stock(delivery) is False
+    assert overdue(delivery, T0 + 10 * DAY, POLICY) is None
+
+
 @pytest.mark.parametrize("state", [DeliveryState.DELIVERED, DeliveryState.CANCELLED, DeliveryState.WAITING])
 def test_closed_or_unready_deliveries_have_no_deadline(state):
     assert overdue(make_delivery(state=state), T0 + 10 * DAY, POLICY) is None
@@ -765,9 +859,8 @@ def test_cancelling_before_the_reservation_leaves_the_notice_for_the_warehouse()
     assert ready_to_offer(after.model_copy(update={"warehouse_id": "WH-1"})) is False
 
 
-@pytest.mark.parametrize("steps", [[], ["accepted"]], ids=["offered", "accepted"])
-def test_cancelling_before_pickup_withdraws_the_dispatch_and_frees_the_courier(steps):
-    after, outcome = cancel(walked(offered_to("CUR-A"), *steps))
+def test_cancelling_an_offer_not_yet_accepted_withdraws_the_dispatch_and_frees_the_courier():
+    after, outcome = cancel(offered_to("CUR-A"))
 
     assert outcome is CancelOutcome.WITHDRAWN
     assert after.state is DeliveryState.CANCELLED
@@ -785,8 +878,9 @@ def test_cancelling_after_pickup_recalls_the_goods_until_they_are_returned():
     assert returning.state is DeliveryState.RETURNING
     assert returning.active_courier_id == "CUR-A", "the courier still carries the goods"
     assert returning.current.status is AttemptStatus.WITHDRAWN
-    for status in ["delivered", "failed", "picked_up"]:
+    for status in ["failed", "accepted"]:
         assert refusal_code(returning, status) == "dispatch_withdrawn"
+    assert report(returning, "picked_up") == (returning, ReportOutcome.IGNORED), "a repeat of the pickup"
 
     back, outcome = report(returning, "returned", now=T0 + timedelta(hours=2))
 
@@ -795,6 +889,102 @@ def test_cancelling_after_pickup_recalls_the_goods_until_they_are_returned():
     assert back.active_courier_id is None
     assert back.current.returned_at == T0 + timedelta(hours=2)
     assert report(back, "returned") == (back, ReportOutcome.IGNORED)
+
+
+def test_cancelling_after_acceptance_recalls_the_courier_who_may_already_hold_the_goods():
+    accepted = walked(offered_to("CUR-A"), "accepted")
+
+    returning, outcome = cancel(accepted)
+
+    assert outcome is CancelOutcome.RECALLED
+    assert returning.state is DeliveryState.RETURNING
+    assert returning.active_courier_id == "CUR-A", "counted against the courier until they confirm"
+    assert returning.current.status is AttemptStatus.WITHDRAWN
+    assert goods_travelled(returning) is False
+
+
+def test_a_recalled_courier_who_never_picked_up_confirms_and_nothing_travelled():
+    returning, _ = cancel(walked(offered_to("CUR-A"), "accepted"))
+
+    back, outcome = report(returning, "returned", now=T0 + timedelta(minutes=30))
+
+    assert outcome is ReportOutcome.RETURNED
+    assert (back.state, back.active_courier_id) == (DeliveryState.CANCELLED, None)
+    assert goods_travelled(back) is False, "the stock goes back on the shelf"
+
+
+def test_a_pickup_reported_after_the_cancellation_counts_and_the_goods_come_back():
+    """The courier picked up before the recall reached them: cancel first, then 'picked_up'."""
+    returning, _ = cancel(walked(offered_to("CUR-A"), "accepted"))
+
+    taken, outcome = report(returning, "picked_up", now=T0 + timedelta(minutes=5))
+
+    assert outcome is ReportOutcome.PICKED_UP
+    assert taken.state is DeliveryState.RETURNING, "still recalled"
+    assert taken.current.picked_up_at == T0 + timedelta(minutes=5)
+    assert goods_travelled(taken) is True
+    assert report(taken, "picked_up") == (taken, ReportOutcome.IGNORED)
+    back, outcome = report(taken, "returned")
+    assert (back.state, outcome) == (DeliveryState.CANCELLED, ReportOutcome.RETURNED)
+    assert goods_travelled(back) is True, "the goods travelled: quarantine"
+
+
+def test_a_pickup_reported_before_the_cancellation_ends_the_same_way():
+    """The other order of arrival: 'picked_up', then the cancellation."""
+    picked = walked(offered_to("CUR-A"), "accepted", "picked_up")
+
+    returning, outcome = cancel(picked)
+    back, _ = report(returning, "returned")
+
+    assert outcome is CancelOutcome.RECALLED
+    assert (back.state, goods_travelled(back)) == (DeliveryState.CANCELLED, True)
+
+
+def test_a_pickup_after_an_unaccepted_offer_was_withdrawn_is_refused():
+    withdrawn, _ = cancel(offered_to("CUR-A"))
+
+    assert refusal_code(withdrawn, "picked_up") == "dispatch_closed"
+
+
+def test_a_delivery_made_before_the_recall_arrived_counts():
+    returning, _ = cancel(walked(offered_to("CUR-A"), "accepted", "picked_up"))
+
+    delivered, outcome = report(returning, "delivered", code_is_right=True)
+
+    assert outcome is ReportOutcome.DELIVERED
+    assert (delivered.state, delivered.active_courier_id) == (DeliveryState.DELIVERED, None)
+    assert delivered.current.status is AttemptStatus.DELIVERED
+    assert report(delivered, "delivered") == (delivered, ReportOutcome.IGNORED)
+    assert refusal_code(delivered, "returned") == "dispatch_closed"
+    assert cancel(delivered) == (delivered, CancelOutcome.TOO_LATE)
+
+
+def test_wrong_codes_while_returning_count_and_lock_like_any_other():
+    returning, _ = cancel(walked(offered_to("CUR-A"), "picked_up"))
+
+    once, outcome = report(returning, "delivered", code_is_right=False)
+    locked, outcomes = wrong_codes(once, 4)
+
+    assert outcome is ReportOutcome.CODE_REJECTED
+    assert once.state is DeliveryState.RETURNING
+    assert outcomes[-1] is ReportOutcome.CODE_LOCKED
+    assert refusal_code(locked, "delivered") == "code_locked"
+    assert report(locked, "returned")[1] is ReportOutcome.RETURNED
+
+
+def test_a_delivery_while_returning_needs_the_goods_to_have_been_picked_up():
+    returning, _ = cancel(walked(offered_to("CUR-A"), "accepted"))
+
+    assert refusal_code(returning, "delivered") == "out_of_order"
+
+
+def test_goods_that_came_back_from_a_failed_attempt_still_travelled_when_cancelled():
+    failed, _ = report(walked(offered_to("CUR-A"), "picked_up"), "failed")
+
+    cancelled, outcome = cancel(failed)
+
+    assert (cancelled.state, outcome) == (DeliveryState.CANCELLED, CancelOutcome.CANCELLED)
+    assert goods_travelled(cancelled) is True
 
 
 @pytest.mark.parametrize(
@@ -834,6 +1024,13 @@ def test_settings_defaults_make_the_policy(monkeypatch):
     assert policy.retry_limits == DEFAULT_RETRY_LIMITS
     assert (policy.max_attempts, policy.accept_timeout) == (3, timedelta(minutes=15))
     assert (policy.on_the_road_deadline, policy.courier_wait_deadline) == (timedelta(hours=24), timedelta(hours=4))
+    assert policy.max_wrong_codes == 5
+
+
+def test_the_wrong_code_limit_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PHARMACY_MAX_WRONG_CODES", "3")
+
+    assert CourierSettings().policy().max_wrong_codes == 3
 
 
 def test_retry_limits_come_from_json(monkeypatch):
@@ -944,3 +1141,91 @@ def test_documents_written_before_attempt_statuses_still_count_their_failures():
 
     assert [a.status for a in delivery.attempts] == [AttemptStatus.FAILED, AttemptStatus.DELIVERED]
     assert failures(delivery) == 1
+
+
+# --- the service counts each offer once against the courier's capacity ------------------------------------------
+
+
+class RacingDeliveries:
+    """Deliveries in memory whose first write of a change loses a version race, as against a second
+    instance: the decision is run again on the document, as DocumentStore does."""
+
+    def __init__(self, *deliveries: Delivery, races: int = 1, fail: bool = False) -> None:
+        self.docs = {d.prescription_id: d for d in deliveries}
+        self.races = races
+        self.fail = fail
+
+    async def apply(self, doc_id, decide, message_id=None):
+        current = self.docs.get(doc_id)
+        change = decide(current)
+        while change is not None and self.races:
+            self.races -= 1
+            change = decide(current)
+        if change is not None and self.fail:
+            raise ConnectionError("the database went away")
+        if change is not None:
+            self.docs[doc_id] = change.state
+        return change
+
+
+class FakeCourierStorage:
+    def __init__(self, deliveries: RacingDeliveries, roster: list) -> None:
+        self.deliveries = deliveries
+        self.roster = roster
+
+    async def couriers(self):
+        return self.roster
+
+    async def loads(self, roster):
+        return {c.courier_id: 0 for c in roster}
+
+
+def approved_only(rx: str) -> Delivery:
+    return make_delivery(prescription_id=rx, warehouse_id=None, pickup_location=None, details_at=T0)
+
+
+def courier_service(deliveries: RacingDeliveries, capacity: int) -> CourierService:
+    storage = FakeCourierStorage(deliveries, [make_courier("CUR-A", capacity=capacity)])
+    return CourierService(
+        storage,  # type: ignore[arg-type]
+        policy=POLICY,
+        roster_refresh_s=3600,
+        code_key=b"k",
+        clock=lambda: T0,
+    )
+
+
+async def test_an_offer_decided_again_after_a_version_race_is_counted_once():
+    deliveries = RacingDeliveries(approved_only("RX-A"), approved_only("RX-B"), races=1)
+    service = courier_service(deliveries, capacity=2)
+
+    await service.on_inventory_event(reserved(prescription_id="RX-A"))
+    await service.on_inventory_event(reserved(prescription_id="RX-B"))
+
+    assert deliveries.races == 0, "the race happened"
+    assert [deliveries.docs[rx].state for rx in ("RX-A", "RX-B")] == [DeliveryState.OFFERED, DeliveryState.OFFERED]
+    assert deliveries.docs["RX-B"].active_courier_id == "CUR-A", "the courier had room for a second delivery"
+
+
+async def test_an_offer_whose_write_failed_is_not_counted():
+    deliveries = RacingDeliveries(approved_only("RX-A"), approved_only("RX-B"), races=0, fail=True)
+    service = courier_service(deliveries, capacity=1)
+
+    with pytest.raises(ConnectionError):
+        await service.on_inventory_event(reserved(prescription_id="RX-A"))
+    deliveries.fail = False
+    await service.on_inventory_event(reserved(prescription_id="RX-B"))
+
+    assert deliveries.docs["RX-A"].state is DeliveryState.WAITING
+    assert deliveries.docs["RX-B"].state is DeliveryState.OFFERED
+
+
+async def test_offers_decided_together_still_respect_capacity():
+    deliveries = RacingDeliveries(approved_only("RX-A"), approved_only("RX-B"), races=0)
+    service = courier_service(deliveries, capacity=1)
+
+    await service.on_inventory_event(reserved(prescription_id="RX-A"))
+    await service.on_inventory_event(reserved(prescription_id="RX-B"))
+
+    assert deliveries.docs["RX-A"].state is DeliveryState.OFFERED
+    assert deliveries.docs["RX-B"].state is DeliveryState.AWAITING_COURIER, "the only courier is full"

@@ -47,6 +47,7 @@ from services.inventory.domain import (
     shortages,
     threshold_for,
     usable_until,
+    withdraw,
 )
 from tests.unit.builders import FAR_EXPIRY, levels, make_lot, make_warehouse, movement
 
@@ -506,6 +507,7 @@ def test_return_goods_moves_dispatched_back_to_reserved_and_keeps_the_hold(held)
     assert outcome is not None
     assert levels(outcome.warehouse, "MET500") == (40, 180, 0)
     assert outcome.warehouse.holds["RX-1"].dispatched is False
+    assert outcome.warehouse.holds["RX-1"].travelled is True, "back, but it has been on the road"
     assert {(m.kind, m.source, m.target) for m in outcome.movements} == {("returned", "dispatched", "reserved")}
 
 
@@ -535,6 +537,55 @@ def test_release_puts_reserved_units_back_on_their_lots_shelf_and_drops_the_hold
 
 def test_release_refuses_goods_on_the_road_they_never_go_straight_back_on_the_shelf(held):
     assert release(dispatch(held, "RX-1").warehouse, "RX-1") is None
+
+
+def test_release_refuses_goods_back_from_a_failed_attempt(held):
+    back = return_goods(dispatch(held, "RX-1").warehouse, "RX-1").warehouse
+
+    assert release(back, "RX-1") is None
+
+
+def test_a_hold_has_not_travelled_until_dispatched(held):
+    assert held.holds["RX-1"].travelled is False
+    assert dispatch(held, "RX-1").warehouse.holds["RX-1"].travelled is True
+
+
+def test_a_hold_stored_on_the_road_before_travelled_existed_has_travelled():
+    stored = Hold.model_validate(
+        {"picks": [{"lot_id": "L-1", "drug_code": "MET500", "quantity": 1}], "dispatched": True}
+    )
+
+    assert stored.travelled is True
+
+
+def test_withdraw_puts_goods_that_never_left_back_on_the_shelf(held):
+    outcome = withdraw(held, "RX-1")
+
+    assert outcome is not None
+    assert levels(outcome.warehouse, "MET500") == (220, 0, 0)
+    assert {(m.kind, m.source, m.target) for m in outcome.movements} == {("released", "reserved", "available")}
+
+
+def test_withdraw_after_pickup_failure_quarantines_the_package_held_for_the_retry(held):
+    """Picked up, failed (the sealed package came back and is held), then cancelled: quarantine."""
+    back = return_goods(dispatch(held, "RX-1").warehouse, "RX-1").warehouse
+
+    outcome = withdraw(back, "RX-1")
+
+    assert outcome is not None
+    assert levels(outcome.warehouse, "MET500") == (40, 0, 0)
+    assert outcome.warehouse.level("MET500").quarantined == 180
+    assert outcome.warehouse.holds == {}
+    assert {(m.kind, m.source, m.target) for m in outcome.movements} == {("returned", "reserved", "quarantine")}
+
+
+def test_withdraw_of_goods_on_the_road_quarantines_them(held):
+    outcome = withdraw(dispatch(held, "RX-1").warehouse, "RX-1")
+
+    assert outcome is not None
+    assert {(m.source, m.target) for m in outcome.movements} == {("dispatched", "quarantine")}
+    assert withdraw(outcome.warehouse, "RX-1") is None
+    assert withdraw(held, "RX-404") is None
 
 
 def test_release_twice_is_none_and_leaves_other_holds_alone(held):
@@ -745,6 +796,7 @@ class Books:
                         "release": release,
                         "quarantine": quarantine,
                         "deliver": deliver,
+                        "withdraw": withdraw,
                     }[name]
                     outcome = rule(w, *args)  # type: ignore[arg-type]
         except StockRefused:
@@ -788,6 +840,15 @@ HANDCRAFTED = {
         ("release", "RX-1"),
         ("release", "RX-1"),
     ],
+    "picked up, failed, then cancelled": [
+        ("restock", "A-1", "AML5", LOTS["A-1"][1], 90),
+        ("reserve", "RX-1", [("AML5", 40)]),
+        ("dispatch", "RX-1"),
+        ("return_goods", "RX-1"),
+        ("release", "RX-1"),  # refused: the package travelled
+        ("withdraw", "RX-1"),
+        ("withdraw", "RX-1"),
+    ],
     "adjustments, refusals and expiry": [
         ("restock", "M-1", "MET500", LOTS["M-1"][1], 10),
         ("adjust", "M-1", "MET500", -4),
@@ -825,6 +886,7 @@ def test_handcrafted_sequences_end_where_expected():
     assert lot_figures(delivered, "M-2") == (50, 0, 0, 0, 0, 150)
     assert lot_figures(ends["failed attempt, then undeliverable"], "M-2") == (20, 0, 0, 30, 0, 0)
     assert lot_figures(ends["withdrawn before pickup"], "A-1") == (90, 0, 0, 0, 0, 0)
+    assert lot_figures(ends["picked up, failed, then cancelled"], "A-1") == (50, 0, 0, 40, 0, 0)
     expired = ends["adjustments, refusals and expiry"].lots["M-1"]
     assert lot_figures(ends["adjustments, refusals and expiry"], "M-1") == (0, 0, 0, 0, 3, 6)
     assert (expired.received, expired.adjusted) == (10, -4 + 3)
@@ -868,7 +930,7 @@ def test_ledger_entries_are_keyed_by_event_and_index():
 
 
 OPERATIONS = ("restock", "restock", "adjust", "reserve", "reserve", "dispatch", "return_goods", "release")
-OPERATIONS += ("quarantine", "deliver", "deliver", "expire")
+OPERATIONS += ("quarantine", "deliver", "deliver", "expire", "withdraw", "reserve", "dispatch", "release", "deliver")
 
 
 def random_operation(rng: random.Random) -> tuple:
@@ -898,4 +960,4 @@ def test_books_balance_and_the_ledger_matches_after_random_sequences(seed):
         assert_books_balance(books.warehouse)
     assert recompute_lots(books.entries) == current_lots([books.warehouse])
     # The sequence must do real work, not only refusals and no-ops.
-    assert {"restock", "adjust", "reserve", "dispatch", "release", "quarantine", "deliver"} <= books.applied
+    assert {"restock", "adjust", "reserve", "dispatch", "release", "quarantine", "deliver", "withdraw"} <= books.applied

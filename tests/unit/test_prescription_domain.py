@@ -28,11 +28,13 @@ from services.prescription.domain import (
     due_review_action,
     escalated,
     expired_review,
+    history_to_withdraw,
     outcome_of,
     refill_too_soon,
     rejected_by_pharmacist,
     verdict_of_check,
     with_cancelled,
+    with_not_supplied,
     with_supply,
 )
 from services.prescription.settings import PrescriptionSettings
@@ -483,12 +485,19 @@ def test_cancelled_prescriptions_do_not_interact():
     assert check(rx(("IBU400", 20, 10)), history=[warfarin]).approved
 
 
+def test_never_supplied_prescriptions_do_not_interact():
+    warfarin = taken("WAR5", ["anticoagulant"], STARTED, not_supplied="OUT_OF_STOCK")
+
+    assert check(rx(("IBU400", 20, 10)), history=[warfarin]).approved
+
+
 def test_entry_active_boundary():
     entry = taken("WAR5", ["anticoagulant"], NOW - timedelta(days=30), days_supply=30)
 
     assert entry.active_at(NOW - TICK) is True
     assert entry.active_at(NOW) is False
     assert entry.model_copy(update={"cancelled": True}).active_at(NOW - TICK) is False
+    assert entry.model_copy(update={"not_supplied": "DELIVERY_ABANDONED"}).active_at(NOW - TICK) is False
 
 
 # --- refill too soon -------------------------------------------------------------------------------
@@ -522,6 +531,11 @@ def test_refill_tolerance_is_a_share_of_the_days_supply():
 
 def test_cancelled_supply_is_never_too_soon():
     assert refill_too_soon(EARLIER.model_copy(update={"cancelled": True}), EARLIER.started_at, 0.8) is False
+
+
+@pytest.mark.parametrize("why", ["OUT_OF_STOCK", "NOT_IN_ONE_WAREHOUSE", "DELIVERY_ABANDONED", "DELIVERY_CANCELLED"])
+def test_a_supply_that_never_reached_the_patient_is_never_too_soon(why):
+    assert refill_too_soon(EARLIER.model_copy(update={"not_supplied": why}), EARLIER.started_at, 0.8) is False
 
 
 def test_refill_too_soon_holds_the_prescription_and_says_when_it_is_due():
@@ -688,6 +702,41 @@ def test_a_cancelled_entry_stays_cancelled_when_the_approval_is_recorded_late():
     assert with_supply(history, prescription, FORMULARY, NOW) is None
 
 
+def test_never_supplied_marks_only_that_prescriptions_entries_and_is_idempotent():
+    prescription = rx(("MET500", 60, 30), ("AML5", 30, 30))
+    other = taken("LIS10", ["ace-inhibitor"], NOW, prescription_id="RX-OTHER")
+    history = with_supply(MedicationHistory(patient_id="PAT-5521", entries=[other]), prescription, FORMULARY, NOW)
+    assert history is not None
+
+    marked = with_not_supplied(history, prescription.prescription_id, "OUT_OF_STOCK")
+
+    assert marked is not None
+    assert [(e.prescription_id, e.not_supplied) for e in marked.entries] == [
+        ("RX-OTHER", None),
+        (prescription.prescription_id, "OUT_OF_STOCK"),
+        (prescription.prescription_id, "OUT_OF_STOCK"),
+    ]
+    assert with_not_supplied(marked, prescription.prescription_id, "DELIVERY_CANCELLED") is None, "first reason kept"
+    assert with_not_supplied(history, "RX-UNKNOWN", "OUT_OF_STOCK") is None
+    assert with_not_supplied(None, prescription.prescription_id, "OUT_OF_STOCK") is None
+
+
+def test_a_cancelled_entry_is_not_marked_again_as_never_supplied():
+    prescription = rx(("MET500", 60, 30))
+    history = with_cancelled(with_supply(None, prescription, FORMULARY, NOW), prescription.prescription_id)
+
+    assert with_not_supplied(history, prescription.prescription_id, "DELIVERY_CANCELLED") is None
+
+
+def test_a_never_supplied_entry_stays_so_when_the_approval_is_recorded_again():
+    prescription = rx(("MET500", 60, 30))
+    history = with_not_supplied(
+        with_supply(None, prescription, FORMULARY, NOW), prescription.prescription_id, "DELIVERY_ABANDONED"
+    )
+
+    assert with_supply(history, prescription, FORMULARY, NOW) is None
+
+
 def test_supplies_that_ended_a_year_ago_are_dropped_when_the_history_is_next_written():
     old = taken("AML5", [], NOW - timedelta(days=30 + 365), days_supply=30, prescription_id="RX-OLD")
     recent = taken("AML5", [], NOW - timedelta(days=30 + 364), days_supply=30, prescription_id="RX-RECENT")
@@ -825,6 +874,29 @@ def test_cancellation_is_honoured_while_approved_or_held(state, cancellable):
         assert result.prescription is None
     else:
         assert result is None
+
+
+@pytest.mark.parametrize(
+    ("state", "withdraws"),
+    [
+        (VerdictState.CANCELLED, True),
+        (VerdictState.APPROVED, False),
+        (VerdictState.HELD, False),
+        (VerdictState.REJECTED, False),
+    ],
+)
+def test_a_verdict_that_ends_cancelled_withdraws_the_patients_supply(state, withdraws):
+    # Asked after every cancellation's write, also a duplicate or a no-op: an approval that ran at the
+    # same time may have recorded the supply after the cancellation looked, then lost to it.
+    verdict = held_verdict().model_copy(update={"state": state})
+
+    assert history_to_withdraw(verdict) == ("PAT-5521" if withdraws else None)
+
+
+def test_no_history_to_withdraw_without_a_verdict_or_a_patient():
+    assert history_to_withdraw(None) is None
+    before_the_checks = cancelled(None, "RX-9", "Dr. Karimov", "issued by mistake", NOW)
+    assert history_to_withdraw(before_the_checks) is None
 
 
 def test_a_cancellation_before_the_checks_leaves_a_cancelled_verdict():
