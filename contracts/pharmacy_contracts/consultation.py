@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from .envelope import Contract, Envelope, Identifier, UtcDatetime
+from .envelope import Contract, Envelope, Identifier, UtcDatetime, example_id, wire_example
 
 Text = Annotated[str, Field(min_length=1, max_length=500)]
 Phone = Annotated[str, Field(min_length=5, max_length=32, pattern=r"^\+?[0-9 ()\-]+$")]
@@ -70,8 +70,57 @@ class Prescription(Contract):
     valid_until: UtcDatetime
 
 
+#: The prescription the published examples use (the same as contracts/examples/prescription.json).
+EXAMPLE_PRESCRIPTION: dict[str, Any] = {
+    "prescription_id": "RX-2026-000123",
+    "consultation_id": "CONS-88412",
+    "patient": {
+        "patient_id": "PAT-5521",
+        "name": "Gulnara Sadykova",
+        "phone": "+7 701 555 0134",
+        "date_of_birth": "1958-03-14",
+        "allergies": ["penicillin"],
+        "address": {
+            "line": "Farmstead 7, Steppe Road",
+            "town": "Northford",
+            "postcode": "N-0412",
+            "coordinates": {"latitude": 51.812, "longitude": 69.403},
+        },
+    },
+    "prescriber": {
+        "prescriber_id": "DR-0042",
+        "name": "Dr. Ilyas Karimov",
+        "licence_number": "LIC-KZ-77120",
+        "remote_expert": True,
+    },
+    "diagnosis_codes": ["E11.9", "I10"],
+    "items": [
+        {
+            "drug_code": "MET500",
+            "quantity": 180,
+            "dosage_text": "1 tablet twice daily with meals",
+            "days_supply": 90,
+            "chronic": True,
+        },
+        {"drug_code": "AML5", "quantity": 90, "dosage_text": "1 tablet once daily", "days_supply": 90, "chronic": True},
+    ],
+    "issued_at": "2026-11-25T08:00:00Z",
+    "valid_until": "2027-05-25T08:00:00Z",
+}
+_RX = EXAMPLE_PRESCRIPTION["prescription_id"]
+
+
 class PrescriptionSubmitted(Envelope):
     """Upstream → `consultation.prescriptions.v1`, keyed by prescription id."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="district-clinic-emr",
+            sender_id="district-clinic",
+            prescription=EXAMPLE_PRESCRIPTION,
+        )
+    )
 
     type: Literal["consultation.prescription_submitted"] = "consultation.prescription_submitted"
     sender_id: Identifier = Field(description="The registered upstream system that sent this")
@@ -86,6 +135,16 @@ class PrescriptionSubmitted(Envelope):
 
 class PrescriptionAccepted(Envelope):
     """consultation → `consultation.intake.v1`: a validated, de-duplicated prescription."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("consultation.prescription_submitted"),
+            producer="consultation",
+            sender_id="district-clinic",
+            prescription=EXAMPLE_PRESCRIPTION,
+        )
+    )
 
     type: Literal["consultation.prescription_accepted"] = "consultation.prescription_accepted"
     sender_id: Identifier
@@ -102,6 +161,17 @@ class CancellationRequested(Envelope):
     pickup the courier brings the goods back to quarantine.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="district-clinic-emr",
+            sender_id="district-clinic",
+            prescription_id=_RX,
+            reason="Therapy changed after the follow-up call",
+            requested_by="Dr. Ilyas Karimov",
+        )
+    )
+
     type: Literal["consultation.cancellation_requested"] = "consultation.cancellation_requested"
     sender_id: Identifier
     prescription_id: Identifier
@@ -117,6 +187,18 @@ class CancellationRequested(Envelope):
 
 class CancellationAccepted(Envelope):
     """consultation → `consultation.intake.v1`: a verified cancellation from an upstream system."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("consultation.cancellation_requested"),
+            producer="consultation",
+            sender_id="district-clinic",
+            prescription_id=_RX,
+            reason="Therapy changed after the follow-up call",
+            requested_by="Dr. Ilyas Karimov",
+        )
+    )
 
     type: Literal["consultation.cancellation_accepted"] = "consultation.cancellation_accepted"
     sender_id: Identifier

@@ -4,17 +4,42 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from .consultation import Address, Coordinates, Phone
-from .envelope import Envelope, Identifier, UtcDatetime
+from .consultation import EXAMPLE_PRESCRIPTION, Address, Coordinates, Phone
+from .envelope import Envelope, Identifier, UtcDatetime, example_id, wire_example
 
 FailureReason = Literal["patient_absent", "address_not_found", "refused", "damaged", "other"]
 DeliveryCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
 
+# The published examples follow one prescription's first delivery attempt.
+_RX = EXAMPLE_PRESCRIPTION["prescription_id"]
+_TRIP = {"prescription_id": _RX, "dispatch_id": f"{_RX}-D1", "courier_id": "CUR-07", "attempt": 1}
+_PACKAGE = {"dispatch_id": f"{_RX}-D1", "courier_id": "CUR-07", "package_id": _RX}
+_WH = "WH-NORTHFORD"
+
+
+def _after(message_type: str) -> dict[str, str]:
+    return {"correlation_id": _RX, "causation_id": example_id(message_type), "producer": "courier"}
+
 
 class DispatchOffered(Envelope):
     """→ `courier.dispatch.v1`, keyed by courier id. Only what the trip needs: no name, no drugs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("inventory.stock_reserved"),
+            **_PACKAGE,
+            attempt=1,
+            pickup_warehouse_id=_WH,
+            address=EXAMPLE_PRESCRIPTION["patient"]["address"],
+            contact_phone="+7 701 555 0134",
+            cold_chain=False,
+            controlled=False,
+            pickup_location={"latitude": 51.806, "longitude": 69.391},
+            accept_by="2026-11-25T08:15:10Z",
+        )
+    )
 
     type: Literal["courier.dispatch_offered"] = "courier.dispatch_offered"
     dispatch_id: Identifier
@@ -33,6 +58,15 @@ class DispatchOffered(Envelope):
 class DispatchWithdrawn(Envelope):
     """→ `courier.dispatch.v1`: stop. If the goods are with the courier, bring them back to the warehouse."""
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("prescription.cancelled"),
+            **_PACKAGE,
+            reason="cancelled",
+            return_goods=True,
+        )
+    )
+
     type: Literal["courier.dispatch_withdrawn"] = "courier.dispatch_withdrawn"
     dispatch_id: Identifier
     courier_id: Identifier
@@ -43,6 +77,17 @@ class DispatchWithdrawn(Envelope):
 
 class CourierReported(Envelope):
     """A courier's report on `courier.updates.v1`, keyed by package id."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="courier-app-CUR-07",
+            **_PACKAGE,
+            status="delivered",
+            delivery_code="407193",
+            note="Handed to the patient at the gate",
+        )
+    )
 
     type: Literal["courier.reported"] = "courier.reported"
     dispatch_id: Identifier
@@ -72,25 +117,77 @@ class _DeliveryEvent(Envelope):
 
 
 class CourierAssigned(_DeliveryEvent):
+    """The delivery was offered to a courier (one dispatch id per attempt)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("inventory.stock_reserved"),
+            **_TRIP,
+            warehouse_id=_WH,
+        )
+    )
+
     type: Literal["courier.assigned"] = "courier.assigned"
     warehouse_id: Identifier
 
 
 class DeliveryAccepted(_DeliveryEvent):
+    """The courier accepted the offer."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.reported"),
+            **_TRIP,
+        )
+    )
+
     type: Literal["courier.delivery_accepted"] = "courier.delivery_accepted"
 
 
 class DeliveryPickedUp(_DeliveryEvent):
+    """The courier collected the goods at the warehouse."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.reported"),
+            **_TRIP,
+            warehouse_id=_WH,
+        )
+    )
+
     type: Literal["courier.picked_up"] = "courier.picked_up"
     warehouse_id: Identifier
 
 
 class DeliveryCompleted(_DeliveryEvent):
+    """Delivered: the courier reported the code only the patient knows."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.reported"),
+            **_TRIP,
+            warehouse_id=_WH,
+        )
+    )
+
     type: Literal["courier.delivered"] = "courier.delivered"
     warehouse_id: Identifier
 
 
 class DeliveryFailed(_DeliveryEvent):
+    """An attempt failed, with its reason; says whether goods came back and whether it is retried."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.reported"),
+            **_TRIP,
+            warehouse_id=_WH,
+            reason="patient_absent",
+            goods_returned=True,
+            will_retry=True,
+        )
+    )
+
     type: Literal["courier.delivery_failed"] = "courier.delivery_failed"
     warehouse_id: Identifier
     reason: FailureReason
@@ -101,6 +198,17 @@ class DeliveryFailed(_DeliveryEvent):
 class DeliveryAbandoned(Envelope):
     """Undeliverable: the policy for the last failure allows no more attempts. Goods that travelled
     go to quarantine; goods that never left are released."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.reported"),
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            attempts=3,
+            last_reason="address_not_found",
+            goods_travelled=True,
+        )
+    )
 
     type: Literal["courier.delivery_abandoned"] = "courier.delivery_abandoned"
     prescription_id: Identifier
@@ -113,11 +221,28 @@ class DeliveryAbandoned(Envelope):
 class DeliveryOfferExpired(_DeliveryEvent):
     """The courier did not accept in time; the delivery goes to the next courier."""
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="courier",
+            **_TRIP,
+        )
+    )
+
     type: Literal["courier.offer_expired"] = "courier.offer_expired"
 
 
 class DeliveryWaiting(Envelope):
     """No courier can take the delivery now (capacity, cold chain); it is offered when one frees up."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("inventory.stock_reserved"),
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            why="No courier with a cold box is free in the Northford zone",
+        )
+    )
 
     type: Literal["courier.delivery_waiting"] = "courier.delivery_waiting"
     prescription_id: Identifier
@@ -126,24 +251,58 @@ class DeliveryWaiting(Envelope):
 
 
 class DeliveryCodeRejected(_DeliveryEvent):
-    """A 'delivered' report with a wrong or missing code: the delivery does not count."""
+    """A 'delivered' report with a wrong or missing code: the delivery does not count. After too many
+    on one attempt (`locked`), no code counts on it any more: the dispatcher on duty is alerted."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.reported"),
+            **_TRIP,
+            wrong_codes=1,
+        )
+    )
 
     type: Literal["courier.delivery_code_rejected"] = "courier.delivery_code_rejected"
     wrong_codes: int = Field(ge=1, description="Wrong codes reported on this attempt so far")
+    locked: bool = Field(
+        default=False,
+        description="That was the last wrong code allowed: the attempt takes no more codes; the dispatcher decides",
+    )
 
 
 class DeliveryOverdue(Envelope):
-    """A deadline passed: the dispatcher on duty is alerted (sent once per stage and attempt)."""
+    """A deadline passed: the dispatcher on duty is alerted (sent once per stage and attempt).
+    `awaiting_stock`: approved, but the stock reservation has not come."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="courier",
+            prescription_id=_RX,
+            stage="on_the_road",
+            since="2026-11-25T09:02:00Z",
+            courier_id="CUR-07",
+        )
+    )
 
     type: Literal["courier.delivery_overdue"] = "courier.delivery_overdue"
     prescription_id: Identifier
-    stage: Literal["awaiting_courier", "on_the_road"]
+    stage: Literal["awaiting_stock", "awaiting_courier", "on_the_road"]
     since: UtcDatetime
     courier_id: Identifier | None = None
 
 
 class DeliveryCancelled(Envelope):
     """The prescription was withdrawn; the delivery is closed once nothing is on the road."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("prescription.cancelled"),
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            goods_returned=False,
+        )
+    )
 
     type: Literal["courier.delivery_cancelled"] = "courier.delivery_cancelled"
     prescription_id: Identifier

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
-from uuid import uuid4
+from typing import Annotated, Any
+from uuid import NAMESPACE_URL, uuid4, uuid5
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -52,3 +53,32 @@ class Envelope(Contract):
     correlation_id: Identifier
     causation_id: Identifier | None = None
     producer: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+EXAMPLE_TIME = "2026-11-25T08:00:05Z"
+
+
+def example_id(message_type: str) -> str:
+    """The `message_id` of the published example of a message type (examples cite each other)."""
+    return str(uuid5(NAMESPACE_URL, f"pharmacy-contracts:example:{message_type}"))
+
+
+def wire_example(**fields: Any) -> Callable[[dict[str, Any], type[BaseModel]], None]:
+    """A `json_schema_extra` adding one complete example of a message to its JSON Schema.
+
+    Give the message's own fields (and `correlation_id`, `producer`); the envelope's `type`, a
+    stable `message_id` and `occurred_at` are filled in. The example is validated when a schema is
+    built, so a published example can never break its own contract.
+    """
+
+    def add_example(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+        message_type = cls.model_fields["type"].default
+        data = {
+            "message_id": example_id(message_type),
+            "type": message_type,
+            "occurred_at": EXAMPLE_TIME,
+            **fields,
+        }
+        schema["examples"] = [cls.model_validate(data).model_dump(mode="json")]
+
+    return add_example

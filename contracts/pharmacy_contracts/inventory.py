@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from .consultation import Coordinates
-from .envelope import Contract, Envelope, Identifier
+from .consultation import EXAMPLE_PRESCRIPTION, Coordinates
+from .envelope import Contract, Envelope, Identifier, example_id, wire_example
 
 StaffName = Annotated[str, Field(min_length=1, max_length=80)]
 
@@ -53,11 +53,55 @@ class StockLevel(Contract):
     quarantined: int = Field(default=0, ge=0)
 
 
+# The published examples follow one prescription and one warehouse.
+_RX = EXAMPLE_PRESCRIPTION["prescription_id"]
+_WH = "WH-NORTHFORD"
+_WH_AT = {"latitude": 51.806, "longitude": 69.391}
+_STAFF = "Aigerim Bekova"
+_LOT = {"lot_id": "MET500-L2611", "drug_code": "MET500"}
+_APPROVED = example_id("prescription.approved")
+_LINES = [{"drug_code": "MET500", "quantity": 180}, {"drug_code": "AML5", "quantity": 90}]
+_HELD = [
+    {"drug_code": "MET500", "available": 420, "reserved": 180, "dispatched": 0},
+    {"drug_code": "AML5", "available": 210, "reserved": 90, "dispatched": 0},
+]
+_ON_THE_ROAD = [
+    {"drug_code": "MET500", "available": 420, "reserved": 0, "dispatched": 180},
+    {"drug_code": "AML5", "available": 210, "reserved": 0, "dispatched": 90},
+]
+
+
+def _moves(kind: str, source: str, target: str) -> list[dict[str, object]]:
+    return [
+        {
+            "kind": kind,
+            "lot_id": "MET500-L2611",
+            "drug_code": "MET500",
+            "quantity": 180,
+            "source": source,
+            "target": target,
+        },
+        {"kind": kind, "lot_id": "AML5-L2609", "drug_code": "AML5", "quantity": 90, "source": source, "target": target},
+    ]
+
+
 # --- commands from warehouse staff -------------------------------------------------------------
 
 
 class WarehouseRegistrationRequested(Envelope):
     """A warehouse or township pharmacy joins (or moves): where it is decides what it serves first."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-WH-0001",
+            producer="warehouse-console",
+            warehouse_id=_WH,
+            name="Northford central warehouse",
+            kind="central",
+            location=_WH_AT,
+            requested_by=_STAFF,
+        )
+    )
 
     type: Literal["inventory.warehouse_registration_requested"] = "inventory.warehouse_registration_requested"
     warehouse_id: Identifier
@@ -70,6 +114,19 @@ class WarehouseRegistrationRequested(Envelope):
 class RestockRequested(Envelope):
     """Goods received: one lot of one drug, with the expiry printed on the pack."""
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-RESTOCK-0415",
+            producer="warehouse-console",
+            warehouse_id=_WH,
+            drug_code="MET500",
+            lot_id="MET500-L2611",
+            expiry_date="2028-03-31",
+            quantity=600,
+            requested_by=_STAFF,
+        )
+    )
+
     type: Literal["inventory.restock_requested"] = "inventory.restock_requested"
     warehouse_id: Identifier
     drug_code: Identifier
@@ -81,6 +138,19 @@ class RestockRequested(Envelope):
 
 class AdjustmentRequested(Envelope):
     """A stock count correction of one lot (breakage, miscount). Cannot take available stock below zero."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-ADJUST-0416",
+            producer="warehouse-console",
+            warehouse_id=_WH,
+            drug_code="MET500",
+            lot_id="MET500-L2611",
+            delta=-12,
+            reason="Carton crushed in unloading",
+            requested_by=_STAFF,
+        )
+    )
 
     type: Literal["inventory.adjustment_requested"] = "inventory.adjustment_requested"
     warehouse_id: Identifier
@@ -95,6 +165,20 @@ class AdjustmentRequested(Envelope):
 
 
 class WarehouseRegistered(Envelope):
+    """A warehouse or township pharmacy and where it is; allocation measures distances from here."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-WH-0001",
+            causation_id=example_id("inventory.warehouse_registration_requested"),
+            producer="inventory",
+            warehouse_id=_WH,
+            name="Northford central warehouse",
+            kind="central",
+            location=_WH_AT,
+        )
+    )
+
     type: Literal["inventory.warehouse_registered"] = "inventory.warehouse_registered"
     warehouse_id: Identifier
     name: str
@@ -103,6 +187,26 @@ class WarehouseRegistered(Envelope):
 
 
 class StockReserved(Envelope):
+    """The whole prescription is held at one warehouse, lot by lot (first expiry first out)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=_APPROVED,
+            producer="inventory",
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            pickup_location=_WH_AT,
+            lines=_LINES,
+            picks=[
+                {**_LOT, "expiry_date": "2028-03-31", "quantity": 180},
+                {"lot_id": "AML5-L2609", "drug_code": "AML5", "expiry_date": "2027-12-31", "quantity": 90},
+            ],
+            levels=_HELD,
+            movements=_moves("reserved", "available", "reserved"),
+        )
+    )
+
     type: Literal["inventory.stock_reserved"] = "inventory.stock_reserved"
     prescription_id: Identifier
     warehouse_id: Identifier
@@ -127,6 +231,17 @@ class ReservationFailed(Envelope):
     courier makes one pickup and a patient gets one package.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=_APPROVED,
+            producer="inventory",
+            prescription_id=_RX,
+            reason="OUT_OF_STOCK",
+            shortages=[{"drug_code": "AML5", "requested": 90, "best_available": 40}],
+        )
+    )
+
     type: Literal["inventory.reservation_failed"] = "inventory.reservation_failed"
     prescription_id: Identifier
     reason: Literal["OUT_OF_STOCK", "NOT_IN_ONE_WAREHOUSE"] = "OUT_OF_STOCK"
@@ -148,8 +263,36 @@ class StockReleased(_Movement):
 
     type: Literal["inventory.stock_released"] = "inventory.stock_released"
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("courier.delivery_cancelled"),
+            producer="inventory",
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            lines=_LINES,
+            levels=[{**level, "available": level["available"] + level["reserved"], "reserved": 0} for level in _HELD],
+            movements=_moves("released", "reserved", "available"),
+        )
+    )
+
 
 class StockDispatched(_Movement):
+    """The courier picked the held units up: they are on the road."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("courier.picked_up"),
+            producer="inventory",
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            lines=_LINES,
+            levels=_ON_THE_ROAD,
+            movements=_moves("dispatched", "reserved", "dispatched"),
+        )
+    )
+
     type: Literal["inventory.stock_dispatched"] = "inventory.stock_dispatched"
 
 
@@ -157,6 +300,19 @@ class StockReturned(_Movement):
     """A sealed package a courier brought back after a failed attempt; held again for the retry."""
 
     type: Literal["inventory.stock_returned"] = "inventory.stock_returned"
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("courier.delivery_failed"),
+            producer="inventory",
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            lines=_LINES,
+            levels=_HELD,
+            movements=_moves("returned", "dispatched", "reserved"),
+        )
+    )
 
 
 class StockQuarantined(_Movement):
@@ -166,14 +322,59 @@ class StockQuarantined(_Movement):
     type: Literal["inventory.stock_quarantined"] = "inventory.stock_quarantined"
     why: Literal["undeliverable", "damaged", "cancelled"]
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("courier.delivery_abandoned"),
+            producer="inventory",
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            lines=_LINES,
+            levels=[{**level, "dispatched": 0, "quarantined": level["dispatched"]} for level in _ON_THE_ROAD],
+            movements=_moves("returned", "dispatched", "quarantine"),
+            why="undeliverable",
+        )
+    )
+
 
 class StockDelivered(_Movement):
     """The patient has the goods: the hold is closed."""
 
     type: Literal["inventory.stock_delivered"] = "inventory.stock_delivered"
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("courier.delivered"),
+            producer="inventory",
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            lines=_LINES,
+            levels=[{**level, "dispatched": 0} for level in _ON_THE_ROAD],
+            movements=_moves("delivered", "dispatched", "outside"),
+        )
+    )
+
 
 class StockRestocked(Envelope):
+    """Goods received: one lot of one drug added to a warehouse's shelf."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-RESTOCK-0415",
+            causation_id=example_id("inventory.restock_requested"),
+            producer="inventory",
+            warehouse_id=_WH,
+            drug_code="MET500",
+            lot_id="MET500-L2611",
+            expiry_date="2028-03-31",
+            quantity=600,
+            requested_by=_STAFF,
+            level={"drug_code": "MET500", "available": 780, "reserved": 0, "dispatched": 0},
+            movements=[{"kind": "received", **_LOT, "quantity": 600, "source": "outside", "target": "available"}],
+        )
+    )
+
     type: Literal["inventory.stock_restocked"] = "inventory.stock_restocked"
     warehouse_id: Identifier
     drug_code: Identifier
@@ -186,6 +387,24 @@ class StockRestocked(Envelope):
 
 
 class StockAdjusted(Envelope):
+    """A count correction of one lot by warehouse staff, with its reason."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-ADJUST-0416",
+            causation_id=example_id("inventory.adjustment_requested"),
+            producer="inventory",
+            warehouse_id=_WH,
+            drug_code="MET500",
+            lot_id="MET500-L2611",
+            delta=-12,
+            reason="Carton crushed in unloading",
+            requested_by=_STAFF,
+            level={"drug_code": "MET500", "available": 768, "reserved": 0, "dispatched": 0},
+            movements=[{"kind": "adjusted", **_LOT, "quantity": 12, "source": "available", "target": "outside"}],
+        )
+    )
+
     type: Literal["inventory.stock_adjusted"] = "inventory.stock_adjusted"
     warehouse_id: Identifier
     drug_code: Identifier
@@ -198,6 +417,19 @@ class StockAdjusted(Envelope):
 
 
 class StockCommandRefused(Envelope):
+    """A restock or adjustment that would break the books (e.g. below zero); nothing changed."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-ADJUST-0417",
+            causation_id=example_id("inventory.adjustment_requested"),
+            producer="inventory",
+            warehouse_id=_WH,
+            drug_code="MET500",
+            reason="lot MET500-L2611 has 768 units available; cannot remove 1000",
+        )
+    )
+
     type: Literal["inventory.stock_command_refused"] = "inventory.stock_command_refused"
     warehouse_id: Identifier
     drug_code: Identifier | None = None
@@ -206,6 +438,18 @@ class StockCommandRefused(Envelope):
 
 class LotNearingExpiry(Envelope):
     """Alert: a lot with units on the shelf expires within the warning window. Sent once per lot."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="AML5-L2609",
+            producer="inventory",
+            warehouse_id=_WH,
+            drug_code="AML5",
+            lot_id="AML5-L2609",
+            expiry_date="2027-12-31",
+            available=210,
+        )
+    )
 
     type: Literal["inventory.lot_nearing_expiry"] = "inventory.lot_nearing_expiry"
     warehouse_id: Identifier
@@ -218,6 +462,29 @@ class LotNearingExpiry(Envelope):
 class LotExpired(Envelope):
     """A lot passed its expiry date: its shelf units are removed from availability."""
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="AML5-L2609",
+            producer="inventory",
+            warehouse_id=_WH,
+            drug_code="AML5",
+            lot_id="AML5-L2609",
+            expiry_date="2027-12-31",
+            removed=35,
+            level={"drug_code": "AML5", "available": 0, "reserved": 0, "dispatched": 0},
+            movements=[
+                {
+                    "kind": "expired",
+                    "lot_id": "AML5-L2609",
+                    "drug_code": "AML5",
+                    "quantity": 35,
+                    "source": "available",
+                    "target": "expired",
+                }
+            ],
+        )
+    )
+
     type: Literal["inventory.lot_expired"] = "inventory.lot_expired"
     warehouse_id: Identifier
     drug_code: Identifier
@@ -229,6 +496,20 @@ class LotExpired(Envelope):
 
 
 class LowStock(Envelope):
+    """Alert: a drug's available units at a warehouse fell below its threshold."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("inventory.stock_reserved"),
+            producer="inventory",
+            warehouse_id=_WH,
+            drug_code="AML5",
+            available=18,
+            threshold=20,
+        )
+    )
+
     type: Literal["inventory.low_stock"] = "inventory.low_stock"
     warehouse_id: Identifier
     drug_code: Identifier

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from .consultation import Address, Phone
-from .envelope import Contract, Envelope, Identifier, UtcDatetime
+from .consultation import EXAMPLE_PRESCRIPTION, Address, Phone
+from .envelope import Contract, Envelope, Identifier, UtcDatetime, example_id, wire_example
 
 ReasonCode = Literal[
     "UNKNOWN_DRUG",
@@ -54,7 +54,30 @@ class DeliveryDetails(Contract):
     controlled: bool = False
 
 
+_RX = EXAMPLE_PRESCRIPTION["prescription_id"]
+_PATIENT = EXAMPLE_PRESCRIPTION["patient"]["patient_id"]
+_ACCEPTED = example_id("consultation.prescription_accepted")
+_HOLD = {"code": "REFILL_TOO_SOON", "message": "MET500 was dispensed 20 days ago for 90 days", "item_index": 0}
+
+
 class PrescriptionApproved(Envelope):
+    """Every check passed (or a pharmacist released the hold): inventory reserves, courier prepares the delivery."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=_ACCEPTED,
+            producer="prescription",
+            prescription_id=_RX,
+            patient_id=_PATIENT,
+            lines=[
+                {"drug_code": "MET500", "quantity": 180, "days_supply": 90},
+                {"drug_code": "AML5", "quantity": 90, "days_supply": 90},
+            ],
+            delivery={"address": EXAMPLE_PRESCRIPTION["patient"]["address"], "contact_phone": "+7 701 555 0134"},
+        )
+    )
+
     type: Literal["prescription.approved"] = "prescription.approved"
     prescription_id: Identifier
     patient_id: Identifier
@@ -64,6 +87,18 @@ class PrescriptionApproved(Envelope):
 
 
 class PrescriptionRejected(Envelope):
+    """Refused by the checks, by a pharmacist, or because a review expired; nothing is reserved."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=_ACCEPTED,
+            producer="prescription",
+            prescription_id=_RX,
+            reasons=[{"code": "QUANTITY_ABOVE_MAXIMUM", "message": "MET500: 400 units, at most 360", "item_index": 0}],
+        )
+    )
+
     type: Literal["prescription.rejected"] = "prescription.rejected"
     prescription_id: Identifier
     reasons: list[Reason] = Field(min_length=1)
@@ -72,6 +107,19 @@ class PrescriptionRejected(Envelope):
 
 class PrescriptionHeld(Envelope):
     """The checks found something a pharmacist must look at; nothing moves until one decides."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=_ACCEPTED,
+            producer="prescription",
+            prescription_id=_RX,
+            patient_id=_PATIENT,
+            reasons=[_HOLD],
+            escalate_at="2026-11-25T08:30:05Z",
+            expires_at="2026-11-25T12:00:05Z",
+        )
+    )
 
     type: Literal["prescription.held_for_review"] = "prescription.held_for_review"
     prescription_id: Identifier
@@ -84,6 +132,17 @@ class PrescriptionHeld(Envelope):
 class ReviewEscalated(Envelope):
     """A hold nobody decided in time: the pharmacist on duty is alerted. It expires later."""
 
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="prescription",
+            prescription_id=_RX,
+            held_since="2026-11-25T08:00:05Z",
+            expires_at="2026-11-25T12:00:05Z",
+            reasons=[_HOLD],
+        )
+    )
+
     type: Literal["prescription.review_escalated"] = "prescription.review_escalated"
     prescription_id: Identifier
     held_since: UtcDatetime
@@ -93,6 +152,18 @@ class ReviewEscalated(Envelope):
 
 class PrescriptionCancelled(Envelope):
     """Withdrawn by the upstream system or a pharmacist. Inventory and couriers undo what they did."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("consultation.cancellation_accepted"),
+            producer="prescription",
+            prescription_id=_RX,
+            reason="Therapy changed after the follow-up call",
+            requested_by="Dr. Ilyas Karimov",
+            was_approved=True,
+        )
+    )
 
     type: Literal["prescription.cancelled"] = "prescription.cancelled"
     prescription_id: Identifier
@@ -105,6 +176,20 @@ class PrescriptionCancelled(Envelope):
 
 
 class ReviewDecided(Envelope):
+    """A pharmacist's decision on a held prescription, with who and why."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("prescription.held_for_review"),
+            producer="pharmacist-console",
+            prescription_id=_RX,
+            decision="approve",
+            pharmacist_id="PH-014",
+            note="The last pack was lost in the flood; early refill confirmed with the patient",
+        )
+    )
+
     type: Literal["prescription.review_decided"] = "prescription.review_decided"
     prescription_id: Identifier
     decision: Literal["approve", "reject"]
@@ -114,6 +199,16 @@ class ReviewDecided(Envelope):
 
 class CancellationOrdered(Envelope):
     """A pharmacist withdraws a prescription (a safety concern, a patient's call to the pharmacy)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="pharmacist-console",
+            prescription_id=_RX,
+            pharmacist_id="PH-014",
+            reason="The patient called: she was given the medicines at the district hospital",
+        )
+    )
 
     type: Literal["prescription.cancellation_ordered"] = "prescription.cancellation_ordered"
     prescription_id: Identifier

@@ -101,7 +101,10 @@ CONSULTATION_PRESCRIPTIONS = Topic(
     key_fields=("correlation_id",),
     messages=(PrescriptionSubmitted, CancellationRequested),
     public=True,
-    description="Upstream consultation systems publish issued prescriptions, and their cancellations, here.",
+    description=(
+        "Upstream consultation systems publish issued prescriptions, and their cancellations, here; "
+        "FHIR R4 Bundles are accepted too, marked `content-type: application/fhir+json`."
+    ),
 )
 CONSULTATION_INTAKE = Topic(
     "consultation.intake.v1",
