@@ -9,9 +9,9 @@ from uuid import uuid4
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from pharmacy_contracts import Envelope, signing
+from pharmacy_contracts import Envelope, client, signing
 from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted
-from pharmacy_contracts.topics import Topic, topic_for
+from pharmacy_contracts.topics import CONSULTATION_PRESCRIPTIONS, Topic
 from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
 
@@ -35,25 +35,16 @@ async def producer(settings: RuntimeSettings) -> AsyncIterator[AIOKafkaProducer]
 def encode(
     message: Envelope, settings: RuntimeSettings | None = None
 ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
-    """Topic, key, value and headers of a message. A prescription or a cancellation is signed as
-    its sender when `settings` carry a signing key (see `RuntimeSettings.signing_key_id`)."""
-    topic = topic_for(message)
-    value = message.model_dump_json().encode()
-    headers = {
-        "content-type": "application/json",
-        "message-type": message.type,
-        "message-id": message.message_id,
-        "correlation-id": message.correlation_id,
-    }
+    """Topic, key, value and headers of a message, encoded as upstream systems do (`pharmacy_contracts.client`).
+    A prescription or a cancellation is signed as its sender when `settings` carry a signing key
+    (see `RuntimeSettings.signing_key_id`)."""
+    key = None
     signed = isinstance(message, PrescriptionSubmitted | CancellationRequested)
     if signed and settings and settings.signing_secret and settings.signing_key_id:
-        headers |= signing.signature_headers(
-            value,
-            sender_id=message.sender_id,
-            key_id=settings.signing_key_id,
-            secret=settings.signing_secret.get_secret_value().encode(),
-        )
-    return topic.name, topic.key_of(message).encode(), value, [(k, v.encode()) for k, v in headers.items()]
+        secret = settings.signing_secret.get_secret_value().encode()
+        key = client.SigningKey(sender_id=message.sender_id, key_id=settings.signing_key_id, secret=secret)
+    record = client.encode(message, key)
+    return record.topic, record.key, record.value, record.headers
 
 
 async def publish_all(
@@ -72,6 +63,44 @@ async def publish_all(
 async def publish(settings: RuntimeSettings, *messages: Envelope) -> int:
     async with producer(settings) as client:
         return await publish_all(client, messages, settings)
+
+
+#: A record as tools send it: topic, key, value and headers.
+Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+
+
+def encode_fhir(
+    body: bytes, *, prescription_id: str, message_id: str, sender_id: str, settings: RuntimeSettings | None = None
+) -> Record:
+    """A FHIR R4 bundle for consultation.prescriptions.v1: its bytes unchanged, marked by its content
+    type, keyed by the prescription id and signed like a native prescription."""
+    headers = {
+        "content-type": "application/fhir+json; fhirVersion=4.0",
+        "message-id": message_id,
+        "correlation-id": prescription_id,
+    }
+    if settings and settings.signing_secret and settings.signing_key_id:
+        headers |= signing.signature_headers(
+            body,
+            sender_id=sender_id,
+            key_id=settings.signing_key_id,
+            secret=settings.signing_secret.get_secret_value().encode(),
+        )
+    return (
+        CONSULTATION_PRESCRIPTIONS.name,
+        prescription_id.encode(),
+        body,
+        [(k, v.encode()) for k, v in headers.items()],
+    )
+
+
+async def publish_records(settings: RuntimeSettings, *records: Record) -> int:
+    """Send records already encoded (raw bytes with their headers) and wait until each is confirmed."""
+    async with producer(settings) as client:
+        futures = [await client.send(name, value, key=key, headers=headers) for name, key, value, headers in records]
+        for future in futures:
+            await future
+        return len(futures)
 
 
 async def follow(

@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 
 import typer
 from pydantic import SecretStr, ValidationError
+from rich.text import Text
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted
+from services.consultation import fhir
 from services.consultation.storage import ConsultationStorage
 from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
@@ -26,6 +28,7 @@ from services.inventory.storage import InventoryStorage
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
+from services.runtime.errors import Refused
 from services.runtime.kafka import create_topics
 from services.runtime.settings import RuntimeSettings
 
@@ -62,11 +65,18 @@ async def _with_database(use: Callable[[Any], Awaitable[T]]) -> T:
 
 @app.command()
 def submit(
-    file: Path = typer.Argument(..., exists=True, readable=True, help="A prescription, or a whole message, as JSON"),
+    file: Path = typer.Argument(
+        ..., exists=True, readable=True, help="A prescription, a whole message, or a FHIR R4 Bundle, as JSON"
+    ),
     sender_id: str = typer.Option("cli", help="The upstream system's registered id (it signs the message)"),
 ) -> None:
-    """Publish a prescription on consultation.prescriptions.v1, as an upstream system does."""
+    """Publish a prescription on consultation.prescriptions.v1, as an upstream system does.
+
+    A FHIR R4 Bundle is sent as it is, marked `content-type: application/fhir+json` and signed the same way."""
     data = json.loads(file.read_text())
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+        _submit_fhir_bundle(file.read_bytes(), sender_id)
+        return
     if "prescription" in data:
         message = PrescriptionSubmitted.model_validate(data)
     else:
@@ -84,6 +94,35 @@ def submit(
     console.print(
         f"submitted [bold]{message.prescription.prescription_id}[/] as message {message.message_id}, "
         f"signed by {message.sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}"
+    )
+
+
+def _submit_fhir_bundle(body: bytes, sender_id: str) -> None:
+    # Mapped here first, as the service will: an unmappable bundle is explained now rather than
+    # dead-lettered later, and the record gets the prescription id as its key.
+    try:
+        bundle = fhir.parse_bundle(body)
+        prescription = fhir.to_prescription(bundle).prescription
+    except Refused as refusal:
+        console.print(
+            Text.assemble((f"the pharmacy cannot read this bundle ({refusal.code}): ", "red"), refusal.detail)
+        )
+        raise typer.Exit(2) from None
+    message_id = fhir.message_id_of(bundle, body, {})
+    settings = settings_from_env()
+    if settings.signing_secret is None:
+        settings = _with_dev_stack_key(settings)
+    record = bus.encode_fhir(
+        body,
+        prescription_id=prescription.prescription_id,
+        message_id=message_id,
+        sender_id=sender_id,
+        settings=settings,
+    )
+    run(bus.publish_records(settings, record))
+    console.print(
+        f"submitted FHIR bundle for [bold]{prescription.prescription_id}[/] as message {message_id}, "
+        f"signed by {sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}"
     )
 
 
@@ -139,6 +178,22 @@ def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) 
         print(found.model_dump_json(indent=2))
     else:
         console.print(status_panel(found))
+
+
+@app.command("fhir-status")
+def fhir_status(prescription_id: str) -> None:
+    """Where a prescription is, as FHIR R4: a searchset Bundle of MedicationRequest, MedicationDispense
+    and SupplyDelivery, for systems that follow prescriptions in FHIR."""
+
+    async def read(db: Any) -> tuple[Any, Any]:
+        storage = ConsultationStorage(db)
+        return await storage.status.get(prescription_id), await storage.intake.get(prescription_id)
+
+    found, intake = run(_with_database(read))
+    if found is None:
+        console.print(f"no prescription {prescription_id} has been seen yet")
+        raise typer.Exit(1)
+    print(json.dumps(fhir.status_to_fhir(found, intake.prescription if intake else None), indent=2, ensure_ascii=False))
 
 
 # --- pharmacists and dispatchers ----------------------------------------------------------------

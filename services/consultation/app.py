@@ -8,7 +8,7 @@ from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
-from .service import ConsultationService
+from .service import ConsultationService, decode_upstream
 from .settings import ConsultationSettings
 from .storage import ConsultationStorage
 
@@ -39,6 +39,8 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         title="receive signed prescriptions and cancellations from upstream",
         # Every record of the topic passes the gate before it is parsed, whatever its type.
         gate=service.check_signature,
+        # Native JSON, or a FHIR R4 Bundle marked `content-type: application/fhir+json`.
+        decode=decode_upstream,
     )
     runtime.consume(
         *LIFECYCLE_TOPICS,

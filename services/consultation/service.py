@@ -16,11 +16,13 @@ from pharmacy_contracts.consultation import (
     PrescriptionAccepted,
     PrescriptionSubmitted,
 )
+from pharmacy_contracts.topics import Topic
 from services.runtime.delivery_codes import delivery_code
 from services.runtime.documents import Change
 from services.runtime.errors import Refused
+from services.runtime.observability import prescription_finished
 
-from . import domain
+from . import domain, fhir
 from .storage import ConsultationStorage
 
 log = structlog.get_logger()
@@ -51,7 +53,8 @@ class ConsultationService:
             sender = signing.verify(body, headers, self._sender_keys)
         except signing.SignatureRefused as refused:
             raise Refused(refused.code, str(refused)) from None
-        claimed = _sender_in(body)
+        # A FHIR bundle has no sender_id field; it may name its sender in meta.source (see fhir.claimed_sender).
+        claimed = fhir.claimed_sender(body) if fhir.is_fhir(headers) else _sender_in(body)
         if claimed is not None and claimed != sender:
             raise Refused("sender_mismatch", f"signed by {sender!r} but claims to be {claimed!r}")
 
@@ -165,17 +168,38 @@ class ConsultationService:
         # Derived, never stored elsewhere or logged: the patient reads it to the courier at the door.
         code = delivery_code(self._delivery_code_key, prescription_id)
 
+        was_terminal = False
+
         def decide(status: domain.PrescriptionStatus | None) -> Change[domain.PrescriptionStatus] | None:
+            nonlocal was_terminal
+            was_terminal = status is not None and status.terminal
             updated = domain.track(status, event, delivery_code=code)
             return None if updated is None else Change(updated)
 
         change = await self._storage.status.apply(prescription_id, decide, message_id=event.message_id)
         if change is not None:
+            if change.state.terminal and not was_terminal:
+                prescription_finished(change.state.stage.value)
             # A projection of decisions logged where they were taken: debug only, ~8 per prescription.
             log.debug("status updated", stage=change.state.stage, terminal=change.state.terminal)
 
     async def status_of(self, prescription_id: str) -> domain.PrescriptionStatus | None:
         return await self._storage.status.get(prescription_id)
+
+
+def decode_upstream(body: bytes, headers: dict[str, str], topic: Topic) -> Envelope:
+    """Native messages as the topic's contract says; a FHIR R4 bundle (content-type
+    application/fhir+json) as the PrescriptionSubmitted it maps onto, or Refused(fhir_unmappable)."""
+    if not fhir.is_fhir(headers):
+        return topic.parse(body)
+    submitted, notes = fhir.to_submission(body, headers)
+    log.info(
+        "FHIR bundle mapped onto a prescription",
+        correlation_id=submitted.correlation_id,
+        items=len(submitted.prescription.items),
+        not_mapped=list(notes),
+    )
+    return submitted
 
 
 def _sender_in(body: bytes) -> str | None:
