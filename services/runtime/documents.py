@@ -46,6 +46,7 @@ from pharmacy_contracts.topics import topic_for
 from .coalescing import Coalescer
 from .errors import Refused
 from .faults import crash_point
+from .observability import TRACEPARENT, current_traceparent
 from .tracking import Position, current_position
 
 log = structlog.get_logger()
@@ -91,7 +92,7 @@ class Change(Generic[S]):
 
 def outbox_entry(event: Envelope) -> dict[str, Any]:
     topic = topic_for(event)
-    return {
+    entry = {
         "message_id": event.message_id,
         "topic": topic.name,
         "key": topic.key_of(event),
@@ -99,6 +100,11 @@ def outbox_entry(event: Envelope) -> dict[str, Any]:
         "correlation_id": event.correlation_id,
         "body": event.model_dump_json(),
     }
+    # The trace of the handling that caused the event, for whoever publishes it (now or the relay).
+    traceparent = current_traceparent()
+    if traceparent is not None:
+        entry[TRACEPARENT] = traceparent
+    return entry
 
 
 def connect(url: str) -> AsyncIOMotorClient:
@@ -383,7 +389,8 @@ class DocumentStore(Generic[S]):
                 continue
             try:
                 change = write.context.run(write.decide, state)
-                entries = [] if change is None else [outbox_entry(e) for e in change.events]
+                # In the caller's context too: its trace goes into the entries.
+                entries = [] if change is None else write.context.run(_entries, change.events)
             except Refused as refusal:
                 # Not remembered: the dead letter does not exist yet, and a crash before it does
                 # must leave the message to be refused again, not absorbed. A replay refuses it again.
@@ -512,6 +519,10 @@ class DocumentStore(Generic[S]):
             if result.matched_count == 1:
                 return
         raise ConcurrencyConflict(f"{self.name}/{doc_id}: could not clear the outbox")
+
+
+def _entries(events: Sequence[Envelope]) -> list[dict[str, Any]]:
+    return [outbox_entry(e) for e in events]
 
 
 def _already_absorbed(

@@ -15,6 +15,9 @@ from aiokafka.structs import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.specification import KafkaSubscriberSpecification
+from faststream.specification.asyncapi.utils import resolve_payloads
+from faststream.specification.schema import SubscriberSpec
 from pydantic import ValidationError
 
 from pharmacy_contracts import Envelope
@@ -22,6 +25,7 @@ from pharmacy_contracts.topics import ALL_TOPICS, Topic
 
 from .documents import TRANSIENT_ERRORS
 from .errors import Refused
+from .observability import ConsumerObserver, Observability
 from .security import aiokafka_kwargs, faststream_security
 from .settings import RuntimeSettings
 from .tracking import Position, current_position
@@ -29,6 +33,10 @@ from .tracking import Position, current_position
 log = structlog.get_logger()
 
 Handler = Callable[[Any], Awaitable[None]]
+#: Turns a record's raw bytes and headers into a contract message instead of `Topic.parse` (e.g.
+#: another wire format on the same topic, told apart by its content type); raises Refused or a
+#: ValidationError to dead-letter the record with that reason.
+Decode = Callable[[bytes, dict[str, str], Topic], Envelope]
 #: Checks a record's raw bytes and headers before it is parsed; raises Refused to quarantine it.
 Gate = Callable[[bytes, dict[str, str]], None]
 
@@ -51,7 +59,8 @@ class ConcurrentStartBroker(KafkaBroker):
         self.running = True
 
 
-def create_broker(settings: RuntimeSettings, client_id: str) -> KafkaBroker:
+def create_broker(settings: RuntimeSettings, client_id: str, middlewares: Sequence[Any] = ()) -> KafkaBroker:
+    """`middlewares`: FastStream's telemetry and Prometheus middlewares (see `Observability`)."""
     return ConcurrentStartBroker(
         settings.kafka_bootstrap_servers,
         client_id=client_id,
@@ -62,15 +71,17 @@ def create_broker(settings: RuntimeSettings, client_id: str) -> KafkaBroker:
         graceful_timeout=settings.shutdown_grace_s,
         security=faststream_security(settings),
         logger=None,
+        middlewares=tuple(middlewares),
     )
 
 
 class DeadLetters:
     """Keeps what a consumer could not use, with the original bytes, so a person can replay it."""
 
-    def __init__(self, broker: KafkaBroker, group: str) -> None:
+    def __init__(self, broker: KafkaBroker, group: str, observed: ConsumerObserver | None = None) -> None:
         self._broker = broker
         self._group = group
+        self.observed = observed or Observability.disabled()
 
     async def send(self, record: ConsumerRecord, topic: Topic, *, reason: str, detail: str, attempts: int) -> None:
         headers = _headers(record)
@@ -91,7 +102,35 @@ class DeadLetters:
             log.exception("could not dead-letter; the message will be redelivered", reason=reason)
             await asyncio.sleep(1.0)  # the broker is struggling: do not spin on it
             raise
+        self.observed.dead_lettered(record.topic, reason)
         log.warning("message dead-lettered", reason=reason, detail=detail[:300], attempts=attempts)
+
+
+class ContractSpecification(KafkaSubscriberSpecification):
+    """How FastStream's AsyncAPI generator sees a runtime consumer: a channel per topic, named after
+    the topic, with the topic's description and its contract as the payload (the message class, or
+    the union of the topic's classes). FastStream would describe the handler's parameters, and
+    `consume_batch` takes raw records. Read only when a document is generated (`make asyncapi`)."""
+
+    __slots__ = ("contract_topics", "group_id")
+
+    def __init__(self, declared: KafkaSubscriberSpecification, topics: Sequence[Topic], group_id: str) -> None:
+        super().__init__(declared._outer_config, declared.config, declared.calls)
+        self.contract_topics = {topic.name: topic for topic in topics}
+        self.group_id = group_id
+
+    def _channel_key(self, address: str, *, split: bool) -> str:
+        return address
+
+    def get_schema(self) -> dict[str, SubscriberSpec]:
+        channels = super().get_schema()
+        for channel in channels.values():
+            topic = self.contract_topics[channel.address or ""]
+            channel.description = topic.description
+            channel.operation.message.payload = resolve_payloads(
+                [(message.model_json_schema(mode="validation"), message.__name__) for message in topic.messages]
+            )
+        return channels
 
 
 def subscribe(
@@ -103,6 +142,8 @@ def subscribe(
     handle: Handler,
     title: str,
     gate: Gate | None = None,
+    decode: Decode | None = None,
+    observability: Observability | None = None,
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
 
@@ -121,11 +162,16 @@ def subscribe(
     them. No poison message can loop, because none reaches that path.
     """
     group_id = settings.group(group)
-    dead_letters = DeadLetters(broker, group_id)
+    observed = observability.consumer(group_id) if observability is not None else Observability.disabled()
+    dead_letters = DeadLetters(broker, group_id, observed)
 
     by_name = {topic.name: topic for topic in topics}
 
     async def consume_one(record: ConsumerRecord, floor: int) -> None:
+        with observed.handling(record):  # its time, its outcome, its span
+            await consume_record(record, floor)
+
+    async def consume_record(record: ConsumerRecord, floor: int) -> None:
         topic = by_name[record.topic]
         body: bytes = record.value or b""
         structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
@@ -144,7 +190,10 @@ def subscribe(
                 await dead_letters.send(record, topic, reason="unreadable", detail=repr(error), attempts=1)
                 return
         try:
-            parsed: Envelope = topic.parse(body)
+            parsed: Envelope = topic.parse(body) if decode is None else decode(body, _headers(record), topic)
+        except Refused as refusal:
+            await dead_letters.send(record, topic, reason=refusal.code, detail=refusal.detail, attempts=1)
+            return
         except ValidationError as error:
             await dead_letters.send(record, topic, reason="contract_violation", detail=_brief(error), attempts=1)
             return
@@ -176,7 +225,7 @@ def subscribe(
         if failures:
             raise failures[0]
 
-    broker.subscriber(
+    subscriber = broker.subscriber(
         *by_name,
         batch=True,
         max_records=settings.kafka_max_batch_records,
@@ -193,7 +242,9 @@ def subscribe(
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         title=title,
         description=" ".join(topic.description for topic in topics),
-    )(consume_batch)
+    )
+    subscriber(consume_batch)
+    subscriber.specification = ContractSpecification(subscriber.specification, topics, group_id)
 
 
 async def _handle_with_retries(
@@ -209,15 +260,18 @@ async def _handle_with_retries(
         attempt += 1
         try:
             await handle(parsed)
+            dead_letters.observed.handled(record.topic)
             return
         except Refused as refusal:
             await dead_letters.send(record, topic, reason=refusal.code, detail=refusal.detail, attempts=attempt)
             return
         except TRANSIENT_ERRORS as error:
+            dead_letters.observed.failed(record.topic, error)
             delay = min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0)
             log.warning("database unreachable, retrying", error=str(error), attempt=attempt, delay_s=delay)
             await asyncio.sleep(delay)
         except Exception as error:
+            dead_letters.observed.failed(record.topic, error)
             if attempt >= settings.handler_max_attempts:
                 log.exception("handler kept failing")
                 await dead_letters.send(record, topic, reason="processing_failed", detail=repr(error), attempts=attempt)

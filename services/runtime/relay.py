@@ -12,6 +12,7 @@ import structlog
 from faststream.kafka import KafkaBroker
 
 from .documents import DocumentStore, Publish
+from .observability import TRACEPARENT, ServiceMetrics, publishing_under, traces_publishes
 
 log = structlog.get_logger()
 
@@ -19,24 +20,27 @@ log = structlog.get_logger()
 def publisher_for(broker: KafkaBroker) -> Publish:
     """Sends every entry without waiting for the one before, then waits for all confirmations.
 
-    The producer keeps the order of sends per partition, so one key's events stay in order."""
+    The producer keeps the order of sends per partition, so one key's events stay in order.
+    An entry stored with the `traceparent` of the handling that caused it is published in that
+    trace, however much later (the relay), so a trace follows a prescription across topics."""
+    traced = traces_publishes(broker)
 
     async def publish(entries: Sequence[dict[str, Any]]) -> None:
-        confirmations = [
-            await broker.publish(
-                entry["body"].encode(),
-                topic=entry["topic"],
-                key=entry["key"].encode(),
-                headers={
-                    "content-type": "application/json",
-                    "message-type": entry["type"],
-                    "message-id": entry["message_id"],
-                    "correlation-id": entry["correlation_id"],
-                },
-                no_confirm=True,
-            )
-            for entry in entries
-        ]
+        confirmations = []
+        for entry in entries:
+            headers = {
+                "content-type": "application/json",
+                "message-type": entry["type"],
+                "message-id": entry["message_id"],
+                "correlation-id": entry["correlation_id"],
+            }
+            traceparent = entry.get(TRACEPARENT)
+            if traceparent:
+                headers[TRACEPARENT] = traceparent  # replaced by a child span's when tracing is on
+            with publishing_under(traceparent) if traced else contextlib.nullcontext():
+                body, key = entry["body"].encode(), entry["key"].encode()
+                sent = await broker.publish(body, topic=entry["topic"], key=key, headers=headers, no_confirm=True)
+            confirmations.append(sent)
         await asyncio.gather(*confirmations)
 
     return publish
@@ -59,8 +63,12 @@ class OutboxRelay:
         stores: Sequence[DocumentStore[Any]],
         poll_interval_s: float,
         stale_after_s: float = 0.0,
+        metrics: ServiceMetrics | None = None,
     ):
         self._publish = publisher_for(broker)
+        self._metrics = metrics
+        #: Per store, the most documents one pass of the current poll found waiting.
+        self._found: dict[str, int] = {}
         self._stores = stores
         self._poll_interval_s = poll_interval_s
         self._stale_after_s = stale_after_s
@@ -84,12 +92,17 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
             self._wake.clear()
+            self._found = {}
             try:
                 while await self.drain_once(everything=self._stopping):
                     pass
             except Exception:
                 log.exception("outbox relay pass failed; will retry")
                 await asyncio.sleep(self._poll_interval_s)
+            finally:
+                if self._metrics is not None:
+                    for store, documents in self._found.items():
+                        self._metrics.outbox_seen(store, documents)
             if self._stopping:
                 return
 
@@ -99,6 +112,7 @@ class OutboxRelay:
         for store in self._stores:
             stale = store.publishes_its_writes and not everything
             pending = await store.pending_outbox(written_before=time.time() - self._stale_after_s if stale else None)
+            self._found[store.name] = max(self._found.get(store.name, 0), len(pending))
             if not pending:
                 continue
             entries = [entry for _, doc_entries in pending for entry in doc_entries]
@@ -106,5 +120,7 @@ class OutboxRelay:
             for doc_id, doc_entries in pending:
                 await store.remove_published(doc_id, {e["message_id"] for e in doc_entries})
             sent += len(entries)
+            if self._metrics is not None:
+                self._metrics.outbox_relayed_events(store.name, len(entries))
             log.info("outbox leftovers published", store=store.name, events=len(entries))
         return sent

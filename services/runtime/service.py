@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from faststream import FastStream
@@ -12,10 +12,14 @@ from faststream import FastStream
 from pharmacy_contracts.topics import Topic
 
 from .documents import DocumentStore, connect, ping
-from .kafka import Gate, Handler, create_broker, subscribe
+from .kafka import Decode, Gate, Handler, create_broker, subscribe
 from .logging import configure_logging
+from .observability import Check, HttpEndpoint, NotReady, Observability
 from .relay import OutboxRelay, publisher_for
 from .settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = structlog.get_logger()
 
@@ -23,15 +27,23 @@ log = structlog.get_logger()
 class ServiceRuntime:
     """The clients one service process owns: built once, closed at shutdown."""
 
-    def __init__(self, name: str, settings: RuntimeSettings) -> None:
+    def __init__(self, name: str, settings: RuntimeSettings, *, tracer_provider: TracerProvider | None = None) -> None:
+        """`tracer_provider`: traces go there instead of where the settings say (tests)."""
         self.name = name
         self.settings = settings
+        self.observability = Observability(name, settings, tracer_provider=tracer_provider)
         self.mongo = connect(settings.mongo_url.get_secret_value())
         self.database = self.mongo[settings.mongo_database]
-        self.broker = create_broker(settings, client_id=f"{name}-{settings.instance_id}")
-        self.relay = OutboxRelay(self.broker, [], settings.outbox_poll_interval_s)
+        self.broker = create_broker(
+            settings, client_id=f"{name}-{settings.instance_id}", middlewares=self.observability.broker_middlewares()
+        )
+        self.relay = OutboxRelay(self.broker, [], settings.outbox_poll_interval_s, metrics=self.observability.metrics)
         self._sweeps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._sweep_tasks: list[asyncio.Task[None]] = []
+        self._routes: list[Any] = []
+        #: "starting" until the consumers joined their groups, "running", then "stopping".
+        self.phase = "starting"
+        self.http: HttpEndpoint | None = None
 
     def publish_outbox_of(self, stores: Sequence[DocumentStore[Any]]) -> None:
         """Each write to these stores publishes its events; the relay catches what a crash left."""
@@ -39,11 +51,33 @@ class ServiceRuntime:
         for store in stores:
             store.publish_with(publish)
         self.relay = OutboxRelay(
-            self.broker, stores, self.settings.outbox_poll_interval_s, self.settings.outbox_stale_after_s
+            self.broker,
+            stores,
+            self.settings.outbox_poll_interval_s,
+            self.settings.outbox_stale_after_s,
+            metrics=self.observability.metrics,
         )
 
-    def consume(self, *topics: Topic, group: str, handle: Handler, title: str, gate: Gate | None = None) -> None:
-        subscribe(self.broker, self.settings, topics=topics, group=group, handle=handle, title=title, gate=gate)
+    def consume(
+        self,
+        *topics: Topic,
+        group: str,
+        handle: Handler,
+        title: str,
+        gate: Gate | None = None,
+        decode: Decode | None = None,
+    ) -> None:
+        subscribe(
+            self.broker,
+            self.settings,
+            topics=topics,
+            group=group,
+            handle=handle,
+            title=title,
+            gate=gate,
+            decode=decode,
+            observability=self.observability,
+        )
 
     def every_sweep(self, name: str, sweep: Callable[[], Awaitable[None]]) -> None:
         """Run `sweep` every `sweep_interval_s` while the service runs: deadlines that passed
@@ -51,6 +85,36 @@ class ServiceRuntime:
         when no message arrives. Sweeps write through the same versioned documents as handlers, so
         two instances sweeping at once cannot both act."""
         self._sweeps.append((name, sweep))
+
+    def serve_routes(self, *routes: Any) -> None:
+        """Serve these Starlette routes next to /health and /metrics on the service's HTTP port."""
+        self._routes.extend(routes)
+
+    def ready_checks(self) -> dict[str, Check]:
+        """What /health/ready requires: consumers running, the broker and the database answering."""
+
+        async def consumers() -> None:
+            if self.phase != "running":
+                raise NotReady(self.phase)
+
+        async def broker() -> None:
+            if not await self.broker.ping(self.settings.health_check_timeout_s):
+                raise NotReady("unreachable")
+
+        async def database() -> None:
+            await ping(self.mongo)
+
+        return {"consumers": consumers, "broker": broker, "database": database}
+
+    async def _lag_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.consumer_lag_interval_s)
+            try:
+                await self.observability.sample_consumer_lag(self.broker, self.settings.health_check_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a metric is not worth a stack trace every interval
+                log.warning("consumer lag not sampled", error=repr(error))
 
     async def _sweep_forever(self, name: str, sweep: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -64,9 +128,26 @@ class ServiceRuntime:
 
     def app(self, *, on_startup: Callable[[], Awaitable[None]] | None = None) -> FastStream:
         async def prepare() -> None:
-            await ping(self.mongo)
-            if on_startup is not None:
-                await on_startup()
+            # Serving first: liveness holds while the consumers join their groups (seconds).
+            self.phase = "starting"
+            if self.settings.http_enabled:
+                self.http = HttpEndpoint(
+                    self.name,
+                    self.observability.metrics,
+                    self.ready_checks,
+                    host=self.settings.http_host,
+                    port=self.settings.http_port,
+                    check_timeout_s=self.settings.health_check_timeout_s,
+                    extra_routes=self._routes,
+                )
+                await self.http.start()
+            try:
+                await ping(self.mongo)
+                if on_startup is not None:
+                    await on_startup()
+            except BaseException:
+                await stop_serving()
+                raise
 
         async def started() -> None:
             self.relay.start()
@@ -74,11 +155,19 @@ class ServiceRuntime:
                 asyncio.create_task(self._sweep_forever(name, sweep), name=f"sweep-{name}")
                 for name, sweep in self._sweeps
             ]
-            log.info("service started", bootstrap=self.settings.kafka_bootstrap_servers)
+            self._sweep_tasks.append(asyncio.create_task(self._lag_forever(), name="consumer-lag"))
+            self.phase = "running"
+            log.info(
+                "service started",
+                bootstrap=self.settings.kafka_bootstrap_servers,
+                http=self.http.url if self.http else None,
+                tracing=self.observability.tracing,
+            )
 
         async def stop_consuming_then_flush() -> None:
             # Stop fetching first and let in-flight handlers finish and commit, then publish what
             # they stored, and only then let FastStream close the producer.
+            self.phase = "stopping"
             for task in self._sweep_tasks:
                 task.cancel()
             await asyncio.gather(*self._sweep_tasks, return_exceptions=True)
@@ -86,8 +175,15 @@ class ServiceRuntime:
             await self.relay.stop()
             log.info("service stopped consuming and flushed its outbox")
 
+        async def stop_serving() -> None:
+            if self.http is not None:
+                await self.http.stop()
+                self.http = None
+
         async def close_database() -> None:
+            await stop_serving()
             self.mongo.close()
+            await self.observability.shutdown()
 
         return FastStream(
             self.broker,

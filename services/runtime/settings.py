@@ -85,6 +85,22 @@ class RuntimeSettings(BaseSettings):
 
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
+    # Operations: health and metrics over HTTP, traces over OTLP (see services/runtime/observability.py).
+    http_enabled: bool = Field(default=True, description="Serve /health/live, /health/ready and /metrics")
+    http_host: str = Field(default="0.0.0.0", description="0.0.0.0 in a container; the dev stack uses 127.0.0.1")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 takes any free port (logged at start)")
+    health_check_timeout_s: float = Field(
+        default=1.0, gt=0, description="How long /health/ready waits for the broker and the database each"
+    )
+    consumer_lag_interval_s: float = Field(
+        default=15.0, gt=0, description="How often the consumer lag gauge is refreshed from the broker's end offsets"
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); tracing is off when neither "
+        "this nor the standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set",
+    )
+
     def group(self, name: str) -> str:
         return f"{self.kafka_group_prefix}.{name}"
 

@@ -1,0 +1,514 @@
+"""Operations: health endpoints, Prometheus metrics and OpenTelemetry traces of one service process.
+
+* HTTP (`http_host`:`http_port`): `/health/live` (the process answers), `/health/ready` (consumers
+  running, broker and database reachable; 503 with the failing checks otherwise), `/metrics`.
+* Metrics live in one registry per `ServiceRuntime` (several services may share a test process).
+  The consumer side is recorded per record by the runtime's subscriber: FastStream's Prometheus
+  middleware sees our batch subscribers' batches, not their records, so its `faststream_received_*`
+  series count batches labelled by their first record's topic; its publish series are exact.
+* Traces are off unless an OTLP endpoint is configured. Each record is handled in its own span,
+  whose parent is the `traceparent` the record carries; the events a handling causes are written to
+  the outbox with that span's `traceparent` and published under it, possibly later by the relay.
+  So one prescription's hops (submission, verdict, reservation, delivery) form one trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
+)
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
+    from faststream.kafka import KafkaBroker
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from .settings import RuntimeSettings
+
+log = structlog.get_logger()
+
+#: From a few milliseconds (a group-committed write) to the retries of an unreachable database.
+HANDLING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TRACEPARENT = "traceparent"
+_PROPAGATOR = TraceContextTextMapPropagator()
+#: The metrics of the service handling the current message, for hooks deep in a service's code.
+_current_metrics: ContextVar[ServiceMetrics | None] = ContextVar("pharmacy_metrics", default=None)
+
+
+class ServiceMetrics:
+    """The Prometheus series of one service process, in a registry of its own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_collectors: bool = True) -> None:
+        self.registry = registry or CollectorRegistry()
+        if process_collectors:  # CPU, memory, open files, GC: what every exporter shows
+            process_collector.ProcessCollector(registry=self.registry)
+            platform_collector.PlatformCollector(registry=self.registry)
+            gc_collector.GCCollector(registry=self.registry)
+        r = self.registry
+        self.handled = Counter(
+            "pharmacy_messages_handled",
+            "Messages whose handler completed (their effect is stored, or they were recognised as duplicates)",
+            ["topic", "group"],
+            registry=r,
+        )
+        self.failed = Counter(
+            "pharmacy_messages_failed",
+            "Handler attempts that raised (retried, or dead-lettered once attempts ran out), by exception type",
+            ["topic", "group", "error"],
+            registry=r,
+        )
+        self.handling_seconds = Histogram(
+            "pharmacy_message_handling_seconds",
+            "Time from taking a record from its batch to its effect or dead letter, retries included",
+            ["topic", "group"],
+            buckets=HANDLING_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "pharmacy_dead_letters",
+            "Records sent to the dead-letter topic, by the topic they came from and the reason code",
+            ["topic", "group", "reason"],
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "pharmacy_outbox_backlog_documents",
+            "Documents whose outbox events no live write published (older than outbox_stale_after_s), "
+            "as the relay found them at its last poll (a page holds at most 200)",
+            ["store"],
+            registry=r,
+        )
+        self.outbox_relayed = Counter(
+            "pharmacy_outbox_relayed_events",
+            "Events the outbox relay published because the write that stored them did not",
+            ["store"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "pharmacy_consumer_lag",
+            "Records of an assigned partition not yet fetched by this process (end offset minus position)",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.prescriptions_finished = Counter(
+            "pharmacy_prescriptions_finished",
+            "Prescriptions that reached a terminal state (delivered, rejected, out_of_stock, undeliverable, cancelled)",
+            ["state"],
+            registry=r,
+        )
+        self._lag_series: set[tuple[str, str, str]] = set()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def outbox_seen(self, store: str, waiting_documents: int) -> None:
+        self.outbox_backlog.labels(store).set(waiting_documents)
+
+    def outbox_relayed_events(self, store: str, events: int) -> None:
+        self.outbox_relayed.labels(store).inc(events)
+
+    def set_consumer_lag(self, lags: Mapping[tuple[str, str, int], int]) -> None:
+        """Replace the lag series: partitions this process no longer holds drop out."""
+        current = {(group, topic, str(partition)): lag for (group, topic, partition), lag in lags.items()}
+        for labels in self._lag_series - current.keys():
+            with contextlib.suppress(KeyError):
+                self.consumer_lag.remove(*labels)
+        for labels, lag in current.items():
+            self.consumer_lag.labels(*labels).set(lag)
+        self._lag_series = set(current)
+
+
+def prescription_finished(state: str) -> None:
+    """Count a prescription that reached the terminal `state`; call once, where the state becomes terminal.
+
+    Meant for code running under a handler (the runtime binds its metrics per record); elsewhere,
+    unit tests of a service say, it does nothing."""
+    metrics = _current_metrics.get()
+    if metrics is not None:
+        metrics.prescriptions_finished.labels(state).inc()
+
+
+class ConsumerObserver:
+    """What one consumer group records about each record: outcome counts, time, and its span."""
+
+    def __init__(self, metrics: ServiceMetrics, group: str, tracer: trace.Tracer | None) -> None:
+        self.metrics = metrics
+        self.group = group
+        self._tracer = tracer
+        # Series of the hot path, looked up once per topic (a label lookup costs as much as the update).
+        self._handled: dict[str, Any] = {}
+        self._seconds: dict[str, Any] = {}
+
+    def handled(self, topic: str) -> None:
+        series = self._handled.get(topic)
+        if series is None:
+            series = self._handled[topic] = self.metrics.handled.labels(topic, self.group)
+        series.inc()
+
+    def failed(self, topic: str, error: BaseException) -> None:
+        self.metrics.failed.labels(topic, self.group, type(error).__name__).inc()
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        self.metrics.dead_letters.labels(topic, self.group, reason).inc()
+
+    @contextlib.contextmanager
+    def handling(self, record: ConsumerRecord[Any, Any]) -> Iterator[None]:
+        """Around one record: times it, binds the metrics for hooks, and runs it in a span whose
+        parent is the record's `traceparent`. With tracing off, a record's incoming `traceparent` is
+        still made current, so the events it causes carry the trace on."""
+        metrics_token = _current_metrics.set(self.metrics)
+        started = time.perf_counter()
+        trace_token = None
+        try:
+            if self._tracer is not None:
+                with self._span(record):
+                    yield
+            else:
+                carrier = _record_trace_headers(record)
+                trace_token = otel_context.attach(_PROPAGATOR.extract(carrier)) if carrier else None
+                yield
+        finally:
+            if trace_token is not None:
+                otel_context.detach(trace_token)
+            series = self._seconds.get(record.topic)
+            if series is None:
+                series = self._seconds[record.topic] = self.metrics.handling_seconds.labels(record.topic, self.group)
+            series.observe(time.perf_counter() - started)
+            _current_metrics.reset(metrics_token)
+
+    @contextlib.contextmanager
+    def _span(self, record: ConsumerRecord[Any, Any]) -> Iterator[None]:
+        assert self._tracer is not None
+        carrier = _record_trace_headers(record)
+        # A record without a traceparent starts a trace of its own, not one per batch.
+        parent = _PROPAGATOR.extract(carrier) if carrier else otel_context.Context()
+        batch = trace.get_current_span().get_span_context()  # FastStream's span around the batch
+        attributes: dict[str, Any] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.consumer.group.name": self.group,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+        }
+        correlation = _header(record, "correlation-id")
+        if correlation is not None:
+            attributes["messaging.message.conversation_id"] = correlation
+        with self._tracer.start_as_current_span(
+            f"{record.topic} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=[Link(batch)] if batch.is_valid else None,
+        ):
+            yield
+
+
+class Observability:
+    """The metrics and the tracer of one service process (owned by its `ServiceRuntime`)."""
+
+    def __init__(
+        self,
+        service: str,
+        settings: RuntimeSettings,
+        *,
+        metrics: ServiceMetrics | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.metrics = metrics or ServiceMetrics()
+        self._owns_provider = tracer_provider is None
+        self.tracer_provider = tracer_provider or tracer_provider_for(service, settings)
+        self.tracer = None if self.tracer_provider is None else self.tracer_provider.get_tracer("services.runtime")
+
+    @classmethod
+    def disabled(cls) -> ConsumerObserver:
+        """A consumer observer recording into a registry nobody reads (a subscriber built without one)."""
+        return ConsumerObserver(ServiceMetrics(process_collectors=False), "", None)
+
+    @property
+    def tracing(self) -> bool:
+        return self.tracer is not None
+
+    def broker_middlewares(self) -> list[Any]:
+        from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+
+        middlewares: list[Any] = []
+        if self.tracer_provider is not None:
+            from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+
+            middlewares.append(KafkaTelemetryMiddleware(tracer_provider=self.tracer_provider))
+        middlewares.append(KafkaPrometheusMiddleware(registry=self.metrics.registry, app_name=self.service))
+        return middlewares
+
+    def consumer(self, group: str) -> ConsumerObserver:
+        return ConsumerObserver(self.metrics, group, self.tracer)
+
+    async def sample_consumer_lag(self, broker: KafkaBroker, timeout_s: float) -> None:
+        """Lag of every partition this process's consumers hold: one end-offsets request per consumer;
+        positions are known locally once a partition has been fetched from."""
+        lags: dict[tuple[str, str, int], int] = {}
+        for subscriber in broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None:
+                continue
+            assigned = list(consumer.assignment())
+            if not assigned:
+                continue
+            ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout_s)
+            for partition in assigned:
+                try:
+                    position = await asyncio.wait_for(consumer.position(partition), timeout_s)
+                except Exception:  # revoked meanwhile, or no position yet (a timeout)
+                    continue
+                # Clamped: the dev broker may report an end below a position just fetched.
+                lags[subscriber.group_id, partition.topic, partition.partition] = max(0, ends[partition] - position)
+        self.metrics.set_consumer_lag(lags)
+
+    async def shutdown(self, timeout_s: float = 3.0) -> None:
+        """Export the spans still buffered, giving up after `timeout_s`: an unreachable collector
+        must not hold SIGTERM up (the exporter retries for up to its own timeout, 10 s by default)."""
+        provider = self.tracer_provider
+        if provider is None or not self._owns_provider:
+            return
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def flush() -> None:
+            try:
+                provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                    loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
+
+        # A daemon thread: one stuck on the collector does not keep the process from exiting.
+        threading.Thread(target=flush, name="otel-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(finished, timeout_s)
+        except TimeoutError:
+            log.warning("spans not exported at shutdown: the collector did not answer in time", timeout_s=timeout_s)
+
+
+# --- tracing ---------------------------------------------------------------------------------------
+
+
+def tracer_provider_for(service: str, settings: RuntimeSettings) -> TracerProvider | None:
+    """An OTLP/HTTP-exporting provider when an endpoint is configured, else None (tracing off).
+
+    `PHARMACY_OTEL_EXPORTER_OTLP_ENDPOINT` is a collector's base URL like the standard variable;
+    without it the exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself (headers,
+    timeout, certificates). `OTEL_TRACES_SAMPLER` and `OTEL_RESOURCE_ATTRIBUTES` apply as usual."""
+    endpoint = settings.otel_exporter_otlp_endpoint
+    if not endpoint and not (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({SERVICE_NAME: service, SERVICE_INSTANCE_ID: settings.instance_id})
+    provider = TracerProvider(resource=resource)
+    exporter = OTLPSpanExporter(endpoint=traces_url(endpoint)) if endpoint else OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    log.info("tracing on", otlp_endpoint=endpoint or "from OTEL_EXPORTER_OTLP_* variables")
+    return provider
+
+
+def traces_url(endpoint: str) -> str:
+    """The traces path of a collector's base URL, as the standard OTEL_EXPORTER_OTLP_ENDPOINT means it."""
+    base = endpoint.rstrip("/")
+    return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the span in progress, to store with the events it causes."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
+
+
+@contextlib.contextmanager
+def publishing_under(traceparent: str | None) -> Iterator[None]:
+    """Make the stored `traceparent` the current trace context while an event is published, so the
+    telemetry middleware's producer span joins the trace of the handling that caused the event; an
+    event without one starts its own trace rather than joining whatever happens to be current."""
+    token = otel_context.attach(
+        _PROPAGATOR.extract({TRACEPARENT: traceparent}) if traceparent else otel_context.Context()
+    )
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def traces_publishes(broker: KafkaBroker) -> bool:
+    from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+
+    return any(isinstance(m, KafkaTelemetryMiddleware) for m in broker.middlewares)
+
+
+def _record_trace_headers(record: ConsumerRecord[Any, Any]) -> dict[str, str]:
+    return {
+        key: value.decode("ascii", "replace")
+        for key, value in (record.headers or ())
+        if key in ("traceparent", "tracestate") and value
+    }
+
+
+def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name and value:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+# --- health and the HTTP endpoint ---------------------------------------------------------------------
+
+Check = Callable[[], Awaitable[None]]
+
+
+class NotReady(Exception):
+    """A readiness check's own verdict, shown as it is (not as an error)."""
+
+
+async def run_checks(checks: Mapping[str, Check], timeout_s: float) -> tuple[bool, dict[str, str]]:
+    """Run every check at once; each passes ("ok") or says why not."""
+
+    async def one(check: Check) -> str:
+        try:
+            await asyncio.wait_for(check(), timeout_s)
+        except TimeoutError:
+            return f"no answer within {timeout_s:g}s"
+        except NotReady as verdict:
+            return str(verdict)
+        except Exception as error:
+            return f"{type(error).__name__}: {str(error)[:200]}"
+        return "ok"
+
+    results = await asyncio.gather(*(one(check) for check in checks.values()))
+    outcome = dict(zip(checks, results, strict=True))
+    return all(result == "ok" for result in results), outcome
+
+
+class HttpEndpoint:
+    """`/health/live`, `/health/ready` and `/metrics` (plus any extra routes) served by uvicorn in
+    the service's own event loop. It installs no signal handlers: FastStream owns SIGTERM, drains,
+    and stops this endpoint last."""
+
+    def __init__(
+        self,
+        service: str,
+        metrics: ServiceMetrics,
+        ready_checks: Callable[[], Mapping[str, Check]],
+        *,
+        host: str,
+        port: int,
+        check_timeout_s: float,
+        extra_routes: Sequence[Any] = (),
+    ) -> None:
+        self.service = service
+        self._metrics = metrics
+        self._ready_checks = ready_checks
+        self._host = host
+        self._port = port
+        self._timeout_s = check_timeout_s
+        self._extra_routes = extra_routes
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self.url: str | None = None
+
+    def asgi_app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        async def live(_: Request) -> Response:
+            return JSONResponse({"status": "live", "service": self.service})
+
+        async def ready(_: Request) -> Response:
+            ok, checks = await run_checks(self._ready_checks(), self._timeout_s)
+            body = {"status": "ready" if ok else "not ready", "service": self.service, "checks": checks}
+            return JSONResponse(body, status_code=200 if ok else 503)
+
+        async def metrics(_: Request) -> Response:
+            return Response(self._metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+        routes = [Route("/health/live", live), Route("/health/ready", ready), Route("/metrics", metrics)]
+        return Starlette(routes=[*routes, *self._extra_routes])
+
+    async def start(self) -> str:
+        """Bind (an OSError if the port is taken) and serve in the background; returns the base URL."""
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        try:
+            sock = _listening_socket(self._host, self._port)
+        except OSError as error:
+            raise RuntimeError(
+                f"cannot serve health and metrics on {self._host}:{self._port} (PHARMACY_HTTP_HOST/PORT): {error}"
+            ) from error
+        port = sock.getsockname()[1]
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        config = uvicorn.Config(
+            self.asgi_app(), lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=1
+        )
+        self._server = Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-endpoint")
+        shown = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
+        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._server = self._task = None
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
