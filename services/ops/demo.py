@@ -341,11 +341,13 @@ def main(
     """Run the whole system on the embedded stack with a simulated county, then shut it down."""
     stack = DevStack.from_env()
     stack.extra_env.update(DEMO_DEADLINES)
-    console.print("[bold]starting broker, database and the four services…[/]")
+    console.print("[bold]starting broker, database, the four services and the live board…[/]")
     stack.start_infra()
     try:
         stack.start_services()
+        board = stack.start_board()
         console.print(f"services ready · logs in {stack.logs}")
+        console.print(f"[bold]live board: {board}[/]  (open it in a browser to watch the run)")
 
         async def run_and_summarise() -> list[PrescriptionStatus]:
             demo = Demo(stack.runtime_settings(), prescriptions, rate, failure_rate, seed)
@@ -363,10 +365,10 @@ def main(
             raise typer.Exit(1)
     finally:
         if keep_running:
-            console.print("stack left running: [bold]make down[/] stops it")
+            console.print(f"stack and board ({stack.board_url()}) left running: [bold]make down[/] stops them")
         else:
             stack.stop_all()
-            console.print("stack stopped")
+            console.print("stack stopped (`--keep-running` leaves it and the board up)")
 
 
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
+from services.board.settings import BoardSettings
 from services.runtime.kafka import create_topics
 from services.runtime.settings import RuntimeSettings
 
@@ -33,6 +35,7 @@ SERVICES = ("consultation", "prescription", "inventory", "courier")
 #: the CLI's default, the tests'), all signing with the dev stack's own key.
 DEV_SENDERS = ("internet-hospital", "hospital-a", "hospital-test", "cli")
 DEV_KEY_ID = "dev"
+BOARD = "board"
 console = Console(stderr=True)
 
 
@@ -45,6 +48,9 @@ class DevStackSettings(BaseSettings):
     kafka_port: int = Field(default=19092, ge=1, le=65535)
     mongo_port: int = Field(default=27117, ge=1, le=65535)
     partitions: int = Field(default=4, ge=1)
+    http_port: int = Field(
+        default=18081, ge=0, le=65535, description="consultation-1's HTTP port; the others follow (0: any free port)"
+    )
 
 
 @dataclass
@@ -54,11 +60,19 @@ class DevStack:
     mongo_port: int
     partitions: int = 4
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Where the services' HTTP ports (health, metrics) start; 0 gives each instance any free port.
+    http_base_port: int = 0
 
     @classmethod
     def from_env(cls) -> DevStack:
         s = DevStackSettings()
-        return cls(home=s.home.resolve(), kafka_port=s.kafka_port, mongo_port=s.mongo_port, partitions=s.partitions)
+        return cls(
+            home=s.home.resolve(),
+            kafka_port=s.kafka_port,
+            mongo_port=s.mongo_port,
+            partitions=s.partitions,
+            http_base_port=s.http_port,
+        )
 
     # --- addresses ----------------------------------------------------------------------------
 
@@ -101,6 +115,7 @@ class DevStack:
             "PHARMACY_KAFKA_TOPIC_PARTITIONS": str(self.partitions),
             "PHARMACY_SENDER_KEYS": json.dumps(self.sender_keys()),
             "PHARMACY_DELIVERY_CODE_KEY": self.delivery_code_key,
+            "PHARMACY_HTTP_HOST": "127.0.0.1",
             **self.extra_env,
         }
 
@@ -112,6 +127,9 @@ class DevStack:
             signing_key_id=DEV_KEY_ID,
             signing_secret=self.signing_secret,
             delivery_code_key=self.delivery_code_key,
+            # Services run in-process (tests) serve HTTP on loopback, each on a free port of its own.
+            http_host="127.0.0.1",
+            http_port=0,
         )
 
     @property
@@ -195,8 +213,38 @@ class DevStack:
 
     def start_service(self, service: str, instance: int = 1, env: dict[str, str] | None = None) -> int:
         name = f"{service}-{instance}"
-        module_env = {**self.service_env(), "PHARMACY_INSTANCE_ID": name, **(env or {})}
+        module_env = {
+            **self.service_env(),
+            "PHARMACY_INSTANCE_ID": name,
+            "PHARMACY_HTTP_PORT": str(self._http_port(name)),
+            **(env or {}),
+        }
         return self._spawn(name, [sys.executable, "-m", f"services.{service}"], module_env)
+
+    def _http_port(self, name: str) -> int:
+        """The instance's port as last time (a restart keeps its URL), else its place after
+        `http_base_port` (consultation-1, prescription-1, ...; second instances 10 higher), else any
+        free port; remembered under `ports/` for `http_urls`."""
+        service, _, instance = name.partition("-")
+        remembered = self.home / "ports" / f"{name}.http"
+        candidates = [int(remembered.read_text())] if remembered.exists() else []
+        if self.http_base_port and service in SERVICES:
+            candidates.append(self.http_base_port + SERVICES.index(service) + 10 * (int(instance or 1) - 1))
+        port = next((p for p in candidates if _port_free(p)), None) or _free_port()
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(str(port))
+        return port
+
+    def http_urls(self) -> dict[str, str]:
+        """Each running service instance's health and metrics base URL."""
+        folder = self.home / "ports"
+        if not folder.exists():
+            return {}
+        return {
+            path.stem: f"http://127.0.0.1:{path.read_text().strip()}"
+            for path in sorted(folder.glob("*.http"))
+            if self.pid_of(path.stem)
+        }
 
     def start_services(self, *names: str, env: dict[str, str] | None = None) -> None:
         """Start service processes (`inventory-2` is a second inventory instance), wait until ready."""
@@ -205,6 +253,34 @@ class DevStack:
             self.start_service(service, int(instance or 1), env=env)
         for name in names or SERVICES:
             self.wait_ready(name if "-" in name else f"{name}-1")
+
+    def start_board(self, port: int | None = None, env: dict[str, str] | None = None, timeout: float = 60.0) -> str:
+        """Start the live web board (a read-only view of the topics), wait until it follows them; its URL."""
+        port = port or BoardSettings().board_port
+        if _port_open(port):
+            raise RuntimeError(f"port {port} is taken; set PHARMACY_BOARD_PORT")
+        # Only where the broker is: a viewer gets no signing or delivery-code key.
+        board_env = {
+            "PHARMACY_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "PHARMACY_BOARD_HOST": "127.0.0.1",
+            "PHARMACY_BOARD_PORT": str(port),
+        }
+        self._spawn(BOARD, [sys.executable, "-m", "services.board"], {**board_env, **(env or {})})
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + timeout
+        while not _answers(url + "health"):
+            if self.pid_of(BOARD) is None:
+                path = self.logs / f"{BOARD}.log"
+                raise RuntimeError(f"the board exited during start-up:\n{path.read_text(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the board did not follow the topics within {timeout:.0f}s; see {self.logs}")
+            time.sleep(0.2)
+        (self.home / "board.url").write_text(url)
+        return url
+
+    def board_url(self) -> str | None:
+        path = self.home / "board.url"
+        return path.read_text().strip() if self.pid_of(BOARD) and path.exists() else None
 
     def wait_ready(self, name: str, timeout: float = 90.0) -> None:
         """A service is ready once it logged that it started (its consumers have joined their groups)."""
@@ -252,6 +328,22 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the service binds it
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -259,6 +351,15 @@ def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError(f"the {what} did not open port {port} within {timeout:.0f}s")
+
+
+def _answers(url: str) -> bool:
+    """The URL answers 200 (the board's /health does once it follows the topics)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:  # refused, not ready (503), timed out
+        return False
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -296,13 +397,16 @@ app = typer.Typer(
 
 @app.command()
 def up(infra_only: bool = typer.Option(False, "--infra-only", help="Broker and database only")) -> None:
-    """Start broker, database, topics and (unless --infra-only) the four services."""
+    """Start broker, database, topics and (unless --infra-only) the four services and the live board."""
     stack = DevStack.from_env()
     stack.start_infra()
     console.print(f"broker  [bold]{stack.bootstrap}[/]   database [bold]{stack.mongo_url}[/]")
     if not infra_only:
         stack.start_services()
         console.print(f"services: {', '.join(SERVICES)}")
+        for name, url in stack.http_urls().items():
+            console.print(f"  {name:<15} {url}/health/ready  {url}/metrics")
+        console.print(f"board: [bold]{stack.start_board()}[/]  (live stock, prescriptions and couriers)")
     console.print(f"logs: [bold]{stack.logs}/*.log[/]  (tail -f to follow); stop with [bold]make down[/]")
 
 
@@ -319,7 +423,9 @@ def status() -> None:
     """Which dev stack processes are running."""
     stack = DevStack.from_env()
     names = stack.running()
-    console.print("\n".join(names) if names else "nothing running")
+    board = stack.board_url()
+    urls = {**stack.http_urls(), **({BOARD: board} if board else {})}
+    console.print("\n".join(f"{n}  {urls[n]}" if n in urls else n for n in names) or "nothing running")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,469 @@
+"""The board's state as a pure fold of the public events: `fold(board, event) -> board`.
+
+Only contracts come in, so the board depends on no service's model. Three rules keep it right
+when it reads four topics (their relative order is not guaranteed) and messages arrive twice:
+
+- Stock figures are sums of the events' `movements` (deltas), which add up the same in any order;
+  each lot remembers the message ids it counted, so a re-delivered event changes nothing. (The
+  `levels` snapshots would be simpler but a stale one read late from another partition would win.)
+- A prescription's state mirrors the consultation service's tracking: before the courier stage
+  the furthest stage seen wins; courier events, in order on one topic, set it; the first terminal
+  state stays.
+- Per-courier counts are sets of (prescription, attempt), so counting twice is impossible.
+
+No patient data is kept: ids, drug codes, warehouses and couriers only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
+from pharmacy_contracts import prescription as rx
+from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted
+from pharmacy_contracts.envelope import Envelope
+
+STATES: dict[str, str] = {
+    "received": "received",
+    "held_for_review": "held for review",
+    "approved": "approved",
+    "reserved": "reserved",
+    "with_courier": "with courier",
+    "delivered": "delivered",
+    "rejected": "rejected",
+    "out_of_stock": "out of stock",
+    "undeliverable": "undeliverable",
+    "cancelled": "cancelled",
+}
+"""Every state a prescription can be shown in, in lifecycle order, with its label."""
+TERMINAL = frozenset({"delivered", "rejected", "out_of_stock", "undeliverable", "cancelled"})
+_PIPELINE_RANK = {"received": 0, "held_for_review": 1, "approved": 2, "reserved": 3}
+BUCKETS = ("available", "reserved", "dispatched", "quarantine", "expired")
+"""Where a lot's units are, inside the warehouse or on the road; `outside` is not shown."""
+RECENT_ALERTS = 12
+
+DeliveryPhase = Literal["waiting", "assigned", "accepted", "picked_up"]
+LotAlert = Literal["nearing_expiry", "expired"]
+
+
+@dataclass(frozen=True)
+class Lot:
+    warehouse_id: str
+    lot_id: str
+    drug_code: str
+    expiry_date: date | None = None
+    units: Mapping[str, int] = field(default_factory=dict)
+    counted: frozenset[str] = frozenset()
+    alert: LotAlert | None = None
+
+
+@dataclass(frozen=True)
+class PrescriptionRow:
+    prescription_id: str
+    state: str
+    updated_at: datetime
+    seq: int
+    note: str = ""
+    warehouse_id: str | None = None
+    courier_id: str | None = None
+    attempt: int = 0
+    phase: DeliveryPhase | None = None
+
+
+@dataclass(frozen=True)
+class CourierRecord:
+    """Finished attempts of one courier; what it carries now is read from the prescriptions."""
+
+    courier_id: str
+    delivered: frozenset[str] = frozenset()
+    failed: frozenset[tuple[str, int]] = frozenset()
+    missed_offers: frozenset[tuple[str, int]] = frozenset()
+
+
+@dataclass(frozen=True)
+class Alert:
+    message_id: str
+    at: datetime
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Board:
+    warehouses: Mapping[str, str] = field(default_factory=dict)
+    lots: Mapping[tuple[str, str], Lot] = field(default_factory=dict)
+    low_stock: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    prescriptions: Mapping[str, PrescriptionRow] = field(default_factory=dict)
+    couriers: Mapping[str, CourierRecord] = field(default_factory=dict)
+    alerts: tuple[Alert, ...] = ()
+    events: int = 0
+    last_event_at: datetime | None = None
+
+
+EMPTY = Board()
+
+
+# --- the fold ------------------------------------------------------------------------------------
+
+
+def fold(board: Board, event: Envelope) -> Board:
+    """The board after one more event. Never mutates `board`; events it does not show change only the count."""
+    board = replace(board, events=board.events + 1, last_event_at=event.occurred_at)
+    board = _stock(board, event)
+    board = _alert(board, event)
+    board = _prescription(board, event)
+    return _courier(board, event)
+
+
+def fold_all(board: Board, events: Iterable[Envelope]) -> Board:
+    for event in events:
+        board = fold(board, event)
+    return board
+
+
+# --- stock ----------------------------------------------------------------------------------------
+
+
+def _stock(board: Board, event: Envelope) -> Board:
+    match event:
+        case inv.WarehouseRegistered():
+            return replace(board, warehouses={**board.warehouses, event.warehouse_id: event.name})
+        case inv.StockRestocked():
+            board = _with_lot_details(board, event.warehouse_id, event.lot_id, event.drug_code, event.expiry_date)
+        case inv.StockReserved():
+            for pick in event.picks:
+                board = _with_lot_details(board, event.warehouse_id, pick.lot_id, pick.drug_code, pick.expiry_date)
+        case inv.LotNearingExpiry():
+            board = _with_lot_details(board, event.warehouse_id, event.lot_id, event.drug_code, event.expiry_date)
+            board = _with_lot_alert(board, event.warehouse_id, event.lot_id, "nearing_expiry")
+        case inv.LotExpired():
+            board = _with_lot_details(board, event.warehouse_id, event.lot_id, event.drug_code, event.expiry_date)
+            board = _with_lot_alert(board, event.warehouse_id, event.lot_id, "expired")
+        case inv.LowStock():
+            key = (event.warehouse_id, event.drug_code)
+            board = replace(board, low_stock={**board.low_stock, key: event.threshold})
+    movements: list[inv.Movement] = getattr(event, "movements", None) or []
+    warehouse_id = getattr(event, "warehouse_id", None)
+    if movements and warehouse_id:
+        board = _count_movements(board, event.message_id, warehouse_id, movements)
+    return board
+
+
+def _lot(board: Board, warehouse_id: str, lot_id: str, drug_code: str) -> Lot:
+    return board.lots.get((warehouse_id, lot_id)) or Lot(warehouse_id=warehouse_id, lot_id=lot_id, drug_code=drug_code)
+
+
+def _with_lot_details(board: Board, warehouse_id: str, lot_id: str, drug_code: str, expiry: date) -> Board:
+    lot = _lot(board, warehouse_id, lot_id, drug_code)
+    if lot.expiry_date == expiry:
+        return board
+    return replace(board, lots={**board.lots, (warehouse_id, lot_id): replace(lot, expiry_date=expiry)})
+
+
+def _with_lot_alert(board: Board, warehouse_id: str, lot_id: str, alert: LotAlert) -> Board:
+    lot = board.lots[(warehouse_id, lot_id)]
+    if lot.alert == "expired":  # an expired lot never goes back to "nearing"
+        return board
+    return replace(board, lots={**board.lots, (warehouse_id, lot_id): replace(lot, alert=alert)})
+
+
+def _count_movements(board: Board, message_id: str, warehouse_id: str, movements: list[inv.Movement]) -> Board:
+    lots = dict(board.lots)
+    for lot_id in dict.fromkeys(m.lot_id for m in movements):
+        mine = [m for m in movements if m.lot_id == lot_id]
+        lot = lots.get((warehouse_id, lot_id)) or Lot(warehouse_id, lot_id, mine[0].drug_code)
+        if message_id in lot.counted:
+            continue
+        units = dict(lot.units)
+        for movement in mine:
+            units[movement.source] = units.get(movement.source, 0) - movement.quantity
+            units[movement.target] = units.get(movement.target, 0) + movement.quantity
+        units.pop("outside", None)
+        lots[(warehouse_id, lot_id)] = replace(lot, units=units, counted=lot.counted | {message_id})
+    return replace(board, lots=lots)
+
+
+# --- alerts ---------------------------------------------------------------------------------------
+
+
+def _alert_of(event: Envelope) -> tuple[str, str] | None:
+    match event:
+        case inv.LowStock():
+            return "low_stock", (
+                f"{event.drug_code} low at {event.warehouse_id}: {event.available} left (threshold {event.threshold})"
+            )
+        case inv.LotNearingExpiry():
+            return "nearing_expiry", (
+                f"lot {event.lot_id} ({event.drug_code}) at {event.warehouse_id} expires {event.expiry_date}"
+            )
+        case inv.LotExpired():
+            lot = f"lot {event.lot_id} ({event.drug_code}) at {event.warehouse_id}"
+            return "expired", f"{lot} expired: {event.removed} units removed"
+        case rx.ReviewEscalated():
+            return "review_overdue", f"{event.prescription_id}: pharmacist review overdue"
+        case c.DeliveryOverdue():
+            where = f"on the road with {event.courier_id}"
+            if event.stage == "awaiting_courier":
+                where = "waiting for a courier"
+            return "delivery_overdue", f"{event.prescription_id}: overdue, {where}"
+    return None
+
+
+def _alert(board: Board, event: Envelope) -> Board:
+    found = _alert_of(event)
+    if found is None or any(a.message_id == event.message_id for a in board.alerts):
+        return board
+    alert = Alert(message_id=event.message_id, at=event.occurred_at, kind=found[0], text=found[1])
+    return replace(board, alerts=(alert, *board.alerts)[:RECENT_ALERTS])
+
+
+# --- prescriptions --------------------------------------------------------------------------------
+
+_Step = tuple[str | None, str]  # (the state the event reports, or None for a note; what happened)
+
+
+def _step_of(event: Envelope) -> _Step | None:
+    match event:
+        case PrescriptionAccepted():
+            return "received", f"received from {event.sender_id}"
+        case CancellationAccepted():
+            return None, f"cancellation requested by {event.sender_id}"
+        case rx.PrescriptionHeld():
+            return "held_for_review", "held: " + ", ".join(dict.fromkeys(r.code for r in event.reasons))
+        case rx.ReviewEscalated():
+            return None, "review overdue: escalated"
+        case rx.PrescriptionApproved():
+            return "approved", f"released by {event.reviewed_by}" if event.reviewed_by else "passed the checks"
+        case rx.PrescriptionRejected():
+            return "rejected", ", ".join(dict.fromkeys(r.code for r in event.reasons))
+        case rx.PrescriptionCancelled():
+            return "cancelled", f"cancelled by {event.requested_by}"
+        case inv.StockReserved():
+            return "reserved", f"stock reserved at {event.warehouse_id}"
+        case inv.ReservationFailed():
+            drugs = ", ".join(s.drug_code for s in event.shortages)
+            return "out_of_stock", f"{event.reason}: {drugs}" if drugs else event.reason
+        case inv.StockReturned():
+            return None, f"package back at {event.warehouse_id}"
+        case inv.StockQuarantined():
+            return None, f"goods quarantined at {event.warehouse_id} ({event.why})"
+        case c.DeliveryWaiting():
+            return "reserved", "waiting for a courier"
+        case c.CourierAssigned():
+            return "with_courier", f"offered to {event.courier_id} (attempt {event.attempt})"
+        case c.DeliveryOfferExpired():
+            return "reserved", f"{event.courier_id} did not accept in time"
+        case c.DeliveryAccepted():
+            return "with_courier", f"accepted by {event.courier_id}"
+        case c.DeliveryPickedUp():
+            return "with_courier", f"picked up by {event.courier_id}"
+        case c.DeliveryCodeRejected():
+            return None, f"wrong delivery code reported by {event.courier_id}"
+        case c.DeliveryOverdue():
+            return None, "delivery overdue"
+        case c.DeliveryFailed():
+            return "with_courier", f"attempt {event.attempt} failed: {event.reason}"
+        case c.DeliveryCompleted():
+            return "delivered", f"delivered by {event.courier_id}"
+        case c.DeliveryAbandoned():
+            return "undeliverable", f"given up after {event.attempts} attempts ({event.last_reason})"
+        case c.DeliveryCancelled():
+            return "cancelled", "delivery cancelled"
+    return None
+
+
+def _next_state(current: str, reported: str, *, in_order: bool) -> str:
+    """`in_order`: the event comes from the courier topic, read in order, so it may also move a
+    prescription back (an expired offer: "reserved" again). Events of the other topics only move
+    it forward along the pipeline: read late, they never undo what the courier topic said."""
+    if current in TERMINAL:
+        return current
+    if reported in TERMINAL or in_order:
+        return reported
+    if current in _PIPELINE_RANK and _PIPELINE_RANK[reported] > _PIPELINE_RANK[current]:
+        return reported
+    return current
+
+
+def _prescription_id(event: Envelope) -> str | None:
+    if isinstance(event, PrescriptionAccepted):
+        return event.prescription.prescription_id
+    return getattr(event, "prescription_id", None)
+
+
+def _prescription(board: Board, event: Envelope) -> Board:
+    prescription_id = _prescription_id(event)
+    step = _step_of(event)
+    if prescription_id is None or step is None:
+        return board
+    reported, note = step
+    row = board.prescriptions.get(prescription_id) or PrescriptionRow(
+        prescription_id=prescription_id, state="received", updated_at=event.occurred_at, seq=board.events
+    )
+    if _earlier_attempt(row, event):
+        return board  # a late copy of an earlier delivery attempt
+    state = row.state if reported is None else _next_state(row.state, reported, in_order=_in_order(event))
+    if reported is None or reported == state:  # a stale event read late neither explains nor refreshes the row
+        row = replace(row, state=state, note=note, updated_at=event.occurred_at, seq=board.events)
+    if isinstance(event, inv.StockReserved):
+        row = replace(row, warehouse_id=event.warehouse_id)
+    row = _delivery(row, event)
+    return replace(board, prescriptions={**board.prescriptions, prescription_id: row})
+
+
+def _in_order(event: Envelope) -> bool:
+    return isinstance(event, _COURIER_EVENTS)
+
+
+_COURIER_EVENTS = (
+    c.DeliveryWaiting,
+    c.CourierAssigned,
+    c.DeliveryOfferExpired,
+    c.DeliveryAccepted,
+    c.DeliveryPickedUp,
+    c.DeliveryFailed,
+    c.DeliveryCompleted,
+    c.DeliveryAbandoned,
+    c.DeliveryCancelled,
+)
+
+
+def _earlier_attempt(row: PrescriptionRow, event: Envelope) -> bool:
+    attempt = getattr(event, "attempt", None)
+    return isinstance(event, _COURIER_EVENTS) and attempt is not None and attempt < row.attempt
+
+
+def _delivery(row: PrescriptionRow, event: Envelope) -> PrescriptionRow:
+    """Who carries the prescription now, and how far they got."""
+    match event:
+        case c.CourierAssigned():
+            return replace(row, courier_id=event.courier_id, attempt=event.attempt, phase="assigned")
+        case c.DeliveryAccepted():
+            return replace(row, courier_id=event.courier_id, attempt=event.attempt, phase="accepted")
+        case c.DeliveryPickedUp():
+            return replace(row, courier_id=event.courier_id, attempt=event.attempt, phase="picked_up")
+        case c.DeliveryCompleted() | c.DeliveryFailed() | c.DeliveryOfferExpired():
+            return replace(row, courier_id=event.courier_id, attempt=event.attempt, phase=None)
+        case c.DeliveryWaiting():
+            return replace(row, phase="waiting")
+        case c.DeliveryAbandoned() | c.DeliveryCancelled():
+            return replace(row, phase=None)
+    return row
+
+
+# --- couriers -------------------------------------------------------------------------------------
+
+
+def _courier(board: Board, event: Envelope) -> Board:
+    if not isinstance(event, c.CourierAssigned | c.DeliveryCompleted | c.DeliveryFailed | c.DeliveryOfferExpired):
+        return board
+    record = board.couriers.get(event.courier_id) or CourierRecord(courier_id=event.courier_id)
+    attempt = (event.prescription_id, event.attempt)
+    match event:
+        case c.DeliveryCompleted():
+            record = replace(record, delivered=record.delivered | {event.prescription_id})
+        case c.DeliveryFailed():
+            record = replace(record, failed=record.failed | {attempt})
+        case c.DeliveryOfferExpired():
+            record = replace(record, missed_offers=record.missed_offers | {attempt})
+    return replace(board, couriers={**board.couriers, event.courier_id: record})
+
+
+# --- what the page shows --------------------------------------------------------------------------
+
+
+def snapshot(board: Board, *, latest: int = 15) -> dict[str, Any]:
+    """The board as JSON-ready data: stock by warehouse, drug and lot; prescriptions; couriers."""
+    return {
+        "events": board.events,
+        "last_event_at": board.last_event_at.isoformat() if board.last_event_at else None,
+        "stock": _stock_view(board),
+        "prescriptions": _prescriptions_view(board, latest),
+        "couriers": _couriers_view(board),
+        "alerts": [{"at": a.at.isoformat(), "kind": a.kind, "text": a.text} for a in board.alerts],
+    }
+
+
+def _stock_view(board: Board) -> list[dict[str, Any]]:
+    by_warehouse: dict[str, dict[str, list[Lot]]] = {}
+    for (warehouse_id, _), lot in sorted(board.lots.items()):
+        by_warehouse.setdefault(warehouse_id, {}).setdefault(lot.drug_code, []).append(lot)
+    for warehouse_id in board.warehouses:
+        by_warehouse.setdefault(warehouse_id, {})
+    view = []
+    for warehouse_id in sorted(by_warehouse):
+        drugs = []
+        for drug_code, lots in sorted(by_warehouse[warehouse_id].items()):
+            lots = sorted(lots, key=lambda lot: (lot.expiry_date or date.max, lot.lot_id))
+            totals = {bucket: sum(lot.units.get(bucket, 0) for lot in lots) for bucket in BUCKETS}
+            threshold = board.low_stock.get((warehouse_id, drug_code))
+            low = threshold is not None and totals["available"] < threshold
+            drugs.append(
+                {
+                    "drug_code": drug_code,
+                    **totals,
+                    "low_stock_threshold": threshold if low else None,
+                    "lots": [
+                        {
+                            "lot_id": lot.lot_id,
+                            "expiry_date": lot.expiry_date.isoformat() if lot.expiry_date else None,
+                            **{bucket: lot.units.get(bucket, 0) for bucket in BUCKETS},
+                            "alert": lot.alert,
+                        }
+                        for lot in lots
+                    ],
+                }
+            )
+        view.append({"warehouse_id": warehouse_id, "name": board.warehouses.get(warehouse_id), "drugs": drugs})
+    return view
+
+
+def _prescriptions_view(board: Board, latest: int) -> dict[str, Any]:
+    counts = dict.fromkeys(STATES, 0)
+    for row in board.prescriptions.values():
+        counts[row.state] += 1
+    newest = sorted(board.prescriptions.values(), key=lambda row: row.seq, reverse=True)[:latest]
+    return {
+        "total": len(board.prescriptions),
+        "counts": [{"state": state, "label": label, "count": counts[state]} for state, label in STATES.items()],
+        "latest": [
+            {
+                "prescription_id": row.prescription_id,
+                "state": row.state,
+                "label": STATES[row.state],
+                "terminal": row.state in TERMINAL,
+                "note": row.note,
+                "warehouse_id": row.warehouse_id,
+                "courier_id": row.courier_id,
+                "updated_at": row.updated_at.isoformat(),
+            }
+            for row in newest
+        ],
+    }
+
+
+def _couriers_view(board: Board) -> list[dict[str, Any]]:
+    carrying: dict[str, dict[str, list[str]]] = {}
+    for row in board.prescriptions.values():
+        if row.courier_id and row.phase in ("assigned", "accepted", "picked_up") and row.state not in TERMINAL:
+            where = "on_the_road" if row.phase == "picked_up" else "to_pickup"
+            carrying.setdefault(row.courier_id, {"to_pickup": [], "on_the_road": []})[where].append(row.prescription_id)
+    view = []
+    for courier_id in sorted(set(board.couriers) | set(carrying)):
+        record = board.couriers.get(courier_id) or CourierRecord(courier_id=courier_id)
+        now = carrying.get(courier_id, {"to_pickup": [], "on_the_road": []})
+        view.append(
+            {
+                "courier_id": courier_id,
+                "to_pickup": sorted(now["to_pickup"]),
+                "on_the_road": sorted(now["on_the_road"]),
+                "delivered": len(record.delivered),
+                "failed": len(record.failed),
+                "missed_offers": len(record.missed_offers),
+            }
+        )
+    return view

@@ -1,0 +1,178 @@
+// The board follows /events (server-sent events): each message is the whole board as JSON.
+// Plain DOM, no framework and no build step. Values are set as text, never as HTML.
+"use strict";
+
+const previous = new Map(); // row key -> what it showed last time, to flash the rows that changed
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("data-")) node.setAttribute(name, value);
+    else node[name] = value;
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function flashIfChanged(row, key, shown) {
+  const before = previous.get(key);
+  if (before !== undefined && before !== shown) row.classList.add("flash");
+  previous.set(key, shown);
+  return row;
+}
+
+function time(iso) {
+  return iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : "";
+}
+
+function daysUntil(isoDate) {
+  const today = new Date();
+  today.setHours(0, 0, 0, 0);
+  return Math.round((new Date(isoDate + "T00:00:00") - today) / 86400000);
+}
+
+function expiryCell(lot) {
+  if (!lot.expiry_date) return el("td", {}, "");
+  const days = daysUntil(lot.expiry_date);
+  // Only dates that matter soon get a countdown: a wall of "in 730 d" would hide the ones that do.
+  const hint = days < 0 ? ` (${-days} d ago) ` : days <= 90 ? ` (in ${days} d) ` : " ";
+  const cls = lot.alert === "expired" || days < 0 ? "expiry gone" : lot.alert === "nearing_expiry" ? "expiry soon" : "expiry";
+  const alert =
+    lot.alert === "expired" ? badge("expired", "expired") : lot.alert === "nearing_expiry" ? badge("soon", "expires soon") : null;
+  return el("td", { class: cls }, lot.expiry_date, el("span", { class: "muted" }, hint), alert);
+}
+
+function badge(kind, text) {
+  return el("span", { class: `badge ${kind}`, "data-badge": kind }, text);
+}
+
+const BUCKETS = ["available", "reserved", "dispatched", "quarantine", "expired"];
+
+function figure(bucket, units) {
+  return el("td", { class: `num ${bucket}${units === 0 ? " zero" : ""}` }, units);
+}
+
+function renderStock(stock) {
+  const body = document.querySelector("#stock tbody");
+  const rows = [];
+  for (const warehouse of stock) {
+    const title = warehouse.name ? `${warehouse.name} · ${warehouse.warehouse_id}` : warehouse.warehouse_id;
+    rows.push(el("tr", { class: "warehouse", "data-warehouse": warehouse.warehouse_id }, el("th", { colSpan: 7 }, title)));
+    for (const drug of warehouse.drugs) {
+      const low = drug.low_stock_threshold === null ? null : badge("low", `low stock (< ${drug.low_stock_threshold})`);
+      const key = `drug:${warehouse.warehouse_id}:${drug.drug_code}`;
+      const row = el(
+        "tr",
+        { class: "drug", "data-warehouse": warehouse.warehouse_id, "data-drug": drug.drug_code },
+        el("td", { class: "code" }, drug.drug_code, " ", low),
+        el("td", {}, ""),
+        ...BUCKETS.map((b) => figure(b, drug[b])),
+      );
+      rows.push(flashIfChanged(row, key, BUCKETS.map((b) => drug[b]).join("/") + (low ? "!" : "")));
+      for (const lot of drug.lots) {
+        const lotKey = `lot:${warehouse.warehouse_id}:${lot.lot_id}`;
+        const lotRow = el(
+          "tr",
+          { class: "lot", "data-warehouse": warehouse.warehouse_id, "data-drug": drug.drug_code, "data-lot": lot.lot_id },
+          el("td", { class: "lot-id", title: lot.lot_id }, lot.lot_id),
+          expiryCell(lot),
+          ...BUCKETS.map((b) => figure(b, lot[b])),
+        );
+        rows.push(flashIfChanged(lotRow, lotKey, BUCKETS.map((b) => lot[b]).join("/") + (lot.alert ?? "")));
+      }
+    }
+  }
+  body.replaceChildren(...rows);
+  document.getElementById("stock-empty").hidden = rows.length > 0;
+}
+
+function renderPrescriptions(prescriptions) {
+  document.getElementById("rx-total").textContent = `· ${prescriptions.total} in all`;
+  const tiles = prescriptions.counts.map((c) =>
+    flashIfChanged(
+      el("div", { class: `tile state-${c.state}${c.count ? "" : " zero"}`, "data-state": c.state },
+        el("span", { class: "count" }, c.count),
+        el("span", { class: "label" }, c.label)),
+      `tile:${c.state}`,
+      String(c.count),
+    ),
+  );
+  document.getElementById("rx-counts").replaceChildren(...tiles);
+  const rows = prescriptions.latest.map((p) =>
+    flashIfChanged(
+      el("tr", { "data-prescription": p.prescription_id, "data-state": p.state },
+        el("td", { class: "code" }, p.prescription_id),
+        el("td", {}, el("span", { class: `state state-${p.state}` }, p.label)),
+        el("td", { class: "note" }, p.note),
+        el("td", { class: "code" }, p.warehouse_id ?? ""),
+        el("td", { class: "code" }, p.courier_id ?? ""),
+        el("td", { class: "muted" }, time(p.updated_at))),
+      `rx:${p.prescription_id}`,
+      p.state + p.note,
+    ),
+  );
+  document.querySelector("#rx-latest tbody").replaceChildren(...rows);
+}
+
+function renderCouriers(couriers) {
+  const ids = (list) => el("td", { class: "code ids" }, list.length ? `${list.length}: ${list.join(", ")}` : "–");
+  const rows = couriers.map((c) =>
+    flashIfChanged(
+      el("tr", { "data-courier": c.courier_id },
+        el("td", { class: "code" }, c.courier_id),
+        ids(c.to_pickup),
+        ids(c.on_the_road),
+        el("td", { class: "num delivered" }, c.delivered),
+        el("td", { class: "num failed" }, c.failed),
+        el("td", { class: "num" }, c.missed_offers)),
+      `courier:${c.courier_id}`,
+      [c.to_pickup.join(), c.on_the_road.join(), c.delivered, c.failed, c.missed_offers].join("/"),
+    ),
+  );
+  document.querySelector("#couriers tbody").replaceChildren(...rows);
+  document.getElementById("couriers-empty").hidden = rows.length > 0;
+}
+
+function renderAlerts(alerts) {
+  const items = alerts.map((a) =>
+    el("li", { "data-kind": a.kind }, el("span", { class: "muted" }, time(a.at)), " ", badge(a.kind, a.kind.replace(/_/g, " ")), " ", a.text),
+  );
+  document.getElementById("alerts").replaceChildren(...items);
+  document.getElementById("alerts-empty").hidden = items.length > 0;
+}
+
+function render(state) {
+  renderStock(state.stock);
+  renderPrescriptions(state.prescriptions);
+  renderCouriers(state.couriers);
+  renderAlerts(state.alerts);
+  const last = state.last_event_at ? ` · last at ${time(state.last_event_at)}` : "";
+  const unreadable = state.unreadable ? ` · ${state.unreadable} unreadable` : "";
+  document.getElementById("summary").textContent = `${state.events} events read${last}${unreadable}`;
+  document.body.dataset.version = state.version;
+}
+
+function setConnection(status, text) {
+  const node = document.getElementById("connection");
+  node.className = `connection ${status}`;
+  node.dataset.connection = status;
+  node.textContent = text;
+}
+
+function connect() {
+  // EventSource reconnects by itself after a dropped connection; the first message is the whole board again.
+  const source = new EventSource("/events");
+  source.addEventListener("open", () => setConnection("live", "live"));
+  source.addEventListener("error", () => setConnection("connecting", "reconnecting…"));
+  source.addEventListener("state", (message) => {
+    setConnection("live", "live");
+    render(JSON.parse(message.data));
+  });
+}
+
+connect();
