@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install contracts up down status demo test lint unit chaos bench clean
+.PHONY: install contracts asyncapi browser up down status demo test lint unit chaos bench clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
 
 install: $(STAMP) ## virtual environment with the services, the dev stack and the test tools
 
-contracts: install ## JSON Schema per message into contracts/schemas, topic table into README
+contracts: install asyncapi ## JSON Schema per message into contracts/schemas, topic table into README, AsyncAPI documents
 	$(BIN)/python -m pharmacy_contracts.schemas contracts/schemas
 	$(BIN)/python -m services.ops.readme_topics README.md
+
+asyncapi: install ## AsyncAPI 3 document per service into docs/asyncapi, generated from the FastStream apps
+	$(BIN)/python -m services.ops.asyncapi docs/asyncapi
 
 up: install ## broker, database, topics and the four services on loopback; logs in .devstack/logs
 	$(BIN)/pharmacy-dev up
@@ -32,11 +35,19 @@ status: install
 demo: install ## the whole system on the embedded stack, a simulated rural county, a summary
 	$(BIN)/python -m services.ops.demo
 
+# Playwright drives Debian's chromium (browser downloads do not work here); installed once, as root.
+browser: ## Debian's chromium for the board's browser test, if /usr/bin/chromium is missing
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "chromium is missing: run 'sudo make browser'" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	fi
+
 lint: install
 	$(BIN)/ruff check services contracts tests
 	$(BIN)/lint-imports
 
-test: install lint ## every test; starts and stops its own broker and database
+test: install browser lint ## every test; starts and stops its own broker and database
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: install
