@@ -11,7 +11,9 @@ from .domain import IntakeRecord, MessageClaim, PrescriptionStatus
 
 class ConsultationStorage:
     def __init__(self, database: Any) -> None:
-        self.intake: DocumentStore[IntakeRecord] = DocumentStore(database, "consultation_prescriptions", IntakeRecord)
+        self.intake: DocumentStore[IntakeRecord] = DocumentStore(
+            database, "consultation_prescriptions", IntakeRecord, keeps_trace=True
+        )
         self.messages: DocumentStore[MessageClaim] = DocumentStore(database, "consultation_messages", MessageClaim)
         self.status: DocumentStore[PrescriptionStatus] = DocumentStore(
             database, "consultation_status", PrescriptionStatus

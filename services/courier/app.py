@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from faststream import FastStream
 
@@ -15,10 +16,19 @@ from .service import CourierService
 from .settings import CourierSettings
 from .storage import CourierStorage
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
-def build(settings: CourierSettings, *, clock: Callable[[], datetime] = utc_now) -> tuple[FastStream, CourierService]:
-    """The app and its service (tests drive the service's sweep with their own clock)."""
-    runtime = ServiceRuntime("courier", settings)
+
+def build(
+    settings: CourierSettings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    tracer_provider: TracerProvider | None = None,
+) -> tuple[FastStream, CourierService]:
+    """The app and its service (tests drive the service's sweep with their own clock, and may
+    collect its spans in a `tracer_provider` of their own)."""
+    runtime = ServiceRuntime("courier", settings, tracer_provider=tracer_provider)
     storage = CourierStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
     key = settings.delivery_code_key

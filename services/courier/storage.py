@@ -12,7 +12,9 @@ from .domain import CourierProfile, Delivery
 
 class CourierStorage:
     def __init__(self, database: Any) -> None:
-        self.deliveries: DocumentStore[Delivery] = DocumentStore(database, "courier_deliveries", Delivery)
+        self.deliveries: DocumentStore[Delivery] = DocumentStore(
+            database, "courier_deliveries", Delivery, keeps_trace=True
+        )
         self.roster: DocumentStore[CourierProfile] = DocumentStore(database, "courier_roster", CourierProfile)
 
     @property

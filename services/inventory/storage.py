@@ -15,7 +15,9 @@ from .domain import Allocation, LedgerEntry, Warehouse
 class InventoryStorage:
     def __init__(self, database: Any) -> None:
         self.warehouses: DocumentStore[Warehouse] = DocumentStore(database, "inventory_warehouses", Warehouse)
-        self.allocations: DocumentStore[Allocation] = DocumentStore(database, "inventory_allocations", Allocation)
+        self.allocations: DocumentStore[Allocation] = DocumentStore(
+            database, "inventory_allocations", Allocation, keeps_trace=True
+        )
         # Append-only facts, not versioned state: one document per movement, keyed by event and index.
         self.ledger = database["inventory_ledger"]
 

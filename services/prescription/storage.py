@@ -21,7 +21,9 @@ from .domain import (
 
 class PrescriptionStorage:
     def __init__(self, database: Any) -> None:
-        self.verdicts: DocumentStore[Verdict] = DocumentStore(database, "prescription_verdicts", Verdict)
+        self.verdicts: DocumentStore[Verdict] = DocumentStore(
+            database, "prescription_verdicts", Verdict, keeps_trace=True
+        )
         self.histories: DocumentStore[MedicationHistory] = DocumentStore(
             database, "prescription_patient_history", MedicationHistory
         )

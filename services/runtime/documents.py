@@ -1,6 +1,7 @@
 """Versioned documents with an embedded outbox: the one write pattern every service uses.
 
-A document is `{_id, version, state, outbox, outbox_pending, outbox_at, handled, positions, write_id}`:
+A document is `{_id, version, state, outbox, outbox_pending, outbox_at, handled, positions, write_id}`
+(and `traceparent` in a store that keeps traces):
 
 * `state` is the service's own model, replaced whole and guarded by `version`, so concurrent
   writers (two instances of a service) never overwrite each other: the loser re-reads and decides
@@ -12,6 +13,10 @@ A document is `{_id, version, state, outbox, outbox_pending, outbox_at, handled,
 * `handled` remembers the last message ids applied to this document and `positions` the highest
   offset absorbed per topic partition (see `tracking`), so a redelivered or replayed message is
   recognised and changes nothing.
+* `traceparent` (stores built with `keeps_trace`, whose documents are each one prescription's) is
+  the trace context of the work that last changed the document. Work on it that no message's trace
+  covers (a courier's report without a `traceparent`, a sweep) runs its decision in a span child of
+  that context, so the events it causes stay in the prescription's trace.
 
 Writes are group-committed: every `apply` made while the previous write is in flight joins the
 next one, which reads all their documents in one query, runs each decision in arrival order
@@ -32,7 +37,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorCollection, AsyncIOMotorDatabase
@@ -46,8 +51,11 @@ from pharmacy_contracts.topics import topic_for
 from .coalescing import Coalescer
 from .errors import Refused
 from .faults import crash_point
-from .observability import TRACEPARENT, current_traceparent
+from .observability import TRACEPARENT, continuing_trace, current_traceparent, outside_message_traces
 from .tracking import Position, current_position
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = structlog.get_logger()
 
@@ -144,9 +152,13 @@ class _Plan:
 class DocumentStore(Generic[S]):
     """One collection of versioned documents whose state is the pydantic model `model`."""
 
-    def __init__(self, database: AsyncIOMotorDatabase, name: str, model: type[S]) -> None:
+    def __init__(self, database: AsyncIOMotorDatabase, name: str, model: type[S], *, keeps_trace: bool = False) -> None:
+        """`keeps_trace`: each document is one flow's (a prescription's); it remembers the trace that
+        last changed it, and work on it outside any message's trace continues that trace."""
         self.name = name
         self.model = model
+        self.keeps_trace = keeps_trace
+        self._tracer: Tracer | None = None
         self._collection: AsyncIOMotorCollection = database[name]
         self._publish: Publish | None = None
         self._queue: list[_Write] = []
@@ -162,6 +174,10 @@ class DocumentStore(Generic[S]):
     def publish_with(self, publish: Publish) -> None:
         """Publish each write's events right after it (without this, only a relay publishes them)."""
         self._publish = publish
+
+    def trace_with(self, tracer: Tracer | None) -> None:
+        """The tracer of the spans continuing a document's trace (without one, its context is carried on)."""
+        self._tracer = tracer
 
     @property
     def publishes_its_writes(self) -> bool:
@@ -383,14 +399,14 @@ class DocumentStore(Generic[S]):
         positions: dict[str, int] = dict(doc.get("positions", {})) if doc else {}
         outbox = [e for e in (doc["outbox"] if doc else []) if e["message_id"] not in self._confirmed]
         dirty = doc is not None and len(outbox) != len(doc["outbox"])
+        traceparent: str | None = doc.get(TRACEPARENT) if doc else None
         for write in writes:
             if _already_absorbed(handled, positions, write.message_id, write.position):
                 plan.outcomes.append((write, None))
                 continue
             try:
-                change = write.context.run(write.decide, state)
-                # In the caller's context too: its trace goes into the entries.
-                entries = [] if change is None else write.context.run(_entries, change.events)
+                # In the caller's context: its log fields, and its trace, which goes into the entries.
+                change, entries, caused_in = write.context.run(self._decide, doc_id, write, state, traceparent)
             except Refused as refusal:
                 # Not remembered: the dead letter does not exist yet, and a crash before it does
                 # must leave the message to be refused again, not absorbed. A replay refuses it again.
@@ -404,6 +420,7 @@ class DocumentStore(Generic[S]):
                 plan.decided = True
             else:
                 state = change.state
+                traceparent = caused_in or traceparent
                 plan.new_entries += entries
                 _track(handled, positions, write.message_id, write.position)
                 dirty = True
@@ -423,7 +440,27 @@ class DocumentStore(Generic[S]):
                 "positions": positions,
                 "write_id": write_id,
             }
+            if traceparent is not None:
+                plan.after[TRACEPARENT] = traceparent
         return plan
+
+    def _decide(
+        self, doc_id: str, write: _Write, state: S | None, traceparent: str | None
+    ) -> tuple[Change[Any] | None, list[dict[str, Any]], str | None]:
+        """One decision, its outbox entries, and the trace they were caused in (kept if the store keeps traces)."""
+        if self.keeps_trace and traceparent is not None and outside_message_traces():
+            attributes = {"db.collection.name": self.name, "pharmacy.document.id": doc_id}
+            with continuing_trace(traceparent, self._tracer, f"{self.name} apply", attributes):
+                return self._decide_here(write, state)
+        return self._decide_here(write, state)
+
+    def _decide_here(
+        self, write: _Write, state: S | None
+    ) -> tuple[Change[Any] | None, list[dict[str, Any]], str | None]:
+        change = write.decide(state)
+        if change is None:
+            return None, [], None
+        return change, _entries(change.events), current_traceparent() if self.keeps_trace else None
 
     async def _write_plans(self, plans: list[_Plan], write_id: str) -> set[str]:
         """One bulk write; returns the documents someone else wrote first (to decide again)."""

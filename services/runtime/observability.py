@@ -9,6 +9,8 @@
 * Traces are off unless an OTLP endpoint is configured. Each record is handled in its own span,
   whose parent is the `traceparent` the record carries; the events a handling causes are written to
   the outbox with that span's `traceparent` and published under it, possibly later by the relay.
+  Work that no message's trace covers (a courier's app reports without a `traceparent`; a sweep)
+  continues the trace a prescription's document remembers (`continuing_trace`, `DocumentStore`).
   So one prescription's hops (submission, verdict, reservation, delivery) form one trace.
 """
 
@@ -57,6 +59,9 @@ TRACEPARENT = "traceparent"
 _PROPAGATOR = TraceContextTextMapPropagator()
 #: The metrics of the service handling the current message, for hooks deep in a service's code.
 _current_metrics: ContextVar[ServiceMetrics | None] = ContextVar("pharmacy_metrics", default=None)
+#: Set while a record that carried no traceparent is handled: its span began a trace only for want
+#: of one, so a document it acts on may know better which trace the work belongs to.
+_record_untraced: ContextVar[bool] = ContextVar("pharmacy_record_untraced", default=False)
 
 
 class ServiceMetrics:
@@ -181,18 +186,20 @@ class ConsumerObserver:
         still made current, so the events it causes carry the trace on."""
         metrics_token = _current_metrics.set(self.metrics)
         started = time.perf_counter()
+        carrier = _record_trace_headers(record)
+        untraced_token = _record_untraced.set(TRACEPARENT not in carrier)
         trace_token = None
         try:
             if self._tracer is not None:
-                with self._span(record):
+                with self._span(record, carrier):
                     yield
             else:
-                carrier = _record_trace_headers(record)
                 trace_token = otel_context.attach(_PROPAGATOR.extract(carrier)) if carrier else None
                 yield
         finally:
             if trace_token is not None:
                 otel_context.detach(trace_token)
+            _record_untraced.reset(untraced_token)
             series = self._seconds.get(record.topic)
             if series is None:
                 series = self._seconds[record.topic] = self.metrics.handling_seconds.labels(record.topic, self.group)
@@ -200,9 +207,8 @@ class ConsumerObserver:
             _current_metrics.reset(metrics_token)
 
     @contextlib.contextmanager
-    def _span(self, record: ConsumerRecord[Any, Any]) -> Iterator[None]:
+    def _span(self, record: ConsumerRecord[Any, Any], carrier: dict[str, str]) -> Iterator[None]:
         assert self._tracer is not None
-        carrier = _record_trace_headers(record)
         # A record without a traceparent starts a trace of its own, not one per batch.
         parent = _PROPAGATOR.extract(carrier) if carrier else otel_context.Context()
         batch = trace.get_current_span().get_span_context()  # FastStream's span around the batch
@@ -352,6 +358,38 @@ def current_traceparent() -> str | None:
     if not span_context.is_valid:
         return None
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
+
+
+def outside_message_traces() -> bool:
+    """Whether the work in hand belongs to no trace a message brought: a record that carried no
+    `traceparent` (a courier's app reporting), a sweep, a background task."""
+    return _record_untraced.get() or not trace.get_current_span().get_span_context().is_valid
+
+
+@contextlib.contextmanager
+def continuing_trace(
+    traceparent: str, tracer: trace.Tracer | None, name: str, attributes: Mapping[str, Any]
+) -> Iterator[None]:
+    """Work on a document in the trace the document remembers (`traceparent`): in a span child of
+    it, linked to the span in hand (a report's own trace), so the events it causes join that trace.
+    Without a tracer (tracing off) the remembered context is only made current: events carry it on."""
+    parent = _PROPAGATOR.extract({TRACEPARENT: traceparent})
+    if tracer is None:
+        token = otel_context.attach(parent)
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+        return
+    in_hand = trace.get_current_span().get_span_context()
+    with tracer.start_as_current_span(
+        name,
+        context=parent,
+        kind=SpanKind.INTERNAL,
+        attributes=attributes,
+        links=[Link(in_hand)] if in_hand.is_valid else None,
+    ):
+        yield
 
 
 @contextlib.contextmanager

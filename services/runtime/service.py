@@ -50,6 +50,7 @@ class ServiceRuntime:
         publish = publisher_for(self.broker)
         for store in stores:
             store.publish_with(publish)
+            store.trace_with(self.observability.tracer)
         self.relay = OutboxRelay(
             self.broker,
             stores,

@@ -7,6 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pharmacy_contracts import Envelope, topics
 from pharmacy_contracts.consultation import Coordinates
@@ -41,6 +44,7 @@ from services.courier.storage import CourierStorage
 from services.ops.simulation import wrong_code
 from services.runtime import delivery_codes
 from services.runtime.documents import connect
+from services.runtime.observability import TRACEPARENT, current_traceparent
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch, headers_of, own_groups, publish_noting, running, wait_consumed
 from tests.support.scenario import prescription_message, wait_until
@@ -942,3 +946,89 @@ async def test_wrong_codes_lock_the_attempt_and_a_missing_reservation_is_alerted
     assert isinstance(overdue, DeliveryOverdue)
     assert (overdue.stage, overdue.since, overdue.courier_id) == ("awaiting_stock", approved_at, None)
     assert waiting is not None and waiting.state is DeliveryState.WAITING and waiting.stock_overdue_alerted
+
+
+def trace_of(record: ConsumerRecord[bytes, bytes]) -> int | None:
+    traceparent = headers_of(record).get(TRACEPARENT)
+    return None if traceparent is None else int(traceparent.split("-")[1], 16)
+
+
+async def test_reports_and_sweeps_without_a_trace_continue_the_prescription_trace(settings: RuntimeSettings) -> None:
+    """Couriers' apps send no traceparent and sweeps run outside any message; the delivery document
+    remembers the trace of the approval that created it, so everything that follows stays in it."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = CourierStorage(client[settings.mongo_database])
+    rx = "RX-K-TRACE"
+    clock = Clock()
+    app, service = build(swept_by_hand(settings), clock=clock, tracer_provider=provider)
+    with provider.get_tracer("test").start_as_current_span("the prescription service approves") as approving:
+        traceparent = current_traceparent()
+        assert traceparent is not None
+        name, key, value, headers = bus.encode(approval(rx))
+        traced_approval = (name, key, value, [*headers, (TRACEPARENT, traceparent.encode())])
+    prescription_trace = approving.get_span_context().trace_id
+    try:
+        await seed(storage)
+        async with running(app), TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch:
+            await bus.publish_records(settings, traced_approval)
+
+            async def has_details() -> bool:
+                delivery = await storage.deliveries.get(rx)
+                return delivery is not None and delivery.details is not None
+
+            await wait_until(has_details, "the approval's delivery details", timeout=30)
+            await publish_noting(settings, reserved(rx, "WH-K-T"))  # without a traceparent, too
+            await watch.wait_for(lambda w: offers(w, rx), "the first dispatch")
+            (_, first), *_ = offers(watch, rx)
+            clock.now = first.accept_by
+            await service.sweep()  # outside any span
+            await watch.wait_for(lambda w: len(offers(w, rx)) >= 2, "the offer to the next courier")
+            (_, second) = offers(watch, rx)[1]
+            reports = [
+                report(second, "accepted"),
+                report(second, "picked_up"),
+                report(second, "delivered", code=right_code(settings, rx)),
+            ]
+            landed = await publish_noting(settings, *reports)
+            await watch.wait_for(lambda w: of_kind(lifecycle(w, rx), DeliveryCompleted), "the delivery")
+            await wait_consumed(settings, app, landed)
+            stored = await client[settings.mongo_database]["courier_deliveries"].find_one({"_id": rx})
+    finally:
+        client.close()
+
+    mine = [
+        (topics.BY_NAME[r.topic].parse(r.value), r)
+        for r in watch.raw(DELIVERIES) + watch.raw(DISPATCH)
+        if headers_of(r).get("correlation-id") == rx
+    ]
+    assert {type(event) for event, _ in mine} >= {
+        CourierAssigned,
+        DeliveryOfferExpired,
+        DispatchWithdrawn,
+        DispatchOffered,
+        DeliveryAccepted,
+        DeliveryPickedUp,
+        DeliveryCompleted,
+    }
+    traces = [(type(event).__name__, trace_of(record)) for event, record in mine]
+    assert traces == [(name, prescription_trace) for name, _ in traces], "every event is in the prescription's trace"
+    assert stored is not None and int(stored[TRACEPARENT].split("-")[1], 16) == prescription_trace
+
+    spans = exporter.get_finished_spans()
+    handled_reports = [
+        s
+        for s in spans
+        if s.name == f"{topics.COURIER_UPDATES.name} process"
+        and s.attributes.get("messaging.message.conversation_id") == rx
+    ]
+    assert len(handled_reports) == len(reports)
+    assert all(s.parent is None and s.context.trace_id != prescription_trace for s in handled_reports)
+    continued = [
+        s for s in spans if s.name == "courier_deliveries apply" and s.attributes.get("pharmacy.document.id") == rx
+    ]
+    assert all(s.context.trace_id == prescription_trace for s in continued)
+    linked = {link.context.span_id for s in continued for link in s.links}
+    assert {s.context.span_id for s in handled_reports} <= linked, "each report's own span is linked to its work"

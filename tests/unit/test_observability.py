@@ -15,7 +15,9 @@ from services.runtime.observability import (
     ConsumerObserver,
     NotReady,
     ServiceMetrics,
+    continuing_trace,
     current_traceparent,
+    outside_message_traces,
     prescription_finished,
     publishing_under,
     run_checks,
@@ -151,6 +153,40 @@ def test_each_record_gets_a_consumer_span_child_of_its_traceparent() -> None:
     assert inside == f"00-{traced.context.trace_id:032x}-{traced.context.span_id:016x}-01"
     assert untraced.parent is None  # no traceparent: a trace of its own
     assert untraced.context.trace_id != traced.context.trace_id
+
+
+def test_work_is_outside_message_traces_without_a_span_or_when_the_record_carried_no_traceparent() -> None:
+    provider, _ = in_memory()
+    assert outside_message_traces()  # a sweep, a background task
+    for observed in (observer(), observer(provider)):
+        with observed.handling(record()):
+            assert outside_message_traces()
+        with observed.handling(record(headers=[("traceparent", UPSTREAM.encode())])):
+            assert not outside_message_traces()
+    with provider.get_tracer("test").start_as_current_span("a tool's own span"):
+        assert not outside_message_traces()
+
+
+def test_work_outside_message_traces_continues_the_remembered_trace_in_a_span_linked_to_its_own() -> None:
+    provider, exporter = in_memory()
+    observed = observer(provider)
+    tracer = provider.get_tracer("test")
+    with (
+        observed.handling(record(topic="courier.updates.v1")),
+        continuing_trace(UPSTREAM, tracer, "courier_deliveries apply", {"k": "v"}),
+    ):
+        inside = current_traceparent()
+    continued, report = exporter.get_finished_spans()
+    assert continued.name == "courier_deliveries apply"
+    assert f"{continued.context.trace_id:032x}" == UPSTREAM.split("-")[1]
+    assert f"{continued.parent.span_id:016x}" == UPSTREAM.split("-")[2]
+    assert [link.context.span_id for link in continued.links] == [report.context.span_id]
+    assert report.context.trace_id != continued.context.trace_id
+    assert inside == f"00-{continued.context.trace_id:032x}-{continued.context.span_id:016x}-01"
+
+    with continuing_trace(UPSTREAM, None, "tracing off", {}):  # no tracer: the context is carried on
+        assert current_traceparent() == UPSTREAM
+    assert current_traceparent() is None
 
 
 def test_an_event_is_published_under_its_stored_traceparent_and_an_untraced_one_under_none() -> None:
