@@ -225,9 +225,15 @@ def choose_courier(
     roster: Iterable[CourierProfile], loads: Mapping[str, int], delivery: Delivery
 ) -> CourierProfile | None:
     """The nearest eligible courier (active, below capacity, cold-chain capable if needed, has not
-    let this delivery's offer expire); ties by fewest deliveries on hand, then by id."""
-    eligible = _eligible(roster, loads, delivery)
-    return min(eligible, key=lambda c: (trip_km(c, delivery), loads.get(c.courier_id, 0), c.courier_id), default=None)
+    let this delivery's offer expire); ties by fewest deliveries on hand, then by id.
+
+    After a failed attempt, a courier who has not tried this delivery yet comes first when there
+    is one: a fresh pair of eyes on an address nobody found, another time of day for an absent
+    patient. Only when every eligible courier has tried does the nearest try again."""
+    eligible = list(_eligible(roster, loads, delivery))
+    tried = {attempt.courier_id for attempt in delivery.attempts if attempt.failure_reason is not None}
+    fresh = [c for c in eligible if c.courier_id not in tried] or eligible
+    return min(fresh, key=lambda c: (trip_km(c, delivery), loads.get(c.courier_id, 0), c.courier_id), default=None)
 
 
 def why_no_courier(roster: Iterable[CourierProfile], loads: Mapping[str, int], delivery: Delivery) -> str:

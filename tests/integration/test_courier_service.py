@@ -381,7 +381,7 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
         (first.courier_id, "patient_absent"),
         (second_offer.courier_id, None),
     ]
-    assert second_offer.courier_id == NEAREST, "nobody at home is no reason to send someone else"
+    assert second_offer.courier_id == NEXT_NEAREST, "after a failure, a courier who has not tried comes first"
     assert second_offer.attempt == 2
     assert second_offer.dispatch_id == f"{rx}-D2"
     assert second_offer.pickup_warehouse_id == "WH-K-R"

@@ -155,6 +155,31 @@ def test_choose_courier_prefers_the_nearest():
     assert courier_ids(roster, {}, make_delivery()) == "CUR-B"
 
 
+def failed_by(*courier_ids: str) -> list[Attempt]:
+    return [
+        Attempt(
+            number=n,
+            dispatch_id=f"{RX_ID}-D{n}",
+            courier_id=courier_id,
+            status=AttemptStatus.FAILED,
+            failure_reason="patient_absent",
+        )
+        for n, courier_id in enumerate(courier_ids, start=1)
+    ]
+
+
+def test_after_a_failure_a_courier_who_has_not_tried_comes_first():
+    roster = [make_courier("CUR-A", base=NEAR), make_courier("CUR-B", base=FAR)]
+
+    assert courier_ids(roster, {}, make_delivery(attempts=failed_by("CUR-A"))) == "CUR-B"
+
+
+def test_when_every_courier_has_tried_the_nearest_tries_again():
+    roster = [make_courier("CUR-A", base=NEAR), make_courier("CUR-B", base=FAR)]
+
+    assert courier_ids(roster, {}, make_delivery(attempts=failed_by("CUR-B", "CUR-A"))) == "CUR-A"
+
+
 def test_nearest_counts_both_the_pickup_and_the_patient_leg():
     # The warehouse is east at Riverton, the patient in Northford. A courier just past the warehouse
     # is nearest to the pickup; one halfway to the patient has the shorter trip overall.
@@ -236,13 +261,15 @@ def test_a_courier_who_let_the_offer_expire_is_not_asked_again():
     assert why_no_courier(roster[:1], {}, delivery).startswith("every suitable courier has already let")
 
 
-def test_a_courier_the_patient_refused_is_not_sent_again_but_one_who_found_nobody_home_is():
+def test_a_courier_the_patient_refused_is_not_sent_again_but_one_who_found_nobody_home_may_be():
     roster = [make_courier("CUR-A", base=NEAR), make_courier("CUR-B", base=FAR)]
     absent, _ = report(offer_to(make_delivery(), "CUR-A"), "failed", failure_reason="patient_absent", policy=PATIENT)
     refused, _ = report(offer_to(make_delivery(), "CUR-A"), "failed", failure_reason="refused", policy=PATIENT)
 
-    assert courier_ids(roster, {}, absent) == "CUR-A"
+    assert courier_ids(roster, {}, absent) == "CUR-B"  # someone who has not tried comes first
+    assert courier_ids(roster[:1], {}, absent) == "CUR-A"  # ... but the only courier may try again
     assert courier_ids(roster, {}, refused) == "CUR-B"
+    assert choose_courier(roster[:1], {}, refused) is None  # never back to a patient who refused them
 
 
 def test_a_courier_with_an_unknown_base_comes_last_but_still_comes():
