@@ -253,6 +253,12 @@ class InventoryService:
     # --- the delivery moves stock ---------------------------------------------------------------
 
     async def on_delivery_event(self, event: Envelope) -> None:
+        if isinstance(event, c.DeliveryPickedUp | c.DeliveryFailed | c.DeliveryCompleted | c.DeliveryAbandoned):
+            # The courier acts on a StockReserved, so the reservation was made even if its writer
+            # died before settling the allocation. Settle it before the hold moves (and perhaps
+            # closes): an approval redelivered after the hold closed must find it settled, not
+            # reserve the whole prescription a second time (found by the chaos run).
+            await self._settle(event.prescription_id, AllocationState.RESERVED, event.warehouse_id, [])
         match event:
             case c.DeliveryPickedUp():
                 await self._hold_moved(event, event.warehouse_id, domain.dispatch, inv.StockDispatched, "dispatched")
