@@ -152,9 +152,24 @@ class PrescriptionAccepted(Envelope):
 
 
 CancellationReason = Annotated[str, Field(min_length=1, max_length=300)]
+_CANCELLATION = {
+    "sender_id": "district-clinic",
+    "prescription_id": _RX,
+    "reason": "Therapy changed after the follow-up call",
+    "requested_by": "Dr. Ilyas Karimov",
+}
 
 
-class CancellationRequested(Envelope):
+class _Cancellation(Envelope):
+    """A withdrawal of a prescription: as the upstream system asked for it, or as consultation accepted it."""
+
+    sender_id: Identifier
+    prescription_id: Identifier
+    reason: CancellationReason
+    requested_by: Annotated[str, Field(min_length=1, max_length=120)]
+
+
+class CancellationRequested(_Cancellation):
     """Upstream → `consultation.prescriptions.v1`: the doctor or the patient withdrew the prescription.
 
     Signed like a submission. Honoured at any stage: before pickup the stock is released, after
@@ -165,18 +180,11 @@ class CancellationRequested(Envelope):
         json_schema_extra=wire_example(
             correlation_id=_RX,
             producer="district-clinic-emr",
-            sender_id="district-clinic",
-            prescription_id=_RX,
-            reason="Therapy changed after the follow-up call",
-            requested_by="Dr. Ilyas Karimov",
+            **_CANCELLATION,
         )
     )
 
     type: Literal["consultation.cancellation_requested"] = "consultation.cancellation_requested"
-    sender_id: Identifier
-    prescription_id: Identifier
-    reason: CancellationReason
-    requested_by: Annotated[str, Field(min_length=1, max_length=120)]
 
     @model_validator(mode="after")
     def _correlation_is_the_prescription(self) -> CancellationRequested:
@@ -185,7 +193,7 @@ class CancellationRequested(Envelope):
         return self
 
 
-class CancellationAccepted(Envelope):
+class CancellationAccepted(_Cancellation):
     """consultation → `consultation.intake.v1`: a verified cancellation from an upstream system."""
 
     model_config = ConfigDict(
@@ -193,15 +201,8 @@ class CancellationAccepted(Envelope):
             correlation_id=_RX,
             causation_id=example_id("consultation.cancellation_requested"),
             producer="consultation",
-            sender_id="district-clinic",
-            prescription_id=_RX,
-            reason="Therapy changed after the follow-up call",
-            requested_by="Dr. Ilyas Karimov",
+            **_CANCELLATION,
         )
     )
 
     type: Literal["consultation.cancellation_accepted"] = "consultation.cancellation_accepted"
-    sender_id: Identifier
-    prescription_id: Identifier
-    reason: CancellationReason
-    requested_by: Annotated[str, Field(min_length=1, max_length=120)]

@@ -59,8 +59,8 @@ _WH = "WH-NORTHFORD"
 _WH_AT = {"latitude": 51.806, "longitude": 69.391}
 _STAFF = "Aigerim Bekova"
 _LOT = {"lot_id": "MET500-L2611", "drug_code": "MET500"}
-_APPROVED = example_id("prescription.approved")
 _LINES = [{"drug_code": "MET500", "quantity": 180}, {"drug_code": "AML5", "quantity": 90}]
+_RESERVATION = {"prescription_id": _RX, "warehouse_id": _WH, "lines": _LINES}
 _HELD = [
     {"drug_code": "MET500", "available": 420, "reserved": 180, "dispatched": 0},
     {"drug_code": "AML5", "available": 210, "reserved": 90, "dispatched": 0},
@@ -69,6 +69,20 @@ _ON_THE_ROAD = [
     {"drug_code": "MET500", "available": 420, "reserved": 0, "dispatched": 180},
     {"drug_code": "AML5", "available": 210, "reserved": 0, "dispatched": 90},
 ]
+# A staff command and the event that records it carry the same particulars.
+_RESTOCK = {**_LOT, "warehouse_id": _WH, "expiry_date": "2028-03-31", "quantity": 600, "requested_by": _STAFF}
+_ADJUSTMENT = {
+    **_LOT,
+    "warehouse_id": _WH,
+    "delta": -12,
+    "reason": "Carton crushed in unloading",
+    "requested_by": _STAFF,
+}
+_EXPIRING_LOT = {"warehouse_id": _WH, "drug_code": "AML5", "lot_id": "AML5-L2609", "expiry_date": "2027-12-31"}
+
+
+def _after(message_type: str) -> dict[str, str]:
+    return {"correlation_id": _RX, "causation_id": example_id(message_type), "producer": "inventory"}
 
 
 def _moves(kind: str, source: str, target: str) -> list[dict[str, object]]:
@@ -118,12 +132,7 @@ class RestockRequested(Envelope):
         json_schema_extra=wire_example(
             correlation_id="CMD-RESTOCK-0415",
             producer="warehouse-console",
-            warehouse_id=_WH,
-            drug_code="MET500",
-            lot_id="MET500-L2611",
-            expiry_date="2028-03-31",
-            quantity=600,
-            requested_by=_STAFF,
+            **_RESTOCK,
         )
     )
 
@@ -143,12 +152,7 @@ class AdjustmentRequested(Envelope):
         json_schema_extra=wire_example(
             correlation_id="CMD-ADJUST-0416",
             producer="warehouse-console",
-            warehouse_id=_WH,
-            drug_code="MET500",
-            lot_id="MET500-L2611",
-            delta=-12,
-            reason="Carton crushed in unloading",
-            requested_by=_STAFF,
+            **_ADJUSTMENT,
         )
     )
 
@@ -191,13 +195,9 @@ class StockReserved(Envelope):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=_APPROVED,
-            producer="inventory",
-            prescription_id=_RX,
-            warehouse_id=_WH,
+            **_after("prescription.approved"),
+            **_RESERVATION,
             pickup_location=_WH_AT,
-            lines=_LINES,
             picks=[
                 {**_LOT, "expiry_date": "2028-03-31", "quantity": 180},
                 {"lot_id": "AML5-L2609", "drug_code": "AML5", "expiry_date": "2027-12-31", "quantity": 90},
@@ -233,9 +233,7 @@ class ReservationFailed(Envelope):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=_APPROVED,
-            producer="inventory",
+            **_after("prescription.approved"),
             prescription_id=_RX,
             reason="OUT_OF_STOCK",
             shortages=[{"drug_code": "AML5", "requested": 90, "best_available": 40}],
@@ -265,12 +263,8 @@ class StockReleased(_Movement):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=example_id("courier.delivery_cancelled"),
-            producer="inventory",
-            prescription_id=_RX,
-            warehouse_id=_WH,
-            lines=_LINES,
+            **_after("courier.delivery_cancelled"),
+            **_RESERVATION,
             levels=[{**level, "available": level["available"] + level["reserved"], "reserved": 0} for level in _HELD],
             movements=_moves("released", "reserved", "available"),
         )
@@ -282,12 +276,8 @@ class StockDispatched(_Movement):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=example_id("courier.picked_up"),
-            producer="inventory",
-            prescription_id=_RX,
-            warehouse_id=_WH,
-            lines=_LINES,
+            **_after("courier.picked_up"),
+            **_RESERVATION,
             levels=_ON_THE_ROAD,
             movements=_moves("dispatched", "reserved", "dispatched"),
         )
@@ -303,12 +293,8 @@ class StockReturned(_Movement):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=example_id("courier.delivery_failed"),
-            producer="inventory",
-            prescription_id=_RX,
-            warehouse_id=_WH,
-            lines=_LINES,
+            **_after("courier.delivery_failed"),
+            **_RESERVATION,
             levels=_HELD,
             movements=_moves("returned", "dispatched", "reserved"),
         )
@@ -324,12 +310,8 @@ class StockQuarantined(_Movement):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=example_id("courier.delivery_abandoned"),
-            producer="inventory",
-            prescription_id=_RX,
-            warehouse_id=_WH,
-            lines=_LINES,
+            **_after("courier.delivery_abandoned"),
+            **_RESERVATION,
             levels=[{**level, "dispatched": 0, "quarantined": level["dispatched"]} for level in _ON_THE_ROAD],
             movements=_moves("returned", "dispatched", "quarantine"),
             why="undeliverable",
@@ -344,12 +326,8 @@ class StockDelivered(_Movement):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=example_id("courier.delivered"),
-            producer="inventory",
-            prescription_id=_RX,
-            warehouse_id=_WH,
-            lines=_LINES,
+            **_after("courier.delivered"),
+            **_RESERVATION,
             levels=[{**level, "dispatched": 0} for level in _ON_THE_ROAD],
             movements=_moves("delivered", "dispatched", "outside"),
         )
@@ -364,12 +342,7 @@ class StockRestocked(Envelope):
             correlation_id="CMD-RESTOCK-0415",
             causation_id=example_id("inventory.restock_requested"),
             producer="inventory",
-            warehouse_id=_WH,
-            drug_code="MET500",
-            lot_id="MET500-L2611",
-            expiry_date="2028-03-31",
-            quantity=600,
-            requested_by=_STAFF,
+            **_RESTOCK,
             level={"drug_code": "MET500", "available": 780, "reserved": 0, "dispatched": 0},
             movements=[{"kind": "received", **_LOT, "quantity": 600, "source": "outside", "target": "available"}],
         )
@@ -394,12 +367,7 @@ class StockAdjusted(Envelope):
             correlation_id="CMD-ADJUST-0416",
             causation_id=example_id("inventory.adjustment_requested"),
             producer="inventory",
-            warehouse_id=_WH,
-            drug_code="MET500",
-            lot_id="MET500-L2611",
-            delta=-12,
-            reason="Carton crushed in unloading",
-            requested_by=_STAFF,
+            **_ADJUSTMENT,
             level={"drug_code": "MET500", "available": 768, "reserved": 0, "dispatched": 0},
             movements=[{"kind": "adjusted", **_LOT, "quantity": 12, "source": "available", "target": "outside"}],
         )
@@ -443,10 +411,7 @@ class LotNearingExpiry(Envelope):
         json_schema_extra=wire_example(
             correlation_id="AML5-L2609",
             producer="inventory",
-            warehouse_id=_WH,
-            drug_code="AML5",
-            lot_id="AML5-L2609",
-            expiry_date="2027-12-31",
+            **_EXPIRING_LOT,
             available=210,
         )
     )
@@ -466,10 +431,7 @@ class LotExpired(Envelope):
         json_schema_extra=wire_example(
             correlation_id="AML5-L2609",
             producer="inventory",
-            warehouse_id=_WH,
-            drug_code="AML5",
-            lot_id="AML5-L2609",
-            expiry_date="2027-12-31",
+            **_EXPIRING_LOT,
             removed=35,
             level={"drug_code": "AML5", "available": 0, "reserved": 0, "dispatched": 0},
             movements=[
@@ -500,9 +462,7 @@ class LowStock(Envelope):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=example_id("inventory.stock_reserved"),
-            producer="inventory",
+            **_after("inventory.stock_reserved"),
             warehouse_id=_WH,
             drug_code="AML5",
             available=18,

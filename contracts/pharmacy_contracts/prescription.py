@@ -56,7 +56,13 @@ class DeliveryDetails(Contract):
 
 _RX = EXAMPLE_PRESCRIPTION["prescription_id"]
 _PATIENT = EXAMPLE_PRESCRIPTION["patient"]["patient_id"]
-_ACCEPTED = example_id("consultation.prescription_accepted")
+# Every check's verdict answers the same accepted prescription.
+_VERDICT = {
+    "correlation_id": _RX,
+    "causation_id": example_id("consultation.prescription_accepted"),
+    "producer": "prescription",
+    "prescription_id": _RX,
+}
 _HOLD = {"code": "REFILL_TOO_SOON", "message": "MET500 was dispensed 20 days ago for 90 days", "item_index": 0}
 
 
@@ -65,10 +71,7 @@ class PrescriptionApproved(Envelope):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=_ACCEPTED,
-            producer="prescription",
-            prescription_id=_RX,
+            **_VERDICT,
             patient_id=_PATIENT,
             lines=[
                 {"drug_code": "MET500", "quantity": 180, "days_supply": 90},
@@ -91,10 +94,7 @@ class PrescriptionRejected(Envelope):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=_ACCEPTED,
-            producer="prescription",
-            prescription_id=_RX,
+            **_VERDICT,
             reasons=[{"code": "QUANTITY_ABOVE_MAXIMUM", "message": "MET500: 400 units, at most 360", "item_index": 0}],
         )
     )
@@ -110,10 +110,7 @@ class PrescriptionHeld(Envelope):
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
-            correlation_id=_RX,
-            causation_id=_ACCEPTED,
-            producer="prescription",
-            prescription_id=_RX,
+            **_VERDICT,
             patient_id=_PATIENT,
             reasons=[_HOLD],
             escalate_at="2026-11-25T08:30:05Z",

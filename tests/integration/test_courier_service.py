@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord
@@ -46,7 +46,7 @@ from services.runtime import delivery_codes
 from services.runtime.documents import connect
 from services.runtime.observability import TRACEPARENT, current_traceparent
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, headers_of, own_groups, publish_noting, running, wait_consumed
+from tests.support.inprocess import Clock, TopicWatch, headers_of, own_groups, publish_noting, running, wait_consumed
 from tests.support.scenario import prescription_message, wait_until
 
 DISPATCH = topics.COURIER_DISPATCH.name
@@ -95,24 +95,14 @@ DISPATCH_KEYS = {
 }
 
 
-class Clock:
-    """The service's clock, moved by the test: deadlines pass without sleeping. The module's tests
-    share one database, so a sweep also acts on what earlier tests left (their offers expire):
-    every assertion looks at its own prescriptions only."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def service_settings(settings: RuntimeSettings, **overrides: Any) -> CourierSettings:
     return own_groups(CourierSettings, settings, max_delivery_attempts=2, **overrides)
 
 
 def swept_by_hand(settings: RuntimeSettings) -> CourierSettings:
-    """The runtime's own sweep never comes round during the test: the test calls it."""
+    """The runtime's own sweep never comes round during the test: the test calls it, with its `Clock`.
+    The module's tests share one database, so a sweep also acts on what earlier tests left (their
+    offers expire): every assertion looks at its own prescriptions only."""
     return service_settings(settings, sweep_interval_s=3600)
 
 

@@ -52,7 +52,7 @@ from services.inventory.settings import InventorySettings
 from services.inventory.storage import InventoryStorage
 from services.runtime.documents import Change, connect
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, of_type, own_groups, publish_noting, running, wait_consumed
+from tests.support.inprocess import Clock, TopicWatch, of_type, own_groups, publish_noting, running, wait_consumed
 from tests.support.scenario import wait_until
 
 THRESHOLD = 5
@@ -517,16 +517,6 @@ async def test_an_approval_nobody_can_fill_changes_no_stock(settings: RuntimeSet
             AllocationState.OUT_OF_STOCK,
             None,
         )
-
-
-class Clock:
-    """Time the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def test_expiry_alerts_and_the_ledger_rebuilds_every_lot(settings: RuntimeSettings) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -31,6 +31,7 @@ from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import (
+    Clock,
     TopicWatch,
     headers_of,
     of_type,
@@ -126,16 +127,6 @@ def decided(prescription_id: str, decision: str, pharmacist: str = "PH-1", note:
         pharmacist_id=pharmacist,
         note=note,
     )
-
-
-class Clock:
-    """The service's time, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def service_settings(settings: RuntimeSettings) -> PrescriptionSettings:

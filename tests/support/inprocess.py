@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import uuid4
 
@@ -95,6 +96,16 @@ class TopicWatch:
 
 def of_type(messages: list[Envelope], cls: type[Any], **fields: Any) -> list[Any]:
     return [m for m in messages if isinstance(m, cls) and all(getattr(m, k) == v for k, v in fields.items())]
+
+
+class Clock:
+    """A service's clock, moved by the test: deadlines pass without sleeping."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 def headers_of(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:

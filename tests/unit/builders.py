@@ -357,6 +357,16 @@ def abandoned(minute: int = 8, attempts: int = 3, prescription_id: str = RX_ID) 
     )
 
 
+def cancelled(minute: int = 30, was_approved: bool = True, prescription_id: str = RX_ID) -> rx.PrescriptionCancelled:
+    return rx.PrescriptionCancelled(
+        **_common(prescription_id, minute),
+        prescription_id=prescription_id,
+        reason="therapy changed",
+        requested_by="Dr. Karimov",
+        was_approved=was_approved,
+    )
+
+
 def restocked(minute: int = 0, warehouse_id: str = "WH-1") -> inv.StockRestocked:
     return inv.StockRestocked(
         **envelope_fields(message_id=f"MSG-restock-{minute}", occurred_at=at(minute), correlation_id="CMD-1"),

@@ -41,6 +41,7 @@ from tests.unit.builders import (
     approved,
     assigned,
     at,
+    cancelled,
     completed,
     delivery_accepted,
     delivery_failed,
@@ -51,6 +52,7 @@ from tests.unit.builders import (
     picked_up,
     rejected,
     reservation_failed,
+    restocked,
 )
 
 CODE = "493017"
@@ -91,19 +93,6 @@ def reserved(minute: int = 2, warehouse_id: str = "WH-1", prescription_id: str =
     )
 
 
-def restocked(minute: int = 0) -> inv.StockRestocked:
-    return inv.StockRestocked(
-        **envelope_fields(message_id=f"MSG-restock-{minute}", occurred_at=at(minute), correlation_id="CMD-1"),
-        warehouse_id="WH-1",
-        drug_code="MET500",
-        lot_id="LOT-1",
-        expiry_date=date(2028, 1, 31),
-        quantity=100,
-        requested_by="Aigerim",
-        level=inv.StockLevel(drug_code="MET500", available=100, reserved=0, dispatched=0),
-    )
-
-
 def _reason(code: str, message: str) -> rx.Reason:
     return rx.Reason(code=code, message=message, item_index=0)
 
@@ -139,16 +128,6 @@ def reviewed_rejection(minute: int = 62, code: str = "PHARMACIST_REJECTED", phar
         prescription_id=RX_ID,
         reasons=[_reason(code, "not safe for this patient")],
         reviewed_by=pharmacist,
-    )
-
-
-def cancelled(minute: int = 30, was_approved: bool = True) -> rx.PrescriptionCancelled:
-    return rx.PrescriptionCancelled(
-        **_common(minute),
-        prescription_id=RX_ID,
-        reason="therapy changed",
-        requested_by="Dr. Karimov",
-        was_approved=was_approved,
     )
 
 

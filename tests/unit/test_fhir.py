@@ -27,6 +27,7 @@ from tests.unit.builders import (
     approved,
     assigned,
     at,
+    cancelled,
     completed,
     delivery_accepted,
     delivery_failed,
@@ -598,16 +599,6 @@ def held(minute: int = 1) -> rx.PrescriptionHeld:
         reasons=[reason],
         escalate_at=at(minute + 60),
         expires_at=at(minute + 240),
-    )
-
-
-def cancelled(minute: int = 30, was_approved: bool = True) -> rx.PrescriptionCancelled:
-    return rx.PrescriptionCancelled(
-        **_event_fields(minute),
-        prescription_id=RX_ID,
-        reason="therapy changed",
-        requested_by="Dr. Karimov",
-        was_approved=was_approved,
     )
 
 
