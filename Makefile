@@ -56,7 +56,7 @@ unit: install
 chaos: install ## the chaos run on its own (it also runs inside `make test`): kill -9 under load, then every guarantee
 	$(BIN)/python -m services.ops.chaos
 
-bench: install ## throughput, latency and memory on the dev stack vs the bare relay; bench-results/ (BENCH_ARGS="--runs 1")
+bench: install ## throughput, latency and memory on the dev stack vs the bare and the stored relay; bench-results/ (BENCH_ARGS="--runs 1")
 	$(BIN)/python -m services.ops.bench $(BENCH_ARGS)
 
 clean: down

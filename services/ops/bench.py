@@ -11,8 +11,12 @@ Simulated couriers deliver every offer at once, with the patient's delivery code
 1. **Throughput.** N signed prescriptions (none faulty) published at once through one producer;
    prescriptions per second from the first submission until N distinct prescriptions have been
    offered to a courier (`DispatchOffered` on `courier.dispatch.v1`), and until N were delivered.
+   The documents the services wrote are then counted (writes per prescription, per collection).
    Then, on the same broker with the services stopped, the bare four-hop relay
-   (`relay_ceiling.py`), the ceiling any four-hop pipeline here could reach; ours / ceiling.
+   (`relay_ceiling.py`), the ceiling any four-hop pipeline here could reach; ours / ceiling. And
+   the stored relay: the same four hops, each also storing every message as a document in the
+   same database, the ceiling of a pipeline whose four services persist each prescription once;
+   the database's CPU per document written there is what one of our writes costs.
 2. **Latency.** Prescriptions submitted at a fixed rate (absolute schedule, no drift); for each,
    submission → first dispatch offer consumed. p50, p95, p99, max; those not dispatched within
    `--timeout` of their submission are counted as missing, never dropped.
@@ -644,10 +648,28 @@ class LatencyResult:
 
 
 @dataclass
+class StoredRelayResult:
+    relay: RelayResult
+    database_cpu_s: float  # the database's CPU time while the stored relay ran
+
+    @property
+    def database_ms_per_write(self) -> float | None:
+        written = self.relay.documents_written
+        return round(self.database_cpu_s * 1000 / written, 3) if written else None
+
+    def to_json(self) -> dict[str, Any]:
+        figures = {"database_cpu_s": self.database_cpu_s, "database_ms_per_write": self.database_ms_per_write}
+        return {**self.relay.to_json(), **figures}
+
+
+@dataclass
 class RunResult:
     number: int
     throughput: ThroughputResult | None = None
+    #: Document writes per prescription sent in the throughput phase, per collection.
+    writes_per_prescription: dict[str, float] = field(default_factory=dict)
     relay: RelayResult | None = None
+    stored_relay: StoredRelayResult | None = None
     latency: LatencyResult | None = None
     peak_rss_mb: dict[str, dict[str, float]] = field(default_factory=dict)  # phase → process → MB
     errors: list[str] = field(default_factory=list)
@@ -672,9 +694,17 @@ class RunResult:
                 figures[f"cpu_cores.{name}"] = share
             for name, ms in by_owner(self.throughput.cpu_ms_per_prescription).items():
                 figures[f"cpu_ms_per_rx.{name}"] = ms
+        if self.writes_per_prescription:
+            figures["writes_per_rx"] = round(sum(self.writes_per_prescription.values()), 2)
         if self.relay:
             figures["relay_per_s"] = self.relay.rate_per_s
             figures["ratio_to_relay"] = ratio(figures.get("throughput_per_s"), self.relay.rate_per_s)
+        if self.stored_relay:
+            figures["stored_relay_per_s"] = self.stored_relay.relay.rate_per_s
+            figures["ratio_to_stored_relay"] = ratio(
+                figures.get("throughput_per_s"), self.stored_relay.relay.rate_per_s
+            )
+            figures["database_ms_per_write"] = self.stored_relay.database_ms_per_write
         if self.latency:
             figures["achieved_rate"] = self.latency.achieved_rate
             for name, value in self.latency.summary().items():
@@ -690,8 +720,11 @@ class RunResult:
         return {
             "run": self.number,
             "throughput": self.throughput.to_json() if self.throughput else None,
+            "writes_per_prescription": self.writes_per_prescription,
             "relay_ceiling": self.relay.to_json() if self.relay else None,
             "ratio_to_relay": self.metrics().get("ratio_to_relay"),
+            "stored_relay": self.stored_relay.to_json() if self.stored_relay else None,
+            "ratio_to_stored_relay": self.metrics().get("ratio_to_stored_relay"),
             "latency": self.latency.to_json() if self.latency else None,
             "peak_rss_mb": self.peak_rss_mb,
             "errors": self.errors,
@@ -727,6 +760,7 @@ class BenchOptions:
     runs: int
     timeout_s: float
     relay_messages: int
+    stored_relay_messages: int
     warmup: int
     instances: int
     service_env: dict[str, str]
@@ -855,24 +889,50 @@ async def measure_latency(stack: DevStack, options: BenchOptions, screen: BenchS
     )
 
 
-async def measure_relay(stack: DevStack, options: BenchOptions, screen: BenchScreen, message_bytes: int) -> RelayResult:
-    screen.step(f"relay ceiling: {options.relay_messages} messages of {message_bytes} bytes through 4 bare hops")
+async def measure_relay(
+    stack: DevStack, options: BenchOptions, screen: BenchScreen, message_bytes: int, *, stored: bool = False
+) -> RelayResult:
+    messages = options.stored_relay_messages if stored else options.relay_messages
+    name, hops = ("stored relay", "4 hops storing each one") if stored else ("relay ceiling", "4 bare hops")
+    screen.step(f"{name}: {messages} messages of {message_bytes} bytes through {hops}")
     relayed = 0
 
     def progress(count: int) -> None:
         nonlocal relayed
         relayed = count
 
-    async with screen.bars({"  relayed": (options.relay_messages, lambda: relayed)}):
+    async with screen.bars({"  relayed": (messages, lambda: relayed)}):
         return await measure_relay_ceiling(
             stack.bootstrap,
-            messages=options.relay_messages,
+            messages=messages,
             message_bytes=message_bytes,
             partitions=stack.partitions,
             timeout_s=options.timeout_s,
+            mongo_url=stack.runtime_settings().mongo_url.get_secret_value() if stored else None,
             log_dir=stack.logs,
             progress=progress,
         )
+
+
+async def document_writes(settings: RuntimeSettings) -> dict[str, int]:
+    """Writes per collection of the pipeline's database: a versioned document was written as many
+    times as its version says; a document without a version (a ledger line) once."""
+    client = connect(settings.mongo_url.get_secret_value())
+    try:
+        database = client[settings.mongo_database]
+        writes = {}
+        for name in sorted(await database.list_collection_names()):
+            versions = [doc.get("version") async for doc in database[name].find({}, {"version": 1})]
+            writes[name] = sum(v if isinstance(v, int) else 1 for v in versions)
+        return writes
+    finally:
+        client.close()
+
+
+def per_prescription(writes: Mapping[str, int], prescriptions: int) -> dict[str, float]:
+    """Writes of collections that grow with the prescriptions, per prescription (reference data and
+    the warehouses' seeding stay out: they do not grow with the load)."""
+    return {name: round(count / prescriptions, 2) for name, count in writes.items() if count >= prescriptions / 10}
 
 
 def typical_prescription_bytes(settings: RuntimeSettings) -> int:
@@ -963,13 +1023,20 @@ def throughput_phase(run: RunResult, options: BenchOptions, screen: BenchScreen)
         run.throughput = await measure_throughput(stack, sampler, options, screen, run.number)
         run.peak_rss_mb["throughput"] = sampler.peak_rss_mb()
         screen.step(describe_throughput(run.throughput))
+        # Same broker, services stopped: a relay must not share two cores with idle pollers.
+        await asyncio.to_thread(stop_services, stack)
+        sent = options.count + options.warmup
+        run.writes_per_prescription = per_prescription(await document_writes(stack.runtime_settings()), sent)
+        screen.step(describe_writes(run.writes_per_prescription))
+        message_bytes = typical_prescription_bytes(stack.runtime_settings())
         if options.relay_messages:
-            # Same broker, services stopped: the relay must not share two cores with idle pollers.
-            await asyncio.to_thread(stop_services, stack)
-            run.relay = await measure_relay(
-                stack, options, screen, typical_prescription_bytes(stack.runtime_settings())
-            )
+            run.relay = await measure_relay(stack, options, screen, message_bytes)
             screen.step(describe_relay(run.relay, run.throughput))
+        if options.stored_relay_messages:
+            before = sampler.cpu_seconds().get("database", 0.0)
+            stored = await measure_relay(stack, options, screen, message_bytes, stored=True)
+            run.stored_relay = StoredRelayResult(stored, round(sampler.cpu_seconds().get("database", 0.0) - before, 3))
+            screen.step(describe_stored_relay(run.stored_relay, run.throughput))
 
     on_fresh_stack(options.home / f"run-{run.number}-throughput", options, screen, body)
 
@@ -1026,6 +1093,20 @@ def describe_relay(relay: RelayResult, throughput: ThroughputResult | None) -> s
     return f"relay ceiling {_number(relay.rate_per_s)} msg/s{state}; ours / ceiling {_number(share, 3)}"
 
 
+def describe_writes(writes: Mapping[str, float]) -> str:
+    listed = ", ".join(f"{name} {count:g}" for name, count in sorted(writes.items(), key=lambda item: -item[1]))
+    return f"database writes per prescription: {sum(writes.values()):.1f} ({listed})"
+
+
+def describe_stored_relay(stored: StoredRelayResult, throughput: ThroughputResult | None) -> str:
+    share = ratio(throughput.dispatched_per_s if throughput else None, stored.relay.rate_per_s)
+    state = "" if stored.relay.complete else f" [red]INCOMPLETE ({stored.relay.error or 'timed out'})[/]"
+    return (
+        f"stored relay {_number(stored.relay.rate_per_s)} msg/s{state}; ours / stored relay {_number(share, 3)}; "
+        f"database CPU {_number(stored.database_ms_per_write, 3)} ms per document written"
+    )
+
+
 def describe_latency(result: LatencyResult) -> str:
     s = result.summary()
     return (
@@ -1054,8 +1135,12 @@ def result_rows(runs: Sequence[RunResult]) -> list[Row]:
         Row("throughput to dispatch (rx/s)", "throughput_per_s", 1, THROUGHPUT_TARGET),
         Row("  prescriptions dispatched", "dispatched"),
         Row("  throughput to delivered (rx/s)", "delivered_per_s", 1),
+        Row("  database writes per prescription", "writes_per_rx", 1),
         Row("bare 4-hop relay (msg/s)", "relay_per_s"),
         Row("ours / relay", "ratio_to_relay", 3),
+        Row("stored 4-hop relay, 1 write per hop (msg/s)", "stored_relay_per_s"),
+        Row("ours / stored relay", "ratio_to_stored_relay", 3),
+        Row("  database CPU per document written (ms)", "database_ms_per_write", 3),
         Row("paced: achieved rate (/s)", "achieved_rate", 1),
         Row("  latency p50 (ms)", "p50_ms", 1),
         Row("  latency p95 (ms)", "p95_ms", 1),
@@ -1138,6 +1223,7 @@ def where_the_time_goes(summary: Mapping[str, float | None]) -> Table:
 PARTIAL = {
     "throughput_per_s": lambda run: run.throughput is not None and not run.throughput.complete,
     "relay_per_s": lambda run: run.relay is not None and not run.relay.complete,
+    "stored_relay_per_s": lambda run: run.stored_relay is not None and not run.stored_relay.relay.complete,
 }
 
 
@@ -1181,7 +1267,10 @@ METHOD = (
     "formulary + couriers + 10^7 units per warehouse and drug seeded, warm-up prescriptions dispatched first. "
     "Throughput: N prescriptions (none faulty) published at once by one producer; rate = N / (first submission "
     "-> N-th distinct DispatchOffered on courier.dispatch.v1). Relay: same broker, services stopped, four "
-    "processes relaying raw bytes of a prescription's size, messages/s from topic 0 to topic 4. Latency: paced "
+    "processes relaying raw bytes of a prescription's size, messages/s from topic 0 to topic 4. Stored relay: "
+    "the same, each hop also bulk-inserting every message as a document into the stack's database before "
+    "passing its batch on; the database's CPU time over it / documents written. Writes per prescription: "
+    "sum of document versions per collection after the throughput phase / prescriptions sent. Latency: paced "
     "submissions on an absolute schedule, submission -> first DispatchOffered consumed by the bench; not "
     "dispatched within the timeout = missing. Stage rates and hop latencies come from the first sighting of "
     "each prescription on each service's output topic. RSS sampled every 0.2 s; CPU per process over the "
@@ -1257,6 +1346,9 @@ def main(
     paced_seconds: float = typer.Option(10.0, min=0.1, help="How long the paced submission lasts"),
     runs: int = typer.Option(3, min=1, help="Runs; medians are reported"),
     relay_messages: int = typer.Option(30_000, min=0, help="Messages through the bare relay (0: skip it)"),
+    stored_relay_messages: int = typer.Option(
+        6_000, min=0, help="Messages through the stored relay, which writes each at every hop (0: skip it)"
+    ),
     warmup: int = typer.Option(20, min=0, help="Prescriptions dispatched before each phase's clock starts"),
     instances: int = typer.Option(1, min=1, max=4, help="Processes per service"),
     env: list[str] = typer.Option(
@@ -1269,7 +1361,18 @@ def main(
 ) -> None:
     """Throughput, latency, memory of the pipeline on the dev stack, and the bare relay ceiling."""
     options = BenchOptions(
-        count, rate, paced_seconds, runs, timeout, relay_messages, warmup, instances, parse_env(env), home, seed
+        count,
+        rate,
+        paced_seconds,
+        runs,
+        timeout,
+        relay_messages,
+        stored_relay_messages,
+        warmup,
+        instances,
+        parse_env(env),
+        home,
+        seed,
     )
     # Piped into a file or `tee`, rich would assume 80 columns and fold every table row in two.
     console = Console(width=None if sys.stdout.isatty() else 132)

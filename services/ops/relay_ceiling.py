@@ -7,6 +7,12 @@ the batch. No parsing, no validation, no database. A driver publishes M messages
 counts them arriving on topic 4; messages per second end to end is the best any four-hop Python
 pipeline could hope for on this broker and machine, so `make bench` divides by it.
 
+With a database (`--mongo-url`) each hop also stores every message it relays as a document of
+its own collection, in one unordered bulk insert per batch, before passing the batch on: the least
+a pipeline whose four services each persist every prescription once can do. That is the ceiling
+the broker *and the database* allow together, and the database's CPU per document written says
+what each of our writes costs.
+
 `python -m services.ops.relay_ceiling run --bootstrap 127.0.0.1:19092` measures a running broker;
 `hop` is what the driver starts four times.
 """
@@ -20,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 from uuid import uuid4
@@ -28,6 +34,9 @@ from uuid import uuid4
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorCollection
+from pymongo import InsertOne
+from pymongo.errors import BulkWriteError
 
 HOPS = 4
 READY = "ready"
@@ -38,6 +47,9 @@ SEQUENCE_BYTES = 8  # each message starts with its sequence number, so the drive
 #: aiokafka's default batch (16 KiB) holds ~15 messages of a prescription's size; measured here, a
 #: producer with 256 KiB batches publishes ~2-3x faster. A ceiling should not be held back by it.
 MAX_BATCH_BYTES = 256 * 1024
+DUPLICATE_KEY = 11000
+#: The database the stored relay writes to (its collections are `bench_relay_<run>_<hop>`).
+RELAY_DATABASE = "bench_relay"
 
 Progress = Callable[[int], None]
 
@@ -51,10 +63,16 @@ class RelayResult:
     hops: int
     complete: bool
     error: str | None = None
+    #: Documents each hop stored per message (0: the bare relay, 1: the stored relay).
+    writes_per_hop: int = 0
 
     @property
     def rate_per_s(self) -> float | None:
         return self.delivered / self.seconds if self.delivered and self.seconds > 0 else None
+
+    @property
+    def documents_written(self) -> int:
+        return self.delivered * self.hops * self.writes_per_hop
 
     @property
     def hop_messages_per_s(self) -> float | None:
@@ -68,8 +86,11 @@ class RelayResult:
 # --- one hop (a process of its own) ----------------------------------------------------------------
 
 
-async def relay_hop(bootstrap: str, source: str, target: str, group: str, linger_ms: int) -> None:
-    """Relay `source` to `target` until killed (or until the driver that started it is gone)."""
+async def relay_hop(
+    bootstrap: str, source: str, target: str, group: str, linger_ms: int, mongo_url: str | None = None
+) -> None:
+    """Relay `source` to `target` until killed (or until the driver that started it is gone); with
+    `mongo_url`, store every message before passing it on."""
     consumer = AIOKafkaConsumer(
         source,
         bootstrap_servers=bootstrap,
@@ -81,13 +102,21 @@ async def relay_hop(bootstrap: str, source: str, target: str, group: str, linger
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=MAX_BATCH_BYTES
     )
+    database = AsyncIOMotorClient(mongo_url) if mongo_url else None
+    store = database[RELAY_DATABASE][_collection_of(source)] if database else None
     await asyncio.gather(consumer.start(), producer.start())
     try:
         await _wait_for_assignment(consumer)
         print(READY, flush=True)
-        await _relay_batches(consumer, producer, target)
+        await _relay_batches(consumer, producer, target, store)
     finally:
         await asyncio.gather(consumer.stop(), producer.stop(), return_exceptions=True)
+        if database is not None:
+            database.close()
+
+
+def _collection_of(source: str) -> str:
+    return source.replace(".", "_")
 
 
 async def _wait_for_assignment(consumer: AIOKafkaConsumer) -> None:
@@ -97,12 +126,16 @@ async def _wait_for_assignment(consumer: AIOKafkaConsumer) -> None:
         await consumer.getmany(timeout_ms=100)
 
 
-async def _relay_batches(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, target: str) -> None:
+async def _relay_batches(
+    consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, target: str, store: AsyncIOMotorCollection | None
+) -> None:
     driver = os.getppid()
     while os.getppid() == driver:  # a driver killed with -9 must not leave hops running forever
         batches = await consumer.getmany(timeout_ms=500)
         if not batches:
             continue
+        if store is not None:
+            await _store(store, [record for records in batches.values() for record in records])
         confirmations = [
             await producer.send(target, record.value, key=record.key)  # queues only; confirmed below
             for records in batches.values()
@@ -110,6 +143,18 @@ async def _relay_batches(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
         ]
         await asyncio.gather(*confirmations)
         await consumer.commit()
+
+
+async def _store(store: AsyncIOMotorCollection, records: list[Any]) -> None:
+    """One document per record, keyed by its position, so a redelivered batch writes nothing twice."""
+    documents = [
+        InsertOne({"_id": f"{r.partition}:{r.offset}", "version": 1, "key": r.key, "body": r.value}) for r in records
+    ]
+    try:
+        await store.bulk_write(documents, ordered=False)
+    except BulkWriteError as error:
+        if any(failure["code"] != DUPLICATE_KEY for failure in error.details["writeErrors"]):
+            raise
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -123,10 +168,13 @@ async def measure_relay_ceiling(
     partitions: int = 4,
     timeout_s: float = 60.0,
     linger_ms: int = 0,
+    mongo_url: str | None = None,
     log_dir: Path | None = None,
     progress: Progress = lambda _: None,
 ) -> RelayResult:
-    """Start four hops on fresh topics of the broker at `bootstrap`, push `messages` through them."""
+    """Start four hops on fresh topics of the broker at `bootstrap`, push `messages` through them;
+    with `mongo_url`, each hop stores every message in the database there (the stored relay)."""
+    writes_per_hop = 1 if mongo_url else 0
     run_id = uuid4().hex[:8]
     topics = [f"bench.relay.{run_id}.{hop}" for hop in range(HOPS + 1)]
     await _create_topics(bootstrap, topics, partitions)
@@ -135,12 +183,17 @@ async def measure_relay_ceiling(
     try:
         for hop in range(HOPS):
             hops.append(
-                await _start_hop(bootstrap, topics[hop], topics[hop + 1], f"bench.relay.{run_id}", linger_ms, log_dir)
+                await _start_hop(
+                    bootstrap, topics[hop], topics[hop + 1], f"bench.relay.{run_id}", linger_ms, mongo_url, log_dir
+                )
             )
         await _wait_ready(hops, timeout_s)
-        return await _drive(bootstrap, topics[0], topics[-1], messages, message_bytes, timeout_s, progress)
+        result = await _drive(bootstrap, topics[0], topics[-1], messages, message_bytes, timeout_s, progress)
+        return replace(result, writes_per_hop=writes_per_hop)
     except TimeoutError as error:
-        return RelayResult(messages, 0, 0.0, message_bytes, HOPS, complete=False, error=str(error))
+        return RelayResult(
+            messages, 0, 0.0, message_bytes, HOPS, complete=False, error=str(error), writes_per_hop=writes_per_hop
+        )
     finally:
         await _stop_hops(hops)
 
@@ -155,9 +208,16 @@ async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> N
 
 
 async def _start_hop(
-    bootstrap: str, source: str, target: str, group_prefix: str, linger_ms: int, log_dir: Path
+    bootstrap: str,
+    source: str,
+    target: str,
+    group_prefix: str,
+    linger_ms: int,
+    mongo_url: str | None,
+    log_dir: Path,
 ) -> asyncio.subprocess.Process:
     log = await asyncio.to_thread(_open_log, log_dir / f"relay-hop-{source.rsplit('.', 1)[-1]}.log")
+    database = ["--mongo-url", mongo_url] if mongo_url else []
     with log:
         return await asyncio.create_subprocess_exec(
             sys.executable,
@@ -174,6 +234,7 @@ async def _start_hop(
             f"{group_prefix}.{source}",
             "--linger-ms",
             str(linger_ms),
+            *database,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             stdin=asyncio.subprocess.DEVNULL,
@@ -284,8 +345,9 @@ def run(
     partitions: int = typer.Option(4, min=1, help="Partitions of each relay topic"),
     timeout: float = typer.Option(60.0, help="Give up after this many seconds"),
     linger_ms: int = typer.Option(0, min=0, help="linger_ms of each hop's producer"),
+    mongo_url: str | None = typer.Option(None, help="Also store every message at each hop in this database"),
 ) -> None:
-    """Measure the bare four-hop relay on a running broker and print messages per second."""
+    """Measure the four-hop relay on a running broker (and database) and print messages per second."""
     result = asyncio.run(
         measure_relay_ceiling(
             bootstrap,
@@ -294,6 +356,7 @@ def run(
             partitions=partitions,
             timeout_s=timeout,
             linger_ms=linger_ms,
+            mongo_url=mongo_url,
         )
     )
     rate = f"{result.rate_per_s:,.0f} messages/s" if result.rate_per_s else "no rate"
@@ -308,10 +371,11 @@ def hop(
     target: str = typer.Option(...),
     group: str = typer.Option(...),
     linger_ms: int = typer.Option(0),
+    mongo_url: str | None = typer.Option(None),
 ) -> None:
     """One relay hop (started by `run`; prints "ready" once it owns its partitions)."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(relay_hop(bootstrap, source, target, group, linger_ms))
+        asyncio.run(relay_hop(bootstrap, source, target, group, linger_ms, mongo_url))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 
 from services.ops.bench import (
     THROUGHPUT_TARGET,
+    StoredRelayResult,
     achieved_rate,
     by_owner,
     cpu_share,
@@ -18,12 +19,14 @@ from services.ops.bench import (
     medians,
     milestone_of,
     owner_of,
+    per_prescription,
     percentile,
     rate_per_s,
     ratio,
     scheduled_at,
     stage_window,
 )
+from services.ops.relay_ceiling import RelayResult
 
 
 class TestPercentile:
@@ -168,3 +171,22 @@ class TestProcesses:
             "inventory": 0.7,
             "database": 0.5,
         }
+
+
+class TestDatabaseFigures:
+    def test_writes_per_prescription_leave_out_what_does_not_grow_with_the_load(self) -> None:
+        writes = {"status": 7_800, "ledger": 2_900, "warehouses": 170, "formulary": 13}
+
+        assert per_prescription(writes, 1_000) == {"status": 7.8, "ledger": 2.9, "warehouses": 0.17}
+
+    def test_the_database_cost_of_a_write_is_its_cpu_over_the_documents_every_hop_stored(self) -> None:
+        relay = RelayResult(1_000, 1_000, seconds=2.0, message_bytes=900, hops=4, complete=True, writes_per_hop=1)
+        stored = StoredRelayResult(relay=relay, database_cpu_s=0.8)
+
+        assert stored.relay.documents_written == 4_000
+        assert stored.database_ms_per_write == pytest.approx(0.2)
+
+    def test_a_relay_that_stored_nothing_has_no_cost_per_write(self) -> None:
+        relay = RelayResult(messages=1_000, delivered=0, seconds=0.0, message_bytes=900, hops=4, complete=False)
+
+        assert StoredRelayResult(relay=relay, database_cpu_s=0.5).database_ms_per_write is None
