@@ -43,6 +43,7 @@ def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_
     runtime.consume(
         topics.INVENTORY_EVENTS,
         group="inventory.ledger",
+        projection=True,
         handle=service.record_movements,
         title="keep the stock ledger: one entry per movement",
     )

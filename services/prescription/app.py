@@ -45,6 +45,7 @@ def build(
         topics.INVENTORY_EVENTS,
         topics.COURIER_DELIVERIES,
         group="prescription.supply",
+        projection=True,
         handle=service.on_supply_event,
         title="mark approved prescriptions that never reached the patient (no stock, delivery given up or withdrawn)",
     )

@@ -67,7 +67,10 @@ class ServiceRuntime:
         title: str,
         gate: Gate | None = None,
         decode: Decode | None = None,
+        projection: bool = False,
     ) -> None:
+        """`projection`: the consumer keeps a read model that no prescription waits for (a status,
+        a ledger, a history), so it lets records gather between batches (`projection_linger_ms`)."""
         subscribe(
             self.broker,
             self.settings,
@@ -78,6 +81,7 @@ class ServiceRuntime:
             gate=gate,
             decode=decode,
             observability=self.observability,
+            linger_ms=self.settings.projection_linger_ms if projection else 0,
         )
 
     def every_sweep(self, name: str, sweep: Callable[[], Awaitable[None]]) -> None:

@@ -69,6 +69,12 @@ class RuntimeSettings(BaseSettings):
     kafka_batch_wait_ms: int = Field(
         default=10, ge=1, description="How long an idle consumer waits for records before looking again"
     )
+    projection_linger_ms: int = Field(
+        default=500,
+        ge=0,
+        description="How long a projection's consumer (status, ledger, supply history) lets records gather "
+        "after a batch that was not full, so it takes fewer, fuller batches",
+    )
     kafka_max_batch_records: int = Field(
         default=250,
         ge=1,

@@ -95,6 +95,26 @@ async def test_offset_is_committed_only_after_the_handler_returns(settings: Runt
     assert all(offset <= 0 for offset in before.values()), f"committed before handling: {before}"
 
 
+async def test_a_projection_lets_records_gather_after_a_batch_that_was_not_full(settings: RuntimeSettings) -> None:
+    linger_s = 1.5
+    settings = fast(settings, projection_linger_ms=int(linger_s * 1000))
+    handled_at: dict[str, float] = {}
+
+    async def handle(message: RestockRequested) -> None:
+        handled_at[message.correlation_id] = time.monotonic()
+
+    runtime = ServiceRuntime("test", settings)
+    runtime.consume(TOPIC, group="projection", handle=handle, title="test", projection=True)
+    first, second = (f"P{uuid.uuid4().hex[:6]}" for _ in range(2))
+    async with running(runtime.app()):
+        await bus.publish(settings, command(first))
+        await wait_until(lambda: _async(first in handled_at), "the first record")
+        await bus.publish(settings, command(second))
+        await wait_until(lambda: _async(second in handled_at), "the second record", timeout=30)
+    # A lower bound only: the consumer sleeps at least this long after the first, lone record.
+    assert handled_at[second] - handled_at[first] >= linger_s * 0.95
+
+
 async def test_a_message_interrupted_mid_handling_is_delivered_again(settings: RuntimeSettings) -> None:
     settings = fast(settings, shutdown_grace_s=1.0)
     first_calls: list[str] = []
