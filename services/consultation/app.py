@@ -45,7 +45,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
     runtime.consume(
         *LIFECYCLE_TOPICS,
         group="consultation.status",
-        projection=True,
+        background=True,
         handle=service.track,
         title="keep each prescription's status from its lifecycle events",
     )

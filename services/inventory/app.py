@@ -37,13 +37,14 @@ def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_
     runtime.consume(
         topics.INVENTORY_COMMANDS,
         group="inventory.commands",
+        background=True,
         handle=service.on_command,
         title="register warehouses, restock lots and adjust counts on warehouse staff's request",
     )
     runtime.consume(
         topics.INVENTORY_EVENTS,
         group="inventory.ledger",
-        projection=True,
+        background=True,
         handle=service.record_movements,
         title="keep the stock ledger: one entry per movement",
     )

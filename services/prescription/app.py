@@ -38,6 +38,7 @@ def build(
     runtime.consume(
         topics.PRESCRIPTION_REVIEWS,
         group="prescription.reviews",
+        background=True,
         handle=service.on_review,
         title="apply pharmacists' review decisions and cancellations",
     )
@@ -45,7 +46,7 @@ def build(
         topics.INVENTORY_EVENTS,
         topics.COURIER_DELIVERIES,
         group="prescription.supply",
-        projection=True,
+        background=True,
         handle=service.on_supply_event,
         title="mark approved prescriptions that never reached the patient (no stock, delivery given up or withdrawn)",
     )

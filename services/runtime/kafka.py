@@ -144,7 +144,7 @@ def subscribe(
     gate: Gate | None = None,
     decode: Decode | None = None,
     observability: Observability | None = None,
-    linger_ms: int = 0,
+    background: bool = False,
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
 
@@ -162,12 +162,17 @@ def subscribe(
     failed): NACK_ON_ERROR then rewinds to the batch's first records instead of committing past
     them. No poison message can loop, because none reaches that path.
 
-    `linger_ms`: after a batch that was not full, wait this long before committing and taking the
-    next, so the records that arrive meanwhile come as one fuller batch: fewer commits, fetches
-    and group writes, and less competition with the consumers a prescription waits for. Only for
-    consumers whose results nothing downstream waits for (projections).
+    A `background` consumer is one no prescription waits for on its way. It waits
+    `background_wait_ms` where the others wait `kafka_fetch_max_wait_ms` and `kafka_batch_wait_ms`
+    (an idle consumer costs the broker a fetch per wait and itself a loop per batch wait), and
+    after a batch that was not full it waits as long again before committing and taking the next,
+    so the records that arrive meanwhile come as one fuller batch: fewer commits, fetches and group
+    writes competing with the consumers a prescription does wait for.
     """
     group_id = settings.group(group)
+    fetch_max_wait_ms = settings.background_wait_ms if background else settings.kafka_fetch_max_wait_ms
+    batch_wait_ms = settings.background_wait_ms if background else settings.kafka_batch_wait_ms
+    linger_s = settings.background_wait_ms / 1000 if background else 0.0
     observed = observability.consumer(group_id) if observability is not None else Observability.disabled()
     dead_letters = DeadLetters(broker, group_id, observed)
 
@@ -230,8 +235,8 @@ def subscribe(
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             raise failures[0]
-        if linger_ms and len(message.raw_message) < settings.kafka_max_batch_records:
-            await asyncio.sleep(linger_ms / 1000)
+        if linger_s and len(message.raw_message) < settings.kafka_max_batch_records:
+            await asyncio.sleep(linger_s)
 
     subscriber = broker.subscriber(
         *by_name,
@@ -239,7 +244,7 @@ def subscribe(
         max_records=settings.kafka_max_batch_records,
         # How long an idle consumer waits for records before looking again; FastStream then also
         # sleeps this long, so it adds up to twice this to the latency of a quiet topic.
-        batch_timeout_ms=settings.kafka_batch_wait_ms,
+        batch_timeout_ms=batch_wait_ms,
         # The runtime parses the raw bytes itself: FastStream's own decoding of a body labelled
         # application/json would fail on garbage before `consume` runs, outside the dead-letter path.
         decoder=_raw_body,
@@ -247,7 +252,7 @@ def subscribe(
         group_id=group_id,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         title=title,
         description=" ".join(topic.description for topic in topics),
     )

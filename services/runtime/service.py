@@ -67,10 +67,11 @@ class ServiceRuntime:
         title: str,
         gate: Gate | None = None,
         decode: Decode | None = None,
-        projection: bool = False,
+        background: bool = False,
     ) -> None:
-        """`projection`: the consumer keeps a read model that no prescription waits for (a status,
-        a ledger, a history), so it lets records gather between batches (`projection_linger_ms`)."""
+        """`background`: no prescription waits for this consumer on its way (it keeps a projection
+        such as a status or a ledger, or takes commands sent at human pace), so it fetches less
+        eagerly and lets records gather between batches (`background_wait_ms`)."""
         subscribe(
             self.broker,
             self.settings,
@@ -81,7 +82,7 @@ class ServiceRuntime:
             gate=gate,
             decode=decode,
             observability=self.observability,
-            linger_ms=self.settings.projection_linger_ms if projection else 0,
+            background=background,
         )
 
     def every_sweep(self, name: str, sweep: Callable[[], Awaitable[None]]) -> None:

@@ -69,11 +69,13 @@ class RuntimeSettings(BaseSettings):
     kafka_batch_wait_ms: int = Field(
         default=10, ge=1, description="How long an idle consumer waits for records before looking again"
     )
-    projection_linger_ms: int = Field(
+    # Background consumers: those no prescription waits for on its way (projections such as the
+    # status, the ledger and the supply history; commands people send at human pace).
+    background_wait_ms: int = Field(
         default=500,
-        ge=0,
-        description="How long a projection's consumer (status, ledger, supply history) lets records gather "
-        "after a batch that was not full, so it takes fewer, fuller batches",
+        ge=1,
+        description="How long a background consumer lets records gather: its fetches wait this long at the "
+        "broker, and it waits this long before the next batch when the last one was empty or not full",
     )
     kafka_max_batch_records: int = Field(
         default=250,

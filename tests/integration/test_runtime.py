@@ -95,16 +95,18 @@ async def test_offset_is_committed_only_after_the_handler_returns(settings: Runt
     assert all(offset <= 0 for offset in before.values()), f"committed before handling: {before}"
 
 
-async def test_a_projection_lets_records_gather_after_a_batch_that_was_not_full(settings: RuntimeSettings) -> None:
+async def test_a_background_consumer_lets_records_gather_after_a_batch_that_was_not_full(
+    settings: RuntimeSettings,
+) -> None:
     linger_s = 1.5
-    settings = fast(settings, projection_linger_ms=int(linger_s * 1000))
+    settings = fast(settings, background_wait_ms=int(linger_s * 1000))
     handled_at: dict[str, float] = {}
 
     async def handle(message: RestockRequested) -> None:
         handled_at[message.correlation_id] = time.monotonic()
 
     runtime = ServiceRuntime("test", settings)
-    runtime.consume(TOPIC, group="projection", handle=handle, title="test", projection=True)
+    runtime.consume(TOPIC, group="background", handle=handle, title="test", background=True)
     first, second = (f"P{uuid.uuid4().hex[:6]}" for _ in range(2))
     async with running(runtime.app()):
         await bus.publish(settings, command(first))
