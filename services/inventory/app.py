@@ -37,7 +37,6 @@ def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_
     runtime.consume(
         topics.INVENTORY_COMMANDS,
         group="inventory.commands",
-        background=True,
         handle=service.on_command,
         title="register warehouses, restock lots and adjust counts on warehouse staff's request",
     )

@@ -11,12 +11,12 @@ Simulated couriers deliver every offer at once, with the patient's delivery code
 1. **Throughput.** N signed prescriptions (none faulty) published at once through one producer;
    prescriptions per second from the first submission until N distinct prescriptions have been
    offered to a courier (`DispatchOffered` on `courier.dispatch.v1`), and until N were delivered.
-   The documents the services wrote are then counted (writes per prescription, per collection).
-   Then, on the same broker with the services stopped, the bare four-hop relay
-   (`relay_ceiling.py`), the ceiling any four-hop pipeline here could reach; ours / ceiling. And
-   the stored relay: the same four hops, each also storing every message as a document in the
-   same database, the ceiling of a pipeline whose four services persist each prescription once;
-   the database's CPU per document written there is what one of our writes costs.
+   Once every consumer group has caught up, the documents the services wrote are counted (writes
+   per prescription, per collection). Then, on the same broker with the services stopped, the
+   bare four-hop relay (`relay_ceiling.py`), the ceiling any four-hop pipeline here could reach;
+   ours / ceiling. And the stored relay: the same four hops, each also storing every message as a
+   document in the same database, the ceiling of a pipeline whose four services persist each
+   prescription once. The database's CPU per document it stored is the least a write costs here.
 2. **Latency.** Prescriptions submitted at a fixed rate (absolute schedule, no drift); for each,
    submission → first dispatch offer consumed. p50, p95, p99, max; those not dispatched within
    `--timeout` of their submission are counted as missing, never dropped.
@@ -47,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +75,7 @@ from services.runtime.settings import RuntimeSettings
 from .bench_plot import LatencySeries, plot_latencies
 from .demo import STOCK
 from .devstack import SERVICES, DevStack
+from .lag import consumer_lag
 from .reference import UNLIMITED_CAPACITY, Reference, load_reference_data
 from .relay_ceiling import MAX_BATCH_BYTES, RelayResult, measure_relay_ceiling
 from .simulation import CourierSimulator, Plan, county_prescriptions, restocks, warehouse_registrations
@@ -94,6 +95,8 @@ WARMUP_TIMEOUT_S = 90.0
 #: After a phase, how long the simulated couriers may take to finish the trips they started (their
 #: reports go out through a producer that closes with the phase).
 COURIER_GRACE_S = 15.0
+#: How long the services may take to catch up (projections trail the pipeline) before writes are counted.
+CATCH_UP_TIMEOUT_S = 120.0
 INFRASTRUCTURE = ("broker", "database")
 BENCH_PROCESS = "bench (this process)"
 
@@ -653,7 +656,7 @@ class LatencyResult:
 @dataclass
 class StoredRelayResult:
     relay: RelayResult
-    database_cpu_s: float  # the database's CPU time while the stored relay ran
+    database_cpu_s: float  # the database's CPU time from the first message published to the last counted
 
     @property
     def database_ms_per_write(self) -> float | None:
@@ -671,6 +674,8 @@ class RunResult:
     throughput: ThroughputResult | None = None
     #: Document writes per prescription sent in the throughput phase, per collection.
     writes_per_prescription: dict[str, float] = field(default_factory=dict)
+    #: Every consumer group had caught up when the writes were counted (else some are missing).
+    writes_complete: bool = False
     relay: RelayResult | None = None
     stored_relay: StoredRelayResult | None = None
     latency: LatencyResult | None = None
@@ -698,7 +703,9 @@ class RunResult:
             for name, ms in by_owner(self.throughput.cpu_ms_per_prescription).items():
                 figures[f"cpu_ms_per_rx.{name}"] = ms
         if self.writes_per_prescription:
-            figures["writes_per_rx"] = round(sum(self.writes_per_prescription.values()), 2)
+            figures["writes_per_rx"] = writes = round(sum(self.writes_per_prescription.values()), 2)
+            database_ms = figures.get("cpu_ms_per_rx.database")
+            figures["database_ms_per_pipeline_write"] = round(database_ms / writes, 3) if database_ms else None
         if self.relay:
             figures["relay_per_s"] = self.relay.rate_per_s
             figures["ratio_to_relay"] = ratio(figures.get("throughput_per_s"), self.relay.rate_per_s)
@@ -724,6 +731,7 @@ class RunResult:
             "run": self.number,
             "throughput": self.throughput.to_json() if self.throughput else None,
             "writes_per_prescription": self.writes_per_prescription,
+            "writes_complete": self.writes_complete,
             "relay_ceiling": self.relay.to_json() if self.relay else None,
             "ratio_to_relay": self.metrics().get("ratio_to_relay"),
             "stored_relay": self.stored_relay.to_json() if self.stored_relay else None,
@@ -893,8 +901,14 @@ async def measure_latency(stack: DevStack, options: BenchOptions, screen: BenchS
 
 
 async def measure_relay(
-    stack: DevStack, options: BenchOptions, screen: BenchScreen, message_bytes: int, *, stored: bool = False
+    stack: DevStack,
+    options: BenchOptions,
+    screen: BenchScreen,
+    message_bytes: int,
+    while_driving: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> RelayResult:
+    """The bare relay, or with `while_driving` (entered while messages flow) the stored relay."""
+    stored = while_driving is not None
     messages = options.stored_relay_messages if stored else options.relay_messages
     name, hops = ("stored relay", "4 hops storing each one") if stored else ("relay ceiling", "4 bare hops")
     screen.step(f"{name}: {messages} messages of {message_bytes} bytes through {hops}")
@@ -914,7 +928,20 @@ async def measure_relay(
             mongo_url=stack.runtime_settings().mongo_url.get_secret_value() if stored else None,
             log_dir=stack.logs,
             progress=progress,
+            while_driving=while_driving or contextlib.nullcontext,
         )
+
+
+async def caught_up(settings: RuntimeSettings, timeout_s: float) -> bool:
+    """True once every consumer group of the services has no lag, twice in a row a second apart
+    (projections trail the pipeline; their last writes count too); False at the timeout."""
+    deadline, calm = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        calm = calm + 1 if not any(g.lag for g in await consumer_lag(settings)) else 0
+        if calm >= 2:
+            return True
+        await asyncio.sleep(1.0)
+    return False
 
 
 async def document_writes(settings: RuntimeSettings) -> dict[str, int]:
@@ -1026,19 +1053,29 @@ def throughput_phase(run: RunResult, options: BenchOptions, screen: BenchScreen)
         run.throughput = await measure_throughput(stack, sampler, options, screen, run.number)
         run.peak_rss_mb["throughput"] = sampler.peak_rss_mb()
         screen.step(describe_throughput(run.throughput))
+        settled = await caught_up(stack.runtime_settings(), CATCH_UP_TIMEOUT_S)
         # Same broker, services stopped: a relay must not share two cores with idle pollers.
         await asyncio.to_thread(stop_services, stack)
         sent = options.count + options.warmup
         run.writes_per_prescription = per_prescription(await document_writes(stack.runtime_settings()), sent)
-        screen.step(describe_writes(run.writes_per_prescription))
+        run.writes_complete = settled and run.throughput.complete
+        screen.step(describe_writes(run.writes_per_prescription, run.writes_complete))
         message_bytes = typical_prescription_bytes(stack.runtime_settings())
         if options.relay_messages:
             run.relay = await measure_relay(stack, options, screen, message_bytes)
             screen.step(describe_relay(run.relay, run.throughput))
         if options.stored_relay_messages:
-            before = sampler.cpu_seconds().get("database", 0.0)
-            stored = await measure_relay(stack, options, screen, message_bytes, stored=True)
-            run.stored_relay = StoredRelayResult(stored, round(sampler.cpu_seconds().get("database", 0.0) - before, 3))
+            database_cpu: list[float] = []
+
+            @contextlib.contextmanager
+            def database_cpu_while_driving() -> Iterator[None]:
+                database_cpu.append(sampler.cpu_seconds().get("database", 0.0))
+                yield
+                database_cpu.append(sampler.cpu_seconds().get("database", 0.0))
+
+            stored = await measure_relay(stack, options, screen, message_bytes, database_cpu_while_driving)
+            spent = database_cpu[-1] - database_cpu[0] if len(database_cpu) == 2 else 0.0
+            run.stored_relay = StoredRelayResult(stored, round(spent, 3))
             screen.step(describe_stored_relay(run.stored_relay, run.throughput))
 
     on_fresh_stack(options.home / f"run-{run.number}-throughput", options, screen, body)
@@ -1096,9 +1133,10 @@ def describe_relay(relay: RelayResult, throughput: ThroughputResult | None) -> s
     return f"relay ceiling {_number(relay.rate_per_s)} msg/s{state}; ours / ceiling {_number(share, 3)}"
 
 
-def describe_writes(writes: Mapping[str, float]) -> str:
+def describe_writes(writes: Mapping[str, float], complete: bool) -> str:
     listed = ", ".join(f"{name} {count:g}" for name, count in sorted(writes.items(), key=lambda item: -item[1]))
-    return f"database writes per prescription: {sum(writes.values()):.1f} ({listed})"
+    state = "" if complete else " [red]INCOMPLETE: counted before every consumer had caught up[/]"
+    return f"database writes per prescription: {sum(writes.values()):.1f}{state} ({listed})"
 
 
 def describe_stored_relay(stored: StoredRelayResult, throughput: ThroughputResult | None) -> str:
@@ -1106,7 +1144,7 @@ def describe_stored_relay(stored: StoredRelayResult, throughput: ThroughputResul
     state = "" if stored.relay.complete else f" [red]INCOMPLETE ({stored.relay.error or 'timed out'})[/]"
     return (
         f"stored relay {_number(stored.relay.rate_per_s)} msg/s{state}; ours / stored relay {_number(share, 3)}; "
-        f"database CPU {_number(stored.database_ms_per_write, 3)} ms per document written"
+        f"database CPU {_number(stored.database_ms_per_write, 3)} ms per document it stored"
     )
 
 
@@ -1139,11 +1177,12 @@ def result_rows(runs: Sequence[RunResult]) -> list[Row]:
         Row("  prescriptions dispatched", "dispatched"),
         Row("  throughput to delivered (rx/s)", "delivered_per_s", 1),
         Row("  database writes per prescription", "writes_per_rx", 1),
+        Row("  database CPU per pipeline write (ms)", "database_ms_per_pipeline_write", 3),
         Row("bare 4-hop relay (msg/s)", "relay_per_s"),
         Row("ours / relay", "ratio_to_relay", 3),
         Row("stored 4-hop relay, 1 write per hop (msg/s)", "stored_relay_per_s"),
         Row("ours / stored relay", "ratio_to_stored_relay", 3),
-        Row("  database CPU per document written (ms)", "database_ms_per_write", 3),
+        Row("  database CPU per document it stored (ms)", "database_ms_per_write", 3),
         Row("paced: achieved rate (/s)", "achieved_rate", 1),
         Row("  latency p50 (ms)", "p50_ms", 1),
         Row("  latency p95 (ms)", "p95_ms", 1),
@@ -1227,6 +1266,8 @@ PARTIAL = {
     "throughput_per_s": lambda run: run.throughput is not None and not run.throughput.complete,
     "relay_per_s": lambda run: run.relay is not None and not run.relay.complete,
     "stored_relay_per_s": lambda run: run.stored_relay is not None and not run.stored_relay.relay.complete,
+    "database_ms_per_write": lambda run: run.stored_relay is not None and not run.stored_relay.relay.complete,
+    "writes_per_rx": lambda run: bool(run.writes_per_prescription) and not run.writes_complete,
 }
 
 
@@ -1272,8 +1313,9 @@ METHOD = (
     "-> N-th distinct DispatchOffered on courier.dispatch.v1). Relay: same broker, services stopped, four "
     "processes relaying raw bytes of a prescription's size, messages/s from topic 0 to topic 4. Stored relay: "
     "the same, each hop also bulk-inserting every message as a document into the stack's database before "
-    "passing its batch on; the database's CPU time over it / documents written. Writes per prescription: "
-    "sum of document versions per collection after the throughput phase / prescriptions sent. Latency: paced "
+    "passing its batch on; the database's CPU time while messages flowed / documents stored. Writes per "
+    "prescription: once every consumer group caught up, sum of document versions per collection / "
+    "prescriptions sent; database CPU per pipeline write = its CPU ms per prescription / writes. Latency: paced "
     "submissions on an absolute schedule, submission -> first DispatchOffered consumed by the bench; not "
     "dispatched within the timeout = missing. Stage rates and hop latencies come from the first sighting of "
     "each prescription on each service's output topic. RSS sampled every 0.2 s; CPU per process over the "

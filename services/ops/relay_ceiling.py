@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -107,6 +108,8 @@ async def relay_hop(
     await asyncio.gather(consumer.start(), producer.start())
     try:
         await _wait_for_assignment(consumer)
+        if database is not None:
+            await database.admin.command("ping")  # connected before the driver's clock starts
         print(READY, flush=True)
         await _relay_batches(consumer, producer, target, store)
     finally:
@@ -171,9 +174,12 @@ async def measure_relay_ceiling(
     mongo_url: str | None = None,
     log_dir: Path | None = None,
     progress: Progress = lambda _: None,
+    while_driving: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> RelayResult:
     """Start four hops on fresh topics of the broker at `bootstrap`, push `messages` through them;
-    with `mongo_url`, each hop stores every message in the database there (the stored relay)."""
+    with `mongo_url`, each hop stores every message in the database there (the stored relay), and
+    its collections are dropped afterwards. `while_driving` is entered from the first message
+    published to the last one counted (hops started and ready, not yet stopped)."""
     writes_per_hop = 1 if mongo_url else 0
     run_id = uuid4().hex[:8]
     topics = [f"bench.relay.{run_id}.{hop}" for hop in range(HOPS + 1)]
@@ -188,7 +194,8 @@ async def measure_relay_ceiling(
                 )
             )
         await _wait_ready(hops, timeout_s)
-        result = await _drive(bootstrap, topics[0], topics[-1], messages, message_bytes, timeout_s, progress)
+        with while_driving():
+            result = await _drive(bootstrap, topics[0], topics[-1], messages, message_bytes, timeout_s, progress)
         return replace(result, writes_per_hop=writes_per_hop)
     except TimeoutError as error:
         return RelayResult(
@@ -196,6 +203,17 @@ async def measure_relay_ceiling(
         )
     finally:
         await _stop_hops(hops)
+        if mongo_url:
+            await _drop_stored(mongo_url, topics[:-1])
+
+
+async def _drop_stored(mongo_url: str, sources: list[str]) -> None:
+    client = AsyncIOMotorClient(mongo_url)
+    try:
+        for source in sources:
+            await client[RELAY_DATABASE].drop_collection(_collection_of(source))
+    finally:
+        client.close()
 
 
 async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:

@@ -38,7 +38,6 @@ def build(
     runtime.consume(
         topics.PRESCRIPTION_REVIEWS,
         group="prescription.reviews",
-        background=True,
         handle=service.on_review,
         title="apply pharmacists' review decisions and cancellations",
     )

@@ -162,12 +162,13 @@ def subscribe(
     failed): NACK_ON_ERROR then rewinds to the batch's first records instead of committing past
     them. No poison message can loop, because none reaches that path.
 
-    A `background` consumer is one no prescription waits for on its way. It waits
+    A `background` consumer keeps a projection no prescription waits for on its way. It waits
     `background_wait_ms` where the others wait `kafka_fetch_max_wait_ms` and `kafka_batch_wait_ms`
     (an idle consumer costs the broker a fetch per wait and itself a loop per batch wait), and
-    after a batch that was not full it waits as long again before committing and taking the next,
-    so the records that arrive meanwhile come as one fuller batch: fewer commits, fetches and group
-    writes competing with the consumers a prescription does wait for.
+    after a batch that was not full it sleeps as long again before returning, that is before the
+    commit and the next batch, so the records that arrive meanwhile come as one fuller batch: fewer
+    commits, fetches and group writes competing with the consumers a prescription does wait for.
+    FastStream's per-batch duration metric and span include that sleep.
     """
     group_id = settings.group(group)
     fetch_max_wait_ms = settings.background_wait_ms if background else settings.kafka_fetch_max_wait_ms

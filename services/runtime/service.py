@@ -69,9 +69,9 @@ class ServiceRuntime:
         decode: Decode | None = None,
         background: bool = False,
     ) -> None:
-        """`background`: no prescription waits for this consumer on its way (it keeps a projection
-        such as a status or a ledger, or takes commands sent at human pace), so it fetches less
-        eagerly and lets records gather between batches (`background_wait_ms`)."""
+        """`background`: the consumer keeps a projection that no prescription waits for on its way
+        (a status, a ledger, a history), so it fetches less eagerly and lets records gather
+        between batches (`background_wait_ms`)."""
         subscribe(
             self.broker,
             self.settings,

@@ -3,23 +3,23 @@ through four processes, and the stored relay also leaves one document per messag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pymongo import MongoClient
+
 from services.ops.devstack import DevStack
 from services.ops.relay_ceiling import HOPS, RELAY_DATABASE, measure_relay_ceiling
-from services.runtime.documents import connect
 
 MESSAGES = 300
 
 
-async def stored_documents(stack: DevStack) -> dict[str, int]:
-    client = connect(stack.runtime_settings().mongo_url.get_secret_value())
-    try:
+def stored_documents(mongo_url: str) -> dict[str, int]:
+    """Documents per collection of the stored relay's database (read synchronously: it is called
+    from the relay's `while_driving` context, between the last message counted and the hops' stop)."""
+    with MongoClient(mongo_url) as client:
         database = client[RELAY_DATABASE]
-        return {
-            name: len(await database[name].find({}, {"_id": 1}).to_list(None))
-            for name in await database.list_collection_names()
-        }
-    finally:
-        client.close()
+        return {name: len(list(database[name].find({}, {"_id": 1}))) for name in database.list_collection_names()}
 
 
 async def test_the_bare_relay_passes_every_message_through_four_hops(stack: DevStack) -> None:
@@ -33,20 +33,29 @@ async def test_the_bare_relay_passes_every_message_through_four_hops(stack: DevS
     assert result.rate_per_s is not None and result.rate_per_s > 0
 
 
-async def test_the_stored_relay_stores_every_message_once_at_every_hop(stack: DevStack) -> None:
-    before = await stored_documents(stack)
+async def test_the_stored_relay_stores_every_message_once_at_every_hop_then_drops_them(stack: DevStack) -> None:
+    mongo_url = stack.runtime_settings().mongo_url.get_secret_value()
+    while_driving: dict[str, dict[str, int]] = {}
+
+    @contextmanager
+    def count_at_the_end() -> Iterator[None]:
+        while_driving["before"] = stored_documents(mongo_url)
+        yield
+        while_driving["after"] = stored_documents(mongo_url)
 
     result = await measure_relay_ceiling(
         stack.bootstrap,
         messages=MESSAGES,
         message_bytes=200,
         timeout_s=90,
-        mongo_url=stack.runtime_settings().mongo_url.get_secret_value(),
+        mongo_url=mongo_url,
         log_dir=stack.logs,
+        while_driving=count_at_the_end,
     )
 
     assert result.complete, result.error
     assert result.writes_per_hop == 1
     assert result.documents_written == MESSAGES * HOPS
-    new = {name: count for name, count in (await stored_documents(stack)).items() if name not in before}
-    assert sorted(new.values()) == [MESSAGES] * HOPS, new
+    assert sorted(while_driving["before"].values()) in ([], [0] * HOPS)
+    assert sorted(while_driving["after"].values()) == [MESSAGES] * HOPS, while_driving
+    assert stored_documents(mongo_url) == {}, "the stored relay's collections are dropped afterwards"

@@ -107,14 +107,17 @@ async def test_a_background_consumer_lets_records_gather_after_a_batch_that_was_
 
     runtime = ServiceRuntime("test", settings)
     runtime.consume(TOPIC, group="background", handle=handle, title="test", background=True)
-    first, second = (f"P{uuid.uuid4().hex[:6]}" for _ in range(2))
+    first, second, third = (f"P{uuid.uuid4().hex[:6]}" for _ in range(3))
     async with running(runtime.app()):
         await bus.publish(settings, command(first))
         await wait_until(lambda: _async(first in handled_at), "the first record")
-        await bus.publish(settings, command(second))
-        await wait_until(lambda: _async(second in handled_at), "the second record", timeout=30)
-    # A lower bound only: the consumer sleeps at least this long after the first, lone record.
-    assert handled_at[second] - handled_at[first] >= linger_s * 0.95
+        await bus.publish(settings, command(second))  # both while the consumer lingers
+        await bus.publish(settings, command(third))
+        await wait_until(lambda: _async(third in handled_at and second in handled_at), "the others", timeout=30)
+    # The consumer slept at least this long after the first, lone record...
+    assert min(handled_at[second], handled_at[third]) - handled_at[first] >= linger_s * 0.95
+    # ...and the two that arrived meanwhile came in one batch: in two, a second sleep would part them.
+    assert abs(handled_at[third] - handled_at[second]) < linger_s / 2
 
 
 async def test_a_message_interrupted_mid_handling_is_delivered_again(settings: RuntimeSettings) -> None:
