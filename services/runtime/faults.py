@@ -2,21 +2,71 @@
 
 `PHARMACY_FAULT_CRASH_AT=after-write:<collection>` makes the process kill itself (SIGKILL, no
 cleanup, like a power cut) right after it wrote a state change with events into that collection
-and before the outbox relay could publish them. Unset in production; it costs one set lookup.
+and before the outbox relay could publish them.
+
+`PHARMACY_FAULT_PAUSE_AT=before-handling:<message id>` holds that message's handler for
+`PHARMACY_FAULT_PAUSE_S` seconds before it runs, so a SIGTERM finds it in flight.
+`PHARMACY_FAULT_FAIL_AT=publish-after-write:<correlation id>` makes the publish right after a write
+fail for that correlation id's events, so they stay in the outbox for the relay.
+
+Unset in production: a crash point costs one set lookup, and the handler and the publisher are
+used as they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger()
+Handle = Callable[[Any], Awaitable[None]]
+Publish = Callable[[Sequence[dict[str, Any]]], Awaitable[None]]
+
+
+def _armed(variable: str) -> frozenset[str]:
+    return frozenset(point for point in os.environ.get(variable, "").split(",") if point)
 
 
 @cache
-def _armed() -> frozenset[str]:
-    return frozenset(p for p in os.environ.get("PHARMACY_FAULT_CRASH_AT", "").split(",") if p)
+def _crash_points() -> frozenset[str]:
+    return _armed("PHARMACY_FAULT_CRASH_AT")
 
 
 def crash_point(name: str) -> None:
-    if name in _armed():
+    if name in _crash_points():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def paused_when_armed(handle: Handle) -> Handle:
+    armed = _armed("PHARMACY_FAULT_PAUSE_AT")
+    if not armed:
+        return handle
+    pause_s = float(os.environ.get("PHARMACY_FAULT_PAUSE_S", "3"))
+
+    async def handle_after_pause(message: Any) -> None:
+        if f"before-handling:{message.message_id}" in armed:
+            log.warning("fault injected: pausing before handling", message_id=message.message_id, pause_s=pause_s)
+            await asyncio.sleep(pause_s)
+            log.warning("fault injected: pause over", message_id=message.message_id)
+        await handle(message)
+
+    return handle_after_pause
+
+
+def failing_when_armed(publish: Publish) -> Publish:
+    armed = _armed("PHARMACY_FAULT_FAIL_AT")
+    if not armed:
+        return publish
+
+    async def publish_unless_armed(entries: Sequence[dict[str, Any]]) -> None:
+        if any(f"publish-after-write:{entry['correlation_id']}" in armed for entry in entries):
+            raise ConnectionError("fault injected: publishing after the write failed")
+        await publish(entries)
+
+    return publish_unless_armed

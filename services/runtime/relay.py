@@ -74,28 +74,45 @@ class OutboxRelay:
         self._stale_after_s = stale_after_s
         self._wake = asyncio.Event()
         self._stopping = False
+        #: Events the last pass, at stop, published.
+        self._relayed_at_stop = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
-    async def stop(self) -> None:
-        """Let every store finish its writes, publish whatever is still pending, then stop."""
+    async def stop(self) -> int:
+        """Let every store finish its writes, publish whatever is still pending, then stop.
+
+        Returns how many events that last pass published (0 when the relay never ran)."""
         await asyncio.gather(*(store.settled() for store in self._stores))
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return 0
+        await self._task
+        return self._relayed_at_stop
+
+    async def left_behind(self) -> int:
+        """Events still in the stores' outboxes (counted in at most 200 documents per store)."""
+        left = 0
+        for store in self._stores:
+            left += sum(len(entries) for _, entries in await store.pending_outbox())
+        return left
 
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
             self._wake.clear()
+            # Read once per pass: a stop that arrives during an ordinary pass wakes the loop again
+            # for a pass of its own, which publishes everything, however fresh.
+            stopping = self._stopping
             self._found = {}
             try:
-                while await self.drain_once(everything=self._stopping):
-                    pass
+                while sent := await self.drain_once(everything=stopping):
+                    if stopping:
+                        self._relayed_at_stop += sent
             except Exception:
                 log.exception("outbox relay pass failed; will retry")
                 await asyncio.sleep(self._poll_interval_s)
@@ -103,7 +120,7 @@ class OutboxRelay:
                 if self._metrics is not None:
                     for store, documents in self._found.items():
                         self._metrics.outbox_seen(store, documents)
-            if self._stopping:
+            if stopping:
                 return
 
     async def drain_once(self, *, everything: bool = False) -> int:

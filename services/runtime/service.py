@@ -12,6 +12,7 @@ from faststream import FastStream
 from pharmacy_contracts.topics import Topic
 
 from .documents import DocumentStore, connect, ping
+from .faults import failing_when_armed, paused_when_armed
 from .kafka import Decode, Gate, Handler, create_broker, subscribe
 from .logging import configure_logging
 from .observability import Check, HttpEndpoint, NotReady, Observability
@@ -43,11 +44,13 @@ class ServiceRuntime:
         self._routes: list[Any] = []
         #: "starting" until the consumers joined their groups, "running", then "stopping".
         self.phase = "starting"
+        #: Handler calls running now: the stop reports how many it waited for, and that none is left.
+        self.handlers_in_flight = 0
         self.http: HttpEndpoint | None = None
 
     def publish_outbox_of(self, stores: Sequence[DocumentStore[Any]]) -> None:
         """Each write to these stores publishes its events; the relay catches what a crash left."""
-        publish = publisher_for(self.broker)
+        publish = failing_when_armed(publisher_for(self.broker))
         for store in stores:
             store.publish_with(publish)
             store.trace_with(self.observability.tracer)
@@ -77,13 +80,23 @@ class ServiceRuntime:
             self.settings,
             topics=topics,
             group=group,
-            handle=handle,
+            handle=self._counted(paused_when_armed(handle)),
             title=title,
             gate=gate,
             decode=decode,
             observability=self.observability,
             background=background,
         )
+
+    def _counted(self, handle: Handler) -> Handler:
+        async def handle_counted(message: Any) -> None:
+            self.handlers_in_flight += 1
+            try:
+                await handle(message)
+            finally:
+                self.handlers_in_flight -= 1
+
+        return handle_counted
 
     def every_sweep(self, name: str, sweep: Callable[[], Awaitable[None]]) -> None:
         """Run `sweep` every `sweep_interval_s` while the service runs: deadlines that passed
@@ -174,12 +187,24 @@ class ServiceRuntime:
             # Stop fetching first and let in-flight handlers finish and commit, then publish what
             # they stored, and only then let FastStream close the producer.
             self.phase = "stopping"
+            log.info("service stopping", handlers_in_flight=self.handlers_in_flight)
             for task in self._sweep_tasks:
                 task.cancel()
             await asyncio.gather(*self._sweep_tasks, return_exceptions=True)
             await asyncio.gather(*(sub.stop() for sub in self.broker.subscribers))
-            await self.relay.stop()
-            log.info("service stopped consuming and flushed its outbox")
+            relayed = await self.relay.stop()
+            try:
+                left: int | None = await self.relay.left_behind()
+            except Exception as error:  # the database went away: the line says so instead of a count
+                log.warning("outbox not checked after the flush", error=repr(error))
+                left = None
+            # What the stop did, in figures a test (or a person after a deploy) can check.
+            log.info(
+                "service stopped consuming and flushed its outbox",
+                handlers_in_flight=self.handlers_in_flight,
+                relayed_at_stop=relayed,
+                outbox_left=left,
+            )
 
         async def stop_serving() -> None:
             if self.http is not None:
