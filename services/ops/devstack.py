@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,9 @@ class DevStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Where the services' HTTP ports (health, metrics) start; 0 gives each instance any free port.
     http_base_port: int = 0
+    #: Where each process's latest start began writing in its log (logs are appended to across
+    #: restarts, so a line before that offset was written by an earlier run of the process).
+    _log_starts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_env(cls) -> DevStack:
@@ -140,12 +144,24 @@ class DevStack:
     def pids(self) -> Path:
         return self.home / "pids"
 
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def log_window(self) -> LogWindow:
+        """The logs from now on: what a test sees of them, without the lines of the tests before it."""
+        return LogWindow(self.logs, {path.stem: path.stat().st_size for path in self.logs.glob("*.log")})
+
+    def log_of_latest_start(self, name: str) -> str:
+        """What the process wrote since it was last started by this stack."""
+        return _read_from(self.log_path(name), self._log_starts.get(name, 0))
+
     # --- processes ----------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pids.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        log_file = open(self.log_path(name), "ab")  # noqa: SIM115 - handed to the child
+        self._log_starts[name] = log_file.tell()
         process = subprocess.Popen(
             argv,
             stdout=log_file,
@@ -283,17 +299,16 @@ class DevStack:
         return path.read_text().strip() if self.pid_of(BOARD) and path.exists() else None
 
     def wait_ready(self, name: str, timeout: float = 90.0) -> None:
-        """A service is ready once it logged that it started (its consumers have joined their groups)."""
-        path = self.logs / f"{name}.log"
+        """A service is ready once it logged that it started (its consumers have joined their
+        groups) in this start: an earlier run's "service started" further up the log does not count."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if path.exists() and '"service started"' in path.read_text(errors="replace"):
+            if '"service started"' in self.log_of_latest_start(name):
                 return
             if self.pid_of(name) is None:
-                tail = path.read_text(errors="replace")[-3000:] if path.exists() else ""
-                raise RuntimeError(f"{name} exited during start-up:\n{tail}")
+                raise RuntimeError(f"{name} exited during start-up:\n{self.log_of_latest_start(name)[-3000:]}")
             time.sleep(0.2)
-        raise TimeoutError(f"{name} was not ready within {timeout:.0f}s; see {path}")
+        raise TimeoutError(f"{name} was not ready within {timeout:.0f}s; see {self.log_path(name)}")
 
     def stop(self, name: str, timeout: float = 15.0) -> None:
         pid = self.pid_of(name)
@@ -320,6 +335,27 @@ class DevStack:
             self.stop(name)
         for name in ("database", "broker"):
             self.stop(name, timeout=5)
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """The stack's logs from one moment on (see `DevStack.log_window`)."""
+
+    logs: Path
+    #: Each log's size at that moment; a log created later is read from its start.
+    starts: Mapping[str, int]
+
+    def text(self, name: str) -> str:
+        """What process `name` (`inventory-2`) logged since the window opened."""
+        return _read_from(self.logs / f"{name}.log", self.starts.get(name, 0))
+
+
+def _read_from(path: Path, offset: int) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
 
 
 def _port_open(port: int) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from services.ops.devstack import SERVICES, DevStack
+from services.ops.devstack import SERVICES, DevStack, LogWindow
 from services.runtime.settings import RuntimeSettings
 from tests.support.scenario import System
 
@@ -36,3 +36,10 @@ async def system(services: DevStack, settings: RuntimeSettings) -> AsyncIterator
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def logs_of_this_test(services: DevStack) -> LogWindow:
+    """The service logs from this test's start on: the logs are appended to for the whole module,
+    so a line an earlier test caused must not count as this test's."""
+    return services.log_window()
