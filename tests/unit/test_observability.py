@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -77,11 +78,8 @@ def test_outcomes_are_counted_per_topic_and_group() -> None:
 
 def test_handling_time_is_observed_even_when_the_handling_raises() -> None:
     observed = observer()
-    try:
-        with observed.handling(record()):
-            raise RuntimeError("infrastructure")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="infrastructure"), observed.handling(record()):
+        raise RuntimeError("infrastructure")
     with observed.handling(record()):
         pass
     labels = {"group": "pharmacy.inventory", "topic": "inventory.commands.v1"}
