@@ -19,7 +19,16 @@ from services.consultation.settings import ConsultationSettings
 from services.consultation.storage import ConsultationStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, headers_of, of_type, own_groups, running, sender_keys, wait_consumed
+from tests.support.inprocess import (
+    TopicWatch,
+    consultation_barrier,
+    headers_of,
+    of_type,
+    own_groups,
+    running,
+    sender_keys,
+    wait_consumed,
+)
 from tests.support.scenario import wait_until
 
 DLQ = topics.CONSULTATION_PRESCRIPTIONS.dead_letter_topic
@@ -75,7 +84,7 @@ async def test_a_signed_fhir_bundle_is_accepted_as_the_prescription_it_maps_to(s
             landed = await publish_bundles(settings, *[(body, expected.prescription_id, message_id)] * 2)
             await watch.wait_for(lambda w: accepted_for(w, expected.prescription_id), "the bundle to be accepted")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await consultation_barrier(settings, watch)
 
             async def received() -> bool:
                 status = await storage.status.get(expected.prescription_id)
@@ -135,7 +144,7 @@ async def test_an_unmappable_or_forged_bundle_is_dead_lettered_with_its_original
             )
             await watch.wait_for(lambda w: dead_letters_for(w, "RX-2026-000502"), "the forged bundle's dead letter")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await consultation_barrier(settings, watch)
             records = [await storage.intake.get(rx) for rx in ("RX-EB-2026-1187", "RX-2026-000502")]
     finally:
         client.close()

@@ -26,6 +26,7 @@ from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import (
     TopicWatch,
+    consultation_barrier,
     headers_of,
     of_type,
     own_groups,
@@ -69,7 +70,7 @@ async def test_a_prescription_is_accepted_once(settings: RuntimeSettings) -> Non
             landed = await publish_noting(settings, submitted, submitted)
             await watch.wait_for(lambda w: accepted_for(w, "RX-C-ONCE"), "the prescription to be accepted")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await consultation_barrier(settings, watch)
 
             async def received() -> bool:
                 status = await storage.status.get("RX-C-ONCE")
@@ -119,7 +120,7 @@ async def test_a_reused_prescription_id_is_dead_lettered(settings: RuntimeSettin
             landed = await publish_noting(settings, first, second, same_sender)
             await watch.wait_for(lambda w: len(dead_letters_for(w, "RX-C-REUSED")) >= 2, "two dead letters")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await consultation_barrier(settings, watch)
             record = await storage.intake.get("RX-C-REUSED")
             (intake_group,) = [
                 sub.group_id
@@ -272,7 +273,7 @@ async def test_a_signed_cancellation_is_accepted_once(settings: RuntimeSettings)
             landed = await publish_noting(settings, submitted, cancel, cancel, second_thoughts)
             await watch.wait_for(lambda w: cancellations_accepted(w, "RX-C-CANCEL"), "the cancellation to be accepted")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await consultation_barrier(settings, watch)
 
             async def noted() -> bool:
                 status = await storage.status.get("RX-C-CANCEL")
@@ -343,7 +344,7 @@ async def test_a_cancellation_by_anyone_but_the_sender_is_dead_lettered(settings
             await watch.wait_for(lambda w: len(dead_letters_for(w, "RX-C-NOT-YOURS")) >= 2, "two dead letters")
             await watch.wait_for(lambda w: dead_letters_for(w, "RX-C-NEVER-SENT"), "a dead letter")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await consultation_barrier(settings, watch)
             record = await storage.intake.get("RX-C-NOT-YOURS")
     finally:
         client.close()

@@ -164,6 +164,21 @@ def dead_letters(watch: TopicWatch, warehouse_id: str) -> list[ConsumerRecord[by
     return [r for r in watch.raw(COMMANDS_DLQ) if r.key == warehouse_id.encode()]
 
 
+async def stock_barrier(settings: RuntimeSettings, watch: TopicWatch) -> None:
+    """After every write already made (messages `wait_consumed` saw handled): an approval nobody
+    can fill, whose ReservationFailed goes out through the allocation store after whatever earlier
+    allocation writes caused, and an adjustment at a warehouse nobody registered, refused inside
+    the warehouse store's write and dead-lettered after whatever earlier warehouse writes caused
+    (see `TopicWatch.wait_for_barrier`; the watch must follow the commands' dead-letter topic).
+    Neither moves any stock."""
+    barrier = uuid4().hex[:8]
+    rx, warehouse_id, drug = f"RX-I-BARRIER-{barrier}", f"WH-I-BARRIER-{barrier}", "DRUG-BARRIER-NOWHERE"
+    await bus.publish(settings, approval(rx, [(drug, 1)]), adjustment(warehouse_id, drug, "LOT-BARRIER", 1, "barrier"))
+    await watch.wait_for_barrier(
+        lambda w: events_for(w, rx, ReservationFailed) and dead_letters(w, warehouse_id), "the stock barriers"
+    )
+
+
 def level(drug_code: str, available: int, reserved: int = 0, dispatched: int = 0, quarantined: int = 0) -> StockLevel:
     return StockLevel(
         drug_code=drug_code, available=available, reserved=reserved, dispatched=dispatched, quarantined=quarantined
@@ -219,9 +234,10 @@ async def test_registration_restocks_and_adjustments(settings: RuntimeSettings) 
             await wait_consumed(settings, app, landed)
             before_replay = await storage.warehouses.get(wh)
             # The dead-lettered restock, replayed now that the warehouse is registered, is applied.
-            await publish_noting(settings, early)
+            replayed = await publish_noting(settings, early)
             await watch.wait_for(lambda w: len(events_for(w, wh, StockRestocked)) >= 3, "the replayed restock")
-            await watch.settle()
+            await wait_consumed(settings, app, replayed)
+            await stock_barrier(settings, watch)
             warehouse = await storage.warehouses.get(wh)
             unknown = await storage.warehouses.get("WH-I-NOWHERE")
             everything = await storage.all_warehouses()
@@ -312,7 +328,7 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
     try:
         async with (
             running(create_app(service_settings(settings))) as app,
-            TopicWatch(settings.kafka_bootstrap_servers, EVENTS) as watch,
+            TopicWatch(settings.kafka_bootstrap_servers, EVENTS, COMMANDS_DLQ) as watch,
         ):
             landed = await publish_noting(settings, *setup)
             await wait_consumed(settings, app, landed)
@@ -336,7 +352,7 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
             landed = await publish_noting(settings, picked_up_again, delivered, delivered, picked_up_again)
             await watch.wait_for(lambda w: events_for(w, rx, StockDelivered), "the delivery")
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await stock_barrier(settings, watch)
             after_delivery = await storage.warehouses.get(mid)
             everything = await storage.all_warehouses()
     finally:
@@ -400,7 +416,7 @@ async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_b
     try:
         async with (
             running(create_app(service_settings(settings))) as app,
-            TopicWatch(settings.kafka_bootstrap_servers, EVENTS) as watch,
+            TopicWatch(settings.kafka_bootstrap_servers, EVENTS, COMMANDS_DLQ) as watch,
         ):
             landed = await publish_noting(
                 settings,
@@ -430,7 +446,7 @@ async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_b
                 cancelled(came_back, wh, returned=False),
             )
             await wait_consumed(settings, app, landed)
-            await watch.settle()
+            await stock_barrier(settings, watch)
             warehouse = await storage.warehouses.get(wh)
             allocations = {rx: await storage.allocations.get(rx) for rx in (damaged, early)}
             everything = await storage.all_warehouses()
@@ -543,12 +559,14 @@ async def test_expiry_alerts_and_the_ledger_rebuilds_every_lot(settings: Runtime
             landed = await publish_noting(settings, *setup)
             await wait_consumed(settings, app, landed)
             await watch.wait_for(lambda w: len(events_for(w, wh, LotNearingExpiry)) >= 2, "the near-expiry alerts")
-            await watch.settle(quiet_s=1.0)  # several sweeps: no second alert
+            # Time, not a barrier: what must not happen is a second alert from a later run of the
+            # service's own sweep (every 0.2 s), so several runs must have had their chance.
+            await watch.settle(quiet_s=1.0)
             nearing_today = events_for(watch, wh, LotNearingExpiry)
             before_expiry = clock.now
             clock.now = start + timedelta(days=1)  # EXP-TOMORROW expires; EXP-IN-31 is now 30 days away
             await watch.wait_for(lambda w: events_for(w, wh, LotExpired), "the expiry")
-            await watch.settle(quiet_s=1.0)
+            await watch.settle(quiet_s=1.0)  # the same: later sweeps must not expire or alert again
             warehouse = await storage.warehouses.get(wh)
 
             async def ledger_caught_up() -> bool:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -154,6 +155,40 @@ def of_rx(watch: TopicWatch, prescription_id: str) -> list[Any]:
     return [m for m in watch.messages(DECISIONS) if getattr(m, "prescription_id", None) == prescription_id]
 
 
+async def intake_barrier(settings: RuntimeSettings, watch: TopicWatch, *keys: str) -> None:
+    """After the intake messages keyed by `keys` (and every verdict written before): for each key a
+    cancellation with that key, of a prescription of its own, whose PrescriptionCancelled goes out
+    through the verdict store after whatever those messages caused (see `TopicWatch.wait_for_barrier`)."""
+    barriers = [
+        CancellationAccepted(
+            correlation_id=key,
+            producer="consultation",
+            sender_id="hospital-test",
+            prescription_id=f"{key}-BARRIER-{uuid4().hex[:8]}",
+            reason="barrier",
+            requested_by="test",
+        )
+        for key in keys
+    ]
+    await bus.publish(settings, *barriers)
+    await watch.wait_for_barrier(
+        lambda w: all(of_rx(w, b.prescription_id) for b in barriers), f"the intake barriers after {keys}"
+    )
+
+
+async def review_barrier(settings: RuntimeSettings, watch: TopicWatch, *prescription_ids: str) -> None:
+    """After the review messages about `prescription_ids`, none of them still held: a rejection by
+    nobody, refused inside the verdict store's write and dead-lettered after whatever the earlier
+    messages caused (the watch must follow the reviews' dead-letter topic)."""
+    barriers = [decided(rx, "reject", "PH-BARRIER", "barrier") for rx in prescription_ids]
+    ids = {b.message_id for b in barriers}
+    await bus.publish(settings, *barriers)
+    await watch.wait_for_barrier(
+        lambda w: ids <= {headers_of(r)["message-id"] for r in w.raw(REVIEWS_DLQ)},
+        f"the review barriers after {prescription_ids}",
+    )
+
+
 async def test_checks_every_rule_and_decides_once(settings: RuntimeSettings) -> None:
     good = accepted("RX-P-GOOD", [("INSGL", 5)])
     too_many = accepted("RX-P-MANY", [("INSGL", 16)])
@@ -168,10 +203,11 @@ async def test_checks_every_rule_and_decides_once(settings: RuntimeSettings) -> 
             running(create_app(service_settings(settings))),
             TopicWatch(settings.kafka_bootstrap_servers, DECISIONS) as watch,
         ):
-            await bus.publish(settings, good, good, too_many, unknown, expired, lapsed_licence, no_licence, severe)
+            rules_broken = (too_many, unknown, expired, lapsed_licence, no_licence, severe)
+            await bus.publish(settings, good, good, *rules_broken)
             await bus.publish(settings, controlled)
             await watch.wait_for(lambda w: len(w.messages()) >= 8, "eight decisions")
-            await watch.settle()
+            await intake_barrier(settings, watch, *(m.correlation_id for m in (good, *rules_broken, controlled)))
         verdicts = {v.prescription_id: v for v in await storage.verdicts.find()}
         history = await storage.history_of(good.prescription.patient.patient_id)
 
@@ -238,7 +274,8 @@ async def test_a_pharmacist_approves_or_rejects_a_hold_and_nothing_else(settings
         await bus.publish(settings, approve, approve, reject, not_held)
         await watch.wait_for(lambda w: len(of_rx(w, "RX-R-YES")) >= 2 and len(of_rx(w, "RX-R-NO")) >= 2, "decisions")
         await watch.wait_for(lambda w: w.raw(REVIEWS_DLQ), "the refused decision")
-        await watch.settle()
+        # RX-R-PLAIN's own dead letter ends its handling; the others' barriers end theirs.
+        await review_barrier(settings, watch, "RX-R-YES", "RX-R-NO")
         verdict = await storage.verdicts.get("RX-R-YES")
         history = await storage.history_of(to_approve.prescription.patient.patient_id)
 
@@ -294,7 +331,7 @@ async def test_an_undecided_hold_escalates_then_expires(settings: RuntimeSetting
         await sweep(service)
         await sweep(service)  # rejects once
         await watch.wait_for(lambda w: len(of_rx(w, "RX-T-WAIT")) >= 3, "the expiry")
-        await watch.settle()
+        await intake_barrier(settings, watch, "RX-T-WAIT")  # the sweeps were awaited: any key comes after them
         verdict = await storage.verdicts.get("RX-T-WAIT")
 
     on_hold, escalation, expiry = of_rx(watch, "RX-T-WAIT")
@@ -337,7 +374,7 @@ async def test_cancellation_of_a_held_or_approved_prescription(settings: Runtime
     async with (
         seeded(settings) as storage,
         running(create_app(service_settings(settings))),
-        TopicWatch(settings.kafka_bootstrap_servers, DECISIONS) as watch,
+        TopicWatch(settings.kafka_bootstrap_servers, DECISIONS, REVIEWS_DLQ) as watch,
     ):
         await bus.publish(settings, held, approved, rejected)
         await watch.wait_for(lambda w: all(of_rx(w, r) for r in ("RX-C-HELD", "RX-C-OK", "RX-C-BAD")), "3 checks")
@@ -349,7 +386,8 @@ async def test_cancellation_of_a_held_or_approved_prescription(settings: Runtime
         # Checked after its cancellation: dropped, nothing published.
         late = accepted("RX-C-EARLY", [("INSGL", 2)])
         await bus.publish(settings, late, decided("RX-C-HELD", "approve"))
-        await watch.settle()
+        await intake_barrier(settings, watch, "RX-C-OK", "RX-C-BAD", "RX-C-EARLY")
+        await review_barrier(settings, watch, "RX-C-HELD")
         verdicts = {v.prescription_id: v for v in await storage.verdicts.find()}
         history = await storage.history_of("PAT-CANCEL")
 
@@ -415,7 +453,7 @@ async def test_a_cancellation_racing_an_approval_leaves_no_active_supply(
         await service.cancel("RX-X-CRASH", requested_by="Dr Test", reason="moved", message_id="MSG-CANCEL-2")
 
         await watch.wait_for(lambda w: len(of_rx(w, "RX-X-RACE")) >= 3 and len(of_rx(w, "RX-X-CRASH")) >= 2, "events")
-        await watch.settle()
+        await intake_barrier(settings, watch, "RX-X-RACE")  # every call above was awaited: any key comes after
         verdicts_now = {rx: await storage.verdicts.get(rx) for rx in ("RX-X-RACE", "RX-X-CRASH")}
         race_history = await storage.history_of("PAT-RACE")
         crash_history = await storage.history_of("PAT-CRASH")
@@ -471,7 +509,8 @@ async def test_a_supply_that_never_reached_the_patient_no_longer_counts(settings
         await wait_consumed(settings, app, landed)
         await bus.publish(settings, again)
         await watch.wait_for(lambda w: of_rx(w, "RX-S-AGAIN"), "the second prescription's decision")
-        await watch.settle()
+        # Also reads the supply group's dead letters, published before `wait_consumed` returned.
+        await intake_barrier(settings, watch, "RX-S-AGAIN")
         supply_history = await storage.history_of("PAT-SUPPLY")
         road_history = await storage.history_of("PAT-ROAD")
 

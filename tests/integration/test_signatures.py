@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer
 
 from pharmacy_contracts import signing, topics
-from pharmacy_contracts.consultation import PrescriptionAccepted, PrescriptionSubmitted
+from pharmacy_contracts.consultation import CancellationRequested, PrescriptionAccepted, PrescriptionSubmitted
 from services.consultation.app import create_app
 from services.consultation.settings import ConsultationSettings
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, headers_of, of_type, own_groups, running
+from tests.support.inprocess import TopicWatch, headers_of, of_type, own_groups, running, wait_consumed
 from tests.support.scenario import prescription_message
 
 OLD_KEY, NEW_KEY, OTHER = b"old-key-being-rotated-out", b"new-key-rotated-in", b"hospital-b-key"
@@ -48,6 +48,16 @@ async def test_unsigned_tampered_unknown_forged_and_replayed_messages_are_quaran
         (original, body(original), signed(body(original), "hospital-a", "2026", NEW_KEY)),
         (replay, body(replay), signed(body(replay), "hospital-a", "2026", NEW_KEY)),
     ]
+    # Sent once all eight are handled: a cancellation of a prescription nobody sent, refused inside
+    # the intake store's write, so its dead letter follows any acceptance those writes published.
+    barrier = CancellationRequested(
+        correlation_id="RX-S-BARRIER",
+        producer="hospital-a",
+        sender_id="hospital-a",
+        prescription_id="RX-S-BARRIER",
+        reason="barrier",
+        requested_by="test",
+    )
     app = create_app(own_groups(ConsultationSettings, settings, sender_keys=KEYS))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     async with (
@@ -60,17 +70,23 @@ async def test_unsigned_tampered_unknown_forged_and_replayed_messages_are_quaran
     ):
         await producer.start()
         try:
-            for submitted, value, headers in records:
+            landed = [
                 await producer.send_and_wait(name, value, key=submitted.correlation_id.encode(), headers=headers)
+                for submitted, value, headers in records
+            ]
+            dlq = topics.CONSULTATION_PRESCRIPTIONS.dead_letter_topic
+            await watch.wait_for(lambda w: len(w.raw(dlq)) >= 5 and len(w.messages()) >= 3, "verdicts on all eight")
+            await wait_consumed(settings, app, landed)
+            barrier_body = barrier.model_dump_json().encode()
+            barrier_headers = signed(barrier_body, "hospital-a", "2026", NEW_KEY)
+            await producer.send_and_wait(name, barrier_body, key=b"RX-S-BARRIER", headers=barrier_headers)
+            await watch.wait_for_barrier(lambda w: any(r.key == b"RX-S-BARRIER" for r in w.raw(dlq)), "the barrier")
         finally:
             await producer.stop()
-        dlq = topics.CONSULTATION_PRESCRIPTIONS.dead_letter_topic
-        await watch.wait_for(lambda w: len(w.raw(dlq)) >= 5 and len(w.messages()) >= 3, "verdicts on all eight")
-        await watch.settle()
 
     accepted = {m.prescription.prescription_id for m in of_type(watch.messages(), PrescriptionAccepted)}
     assert accepted == {"RX-S-OLDKEY", "RX-S-NEWKEY", "RX-S-ORIGINAL"}, "both keys of a rotating sender work"
-    reasons = {r.key.decode(): headers_of(r)["dlq.reason"] for r in watch.raw(dlq)}
+    reasons = {r.key.decode(): headers_of(r)["dlq.reason"] for r in watch.raw(dlq) if r.key != b"RX-S-BARRIER"}
     assert reasons == {
         "RX-S-UNSIGNED": "unsigned",
         "RX-S-TAMPERED": "bad_signature",

@@ -3,7 +3,6 @@ database, and read what it publishes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +16,8 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
 from faststream import FastStream
 
 from pharmacy_contracts import Envelope
-from pharmacy_contracts.topics import BY_NAME
+from pharmacy_contracts.consultation import CancellationRequested
+from pharmacy_contracts.topics import BY_NAME, CONSULTATION_PRESCRIPTIONS
 from services.cli import bus
 from services.runtime.settings import RuntimeSettings
 from tests.support.scenario import wait_until
@@ -85,13 +85,42 @@ class TopicWatch:
             await self._pull(200)
 
     async def settle(self, quiet_s: float = 1.0) -> None:
-        """Read until nothing new arrives for `quiet_s` (to show that something did NOT happen)."""
+        """Read until nothing new arrives for `quiet_s` (to show that something did NOT happen).
+
+        Only where no barrier can be ordered after what must not happen (see `wait_for_barrier`):
+        quiet for a while is evidence, not proof."""
         while True:
             before = len(self.records)
             await self._pull(int(quiet_s * 1000))
             if len(self.records) == before:
                 return
-        await asyncio.sleep(0)
+
+    async def wait_for_barrier(self, predicate: Callable[[TopicWatch], Any], what: str, timeout: float = 30.0) -> Any:
+        """Wait for a barrier's effect, then read everything published before it: the proof that
+        something did NOT happen.
+
+        A barrier is a message the service handles after the messages under test, whose visible
+        effect is decided in a write to the document store their effects would come from: an event
+        it writes, or a refusal its decision raises (then dead-lettered). A store writes one group
+        at a time and publishes a group's events (confirmed by the broker) before it takes the next
+        group, so once the barrier's effect is seen, every event of an earlier write is on the
+        broker, in whatever partition. "After" must be certain: the barrier goes to the topic of
+        the messages under test with their key (one partition, whose records of one key one
+        consumer handles in order), or it is sent only once their handling has finished
+        (`wait_consumed`, or a call the test awaited)."""
+        found = await self.wait_for(predicate, what, timeout)
+        await self.read_to_end(timeout)
+        return found
+
+    async def read_to_end(self, timeout: float = 30.0) -> None:
+        """Read every record the watched topics held when this was called, in every partition."""
+        deadline = time.monotonic() + timeout
+        ends = await self._consumer.end_offsets(list(self._consumer.assignment()))
+        for partition, end in ends.items():
+            while await self._consumer.position(partition) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"timed out reading {partition} up to offset {end}")
+                await self._pull(100)
 
 
 def of_type(messages: list[Envelope], cls: type[Any], **fields: Any) -> list[Any]:
@@ -156,6 +185,28 @@ async def wait_consumed(settings: RuntimeSettings, app: FastStream, landed: list
     finally:
         for reader in readers.values():
             await reader.stop()
+
+
+async def consultation_barrier(settings: RuntimeSettings, watch: TopicWatch, sender_id: str = "hospital-test") -> None:
+    """For the consultation service, after every intake write already made (messages
+    `wait_consumed` saw handled): `sender_id`'s signed cancellation of a prescription nobody sent,
+    refused inside the intake store's write, so its dead letter follows whatever those writes
+    caused (see `TopicWatch.wait_for_barrier`; the watch must follow the dead-letter topic). It
+    records no prescription and gives none a status."""
+    prescription_id = f"RX-BARRIER-{uuid4().hex[:8]}"
+    barrier = CancellationRequested(
+        correlation_id=prescription_id,
+        producer=sender_id,
+        sender_id=sender_id,
+        prescription_id=prescription_id,
+        reason="barrier",
+        requested_by="test",
+    )
+    await bus.publish(settings, barrier)
+    dead_letters = CONSULTATION_PRESCRIPTIONS.dead_letter_topic
+    await watch.wait_for_barrier(
+        lambda w: any(r.key == prescription_id.encode() for r in w.raw(dead_letters)), "the barrier's dead letter"
+    )
 
 
 def sender_keys(settings: RuntimeSettings, *senders: str) -> dict[str, dict[str, str]]:
