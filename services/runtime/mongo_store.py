@@ -1,0 +1,191 @@
+"""The `Store` on MongoDB (and on the dev server, whose gaps it avoids).
+
+A document is `{_id, version, state, outbox, outbox_pending, outbox_at, handled, positions,
+write_id}` (and `traceparent` where kept), the layout `DocumentStore` writes too, so both can work
+on one collection while services move over:
+
+* a save is a whole-document replace guarded by `version` (or a plain insert), all of one save in
+  one unordered bulk write: no `$push`/`$pull` of sub-documents, no positional updates;
+* `outbox_pending` counts the outbox at the top level, so the relay's query needs no array index;
+* the ids of applied messages go to `<collection>_applied` (`_id` = message id, so a second insert
+  of one is refused by the primary key) once the document that absorbed them is written.
+
+This module, `documents` and the services' storage modules are the only code that knows MongoDB.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Generic
+
+from bson.errors import BSONError
+from motor.motor_asyncio import AsyncIOMotorCollection, AsyncIOMotorDatabase
+from pymongo import ASCENDING, IndexModel, InsertOne, ReplaceOne
+from pymongo.errors import BulkWriteError
+
+from .documents import DUPLICATE_KEY, WriteNotDurable
+from .store import S, Save, Saved, Stored, Tracking
+
+#: Times a save of published-entry removals is tried again when someone wrote the document first.
+CLEAR_ATTEMPTS = 5
+
+
+class MongoStore(Generic[S]):
+    def __init__(self, database: AsyncIOMotorDatabase, name: str, model: type[S]) -> None:
+        self.name = name
+        self.model = model
+        self._collection: AsyncIOMotorCollection = database[name]
+        self._applied: AsyncIOMotorCollection = database[f"{name}_applied"]
+
+    async def ensure_indexes(self, *unique_state_fields: Sequence[str], plain: Sequence[str] = ()) -> None:
+        indexes = [IndexModel([("outbox_pending", ASCENDING)])]
+        indexes += [
+            IndexModel([(f"state.{f}", ASCENDING) for f in fields], unique=True) for fields in unique_state_fields
+        ]
+        indexes += [IndexModel([(f"state.{f}", ASCENDING)]) for f in plain]
+        await self._collection.create_indexes(indexes)
+
+    async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
+        wanted = list(dict.fromkeys(ids))
+        found = {d["_id"]: self._stored(d) async for d in self._collection.find({"_id": {"$in": wanted}})}
+        return {doc_id: found.get(doc_id) or Stored(doc_id) for doc_id in wanted}
+
+    async def save(self, saves: Sequence[Save[S]]) -> Saved:
+        if not saves:
+            return Saved()
+        write_id = uuid.uuid4().hex
+        documents = {}
+        saved = Saved()
+        for save in saves:
+            try:
+                documents[save.id] = self._document(save, write_id)
+            except (ValueError, TypeError) as error:  # a state that will not serialise
+                saved.failed[save.id] = repr(error)
+        ready = [save for save in saves if save.id in documents]
+        try:
+            outcome = await self._write(ready, documents, write_id)
+        except (BSONError, OverflowError):
+            # The driver refused to encode one document (an integer over 64 bits, too large) and
+            # with it the whole bulk write: find which one by writing each alone.
+            outcome = Saved()
+            for save in ready:
+                try:
+                    alone = await self._write([save], documents, write_id)
+                except (BSONError, OverflowError) as error:
+                    outcome.failed[save.id] = repr(error)
+                else:
+                    _merge(outcome, alone)
+        _merge(saved, outcome)
+        applied = [message_id for save in saves if save.id in saved.written for message_id in save.applied]
+        if applied:
+            await self._record_applied(applied)
+        return saved
+
+    async def applied(self, message_ids: Collection[str]) -> set[str]:
+        if not message_ids:
+            return set()
+        return {d["_id"] async for d in self._applied.find({"_id": {"$in": list(message_ids)}}, {"_id": 1})}
+
+    async def pending_outbox(self, limit: int = 200, *, written_before: float | None = None) -> list[Stored[S]]:
+        query: dict[str, Any] = {"outbox_pending": {"$gt": 0}}
+        if written_before is not None:
+            query["outbox_at"] = {"$lt": written_before}
+        return [self._stored(d) async for d in self._collection.find(query).limit(limit)]
+
+    async def drop_published(self, published: Mapping[str, Collection[str]]) -> None:
+        waiting = {doc_id: set(ids) for doc_id, ids in published.items() if ids}
+        for _ in range(CLEAR_ATTEMPTS):
+            if not waiting:
+                return
+            current = await self.load(waiting)
+            saves = [
+                Save(s.id, s.version, s.state, _without(s.outbox, waiting[s.id]), s.tracking, traceparent=s.traceparent)
+                for s in current.values()
+                if s.state is not None and len(_without(s.outbox, waiting[s.id])) != len(s.outbox)
+            ]
+            outcome = await self.save(saves)
+            waiting = {doc_id: waiting[doc_id] for doc_id in outcome.lost}
+
+    # --- documents ----------------------------------------------------------------------------
+
+    def _stored(self, document: dict[str, Any]) -> Stored[S]:
+        return Stored(
+            document["_id"],
+            self.model.model_validate(document["state"]),
+            document["version"],
+            tuple(document.get("outbox", ())),
+            Tracking(tuple(document.get("handled", ())), dict(document.get("positions", {}))),
+            document.get("traceparent"),
+        )
+
+    def _document(self, save: Save[S], write_id: str) -> dict[str, Any]:
+        now = time.time()
+        document = {
+            "_id": save.id,
+            "version": save.version,
+            "state": save.state.model_dump(mode="json"),
+            "outbox": list(save.outbox),
+            "outbox_pending": len(save.outbox),
+            # The age of the oldest entry, which the relay goes by.
+            "outbox_at": min((entry.get("queued_at", now) for entry in save.outbox), default=0.0),
+            "handled": list(save.tracking.recent),
+            "positions": dict(save.tracking.positions),
+            "write_id": write_id,
+        }
+        if save.traceparent is not None:
+            document["traceparent"] = save.traceparent
+        return document
+
+    async def _write(self, saves: Sequence[Save[S]], documents: Mapping[str, dict[str, Any]], write_id: str) -> Saved:
+        operations = [
+            InsertOne(documents[s.id])
+            if s.expected == 0
+            else ReplaceOne({"_id": s.id, "version": s.expected}, documents[s.id])
+            for s in saves
+        ]
+        saved = Saved()
+        try:
+            result = await self._collection.bulk_write(operations, ordered=False)
+            matched = result.matched_count
+        except BulkWriteError as error:
+            if error.details.get("writeConcernErrors"):
+                raise WriteNotDurable(f"{self.name}: {error.details['writeConcernErrors'][:3]}") from error
+            for failure in error.details["writeErrors"]:
+                doc_id = saves[failure["index"]].id
+                if failure["code"] == DUPLICATE_KEY:
+                    saved.lost.append(doc_id)  # inserted by someone else meanwhile
+                else:
+                    saved.failed[doc_id] = str(failure.get("errmsg", failure))
+            matched = error.details.get("nMatched", 0)
+        refused = set(saved.lost) | set(saved.failed)
+        replaced = [s.id for s in saves if s.expected > 0 and s.id not in refused]
+        inserted = [s.id for s in saves if s.expected == 0 and s.id not in refused]
+        ours = set(replaced)
+        if matched < len(replaced):
+            # A version guard did not match, but the count does not say which: ask for our write id.
+            ours = {d["_id"] async for d in self._collection.find({"_id": {"$in": replaced}, "write_id": write_id})}
+            saved.lost += [doc_id for doc_id in replaced if doc_id not in ours]
+        saved.written += inserted + [doc_id for doc_id in replaced if doc_id in ours]
+        return saved
+
+    async def _record_applied(self, message_ids: list[str]) -> None:
+        try:
+            await self._applied.insert_many([{"_id": m} for m in dict.fromkeys(message_ids)], ordered=False)
+        except BulkWriteError as error:
+            if error.details.get("writeConcernErrors"):
+                raise WriteNotDurable(f"{self.name}_applied: {error.details['writeConcernErrors'][:3]}") from error
+            others = [f for f in error.details["writeErrors"] if f["code"] != DUPLICATE_KEY]
+            if others:  # recorded before (a redelivery) is fine; anything else is not
+                raise
+
+
+def _without(outbox: Sequence[dict[str, Any]], message_ids: Collection[str]) -> tuple[dict[str, Any], ...]:
+    return tuple(entry for entry in outbox if entry["message_id"] not in message_ids)
+
+
+def _merge(into: Saved, other: Saved) -> None:
+    into.written += other.written
+    into.lost += other.lost
+    into.failed.update(other.failed)

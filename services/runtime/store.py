@@ -1,0 +1,238 @@
+"""What every service stores, said without MongoDB: versioned documents that carry their own outbox
+and remember the messages they absorbed.
+
+A use case loads every document a batch touches with one `load` per store, decides in memory and
+saves each store once (see `unit_of_work`). Two implementations keep the same promises:
+
+* `MongoStore` (mongo_store.py) on MongoDB, the production one;
+* `MemoryStore` below, a dict, so use cases are tested in milliseconds. It can be told to fail one
+  document's write or to let another writer win a race, which the tests of isolation need.
+
+The promises:
+
+* A save replaces the version it was decided on, or inserts a document that did not exist; if
+  someone wrote first, that document is reported `lost` and nothing of it is written.
+* One document that cannot be written (too large, a value the database refuses) is reported
+  `failed` alone; its neighbours in the same save are written.
+* The ids of the messages a saved document absorbed are kept for good (`applied`), not only the
+  last few on the document, so a command sent again weeks later is still recognised.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from .tracking import Position
+
+S = TypeVar("S", bound=BaseModel)
+#: An event waiting to be published: message id, topic, key, type, correlation id, JSON body and,
+#: when tracing, the trace it was caused in. Plain data, so any store can keep it as it is.
+OutboxEntry = dict[str, Any]
+
+#: Message ids a document remembers itself. It covers the moment between saving a document and
+#: recording its messages as applied, and duplicates inside one batch; `applied` covers the rest.
+RECENT_MESSAGES = 500
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """What a document remembers of the messages it absorbed."""
+
+    #: The last message ids applied to it, oldest first.
+    recent: tuple[str, ...] = ()
+    #: Per topic partition, an offset up to which every message meant for it was absorbed.
+    positions: Mapping[str, int] = field(default_factory=dict)
+
+    def absorbed(self, message_id: str | None, position: Position | None) -> bool:
+        if message_id is not None and message_id in self.recent:
+            return True
+        return position is not None and self.positions.get(position.key, -1) >= position.offset
+
+    def after(self, message_id: str | None, position: Position | None) -> Tracking:
+        recent = self.recent if message_id is None else (*self.recent, message_id)[-RECENT_MESSAGES:]
+        positions = dict(self.positions)
+        if position is not None:
+            positions[position.key] = max(position.floor, positions.get(position.key, -1))
+        return Tracking(recent, positions)
+
+
+@dataclass(frozen=True)
+class Stored(Generic[S]):
+    """One document as loaded. `version` 0 and `state` None: it does not exist yet."""
+
+    id: str
+    state: S | None = None
+    version: int = 0
+    outbox: tuple[OutboxEntry, ...] = ()
+    tracking: Tracking = field(default_factory=Tracking)
+    #: The trace context of the work that last changed it (stores whose documents are one flow's).
+    traceparent: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+
+@dataclass(frozen=True)
+class Save(Generic[S]):
+    """The next version of one document, decided on version `expected` (0: it is inserted)."""
+
+    id: str
+    expected: int
+    state: S
+    outbox: tuple[OutboxEntry, ...]
+    tracking: Tracking
+    #: Message ids to record as applied for good once this save stands.
+    applied: tuple[str, ...] = ()
+    traceparent: str | None = None
+
+    @property
+    def version(self) -> int:
+        return self.expected + 1
+
+
+@dataclass
+class Saved:
+    """What became of each document of one `save`."""
+
+    written: list[str] = field(default_factory=list)
+    #: Someone else wrote first: decide again on a fresh load.
+    lost: list[str] = field(default_factory=list)
+    #: This document alone could not be written, and why; its neighbours were.
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Store(Protocol[S]):
+    """A collection of versioned documents whose state is the pydantic model `model`."""
+
+    name: str
+    model: type[S]
+
+    async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
+        """Every id asked for, absent ones as `Stored(id)`: one round trip."""
+        ...
+
+    async def save(self, saves: Sequence[Save[S]]) -> Saved:
+        """Each document version-guarded, all in one round trip (plus one for the applied ids)."""
+        ...
+
+    async def applied(self, message_ids: Collection[str]) -> set[str]:
+        """Which of these messages a saved document of this store has absorbed, ever."""
+        ...
+
+    async def pending_outbox(self, limit: int = 200, *, written_before: float | None = None) -> list[Stored[S]]:
+        """Documents whose outbox holds entries (written before that time, if given)."""
+        ...
+
+    async def drop_published(self, published: Mapping[str, Collection[str]]) -> None:
+        """Remove these published entries (by message id) from their documents' outboxes."""
+        ...
+
+
+class MemoryStore(Generic[S]):
+    """A `Store` in a dict, with the same semantics as MongoDB's; states are copied through JSON
+    on the way in and out, so a use case that keeps a reference sees what a database would give."""
+
+    def __init__(self, name: str, model: type[S]) -> None:
+        self.name = name
+        self.model = model
+        self._documents: dict[str, Stored[S]] = {}
+        self._applied: set[str] = set()
+        self._failing: dict[str, str] = {}
+        self._racing: set[str] = set()
+        #: Round trips made, as a database would count them (tests count them too).
+        self.round_trips = 0
+
+    # --- what a test arranges -----------------------------------------------------------------
+
+    def fail_writes_of(self, doc_id: str, reason: str = "injected write failure") -> None:
+        """Every save of this document fails, as one the database refuses would."""
+        self._failing[doc_id] = reason
+
+    def heal(self, doc_id: str) -> None:
+        self._failing.pop(doc_id, None)
+
+    def let_another_writer_win(self, doc_id: str) -> None:
+        """The next save of this document finds that someone wrote it first (its version moves)."""
+        self._racing.add(doc_id)
+
+    def put(self, doc_id: str, state: S) -> None:
+        """A document as if written earlier, with nothing in its outbox."""
+        current = self._documents.get(doc_id)
+        self._documents[doc_id] = Stored(doc_id, self._copy(state), (current.version if current else 0) + 1)
+
+    def state_of(self, doc_id: str) -> S | None:
+        stored = self._documents.get(doc_id)
+        return None if stored is None else self._copy(stored.state)
+
+    def stored(self, doc_id: str) -> Stored[S] | None:
+        return self._documents.get(doc_id)
+
+    # --- the Store protocol ---------------------------------------------------------------------
+
+    async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
+        self.round_trips += 1
+        return {doc_id: self._loaded(doc_id) for doc_id in ids}
+
+    async def save(self, saves: Sequence[Save[S]]) -> Saved:
+        self.round_trips += 1
+        saved = Saved()
+        for save in saves:
+            if save.id in self._racing:
+                self._racing.discard(save.id)
+                current = self._documents.get(save.id)
+                if current is not None:
+                    self._documents[save.id] = replace(current, version=current.version + 1)
+                else:
+                    self._documents[save.id] = Stored(save.id, save.state, 1)
+            current_version = self._documents[save.id].version if save.id in self._documents else 0
+            if save.id in self._failing:
+                saved.failed[save.id] = self._failing[save.id]
+            elif current_version != save.expected:
+                saved.lost.append(save.id)
+            else:
+                self._documents[save.id] = Stored(
+                    save.id, self._copy(save.state), save.version, tuple(save.outbox), save.tracking, save.traceparent
+                )
+                saved.written.append(save.id)
+        applied = [m for save in saves if save.id in saved.written for m in save.applied]
+        if applied:
+            self.round_trips += 1
+            self._applied.update(applied)
+        return saved
+
+    async def applied(self, message_ids: Collection[str]) -> set[str]:
+        self.round_trips += 1
+        return {m for m in message_ids if m in self._applied}
+
+    async def pending_outbox(self, limit: int = 200, *, written_before: float | None = None) -> list[Stored[S]]:
+        self.round_trips += 1
+        return [self._loaded(d.id) for d in self._documents.values() if d.outbox][:limit]
+
+    async def drop_published(self, published: Mapping[str, Collection[str]]) -> None:
+        self.round_trips += 1
+        for doc_id, message_ids in published.items():
+            current = self._documents.get(doc_id)
+            if current is None:
+                continue
+            left = tuple(e for e in current.outbox if e["message_id"] not in message_ids)
+            if len(left) != len(current.outbox):
+                self._documents[doc_id] = replace(current, outbox=left, version=current.version + 1)
+
+    def _loaded(self, doc_id: str) -> Stored[S]:
+        stored = self._documents.get(doc_id)
+        if stored is None:
+            return Stored(doc_id)
+        return replace(stored, state=self._copy(stored.state), outbox=copy.deepcopy(stored.outbox))
+
+    def _copy(self, state: S | None) -> S | None:
+        return None if state is None else self.model.model_validate_json(state.model_dump_json())
+
+
+def outbox_message_ids(entries: Iterable[OutboxEntry]) -> set[str]:
+    return {entry["message_id"] for entry in entries}

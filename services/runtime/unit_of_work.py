@@ -1,0 +1,258 @@
+"""A batch of messages as one round of state: load, decide, save, publish.
+
+How stream processors turn a batch into one round of state access, for any `Store`:
+
+1. Every document the batch touches is loaded with one `load`, and the batch's message ids are
+   checked against the store's applied ids with one `applied`: a command seen before, however long
+   ago, is a duplicate.
+2. Each record is decided in arrival order on the state the previous one left (records of one key
+   see each other's result); a record the document already absorbed is a duplicate.
+3. The store is saved once. A document whose save lost a race is loaded and decided again ALONE,
+   with only its own records; one that failed is reported failed, with only its own records. Its
+   neighbours' saves stand either way.
+4. The outboxes of the documents written are published together and the broker's confirmations
+   awaited; the entries are then dropped from the outboxes off the path, a whole store at a time.
+   If publishing fails, the relay publishes them later.
+
+Decisions are plain functions `(state, message) -> Decision`; the unit of work never runs one
+outside `run`, so results come back as values (`Handled`), not through captured lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from pharmacy_contracts import Envelope
+
+from .errors import Refused
+from .store import OutboxEntry, S, Save, Store, Stored
+from .tracking import Position
+
+log = structlog.get_logger()
+
+M = TypeVar("M", bound=Envelope)
+#: Publishes outbox entries and returns once the broker confirmed every one (raises otherwise).
+Publish = Callable[[Sequence[OutboxEntry]], Awaitable[None]]
+#: Turns an event into its outbox entry (topic, key, body…): the runtime's `outbox_entry`.
+ToEntry = Callable[[Envelope], OutboxEntry]
+
+#: Times a document that keeps losing races is decided again before its records are failed.
+MAX_ROUNDS = 20
+#: Message ids this process saw confirmed by the broker, so a later save drops them from an outbox.
+CONFIRMED_MEMORY = 50_000
+#: How long published entries wait before a clear, so clears of many batches share a round trip.
+CLEAR_DELAY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Record(Generic[M]):
+    """A parsed message and where it came from."""
+
+    message: M
+    position: Position | None = None
+
+    @property
+    def message_id(self) -> str:
+        return self.message.message_id
+
+
+@dataclass(frozen=True)
+class Decision(Generic[S]):
+    """What one message does to one document: its next state and the events it causes, or a
+    refusal (the message is dead-lettered with the reason, and nothing is written)."""
+
+    state: S | None = None
+    events: Sequence[Envelope] = ()
+    refusal: Refused | None = None
+
+    @classmethod
+    def unchanged(cls) -> Decision[Any]:
+        return cls()
+
+    @classmethod
+    def refused(cls, code: str, detail: str) -> Decision[Any]:
+        return cls(refusal=Refused(code, detail))
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Handled(Generic[M]):
+    record: Record[M]
+    outcome: Outcome
+    events: tuple[Envelope, ...] = ()
+    refusal: Refused | None = None
+    #: Why a FAILED record failed (its document could not be written, or its decision raised).
+    error: str | None = None
+
+
+@dataclass
+class _Round(Generic[S, M]):
+    """One document's records and what deciding them produced."""
+
+    stored: Stored[S]
+    records: list[Record[M]]
+    handled: list[Handled[M]] = field(default_factory=list)
+    save: Save[S] | None = None
+
+
+class UnitOfWork:
+    """One per service process: the publisher, the confirmations and the clears it owes."""
+
+    def __init__(self, publish: Publish | None, to_entry: ToEntry) -> None:
+        """`publish`: without one, the relay publishes every outbox (and clears it)."""
+        self._publish = publish
+        self._to_entry = to_entry
+        self._confirmed: OrderedDict[str, None] = OrderedDict()
+        self._clears: dict[str, tuple[Store[Any], dict[str, set[str]]]] = {}
+        self._clearing: asyncio.Task[None] | None = None
+
+    async def run(
+        self,
+        store: Store[S],
+        records: Sequence[Record[M]],
+        *,
+        key: Callable[[M], str],
+        decide: Callable[[S | None, M], Decision[S]],
+    ) -> list[Handled[M]]:
+        """Every record's outcome, in the order given."""
+        by_doc: dict[str, list[int]] = {}
+        for index, record in enumerate(records):
+            by_doc.setdefault(key(record.message), []).append(index)
+        seen_before = await store.applied([r.message_id for r in records])
+        outcomes: dict[int, Handled[M]] = {}  # by the record's index
+        waiting = by_doc
+        for _ in range(MAX_ROUNDS):
+            if not waiting:
+                break
+            loaded = await store.load(waiting)
+            rounds = {
+                doc_id: self._decide(loaded[doc_id], [records[i] for i in indexes], seen_before, decide)
+                for doc_id, indexes in waiting.items()
+            }
+            saves = [r.save for r in rounds.values() if r.save is not None]
+            saved = await store.save(saves) if saves else None
+            lost = set(saved.lost) if saved else set()
+            failed = saved.failed if saved else {}
+            for doc_id, decided in rounds.items():
+                if doc_id in lost:
+                    continue
+                for index, handled in zip(waiting[doc_id], decided.handled, strict=True):
+                    if doc_id in failed and handled.outcome is Outcome.APPLIED:
+                        handled = Handled(handled.record, Outcome.FAILED, error=failed[doc_id])
+                    outcomes[index] = handled
+            written = [rounds[doc_id].save for doc_id in (saved.written if saved else [])]
+            await self._publish_outboxes(store, [s for s in written if s is not None and s.outbox])
+            waiting = {doc_id: by_doc[doc_id] for doc_id in lost}
+        for doc_id, indexes in waiting.items():  # still losing after every round
+            for index in indexes:
+                outcomes[index] = Handled(
+                    records[index], Outcome.FAILED, error=f"{store.name}/{doc_id}: too many writers"
+                )
+        return [outcomes[index] for index in range(len(records))]
+
+    def _decide(
+        self,
+        stored: Stored[S],
+        records: list[Record[M]],
+        seen_before: set[str],
+        decide: Callable[[S | None, M], Decision[S]],
+    ) -> _Round[S, M]:
+        decided: _Round[S, M] = _Round(stored, records)
+        state, tracking = stored.state, stored.tracking
+        new_events: list[Envelope] = []
+        applied: list[str] = []
+        for record in records:
+            if record.message_id in seen_before or tracking.absorbed(record.message_id, record.position):
+                decided.handled.append(Handled(record, Outcome.DUPLICATE))
+                continue
+            try:
+                decision = decide(state, record.message)
+            except Refused as refusal:
+                decision = Decision(refusal=refusal)
+            except Exception as error:  # the decision's own bug: this record fails, the rest go on
+                log.exception("decision failed", document=stored.id)
+                decided.handled.append(Handled(record, Outcome.FAILED, error=repr(error)))
+                continue
+            if decision.refusal is not None:
+                decided.handled.append(Handled(record, Outcome.REFUSED, refusal=decision.refusal))
+            elif decision.state is None:
+                decided.handled.append(Handled(record, Outcome.UNCHANGED))
+            else:
+                state = decision.state
+                tracking = tracking.after(record.message_id, record.position)
+                applied.append(record.message_id)
+                new_events += decision.events
+                decided.handled.append(Handled(record, Outcome.APPLIED, tuple(decision.events)))
+        if applied and state is not None:
+            kept = tuple(e for e in stored.outbox if e["message_id"] not in self._confirmed)
+            decided.save = Save(
+                stored.id,
+                stored.version,
+                state,
+                kept + tuple(self._entry(event) for event in new_events),
+                tracking,
+                tuple(applied),
+                stored.traceparent,
+            )
+        return decided
+
+    def _entry(self, event: Envelope) -> OutboxEntry:
+        return {**self._to_entry(event), "queued_at": time.time()}
+
+    async def _publish_outboxes(self, store: Store[Any], written: list[Save[Any]]) -> None:
+        if self._publish is None or not written:
+            return
+        # Whole outboxes, oldest first: entries an earlier failed publish left go out before the
+        # new ones, so one document's events keep their order.
+        entries = [entry for save in written for entry in save.outbox]
+        try:
+            await self._publish(entries)
+        except Exception:
+            log.exception("publishing after a save failed; the relay will publish", store=store.name)
+            return
+        for entry in entries:
+            self._confirmed[entry["message_id"]] = None
+        while len(self._confirmed) > CONFIRMED_MEMORY:
+            self._confirmed.popitem(last=False)
+        _, owed = self._clears.setdefault(store.name, (store, {}))
+        for save in written:
+            owed.setdefault(save.id, set()).update(e["message_id"] for e in save.outbox)
+        if self._clearing is None or self._clearing.done():
+            self._clearing = asyncio.create_task(self._clear_later(), name="outbox-clears")
+
+    async def _clear_later(self) -> None:
+        await asyncio.sleep(CLEAR_DELAY_S)
+        await self.clear_published()
+
+    async def clear_published(self) -> None:
+        """Drop every confirmed entry from its document's outbox: one load and one save per store."""
+        owed, self._clears = self._clears, {}
+        for store, published in owed.values():
+            try:
+                await store.drop_published(published)
+            except Exception as error:  # the relay publishes them again later: harmless duplicates
+                log.warning("clearing published outbox entries failed", store=store.name, error=repr(error))
+
+    async def settled(self) -> None:
+        """At shutdown: the clears owed are done now instead of after their delay."""
+        if self._clearing is not None and not self._clearing.done():
+            self._clearing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clearing
+        await self.clear_published()
