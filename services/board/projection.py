@@ -6,9 +6,10 @@ when it reads four topics (their relative order is not guaranteed) and messages 
 - Stock figures are sums of the events' `movements` (deltas), which add up the same in any order;
   each lot remembers the message ids it counted, so a re-delivered event changes nothing. (The
   `levels` snapshots would be simpler but a stale one read late from another partition would win.)
-- A prescription's state mirrors the consultation service's tracking: before the courier stage
-  the furthest stage seen wins; courier events, in order on one topic, set it; the first terminal
-  state stays.
+- A prescription's stage follows the shared lifecycle rules (`pharmacy_contracts.lifecycle`), as the
+  consultation service's tracking does: before the courier stage the furthest stage seen wins;
+  courier events, in order on one topic, set it; the first terminal stage stays. The board shows
+  the stages coarser (`STATES`).
 - Per-courier counts are sets of (prescription, attempt), so counting twice is impossible.
 
 No patient data is kept: ids, drug codes, warehouses and couriers only.
@@ -26,6 +27,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
 from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted
 from pharmacy_contracts.envelope import Envelope
+from pharmacy_contracts.lifecycle import TERMINAL, Stage, next_stage, prescription_of, stage_of
 
 STATES: dict[str, str] = {
     "received": "received",
@@ -40,8 +42,23 @@ STATES: dict[str, str] = {
     "cancelled": "cancelled",
 }
 """Every state a prescription can be shown in, in lifecycle order, with its label."""
-TERMINAL = frozenset({"delivered", "rejected", "out_of_stock", "undeliverable", "cancelled"})
-_PIPELINE_RANK = {"received": 0, "held_for_review": 1, "approved": 2, "reserved": 3}
+SHOWN_AS: dict[Stage, str] = {
+    Stage.RECEIVED: "received",
+    Stage.HELD_FOR_REVIEW: "held_for_review",
+    Stage.APPROVED: "approved",
+    Stage.RESERVED: "reserved",
+    Stage.WAITING_FOR_COURIER: "reserved",
+    Stage.COURIER_ASSIGNED: "with_courier",
+    Stage.ACCEPTED_BY_COURIER: "with_courier",
+    Stage.PICKED_UP: "with_courier",
+    Stage.DELIVERY_FAILED: "with_courier",
+    Stage.DELIVERED: "delivered",
+    Stage.REJECTED: "rejected",
+    Stage.OUT_OF_STOCK: "out_of_stock",
+    Stage.UNDELIVERABLE: "undeliverable",
+    Stage.CANCELLED: "cancelled",
+}
+"""The state the board shows for each lifecycle stage."""
 BUCKETS = ("available", "reserved", "dispatched", "quarantine", "expired")
 """Where a lot's units are, inside the warehouse or on the road; `outside` is not shown."""
 RECENT_ALERTS = 12
@@ -64,7 +81,7 @@ class Lot:
 @dataclass(frozen=True)
 class PrescriptionRow:
     prescription_id: str
-    state: str
+    stage: Stage
     updated_at: datetime
     seq: int
     note: str = ""
@@ -72,6 +89,14 @@ class PrescriptionRow:
     courier_id: str | None = None
     attempt: int = 0
     phase: DeliveryPhase | None = None
+
+    @property
+    def state(self) -> str:
+        return SHOWN_AS[self.stage]
+
+    @property
+    def terminal(self) -> bool:
+        return self.stage in TERMINAL
 
 
 @dataclass(frozen=True)
@@ -223,100 +248,75 @@ def _alert(board: Board, event: Envelope) -> Board:
 
 # --- prescriptions --------------------------------------------------------------------------------
 
-_Step = tuple[str | None, str]  # (the state the event reports, or None for a note; what happened)
-
-
-def _step_of(event: Envelope) -> _Step | None:
+def _note_of(event: Envelope) -> str | None:
+    """What the board says about an event of a prescription's lifecycle, or None if it shows none."""
     match event:
         case PrescriptionAccepted():
-            return "received", f"received from {event.sender_id}"
+            return f"received from {event.sender_id}"
         case CancellationAccepted():
-            return None, f"cancellation requested by {event.sender_id}"
+            return f"cancellation requested by {event.sender_id}"
         case rx.PrescriptionHeld():
-            return "held_for_review", "held: " + ", ".join(dict.fromkeys(r.code for r in event.reasons))
+            return "held: " + ", ".join(dict.fromkeys(r.code for r in event.reasons))
         case rx.ReviewEscalated():
-            return None, "review overdue: escalated"
+            return "review overdue: escalated"
         case rx.PrescriptionApproved():
-            return "approved", f"released by {event.reviewed_by}" if event.reviewed_by else "passed the checks"
+            return f"released by {event.reviewed_by}" if event.reviewed_by else "passed the checks"
         case rx.PrescriptionRejected():
-            return "rejected", ", ".join(dict.fromkeys(r.code for r in event.reasons))
+            return ", ".join(dict.fromkeys(r.code for r in event.reasons))
         case rx.PrescriptionCancelled():
-            return "cancelled", f"cancelled by {event.requested_by}"
+            return f"cancelled by {event.requested_by}"
         case inv.StockReserved():
-            return "reserved", f"stock reserved at {event.warehouse_id}"
+            return f"stock reserved at {event.warehouse_id}"
         case inv.ReservationFailed():
             drugs = ", ".join(s.drug_code for s in event.shortages)
-            return "out_of_stock", f"{event.reason}: {drugs}" if drugs else event.reason
+            return f"{event.reason}: {drugs}" if drugs else event.reason
         case inv.StockReturned():
-            return None, f"package back at {event.warehouse_id}"
+            return f"package back at {event.warehouse_id}"
         case inv.StockQuarantined():
-            return None, f"goods quarantined at {event.warehouse_id} ({event.why})"
+            return f"goods quarantined at {event.warehouse_id} ({event.why})"
         case c.DeliveryWaiting():
-            return "reserved", "waiting for a courier"
+            return "waiting for a courier"
         case c.CourierAssigned():
-            return "with_courier", f"offered to {event.courier_id} (attempt {event.attempt})"
+            return f"offered to {event.courier_id} (attempt {event.attempt})"
         case c.DeliveryOfferExpired():
-            return "reserved", f"{event.courier_id} did not accept in time"
+            return f"{event.courier_id} did not accept in time"
         case c.DeliveryAccepted():
-            return "with_courier", f"accepted by {event.courier_id}"
+            return f"accepted by {event.courier_id}"
         case c.DeliveryPickedUp():
-            return "with_courier", f"picked up by {event.courier_id}"
+            return f"picked up by {event.courier_id}"
         case c.DeliveryCodeRejected():
-            return None, f"wrong delivery code reported by {event.courier_id}"
+            return f"wrong delivery code reported by {event.courier_id}"
         case c.DeliveryOverdue():
-            return None, "delivery overdue"
+            return "delivery overdue"
         case c.DeliveryFailed():
-            return "with_courier", f"attempt {event.attempt} failed: {event.reason}"
+            return f"attempt {event.attempt} failed: {event.reason}"
         case c.DeliveryCompleted():
-            return "delivered", f"delivered by {event.courier_id}"
+            return f"delivered by {event.courier_id}"
         case c.DeliveryAbandoned():
-            return "undeliverable", f"given up after {event.attempts} attempts ({event.last_reason})"
+            return f"given up after {event.attempts} attempts ({event.last_reason})"
         case c.DeliveryCancelled():
-            return "cancelled", "delivery cancelled"
+            return "delivery cancelled"
     return None
 
 
-def _next_state(current: str, reported: str, *, in_order: bool) -> str:
-    """`in_order`: the event comes from the courier topic, read in order, so it may also move a
-    prescription back (an expired offer: "reserved" again). Events of the other topics only move
-    it forward along the pipeline: read late, they never undo what the courier topic said."""
-    if current in TERMINAL:
-        return current
-    if reported in TERMINAL or in_order:
-        return reported
-    if current in _PIPELINE_RANK and _PIPELINE_RANK[reported] > _PIPELINE_RANK[current]:
-        return reported
-    return current
-
-
-def _prescription_id(event: Envelope) -> str | None:
-    if isinstance(event, PrescriptionAccepted):
-        return event.prescription.prescription_id
-    return getattr(event, "prescription_id", None)
-
-
 def _prescription(board: Board, event: Envelope) -> Board:
-    prescription_id = _prescription_id(event)
-    step = _step_of(event)
-    if prescription_id is None or step is None:
+    prescription_id = prescription_of(event)
+    note = _note_of(event)
+    if prescription_id is None or note is None:
         return board
-    reported, note = step
     row = board.prescriptions.get(prescription_id) or PrescriptionRow(
-        prescription_id=prescription_id, state="received", updated_at=event.occurred_at, seq=board.events
+        prescription_id=prescription_id, stage=Stage.RECEIVED, updated_at=event.occurred_at, seq=board.events
     )
     if _earlier_attempt(row, event):
         return board  # a late copy of an earlier delivery attempt
-    state = row.state if reported is None else _next_state(row.state, reported, in_order=_in_order(event))
-    if reported is None or reported == state:  # a stale event read late neither explains nor refreshes the row
-        row = replace(row, state=state, note=note, updated_at=event.occurred_at, seq=board.events)
+    reported = stage_of(event)
+    stage = row.stage if reported is None else next_stage(row.stage, reported)
+    if reported is None or reported is stage:  # a stale event read late neither explains nor refreshes the row
+        row = replace(row, stage=stage, note=note, updated_at=event.occurred_at, seq=board.events)
     if isinstance(event, inv.StockReserved):
         row = replace(row, warehouse_id=event.warehouse_id)
     row = _delivery(row, event)
     return replace(board, prescriptions={**board.prescriptions, prescription_id: row})
-
-
-def _in_order(event: Envelope) -> bool:
-    return isinstance(event, _COURIER_EVENTS)
 
 
 _COURIER_EVENTS = (
@@ -435,7 +435,7 @@ def _prescriptions_view(board: Board, latest: int) -> dict[str, Any]:
                 "prescription_id": row.prescription_id,
                 "state": row.state,
                 "label": STATES[row.state],
-                "terminal": row.state in TERMINAL,
+                "terminal": row.terminal,
                 "note": row.note,
                 "warehouse_id": row.warehouse_id,
                 "courier_id": row.courier_id,
@@ -449,7 +449,7 @@ def _prescriptions_view(board: Board, latest: int) -> dict[str, Any]:
 def _couriers_view(board: Board) -> list[dict[str, Any]]:
     carrying: dict[str, dict[str, list[str]]] = {}
     for row in board.prescriptions.values():
-        if row.courier_id and row.phase in ("assigned", "accepted", "picked_up") and row.state not in TERMINAL:
+        if row.courier_id and row.phase in ("assigned", "accepted", "picked_up") and not row.terminal:
             where = "on_the_road" if row.phase == "picked_up" else "to_pickup"
             carrying.setdefault(row.courier_id, {"to_pickup": [], "on_the_road": []})[where].append(row.prescription_id)
     view = []

@@ -13,6 +13,7 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
 from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
+from pharmacy_contracts.lifecycle import TERMINAL, Stage, next_stage, prescription_of, stage_of
 
 # --- intake ------------------------------------------------------------------------------------
 
@@ -91,29 +92,8 @@ def is_replay(existing: MessageClaim | None, content_sha256: str) -> bool:
 
 
 # --- status ------------------------------------------------------------------------------------
-
-
-class Stage(StrEnum):
-    RECEIVED = "received"
-    HELD_FOR_REVIEW = "held_for_review"
-    APPROVED = "approved"
-    RESERVED = "reserved"
-    WAITING_FOR_COURIER = "waiting_for_courier"
-    COURIER_ASSIGNED = "courier_assigned"
-    ACCEPTED_BY_COURIER = "accepted_by_courier"
-    PICKED_UP = "picked_up"
-    DELIVERY_FAILED = "delivery_failed"
-    DELIVERED = "delivered"
-    REJECTED = "rejected"
-    OUT_OF_STOCK = "out_of_stock"
-    UNDELIVERABLE = "undeliverable"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({Stage.DELIVERED, Stage.REJECTED, Stage.OUT_OF_STOCK, Stage.UNDELIVERABLE, Stage.CANCELLED})
-# Before the courier stage, events come from different topics and may be read out of order:
-# the furthest stage seen wins. Courier events come in order from one topic: the latest wins.
-_PIPELINE_RANK = {Stage.RECEIVED: 0, Stage.HELD_FOR_REVIEW: 1, Stage.APPROVED: 2, Stage.RESERVED: 3}
+# The stages and how events move them are shared vocabulary (pharmacy_contracts.lifecycle); what
+# the patient reads about each event is this service's.
 
 
 class HistoryEntry(BaseModel):
@@ -137,19 +117,11 @@ class PrescriptionStatus(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
-def prescription_of(event: Envelope) -> str | None:
-    """The prescription an event is about, or None for stock-only events (restock, alerts)."""
-    if isinstance(event, PrescriptionAccepted):
-        return event.prescription.prescription_id
-    return getattr(event, "prescription_id", None)
-
-
 @dataclass(frozen=True)
 class _Step:
-    """What one event means for the status: a new stage, or (stage None) a note in the history."""
+    """What the patient reads about one event (its stage, if any, comes from `stage_of`)."""
 
     detail: str
-    stage: Stage | None = None
     why: tuple[str, ...] = ()
     warning: bool = False
 
@@ -174,34 +146,34 @@ def _step_of(event: Envelope) -> _Step | None:
     match event:
         # --- intake and the checks
         case PrescriptionAccepted():
-            return _Step(f"received from {event.sender_id}", Stage.RECEIVED)
+            return _Step(f"received from {event.sender_id}")
         case CancellationAccepted():
             return _Step(f"cancellation requested by {event.requested_by} ({event.sender_id}): {event.reason}")
         case rx.PrescriptionHeld():
             codes = ", ".join(dict.fromkeys(r.code for r in event.reasons))
-            return _Step(f"held for pharmacist review ({codes})", Stage.HELD_FOR_REVIEW, _reasons(event.reasons))
+            return _Step(f"held for pharmacist review ({codes})", _reasons(event.reasons))
         case rx.ReviewEscalated():
             expires = f"{event.expires_at:%Y-%m-%d %H:%M} UTC"
             detail = f"review overdue: escalated to the pharmacist on duty; expires {expires}"
             return _Step(detail, warning=True)
         case rx.PrescriptionApproved():
             if event.reviewed_by:
-                return _Step(f"released by pharmacist {event.reviewed_by} after review", Stage.APPROVED)
-            return _Step("passed the checks", Stage.APPROVED)
+                return _Step(f"released by pharmacist {event.reviewed_by} after review")
+            return _Step("passed the checks")
         case rx.PrescriptionRejected():
-            return _Step(_rejection_detail(event), Stage.REJECTED, _reasons(event.reasons))
+            return _Step(_rejection_detail(event), _reasons(event.reasons))
         case rx.PrescriptionCancelled():
             why = (f"CANCELLED: {event.reason} (requested by {event.requested_by})",)
-            return _Step(f"cancelled by {event.requested_by}: {event.reason}", Stage.CANCELLED, why)
+            return _Step(f"cancelled by {event.requested_by}: {event.reason}", why)
         # --- stock
         case inv.StockReserved():
-            return _Step(f"stock reserved at {event.warehouse_id}", Stage.RESERVED)
+            return _Step(f"stock reserved at {event.warehouse_id}")
         case inv.ReservationFailed():
             why = tuple(
                 f"OUT_OF_STOCK: {s.drug_code} needs {s.requested}, best warehouse has {s.best_available}"
                 for s in event.shortages
             ) or (f"{event.reason}: every item is in stock, but no single warehouse holds them all",)
-            return _Step("no warehouse can fill the whole prescription", Stage.OUT_OF_STOCK, why)
+            return _Step("no warehouse can fill the whole prescription", why)
         case inv.StockReleased():
             return _Step(f"held stock released at {event.warehouse_id}: {_lines(event)} back on the shelf")
         case inv.StockReturned():
@@ -212,15 +184,15 @@ def _step_of(event: Envelope) -> _Step | None:
             return _Step(f"stock hold closed at {event.warehouse_id}: the patient has the goods")
         # --- delivery
         case c.DeliveryWaiting():
-            return _Step(f"waiting for a courier: {event.why}", Stage.WAITING_FOR_COURIER)
+            return _Step(f"waiting for a courier: {event.why}")
         case c.CourierAssigned():
-            return _Step(f"offered to courier {event.courier_id} (attempt {event.attempt})", Stage.COURIER_ASSIGNED)
+            return _Step(f"offered to courier {event.courier_id} (attempt {event.attempt})")
         case c.DeliveryOfferExpired():
             return _Step(f"courier {event.courier_id} did not accept in time; offered to the next courier")
         case c.DeliveryAccepted():
-            return _Step(f"courier {event.courier_id} accepted", Stage.ACCEPTED_BY_COURIER)
+            return _Step(f"courier {event.courier_id} accepted")
         case c.DeliveryPickedUp():
-            return _Step(f"picked up by {event.courier_id} at {event.warehouse_id}", Stage.PICKED_UP)
+            return _Step(f"picked up by {event.courier_id} at {event.warehouse_id}")
         case c.DeliveryCodeRejected():
             detail = f"wrong delivery code reported by courier {event.courier_id} ({event.wrong_codes} on this attempt)"
             return _Step(detail, warning=True)
@@ -234,29 +206,19 @@ def _step_of(event: Envelope) -> _Step | None:
             return _Step(detail, warning=True)
         case c.DeliveryFailed():
             then = "will be re-dispatched" if event.will_retry else "no attempts left"
-            return _Step(f"attempt {event.attempt} failed: {event.reason}; {then}", Stage.DELIVERY_FAILED)
+            return _Step(f"attempt {event.attempt} failed: {event.reason}; {then}")
         case c.DeliveryCompleted():
-            return _Step(f"delivered by {event.courier_id}", Stage.DELIVERED)
+            return _Step(f"delivered by {event.courier_id}")
         case c.DeliveryAbandoned():
             attempts = f"{event.attempts} attempt{'' if event.attempts == 1 else 's'}"
             why = (f"UNDELIVERABLE: {attempts}, last failure {event.last_reason}",)
             goods = "the goods go to quarantine" if event.goods_travelled else "held stock released"
-            return _Step(f"given up; {goods}", Stage.UNDELIVERABLE, why)
+            return _Step(f"given up; {goods}", why)
         case c.DeliveryCancelled():
             if event.goods_returned:
                 return _Step("delivery cancelled; the goods came back and are in quarantine")
             return _Step("delivery cancelled before pickup; held stock released")
     return None
-
-
-def _next_stage(current: Stage, reported: Stage) -> Stage:
-    if reported in TERMINAL:
-        return reported
-    if reported in _PIPELINE_RANK:
-        if current in _PIPELINE_RANK and _PIPELINE_RANK[reported] > _PIPELINE_RANK[current]:
-            return reported
-        return current
-    return reported
 
 
 def track(
@@ -271,8 +233,9 @@ def track(
     if prescription_id is None or step is None:
         return None
     current = status or PrescriptionStatus(prescription_id=prescription_id, stage=Stage.RECEIVED)
+    reported = stage_of(event)
     entry = HistoryEntry(
-        at=event.occurred_at, stage=step.stage or current.stage, detail=step.detail, warning=step.warning
+        at=event.occurred_at, stage=reported or current.stage, detail=step.detail, warning=step.warning
     )
     # A shallow copy with a new history list: every later change assigns, never mutates in place.
     updated = current.model_copy(update={"history": [*current.history, entry]})
@@ -283,9 +246,9 @@ def track(
         updated.delivery_attempts = event.attempt
     if isinstance(event, rx.PrescriptionApproved) and delivery_code is not None:
         updated.delivery_code = delivery_code
-    if current.terminal or step.stage is None:
+    if current.terminal or reported is None:
         return updated
-    stage = _next_stage(current.stage, step.stage)
+    stage = next_stage(current.stage, reported)
     if stage is not current.stage:
         # `why` explains the current stage: a hold's reasons do not outlive the hold.
         updated.stage, updated.terminal, updated.why = stage, stage in TERMINAL, list(step.why)

@@ -183,9 +183,6 @@ class ConsultationService:
             # A projection of decisions logged where they were taken: debug only, ~8 per prescription.
             log.debug("status updated", stage=change.state.stage, terminal=change.state.terminal)
 
-    async def status_of(self, prescription_id: str) -> domain.PrescriptionStatus | None:
-        return await self._storage.status.get(prescription_id)
-
 
 def decode_upstream(body: bytes, headers: dict[str, str], topic: Topic) -> Envelope:
     """Native messages as the topic's contract says; a FHIR R4 bundle (content-type

@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.courier import FailureReason
+from pharmacy_contracts.geo import great_circle_km
 from pharmacy_contracts.prescription import DeliveryDetails
 
-EARTH_RADIUS_KM = 6371.0088
 DEFAULT_RETRY_LIMITS: dict[str, int] = {
     "patient_absent": 3,
     "address_not_found": 2,
@@ -180,23 +180,18 @@ def dispatch_id_for(prescription_id: str, attempt: int) -> str:
 # --- choosing a courier ----------------------------------------------------------------------------
 
 
-def haversine_km(a: Coordinates, b: Coordinates) -> float:
-    """Great-circle distance; good enough to rank couriers (roads are not straight anyway)."""
-    lat1, lon1, lat2, lon2 = map(math.radians, (a.latitude, a.longitude, b.latitude, b.longitude))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
-
-
 def trip_km(courier: CourierProfile, delivery: Delivery) -> float:
     """From the courier's base to the pickup warehouse, plus from the base to the patient. A
     courier whose base is unknown comes after every courier whose base is known."""
     if courier.location is None:
         return math.inf
+    base = (courier.location.latitude, courier.location.longitude)
     total = 0.0
-    if delivery.pickup_location is not None:
-        total += haversine_km(courier.location, delivery.pickup_location)
+    if (pickup := delivery.pickup_location) is not None:
+        total += great_circle_km(base, (pickup.latitude, pickup.longitude))
     if delivery.details is not None:
-        total += haversine_km(courier.location, delivery.details.address.coordinates)
+        patient = delivery.details.address.coordinates
+        total += great_circle_km(base, (patient.latitude, patient.longitude))
     return total
 
 

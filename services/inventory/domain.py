@@ -8,7 +8,6 @@ ledger built from them recomputes exactly the figures the warehouse documents ho
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -17,9 +16,9 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field, model_validator
 
+from pharmacy_contracts.geo import great_circle_km
 from pharmacy_contracts.inventory import Bucket, Movement, MovementKind
 
-EARTH_RADIUS_KM = 6371.0088
 WarehouseKind = Literal["central", "township"]
 
 
@@ -334,10 +333,8 @@ def can_fill(warehouse: Warehouse, lines: Mapping[str, Line], *, today: date, de
 
 
 def distance_km(a: Location, b: Location) -> float:
-    """Great-circle (haversine) distance."""
-    lat1, lon1, lat2, lon2 = map(math.radians, (a.latitude, a.longitude, b.latitude, b.longitude))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+    """Great-circle distance between two places, as every side measures it."""
+    return great_circle_km((a.latitude, a.longitude), (b.latitude, b.longitude))
 
 
 def choose_warehouse(

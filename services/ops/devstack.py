@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,7 +246,7 @@ class DevStack:
         candidates = [int(remembered.read_text())] if remembered.exists() else []
         if self.http_base_port and service in SERVICES:
             candidates.append(self.http_base_port + SERVICES.index(service) + 10 * (int(instance or 1) - 1))
-        port = next((p for p in candidates if _port_free(p)), None) or _free_port()
+        port = next((p for p in candidates if _port_free(p)), None) or free_port()
         remembered.parent.mkdir(parents=True, exist_ok=True)
         remembered.write_text(str(port))
         return port
@@ -374,10 +374,14 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(taken: Iterable[int] = ()) -> int:
+    """A loopback port free right now, not one of `taken` (ports already handed out but not yet bound)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 def _wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:

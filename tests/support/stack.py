@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-from services.ops.devstack import DevStack
+from services.ops.devstack import DevStack, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["free_port", "start_test_stack"]
 
 
 def start_test_stack(home: Path) -> DevStack:
-    stack = DevStack(home=home, kafka_port=free_port(), mongo_port=free_port(), partitions=4)
+    kafka_port = free_port()
+    stack = DevStack(home=home, kafka_port=kafka_port, mongo_port=free_port(taken={kafka_port}), partitions=4)
     stack.start_infra()
     return stack

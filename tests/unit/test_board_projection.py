@@ -414,7 +414,14 @@ def test_a_cancelled_delivery_leaves_the_couriers_load() -> None:
     board = fold_all(EMPTY, [delivery(c.CourierAssigned, "RX-1"), delivery(c.DeliveryPickedUp, "RX-1")])
     board = fold(board, c.DeliveryCancelled(**meta("RX-1"), prescription_id="RX-1", goods_returned=True))
     assert courier_row(board)["on_the_road"] == []
-    assert state_of(board, "RX-1") == "cancelled"
+    assert board.prescriptions["RX-1"].note == "delivery cancelled"
+
+
+def test_the_prescriptions_cancellation_ends_it_whichever_topic_is_read_first() -> None:
+    on_the_road = [delivery(c.CourierAssigned, "RX-1"), delivery(c.DeliveryPickedUp, "RX-1")]
+    delivery_cancelled = c.DeliveryCancelled(**meta("RX-1"), prescription_id="RX-1", goods_returned=True)
+    for ending in ([cancelled("RX-1"), delivery_cancelled], [delivery_cancelled, cancelled("RX-1")]):
+        assert state_of(fold_all(EMPTY, [*on_the_road, *ending]), "RX-1") == "cancelled"
 
 
 # --- the fold itself ------------------------------------------------------------------------------

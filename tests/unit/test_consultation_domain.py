@@ -797,10 +797,10 @@ def test_a_late_pipeline_event_does_not_pull_waiting_back():
     assert fold(accepted(0), waiting(3), reserved(2), approved(1)).stage is Stage.WAITING_FOR_COURIER
 
 
-def test_an_expired_offer_is_noted_and_the_next_offer_follows():
+def test_an_expired_offer_waits_for_a_courier_again_until_the_next_offer():
     status = fold(accepted(0), approved(1), reserved(2), assigned(3), offer_expired(4))
 
-    assert status.stage is Stage.COURIER_ASSIGNED
+    assert (status.stage, status.terminal) == (Stage.WAITING_FOR_COURIER, False)
     assert status.history[-1].detail == "courier CUR-1 did not accept in time; offered to the next courier"
 
     status = track(status, assigned(5, courier_id="CUR-2", attempt=2))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,10 +16,13 @@ from pharmacy_contracts import prescription as rx
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted
 from pharmacy_contracts.envelope import Envelope
+from pharmacy_contracts.geo import EARTH_RADIUS_KM, great_circle_km
+from pharmacy_contracts.lifecycle import PIPELINE, TERMINAL, Stage, next_stage, stage_of
 from tests.unit.builders import (
     EXAMPLE_PRESCRIPTION_PATH,
     RX_ID,
     abandoned,
+    accepted,
     approved,
     assigned,
     cancellation_requested,
@@ -480,3 +485,63 @@ def test_a_timestamp_that_overflows_in_utc_is_a_validation_error_not_a_crash() -
         RestockRequested.model_validate_json(raw)
 
     assert [e["loc"] for e in error.value.errors()] == [("occurred_at",)]
+
+
+# --- shared vocabulary: distance ------------------------------------------------------------------
+
+
+def test_great_circle_one_degree_of_latitude_is_about_111_km():
+    assert great_circle_km((51.0, 70.0), (52.0, 70.0)) == pytest.approx(111.2, abs=0.1)
+    assert great_circle_km((51.8, 69.4), (51.8, 69.4)) == 0.0
+
+
+def test_great_circle_is_symmetric_and_follows_the_parallel_s_shrinking():
+    north, south = (51.8, 69.4), (43.2, 76.9)
+    assert great_circle_km(north, south) == great_circle_km(south, north)
+    # one degree of longitude is cos(latitude) times shorter than at the equator
+    assert great_circle_km((60.0, 0.0), (60.0, 1.0)) == pytest.approx(111.2 / 2, abs=0.1)
+
+
+def test_great_circle_between_antipodes_is_half_the_circumference():
+    assert great_circle_km((0.0, 0.0), (0.0, 180.0)) == pytest.approx(math.pi * EARTH_RADIUS_KM)
+
+
+# --- shared vocabulary: a prescription's lifecycle ------------------------------------------------
+
+
+def test_each_lifecycle_event_reports_its_stage_and_stock_alerts_report_none():
+    reported = [
+        stage_of(e)
+        for e in (accepted(), approved(), reserved(), assigned(), delivery_accepted(), picked_up(), completed())
+    ]
+    assert reported == [
+        Stage.RECEIVED,
+        Stage.APPROVED,
+        Stage.RESERVED,
+        Stage.COURIER_ASSIGNED,
+        Stage.ACCEPTED_BY_COURIER,
+        Stage.PICKED_UP,
+        Stage.DELIVERED,
+    ]
+    assert [stage_of(e) for e in (rejected(), reservation_failed(), abandoned(), delivery_failed())] == [
+        Stage.REJECTED,
+        Stage.OUT_OF_STOCK,
+        Stage.UNDELIVERABLE,
+        Stage.DELIVERY_FAILED,
+    ]
+    assert stage_of(low_stock()) is None
+    assert stage_of(restocked()) is None
+
+
+def test_a_pipeline_stage_only_moves_forward():
+    for earlier, later in itertools.pairwise(PIPELINE):
+        assert next_stage(earlier, later) is later
+        assert next_stage(later, earlier) is later
+    assert next_stage(Stage.COURIER_ASSIGNED, Stage.RESERVED) is Stage.COURIER_ASSIGNED
+
+
+def test_a_courier_stage_is_the_latest_word_and_the_first_terminal_stage_stays():
+    assert next_stage(Stage.PICKED_UP, Stage.WAITING_FOR_COURIER) is Stage.WAITING_FOR_COURIER
+    assert next_stage(Stage.HELD_FOR_REVIEW, Stage.REJECTED) is Stage.REJECTED
+    for ended in TERMINAL:
+        assert all(next_stage(ended, stage) is ended for stage in Stage)

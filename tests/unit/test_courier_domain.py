@@ -8,6 +8,7 @@ import pytest
 
 from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.courier import DispatchOffered, DispatchWithdrawn
+from pharmacy_contracts.geo import great_circle_km
 from services.courier.domain import (
     DEFAULT_RETRY_LIMITS,
     Attempt,
@@ -27,7 +28,6 @@ from services.courier.domain import (
     expire_offer,
     failures,
     goods_travelled,
-    haversine_km,
     mark_overdue,
     offer,
     offer_expired,
@@ -125,19 +125,15 @@ def courier_ids(roster, loads, delivery) -> str | None:
 # --- distance --------------------------------------------------------------------------------------
 
 
-def test_haversine_one_degree_of_latitude_is_about_111_km():
-    assert haversine_km(Coordinates(latitude=51, longitude=70), Coordinates(latitude=52, longitude=70)) == (
-        pytest.approx(111.2, abs=0.1)
-    )
-    same = Coordinates(latitude=51.8, longitude=69.4)
-    assert haversine_km(same, same) == 0
+def km(a: Coordinates, b: Coordinates) -> float:
+    return great_circle_km((a.latitude, a.longitude), (b.latitude, b.longitude))
 
 
 def test_trip_is_base_to_pickup_plus_base_to_patient():
     courier = make_courier("CUR-A", base=MIDDLE)
     delivery = make_delivery()
     base = courier.location
-    expected = haversine_km(base, delivery.pickup_location) + haversine_km(base, delivery.details.address.coordinates)
+    expected = km(base, delivery.pickup_location) + km(base, delivery.details.address.coordinates)
 
     assert trip_km(courier, delivery) == pytest.approx(expected)
 
@@ -187,7 +183,7 @@ def test_nearest_counts_both_the_pickup_and_the_patient_leg():
     past_the_warehouse = make_courier("CUR-A", base=(51.30, 71.25))
     halfway = make_courier("CUR-B", base=(51.56, 70.18))
     pickup = delivery.pickup_location
-    assert haversine_km(past_the_warehouse.location, pickup) < haversine_km(halfway.location, pickup)
+    assert km(past_the_warehouse.location, pickup) < km(halfway.location, pickup)
 
     assert courier_ids([past_the_warehouse, halfway], {}, delivery) == "CUR-B"
 
