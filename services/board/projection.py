@@ -248,6 +248,7 @@ def _alert(board: Board, event: Envelope) -> Board:
 
 # --- prescriptions --------------------------------------------------------------------------------
 
+
 def _note_of(event: Envelope) -> str | None:
     """What the board says about an event of a prescription's lifecycle, or None if it shows none."""
     match event:

@@ -51,7 +51,7 @@ from pharmacy_contracts.topics import topic_for
 from .coalescing import Coalescer
 from .errors import Refused
 from .faults import crash_point
-from .observability import TRACEPARENT, continuing_trace, current_traceparent, outside_message_traces
+from .observability import TRACEPARENT, RoundTripListener, continuing_trace, current_traceparent, outside_message_traces
 from .tracking import Position, current_position
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def outbox_entry(event: Envelope) -> dict[str, Any]:
 
 
 def connect(url: str) -> AsyncIOMotorClient:
-    return AsyncIOMotorClient(url, tz_aware=True, serverSelectionTimeoutMS=5000)
+    return AsyncIOMotorClient(url, tz_aware=True, serverSelectionTimeoutMS=5000, event_listeners=[RoundTripListener()])
 
 
 @dataclass

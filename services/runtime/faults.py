@@ -70,3 +70,23 @@ def failing_when_armed(publish: Publish) -> Publish:
         await publish(entries)
 
     return publish_unless_armed
+
+
+def batch_paused_when_armed(
+    handle_batch: Callable[[Sequence[Any]], Awaitable[Any]],
+) -> Callable[[Sequence[Any]], Awaitable[Any]]:
+    """The same pause for a batch handler: before a batch that holds the armed message."""
+    armed = _armed("PHARMACY_FAULT_PAUSE_AT")
+    if not armed:
+        return handle_batch
+    pause_s = float(os.environ.get("PHARMACY_FAULT_PAUSE_S", "3"))
+
+    async def handle_after_pause(records: Sequence[Any]) -> Any:
+        held = [r.message_id for r in records if f"before-handling:{r.message_id}" in armed]
+        if held:
+            log.warning("fault injected: pausing before handling", message_id=held[0], pause_s=pause_s)
+            await asyncio.sleep(pause_s)
+            log.warning("fault injected: pause over", message_id=held[0])
+        return await handle_batch(records)
+
+    return handle_after_pause

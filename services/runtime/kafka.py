@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -25,14 +26,17 @@ from pharmacy_contracts.topics import ALL_TOPICS, Topic
 
 from .documents import TRANSIENT_ERRORS
 from .errors import Refused
-from .observability import ConsumerObserver, Observability
+from .observability import ConsumerObserver, Observability, current_message_type
 from .security import aiokafka_kwargs, faststream_security
 from .settings import RuntimeSettings
 from .tracking import Position, current_position
+from .unit_of_work import Handled, Outcome, Record
 
 log = structlog.get_logger()
 
 Handler = Callable[[Any], Awaitable[None]]
+#: Takes a batch's admitted records in arrival order and says what became of each (see `unit_of_work`).
+BatchHandler = Callable[[Sequence[Record[Any]]], Awaitable[Sequence[Handled[Any]]]]
 #: Turns a record's raw bytes and headers into a contract message instead of `Topic.parse` (e.g.
 #: another wire format on the same topic, told apart by its content type); raises Refused or a
 #: ValidationError to dead-letter the record with that reason.
@@ -139,7 +143,8 @@ def subscribe(
     *,
     topics: Sequence[Topic],
     group: str,
-    handle: Handler,
+    handle: Handler | None = None,
+    handle_batch: BatchHandler | None = None,
     title: str,
     gate: Gate | None = None,
     decode: Decode | None = None,
@@ -147,6 +152,13 @@ def subscribe(
     background: bool = False,
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
+
+    With `handle_batch`, the records of a batch that pass the checks below are handed over
+    together, in arrival order, as one unit of work (see `unit_of_work`): its answer says, per
+    record, what became of it. Refused records are dead-lettered; failed ones are tried again
+    alone, with backoff, then dead-lettered; an unreachable database retries the whole batch.
+    With `handle`, each message is handed over alone (the older shape, still used by services
+    that have not moved).
 
     Records come in batches of up to `kafka_max_batch_records`. Records with the same key (one
     prescription, one warehouse) are handled one after another in their order; different keys are
@@ -183,7 +195,18 @@ def subscribe(
         with observed.handling(record):  # its time, its outcome, its span
             await consume_record(record, floor)
 
+    if (handle is None) == (handle_batch is None):
+        raise ValueError("subscribe takes either handle or handle_batch")
+
     async def consume_record(record: ConsumerRecord, floor: int) -> None:
+        parsed = await admit(record, floor)
+        if parsed is not None:
+            assert handle is not None
+            await _handle_with_retries(parsed, record, by_name[record.topic], handle, dead_letters, settings)
+
+    async def admit(record: ConsumerRecord, floor: int) -> Envelope | None:
+        """The record's contract message, or None once it is dead-lettered (too large, refused at
+        the gate, unreadable or violating its contract)."""
         topic = by_name[record.topic]
         body: bytes = record.value or b""
         structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
@@ -191,36 +214,55 @@ def subscribe(
         if len(body) > settings.max_message_bytes:
             detail = f"{len(body)} bytes, at most {settings.max_message_bytes}"
             await dead_letters.send(record, topic, reason="too_large", detail=detail, attempts=1)
-            return
+            return None
         if gate is not None:
             try:
                 gate(body, _headers(record))
             except Refused as refusal:
                 await dead_letters.send(record, topic, reason=refusal.code, detail=refusal.detail, attempts=1)
-                return
+                return None
             except Exception as error:  # a gate that trips over hostile bytes refuses them
                 await dead_letters.send(record, topic, reason="unreadable", detail=repr(error), attempts=1)
-                return
+                return None
         try:
             parsed: Envelope = topic.parse(body) if decode is None else decode(body, _headers(record), topic)
         except Refused as refusal:
             await dead_letters.send(record, topic, reason=refusal.code, detail=refusal.detail, attempts=1)
-            return
+            return None
         except ValidationError as error:
             await dead_letters.send(record, topic, reason="contract_violation", detail=_brief(error), attempts=1)
-            return
+            return None
         except Exception as error:  # parsing is pure: whatever it raises, the bytes are at fault
             await dead_letters.send(record, topic, reason="contract_violation", detail=repr(error), attempts=1)
-            return
+            return None
         structlog.contextvars.bind_contextvars(
             correlation_id=parsed.correlation_id, message_id=parsed.message_id, message_type=parsed.type
         )
-        await _handle_with_retries(parsed, record, topic, handle, dead_letters, settings)
+        current_message_type.set(parsed.type)  # records delivered are counted by group and type
+        return parsed
 
     async def consume_in_order(records: list[ConsumerRecord], floors: dict[tuple[str, int], int]) -> None:
         # Runs as its own task: the log context and position it binds stay with its records.
         for record in records:
             await consume_one(record, floors[record.topic, record.partition])
+
+    async def consume_whole_batch(message: KafkaMessage) -> None:
+        assert handle_batch is not None
+        observed.claim_task()  # the unit of work's database round trips count as this group's
+        floors = _floors(message.raw_message)
+        admitted: list[tuple[ConsumerRecord, Record[Any]]] = []
+        for raw in message.raw_message:
+            with observed.handling(raw):
+                parsed = await admit(raw, floors[raw.topic, raw.partition])
+                if parsed is not None:
+                    # Its log fields and trace go with it into the unit of work.
+                    record = Record(parsed, current_position.get(), contextvars.copy_context())
+                    admitted.append((raw, record))
+            structlog.contextvars.unbind_contextvars("correlation_id", "message_id", "message_type")
+        if admitted:
+            await _handle_batch_with_retries(admitted, by_name, handle_batch, dead_letters, settings)
+        if linger_s and len(message.raw_message) < settings.kafka_max_batch_records:
+            await asyncio.sleep(linger_s)
 
     async def consume_batch(message: KafkaMessage) -> None:
         chains: dict[tuple[Any, ...], list[ConsumerRecord]] = {}
@@ -257,7 +299,7 @@ def subscribe(
         title=title,
         description=" ".join(topic.description for topic in topics),
     )
-    subscriber(consume_batch)
+    subscriber(consume_batch if handle is not None else consume_whole_batch)
     subscriber.specification = ContractSpecification(subscriber.specification, topics, group_id)
 
 
@@ -293,6 +335,68 @@ async def _handle_with_retries(
             delay = settings.handler_retry_backoff_s * 2 ** (attempt - 1)
             log.warning("handler failed, retrying", error=repr(error), attempt=attempt, delay_s=delay)
             await asyncio.sleep(delay)
+
+
+def _floors(records: Sequence[ConsumerRecord]) -> dict[tuple[str, int], int]:
+    """Per partition, the offset before the batch's first record: everything up to it was handled."""
+    floors: dict[tuple[str, int], int] = {}
+    for record in records:
+        partition = (record.topic, record.partition)
+        floors[partition] = min(floors.get(partition, record.offset), record.offset - 1)
+    return floors
+
+
+async def _handle_batch_with_retries(
+    admitted: list[tuple[ConsumerRecord, Record[Any]]],
+    topics: dict[str, Topic],
+    handle_batch: BatchHandler,
+    dead_letters: DeadLetters,
+    settings: RuntimeSettings,
+) -> None:
+    """The batch once; each record that failed again alone, with backoff, then dead-lettered."""
+    outcomes = await _while_unreachable(handle_batch, [record for _, record in admitted], settings)
+    for (raw, record), handled in zip(admitted, outcomes, strict=True):
+        attempt = 1
+        while handled.outcome is Outcome.FAILED and attempt < settings.handler_max_attempts:
+            dead_letters.observed.failed(raw.topic, RuntimeError(handled.error or "failed"))
+            delay = settings.handler_retry_backoff_s * 2 ** (attempt - 1)
+            log.warning("message failed, retrying it alone", error=handled.error, attempt=attempt, delay_s=delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+            (handled,) = await _while_unreachable(handle_batch, [record], settings)
+        topic = topics[raw.topic]
+        if handled.outcome is Outcome.REFUSED and handled.refusal is not None:
+            refusal = handled.refusal
+            await dead_letters.send(raw, topic, reason=refusal.code, detail=refusal.detail, attempts=attempt)
+        elif handled.outcome is Outcome.FAILED:
+            detail = handled.error or "failed"
+            await dead_letters.send(raw, topic, reason="processing_failed", detail=detail, attempts=attempt)
+        else:
+            dead_letters.observed.handled(raw.topic)
+
+
+async def _while_unreachable(
+    handle_batch: BatchHandler, records: list[Record[Any]], settings: RuntimeSettings
+) -> Sequence[Handled[Any]]:
+    """Our outage is not the messages' fault: an unreachable database is waited out without limit,
+    with one warning when it starts and one line when it ends, not a traceback per attempt. Any
+    other error fails every record of this attempt, so each is tried again alone."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            outcomes = await handle_batch(records)
+        except TRANSIENT_ERRORS as error:
+            if attempt == 1:
+                log.warning("database unreachable; retrying until it answers", error=str(error))
+            await asyncio.sleep(min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0))
+            continue
+        except Exception as error:
+            log.exception("unit of work failed", records=len(records))
+            return [Handled(record, Outcome.FAILED, error=repr(error)) for record in records]
+        if attempt > 1:
+            log.info("database reachable again", attempts=attempt)
+        return outcomes
 
 
 async def _raw_body(message: Any) -> bytes:

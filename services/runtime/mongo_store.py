@@ -88,6 +88,10 @@ class MongoStore(Generic[S]):
             return set()
         return {d["_id"] async for d in self._applied.find({"_id": {"$in": list(message_ids)}}, {"_id": 1})}
 
+    async def all(self) -> list[Stored[S]]:
+        """Every document (tools and checks, never a message's path)."""
+        return [self._stored(d) async for d in self._collection.find({})]
+
     async def pending_outbox(self, limit: int = 200, *, written_before: float | None = None) -> list[Stored[S]]:
         query: dict[str, Any] = {"outbox_pending": {"$gt": 0}}
         if written_before is not None:

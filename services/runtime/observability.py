@@ -43,6 +43,7 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+from pymongo import monitoring
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -62,6 +63,52 @@ _current_metrics: ContextVar[ServiceMetrics | None] = ContextVar("pharmacy_metri
 #: Set while a record that carried no traceparent is handled: its span began a trace only for want
 #: of one, so a document it acts on may know better which trace the work belongs to.
 _record_untraced: ContextVar[bool] = ContextVar("pharmacy_record_untraced", default=False)
+#: The consumer group whose handler is running: the database commands sent under it are that
+#: group's (see `RoundTripListener`).
+_current_group: ContextVar[str | None] = ContextVar("pharmacy_group", default=None)
+#: The contract type of the record in hand, once parsed (the runtime's subscriber sets it): each
+#: record delivered is counted by group and type, so what a group receives and never acts on shows.
+current_message_type: ContextVar[str | None] = ContextVar("pharmacy_message_type", default=None)
+#: The group label of database commands sent outside any handler: the outbox relay, sweeps, start-up.
+OUTSIDE_HANDLERS = "(background)"
+#: The type label of a record that was dead-lettered before it could be parsed.
+UNPARSED = "(unparsed)"
+
+#: One per process, not per `ServiceMetrics`: the listener belongs to the database client, which
+#: `connect` makes without knowing the service; every `ServiceMetrics` exposes it. A test process
+#: hosting several services shows their sum in each (their handlers' commands told apart by group).
+DATABASE_ROUND_TRIPS = Counter(
+    "pharmacy_database_round_trips",
+    "Database commands sent (each one round trip), by the consumer group whose handler sent them "
+    f"({OUTSIDE_HANDLERS}: the relay, sweeps) and the command (find, insert, update, getMore, ...)",
+    ["group", "command"],
+    registry=None,
+)
+
+
+class RoundTripListener(monitoring.CommandListener):
+    """Counts every command a database client sends, under the group of the handler that sent it.
+
+    Motor runs each command on a thread of its own with a copy of the caller's context, so the
+    group seen here is the caller's. A store's group write or coalesced read runs in a task that
+    serves every handler waiting on it; its commands count under the group whose handler started
+    that task (a store two groups write mixes them; the process's total is exact)."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], Any] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        key = (_current_group.get() or OUTSIDE_HANDLERS, event.command_name)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = DATABASE_ROUND_TRIPS.labels(*key)
+        series.inc()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
 
 
 class ServiceMetrics:
@@ -124,6 +171,14 @@ class ServiceMetrics:
             ["state"],
             registry=r,
         )
+        self.records_delivered = Counter(
+            "pharmacy_records_delivered",
+            f"Records delivered to a consumer group, by topic and contract type ({UNPARSED}: dead-lettered "
+            "before parsing), retries not counted again",
+            ["group", "topic", "type"],
+            registry=r,
+        )
+        r.register(DATABASE_ROUND_TRIPS)
         self._lag_series: set[tuple[str, str, str]] = set()
 
     def exposition(self) -> bytes:
@@ -166,6 +221,13 @@ class ConsumerObserver:
         # Series of the hot path, looked up once per topic (a label lookup costs as much as the update).
         self._handled: dict[str, Any] = {}
         self._seconds: dict[str, Any] = {}
+        self._delivered: dict[tuple[str, str], Any] = {}
+
+    def claim_task(self) -> None:
+        """Mark the running task as this group's consumer: the database commands it sends, and those
+        of the tasks it starts, count as this group's also outside `handling` (a whole batch handed
+        to a unit of work). Not reset: a subscriber's batches all run in its own task."""
+        _current_group.set(self.group or None)
 
     def handled(self, topic: str) -> None:
         series = self._handled.get(topic)
@@ -185,6 +247,8 @@ class ConsumerObserver:
         parent is the record's `traceparent`. With tracing off, a record's incoming `traceparent` is
         still made current, so the events it causes carry the trace on."""
         metrics_token = _current_metrics.set(self.metrics)
+        group_token = _current_group.set(self.group or None)
+        type_token = current_message_type.set(None)
         started = time.perf_counter()
         carrier = _record_trace_headers(record)
         untraced_token = _record_untraced.set(TRACEPARENT not in carrier)
@@ -204,7 +268,18 @@ class ConsumerObserver:
             if series is None:
                 series = self._seconds[record.topic] = self.metrics.handling_seconds.labels(record.topic, self.group)
             series.observe(time.perf_counter() - started)
+            self._count_delivered(record.topic, current_message_type.get() or UNPARSED)
+            current_message_type.reset(type_token)
+            _current_group.reset(group_token)
             _current_metrics.reset(metrics_token)
+
+    def _count_delivered(self, topic: str, message_type: str) -> None:
+        series = self._delivered.get((topic, message_type))
+        if series is None:
+            series = self._delivered[topic, message_type] = self.metrics.records_delivered.labels(
+                self.group, topic, message_type
+            )
+        series.inc()
 
     @contextlib.contextmanager
     def _span(self, record: ConsumerRecord[Any, Any], carrier: dict[str, str]) -> Iterator[None]:

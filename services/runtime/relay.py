@@ -13,6 +13,8 @@ from faststream.kafka import KafkaBroker
 
 from .documents import DocumentStore, Publish
 from .observability import TRACEPARENT, ServiceMetrics, publishing_under, traces_publishes
+from .store import Store
+from .unit_of_work import UnitOfWork
 
 log = structlog.get_logger()
 
@@ -46,6 +48,30 @@ def publisher_for(broker: KafkaBroker) -> Publish:
     return publish
 
 
+class StoreOutbox:
+    """A `Store` whose writes a unit of work publishes, as the relay sees it (the same calls a
+    `DocumentStore` answers)."""
+
+    publishes_its_writes = True
+
+    def __init__(self, store: Store[Any], unit_of_work: UnitOfWork) -> None:
+        self._store = store
+        self._unit_of_work = unit_of_work
+        self.name = store.name
+
+    async def pending_outbox(
+        self, limit: int = 200, *, written_before: float | None = None
+    ) -> list[tuple[str, list[dict[str, Any]]]]:
+        pending = await self._store.pending_outbox(limit, written_before=written_before)
+        return [(stored.id, list(stored.outbox)) for stored in pending]
+
+    async def remove_published(self, doc_id: str, message_ids: set[str]) -> None:
+        await self._store.drop_published({doc_id: message_ids})
+
+    async def settled(self) -> None:
+        await self._unit_of_work.settled()
+
+
 class OutboxRelay:
     """One background task per service process, for events no live write published.
 
@@ -60,7 +86,7 @@ class OutboxRelay:
     def __init__(
         self,
         broker: KafkaBroker,
-        stores: Sequence[DocumentStore[Any]],
+        stores: Sequence[DocumentStore[Any] | StoreOutbox],
         poll_interval_s: float,
         stale_after_s: float = 0.0,
         metrics: ServiceMetrics | None = None,

@@ -11,13 +11,15 @@ from faststream import FastStream
 
 from pharmacy_contracts.topics import Topic
 
-from .documents import DocumentStore, connect, ping
-from .faults import failing_when_armed, paused_when_armed
-from .kafka import Decode, Gate, Handler, create_broker, subscribe
+from .documents import DocumentStore, connect, outbox_entry, ping
+from .faults import batch_paused_when_armed, failing_when_armed, paused_when_armed
+from .kafka import BatchHandler, Decode, Gate, Handler, create_broker, subscribe
 from .logging import configure_logging
 from .observability import Check, HttpEndpoint, NotReady, Observability
-from .relay import OutboxRelay, publisher_for
+from .relay import OutboxRelay, StoreOutbox, publisher_for
 from .settings import RuntimeSettings
+from .store import Store
+from .unit_of_work import UnitOfWork
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -41,22 +43,28 @@ class ServiceRuntime:
         self.relay = OutboxRelay(self.broker, [], settings.outbox_poll_interval_s, metrics=self.observability.metrics)
         self._sweeps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._sweep_tasks: list[asyncio.Task[None]] = []
-        self._routes: list[Any] = []
         #: "starting" until the consumers joined their groups, "running", then "stopping".
         self.phase = "starting"
         #: Handler calls running now: the stop reports how many it waited for, and that none is left.
         self.handlers_in_flight = 0
         self.http: HttpEndpoint | None = None
+        #: Publishes what each batch's saves put in their outboxes; the relay catches what a crash left.
+        self.unit_of_work = UnitOfWork(failing_when_armed(publisher_for(self.broker)), outbox_entry)
+        self._relayed: list[DocumentStore[Any] | StoreOutbox] = []
 
-    def publish_outbox_of(self, stores: Sequence[DocumentStore[Any]]) -> None:
+    def publish_outbox_of(self, stores: Sequence[DocumentStore[Any] | Store[Any]]) -> None:
         """Each write to these stores publishes its events; the relay catches what a crash left."""
         publish = failing_when_armed(publisher_for(self.broker))
         for store in stores:
-            store.publish_with(publish)
-            store.trace_with(self.observability.tracer)
+            if isinstance(store, DocumentStore):
+                store.publish_with(publish)
+                store.trace_with(self.observability.tracer)
+                self._relayed.append(store)
+            else:
+                self._relayed.append(StoreOutbox(store, self.unit_of_work))
         self.relay = OutboxRelay(
             self.broker,
-            stores,
+            self._relayed,
             self.settings.outbox_poll_interval_s,
             self.settings.outbox_stale_after_s,
             metrics=self.observability.metrics,
@@ -66,21 +74,24 @@ class ServiceRuntime:
         self,
         *topics: Topic,
         group: str,
-        handle: Handler,
         title: str,
+        handle: Handler | None = None,
+        handle_batch: BatchHandler | None = None,
         gate: Gate | None = None,
         decode: Decode | None = None,
         background: bool = False,
     ) -> None:
-        """`background`: the consumer keeps a projection that no prescription waits for on its way
-        (a status, a ledger, a history), so it fetches less eagerly and lets records gather
-        between batches (`background_wait_ms`)."""
+        """`handle` takes one message at a time, `handle_batch` a batch's records together (one use
+        case over a unit of work). `background`: the consumer keeps a projection that no
+        prescription waits for on its way (a status, a ledger, a history), so it fetches less
+        eagerly and lets records gather between batches (`background_wait_ms`)."""
         subscribe(
             self.broker,
             self.settings,
             topics=topics,
             group=group,
-            handle=self._counted(paused_when_armed(handle)),
+            handle=None if handle is None else self._counted(paused_when_armed(handle)),
+            handle_batch=None if handle_batch is None else self._counted_batch(batch_paused_when_armed(handle_batch)),
             title=title,
             gate=gate,
             decode=decode,
@@ -98,16 +109,22 @@ class ServiceRuntime:
 
         return handle_counted
 
+    def _counted_batch(self, handle_batch: BatchHandler) -> BatchHandler:
+        async def handle_counted(records: Sequence[Any]) -> Sequence[Any]:
+            self.handlers_in_flight += 1
+            try:
+                return await handle_batch(records)
+            finally:
+                self.handlers_in_flight -= 1
+
+        return handle_counted
+
     def every_sweep(self, name: str, sweep: Callable[[], Awaitable[None]]) -> None:
         """Run `sweep` every `sweep_interval_s` while the service runs: deadlines that passed
         (reviews, courier offers, lot expiry) are found by looking, so nothing waits forever even
         when no message arrives. Sweeps write through the same versioned documents as handlers, so
         two instances sweeping at once cannot both act."""
         self._sweeps.append((name, sweep))
-
-    def serve_routes(self, *routes: Any) -> None:
-        """Serve these Starlette routes next to /health and /metrics on the service's HTTP port."""
-        self._routes.extend(routes)
 
     def ready_checks(self) -> dict[str, Check]:
         """What /health/ready requires: consumers running, the broker and the database answering."""
@@ -157,7 +174,6 @@ class ServiceRuntime:
                     host=self.settings.http_host,
                     port=self.settings.http_port,
                     check_timeout_s=self.settings.health_check_timeout_s,
-                    extra_routes=self._routes,
                 )
                 await self.http.start()
             try:

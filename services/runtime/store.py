@@ -210,6 +210,9 @@ class MemoryStore(Generic[S]):
         self.round_trips += 1
         return {m for m in message_ids if m in self._applied}
 
+    async def all(self) -> list[Stored[S]]:
+        return [self._loaded(doc_id) for doc_id in self._documents]
+
     async def pending_outbox(self, limit: int = 200, *, written_before: float | None = None) -> list[Stored[S]]:
         self.round_trips += 1
         return [self._loaded(d.id) for d in self._documents.values() if d.outbox][:limit]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +41,7 @@ from .tracking import Position
 log = structlog.get_logger()
 
 M = TypeVar("M", bound=Envelope)
+T = TypeVar("T")
 #: Publishes outbox entries and returns once the broker confirmed every one (raises otherwise).
 Publish = Callable[[Sequence[OutboxEntry]], Awaitable[None]]
 #: Turns an event into its outbox entry (topic, key, body…): the runtime's `outbox_entry`.
@@ -59,10 +61,19 @@ class Record(Generic[M]):
 
     message: M
     position: Position | None = None
+    #: The context it was admitted in (its log fields, its trace): its decision and the outbox
+    #: entries of its events are made in it, so the events carry the message's trace on.
+    context: contextvars.Context | None = None
 
     @property
     def message_id(self) -> str:
         return self.message.message_id
+
+    def in_context(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call `function` as if handling this record: its log fields, trace and metrics."""
+        if self.context is None:
+            return function(*args, **kwargs)
+        return self.context.run(function, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,8 @@ class Decision(Generic[S]):
     state: S | None = None
     events: Sequence[Envelope] = ()
     refusal: Refused | None = None
+    #: Anything the use case wants back about this decision (handed back in `Handled.result`).
+    result: Any = None
 
     @classmethod
     def unchanged(cls) -> Decision[Any]:
@@ -99,6 +112,8 @@ class Handled(Generic[M]):
     refusal: Refused | None = None
     #: Why a FAILED record failed (its document could not be written, or its decision raised).
     error: str | None = None
+    #: The decision's `result`, for an APPLIED or UNCHANGED record.
+    result: Any = None
 
 
 @dataclass
@@ -129,12 +144,17 @@ class UnitOfWork:
         *,
         key: Callable[[M], str],
         decide: Callable[[S | None, M], Decision[S]],
+        tracked: bool = True,
     ) -> list[Handled[M]]:
-        """Every record's outcome, in the order given."""
+        """Every record's outcome, in the order given.
+
+        `tracked=False`: the store's documents are keyed by the message itself (a claim on a
+        message id), so recognising a duplicate is the decision's own business: every record
+        reaches `decide`, and no message id is recorded."""
         by_doc: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             by_doc.setdefault(key(record.message), []).append(index)
-        seen_before = await store.applied([r.message_id for r in records])
+        seen_before = await store.applied([r.message_id for r in records]) if tracked else set()
         outcomes: dict[int, Handled[M]] = {}  # by the record's index
         waiting = by_doc
         for _ in range(MAX_ROUNDS):
@@ -142,7 +162,7 @@ class UnitOfWork:
                 break
             loaded = await store.load(waiting)
             rounds = {
-                doc_id: self._decide(loaded[doc_id], [records[i] for i in indexes], seen_before, decide)
+                doc_id: self._decide(loaded[doc_id], [records[i] for i in indexes], seen_before, decide, tracked)
                 for doc_id, indexes in waiting.items()
             }
             saves = [r.save for r in rounds.values() if r.save is not None]
@@ -172,17 +192,19 @@ class UnitOfWork:
         records: list[Record[M]],
         seen_before: set[str],
         decide: Callable[[S | None, M], Decision[S]],
+        tracked: bool,
     ) -> _Round[S, M]:
         decided: _Round[S, M] = _Round(stored, records)
         state, tracking = stored.state, stored.tracking
-        new_events: list[Envelope] = []
+        new_entries: list[OutboxEntry] = []
         applied: list[str] = []
+        changed = False
         for record in records:
-            if record.message_id in seen_before or tracking.absorbed(record.message_id, record.position):
+            if tracked and (record.message_id in seen_before or tracking.absorbed(record.message_id, record.position)):
                 decided.handled.append(Handled(record, Outcome.DUPLICATE))
                 continue
             try:
-                decision = decide(state, record.message)
+                decision = record.in_context(decide, state, record.message)
             except Refused as refusal:
                 decision = Decision(refusal=refusal)
             except Exception as error:  # the decision's own bug: this record fails, the rest go on
@@ -192,20 +214,22 @@ class UnitOfWork:
             if decision.refusal is not None:
                 decided.handled.append(Handled(record, Outcome.REFUSED, refusal=decision.refusal))
             elif decision.state is None:
-                decided.handled.append(Handled(record, Outcome.UNCHANGED))
+                decided.handled.append(Handled(record, Outcome.UNCHANGED, result=decision.result))
             else:
                 state = decision.state
-                tracking = tracking.after(record.message_id, record.position)
-                applied.append(record.message_id)
-                new_events += decision.events
-                decided.handled.append(Handled(record, Outcome.APPLIED, tuple(decision.events)))
-        if applied and state is not None:
+                if tracked:
+                    tracking = tracking.after(record.message_id, record.position)
+                    applied.append(record.message_id)
+                changed = True
+                new_entries += [record.in_context(self._entry, event) for event in decision.events]
+                decided.handled.append(Handled(record, Outcome.APPLIED, tuple(decision.events), result=decision.result))
+        if changed and state is not None:
             kept = tuple(e for e in stored.outbox if e["message_id"] not in self._confirmed)
             decided.save = Save(
                 stored.id,
                 stored.version,
                 state,
-                kept + tuple(self._entry(event) for event in new_events),
+                kept + tuple(new_entries),
                 tracking,
                 tuple(applied),
                 stored.traceparent,

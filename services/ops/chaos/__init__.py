@@ -28,7 +28,6 @@ The modules: `run` (one run, start to end), `load` (the hospital, warehouse staf
 (the guarantees), `report` and `render` (the figures), `__main__` (the command line).
 """
 
-
 from .render import render
 from .report import ChaosReport, StockRow
 from .run import PROCESSES, run_chaos
