@@ -170,7 +170,7 @@ def cancel(
 @app.command()
 def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Where a prescription is, and why."""
-    found = run(_with_database(lambda db: ConsultationStorage(db).status.get(prescription_id)))
+    found = run(_with_database(lambda db: ConsultationStorage(db).status_of(prescription_id)))
     if found is None:
         console.print(f"no prescription {prescription_id} has been seen yet")
         raise typer.Exit(1)
@@ -187,7 +187,7 @@ def fhir_status(prescription_id: str) -> None:
 
     async def read(db: Any) -> tuple[Any, Any]:
         storage = ConsultationStorage(db)
-        return await storage.status.get(prescription_id), await storage.intake.get(prescription_id)
+        return await storage.status_of(prescription_id), await storage.intake_of(prescription_id)
 
     found, intake = run(_with_database(read))
     if found is None:

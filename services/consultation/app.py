@@ -27,6 +27,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
     runtime.publish_outbox_of(storage.with_outbox)
     service = ConsultationService(
         storage,
+        runtime.unit_of_work,
         clock=utc_now,
         sender_keys=settings.secrets(),
         delivery_code_key=settings.delivery_code_secret(),
@@ -35,7 +36,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
     runtime.consume(
         topics.CONSULTATION_PRESCRIPTIONS,
         group="consultation.intake",
-        handle=service.receive_from_upstream,
+        handle_batch=service.receive_from_upstream,
         title="receive signed prescriptions and cancellations from upstream",
         # Every record of the topic passes the gate before it is parsed, whatever its type.
         gate=service.check_signature,
@@ -46,7 +47,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         *LIFECYCLE_TOPICS,
         group="consultation.status",
         background=True,
-        handle=service.track,
+        handle_batch=service.track,
         title="keep each prescription's status from its lifecycle events",
     )
     return runtime.app(on_startup=storage.ensure_indexes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 import structlog
@@ -18,9 +18,9 @@ from pharmacy_contracts.consultation import (
 )
 from pharmacy_contracts.topics import Topic
 from services.runtime.delivery_codes import delivery_code
-from services.runtime.documents import Change
 from services.runtime.errors import Refused
 from services.runtime.observability import prescription_finished
+from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
 from . import domain, fhir
 from .storage import ConsultationStorage
@@ -33,14 +33,18 @@ FromUpstream = PrescriptionSubmitted | CancellationRequested
 
 
 class ConsultationService:
+    """Use cases over batches: each takes a batch's records and says what became of each."""
+
     def __init__(
         self,
         storage: ConsultationStorage,
+        unit_of_work: UnitOfWork,
         clock: Callable[[], datetime],
         sender_keys: Mapping[str, Mapping[str, bytes]],
         delivery_code_key: bytes,
     ):
         self._storage = storage
+        self._uow = unit_of_work
         self._clock = clock
         self._sender_keys = sender_keys
         self._delivery_code_key = delivery_code_key
@@ -58,130 +62,157 @@ class ConsultationService:
         if claimed is not None and claimed != sender:
             raise Refused("sender_mismatch", f"signed by {sender!r} but claims to be {claimed!r}")
 
-    async def receive_from_upstream(self, message: FromUpstream) -> None:
-        """Everything a (signature-checked) upstream system sends: prescriptions and their cancellations."""
+    async def receive_from_upstream(self, records: Sequence[Record[FromUpstream]]) -> list[Handled[FromUpstream]]:
+        """Everything (signature-checked) upstream systems send: prescriptions and their cancellations.
+
+        Each sender's message id is claimed for its content first, so a replay with other content
+        is refused before it touches a prescription; what passes is then taken in."""
+        claims = await self._uow.run(
+            self._storage.messages, records, key=_claim_key, decide=_claim_for_content, tracked=False
+        )
+        passed = [r for r, h in zip(records, claims, strict=True) if h.outcome not in (Outcome.REFUSED, Outcome.FAILED)]
+        taken = iter(await self._uow.run(self._storage.intake, passed, key=_prescription_id, decide=self._take_in))
+        outcomes = [h if h.outcome in (Outcome.REFUSED, Outcome.FAILED) else next(taken) for h in claims]
+        for handled in outcomes:
+            _log_intake(handled)
+        return outcomes
+
+    def _take_in(self, existing: domain.IntakeRecord | None, message: FromUpstream) -> Decision[domain.IntakeRecord]:
         match message:
             case PrescriptionSubmitted():
-                await self.receive_prescription(message)
+                return self._receive_prescription(existing, message)
             case CancellationRequested():
-                await self.receive_cancellation(message)
-            case _:  # the topic's contract admits nothing else; kept for a person if that ever changes
-                raise Refused("unexpected_message", f"{type(message).__name__} is not sent by upstream systems")
+                return self._receive_cancellation(existing, message)
+        # The topic's contract admits nothing else; kept for a person if that ever changes.
+        return Decision.refused("unexpected_message", f"{type(message).__name__} is not sent by upstream systems")
 
-    async def receive_prescription(self, submitted: PrescriptionSubmitted) -> None:
+    def _receive_prescription(
+        self, existing: domain.IntakeRecord | None, submitted: PrescriptionSubmitted
+    ) -> Decision[domain.IntakeRecord]:
         prescription = submitted.prescription
-        await self._claim_message_id(submitted, prescription.prescription_id)
-
-        def decide(existing: domain.IntakeRecord | None) -> Change[domain.IntakeRecord] | None:
-            verdict = domain.judge_intake(existing, submitted.sender_id, submitted.message_id)
-            if verdict is domain.IntakeVerdict.DUPLICATE:
-                return None
-            if verdict is domain.IntakeVerdict.ID_REUSED:
-                raise Refused(
-                    "prescription_id_reused",
-                    f"prescription {prescription.prescription_id} was already received in another message",
-                )
-            record = domain.IntakeRecord(
-                prescription_id=prescription.prescription_id,
-                sender_id=submitted.sender_id,
-                message_id=submitted.message_id,
-                received_at=self._clock(),
-                prescription=prescription,
+        verdict = domain.judge_intake(existing, submitted.sender_id, submitted.message_id)
+        if verdict is domain.IntakeVerdict.DUPLICATE:
+            return Decision.unchanged()
+        if verdict is domain.IntakeVerdict.ID_REUSED:
+            return Decision.refused(
+                "prescription_id_reused",
+                f"prescription {prescription.prescription_id} was already received in another message",
             )
-            accepted = PrescriptionAccepted(
-                correlation_id=prescription.prescription_id,
-                causation_id=submitted.message_id,
-                producer=PRODUCER,
-                sender_id=submitted.sender_id,
-                prescription=prescription,
-            )
-            return Change(record, [accepted])
+        record = domain.IntakeRecord(
+            prescription_id=prescription.prescription_id,
+            sender_id=submitted.sender_id,
+            message_id=submitted.message_id,
+            received_at=self._clock(),
+            prescription=prescription,
+        )
+        accepted = PrescriptionAccepted(
+            correlation_id=prescription.prescription_id,
+            causation_id=submitted.message_id,
+            producer=PRODUCER,
+            sender_id=submitted.sender_id,
+            prescription=prescription,
+        )
+        return Decision(record, [accepted])
 
-        if await self._storage.intake.apply(prescription.prescription_id, decide, message_id=submitted.message_id):
-            log.info("prescription received", sender_id=submitted.sender_id, items=len(prescription.items))
-        else:
-            log.info("duplicate prescription message dropped")
-
-    async def receive_cancellation(self, requested: CancellationRequested) -> None:
+    def _receive_cancellation(
+        self, existing: domain.IntakeRecord | None, requested: CancellationRequested
+    ) -> Decision[domain.IntakeRecord]:
         prescription_id = requested.prescription_id
-        await self._claim_message_id(requested, prescription_id)
-
-        def decide(existing: domain.IntakeRecord | None) -> Change[domain.IntakeRecord] | None:
-            verdict = domain.judge_cancellation(existing, requested.sender_id)
-            if verdict is domain.CancellationVerdict.UNKNOWN_PRESCRIPTION:
-                raise Refused("unknown_prescription", f"no prescription {prescription_id} was received to cancel")
-            if verdict is domain.CancellationVerdict.NOT_YOUR_PRESCRIPTION:
-                # Which system did send it is not the requester's business.
-                raise Refused(
-                    "not_your_prescription",
-                    f"prescription {prescription_id} came from another system; {requested.sender_id} may not cancel it",
-                )
-            if verdict is domain.CancellationVerdict.ALREADY_CANCELLED or existing is None:
-                return None
-            cancellation = domain.Cancellation(
-                message_id=requested.message_id,
-                requested_by=requested.requested_by,
-                reason=requested.reason,
-                received_at=self._clock(),
+        verdict = domain.judge_cancellation(existing, requested.sender_id)
+        if verdict is domain.CancellationVerdict.UNKNOWN_PRESCRIPTION:
+            return Decision.refused("unknown_prescription", f"no prescription {prescription_id} was received to cancel")
+        if verdict is domain.CancellationVerdict.NOT_YOUR_PRESCRIPTION:
+            # Which system did send it is not the requester's business.
+            return Decision.refused(
+                "not_your_prescription",
+                f"prescription {prescription_id} came from another system; {requested.sender_id} may not cancel it",
             )
-            accepted = CancellationAccepted(
-                correlation_id=prescription_id,
-                causation_id=requested.message_id,
-                producer=PRODUCER,
-                sender_id=requested.sender_id,
-                prescription_id=prescription_id,
-                reason=requested.reason,
-                requested_by=requested.requested_by,
-            )
-            return Change(domain.with_cancellation(existing, cancellation), [accepted])
+        if verdict is domain.CancellationVerdict.ALREADY_CANCELLED or existing is None:
+            return Decision.unchanged()
+        cancellation = domain.Cancellation(
+            message_id=requested.message_id,
+            requested_by=requested.requested_by,
+            reason=requested.reason,
+            received_at=self._clock(),
+        )
+        accepted = CancellationAccepted(
+            correlation_id=prescription_id,
+            causation_id=requested.message_id,
+            producer=PRODUCER,
+            sender_id=requested.sender_id,
+            prescription_id=prescription_id,
+            reason=requested.reason,
+            requested_by=requested.requested_by,
+        )
+        return Decision(domain.with_cancellation(existing, cancellation), [accepted])
 
-        if await self._storage.intake.apply(prescription_id, decide, message_id=requested.message_id):
-            log.info("cancellation accepted", sender_id=requested.sender_id)
-        else:
-            log.info("cancellation already recorded; nothing changed", sender_id=requested.sender_id)
+    async def track(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Each prescription's status, folded from its lifecycle events: one load and one save a batch."""
+        about = [r for r in records if domain.prescription_of(r.message) is not None]
+        folded = iter(await self._uow.run(self._storage.status, about, key=_lifecycle_key, decide=self._fold))
+        outcomes = [
+            next(folded) if domain.prescription_of(r.message) is not None else Handled(r, Outcome.UNCHANGED)
+            for r in records
+        ]
+        for handled in outcomes:
+            if handled.result is not None:  # the event finished the prescription
+                handled.record.in_context(prescription_finished, handled.result)
+        return outcomes
 
-    async def _claim_message_id(self, message: FromUpstream, prescription_id: str) -> None:
-        """A sender's message id stands for one content forever, whichever kind of message it is."""
-        content = hashlib.sha256(message.model_dump_json().encode()).hexdigest()
-
-        def decide(existing: domain.MessageClaim | None) -> Change[domain.MessageClaim] | None:
-            if domain.is_replay(existing, content):
-                raise Refused("message_id_replayed", f"message {message.message_id} was seen with other content")
-            if existing is not None:
-                return None
-            claim = domain.MessageClaim(
-                sender_id=message.sender_id,
-                message_id=message.message_id,
-                content_sha256=content,
-                prescription_id=prescription_id,
-            )
-            return Change(claim)
-
-        # No message_id here: the claim is keyed by it, and a replay must reach `decide` to be caught.
-        await self._storage.messages.apply(f"{message.sender_id}:{message.message_id}", decide)
-
-    async def track(self, event: Envelope) -> None:
+    def _fold(self, status: domain.PrescriptionStatus | None, event: Envelope) -> Decision[domain.PrescriptionStatus]:
         prescription_id = domain.prescription_of(event)
-        if prescription_id is None:
-            return
-
+        assert prescription_id is not None
         # Derived, never stored elsewhere or logged: the patient reads it to the courier at the door.
         code = delivery_code(self._delivery_code_key, prescription_id)
+        updated = domain.track(status, event, delivery_code=code)
+        if updated is None:
+            return Decision.unchanged()
+        finished = updated.terminal and not (status is not None and status.terminal)
+        return Decision(updated, result=updated.stage.value if finished else None)
 
-        was_terminal = False
 
-        def decide(status: domain.PrescriptionStatus | None) -> Change[domain.PrescriptionStatus] | None:
-            nonlocal was_terminal
-            was_terminal = status is not None and status.terminal
-            updated = domain.track(status, event, delivery_code=code)
-            return None if updated is None else Change(updated)
+def _claim_key(message: FromUpstream) -> str:
+    return f"{message.sender_id}:{message.message_id}"
 
-        change = await self._storage.status.apply(prescription_id, decide, message_id=event.message_id)
-        if change is not None:
-            if change.state.terminal and not was_terminal:
-                prescription_finished(change.state.stage.value)
-            # A projection of decisions logged where they were taken: debug only, ~8 per prescription.
-            log.debug("status updated", stage=change.state.stage, terminal=change.state.terminal)
+
+def _prescription_id(message: FromUpstream) -> str:
+    return (
+        message.prescription.prescription_id if isinstance(message, PrescriptionSubmitted) else message.prescription_id
+    )
+
+
+def _lifecycle_key(event: Envelope) -> str:
+    prescription_id = domain.prescription_of(event)
+    assert prescription_id is not None
+    return prescription_id
+
+
+def _claim_for_content(existing: domain.MessageClaim | None, message: FromUpstream) -> Decision[domain.MessageClaim]:
+    """A sender's message id stands for one content forever, whichever kind of message it is."""
+    content = hashlib.sha256(message.model_dump_json().encode()).hexdigest()
+    if domain.is_replay(existing, content):
+        return Decision.refused("message_id_replayed", f"message {message.message_id} was seen with other content")
+    if existing is not None:
+        return Decision.unchanged()
+    claim = domain.MessageClaim(
+        sender_id=message.sender_id,
+        message_id=message.message_id,
+        content_sha256=content,
+        prescription_id=_prescription_id(message),
+    )
+    return Decision(claim)
+
+
+def _log_intake(handled: Handled[FromUpstream]) -> None:
+    message = handled.record.message
+    kind = "prescription" if isinstance(message, PrescriptionSubmitted) else "cancellation"
+    if handled.outcome is Outcome.APPLIED:
+        line, fields = f"{kind} received", {"sender_id": message.sender_id}
+    elif handled.outcome in (Outcome.DUPLICATE, Outcome.UNCHANGED):
+        line, fields = f"{kind} already recorded; nothing changed", {"sender_id": message.sender_id}
+    else:
+        return  # refusals and failures are logged where they are dead-lettered
+    handled.record.in_context(log.info, line, **fields)
 
 
 def decode_upstream(body: bytes, headers: dict[str, str], topic: Topic) -> Envelope:

@@ -89,7 +89,7 @@ class Demo:
         self.seed = seed
         self.client = connect(settings.mongo_url.get_secret_value())
         db = self.client[settings.mongo_database]
-        self.status_store = ConsultationStorage(db).status
+        self.consultation = ConsultationStorage(db)
         self.inventory = InventoryStorage(db)
         self.database = db
         self.feed: deque[str] = deque(maxlen=14)
@@ -175,7 +175,7 @@ class Demo:
                     rx: "picked_up" for rx in self.cancel_late
                 }
                 for rx, stage in wanted.items():
-                    status = None if rx in handled else await self.status_store.get(rx)
+                    status = None if rx in handled else await self.consultation.status_of(rx)
                     if status is not None and status.terminal:
                         handled.add(rx)  # finished before the hospital got to it
                     elif status is not None and status.stage.value == stage:
@@ -229,7 +229,7 @@ class Demo:
                 self.feed.append(describe_inventory_event(event))
 
     async def statuses(self) -> list[PrescriptionStatus]:
-        return await self.status_store.find()
+        return await self.consultation.statuses()
 
     def view(self, statuses: list[PrescriptionStatus], elapsed: float) -> Group:
         counts = Counter(s.stage for s in statuses)

@@ -135,7 +135,9 @@ async def test_the_same_prescription_twice_is_fulfilled_once(system: System) -> 
     finally:
         await simulator.stop()
 
-    intake = await system.consultation.intake.find(prescription_id=prescription_id)
+    intake = [
+        s for s in await system.consultation.intake.all() if s.state and s.state.prescription_id == prescription_id
+    ]
     assert len(intake) == 1
     reservations = [
         r

@@ -87,12 +87,12 @@ async def test_a_signed_fhir_bundle_is_accepted_as_the_prescription_it_maps_to(s
             await consultation_barrier(settings, watch)
 
             async def received() -> bool:
-                status = await storage.status.get(expected.prescription_id)
+                status = await storage.status_of(expected.prescription_id)
                 return status is not None and status.stage is Stage.RECEIVED
 
             await wait_until(received, "the status to record the intake", timeout=30)
-            record = await storage.intake.get(expected.prescription_id)
-            status = await storage.status.get(expected.prescription_id)
+            record = await storage.intake_of(expected.prescription_id)
+            status = await storage.status_of(expected.prescription_id)
     finally:
         client.close()
 
@@ -145,7 +145,7 @@ async def test_an_unmappable_or_forged_bundle_is_dead_lettered_with_its_original
             await watch.wait_for(lambda w: dead_letters_for(w, "RX-2026-000502"), "the forged bundle's dead letter")
             await wait_consumed(settings, app, landed)
             await consultation_barrier(settings, watch)
-            records = [await storage.intake.get(rx) for rx in ("RX-EB-2026-1187", "RX-2026-000502")]
+            records = [await storage.intake_of(rx) for rx in ("RX-EB-2026-1187", "RX-2026-000502")]
     finally:
         client.close()
 

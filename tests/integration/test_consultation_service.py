@@ -73,13 +73,13 @@ async def test_a_prescription_is_accepted_once(settings: RuntimeSettings) -> Non
             await consultation_barrier(settings, watch)
 
             async def received() -> bool:
-                status = await storage.status.get("RX-C-ONCE")
+                status = await storage.status_of("RX-C-ONCE")
                 return status is not None and len(status.history) >= 1
 
             await wait_until(received, "the status to record the intake", timeout=30)
-            record = await storage.intake.get("RX-C-ONCE")
-            records = len(await storage.intake.find(prescription_id="RX-C-ONCE"))
-            status = await storage.status.get("RX-C-ONCE")
+            record = await storage.intake_of("RX-C-ONCE")
+            records = len([s for s in await storage.intake.all() if s.state and s.state.prescription_id == "RX-C-ONCE"])
+            status = await storage.status_of("RX-C-ONCE")
     finally:
         client.close()
 
@@ -121,7 +121,7 @@ async def test_a_reused_prescription_id_is_dead_lettered(settings: RuntimeSettin
             await watch.wait_for(lambda w: len(dead_letters_for(w, "RX-C-REUSED")) >= 2, "two dead letters")
             await wait_consumed(settings, app, landed)
             await consultation_barrier(settings, watch)
-            record = await storage.intake.get("RX-C-REUSED")
+            record = await storage.intake_of("RX-C-REUSED")
             (intake_group,) = [
                 sub.group_id
                 for sub in app.broker.subscribers
@@ -202,15 +202,15 @@ async def test_status_follows_the_lifecycle_to_delivered(settings: RuntimeSettin
             landed = await publish_noting(settings, restock, *events, *events)
 
             async def terminal() -> bool:
-                status = await storage.status.get("RX-C-LIFE")
+                status = await storage.status_of("RX-C-LIFE")
                 return status is not None and status.terminal
 
             await wait_until(terminal, "RX-C-LIFE to reach a terminal state", timeout=30)
             await wait_consumed(settings, app, landed)
-            status = await storage.status.get("RX-C-LIFE")
-            tracked = {s.prescription_id for s in await storage.status.find()}
+            status = await storage.status_of("RX-C-LIFE")
+            tracked = {s.prescription_id for s in await storage.statuses()}
             restock_status = [
-                await storage.status.get(doc_id) for doc_id in ("RESTOCK-C-1", "WH-C-RESTOCK", restock.message_id)
+                await storage.status_of(doc_id) for doc_id in ("RESTOCK-C-1", "WH-C-RESTOCK", restock.message_id)
             ]
     finally:
         client.close()
@@ -276,12 +276,12 @@ async def test_a_signed_cancellation_is_accepted_once(settings: RuntimeSettings)
             await consultation_barrier(settings, watch)
 
             async def noted() -> bool:
-                status = await storage.status.get("RX-C-CANCEL")
+                status = await storage.status_of("RX-C-CANCEL")
                 return status is not None and any("cancellation requested" in h.detail for h in status.history)
 
             await wait_until(noted, "the status to note the cancellation request", timeout=30)
-            record = await storage.intake.get("RX-C-CANCEL")
-            status = await storage.status.get("RX-C-CANCEL")
+            record = await storage.intake_of("RX-C-CANCEL")
+            status = await storage.status_of("RX-C-CANCEL")
     finally:
         client.close()
 
@@ -345,7 +345,7 @@ async def test_a_cancellation_by_anyone_but_the_sender_is_dead_lettered(settings
             await watch.wait_for(lambda w: dead_letters_for(w, "RX-C-NEVER-SENT"), "a dead letter")
             await wait_consumed(settings, app, landed)
             await consultation_barrier(settings, watch)
-            record = await storage.intake.get("RX-C-NOT-YOURS")
+            record = await storage.intake_of("RX-C-NOT-YOURS")
     finally:
         client.close()
 

@@ -34,6 +34,7 @@ from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import DocumentStore, connect
 from services.runtime.settings import RuntimeSettings
+from services.runtime.store import Stored
 from tests.support.inprocess import TopicWatch, publish_noting
 from tests.support.scenario import PATIENT_HOME, prescription_message, registered_prescriber, registration, wait_until
 
@@ -214,9 +215,11 @@ async def prepare(settings: RuntimeSettings, case: Case, messages: list[Envelope
         await wait_until(partial(committed_past, settings, case.prepared_by, landed), "the preparing message")
 
 
-async def holds_event_of(stores: list[DocumentStore[Any]], correlation_id: str) -> bool:
+async def holds_event_of(stores: list[Any], correlation_id: str) -> bool:
     for store in stores:
-        for _, entries in await store.pending_outbox():
+        for pending in await store.pending_outbox():
+            # A `Store` answers with documents, a `DocumentStore` (services not moved yet) with pairs.
+            entries = pending.outbox if isinstance(pending, Stored) else pending[1]
             if any(entry["correlation_id"] == correlation_id for entry in entries):
                 return True
     return False

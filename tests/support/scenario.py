@@ -201,7 +201,7 @@ class System:
         return seen[0]
 
     async def status(self, prescription_id: str) -> PrescriptionStatus | None:
-        return await self.consultation.status.get(prescription_id)
+        return await self.consultation.status_of(prescription_id)
 
     async def wait_terminal(
         self, prescription_ids: Iterable[str], timeout: float = 120

@@ -565,7 +565,9 @@ KEYS = {"CLINIC-SYS-1": {"k1": b"secret-1"}, "CLINIC-SYS-2": {"k2": b"secret-2"}
 
 
 def gate_service() -> ConsultationService:
-    return ConsultationService(storage=None, clock=lambda: at(0), sender_keys=KEYS, delivery_code_key=b"key")  # type: ignore[arg-type]
+    return ConsultationService(
+        storage=None, unit_of_work=None, clock=lambda: at(0), sender_keys=KEYS, delivery_code_key=b"key"
+    )  # type: ignore[arg-type]
 
 
 def cancellation_request(sender_id: str = "CLINIC-SYS-1") -> bytes:

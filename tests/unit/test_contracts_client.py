@@ -32,7 +32,9 @@ RX = EXAMPLE_PRESCRIPTION["prescription_id"]
 def gate(keys: dict[str, dict[str, bytes]] | None = None) -> ConsultationService:
     """The consultation service as far as its signature gate goes (it needs no storage)."""
     registered = keys if keys is not None else {KEY.sender_id: {KEY.key_id: KEY.secret}}
-    return ConsultationService(cast(Any, None), clock=utc_now, sender_keys=registered, delivery_code_key=b"k")
+    return ConsultationService(
+        cast(Any, None), cast(Any, None), clock=utc_now, sender_keys=registered, delivery_code_key=b"k"
+    )
 
 
 def headers(record: client.Record) -> dict[str, str]:

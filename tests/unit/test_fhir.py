@@ -534,7 +534,9 @@ KEYS = {"hospital-north": {"k1": b"secret-1"}, "hospital-south": {"k2": b"secret
 
 
 def gate() -> ConsultationService:
-    return ConsultationService(storage=None, clock=lambda: at(0), sender_keys=KEYS, delivery_code_key=b"key")  # type: ignore[arg-type]
+    return ConsultationService(
+        storage=None, unit_of_work=None, clock=lambda: at(0), sender_keys=KEYS, delivery_code_key=b"key"
+    )  # type: ignore[arg-type]
 
 
 def signed(data: dict[str, Any], sender: str = "hospital-south", key_id: str = "k2", secret: bytes = b"secret-2"):

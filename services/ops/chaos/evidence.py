@@ -148,7 +148,7 @@ class Records:
 async def gather(
     settings: RuntimeSettings, records: Records, ids: list[str], load: Load, couriers: Couriers
 ) -> Evidence:
-    statuses = {s.prescription_id: s for s in await records.consultation.status.find()}
+    statuses = {s.prescription_id: s for s in await records.consultation.statuses()}
     allocations = {a.prescription_id: a for a in await records.inventory.allocations.find()}
     deliveries = {d.prescription_id: d for d in await records.courier.deliveries.find()}
     verdicts = {v.prescription_id: v for v in await records.prescription.verdicts.find()}

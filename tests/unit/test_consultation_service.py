@@ -1,0 +1,139 @@
+"""The consultation service's use cases on the in-memory store: intake, cancellation and status,
+each a batch at a time, in milliseconds. The real broker and database are in tests/integration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from pharmacy_contracts import Envelope
+from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted
+from pharmacy_contracts.lifecycle import Stage
+from services.consultation.domain import IntakeRecord, MessageClaim, PrescriptionStatus
+from services.consultation.service import ConsultationService
+from services.runtime.documents import outbox_entry
+from services.runtime.store import MemoryStore
+from services.runtime.unit_of_work import Outcome, Record, UnitOfWork
+from tests.unit import builders as b
+
+
+class Storage:
+    """ConsultationStorage's shape, in memory."""
+
+    def __init__(self) -> None:
+        self.intake: MemoryStore[IntakeRecord] = MemoryStore("consultation_prescriptions", IntakeRecord)
+        self.messages: MemoryStore[MessageClaim] = MemoryStore("consultation_messages", MessageClaim)
+        self.status: MemoryStore[PrescriptionStatus] = MemoryStore("consultation_status", PrescriptionStatus)
+
+    def round_trips(self) -> int:
+        return self.intake.round_trips + self.messages.round_trips + self.status.round_trips
+
+
+class Published:
+    def __init__(self) -> None:
+        self.types: list[str] = []
+
+    async def __call__(self, entries: Sequence[dict[str, Any]]) -> None:
+        self.types += [entry["type"] for entry in entries]
+
+
+@pytest.fixture
+def storage() -> Storage:
+    return Storage()
+
+
+@pytest.fixture
+def published() -> Published:
+    return Published()
+
+
+@pytest.fixture
+def service(storage: Storage, published: Published) -> ConsultationService:
+    return ConsultationService(
+        storage,  # type: ignore[arg-type]
+        UnitOfWork(published, outbox_entry),
+        clock=lambda: b.at(0),
+        sender_keys={},
+        delivery_code_key=b"key",
+    )
+
+
+def submitted(rx: str, message_id: str | None = None, **prescription: Any) -> Any:
+    return b.make_submitted(
+        b.make_prescription(prescription_id=rx, **prescription), message_id=message_id or f"MSG-{rx}"
+    )
+
+
+async def outcomes(service: ConsultationService, *messages: Envelope) -> list[Outcome]:
+    return [h.outcome for h in await service.receive_from_upstream([Record(m) for m in messages])]
+
+
+async def test_a_batch_of_prescriptions_is_taken_in_with_a_few_round_trips(
+    service: ConsultationService, storage: Storage, published: Published
+) -> None:
+    batch = [submitted(f"RX-{i}") for i in range(50)]
+    assert await outcomes(service, *batch) == [Outcome.APPLIED] * 50
+    assert published.types == [PrescriptionAccepted.model_fields["type"].default] * 50
+    assert storage.intake.state_of("RX-7") is not None
+    # claims saved, then intake looked up, loaded, saved and its message ids recorded: not 50 of each
+    assert storage.round_trips() <= 8
+
+
+async def test_the_same_message_again_changes_nothing(service: ConsultationService, published: Published) -> None:
+    message = submitted("RX-1")
+    assert await outcomes(service, message, message) == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert await outcomes(service, message) in ([Outcome.DUPLICATE], [Outcome.UNCHANGED])
+    assert len(published.types) == 1
+
+
+async def test_a_message_id_reused_for_other_content_is_refused(service: ConsultationService) -> None:
+    await outcomes(service, submitted("RX-1", message_id="MSG-SAME"))
+    [handled] = await service.receive_from_upstream([Record(submitted("RX-2", message_id="MSG-SAME"))])
+    assert handled.outcome is Outcome.REFUSED and handled.refusal is not None
+    assert handled.refusal.code == "message_id_replayed"
+
+
+async def test_a_prescription_id_reused_by_another_message_is_refused(
+    service: ConsultationService, storage: Storage
+) -> None:
+    await outcomes(service, submitted("RX-1"))
+    [handled] = await service.receive_from_upstream([Record(submitted("RX-1", message_id="MSG-OTHER"))])
+    assert handled.refusal is not None and handled.refusal.code == "prescription_id_reused"
+    assert storage.intake.state_of("RX-1").message_id == "MSG-RX-1"  # type: ignore[union-attr]
+
+
+async def test_a_refused_message_leaves_its_neighbours_taken_in(service: ConsultationService) -> None:
+    await outcomes(service, submitted("RX-1"))
+    reused, fine = submitted("RX-1", message_id="MSG-OTHER"), submitted("RX-2")
+    assert await outcomes(service, reused, fine) == [Outcome.REFUSED, Outcome.APPLIED]
+
+
+async def test_only_the_sender_cancels_and_only_once(service: ConsultationService, published: Published) -> None:
+    await outcomes(service, submitted("RX-1"))
+    stranger = b.cancellation_requested("RX-1", message_id="MSG-C1", sender_id="OTHER-SYS")
+    unknown = b.cancellation_requested("RX-NONE", message_id="MSG-C2")
+    first = b.cancellation_requested("RX-1", message_id="MSG-C3")
+    again = b.cancellation_requested("RX-1", message_id="MSG-C4")
+    handled = await service.receive_from_upstream([Record(m) for m in (stranger, unknown, first, again)])
+    assert [h.outcome for h in handled] == [Outcome.REFUSED, Outcome.REFUSED, Outcome.APPLIED, Outcome.UNCHANGED]
+    assert [h.refusal.code for h in handled[:2] if h.refusal] == ["not_your_prescription", "unknown_prescription"]
+    assert published.types.count(CancellationAccepted.model_fields["type"].default) == 1
+
+
+async def test_the_status_follows_a_prescription_to_its_end_in_one_round(
+    service: ConsultationService, storage: Storage
+) -> None:
+    events = [b.accepted(0), b.approved(1), b.reserved(2), b.assigned(3), b.picked_up(5), b.completed(7)]
+    before = storage.round_trips()
+    handled = await service.track([Record(e) for e in events])
+    assert [h.outcome for h in handled] == [Outcome.APPLIED] * len(events)
+    status = storage.status.state_of(b.RX_ID)
+    assert status is not None and status.stage is Stage.DELIVERED and status.terminal
+    assert status.delivery_code is not None
+    assert [h.result for h in handled] == [None] * 5 + [Stage.DELIVERED.value], "finished once, by the last"
+    assert storage.round_trips() - before == 4
+    # events about no prescription are let through untouched
+    [restock] = await service.track([Record(b.restocked())])
+    assert restock.outcome is Outcome.UNCHANGED
