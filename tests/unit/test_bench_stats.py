@@ -1,4 +1,5 @@
-"""The arithmetic behind `make bench`: percentiles, medians, rates, the paced schedule, latencies."""
+"""The arithmetic behind `make bench`: percentiles, medians, rates, the paced schedule, latencies,
+and the services' counters per prescription (database round trips, records delivered and ignored)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,28 @@ import json
 
 import pytest
 
-from services.ops.bench import (
-    THROUGHPUT_TARGET,
-    StoredRelayResult,
+from pharmacy_contracts.topics import ALL_TOPICS
+from services.ops.bench.counters import (
+    ACTED_ON,
+    DELIVERED,
+    PATH_TO_DISPATCH,
+    ROUND_TRIPS,
+    Counters,
+    increase,
+    parse_counters,
+    records_per_prescription,
+    round_trips_per_prescription,
+)
+from services.ops.bench.processes import by_owner, owner_of
+from services.ops.bench.results import THROUGHPUT_TARGET, RunResult, StoredRelayResult
+from services.ops.bench.stats import (
     achieved_rate,
-    by_owner,
     cpu_share,
     hop_latencies_ms,
     latencies_within,
     latency_summary,
     median,
     medians,
-    milestone_of,
-    owner_of,
     per_prescription,
     percentile,
     rate_per_s,
@@ -26,7 +36,10 @@ from services.ops.bench import (
     scheduled_at,
     stage_window,
 )
+from services.ops.bench.watch import milestone_of
+from services.ops.lag import service_groups
 from services.ops.relay_ceiling import RelayResult
+from services.runtime.settings import RuntimeSettings
 
 
 class TestPercentile:
@@ -190,3 +203,111 @@ class TestDatabaseFigures:
         relay = RelayResult(messages=1_000, delivered=0, seconds=0.0, message_bytes=900, hops=4, complete=False)
 
         assert StoredRelayResult(relay=relay, database_cpu_s=0.5).database_ms_per_write is None
+
+
+def trips(group: str, command: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return ROUND_TRIPS, frozenset({"group": group, "command": command}.items())
+
+
+def records(group: str, message_type: str, topic: str = "t") -> tuple[str, frozenset[tuple[str, str]]]:
+    return DELIVERED, frozenset({"group": group, "topic": topic, "type": message_type}.items())
+
+
+class TestServiceCounters:
+    def test_reads_the_round_trips_and_records_from_a_metrics_page(self) -> None:
+        page = (
+            "# HELP pharmacy_database_round_trips_total Database commands\n"
+            "# TYPE pharmacy_database_round_trips_total counter\n"
+            'pharmacy_database_round_trips_total{command="find",group="pharmacy.courier.stock"} 12.0\n'
+            "# HELP pharmacy_messages_handled_total Messages\n"
+            "# TYPE pharmacy_messages_handled_total counter\n"
+            'pharmacy_messages_handled_total{group="pharmacy.courier.stock",topic="t"} 3.0\n'
+        )
+
+        assert parse_counters(page) == {trips("pharmacy.courier.stock", "find"): 12.0}
+
+    def test_the_increase_counts_new_series_from_zero_and_drops_unchanged_ones(self) -> None:
+        before: Counters = {trips("g", "find"): 10.0, trips("g", "update"): 4.0}
+        after: Counters = {trips("g", "find"): 25.0, trips("g", "update"): 4.0, trips("g", "insert"): 2.0}
+
+        assert increase(before, after) == {trips("g", "find"): 15.0, trips("g", "insert"): 2.0}
+
+    def test_round_trips_per_prescription_per_service_on_the_path_and_in_all(self) -> None:
+        increases = {
+            "inventory-1": {
+                trips("pharmacy.inventory.reservations", "find"): 300.0,
+                trips("pharmacy.inventory.reservations", "update"): 200.0,
+                trips("pharmacy.inventory.ledger", "insert"): 100.0,
+                trips("(background)", "find"): 50.0,
+                records("pharmacy.inventory.ledger", "inventory.stock_reserved"): 100.0,  # not a round trip
+            },
+            "inventory-2": {trips("pharmacy.inventory.reservations", "find"): 100.0},
+            "courier-1": {trips("pharmacy.courier.updates", "update"): 100.0},
+        }
+
+        found = round_trips_per_prescription(increases, prescriptions=100, prefix="pharmacy")
+
+        assert found["inventory"]["path"] == 6.0  # both instances' reservations
+        assert found["inventory"]["all"] == 7.5  # and the ledger's and the background's
+        assert found["inventory"]["group.(background)"] == 0.5
+        assert found["courier"] == {"path": 0.0, "all": 1.0, "group.courier.updates": 1.0}
+
+    def test_records_a_group_has_no_branch_for_are_ignored(self) -> None:
+        increases = {
+            "inventory-1": {
+                records("pharmacy.inventory.reservations", "prescription.approved"): 100.0,
+                records("pharmacy.inventory.reservations", "prescription.held_for_review"): 20.0,
+                records("pharmacy.inventory.deliveries", "courier.assigned"): 100.0,
+                records("pharmacy.inventory.deliveries", "courier.delivered"): 100.0,
+                trips("pharmacy.inventory.deliveries", "find"): 500.0,  # not a record
+            },
+        }
+
+        found = records_per_prescription(increases, prescriptions=100, prefix="pharmacy")
+
+        assert found == {
+            "inventory.deliveries": {"delivered": 2.0, "ignored": 1.0},
+            "inventory.reservations": {"delivered": 1.2, "ignored": 0.2},
+        }
+
+    def test_a_run_adds_the_services_and_groups_up(self) -> None:
+        run = RunResult(
+            1,
+            round_trips_per_prescription={
+                "consultation": {"path": 2.0, "all": 5.0, "group.consultation.intake": 2.0, "group.(background)": 1.5},
+                "courier": {"path": 3.5, "all": 4.0, "group.(background)": 0.5},
+            },
+            records_per_prescription={"courier.stock": {"delivered": 4.0, "ignored": 3.0}},
+            paced_round_trips_per_prescription={
+                "inventory": {"path": 7.0, "all": 9.5},
+                "courier": {"path": 2.0, "all": 3.0},
+            },
+        )
+
+        figures = run.metrics()
+
+        assert (figures["round_trips_path"], figures["round_trips_all"]) == (5.5, 9.0)
+        assert figures["round_trips_all.courier"] == 4.0
+        assert figures["round_trips.consultation.intake"] == 2.0
+        assert figures["round_trips.(background)"] == 2.0  # every service's, added up
+        assert (figures["records_delivered"], figures["records_ignored"]) == (4.0, 3.0)
+        assert (figures["paced_round_trips_path"], figures["paced_round_trips_all"]) == (9.0, 12.5)
+
+
+class TestWhatGroupsActOn:
+    """ACTED_ON is read from the handlers; these keep it from drifting from the apps."""
+
+    def test_every_group_of_the_services_is_classified_and_no_other(self) -> None:
+        settings = RuntimeSettings(delivery_code_key="0" * 64)
+        groups = {group.removeprefix(f"{settings.kafka_group_prefix}.") for group in service_groups(settings)}
+
+        assert set(ACTED_ON) == groups
+        assert set(PATH_TO_DISPATCH) <= groups
+
+    def test_a_group_acts_only_on_types_of_the_topics_it_reads(self) -> None:
+        settings = RuntimeSettings(delivery_code_key="0" * 64)
+        types_on = {topic.name: {m.model_fields["type"].default for m in topic.messages} for topic in ALL_TOPICS}
+        for group, topic_names in service_groups(settings).items():
+            readable = set().union(*(types_on[name] for name in topic_names))
+            acted_on = ACTED_ON[group.removeprefix(f"{settings.kafka_group_prefix}.")]
+            assert acted_on <= readable, (group, acted_on - readable)

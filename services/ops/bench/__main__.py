@@ -1,0 +1,5 @@
+"""`python -m services.ops.bench` (`make bench`)."""
+
+from .cli import app
+
+app()
