@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+MUTATION_ARGS ?=
+MUTATION_STAMP := $(VENV)/.mutation-stamp
 
-.PHONY: install contracts asyncapi browser up down status demo test lint unit chaos bench clean
+.PHONY: install contracts asyncapi browser up down status demo test check lint unit chaos bench mutation clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,11 +55,21 @@ test: install browser lint ## every test; starts and stops its own broker and da
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+check: lint ## the fast loop (under a minute): ruff, import contracts, and the unit and in-memory use-case tests
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
 chaos: install ## the chaos run on its own (it also runs inside `make test`): kill -9 under load, then every guarantee
 	$(BIN)/python -m services.ops.chaos
 
 bench: install ## throughput, latency and memory on the dev stack vs the bare and the stored relay; bench-results/ (BENCH_ARGS="--runs 1")
 	$(BIN)/python -m services.ops.bench $(BENCH_ARGS)
+
+$(MUTATION_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[mutation]'
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP) ## mutmut over the guarantee modules, a score per module in mutation-results/ (slow; not in `make test`; MUTATION_ARGS="--children 1")
+	$(BIN)/python -m services.ops.mutation_run $(MUTATION_ARGS)
 
 clean: down
 	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache
