@@ -6,25 +6,38 @@ attempts). Reading never joins a consumer group and never commits, so looking ch
 A replay publishes the original bytes, key and headers (without `dlq.*`, plus
 `dlq.replayed-from`) to the original topic; the services' handlers are idempotent, so replaying
 a message that was in fact handled changes nothing.
+
+Each replay is recorded in the MongoDB collection `dlq_replays` (the database the other commands
+use), one document per dead letter, `_id` = "<dlq topic>:<partition>:<offset>", with when, by
+whom and where each replay of it landed. The record is written right after the broker confirmed
+the re-publish, one letter at a time, so a crash in between can replay at worst that one letter a
+second time; recording first could instead mark a letter replayed that never was, and every later
+replay would skip it. A later replay skips recorded letters unless asked (`--again`); `list` and
+`show` say which were replayed.
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import typer
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from pharmacy_contracts.topics import ALL_TOPICS, BY_NAME, DEAD_LETTER_SUFFIX
+from services.runtime.documents import connect
 from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
 
@@ -43,6 +56,11 @@ IDLE_S = 1.0
 #: How long `show` looks for a letter past the end offset the broker reported.
 BEYOND_END_PATIENCE_S = 1.5
 VALUE_PREVIEW_BYTES = 4096
+#: The collection that records every replay (in `PHARMACY_MONGO_DATABASE`).
+REPLAYS_COLLECTION = "dlq_replays"
+RECORD_ATTEMPTS = 10
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,16 @@ class DeadLetter:
     @property
     def time(self) -> datetime:
         return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    @property
+    def fingerprint(self) -> str:
+        """What tells this letter from another that later sits at the same position (a dead-letter
+        topic deleted and created again starts its offsets over): its time, key and value."""
+        digest = hashlib.sha256()
+        for part in (str(self.timestamp_ms).encode(), self.key or b"", self.value):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
         """The original headers: every `dlq.*` header dropped, `dlq.replayed-from` added."""
@@ -250,27 +278,197 @@ async def read_dead_letter(
         await consumer.stop()
 
 
+# --- the record of replays ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One replay of one dead letter: when, by whom (if known), and where it landed."""
+
+    at: datetime
+    by: str | None
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def landed(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    def describe(self) -> str:
+        by = f" by {self.by}" if self.by else ""
+        return f"{self.at:%Y-%m-%d %H:%M:%S} UTC{by} → {self.landed}"
+
+    def document(self) -> dict[str, Any]:
+        return {"at": self.at, "by": self.by, "topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Replayed:
+        at = doc["at"]
+        if isinstance(at, str):
+            at = datetime.fromisoformat(at)
+        return cls(
+            at=at if at.tzinfo else at.replace(tzinfo=UTC),
+            by=doc.get("by"),
+            topic=doc["topic"],
+            partition=int(doc["partition"]),
+            offset=int(doc["offset"]),
+        )
+
+
+@dataclass(frozen=True)
+class ReplayRecord:
+    """Every replay of the dead letter at one position, oldest first."""
+
+    position: str
+    fingerprint: str
+    replays: tuple[Replayed, ...]
+
+    @property
+    def last(self) -> Replayed:
+        return self.replays[-1]
+
+    def describe(self) -> str:
+        times = f" ({len(self.replays)} times)" if len(self.replays) > 1 else ""
+        return f"replayed {self.last.describe()}{times}"
+
+    def is_of(self, letter: DeadLetter) -> bool:
+        return self.position == letter.position and self.fingerprint == letter.fingerprint
+
+
+class ReplayLog:
+    """The `dlq_replays` collection: one document per replayed dead letter, `_id` its position."""
+
+    def __init__(self, database: Any) -> None:
+        self._collection = database[REPLAYS_COLLECTION]
+
+    async def records_of(self, letters: Sequence[DeadLetter]) -> dict[str, ReplayRecord]:
+        """The records of those letters, by position. A record of another letter that once sat at
+        the same position (its fingerprint differs) does not count."""
+        if not letters:
+            return {}
+        by_position = {letter.position: letter for letter in letters}
+        found: dict[str, ReplayRecord] = {}
+        async for doc in self._collection.find({"_id": {"$in": list(by_position)}}):
+            record = _record(doc)
+            if record.is_of(by_position[record.position]):
+                found[record.position] = record
+        return found
+
+    async def add(self, letter: DeadLetter, replayed: Replayed) -> ReplayRecord:
+        """Append one replay to the letter's record (version-guarded: two operators replaying at
+        once both get their replay recorded)."""
+        for _ in range(RECORD_ATTEMPTS):
+            doc = await self._collection.find_one({"_id": letter.position})
+            before = _record(doc) if doc is not None else None
+            earlier = before.replays if before is not None and before.is_of(letter) else ()
+            record = ReplayRecord(letter.position, letter.fingerprint, (*earlier, replayed))
+            new = _document(letter, record, version=(doc or {}).get("version", 0) + 1)
+            if doc is None:
+                try:
+                    await self._collection.insert_one(new)
+                    return record
+                except DuplicateKeyError:
+                    continue
+            result = await self._collection.replace_one({"_id": letter.position, "version": doc.get("version")}, new)
+            if result.matched_count == 1:
+                return record
+        raise RuntimeError(f"could not record the replay of {letter.position}: the record kept changing")
+
+
+def _record(doc: dict[str, Any]) -> ReplayRecord:
+    return ReplayRecord(
+        position=doc["_id"],
+        fingerprint=doc.get("fingerprint", ""),
+        replays=tuple(Replayed.from_document(r) for r in doc.get("replays") or ()),
+    )
+
+
+def _document(letter: DeadLetter, record: ReplayRecord, *, version: int) -> dict[str, Any]:
+    """What a person finds in `dlq_replays`: the letter, where it came from, and every replay."""
+    return {
+        "_id": record.position,
+        "version": version,
+        "dlq_topic": letter.topic,
+        "dlq_partition": letter.partition,
+        "dlq_offset": letter.offset,
+        "fingerprint": record.fingerprint,
+        "reason": letter.reason,
+        "original_topic": letter.original_topic,
+        "original_partition": letter.original_partition,
+        "original_offset": letter.original_offset,
+        "times": len(record.replays),
+        "last_replayed_at": record.last.at,
+        "last_replayed_by": record.last.by,
+        "last_replayed_to": record.last.landed,
+        "replays": [r.document() for r in record.replays],
+    }
+
+
+async def with_replay_log(settings: RuntimeSettings, use: Callable[[ReplayLog], Awaitable[T]]) -> T:
+    """Run `use` with the replay log of the database the other commands use."""
+    client = connect(settings.mongo_url.get_secret_value())
+    try:
+        return await use(ReplayLog(client[settings.mongo_database]))
+    finally:
+        client.close()
+
+
+async def replay_records(settings: RuntimeSettings, letters: Sequence[DeadLetter]) -> dict[str, ReplayRecord]:
+    return await with_replay_log(settings, lambda log: log.records_of(letters))
+
+
+def operator() -> str | None:
+    """Who is running the tool, if the system knows."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return None
+
+
+# --- replaying ----------------------------------------------------------------------------------
+
+
 async def replay(
     settings: RuntimeSettings,
     letters: Sequence[DeadLetter],
     *,
     on_replayed: Callable[[DeadLetter, RecordMetadata], None] | None = None,
+    log: ReplayLog | None = None,
+    by: str | None = None,
 ) -> int:
-    """Republish each letter's original bytes, key and headers to its original topic, in order, and
-    wait until the broker confirmed every one. Checks every letter before sending any."""
+    """Republish each letter's original bytes, key and headers to its original topic, in order, one
+    at a time: each is confirmed by the broker (and, with a `log`, recorded there) before the next
+    is sent, so a crash leaves at most one letter replayed but not recorded. Checks every letter
+    before sending any."""
     targets = [letter.replay_target() for letter in letters]
     if not letters:
         return 0
     async with bus.producer(settings) as client:
-        futures = [
-            await client.send(target, letter.value, key=letter.key, headers=letter.replay_headers())
-            for letter, target in zip(letters, targets, strict=True)
-        ]
-        for letter, future in zip(letters, futures, strict=True):
-            metadata = await future
+        for letter, target in zip(letters, targets, strict=True):
+            metadata = await client.send_and_wait(target, letter.value, key=letter.key, headers=letter.replay_headers())
             if on_replayed is not None:
                 on_replayed(letter, metadata)
+            if log is not None:
+                landed = Replayed(datetime.now(UTC), by, metadata.topic, metadata.partition, metadata.offset)
+                try:
+                    await log.add(letter, landed)
+                except (PyMongoError, RuntimeError) as error:
+                    raise NotRecordedError(letter, landed, error) from error
     return len(letters)
+
+
+class NotRecordedError(Exception):
+    """A letter was replayed (the broker confirmed it) but its record could not be written; the
+    replay stopped there."""
+
+    def __init__(self, letter: DeadLetter, replayed: Replayed, cause: BaseException) -> None:
+        super().__init__(
+            f"{letter.position} was replayed to {replayed.landed} but could not be recorded ({cause}); "
+            "stopped there; a later replay sends that one letter again (harmless: the handlers are idempotent)"
+        )
+        self.letter = letter
+        self.replayed = replayed
 
 
 # --- showing -------------------------------------------------------------------------------------
@@ -297,9 +495,24 @@ def _original(letter: DeadLetter) -> str:
     return printable(f"{letter.original_topic} {letter.original_partition}:{letter.original_offset}")
 
 
-def letters_table(letters: Sequence[DeadLetter]) -> Table:
-    """One row per letter, for terminals of 120 columns or more."""
-    table = Table(title=f"{_count(letters, 'dead letter')}", show_lines=True)
+def _replayed_count(letters: Sequence[DeadLetter], records: dict[str, ReplayRecord] | None) -> str:
+    if records is None:
+        return ""
+    done = sum(1 for letter in letters if letter.position in records)
+    return f", {done} replayed"
+
+
+def _replayed_cell(record: ReplayRecord | None) -> str:
+    if record is None:
+        return "no"
+    times = f" ×{len(record.replays)}" if len(record.replays) > 1 else ""
+    return f"{record.last.at:%Y-%m-%d %H:%M:%S}{times}"
+
+
+def letters_table(letters: Sequence[DeadLetter], records: dict[str, ReplayRecord] | None = None) -> Table:
+    """One row per letter, for terminals of 120 columns or more. With `records`, whether and when
+    each was replayed."""
+    table = Table(title=f"{_count(letters, 'dead letter')}{_replayed_count(letters, records)}", show_lines=True)
     table.add_column("dead letter", overflow="fold", ratio=3)
     table.add_column("time (UTC)", min_width=10, ratio=2)
     table.add_column("original", overflow="fold", ratio=3)
@@ -307,7 +520,10 @@ def letters_table(letters: Sequence[DeadLetter]) -> Table:
     table.add_column("tries", justify="right", min_width=2)
     table.add_column("detail", ratio=4)
     table.add_column("key", overflow="fold", ratio=2)
+    if records is not None:
+        table.add_column("replayed (UTC)", overflow="fold", min_width=10, ratio=2)
     for letter in letters:
+        replayed = [] if records is None else [Text(_replayed_cell(records.get(letter.position)))]
         table.add_row(
             Text(f"{letter.topic}\n{letter.partition}:{letter.offset}"),
             Text(f"{letter.time:%Y-%m-%d %H:%M:%S}"),
@@ -316,13 +532,15 @@ def letters_table(letters: Sequence[DeadLetter]) -> Table:
             Text(str(letter.attempts) if letter.attempts is not None else "?"),
             Text(printable(letter.detail, 120)),
             Text(printable(letter.key, 60)),
+            *replayed,
         )
     return table
 
 
-def letters_lines(letters: Sequence[DeadLetter]) -> list[Text]:
-    """The same as `letters_table`, three lines per letter, for narrow terminals."""
-    lines = [Text(_count(letters, "dead letter"), style="bold")]
+def letters_lines(letters: Sequence[DeadLetter], records: dict[str, ReplayRecord] | None = None) -> list[Text]:
+    """The same as `letters_table`, three lines per letter (four if it was replayed), for narrow terminals."""
+    records_ = records or {}
+    lines = [Text(_count(letters, "dead letter") + _replayed_count(letters, records), style="bold")]
     for letter in letters:
         lines.append(
             Text.assemble(
@@ -334,6 +552,8 @@ def letters_lines(letters: Sequence[DeadLetter]) -> list[Text]:
         )
         lines.append(Text(f"  from {_original(letter)}  key {printable(letter.key, 60) or '(none)'}"))
         lines.append(Text(f"  {printable(letter.detail, 200)}", style="dim"))
+        if letter.position in records_:
+            lines.append(Text(f"  {printable(records_[letter.position].describe())}", style="green"))
     return lines
 
 
@@ -380,20 +600,37 @@ def _dead_letter_topic_param(name: str) -> str:
         raise typer.BadParameter(str(error)) from None
 
 
+def _records_or_warning(settings: RuntimeSettings, letters: Sequence[DeadLetter]) -> dict[str, ReplayRecord] | None:
+    """For the commands that only look: the replay records, or a warning and None if the database
+    cannot be reached (the letters themselves are still worth seeing)."""
+    try:
+        return run(replay_records(settings, letters))
+    except PyMongoError as error:
+        console.print(
+            Text(
+                f"replay records ({REPLAYS_COLLECTION}) unavailable, not shown: {printable(str(error), 200)}",
+                style="yellow",
+            )
+        )
+        return None
+
+
 @app.command("list")
 def list_command(
     topic: str | None = typer.Option(None, "--topic", help="Only this topic's dead letters (original or .dlq name)"),
 ) -> None:
-    """Every dead letter, or one topic's, oldest first."""
+    """Every dead letter, or one topic's, oldest first, and whether (and when) each was replayed."""
     names = [_dead_letter_topic_param(topic)] if topic else None
-    letters = run(read_dead_letters(settings_from_env(), names))
+    settings = settings_from_env()
+    letters = run(read_dead_letters(settings, names))
     if not letters:
         console.print(f"no dead letters on {names[0] if names else 'any dead-letter topic'}")
         return
+    records = _records_or_warning(settings, letters)
     if console.width >= 120:
-        console.print(letters_table(letters))
+        console.print(letters_table(letters, records))
     else:
-        for line in letters_lines(letters):
+        for line in letters_lines(letters, records):
             console.print(line)
 
 
@@ -403,13 +640,21 @@ def show(
     partition: int = typer.Argument(..., min=0, metavar="PARTITION"),
     offset: int = typer.Argument(..., min=0, metavar="OFFSET"),
 ) -> None:
-    """One dead letter: every header and the value."""
+    """One dead letter: every header, the value, and every replay of it."""
     name = _dead_letter_topic_param(dlq_topic)
-    letter = run(read_dead_letter(settings_from_env(), name, partition, offset))
+    settings = settings_from_env()
+    letter = run(read_dead_letter(settings, name, partition, offset))
     if letter is None:
         console.print(f"no dead letter at {escape(name)}:{partition}:{offset}")
         raise typer.Exit(1)
     _print_letter(letter)
+    records = _records_or_warning(settings, [letter])
+    if records is not None:
+        record = records.get(letter.position)
+        if record is None:
+            console.print("not replayed")
+        for replayed in record.replays if record else ():
+            console.print(Text(f"replayed {printable(replayed.describe())}", style="green"))
 
 
 @app.command("replay")
@@ -417,13 +662,23 @@ def replay_command(
     dlq_topic: str = typer.Argument(..., metavar="DLQ_TOPIC", help="The dead-letter topic (or its original topic)"),
     partition: int | None = typer.Argument(None, min=0, metavar="PARTITION"),
     offset: int | None = typer.Argument(None, min=0, metavar="OFFSET"),
-    every: bool = typer.Option(False, "--all", help="Every dead letter of the topic (once each)"),
+    every: bool = typer.Option(False, "--all", help="Every dead letter of the topic not replayed before"),
     reason: str | None = typer.Option(None, help="With --all: only dead letters with this dlq.reason"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be replayed, send nothing"),
+    again: bool = typer.Option(
+        False, "--again", help="Also replay letters already replayed (each new replay is recorded too)"
+    ),
+    by: str | None = typer.Option(None, "--by", help="Who is replaying, for the record (default: your login name)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be replayed and skipped, send nothing"),
 ) -> None:
     """Publish dead letters again to their original topic: same bytes, key and headers.
 
     Either one letter (DLQ_TOPIC PARTITION OFFSET) or `DLQ_TOPIC --all [--reason R]`.
+
+    Every replay is recorded in the MongoDB collection `dlq_replays` (`_id` =
+    "<dlq topic>:<partition>:<offset>": when, by whom, where it landed), and letters recorded
+    there are skipped next time unless you give --again. Letters go one at a time, each recorded
+    right after the broker confirmed it, so a crash in between can replay at worst that one
+    letter twice (the services' handlers are idempotent: a second copy changes nothing).
     """
     name = _dead_letter_topic_param(dlq_topic)
     settings = settings_from_env()
@@ -455,10 +710,34 @@ def replay_command(
         console.print(Text(f"refusing to replay: {printable(str(error))}", style="red"))
         raise typer.Exit(1) from None
 
+    try:
+        records = run(replay_records(settings, letters))
+    except PyMongoError as error:
+        console.print(
+            Text(
+                f"refusing to replay: the replay records ({REPLAYS_COLLECTION}) cannot be read, so neither "
+                f"skipping nor recording would work: {printable(str(error), 200)}",
+                style="red",
+            )
+        )
+        raise typer.Exit(1) from None
+    skipped = [] if again else [letter for letter in letters if letter.position in records]
+    skipping = {letter.position for letter in skipped}
+    chosen = [
+        (letter, target) for letter, target in zip(letters, targets, strict=True) if letter.position not in skipping
+    ]
+    verb = "would skip" if dry_run else "skipped"
+    for letter in skipped:
+        console.print(Text(f"{verb} {letter.position}: {printable(records[letter.position].describe())}"))
+    skipped_note = f", {len(skipped)} skipped: already replayed (--again replays them anyway)" if skipped else ""
+
     if dry_run:
-        for letter, target in zip(letters, targets, strict=True):
-            console.print(Text(f"would replay {letter.position} → {target}  ({printable(letter.reason) or '?'})"))
-        console.print(f"dry run: {_count(letters, 'dead letter')} would be replayed, nothing sent")
+        for letter, target in chosen:
+            again_note = f", {printable(records[letter.position].describe())}" if letter.position in records else ""
+            console.print(
+                Text(f"would replay {letter.position} → {target}  ({printable(letter.reason) or '?'}{again_note})")
+            )
+        console.print(f"dry run: {_count(chosen, 'dead letter')} would be replayed{skipped_note}, nothing sent")
         return
 
     def report(letter: DeadLetter, landed: RecordMetadata) -> None:
@@ -469,5 +748,13 @@ def replay_command(
             )
         )
 
-    count = run(replay(settings, letters, on_replayed=report))
-    console.print(f"{count} dead letter{'s' if count != 1 else ''} replayed")
+    who = by or operator()
+    try:
+        sending = [letter for letter, _ in chosen]
+        count = run(
+            with_replay_log(settings, lambda log: replay(settings, sending, on_replayed=report, log=log, by=who))
+        )
+    except NotRecordedError as error:
+        console.print(Text(f"not recorded: {printable(str(error))}", style="red"))
+        raise typer.Exit(1) from None
+    console.print(f"{count} dead letter{'s' if count != 1 else ''} replayed{skipped_note}")

@@ -1,22 +1,26 @@
-"""`pharmacy dlq` against the real broker: the shared runtime dead-letters bytes that break the
-contract, the tool lists and shows them, and a replay puts the exact original bytes, key and
-headers back on the original topic."""
+"""`pharmacy dlq` against the real broker and database: the shared runtime dead-letters bytes that
+break the contract, the tool lists and shows them, a replay puts the exact original bytes, key and
+headers back on the original topic, and records it so the next replay skips it unless asked."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import typer
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import RecordMetadata, TopicPartition
+from motor.motor_asyncio import AsyncIOMotorClient
 from typer.testing import CliRunner
 
 from pharmacy_contracts import topics
 from services.cli import bus, dlq
+from services.runtime.documents import connect
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch, running
@@ -169,17 +173,53 @@ async def test_replay_puts_the_exact_original_back_on_the_original_topic(
     assert await _end_offsets(settings, topics.INVENTORY_COMMANDS.name) == before
 
 
-def test_the_commands(settings: RuntimeSettings, scenario: Scenario) -> None:
-    """Sync on purpose: the commands run their own event loop, as they do from a shell."""
+Invoke = Callable[..., str]
+
+
+def _cli(settings: RuntimeSettings, **extra_env: str) -> Invoke:
+    """`pharmacy dlq ...` in-process, against the test stack."""
     root = typer.Typer()
     root.add_typer(dlq.app, name="dlq")  # as services/cli/main.py registers it
     runner = CliRunner()
-    env = {"PHARMACY_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "COLUMNS": "80"}
+    env = {
+        "PHARMACY_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "PHARMACY_MONGO_URL": settings.mongo_url.get_secret_value(),
+        "PHARMACY_MONGO_DATABASE": settings.mongo_database,
+        "COLUMNS": "80",
+        **extra_env,
+    }
 
     def invoke(*args: str, code: int = 0, columns: int = 80) -> str:
         result = runner.invoke(root, ["dlq", *args], env={**env, "COLUMNS": str(columns)})
         assert result.exit_code == code, f"{args}: {result.output}\n{result.exception!r}"
         return result.output
+
+    return invoke
+
+
+async def _replay_documents(settings: RuntimeSettings, *, forget: bool = False) -> dict[str, dict[str, Any]]:
+    """The replay records (`dlq_replays`); with `forget`, deleted first. (The dev database keeps every
+    database name in one file, so tests cannot keep their records apart by database name.)"""
+    client = connect(settings.mongo_url.get_secret_value())
+    try:
+        collection = client[settings.mongo_database][dlq.REPLAYS_COLLECTION]
+        if forget:
+            await collection.delete_many({})
+        return {doc["_id"]: doc async for doc in collection.find({})}
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def no_replay_records(settings: RuntimeSettings) -> None:
+    """Every test that replays through the command starts with no letter recorded as replayed."""
+    assert asyncio.run(_replay_documents(settings, forget=True)) == {}
+
+
+@pytest.mark.usefixtures("no_replay_records")
+def test_the_commands(settings: RuntimeSettings, scenario: Scenario) -> None:
+    """Sync on purpose: the commands run their own event loop, as they do from a shell."""
+    invoke = _cli(settings)
 
     narrow, wide = invoke("list"), invoke("list", columns=200)  # three lines per letter, or a table
     for partition, offset in scenario.dead_letters.values():
@@ -215,3 +255,103 @@ def test_the_commands(settings: RuntimeSettings, scenario: Scenario) -> None:
     assert f"replayed {DLQ}:{partition}:{offset} → {TOPIC.name}:" in replayed
     assert "1 dead letter replayed" in replayed
     assert asyncio.run(_end_offsets(settings, TOPIC.name)) == before + 1
+
+
+@pytest.mark.usefixtures("no_replay_records")
+def test_replay_records_what_it_replayed_and_skips_it_next_time(settings: RuntimeSettings, scenario: Scenario) -> None:
+    cli = _cli(settings)
+
+    def invoke(*args: str, columns: int = 119) -> str:  # narrow (< 120), but whole lines unwrapped
+        return cli(*args, columns=columns)
+
+    letters = asyncio.run(dlq.read_dead_letters(settings, [DLQ]))
+    n = len(letters)
+    assert n >= 2
+    plural = "s" if n != 1 else ""
+    assert f"{n} dead letter{plural}, 0 replayed" in invoke("list", "--topic", DLQ)
+    assert "│ no " in invoke("list", "--topic", DLQ, columns=200)
+
+    before = asyncio.run(_end_offsets(settings, TOPIC.name))
+    first = invoke("replay", DLQ, "--all", "--by", "tester")
+    assert f"{n} dead letter{plural} replayed" in first and "skipped" not in first
+    assert asyncio.run(_end_offsets(settings, TOPIC.name)) == before + n
+
+    # the record: one document per letter, keyed by the letter's own position
+    documents = asyncio.run(_replay_documents(settings))
+    assert set(documents) == {letter.position for letter in letters}
+    for letter in letters:
+        doc = documents[letter.position]
+        assert (doc["dlq_topic"], doc["dlq_partition"], doc["dlq_offset"]) == (DLQ, letter.partition, letter.offset)
+        assert (doc["original_topic"], doc["original_offset"]) == (TOPIC.name, letter.original_offset)
+        assert doc["times"] == 1 and doc["last_replayed_by"] == "tester"
+        [replayed] = doc["replays"]
+        assert replayed["topic"] == TOPIC.name and replayed["by"] == "tester" and replayed["at"]
+        assert doc["last_replayed_to"] == f"{TOPIC.name}:{replayed['partition']}:{replayed['offset']}"
+
+    # the same again: nothing sent, every letter skipped, and the reason said
+    second = invoke("replay", DLQ, "--all")
+    assert f"0 dead letters replayed, {n} skipped: already replayed (--again replays them anyway)" in second
+    for letter in letters:
+        assert f"skipped {letter.position}: replayed " in second
+    assert "by tester → courier.updates.v1:" in second
+    assert f"dry run: 0 dead letters would be replayed, {n} skipped" in invoke("replay", DLQ, "--all", "--dry-run")
+    assert asyncio.run(_end_offsets(settings, TOPIC.name)) == before + n
+
+    # one letter: skipped too, unless --again (and that replay is recorded as well)
+    partition, offset = scenario.dead_letters[scenario.violating.key]
+    position = f"{DLQ}:{partition}:{offset}"
+    assert "0 dead letters replayed, 1 skipped" in invoke("replay", DLQ, str(partition), str(offset))
+    assert f"would replay {position} → {TOPIC.name}" in invoke(
+        "replay", DLQ, str(partition), str(offset), "--again", "--dry-run"
+    )
+    assert asyncio.run(_end_offsets(settings, TOPIC.name)) == before + n
+    again = invoke("replay", DLQ, str(partition), str(offset), "--again", "--by", "second")
+    assert f"replayed {position} → {TOPIC.name}:" in again and "1 dead letter replayed" in again
+    assert "skipped" not in again
+    assert asyncio.run(_end_offsets(settings, TOPIC.name)) == before + n + 1
+    doc = asyncio.run(_replay_documents(settings))[position]
+    assert doc["times"] == 2 and [r["by"] for r in doc["replays"]] == ["tester", "second"]
+    assert doc["last_replayed_by"] == "second"
+
+    # list and show say which were replayed, and when
+    narrow, wide = invoke("list"), invoke("list", columns=200)
+    assert f"{n} dead letter{plural}, {n} replayed" in narrow
+    assert f"replayed {doc['last_replayed_at']:%Y-%m-%d %H:%M:%S} UTC by second → {TOPIC.name}:" in narrow
+    assert "(2 times)" in narrow
+    assert narrow.count(" UTC by tester → ") == n - 1
+    assert "replayed (UTC)" in wide and f"{doc['last_replayed_at']:%Y-%m-%d %H:%M:%S} ×2" in wide
+    shown = invoke("show", DLQ, str(partition), str(offset))
+    assert shown.count("replayed 20") == 2 and "by tester" in shown and "by second" in shown
+
+
+def test_a_replay_that_cannot_read_its_records_sends_nothing(
+    settings: RuntimeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dlq, "connect", lambda url: AsyncIOMotorClient(url, serverSelectionTimeoutMS=300))
+    before = asyncio.run(_end_offsets(settings, TOPIC.name))
+    invoke = _cli(settings, PHARMACY_MONGO_URL="mongodb://127.0.0.1:9")  # nothing listens there
+    refused = invoke("replay", DLQ, "--all", "--again", code=1)
+    assert "refusing to replay: the replay records (dlq_replays) cannot be read" in refused
+    assert asyncio.run(_end_offsets(settings, TOPIC.name)) == before
+    # looking still works, without the records
+    listed = invoke("list", "--topic", DLQ)
+    assert "replay records (dlq_replays) unavailable" in listed and "contract_violation" in listed
+
+
+async def test_a_record_counts_only_for_the_letter_it_was_made_for(settings: RuntimeSettings) -> None:
+    """A dead-letter topic deleted and created again starts its offsets over: a record of the letter
+    that sat at a position once must not make the tool skip the different letter there now."""
+    client = connect(settings.mongo_url.get_secret_value())
+    try:
+        log = dlq.ReplayLog(client[settings.mongo_database])
+        then = dlq.DeadLetter(DLQ, 0, 70_000, 1_000, b"k", b"then", (("dlq.topic", TOPIC.name.encode()),))
+        now = dlq.DeadLetter(DLQ, 0, 70_000, 2_000, b"k", b"now", (("dlq.topic", TOPIC.name.encode()),))
+        replayed = dlq.Replayed(dlq.datetime.now(dlq.UTC), None, TOPIC.name, 0, 1)
+        await log.add(then, replayed)
+        assert set(await log.records_of([then])) == {then.position}
+        assert await log.records_of([now]) == {}
+        record = await log.add(now, replayed)  # its record starts over
+        assert len(record.replays) == 1 and record.is_of(now) and not record.is_of(then)
+        assert await log.records_of([then]) == {}
+    finally:
+        client.close()
