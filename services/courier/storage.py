@@ -12,10 +12,13 @@ from .domain import CourierProfile, Delivery
 
 class CourierStorage:
     def __init__(self, database: Any) -> None:
+        # Couriers' reports come from phones on the road, which send again when they lose signal.
         self.deliveries: DocumentStore[Delivery] = DocumentStore(
-            database, "courier_deliveries", Delivery, keeps_trace=True
+            database, "courier_deliveries", Delivery, keeps_trace=True, remembers_commands=True
         )
-        self.roster: DocumentStore[CourierProfile] = DocumentStore(database, "courier_roster", CourierProfile)
+        self.roster: DocumentStore[CourierProfile] = DocumentStore(
+            database, "courier_roster", CourierProfile, remembers_commands=True
+        )
 
     @property
     def with_outbox(self) -> list[DocumentStore[Any]]:

@@ -14,7 +14,10 @@ from .domain import Allocation, LedgerEntry, Warehouse
 
 class InventoryStorage:
     def __init__(self, database: Any) -> None:
-        self.warehouses: DocumentStore[Warehouse] = DocumentStore(database, "inventory_warehouses", Warehouse)
+        # Restocks, adjustments and registrations come from people and their systems, who may send one again.
+        self.warehouses: DocumentStore[Warehouse] = DocumentStore(
+            database, "inventory_warehouses", Warehouse, remembers_commands=True
+        )
         self.allocations: DocumentStore[Allocation] = DocumentStore(
             database, "inventory_allocations", Allocation, keeps_trace=True
         )

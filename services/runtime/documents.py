@@ -146,16 +146,33 @@ class _Plan:
     decided: bool = False
     after: dict[str, Any] | None = None
     new_entries: list[dict[str, Any]] = field(default_factory=list)
+    #: Message ids whose change this plan writes.
+    applied: list[str] = field(default_factory=list)
     outcomes: list[tuple[_Write, Change[Any] | BaseException | None]] = field(default_factory=list)
 
 
 class DocumentStore(Generic[S]):
     """One collection of versioned documents whose state is the pydantic model `model`."""
 
-    def __init__(self, database: AsyncIOMotorDatabase, name: str, model: type[S], *, keeps_trace: bool = False) -> None:
+    def __init__(
+        self,
+        database: AsyncIOMotorDatabase,
+        name: str,
+        model: type[S],
+        *,
+        keeps_trace: bool = False,
+        remembers_commands: bool = False,
+    ) -> None:
         """`keeps_trace`: each document is one flow's (a prescription's); it remembers the trace that
-        last changed it, and work on it outside any message's trace continues that trace."""
+        last changed it, and work on it outside any message's trace continues that trace.
+
+        `remembers_commands`: the documents take commands people or other systems may send again
+        at any time (a restock, a courier's report); the ids of the messages applied are kept for
+        good in `<name>_applied`, not only the last few hundred on the document, so a command sent
+        again weeks and thousands of messages later is still recognised. It costs a lookup and an
+        insert per group write."""
         self.name = name
+        self._applied = database[f"{name}_applied"] if remembers_commands else None
         self.model = model
         self.keeps_trace = keeps_trace
         self._tracer: Tracer | None = None
@@ -290,10 +307,16 @@ class DocumentStore(Generic[S]):
         for write in group:
             by_doc.setdefault(write.doc_id, []).append(write)
         docs = await self._current(list(by_doc))
+        applied_before = await self._applied_among(group)
         write_id = uuid.uuid4().hex
         plans = [
             self._plan_safely(
-                doc_id, writes, docs.get(doc_id), write_id, cached=docs.get(doc_id) is self._cache.get(doc_id)
+                doc_id,
+                writes,
+                docs.get(doc_id),
+                write_id,
+                cached=docs.get(doc_id) is self._cache.get(doc_id),
+                applied_before=applied_before,
             )
             for doc_id, writes in by_doc.items()
         ]
@@ -310,6 +333,7 @@ class DocumentStore(Generic[S]):
         to_write = [p for p in plans if p.after is not None]
         lost = await self._write_plans(to_write, write_id)
         lost |= await self._changed_since_cached(p for p in plans if p.after is None and p.cached)
+        await self._record_applied(p for p in to_write if p.doc_id not in lost and p.after is not None)
 
         retry: list[_Write] = []
         for plan in plans:
@@ -379,18 +403,54 @@ class DocumentStore(Generic[S]):
         }
         return {doc_id for doc_id, version in expected.items() if current.get(doc_id) != version}
 
+    async def _applied_among(self, group: list[_Write]) -> frozenset[str]:
+        """Which of the group's messages this store applied before, ever (stores that remember commands)."""
+        ids = [w.message_id for w in group if w.message_id is not None]
+        if self._applied is None or not ids:
+            return frozenset()
+        return frozenset([d["_id"] async for d in self._applied.find({"_id": {"$in": ids}}, {"_id": 1})])
+
+    async def _record_applied(self, written: Iterable[_Plan]) -> None:
+        """After the write stood: until then the document's own `handled` ids cover a crash."""
+        if self._applied is None:
+            return
+        ids = list(dict.fromkeys(m for plan in written for m in plan.applied))
+        if not ids:
+            return
+        try:
+            await self._applied.insert_many([{"_id": m} for m in ids], ordered=False)
+        except BulkWriteError as error:
+            if error.details.get("writeConcernErrors"):
+                raise WriteNotDurable(f"{self.name}_applied: {error.details['writeConcernErrors'][:3]}") from error
+            if any(f["code"] != DUPLICATE_KEY for f in error.details["writeErrors"]):
+                raise  # recorded before (a redelivery) is fine; anything else is not
+
     def _plan_safely(
-        self, doc_id: str, writes: list[_Write], doc: dict[str, Any] | None, write_id: str, *, cached: bool
+        self,
+        doc_id: str,
+        writes: list[_Write],
+        doc: dict[str, Any] | None,
+        write_id: str,
+        *,
+        cached: bool,
+        applied_before: frozenset[str] = frozenset(),
     ) -> _Plan:
         """One document's plan; if building it fails (a state that no longer validates, say), only
         that document's writes fail, not the whole group."""
         try:
-            return self._plan(doc_id, writes, doc, write_id, cached=cached)
+            return self._plan(doc_id, writes, doc, write_id, cached=cached, applied_before=applied_before)
         except Exception as error:
             return _Plan(doc_id, writes, doc, outcomes=[(write, error) for write in writes])
 
     def _plan(
-        self, doc_id: str, writes: list[_Write], doc: dict[str, Any] | None, write_id: str, *, cached: bool
+        self,
+        doc_id: str,
+        writes: list[_Write],
+        doc: dict[str, Any] | None,
+        write_id: str,
+        *,
+        cached: bool,
+        applied_before: frozenset[str] = frozenset(),
     ) -> _Plan:
         """Run every decision queued for one document, in order, on the state the previous one left."""
         plan = _Plan(doc_id, writes, doc, cached=cached and doc is not None)
@@ -401,7 +461,9 @@ class DocumentStore(Generic[S]):
         dirty = doc is not None and len(outbox) != len(doc["outbox"])
         traceparent: str | None = doc.get(TRACEPARENT) if doc else None
         for write in writes:
-            if _already_absorbed(handled, positions, write.message_id, write.position):
+            if write.message_id in applied_before or _already_absorbed(
+                handled, positions, write.message_id, write.position
+            ):
                 plan.outcomes.append((write, None))
                 continue
             try:
@@ -423,6 +485,8 @@ class DocumentStore(Generic[S]):
                 traceparent = caused_in or traceparent
                 plan.new_entries += entries
                 _track(handled, positions, write.message_id, write.position)
+                if write.message_id is not None:
+                    plan.applied.append(write.message_id)
                 dirty = True
             plan.outcomes.append((write, change))
         if dirty and state is not None:

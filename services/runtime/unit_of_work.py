@@ -35,6 +35,7 @@ import structlog
 from pharmacy_contracts import Envelope
 
 from .errors import Refused
+from .faults import crash_point
 from .store import OutboxEntry, S, Save, Store, Stored
 from .tracking import Position
 
@@ -124,6 +125,8 @@ class _Round(Generic[S, M]):
     records: list[Record[M]]
     handled: list[Handled[M]] = field(default_factory=list)
     save: Save[S] | None = None
+    #: Events this round's decisions caused (the save's outbox may also hold older ones).
+    new_entries: int = 0
 
 
 class UnitOfWork:
@@ -177,6 +180,9 @@ class UnitOfWork:
                         handled = Handled(handled.record, Outcome.FAILED, error=failed[doc_id])
                     outcomes[index] = handled
             written = [rounds[doc_id].save for doc_id in (saved.written if saved else [])]
+            if any(rounds[doc_id].new_entries for doc_id in (saved.written if saved else [])):
+                # The worst moment to die: state and events stored, nothing published (a test arms it).
+                crash_point(f"after-write:{store.name}")
             await self._publish_outboxes(store, [s for s in written if s is not None and s.outbox])
             waiting = {doc_id: by_doc[doc_id] for doc_id in lost}
         for doc_id, indexes in waiting.items():  # still losing after every round
@@ -223,6 +229,7 @@ class UnitOfWork:
                 changed = True
                 new_entries += [record.in_context(self._entry, event) for event in decision.events]
                 decided.handled.append(Handled(record, Outcome.APPLIED, tuple(decision.events), result=decision.result))
+        decided.new_entries = len(new_entries)
         if changed and state is not None:
             kept = tuple(e for e in stored.outbox if e["message_id"] not in self._confirmed)
             decided.save = Save(
