@@ -27,18 +27,18 @@ def build(
     runtime = ServiceRuntime("prescription", settings)
     storage = PrescriptionStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = PrescriptionService(storage, clock=clock, policy=settings.review_policy())
+    service = PrescriptionService(storage, runtime.unit_of_work, clock=clock, policy=settings.review_policy())
 
     runtime.consume(
         topics.CONSULTATION_INTAKE,
         group="prescription.check",
-        handle=service.on_intake,
+        handle_batch=service.on_intake,
         title="check prescriptions against the safety rules; honour cancellations",
     )
     runtime.consume(
         topics.PRESCRIPTION_REVIEWS,
         group="prescription.reviews",
-        handle=service.on_review,
+        handle_batch=service.on_review,
         title="apply pharmacists' review decisions and cancellations",
     )
     runtime.consume(
@@ -46,7 +46,7 @@ def build(
         topics.COURIER_DELIVERIES,
         group="prescription.supply",
         background=True,
-        handle=service.on_supply_event,
+        handle_batch=service.on_supply_event,
         title="mark approved prescriptions that never reached the patient (no stock, delivery given up or withdrawn)",
     )
     runtime.every_sweep("review-deadlines", service.sweep_reviews)

@@ -102,6 +102,16 @@ class InteractionTable:
         return self._by_pair.get(frozenset({normalise(class_a), normalise(class_b)}))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The reference data one batch of checks reads, read once for the whole batch."""
+
+    formulary: Mapping[str, FormularyEntry] = field(default_factory=dict)
+    #: By licence number; a licence not in the registry is absent.
+    prescribers: Mapping[str, PrescriberRecord] = field(default_factory=dict)
+    interactions: InteractionTable = field(default_factory=InteractionTable)
+
+
 # --- the patient's medication history (one document per patient) -------------------------------------
 
 

@@ -1,29 +1,43 @@
-"""Use cases of the prescription service: check, hold for review, pharmacist decisions, deadlines, cancellation.
+"""Use cases of the prescription service, each over a batch: check, hold for review, pharmacist
+decisions, deadlines, cancellation, supplies that never reached the patient.
+
+Each use case takes a batch's records and answers, in the same order, what became of each
+(`Handled`). It loads what the batch touches with one query per store, decides in memory with the
+plain functions at the bottom of this module (`(state, message) -> Decision`), and saves each store
+once, through the unit of work (see services/runtime/unit_of_work.py).
 
 Two documents take part in an approval: the patient's medication history (which later checks of
 the same patient read for interactions and early refills) and the prescription's verdict. The
-history is written first and idempotently (keyed by prescription id), so a crash in between leaves
-an entry that the redelivered message finds and keeps, never a verdict without its entry.
+unit of work runs once per store, and the history goes first: it is written idempotently (keyed
+by prescription id, and not tracked by message id, so a redelivered message decides again and
+finds its entry there), so a crash in between leaves an entry that the redelivered message finds
+and keeps, never a verdict without its entry.
 
-Two prescriptions of one patient checked at the same time: the history-dependent rules run inside
-the history document's versioned write, so of two concurrent approvals the second is decided again
-on the history that includes the first (it may then be held or rejected instead). What stays open:
-a prescription that is held enters the history only when a pharmacist approves it, so two holds of
+Two prescriptions of one patient checked at the same time: the history-dependent rules are the
+history's own decision, so in one batch the second is decided on the history the first left, and
+of two instances' concurrent approvals the second loses the versioned write and is decided again on
+the history that includes the first (it may then be held or rejected instead). What stays open: a
+prescription that is held enters the history only when a pharmacist approves it, so two holds of
 one patient do not see each other, and a pharmacist's approval does not re-run the checks; the
 pharmacist sees both in the review queue.
 
-An entry leaves the history's active medicine in two ways. A cancellation withdraws it after its
-verdict write, whatever that write did: an approval racing it (the check, or a pharmacist on the
-review topic's own consumer group) either wrote its verdict first, and so its entry too, or finds
-the verdict no longer open and withdraws its own entry. And a prescription approved but never
+An entry leaves the history's active medicine in three ways. A cancellation withdraws it after its
+verdict write, whatever that write did (applied, changed nothing, or a duplicate): an approval
+racing it (the check, or a pharmacist on the review topic's own consumer group) either wrote its
+verdict first, and so its entry too, or finds the verdict no longer open and withdraws its own
+entry. A pharmacist's approval that is refused (the hold ended otherwise meanwhile) withdraws the
+entry it recorded unless the prescription stands approved. And a prescription approved but never
 supplied (out of stock, delivery given up or withdrawn, as inventory and courier report) is marked
 so: the interaction and refill rules must consider only medicine the patient actually has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 import structlog
 
@@ -42,15 +56,23 @@ from pharmacy_contracts.prescription import (
     ReviewDecided,
     ReviewEscalated,
 )
-from services.runtime.documents import Change
-from services.runtime.errors import Refused
+from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
 from . import domain
-from .domain import Verdict, VerdictState
+from .domain import MedicationHistory, Verdict, VerdictState
 from .storage import PrescriptionStorage
 
 log = structlog.get_logger()
 PRODUCER = "prescription"
+
+Intake = PrescriptionAccepted | CancellationAccepted
+Review = ReviewDecided | CancellationOrdered
+Cancellation = CancellationAccepted | CancellationOrdered
+#: The sweep's proposals: what a held review's passed deadline announces.
+DeadlineEvent = ReviewEscalated | PrescriptionRejected
+
+#: Outcomes after which a record goes no further (it is dead-lettered or tried again alone).
+STOPPED = (Outcome.REFUSED, Outcome.FAILED)
 
 
 def approval_event(
@@ -85,105 +107,427 @@ def _envelope(prescription_id: str, causation_id: str | None) -> dict[str, str |
     }
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What the checks of one prescription decided, carried from the history's decision to the verdict's."""
+
+    verdict: Verdict
+    delivery: DeliveryDetails
+
+
 class PrescriptionService:
+    """Use cases over batches: each takes a batch's records and says what became of each."""
+
     def __init__(
         self,
         storage: PrescriptionStorage,
+        unit_of_work: UnitOfWork,
         clock: Callable[[], datetime],
         policy: domain.ReviewPolicy | None = None,
     ):
         self._storage = storage
+        self._uow = unit_of_work
         self._clock = clock
         self._policy = policy or domain.ReviewPolicy()
 
-    # --- messages in ------------------------------------------------------------------------------
+    async def _run(self, store: Any, records: Sequence[Record[Any]], **how: Any) -> list[Handled[Any]]:
+        """The unit of work over one store, and nothing at all for no records."""
+        return await self._uow.run(store, records, **how) if records else []
 
-    async def on_intake(self, message: PrescriptionAccepted | CancellationAccepted) -> None:
-        if isinstance(message, PrescriptionAccepted):
-            await self.check(message)
-        else:
-            await self.cancel(
-                message.prescription_id,
-                requested_by=message.requested_by,
-                reason=message.reason,
-                message_id=message.message_id,
-            )
+    # --- consultation.intake: checks and upstream cancellations ---------------------------------------
 
-    async def on_review(self, message: ReviewDecided | CancellationOrdered) -> None:
-        if isinstance(message, ReviewDecided):
-            await self.decide_review(message)
-        else:
-            await self.cancel(
-                message.prescription_id,
-                requested_by=message.pharmacist_id,
-                reason=message.reason,
-                message_id=message.message_id,
-            )
-
-    # --- the checks ---------------------------------------------------------------------------------
-
-    async def check(self, accepted: PrescriptionAccepted) -> None:
-        prescription = accepted.prescription
-        rx = prescription.prescription_id
-        if (existing := await self._storage.verdicts.get(rx)) is not None:
-            log.info("prescription already decided; message dropped", state=existing.state.value)
-            return
-        formulary = await self._storage.formulary_entries(item.drug_code for item in prescription.items)
-        prescriber = await self._storage.prescriber(prescription.prescriber.licence_number)
-        interactions = await self._storage.interaction_table()
+    async def on_intake(self, records: Sequence[Record[Intake]]) -> list[Handled[Intake]]:
+        """Check each new prescription (history first, then the verdict) and honour cancellations."""
         now = self._clock()
-        found: list[domain.Check] = []
-
-        def check_and_record(history: domain.MedicationHistory | None) -> Change[domain.MedicationHistory] | None:
-            # Runs again if another write to this patient's history came first, on the history it left.
-            others = history.others_than(rx) if history else []
-            safety = domain.Safety(
-                formulary=formulary,
-                prescriber=prescriber,
-                interactions=interactions,
-                history=others,
-                refill_tolerance=self._policy.refill_tolerance,
+        outcomes: dict[int, Handled[Any]] = {}
+        accepted = [i for i, r in enumerate(records) if isinstance(r.message, PrescriptionAccepted)]
+        # Decided before (a duplicate, or cancelled before its checks): not checked again.
+        before = await self._storage.verdicts_of(_rx(records[i].message) for i in accepted)
+        # A cancellation earlier in the batch decides it too: it is dropped, so its checks never run.
+        to_check: list[int] = []
+        cancelled_earlier: set[str] = set()
+        for i, record in enumerate(records):
+            rx = _rx(record.message)
+            if isinstance(record.message, CancellationAccepted):
+                cancelled_earlier.add(rx)
+            elif (
+                isinstance(record.message, PrescriptionAccepted) and before[rx] is None and rx not in cancelled_earlier
+            ):
+                to_check.append(i)
+        checked: dict[str, Checked] = {}  # by message id
+        if to_check:
+            reference = await self._storage.reference_for(records[i].message.prescription for i in to_check)  # type: ignore[union-attr]
+            decide = partial(check_and_record, reference, self._policy, now)
+            histories = await self._run(
+                self._storage.histories, [records[i] for i in to_check], key=_patient, decide=decide, tracked=False
             )
-            found[:] = [domain.check_prescription(prescription, safety, now)]
-            if not found[0].approved:
-                return None
-            recorded = domain.with_supply(history, prescription, formulary, now)
-            return None if recorded is None else Change(recorded)
+            for i, handled in zip(to_check, histories, strict=True):
+                if handled.outcome in STOPPED:
+                    outcomes[i] = handled
+                else:
+                    checked[records[i].message_id] = handled.result
+        rest = [i for i in range(len(records)) if i not in outcomes]
+        verdicts = await self._run(
+            self._storage.verdicts,
+            [records[i] for i in rest],
+            key=_rx,
+            decide=partial(decide_intake, checked, now),
+        )
+        outcomes.update(zip(rest, verdicts, strict=True))
+        # An accepted prescription whose verdict stands cancelled (before its checks, or in this
+        # batch before them) withdraws what its check may have recorded in the patient's history.
+        cancelled_first = {
+            i: records[i].message.prescription.patient.patient_id  # type: ignore[union-attr]
+            for i in accepted
+            if outcomes[i].outcome not in STOPPED and _is_cancelled(outcomes[i].result)
+        }
+        outcomes.update(await self._withdraw_after(records, outcomes, cancelled_first))
+        handled = [outcomes[i] for i in range(len(records))]
+        for one in handled:
+            one.record.in_context(_log_intake, one)
+        return handled
 
-        recorded = await self._storage.histories.apply(prescription.patient.patient_id, check_and_record)
-        (result,) = found
-        verdict = domain.verdict_of_check(prescription, result, formulary, self._policy, now)
+    # --- prescription.reviews: pharmacists' decisions and cancellations --------------------------------
 
-        def decide(existing: Verdict | None) -> Change[Verdict] | None:
-            if existing is not None:
-                return None
-            common = _envelope(rx, accepted.message_id)
-            if verdict.state is VerdictState.APPROVED:
-                event = approval_event(
-                    prescription,
-                    domain.delivery_details(prescription, formulary),
-                    causation_id=accepted.message_id,
-                )
-                return Change(verdict, [event])
-            if verdict.state is VerdictState.HELD:
-                assert verdict.escalate_at is not None and verdict.expires_at is not None
-                held = PrescriptionHeld(
-                    **common,
-                    patient_id=prescription.patient.patient_id,
-                    reasons=verdict.reasons,
-                    escalate_at=verdict.escalate_at,
-                    expires_at=verdict.expires_at,
-                )
-                return Change(verdict, [held])
-            return Change(verdict, [PrescriptionRejected(**common, reasons=verdict.reasons)])
+    async def on_review(self, records: Sequence[Record[Review]]) -> list[Handled[Review]]:
+        """A pharmacist's approval records the supply in the patient's history, then releases the
+        verdict; a rejection or a cancellation changes the verdict alone (a cancellation then
+        withdraws the supply)."""
+        now = self._clock()
+        outcomes: dict[int, Handled[Any]] = {}
+        before = await self._storage.verdicts_of(_rx(r.message) for r in records)
+        held = {rx: v for rx, v in before.items() if v is not None and v.state is VerdictState.HELD and v.prescription}
+        approvals = [
+            i
+            for i, r in enumerate(records)
+            if isinstance(r.message, ReviewDecided) and r.message.decision == "approve" and _rx(r.message) in held
+        ]
+        if approvals:
+            formulary = await self._storage.formulary_entries(
+                item.drug_code
+                for i in approvals
+                for item in held[_rx(records[i].message)].prescription.items  # type: ignore[union-attr]
+            )
+            histories = await self._run(
+                self._storage.histories,
+                [records[i] for i in approvals],
+                key=partial(_patient_of_held, held),
+                decide=partial(record_approved_supply, held, formulary, now),
+                tracked=False,
+            )
+            outcomes.update((i, h) for i, h in zip(approvals, histories, strict=True) if h.outcome in STOPPED)
+        rest = [i for i in range(len(records)) if i not in outcomes]
+        verdicts = await self._run(
+            self._storage.verdicts, [records[i] for i in rest], key=_rx, decide=partial(decide_review, now)
+        )
+        outcomes.update(zip(rest, verdicts, strict=True))
+        # An approval refused because the hold ended otherwise meanwhile (expired, rejected,
+        # cancelled) takes back the supply it recorded, unless the prescription stands approved.
+        refused = [i for i in approvals if outcomes[i].outcome is Outcome.REFUSED]
+        now_verdicts = await self._storage.verdicts_of(_rx(records[i].message) for i in refused)
+        not_approved = {
+            i: held[_rx(records[i].message)].patient_id
+            for i in refused
+            if not _is_approved(now_verdicts[_rx(records[i].message)])
+        }
+        outcomes.update(await self._withdraw_after(records, outcomes, not_approved))
+        handled = [outcomes[i] for i in range(len(records))]
+        for one in handled:
+            one.record.in_context(_log_review, one)
+        return handled
 
-        change = await self._storage.verdicts.apply(rx, decide, message_id=accepted.message_id)
-        if change is None:
-            if recorded is not None:
-                # Decided meanwhile (a cancellation came first): the supply just recorded never happens.
-                await self._withdraw_supply(prescription.patient.patient_id, rx)
+    # --- cancelled supplies ----------------------------------------------------------------------------
+
+    async def _withdraw_after(
+        self,
+        records: Sequence[Record[Any]],
+        outcomes: Mapping[int, Handled[Any]],
+        also: Mapping[int, str | None],
+    ) -> dict[int, Handled[Any]]:
+        """After the verdicts are written: the cancelled prescriptions' entries leave their patients'
+        histories. Asked for every cancellation that went through, applied, unchanged or a duplicate
+        (a crash after its verdict write leaves the withdrawal to the redelivery), and for the other
+        records in `also` (index: patient). Returns the records whose withdrawal failed."""
+        cancellations = [
+            i
+            for i, r in enumerate(records)
+            if isinstance(r.message, Cancellation) and outcomes[i].outcome not in STOPPED
+        ]
+        duplicates = [i for i in cancellations if outcomes[i].outcome is Outcome.DUPLICATE]
+        reread = await self._storage.verdicts_of(_rx(records[i].message) for i in duplicates)
+        patients: dict[int, str] = {}
+        for i in cancellations:
+            duplicate = outcomes[i].outcome is Outcome.DUPLICATE
+            final = reread[_rx(records[i].message)] if duplicate else outcomes[i].result
+            if (patient := domain.history_to_withdraw(final)) is not None:
+                patients[i] = patient
+        patients.update({i: p for i, p in also.items() if p is not None})
+        if not patients:
+            return {}
+        return await self._withdraw_supplies([records[i] for i in sorted(patients)], sorted(patients), patients)
+
+    async def _withdraw_supplies(
+        self, records: list[Record[Any]], indexes: list[int], patients: Mapping[int, str]
+    ) -> dict[int, Handled[Any]]:
+        by_message = {records[n].message_id: patients[i] for n, i in enumerate(indexes)}
+        withdrawn = await self._run(
+            self._storage.histories,
+            records,
+            key=partial(_patient_by_message, by_message),
+            decide=withdraw_supply,
+            tracked=False,
+        )
+        return {i: h for i, h in zip(indexes, withdrawn, strict=True) if h.outcome is Outcome.FAILED}
+
+    # --- inventory and courier events: supplies that never reached the patient -------------------------
+
+    async def on_supply_event(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Inventory and courier events that end a supply before the patient has it mark the
+        prescription's history entries as never supplied; the rest of those topics is none of this
+        service's business."""
+        ending = [i for i, r in enumerate(records) if not_supplied_why(r.message) is not None]
+        before = await self._storage.verdicts_of(_rx(records[i].message) for i in ending)
+        patients = {rx: v.patient_id for rx, v in before.items() if v is not None and v.patient_id is not None}
+        marked_indexes = [i for i in ending if _rx(records[i].message) in patients]
+        marked = await self._run(
+            self._storage.histories,
+            [records[i] for i in marked_indexes],
+            key=partial(_patient_by_rx, patients),
+            decide=mark_not_supplied,
+        )
+        outcomes: dict[int, Handled[Envelope]] = dict(zip(marked_indexes, marked, strict=True))
+        handled = [outcomes.get(i) or Handled(r, Outcome.UNCHANGED) for i, r in enumerate(records)]
+        for i in ending:
+            handled[i].record.in_context(_log_supply_end, handled[i], i in outcomes)
+        return handled
+
+    # --- deadlines -------------------------------------------------------------------------------------
+
+    async def sweep_reviews(self) -> None:
+        """Escalate holds past their escalation time and reject those past their expiry: the review
+        queue in one query, then one load and one version-guarded save of the due verdicts. Each
+        action re-checks its deadline on the version it saves over, so two instances sweeping at once
+        (or a pharmacist deciding meanwhile) cannot both act."""
+        now = self._clock()
+        due = [
+            Record(deadline_event(held, action))
+            for held in await self._storage.held_verdicts()
+            if (action := domain.due_review_action(held, now)) is not None
+        ]
+        if not due:
+            return
+        acted = await self._run(
+            self._storage.verdicts,
+            due,
+            key=lambda event: event.prescription_id,
+            decide=partial(act_on_deadline, now),
+            tracked=False,
+        )
+        for handled in acted:
+            if handled.outcome is Outcome.APPLIED:
+                _log_deadline(handled.record.message)
+            elif handled.outcome is Outcome.FAILED:
+                log.warning("review deadline not acted on; the next sweep tries again", error=handled.error)
+
+
+# --- decisions: plain functions of (state, message) ------------------------------------------------------
+
+
+def check_and_record(
+    reference: domain.Reference,
+    policy: domain.ReviewPolicy,
+    now: datetime,
+    history: MedicationHistory | None,
+    accepted: PrescriptionAccepted,
+) -> Decision[MedicationHistory]:
+    """The checks, on the patient's history as the records before this one left it; an approval's
+    supply recorded in that history. The verdict to write next is the decision's result."""
+    prescription = accepted.prescription
+    safety = domain.Safety(
+        formulary=reference.formulary,
+        prescriber=reference.prescribers.get(prescription.prescriber.licence_number),
+        interactions=reference.interactions,
+        history=history.others_than(prescription.prescription_id) if history else [],
+        refill_tolerance=policy.refill_tolerance,
+    )
+    found = domain.check_prescription(prescription, safety, now)
+    verdict = domain.verdict_of_check(prescription, found, reference.formulary, policy, now)
+    checked = Checked(verdict, domain.delivery_details(prescription, reference.formulary))
+    recorded = domain.with_supply(history, prescription, reference.formulary, now) if found.approved else None
+    return Decision(recorded, result=checked)
+
+
+def decide_intake(
+    checked: Mapping[str, Checked], now: datetime, existing: Verdict | None, message: Intake
+) -> Decision[Verdict]:
+    """A checked prescription's verdict (unless it has one: the result says which), or a cancellation."""
+    if isinstance(message, CancellationAccepted):
+        return cancel(existing, message, now)
+    if not isinstance(message, PrescriptionAccepted):
+        return Decision.refused("unexpected_message", f"{type(message).__name__} is not sent on this topic")
+    if existing is not None:
+        return Decision(result=existing)  # decided before: a duplicate, or cancelled before its checks
+    found = checked.get(message.message_id)
+    if found is None:  # not checked because it had a verdict then: verdicts are never removed
+        raise RuntimeError(f"{message.prescription.prescription_id} lost its verdict")
+    verdict = found.verdict
+    common = _envelope(verdict.prescription_id, message.message_id)
+    if verdict.state is VerdictState.APPROVED:
+        event: Envelope = approval_event(message.prescription, found.delivery, causation_id=message.message_id)
+    elif verdict.state is VerdictState.HELD:
+        assert verdict.escalate_at is not None and verdict.expires_at is not None
+        event = PrescriptionHeld(
+            **common,
+            patient_id=message.prescription.patient.patient_id,
+            reasons=verdict.reasons,
+            escalate_at=verdict.escalate_at,
+            expires_at=verdict.expires_at,
+        )
+    else:
+        event = PrescriptionRejected(**common, reasons=verdict.reasons)
+    return Decision(verdict, [event], result=verdict)
+
+
+def record_approved_supply(
+    held: Mapping[str, Verdict],
+    formulary: Mapping[str, domain.FormularyEntry],
+    now: datetime,
+    history: MedicationHistory | None,
+    decision: ReviewDecided,
+) -> Decision[MedicationHistory]:
+    """A pharmacist's approval of a hold: the supply enters the patient's history (idempotent)."""
+    prescription = held[decision.prescription_id].prescription
+    assert prescription is not None
+    return Decision(domain.with_supply(history, prescription, formulary, now))
+
+
+def decide_review(now: datetime, existing: Verdict | None, message: Review) -> Decision[Verdict]:
+    if isinstance(message, CancellationOrdered):
+        return cancel(existing, message, now)
+    rx = message.prescription_id
+    if existing is None or existing.state is not VerdictState.HELD:
+        state = "never checked" if existing is None else existing.state.value
+        return Decision.refused("not_under_review", f"{rx} is not held for review ({state})")
+    if message.decision == "approve":
+        assert existing.prescription is not None and existing.delivery is not None
+        event: Envelope = approval_event(
+            existing.prescription, existing.delivery, causation_id=message.message_id, reviewed_by=message.pharmacist_id
+        )
+        return Decision(domain.approved_by_pharmacist(existing, message.pharmacist_id, message.note, now), [event])
+    rejected = PrescriptionRejected(
+        **_envelope(rx, message.message_id),
+        reasons=[domain.pharmacist_rejection(message.pharmacist_id, message.note)],
+        reviewed_by=message.pharmacist_id,
+    )
+    return Decision(domain.rejected_by_pharmacist(existing, message.pharmacist_id, message.note, now), [rejected])
+
+
+def cancel(existing: Verdict | None, message: Cancellation, now: datetime) -> Decision[Verdict]:
+    """Honoured while approved or held, and before the checks; the result is the verdict after it."""
+    rx = message.prescription_id
+    requested_by = message.requested_by if isinstance(message, CancellationAccepted) else message.pharmacist_id
+    updated = domain.cancelled(existing, rx, requested_by, message.reason, now)
+    if updated is None:
+        return Decision(result=existing)
+    event = PrescriptionCancelled(
+        **_envelope(rx, message.message_id),
+        reason=message.reason,
+        requested_by=requested_by,
+        was_approved=existing is not None and existing.state is VerdictState.APPROVED,
+    )
+    return Decision(updated, [event], result=updated)
+
+
+def withdraw_supply(history: MedicationHistory | None, message: Envelope) -> Decision[MedicationHistory]:
+    return Decision(domain.with_cancelled(history, _rx(message)))
+
+
+def not_supplied_why(event: Envelope) -> domain.NotSupplied | None:
+    match event:
+        case inv.ReservationFailed():
+            return event.reason
+        case c.DeliveryAbandoned():
+            return "DELIVERY_ABANDONED"
+        case c.DeliveryCancelled():
+            return "DELIVERY_CANCELLED"
+    return None
+
+
+def mark_not_supplied(history: MedicationHistory | None, event: Envelope) -> Decision[MedicationHistory]:
+    """The prescription's history entries marked as never supplied: the interaction and refill rules
+    must consider only medicine the patient actually has, not every approval."""
+    why = not_supplied_why(event)
+    assert why is not None
+    return Decision(domain.with_not_supplied(history, _rx(event), why))
+
+
+def deadline_event(held: Verdict, action: domain.ReviewAction) -> DeadlineEvent:
+    """What a passed deadline of a held review announces, proposed by the sweep."""
+    assert held.held_at is not None and held.expires_at is not None
+    common = _envelope(held.prescription_id, None)
+    if action == "escalate":
+        return ReviewEscalated(**common, held_since=held.held_at, expires_at=held.expires_at, reasons=held.reasons)
+    return PrescriptionRejected(**common, reasons=[domain.review_expiry(held)])
+
+
+def act_on_deadline(now: datetime, existing: Verdict | None, proposed: DeadlineEvent) -> Decision[Verdict]:
+    """The sweep's proposal, if the deadline is still due on this version (nobody decided or swept
+    meanwhile). While held, what the event says (held since, expiry, reasons) does not change."""
+    action: domain.ReviewAction = "escalate" if isinstance(proposed, ReviewEscalated) else "expire"
+    if existing is None or domain.due_review_action(existing, now) != action:
+        return Decision.unchanged()
+    state = domain.escalated(existing) if action == "escalate" else domain.expired_review(existing, now)
+    return Decision(state, [proposed])
+
+
+# --- keys ----------------------------------------------------------------------------------------------
+
+
+def _rx(message: Envelope) -> str:
+    if isinstance(message, PrescriptionAccepted):
+        return message.prescription.prescription_id
+    prescription_id = getattr(message, "prescription_id", None)
+    return prescription_id if isinstance(prescription_id, str) else message.correlation_id
+
+
+def _patient(accepted: PrescriptionAccepted) -> str:
+    return accepted.prescription.patient.patient_id
+
+
+def _patient_of_held(held: Mapping[str, Verdict], decision: ReviewDecided) -> str:
+    prescription = held[decision.prescription_id].prescription
+    assert prescription is not None
+    return prescription.patient.patient_id
+
+
+def _patient_by_message(patients: Mapping[str, str], message: Envelope) -> str:
+    return patients[message.message_id]
+
+
+def _patient_by_rx(patients: Mapping[str, str], event: Envelope) -> str:
+    return patients[_rx(event)]
+
+
+def _is_cancelled(verdict: Any) -> bool:
+    return isinstance(verdict, Verdict) and verdict.state is VerdictState.CANCELLED
+
+
+def _is_approved(verdict: Verdict | None) -> bool:
+    return verdict is not None and verdict.state is VerdictState.APPROVED
+
+
+# --- one log line per decision ---------------------------------------------------------------------------
+
+
+def _log_intake(handled: Handled[Any]) -> None:
+    message = handled.record.message
+    if handled.outcome in STOPPED:
+        return  # refusals and failures are logged where they are dead-lettered or retried
+    if isinstance(message, PrescriptionAccepted):
+        if handled.outcome is not Outcome.APPLIED:
             log.info("prescription already decided; duplicate dropped")
             return
+        verdict: Verdict = handled.result
         codes = [r.code for r in verdict.reasons]
         if verdict.state is VerdictState.HELD:
             log.info(
@@ -194,187 +538,65 @@ class PrescriptionService:
             )
         else:
             log.info(f"prescription {verdict.state.value}", reasons=codes)
+    else:
+        _log_cancellation(handled)
 
-    # --- the pharmacist's decision ----------------------------------------------------------------
 
-    async def decide_review(self, decision: ReviewDecided) -> None:
-        rx = decision.prescription_id
-        now = self._clock()
-        current = await self._storage.verdicts.get(rx)
-        recorded = None
-        if decision.decision == "approve" and current is not None and current.state is VerdictState.HELD:
-            recorded = await self._record_supply(current, now)
-
-        def decide(existing: Verdict | None) -> Change[Verdict] | None:
-            if existing is None or existing.state is not VerdictState.HELD:
-                state = "never checked" if existing is None else existing.state.value
-                raise Refused("not_under_review", f"{rx} is not held for review ({state})")
-            common = _envelope(rx, decision.message_id)
-            if decision.decision == "approve":
-                assert existing.prescription is not None and existing.delivery is not None
-                event = approval_event(
-                    existing.prescription,
-                    existing.delivery,
-                    causation_id=decision.message_id,
-                    reviewed_by=decision.pharmacist_id,
-                )
-                return Change(
-                    domain.approved_by_pharmacist(existing, decision.pharmacist_id, decision.note, now), [event]
-                )
-            rejected = PrescriptionRejected(
-                **common,
-                reasons=[domain.pharmacist_rejection(decision.pharmacist_id, decision.note)],
-                reviewed_by=decision.pharmacist_id,
-            )
-            return Change(
-                domain.rejected_by_pharmacist(existing, decision.pharmacist_id, decision.note, now), [rejected]
-            )
-
-        try:
-            change = await self._storage.verdicts.apply(rx, decide, message_id=decision.message_id)
-        except Refused:
-            if recorded is not None and current is not None and current.patient_id is not None:
-                # The hold ended otherwise meanwhile (expired, cancelled, another pharmacist decided).
-                await self._withdraw_supply(current.patient_id, rx)
-            log.warning("pharmacist decision refused: not under review", pharmacist_id=decision.pharmacist_id)
-            raise
-        if change is None:
-            log.info("pharmacist decision already applied; duplicate dropped")
-            return
+def _log_review(handled: Handled[Any]) -> None:
+    message = handled.record.message
+    if isinstance(message, CancellationOrdered):
+        _log_cancellation(handled)
+    elif handled.outcome is Outcome.REFUSED:
+        log.warning("pharmacist decision refused: not under review", pharmacist_id=message.pharmacist_id)
+    elif handled.outcome is Outcome.APPLIED:
         log.info(
             "prescription approved by pharmacist"
-            if decision.decision == "approve"
+            if message.decision == "approve"
             else "prescription rejected by pharmacist",
-            pharmacist_id=decision.pharmacist_id,
-            note=decision.note,
+            pharmacist_id=message.pharmacist_id,
+            note=message.note,
         )
+    elif handled.outcome is Outcome.DUPLICATE:
+        log.info("pharmacist decision already applied; duplicate dropped")
 
-    async def _record_supply(self, held: Verdict, now: datetime) -> domain.MedicationHistory | None:
-        prescription = held.prescription
-        if prescription is None:
-            return None
-        formulary: Mapping[str, domain.FormularyEntry] = await self._storage.formulary_entries(
-            item.drug_code for item in prescription.items
-        )
 
-        def record(history: domain.MedicationHistory | None) -> Change[domain.MedicationHistory] | None:
-            recorded = domain.with_supply(history, prescription, formulary, now)
-            return None if recorded is None else Change(recorded)
-
-        change = await self._storage.histories.apply(prescription.patient.patient_id, record)
-        return None if change is None else change.state
-
-    async def _withdraw_supply(self, patient_id: str, prescription_id: str) -> None:
-        def withdraw(history: domain.MedicationHistory | None) -> Change[domain.MedicationHistory] | None:
-            marked = domain.with_cancelled(history, prescription_id)
-            return None if marked is None else Change(marked)
-
-        await self._storage.histories.apply(patient_id, withdraw)
-
-    # --- deadlines ------------------------------------------------------------------------------------
-
-    async def sweep_reviews(self) -> None:
-        """Escalate holds past their escalation time and reject those past their expiry (idempotent:
-        each action re-checks its deadline inside the versioned write)."""
-        now = self._clock()
-        for held in await self._storage.held_verdicts():
-            action = domain.due_review_action(held, now)
-            if action is not None:
-                await self._act_on_deadline(held.prescription_id, action, now)
-
-    async def _act_on_deadline(self, rx: str, action: domain.ReviewAction, now: datetime) -> None:
-        def decide(existing: Verdict | None) -> Change[Verdict] | None:
-            if existing is None or domain.due_review_action(existing, now) != action:
-                return None  # decided or swept by someone else meanwhile
-            assert existing.held_at is not None and existing.expires_at is not None
-            common = _envelope(rx, None)
-            if action == "escalate":
-                event = ReviewEscalated(
-                    **common, held_since=existing.held_at, expires_at=existing.expires_at, reasons=existing.reasons
-                )
-                return Change(domain.escalated(existing), [event])
-            rejected = PrescriptionRejected(**common, reasons=[domain.review_expiry(existing)])
-            return Change(domain.expired_review(existing, now), [rejected])
-
-        change = await self._storage.verdicts.apply(rx, decide)
-        if change is None:
-            return
-        verdict = change.state
-        bound = log.bind(correlation_id=rx, held_at=verdict.held_at.isoformat() if verdict.held_at else None)
-        if action == "escalate":
-            bound.warning(
-                "review escalated: no pharmacist decided in time",
-                reasons=[r.code for r in verdict.reasons],
-                expires_at=verdict.expires_at.isoformat() if verdict.expires_at else None,
-            )
-        else:
-            bound.warning("prescription rejected: review expired undecided")
-
-    # --- cancellation ---------------------------------------------------------------------------------
-
-    async def cancel(self, rx: str, *, requested_by: str, reason: str, message_id: str) -> None:
-        now = self._clock()
-        outcome: list[Verdict | None] = []
-
-        def decide(existing: Verdict | None) -> Change[Verdict] | None:
-            outcome[:] = [existing]
-            updated = domain.cancelled(existing, rx, requested_by, reason, now)
-            if updated is None:
-                return None
-            was_approved = existing is not None and existing.state is VerdictState.APPROVED
-            event = PrescriptionCancelled(
-                **_envelope(rx, message_id), reason=reason, requested_by=requested_by, was_approved=was_approved
-            )
-            return Change(updated, [event])
-
-        change = await self._storage.verdicts.apply(rx, decide, message_id=message_id)
-        # After the verdict, and also when this write was a duplicate or changed nothing: a pharmacist's
-        # approval may have recorded the supply after any earlier look, and a crash right after the
-        # verdict write leaves the withdrawal to the redelivery (see the module docstring).
-        final = change.state if change is not None else await self._storage.verdicts.get(rx)
-        if (patient_id := domain.history_to_withdraw(final)) is not None:
-            await self._withdraw_supply(patient_id, rx)
-        if change is None:
-            if not outcome or outcome[0] is None:
-                log.info("cancellation already applied; duplicate dropped")
-            else:
-                log.info(
-                    "cancellation changes nothing: prescription already final",
-                    state=outcome[0].state.value,
-                    requested_by=requested_by,
-                )
-            return
-        (event,) = change.events
+def _log_cancellation(handled: Handled[Any]) -> None:
+    message = handled.record.message
+    requested_by = message.requested_by if isinstance(message, CancellationAccepted) else message.pharmacist_id
+    if handled.outcome is Outcome.APPLIED:
+        (event,) = handled.events
         assert isinstance(event, PrescriptionCancelled)
-        log.info("prescription cancelled", requested_by=requested_by, reason=reason, was_approved=event.was_approved)
+        log.info(
+            "prescription cancelled", requested_by=requested_by, reason=message.reason, was_approved=event.was_approved
+        )
+    elif handled.outcome is Outcome.DUPLICATE:
+        log.info("cancellation already applied; duplicate dropped")
+    elif handled.outcome is Outcome.UNCHANGED and isinstance(handled.result, Verdict):
+        log.info(
+            "cancellation changes nothing: prescription already final",
+            state=handled.result.state.value,
+            requested_by=requested_by,
+        )
 
-    # --- supplies that never reached the patient ------------------------------------------------------
 
-    async def on_supply_event(self, event: Envelope) -> None:
-        """Inventory and courier events that end a supply before the patient has it; the rest of
-        those topics is none of this service's business."""
-        match event:
-            case inv.ReservationFailed():
-                await self.not_supplied(event.prescription_id, event.reason, message_id=event.message_id)
-            case c.DeliveryAbandoned():
-                await self.not_supplied(event.prescription_id, "DELIVERY_ABANDONED", message_id=event.message_id)
-            case c.DeliveryCancelled():
-                await self.not_supplied(event.prescription_id, "DELIVERY_CANCELLED", message_id=event.message_id)
-
-    async def not_supplied(self, rx: str, why: domain.NotSupplied, *, message_id: str) -> None:
-        """Mark the prescription's history entries as never supplied: the interaction and refill rules
-        must consider only medicine the patient actually has, not every approval."""
-        verdict = await self._storage.verdicts.get(rx)
-        if verdict is None or verdict.patient_id is None:
-            log.info("supply ended for a prescription with no patient history here; nothing to mark", why=why)
-            return
-
-        def mark(history: domain.MedicationHistory | None) -> Change[domain.MedicationHistory] | None:
-            marked = domain.with_not_supplied(history, rx, why)
-            return None if marked is None else Change(marked)
-
-        change = await self._storage.histories.apply(verdict.patient_id, mark, message_id=message_id)
-        if change is None:
-            log.info("supply end changes nothing: no entry of the prescription still counts", why=why)
-            return
+def _log_supply_end(handled: Handled[Any], had_history: bool) -> None:
+    why = not_supplied_why(handled.record.message)
+    if not had_history:
+        log.info("supply ended for a prescription with no patient history here; nothing to mark", why=why)
+    elif handled.outcome is Outcome.APPLIED:
         log.info("prescription never supplied: dropped from the patient's active medicine", why=why)
+    elif handled.outcome in (Outcome.UNCHANGED, Outcome.DUPLICATE):
+        log.info("supply end changes nothing: no entry of the prescription still counts", why=why)
+
+
+def _log_deadline(event: DeadlineEvent) -> None:
+    bound = log.bind(correlation_id=event.prescription_id)
+    if isinstance(event, ReviewEscalated):
+        bound.warning(
+            "review escalated: no pharmacist decided in time",
+            held_at=event.held_since.isoformat(),
+            reasons=[r.code for r in event.reasons],
+            expires_at=event.expires_at.isoformat(),
+        )
+    else:
+        bound.warning("prescription rejected: review expired undecided")

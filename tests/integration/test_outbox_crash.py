@@ -48,7 +48,7 @@ async def test_an_event_written_before_a_crash_is_published_after_restart(
         await wait_until(lambda: _now(reaped(pid)), "the service to crash at the fault", timeout=60)
 
         # the verdict and its event are in the database; nothing reached Kafka
-        pending = dict(await storage.verdicts.pending_outbox())
+        pending = {stored.id: stored.outbox for stored in await storage.verdicts.pending_outbox()}
         assert [e["type"] for e in pending["RX-CRASH-1"]] == ["prescription.approved"]
         async with TopicWatch(settings.kafka_bootstrap_servers, topics.PRESCRIPTION_DECISIONS.name) as watch:
             await watch.settle()

@@ -31,6 +31,7 @@ from services.prescription.settings import PrescriptionSettings
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.documents import connect
 from services.runtime.settings import RuntimeSettings
+from services.runtime.unit_of_work import Record
 from tests.support.inprocess import (
     Clock,
     TopicWatch,
@@ -208,7 +209,7 @@ async def test_checks_every_rule_and_decides_once(settings: RuntimeSettings) -> 
             await bus.publish(settings, controlled)
             await watch.wait_for(lambda w: len(w.messages()) >= 8, "eight decisions")
             await intake_barrier(settings, watch, *(m.correlation_id for m in (good, *rules_broken, controlled)))
-        verdicts = {v.prescription_id: v for v in await storage.verdicts.find()}
+        verdicts = {v.prescription_id: v for v in await storage.all_verdicts()}
         history = await storage.history_of(good.prescription.patient.patient_id)
 
     decisions = watch.messages()
@@ -276,7 +277,7 @@ async def test_a_pharmacist_approves_or_rejects_a_hold_and_nothing_else(settings
         await watch.wait_for(lambda w: w.raw(REVIEWS_DLQ), "the refused decision")
         # RX-R-PLAIN's own dead letter ends its handling; the others' barriers end theirs.
         await review_barrier(settings, watch, "RX-R-YES", "RX-R-NO")
-        verdict = await storage.verdicts.get("RX-R-YES")
+        verdict = await storage.verdict_of("RX-R-YES")
         history = await storage.history_of(to_approve.prescription.patient.patient_id)
 
     held, released = of_rx(watch, "RX-R-YES")
@@ -332,7 +333,7 @@ async def test_an_undecided_hold_escalates_then_expires(settings: RuntimeSetting
         await sweep(service)  # rejects once
         await watch.wait_for(lambda w: len(of_rx(w, "RX-T-WAIT")) >= 3, "the expiry")
         await intake_barrier(settings, watch, "RX-T-WAIT")  # the sweeps were awaited: any key comes after them
-        verdict = await storage.verdicts.get("RX-T-WAIT")
+        verdict = await storage.verdict_of("RX-T-WAIT")
 
     on_hold, escalation, expiry = of_rx(watch, "RX-T-WAIT")
     assert isinstance(on_hold, PrescriptionHeld)
@@ -347,6 +348,20 @@ async def test_an_undecided_hold_escalates_then_expires(settings: RuntimeSetting
 
 async def sweep(service: PrescriptionService) -> None:
     await service.sweep_reviews()
+
+
+async def cancel(service: PrescriptionService, rx: str, *, reason: str, message_id: str) -> None:
+    """An upstream cancellation handed straight to the intake use case, as its consumer would."""
+    message = CancellationAccepted(
+        message_id=message_id,
+        correlation_id=rx,
+        producer="consultation",
+        sender_id="hospital-test",
+        prescription_id=rx,
+        reason=reason,
+        requested_by="Dr Test",
+    )
+    await service.on_intake([Record(message)])
 
 
 async def test_cancellation_of_a_held_or_approved_prescription(settings: RuntimeSettings) -> None:
@@ -388,7 +403,7 @@ async def test_cancellation_of_a_held_or_approved_prescription(settings: Runtime
         await bus.publish(settings, late, decided("RX-C-HELD", "approve"))
         await intake_barrier(settings, watch, "RX-C-OK", "RX-C-BAD", "RX-C-EARLY")
         await review_barrier(settings, watch, "RX-C-HELD")
-        verdicts = {v.prescription_id: v for v in await storage.verdicts.find()}
+        verdicts = {v.prescription_id: v for v in await storage.all_verdicts()}
         history = await storage.history_of("PAT-CANCEL")
 
     _, held_cancelled = of_rx(watch, "RX-C-HELD")
@@ -426,35 +441,36 @@ async def test_a_cancellation_racing_an_approval_leaves_no_active_supply(
         # The pharmacist's approval (its own consumer group) runs to its end while the cancellation
         # is on its way to the verdict: the supply is recorded after the cancellation started.
         verdicts = service._storage.verdicts
-        write_verdict = verdicts.apply
+        write_verdicts = verdicts.save
         cancel_id = "MSG-CANCEL-RACE"
 
-        async def approval_slips_in(doc_id: str, decide: Any, *, message_id: str | None = None) -> Any:
-            if message_id == cancel_id:
-                await service.decide_review(decided("RX-X-RACE", "approve"))
-            return await write_verdict(doc_id, decide, message_id=message_id)
+        async def approval_slips_in(saves: Any) -> Any:
+            if any(cancel_id in save.applied for save in saves):
+                monkeypatch.setattr(verdicts, "save", write_verdicts)
+                await service.on_review([Record(decided("RX-X-RACE", "approve"))])
+            return await write_verdicts(saves)
 
-        monkeypatch.setattr(verdicts, "apply", approval_slips_in)
-        await service.cancel("RX-X-RACE", requested_by="Dr Test", reason="patient moved", message_id=cancel_id)
+        monkeypatch.setattr(verdicts, "save", approval_slips_in)
+        await cancel(service, "RX-X-RACE", reason="patient moved", message_id=cancel_id)
         monkeypatch.undo()
 
         # A crash between the verdict write and the withdrawal: the redelivery is a duplicate for the
         # verdict, and withdraws all the same.
-        withdraw = service._withdraw_supply
+        withdraw = service._withdraw_supplies
 
-        async def crash(patient_id: str, rx: str) -> None:
+        async def crash(*args: Any) -> None:
             raise RuntimeError("process killed")
 
-        monkeypatch.setattr(service, "_withdraw_supply", crash)
+        monkeypatch.setattr(service, "_withdraw_supplies", crash)
         with pytest.raises(RuntimeError):
-            await service.cancel("RX-X-CRASH", requested_by="Dr Test", reason="moved", message_id="MSG-CANCEL-2")
-        monkeypatch.setattr(service, "_withdraw_supply", withdraw)
+            await cancel(service, "RX-X-CRASH", reason="moved", message_id="MSG-CANCEL-2")
+        monkeypatch.setattr(service, "_withdraw_supplies", withdraw)
         crashed = await storage.history_of("PAT-CRASH")
-        await service.cancel("RX-X-CRASH", requested_by="Dr Test", reason="moved", message_id="MSG-CANCEL-2")
+        await cancel(service, "RX-X-CRASH", reason="moved", message_id="MSG-CANCEL-2")
 
         await watch.wait_for(lambda w: len(of_rx(w, "RX-X-RACE")) >= 3 and len(of_rx(w, "RX-X-CRASH")) >= 2, "events")
         await intake_barrier(settings, watch, "RX-X-RACE")  # every call above was awaited: any key comes after
-        verdicts_now = {rx: await storage.verdicts.get(rx) for rx in ("RX-X-RACE", "RX-X-CRASH")}
+        verdicts_now = {rx: await storage.verdict_of(rx) for rx in ("RX-X-RACE", "RX-X-CRASH")}
         race_history = await storage.history_of("PAT-RACE")
         crash_history = await storage.history_of("PAT-CRASH")
 
