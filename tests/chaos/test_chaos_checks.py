@@ -4,9 +4,11 @@ reported as broken (the chaos test itself only ever sees runs that held)."""
 from __future__ import annotations
 
 import random
+from datetime import date
 from typing import Any
 
 from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
 from pharmacy_contracts.lifecycle import Stage
 from services.consultation.domain import PrescriptionStatus
@@ -17,7 +19,7 @@ from services.ops.chaos.evidence import Evidence, TopicLog
 from services.ops.chaos.load import Couriers, Load
 from services.ops.chaos.report import ChaosReport
 from services.runtime.settings import RuntimeSettings
-from tests.unit.builders import one_of_each_message, picked_up, reserved
+from tests.unit.builders import one_of_each_message, picked_up, reserved, restocked
 
 READ = (topics.INVENTORY_EVENTS, topics.COURIER_DISPATCH, topics.COURIER_DELIVERIES)
 
@@ -98,3 +100,27 @@ def test_the_owner_of_a_terminal_stage_must_have_recorded_it():
 
 def test_travelled_goods_are_the_ones_picked_up():
     assert evidence({topics.COURIER_DELIVERIES: [picked_up(prescription_id="RX-9")]}).travelled == {"RX-9"}
+
+
+def test_a_restock_answered_by_two_events_is_reported():
+    """Applied twice, a restock still balances the books: only counting its answers shows it."""
+    seen = evidence()
+    command = inv.RestockRequested(
+        correlation_id="CMD-1",
+        producer="tests",
+        warehouse_id="WH-1",
+        drug_code="MET500",
+        lot_id="MET500-L1",
+        expiry_date=date(2031, 12, 31),
+        quantity=100,
+        requested_by="Aigerim",
+    )
+    seen.load.restocks.append(command)
+    answer = restocked(0).model_copy(update={"causation_id": command.message_id})
+    twice = answer.model_copy(update={"message_id": "another-event-id"})
+    report = checked(evidence({topics.INVENTORY_EVENTS: [answer, twice]}, load=seen.load))
+
+    assert report.restocks_answered_twice == [command.message_id]
+    assert any("restocks answered by two events" in v for v in report.violations())
+    once = checked(evidence({topics.INVENTORY_EVENTS: [answer]}, load=seen.load))
+    assert once.restocks_answered_twice == []

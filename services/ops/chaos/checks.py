@@ -124,12 +124,14 @@ def check_stock(report: ChaosReport, seen: Evidence) -> None:
     for event in events:
         if isinstance(event, inv.StockAdjusted):
             adjusted[event.warehouse_id, event.drug_code] += event.delta
-        if isinstance(event, inv.StockAdjusted | inv.StockCommandRefused) and event.causation_id:
+        if isinstance(event, inv.StockAdjusted | inv.StockRestocked | inv.StockCommandRefused) and event.causation_id:
             answers[event.causation_id] += 1
     report.restocks_sent = len(restocked)
     report.adjustments_sent = len(adjustments)
     report.adjustments_unanswered = [a.message_id for a in adjustments if answers[a.message_id] == 0]
     report.adjustments_answered_twice = [a.message_id for a in adjustments if answers[a.message_id] > 1]
+    # A command applied twice would still balance the books: count the answers instead.
+    report.restocks_answered_twice = [r.message_id for r in seen.load.restocks if answers[r.message_id] > 1]
     keys = sorted(
         {(w.warehouse_id, d) for w in warehouses for d in w.stock}
         | set(restocked)

@@ -123,6 +123,7 @@ class Load:
         self.restocked: Counter[Shelf] = Counter()
         self.lots: defaultdict[Shelf, list[str]] = defaultdict(list)
         self.adjustments: list[inv.AdjustmentRequested] = []
+        self.restocks: list[inv.RestockRequested] = []
         self.submitted = 0
 
     async def publish_commands(self, commands: list[inv.RestockRequested] | list[inv.AdjustmentRequested]) -> None:
@@ -130,6 +131,7 @@ class Load:
         for command in commands:
             if isinstance(command, inv.RestockRequested):
                 shelf = (command.warehouse_id, command.drug_code)
+                self.restocks.append(command)
                 self.restocked[shelf] += command.quantity
                 if command.lot_id not in self.lots[shelf]:
                     self.lots[shelf].append(command.lot_id)

@@ -79,6 +79,7 @@ def render(report: ChaosReport, console: Console | None = None) -> None:
         (f"lots the ledger does not recompute ({report.ledger_entries} entries)", len(report.ledger_mismatches)),
         ("holds still open", len(report.open_holds)),
         ("adjustments not answered once", len(report.adjustments_unanswered + report.adjustments_answered_twice)),
+        ("restocks answered twice", len(report.restocks_answered_twice)),
         ("prescriptions reserved twice", len(report.double_reservations)),
         ("prescriptions reserved and refused", len(report.reserved_and_refused)),
         ("allocations ≠ reservations published", len(report.allocation_mismatches)),

@@ -69,6 +69,7 @@ class ChaosReport:
     adjustments_sent: int = 0
     adjustments_unanswered: list[str] = field(default_factory=list)
     adjustments_answered_twice: list[str] = field(default_factory=list)
+    restocks_answered_twice: list[str] = field(default_factory=list)
     # reservations and dispatches
     double_reservations: dict[str, int] = field(default_factory=dict)
     reserved_and_refused: list[str] = field(default_factory=list)
@@ -147,6 +148,8 @@ class ChaosReport:
                 f"adjustments not answered exactly once: unanswered {self.adjustments_unanswered[:5]}, "
                 f"twice {self.adjustments_answered_twice[:5]}"
             )
+        if self.restocks_answered_twice:
+            found.append(f"restocks answered by two events: {self.restocks_answered_twice[:5]}")
         if self.double_reservations:
             found.append(f"prescriptions reserved more than once: {_some(self.double_reservations)}")
         if self.reserved_and_refused:
