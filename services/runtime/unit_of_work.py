@@ -154,6 +154,8 @@ class UnitOfWork:
         `tracked=False`: the store's documents are keyed by the message itself (a claim on a
         message id), so recognising a duplicate is the decision's own business: every record
         reaches `decide`, and no message id is recorded."""
+        if not records:
+            return []
         by_doc: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             by_doc.setdefault(key(record.message), []).append(index)
