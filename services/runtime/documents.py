@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import structlog
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorCollection, AsyncIOMotorDatabase
 from pydantic import BaseModel
-from pymongo import ASCENDING, IndexModel, InsertOne, ReplaceOne
+from pymongo import InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
 from pharmacy_contracts import Envelope
@@ -51,6 +51,7 @@ from pharmacy_contracts.topics import topic_for
 from .coalescing import Coalescer
 from .errors import Refused
 from .faults import crash_point
+from .mongo import DUPLICATE_KEY, WriteNotDurable, document_indexes, record_applied
 from .observability import TRACEPARENT, RoundTripListener, continuing_trace, current_traceparent, outside_message_traces
 from .tracking import Position, current_position
 
@@ -66,7 +67,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure,)
 #: `tracking`), so this must exceed what one document can absorb from one batch (settings cap it).
 HANDLED_MEMORY = 500
 MAX_WRITE_ATTEMPTS = 50
-DUPLICATE_KEY = 11000
 #: Message ids this process saw confirmed by the broker, so a later write can drop them from the outbox.
 CONFIRMED_MEMORY = 50_000
 #: Documents per store kept as last written, so writing one again needs no read first.
@@ -83,11 +83,6 @@ Publish = Callable[[Sequence[dict[str, Any]]], Awaitable[None]]
 
 class ConcurrencyConflict(RuntimeError):
     """Gave up after too many concurrent writers changed the same document first."""
-
-
-class WriteNotDurable(ConnectionFailure):
-    """The write was not acknowledged by enough replicas (MongoDB reports it beside the write):
-    treated like an unreachable database, so the message is retried and its duplicate recognised."""
 
 
 @dataclass(frozen=True)
@@ -201,12 +196,7 @@ class DocumentStore(Generic[S]):
         return self._publish is not None
 
     async def ensure_indexes(self, *unique_state_fields: Sequence[str], plain: Iterable[str] = ()) -> None:
-        indexes = [IndexModel([("outbox_pending", ASCENDING)])]
-        indexes += [
-            IndexModel([(f"state.{f}", ASCENDING) for f in fields], unique=True) for fields in unique_state_fields
-        ]
-        indexes += [IndexModel([(f"state.{f}", ASCENDING)]) for f in plain]
-        await self._collection.create_indexes(indexes)
+        await self._collection.create_indexes(document_indexes(unique_state_fields, plain))
 
     # --- reads (concurrent ones share a round trip) ------------------------------------------------
 
@@ -412,18 +402,8 @@ class DocumentStore(Generic[S]):
 
     async def _record_applied(self, written: Iterable[_Plan]) -> None:
         """After the write stood: until then the document's own `handled` ids cover a crash."""
-        if self._applied is None:
-            return
-        ids = list(dict.fromkeys(m for plan in written for m in plan.applied))
-        if not ids:
-            return
-        try:
-            await self._applied.insert_many([{"_id": m} for m in ids], ordered=False)
-        except BulkWriteError as error:
-            if error.details.get("writeConcernErrors"):
-                raise WriteNotDurable(f"{self.name}_applied: {error.details['writeConcernErrors'][:3]}") from error
-            if any(f["code"] != DUPLICATE_KEY for f in error.details["writeErrors"]):
-                raise  # recorded before (a redelivery) is fine; anything else is not
+        if self._applied is not None:
+            await record_applied(self._applied, (m for plan in written for m in plan.applied))
 
     def _plan_safely(
         self,

@@ -22,10 +22,10 @@ from typing import Any, Generic
 
 from bson.errors import BSONError
 from motor.motor_asyncio import AsyncIOMotorCollection, AsyncIOMotorDatabase
-from pymongo import ASCENDING, IndexModel, InsertOne, ReplaceOne
+from pymongo import InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError
 
-from .documents import DUPLICATE_KEY, WriteNotDurable
+from .mongo import DUPLICATE_KEY, WriteNotDurable, document_indexes, record_applied
 from .store import S, Save, Saved, Stored, Tracking
 
 #: Times a save of published-entry removals is tried again when someone wrote the document first.
@@ -40,12 +40,7 @@ class MongoStore(Generic[S]):
         self._applied: AsyncIOMotorCollection = database[f"{name}_applied"]
 
     async def ensure_indexes(self, *unique_state_fields: Sequence[str], plain: Sequence[str] = ()) -> None:
-        indexes = [IndexModel([("outbox_pending", ASCENDING)])]
-        indexes += [
-            IndexModel([(f"state.{f}", ASCENDING) for f in fields], unique=True) for fields in unique_state_fields
-        ]
-        indexes += [IndexModel([(f"state.{f}", ASCENDING)]) for f in plain]
-        await self._collection.create_indexes(indexes)
+        await self._collection.create_indexes(document_indexes(unique_state_fields, plain))
 
     async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
         wanted = list(dict.fromkeys(ids))
@@ -80,7 +75,7 @@ class MongoStore(Generic[S]):
         _merge(saved, outcome)
         applied = [message_id for save in saves if save.id in saved.written for message_id in save.applied]
         if applied:
-            await self._record_applied(applied)
+            await record_applied(self._applied, applied)
         return saved
 
     async def applied(self, message_ids: Collection[str]) -> set[str]:
@@ -173,16 +168,6 @@ class MongoStore(Generic[S]):
             saved.lost += [doc_id for doc_id in replaced if doc_id not in ours]
         saved.written += inserted + [doc_id for doc_id in replaced if doc_id in ours]
         return saved
-
-    async def _record_applied(self, message_ids: list[str]) -> None:
-        try:
-            await self._applied.insert_many([{"_id": m} for m in dict.fromkeys(message_ids)], ordered=False)
-        except BulkWriteError as error:
-            if error.details.get("writeConcernErrors"):
-                raise WriteNotDurable(f"{self.name}_applied: {error.details['writeConcernErrors'][:3]}") from error
-            others = [f for f in error.details["writeErrors"] if f["code"] != DUPLICATE_KEY]
-            if others:  # recorded before (a redelivery) is fine; anything else is not
-                raise
 
 
 def _without(outbox: Sequence[dict[str, Any]], message_ids: Collection[str]) -> tuple[dict[str, Any], ...]:
