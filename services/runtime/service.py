@@ -49,7 +49,9 @@ class ServiceRuntime:
         self.handlers_in_flight = 0
         self.http: HttpEndpoint | None = None
         #: Publishes what each batch's saves put in their outboxes; the relay catches what a crash left.
-        self.unit_of_work = UnitOfWork(failing_when_armed(publisher_for(self.broker)), outbox_entry)
+        self.unit_of_work = UnitOfWork(
+            failing_when_armed(publisher_for(self.broker)), outbox_entry, self.observability.tracer
+        )
         self._relayed: list[DocumentStore[Any] | StoreOutbox] = []
 
     def publish_outbox_of(self, stores: Sequence[DocumentStore[Any] | Store[Any]]) -> None:

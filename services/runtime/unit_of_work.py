@@ -31,11 +31,13 @@ from enum import Enum
 from typing import Any, Generic, TypeVar
 
 import structlog
+from opentelemetry.trace import Tracer
 
 from pharmacy_contracts import Envelope
 
 from .errors import Refused
 from .faults import crash_point
+from .observability import continuing_trace, current_traceparent, outside_message_traces
 from .store import OutboxEntry, S, Save, Store, Stored
 from .tracking import Position
 
@@ -132,9 +134,12 @@ class _Round(Generic[S, M]):
 class UnitOfWork:
     """One per service process: the publisher, the confirmations and the clears it owes."""
 
-    def __init__(self, publish: Publish | None, to_entry: ToEntry) -> None:
-        """`publish`: without one, the relay publishes every outbox (and clears it)."""
+    def __init__(self, publish: Publish | None, to_entry: ToEntry, tracer: Tracer | None = None) -> None:
+        """`publish`: without one, the relay publishes every outbox (and clears it). `tracer`: the
+        spans continuing a document's trace (see `run`'s `keeps_trace`); without one its context is
+        carried on all the same."""
         self._publish = publish
+        self._tracer = tracer
         self._to_entry = to_entry
         self._confirmed: OrderedDict[str, None] = OrderedDict()
         self._clears: dict[str, tuple[Store[Any], dict[str, set[str]]]] = {}
@@ -148,12 +153,18 @@ class UnitOfWork:
         key: Callable[[M], str],
         decide: Callable[[S | None, M], Decision[S]],
         tracked: bool = True,
+        keeps_trace: bool = False,
     ) -> list[Handled[M]]:
         """Every record's outcome, in the order given.
 
         `tracked=False`: the store's documents are keyed by the message itself (a claim on a
         message id), so recognising a duplicate is the decision's own business: every record
-        reaches `decide`, and no message id is recorded."""
+        reaches `decide`, and no message id is recorded.
+
+        `keeps_trace=True`: each document is one flow's (a prescription's) and remembers the trace
+        that last changed it; a record that brought no trace of its own (a courier's app reporting,
+        a sweep) is decided in a span child of that trace, so the events it causes stay in the
+        prescription's trace."""
         if not records:
             return []
         by_doc: dict[str, list[int]] = {}
@@ -167,7 +178,9 @@ class UnitOfWork:
                 break
             loaded = await store.load(waiting)
             rounds = {
-                doc_id: self._decide(loaded[doc_id], [records[i] for i in indexes], seen_before, decide, tracked)
+                doc_id: self._decide(
+                    loaded[doc_id], [records[i] for i in indexes], seen_before, decide, tracked, keeps_trace, store.name
+                )
                 for doc_id, indexes in waiting.items()
             }
             saves = [r.save for r in rounds.values() if r.save is not None]
@@ -201,9 +214,11 @@ class UnitOfWork:
         seen_before: set[str],
         decide: Callable[[S | None, M], Decision[S]],
         tracked: bool,
+        keeps_trace: bool = False,
+        store_name: str = "",
     ) -> _Round[S, M]:
         decided: _Round[S, M] = _Round(stored, records)
-        state, tracking = stored.state, stored.tracking
+        state, tracking, traceparent = stored.state, stored.tracking, stored.traceparent
         new_entries: list[OutboxEntry] = []
         applied: list[str] = []
         changed = False
@@ -212,7 +227,9 @@ class UnitOfWork:
                 decided.handled.append(Handled(record, Outcome.DUPLICATE))
                 continue
             try:
-                decision = record.in_context(decide, state, record.message)
+                decision, entries, caused_in = record.in_context(
+                    self._decide_one, record, state, decide, keeps_trace, traceparent, store_name, stored.id
+                )
             except Refused as refusal:
                 decision = Decision(refusal=refusal)
             except Exception as error:  # the decision's own bug: this record fails, the rest go on
@@ -229,7 +246,8 @@ class UnitOfWork:
                     tracking = tracking.after(record.message_id, record.position)
                     applied.append(record.message_id)
                 changed = True
-                new_entries += [record.in_context(self._entry, event) for event in decision.events]
+                new_entries += entries
+                traceparent = caused_in or traceparent
                 decided.handled.append(Handled(record, Outcome.APPLIED, tuple(decision.events), result=decision.result))
         decided.new_entries = len(new_entries)
         if changed and state is not None:
@@ -241,9 +259,34 @@ class UnitOfWork:
                 kept + tuple(new_entries),
                 tracking,
                 tuple(applied),
-                stored.traceparent,
+                traceparent if keeps_trace else stored.traceparent,
             )
         return decided
+
+    def _decide_one(
+        self,
+        record: Record[M],
+        state: S | None,
+        decide: Callable[[S | None, M], Decision[S]],
+        keeps_trace: bool,
+        traceparent: str | None,
+        store_name: str,
+        doc_id: str,
+    ) -> tuple[Decision[S], list[OutboxEntry], str | None]:
+        """One decision, its outbox entries, and the trace they were caused in (for a store that
+        keeps traces). Runs in the record's context."""
+        if keeps_trace and traceparent is not None and outside_message_traces():
+            attributes = {"db.collection.name": store_name, "pharmacy.document.id": doc_id}
+            with continuing_trace(traceparent, self._tracer, f"{store_name} decide", attributes):
+                return self._decided(record, state, decide, keeps_trace=True)
+        return self._decided(record, state, decide, keeps_trace=keeps_trace)
+
+    def _decided(
+        self, record: Record[M], state: S | None, decide: Callable[[S | None, M], Decision[S]], *, keeps_trace: bool
+    ) -> tuple[Decision[S], list[OutboxEntry], str | None]:
+        decision = decide(state, record.message)
+        entries = [self._entry(event) for event in decision.events]
+        return decision, entries, current_traceparent() if keeps_trace and entries else None
 
     def _entry(self, event: Envelope) -> OutboxEntry:
         return {**self._to_entry(event), "queued_at": time.time()}
