@@ -8,6 +8,7 @@ database file. The broker keeps messages in memory only, so `up` starts from emp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -16,9 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -470,3 +472,48 @@ def status() -> None:
 
 if __name__ == "__main__":
     app()
+
+
+@contextlib.contextmanager
+def standalone_database() -> Iterator[str]:
+    """Only a dev database (nx-27017) on a free loopback port, in a temporary folder, for as long as the
+    block runs; its URL. The document store's tests and `make mutation` need no broker."""
+    with tempfile.TemporaryDirectory(prefix="pharmacy-db-") as home:
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.ops.quiet_database",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--db",
+                str(Path(home) / "store.db"),
+                "--log-file",
+                os.devnull,
+                "--pid-file",
+                str(Path(home) / "nx.pid"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError("the dev database did not start") from None
+                    time.sleep(0.1)
+            yield f"mongodb://127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
