@@ -119,4 +119,3 @@ async def _send_again(settings: RuntimeSettings, records: list[tuple[str, bytes,
         return [await producer.send_and_wait(t, value, key=key, headers=headers) for t, key, value, headers in records]
     finally:
         await producer.stop()
-
