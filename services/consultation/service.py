@@ -67,8 +67,11 @@ class ConsultationService:
 
         Each sender's message id is claimed for its content first, so a replay with other content
         is refused before it touches a prescription; what passes is then taken in."""
-        claims = await self._uow.run(
-            self._storage.messages, records, key=_claim_key, decide=_claim_for_content, tracked=False
+        claims = _behind_failures(
+            records,
+            await self._uow.run(
+                self._storage.messages, records, key=_claim_key, decide=_claim_for_content, tracked=False
+            ),
         )
         passed = [r for r, h in zip(records, claims, strict=True) if h.outcome not in (Outcome.REFUSED, Outcome.FAILED)]
         taken = iter(await self._uow.run(self._storage.intake, passed, key=_prescription_id, decide=self._take_in))
@@ -169,6 +172,24 @@ class ConsultationService:
             return Decision.unchanged()
         finished = updated.terminal and not (status is not None and status.terminal)
         return Decision(updated, result=updated.stage.value if finished else None)
+
+
+def _behind_failures(
+    records: Sequence[Record[FromUpstream]], claims: list[Handled[FromUpstream]]
+) -> list[Handled[FromUpstream]]:
+    """A prescription's messages keep their order: one behind a message of the same prescription
+    whose claim failed fails too (it is retried with it), so a cancellation never overtakes the
+    prescription it cancels."""
+    failed: set[str] = set()
+    kept = []
+    for record, handled in zip(records, claims, strict=True):
+        prescription_id = _prescription_id(record.message)
+        if handled.outcome is Outcome.FAILED:
+            failed.add(prescription_id)
+        elif prescription_id in failed and handled.outcome is not Outcome.REFUSED:
+            handled = Handled(record, Outcome.FAILED, error=f"behind a failed message of {prescription_id}")
+        kept.append(handled)
+    return kept
 
 
 def _claim_key(message: FromUpstream) -> str:

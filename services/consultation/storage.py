@@ -12,7 +12,10 @@ from .domain import IntakeRecord, MessageClaim, PrescriptionStatus
 class ConsultationStorage:
     def __init__(self, database: Any) -> None:
         #: One document per prescription received, with the events it caused (its outbox).
-        self.intake: MongoStore[IntakeRecord] = MongoStore(database, "consultation_prescriptions", IntakeRecord)
+        # Upstream systems may send a prescription again at any time: its message id is kept for good.
+        self.intake: MongoStore[IntakeRecord] = MongoStore(
+            database, "consultation_prescriptions", IntakeRecord, remembers_commands=True, keeps_trace=True
+        )
         #: One claim per sender's message id: the content first seen under it.
         self.messages: MongoStore[MessageClaim] = MongoStore(database, "consultation_messages", MessageClaim)
         #: What the patient and the hospital see of each prescription, folded from every lifecycle event.

@@ -39,7 +39,10 @@ PUT_ATTEMPTS = 5
 class PrescriptionStorage:
     def __init__(self, database: Any) -> None:
         #: One document per prescription: the verdict, with the events it caused (its outbox).
-        self.verdicts: MongoStore[Verdict] = MongoStore(database, "prescription_verdicts", Verdict)
+        # Pharmacists' decisions may be sent again at any time: their message ids are kept for good.
+        self.verdicts: MongoStore[Verdict] = MongoStore(
+            database, "prescription_verdicts", Verdict, remembers_commands=True, keeps_trace=True
+        )
         #: One document per patient: the medicine approved for them, which later checks read.
         self.histories: MongoStore[MedicationHistory] = MongoStore(
             database, "prescription_patient_history", MedicationHistory

@@ -156,7 +156,7 @@ def subscribe(
     With `handle_batch`, the records of a batch that pass the checks below are handed over
     together, in arrival order, as one unit of work (see `unit_of_work`): its answer says, per
     record, what became of it. Refused records are dead-lettered; failed ones are tried again
-    alone, with backoff, then dead-lettered; an unreachable database retries the whole batch.
+    together, with backoff, then dead-lettered; an unreachable database retries the whole batch.
     With `handle`, each message is handed over alone (the older shape, still used by services
     that have not moved).
 
@@ -353,17 +353,27 @@ async def _handle_batch_with_retries(
     dead_letters: DeadLetters,
     settings: RuntimeSettings,
 ) -> None:
-    """The batch once; each record that failed again alone, with backoff, then dead-lettered."""
-    outcomes = await _while_unreachable(handle_batch, [record for _, record in admitted], settings)
-    for (raw, record), handled in zip(admitted, outcomes, strict=True):
-        attempt = 1
-        while handled.outcome is Outcome.FAILED and attempt < settings.handler_max_attempts:
-            dead_letters.observed.failed(raw.topic, RuntimeError(handled.error or "failed"))
-            delay = settings.handler_retry_backoff_s * 2 ** (attempt - 1)
-            log.warning("message failed, retrying it alone", error=handled.error, attempt=attempt, delay_s=delay)
-            await asyncio.sleep(delay)
-            attempt += 1
-            (handled,) = await _while_unreachable(handle_batch, [record], settings)
+    """The batch once; the records that failed again together, in arrival order, with backoff (the
+    unit of work isolates their documents again, and a record whose key failed before it failed
+    with it, so a key's records keep their order); what still fails is dead-lettered."""
+    records = [record for _, record in admitted]
+    outcomes = list(await _while_unreachable(handle_batch, records, settings))
+    attempts = [1] * len(records)
+    for attempt in range(1, settings.handler_max_attempts):
+        failing = [i for i, handled in enumerate(outcomes) if handled.outcome is Outcome.FAILED]
+        if not failing:
+            break
+        for i in failing:
+            dead_letters.observed.failed(admitted[i][0].topic, RuntimeError(outcomes[i].error or "failed"))
+        delay = settings.handler_retry_backoff_s * 2 ** (attempt - 1)
+        log.warning(
+            "messages failed, retrying them", failed=len(failing), error=outcomes[failing[0]].error, attempt=attempt
+        )
+        await asyncio.sleep(delay)
+        again = await _while_unreachable(handle_batch, [records[i] for i in failing], settings)
+        for i, handled in zip(failing, again, strict=True):
+            outcomes[i], attempts[i] = handled, attempt + 1
+    for (raw, _), handled, attempt in zip(admitted, outcomes, attempts, strict=True):
         topic = topics[raw.topic]
         if handled.outcome is Outcome.REFUSED and handled.refusal is not None:
             refusal = handled.refusal

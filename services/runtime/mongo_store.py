@@ -22,7 +22,8 @@ from typing import Any, Generic
 
 from bson.errors import BSONError
 from motor.motor_asyncio import AsyncIOMotorCollection, AsyncIOMotorDatabase
-from pymongo import InsertOne, ReplaceOne
+from pydantic import ValidationError
+from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from .mongo import DUPLICATE_KEY, WriteNotDurable, document_indexes, record_applied
@@ -33,18 +34,34 @@ CLEAR_ATTEMPTS = 5
 
 
 class MongoStore(Generic[S]):
-    def __init__(self, database: AsyncIOMotorDatabase, name: str, model: type[S]) -> None:
+    def __init__(
+        self,
+        database: AsyncIOMotorDatabase,
+        name: str,
+        model: type[S],
+        *,
+        remembers_commands: bool = False,
+        keeps_trace: bool = False,
+    ) -> None:
+        """`remembers_commands`: the documents take commands people or their systems may send again
+        at any time (an upstream prescription, a pharmacist's decision); the ids of the messages
+        applied are kept for good in `<name>_applied`, not only the last few hundred on each
+        document. It costs a lookup and an insert per batch, so projections of events go without.
+
+        `keeps_trace`: each document is one flow's (a prescription's) and remembers the trace that
+        last changed it (see `UnitOfWork.run`)."""
         self.name = name
+        self.keeps_trace = keeps_trace
         self.model = model
         self._collection: AsyncIOMotorCollection = database[name]
-        self._applied: AsyncIOMotorCollection = database[f"{name}_applied"]
+        self._applied: AsyncIOMotorCollection | None = database[f"{name}_applied"] if remembers_commands else None
 
     async def ensure_indexes(self, *unique_state_fields: Sequence[str], plain: Sequence[str] = ()) -> None:
         await self._collection.create_indexes(document_indexes(unique_state_fields, plain))
 
     async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
         wanted = list(dict.fromkeys(ids))
-        found = {d["_id"]: self._stored(d) async for d in self._collection.find({"_id": {"$in": wanted}})}
+        found = {d["_id"]: self._stored_or_broken(d) async for d in self._collection.find({"_id": {"$in": wanted}})}
         return {doc_id: found.get(doc_id) or Stored(doc_id) for doc_id in wanted}
 
     async def save(self, saves: Sequence[Save[S]]) -> Saved:
@@ -74,12 +91,12 @@ class MongoStore(Generic[S]):
                     _merge(outcome, alone)
         _merge(saved, outcome)
         applied = [message_id for save in saves if save.id in saved.written for message_id in save.applied]
-        if applied:
+        if applied and self._applied is not None:
             await record_applied(self._applied, applied)
         return saved
 
     async def applied(self, message_ids: Collection[str]) -> set[str]:
-        if not message_ids:
+        if not message_ids or self._applied is None:
             return set()
         return {d["_id"] async for d in self._applied.find({"_id": {"$in": list(message_ids)}}, {"_id": 1})}
 
@@ -91,23 +108,44 @@ class MongoStore(Generic[S]):
         query: dict[str, Any] = {"outbox_pending": {"$gt": 0}}
         if written_before is not None:
             query["outbox_at"] = {"$lt": written_before}
-        return [self._stored(d) async for d in self._collection.find(query).limit(limit)]
+        # Ids and entries only: a document whose state no longer validates must not stop the relay.
+        cursor = self._collection.find(query, {"outbox": 1, "version": 1}).limit(limit)
+        return [Stored(d["_id"], None, d["version"], tuple(d["outbox"])) async for d in cursor]
 
     async def drop_published(self, published: Mapping[str, Collection[str]]) -> None:
+        """A top-level `$set` of each outbox, guarded by the version, so the state is neither read
+        nor validated; raises if some could not be cleared (the relay then waits before its next pass)."""
         waiting = {doc_id: set(ids) for doc_id, ids in published.items() if ids}
         for _ in range(CLEAR_ATTEMPTS):
             if not waiting:
                 return
-            current = await self.load(waiting)
-            saves = [
-                Save(s.id, s.version, s.state, _without(s.outbox, waiting[s.id]), s.tracking, traceparent=s.traceparent)
-                for s in current.values()
-                if s.state is not None and len(_without(s.outbox, waiting[s.id])) != len(s.outbox)
-            ]
-            outcome = await self.save(saves)
-            waiting = {doc_id: waiting[doc_id] for doc_id in outcome.lost}
+            found = self._collection.find({"_id": {"$in": list(waiting)}}, {"outbox": 1, "version": 1})
+            updates = {}
+            async for doc in found:
+                left = _without(doc["outbox"], waiting[doc["_id"]])
+                if len(left) != len(doc["outbox"]):
+                    updates[doc["_id"]] = UpdateOne(
+                        {"_id": doc["_id"], "version": doc["version"]},
+                        {"$set": {"outbox": list(left), "outbox_pending": len(left)}, "$inc": {"version": 1}},
+                    )
+            if not updates:
+                return
+            result = await self._collection.bulk_write(list(updates.values()), ordered=False)
+            if result.modified_count == len(updates):
+                return
+            waiting = {doc_id: waiting[doc_id] for doc_id in updates}  # some lost a race: look again
+        raise RuntimeError(f"{self.name}: could not clear published entries of {sorted(waiting)[:5]}")
 
     # --- documents ----------------------------------------------------------------------------
+
+    def _stored_or_broken(self, document: dict[str, Any]) -> Stored[S]:
+        """A document whose state no longer validates (a model changed under it) is returned
+        broken, so only its own records fail, not the batch."""
+        try:
+            return self._stored(document)
+        except ValidationError as error:
+            reason = f"{self.name}/{document['_id']}: stored state does not validate: {error.errors()[:3]}"
+            return Stored(document["_id"], None, document.get("version", 0), broken=reason)
 
     def _stored(self, document: dict[str, Any]) -> Stored[S]:
         return Stored(
@@ -153,7 +191,7 @@ class MongoStore(Generic[S]):
                 raise WriteNotDurable(f"{self.name}: {error.details['writeConcernErrors'][:3]}") from error
             for failure in error.details["writeErrors"]:
                 doc_id = saves[failure["index"]].id
-                if failure["code"] == DUPLICATE_KEY:
+                if failure["code"] == DUPLICATE_KEY and set(failure.get("keyPattern") or {"_id": 1}) == {"_id"}:
                     saved.lost.append(doc_id)  # inserted by someone else meanwhile
                 else:
                     saved.failed[doc_id] = str(failure.get("errmsg", failure))

@@ -72,6 +72,8 @@ class Stored(Generic[S]):
     tracking: Tracking = field(default_factory=Tracking)
     #: The trace context of the work that last changed it (stores whose documents are one flow's).
     traceparent: str | None = None
+    #: Why its stored state could not be read (it no longer validates): its records fail alone.
+    broken: str | None = None
 
     @property
     def exists(self) -> bool:
@@ -112,6 +114,8 @@ class Store(Protocol[S]):
 
     name: str
     model: type[S]
+    #: Each document is one flow's and remembers the trace that last changed it.
+    keeps_trace: bool
 
     async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
         """Every id asked for, absent ones as `Stored(id)`: one round trip."""
@@ -138,9 +142,10 @@ class MemoryStore(Generic[S]):
     """A `Store` in a dict, with the same semantics as MongoDB's; states are copied through JSON
     on the way in and out, so a use case that keeps a reference sees what a database would give."""
 
-    def __init__(self, name: str, model: type[S]) -> None:
+    def __init__(self, name: str, model: type[S], *, keeps_trace: bool = False) -> None:
         self.name = name
         self.model = model
+        self.keeps_trace = keeps_trace
         self._documents: dict[str, Stored[S]] = {}
         self._applied: set[str] = set()
         self._failing: dict[str, str] = {}
@@ -153,6 +158,11 @@ class MemoryStore(Generic[S]):
     def fail_writes_of(self, doc_id: str, reason: str = "injected write failure") -> None:
         """Every save of this document fails, as one the database refuses would."""
         self._failing[doc_id] = reason
+
+    def break_document(self, doc_id: str, reason: str) -> None:
+        """The document is there but its state no longer reads (a model changed under it)."""
+        current = self._documents.get(doc_id)
+        self._documents[doc_id] = Stored(doc_id, None, (current.version if current else 0) + 1, broken=reason)
 
     def heal(self, doc_id: str) -> None:
         self._failing.pop(doc_id, None)

@@ -21,7 +21,6 @@ outside `run`, so results come back as values (`Handled`), not through captured 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import time
 from collections import OrderedDict
@@ -90,6 +89,10 @@ class Decision(Generic[S]):
     #: Anything the use case wants back about this decision (handed back in `Handled.result`).
     result: Any = None
 
+    def __post_init__(self) -> None:
+        if self.events and self.state is None:
+            raise ValueError("a decision with events must give the state they come with")
+
     @classmethod
     def unchanged(cls) -> Decision[Any]:
         return cls()
@@ -153,7 +156,6 @@ class UnitOfWork:
         key: Callable[[M], str],
         decide: Callable[[S | None, M], Decision[S]],
         tracked: bool = True,
-        keeps_trace: bool = False,
     ) -> list[Handled[M]]:
         """Every record's outcome, in the order given.
 
@@ -161,12 +163,13 @@ class UnitOfWork:
         message id), so recognising a duplicate is the decision's own business: every record
         reaches `decide`, and no message id is recorded.
 
-        `keeps_trace=True`: each document is one flow's (a prescription's) and remembers the trace
-        that last changed it; a record that brought no trace of its own (a courier's app reporting,
+        A store that `keeps_trace` has each document remember the trace that last changed it (one
+        flow's, a prescription's); a record that brought no trace of its own (a courier's app reporting,
         a sweep) is decided in a span child of that trace, so the events it causes stay in the
         prescription's trace."""
         if not records:
             return []
+        keeps_trace = store.keeps_trace
         by_doc: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             by_doc.setdefault(key(record.message), []).append(index)
@@ -191,7 +194,8 @@ class UnitOfWork:
                 if doc_id in lost:
                     continue
                 for index, handled in zip(waiting[doc_id], decided.handled, strict=True):
-                    if doc_id in failed and handled.outcome is Outcome.APPLIED:
+                    if doc_id in failed and handled.outcome is not Outcome.DUPLICATE:
+                        # Refusals and "unchanged" too: they were decided on changes never written.
                         handled = Handled(handled.record, Outcome.FAILED, error=failed[doc_id])
                     outcomes[index] = handled
             written = [rounds[doc_id].save for doc_id in (saved.written if saved else [])]
@@ -222,9 +226,14 @@ class UnitOfWork:
         new_entries: list[OutboxEntry] = []
         applied: list[str] = []
         changed = False
+        failed_first: str | None = stored.broken
         for record in records:
             if tracked and (record.message_id in seen_before or tracking.absorbed(record.message_id, record.position)):
                 decided.handled.append(Handled(record, Outcome.DUPLICATE))
+                continue
+            if failed_first is not None:
+                # Records of one document keep their order: none is decided behind one that failed.
+                decided.handled.append(Handled(record, Outcome.FAILED, error=failed_first))
                 continue
             try:
                 decision, entries, caused_in = record.in_context(
@@ -235,6 +244,7 @@ class UnitOfWork:
             except Exception as error:  # the decision's own bug: this record fails, the rest go on
                 log.exception("decision failed", document=stored.id)
                 decided.handled.append(Handled(record, Outcome.FAILED, error=repr(error)))
+                failed_first = f"behind a failed record of {store_name}/{stored.id}: {error!r}"
                 continue
             if decision.refusal is not None:
                 decided.handled.append(Handled(record, Outcome.REFUSED, refusal=decision.refusal))
@@ -313,8 +323,9 @@ class UnitOfWork:
             self._clearing = asyncio.create_task(self._clear_later(), name="outbox-clears")
 
     async def _clear_later(self) -> None:
-        await asyncio.sleep(CLEAR_DELAY_S)
-        await self.clear_published()
+        while self._clears:  # entries published while a clear runs get the next one
+            await asyncio.sleep(CLEAR_DELAY_S)
+            await self.clear_published()
 
     async def clear_published(self) -> None:
         """Drop every confirmed entry from its document's outbox: one load and one save per store."""
@@ -326,9 +337,8 @@ class UnitOfWork:
                 log.warning("clearing published outbox entries failed", store=store.name, error=repr(error))
 
     async def settled(self) -> None:
-        """At shutdown: the clears owed are done now instead of after their delay."""
-        if self._clearing is not None and not self._clearing.done():
-            self._clearing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._clearing
+        """At shutdown: the clears owed are done now instead of after their delay (a clear in
+        progress is let finish: cancelled, its entries would be published again by the relay)."""
         await self.clear_published()
+        if self._clearing is not None and not self._clearing.done():
+            await self._clearing

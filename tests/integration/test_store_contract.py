@@ -46,7 +46,7 @@ async def store(database: RuntimeSettings | None) -> AsyncIterator[Store[Counted
     settings = database
     client = connect(settings.mongo_url.get_secret_value())
     try:
-        yield MongoStore(client[settings.mongo_database], name, Counted)
+        yield MongoStore(client[settings.mongo_database], name, Counted, remembers_commands=True)
     finally:
         client.close()
 

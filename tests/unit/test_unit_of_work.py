@@ -152,10 +152,36 @@ async def test_a_refusal_writes_nothing_and_its_neighbours_are_applied(
     assert await run(uow, shelves, handled[1].record.message) == [Outcome.REFUSED]
 
 
-async def test_a_decision_that_raises_fails_alone(uow: UnitOfWork, shelves: MemoryStore[Shelf]) -> None:
-    outcomes = await run(uow, shelves, restock("WH-A", 13), restock("WH-A", 2), restock("WH-B", 3))
-    assert outcomes == [Outcome.FAILED, Outcome.APPLIED, Outcome.APPLIED]
-    assert shelves.state_of("WH-A") == Shelf(units=2)
+async def test_a_decision_that_raises_fails_its_document_from_there_and_nothing_else(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    """Records of one document keep their order: the one behind a failed record fails with it (both
+    are tried again, in order); another document's records are applied."""
+    outcomes = await run(uow, shelves, restock("WH-A", 2), restock("WH-A", 13), restock("WH-A", 4), restock("WH-B", 3))
+    assert outcomes == [Outcome.APPLIED, Outcome.FAILED, Outcome.FAILED, Outcome.APPLIED]
+    assert shelves.state_of("WH-A") == Shelf(units=2) and shelves.state_of("WH-B") == Shelf(units=3)
+
+
+async def test_a_document_that_cannot_be_written_fails_every_record_decided_on_it(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    """A refusal decided on changes never written must not stand: it is tried again with them."""
+    shelves.fail_writes_of("WH-A")
+    outcomes = await run(uow, shelves, restock("WH-A", 5), restock("WH-A", 5_000), restock("WH-B", 1))
+    assert outcomes == [Outcome.FAILED, Outcome.FAILED, Outcome.APPLIED]
+
+
+async def test_a_stored_state_that_no_longer_validates_fails_only_its_records(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    shelves.break_document("WH-A", "stored state does not validate")
+    outcomes = await run(uow, shelves, restock("WH-A", 1), restock("WH-B", 1))
+    assert outcomes == [Outcome.FAILED, Outcome.APPLIED]
+
+
+def test_a_decision_with_events_must_say_the_state_they_come_with() -> None:
+    with pytest.raises(ValueError, match="events"):
+        Decision(events=[restock("WH-A", 1)])
 
 
 async def test_a_document_that_cannot_be_written_fails_alone(
