@@ -222,13 +222,21 @@ class PrescriptionService:
         )
         outcomes.update(zip(rest, verdicts, strict=True))
         # An approval refused because the hold ended otherwise meanwhile (expired, rejected,
-        # cancelled) takes back the supply it recorded, unless the prescription stands approved.
-        refused = [i for i in approvals if outcomes[i].outcome is Outcome.REFUSED]
+        # cancelled) takes back the supply it may have recorded, unless the prescription stands
+        # approved. Every refused approval, not only those whose hold was open at the start of
+        # this batch: on a retry or a redelivery the first attempt's entry may be there already.
+        refused = [
+            i
+            for i, r in enumerate(records)
+            if isinstance(r.message, ReviewDecided)
+            and r.message.decision == "approve"
+            and outcomes[i].outcome is Outcome.REFUSED
+        ]
         now_verdicts = await self._storage.verdicts_of(_rx(records[i].message) for i in refused)
         not_approved = {
-            i: held[_rx(records[i].message)].patient_id
+            i: verdict.patient_id
             for i in refused
-            if not _is_approved(now_verdicts[_rx(records[i].message)])
+            if (verdict := now_verdicts[_rx(records[i].message)]) is not None and not _is_approved(verdict)
         }
         outcomes.update(await self._withdraw_after(records, outcomes, not_approved))
         handled = [outcomes[i] for i in range(len(records))]

@@ -268,8 +268,9 @@ async def test_a_pharmacist_approves_or_rejects_a_hold_and_nothing_else(
     )
     assert outcomes(handled) == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.APPLIED, Outcome.REFUSED]
     assert handled[3].refusal is not None and handled[3].refusal.code == "not_under_review"
-    # verdicts before (1), formulary (1), histories load + save (2), verdicts applied + load + save + applied (4)
-    assert storage.round_trips() - before == 8
+    # verdicts before (1), formulary (1), histories load + save (2), verdicts applied + load + save + applied
+    # (4), and the refused approval's verdict read again (1): it may have left a supply to take back
+    assert storage.round_trips() - before == 9
     assert published.of("RX-YES") == [HELD, APPROVED]
     released = published.body("RX-YES", APPROVED)
     assert (released["reviewed_by"], released["causation_id"]) == ("PH-7", approve.message_id)
@@ -293,6 +294,25 @@ async def test_an_approval_that_lost_to_another_decision_takes_its_supply_back(
     assert outcomes(handled) == [Outcome.APPLIED, Outcome.REFUSED]
     assert published.of("RX-1") == [HELD, REJECTED]
     assert [e.cancelled for e in storage.history("PAT-1").entries] == [True]  # type: ignore[union-attr]
+
+
+async def test_an_approval_sent_again_after_its_hold_ended_takes_back_what_its_first_attempt_recorded(
+    service: PrescriptionService, storage: Storage
+) -> None:
+    """The first attempt recorded the supply, then the hold ended (here a rejection) before its
+    verdict was written; the approval comes again: refused, and the supply it left is taken back."""
+    await service.on_intake(records(accepted("RX-1", ("MOR10", 20, 10))))
+    first = review("RX-1", "approve", "PH-B")
+    held_state = storage.verdict("RX-1")
+    approval_recorded_history = await service.on_review(records(first))
+    assert storage.history("PAT-1") is not None
+    # Undo the verdict as if only the history step had happened, then let a rejection win.
+    storage.verdicts.put("RX-1", held_state)  # type: ignore[arg-type]
+    await service.on_review(records(review("RX-1", "reject", "PH-A")))
+    handled = await service.on_review(records(first.model_copy(update={"message_id": "MSG-APPROVE-AGAIN"})))
+    assert outcomes(approval_recorded_history) == [Outcome.APPLIED]
+    assert outcomes(handled) == [Outcome.REFUSED]
+    assert all(e.cancelled for e in storage.history("PAT-1").entries)  # type: ignore[union-attr]
 
 
 # --- cancellations -----------------------------------------------------------------------------------
