@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pharmacy_contracts import topics
 from services.runtime.mongo_store import MongoStore
 
 from .domain import IntakeRecord, MessageClaim, PrescriptionStatus
@@ -14,7 +15,11 @@ class ConsultationStorage:
         #: One document per prescription received, with the events it caused (its outbox).
         # Upstream systems may send a prescription again at any time: its message id is kept for good.
         self.intake: MongoStore[IntakeRecord] = MongoStore(
-            database, "consultation_prescriptions", IntakeRecord, remembers_commands=True, keeps_trace=True
+            database,
+            "consultation_prescriptions",
+            IntakeRecord,
+            remembers_commands=[topics.CONSULTATION_PRESCRIPTIONS.name],
+            keeps_trace=True,
         )
         #: One claim per sender's message id: the content first seen under it.
         self.messages: MongoStore[MessageClaim] = MongoStore(database, "consultation_messages", MessageClaim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from pharmacy_contracts import topics
 from services.runtime.documents import Change, DocumentStore
 
 from .domain import CourierProfile, Delivery
@@ -14,10 +15,10 @@ class CourierStorage:
     def __init__(self, database: Any) -> None:
         # Couriers' reports come from phones on the road, which send again when they lose signal.
         self.deliveries: DocumentStore[Delivery] = DocumentStore(
-            database, "courier_deliveries", Delivery, keeps_trace=True, remembers_commands=True
+            database, "courier_deliveries", Delivery, keeps_trace=True, remembers_commands=[topics.COURIER_UPDATES.name]
         )
         self.roster: DocumentStore[CourierProfile] = DocumentStore(
-            database, "courier_roster", CourierProfile, remembers_commands=True
+            database, "courier_roster", CourierProfile, remembers_commands=[topics.COURIER_UPDATES.name]
         )
 
     @property

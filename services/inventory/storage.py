@@ -7,6 +7,7 @@ from typing import Any
 
 from pymongo import ASCENDING, IndexModel, ReplaceOne
 
+from pharmacy_contracts import topics
 from services.runtime.documents import DocumentStore
 
 from .domain import Allocation, LedgerEntry, Warehouse
@@ -16,7 +17,7 @@ class InventoryStorage:
     def __init__(self, database: Any) -> None:
         # Restocks, adjustments and registrations come from people and their systems, who may send one again.
         self.warehouses: DocumentStore[Warehouse] = DocumentStore(
-            database, "inventory_warehouses", Warehouse, remembers_commands=True
+            database, "inventory_warehouses", Warehouse, remembers_commands=[topics.INVENTORY_COMMANDS.name]
         )
         self.allocations: DocumentStore[Allocation] = DocumentStore(
             database, "inventory_allocations", Allocation, keeps_trace=True

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import Prescription
 from services.runtime.mongo_store import MongoStore
 from services.runtime.store import S, Save, Store
@@ -41,7 +42,11 @@ class PrescriptionStorage:
         #: One document per prescription: the verdict, with the events it caused (its outbox).
         # Pharmacists' decisions may be sent again at any time: their message ids are kept for good.
         self.verdicts: MongoStore[Verdict] = MongoStore(
-            database, "prescription_verdicts", Verdict, remembers_commands=True, keeps_trace=True
+            database,
+            "prescription_verdicts",
+            Verdict,
+            remembers_commands=[topics.PRESCRIPTION_REVIEWS.name],
+            keeps_trace=True,
         )
         #: One document per patient: the medicine approved for them, which later checks read.
         self.histories: MongoStore[MedicationHistory] = MongoStore(

@@ -51,7 +51,7 @@ from pharmacy_contracts.topics import topic_for
 from .coalescing import Coalescer
 from .errors import Refused
 from .faults import crash_point
-from .mongo import DUPLICATE_KEY, WriteNotDurable, document_indexes, record_applied
+from .mongo import DUPLICATE_KEY, RemembersCommands, WriteNotDurable, document_indexes, record_applied, remembered
 from .observability import TRACEPARENT, RoundTripListener, continuing_trace, current_traceparent, outside_message_traces
 from .tracking import Position, current_position
 
@@ -156,17 +156,18 @@ class DocumentStore(Generic[S]):
         model: type[S],
         *,
         keeps_trace: bool = False,
-        remembers_commands: bool = False,
+        remembers_commands: RemembersCommands = False,
     ) -> None:
         """`keeps_trace`: each document is one flow's (a prescription's); it remembers the trace that
         last changed it, and work on it outside any message's trace continues that trace.
 
         `remembers_commands`: the documents take commands people or other systems may send again
-        at any time (a restock, a courier's report); the ids of the messages applied are kept for
-        good in `<name>_applied`, not only the last few hundred on the document, so a command sent
-        again weeks and thousands of messages later is still recognised. It costs a lookup and an
-        insert per group write."""
+        at any time (a restock, a courier's report); the ids of the messages applied from these
+        topics (or all, with True) are kept for good in `<name>_applied`, not only the last few
+        hundred on the document, so a command sent again weeks and thousands of messages later is
+        still recognised. It costs a lookup and an insert per group write that holds one."""
         self.name = name
+        self._remembers = remembers_commands
         self._applied = database[f"{name}_applied"] if remembers_commands else None
         self.model = model
         self.keeps_trace = keeps_trace
@@ -393,9 +394,12 @@ class DocumentStore(Generic[S]):
         }
         return {doc_id for doc_id, version in expected.items() if current.get(doc_id) != version}
 
+    def _remembers_write(self, write: _Write) -> bool:
+        return remembered(self._remembers, write.position.topic if write.position is not None else None)
+
     async def _applied_among(self, group: list[_Write]) -> frozenset[str]:
         """Which of the group's messages this store applied before, ever (stores that remember commands)."""
-        ids = [w.message_id for w in group if w.message_id is not None]
+        ids = [w.message_id for w in group if w.message_id is not None and self._remembers_write(w)]
         if self._applied is None or not ids:
             return frozenset()
         return frozenset([d["_id"] async for d in self._applied.find({"_id": {"$in": ids}}, {"_id": 1})])
@@ -465,7 +469,7 @@ class DocumentStore(Generic[S]):
                 traceparent = caused_in or traceparent
                 plan.new_entries += entries
                 _track(handled, positions, write.message_id, write.position)
-                if write.message_id is not None:
+                if write.message_id is not None and self._remembers_write(write):
                     plan.applied.append(write.message_id)
                 dirty = True
             plan.outcomes.append((write, change))

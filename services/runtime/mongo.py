@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from motor.motor_asyncio import AsyncIOMotorCollection
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
 DUPLICATE_KEY = 11000
+#: Which messages a store keeps the ids of for good: every one (True), none (False), or those that
+#: arrived on these topics (the commands people and their systems may send again).
+RemembersCommands = bool | Collection[str]
+
+
+def remembered(remembers: RemembersCommands, topic: str | None) -> bool:
+    if isinstance(remembers, bool):
+        return remembers
+    return topic is not None and topic in remembers
 
 
 class WriteNotDurable(ConnectionFailure):

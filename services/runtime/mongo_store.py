@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from .mongo import DUPLICATE_KEY, WriteNotDurable, document_indexes, record_applied
+from .mongo import DUPLICATE_KEY, RemembersCommands, WriteNotDurable, document_indexes, record_applied, remembered
 from .store import S, Save, Saved, Stored, Tracking
 
 #: Times a save of published-entry removals is tried again when someone wrote the document first.
@@ -40,18 +40,20 @@ class MongoStore(Generic[S]):
         name: str,
         model: type[S],
         *,
-        remembers_commands: bool = False,
+        remembers_commands: RemembersCommands = False,
         keeps_trace: bool = False,
     ) -> None:
         """`remembers_commands`: the documents take commands people or their systems may send again
         at any time (an upstream prescription, a pharmacist's decision); the ids of the messages
-        applied are kept for good in `<name>_applied`, not only the last few hundred on each
-        document. It costs a lookup and an insert per batch, so projections of events go without.
+        applied from these topics (or all, with True) are kept for good in `<name>_applied`, not
+        only the last few hundred on each document. It costs a lookup and an insert per batch that
+        holds one, so events, which only a crash repeats, go without.
 
         `keeps_trace`: each document is one flow's (a prescription's) and remembers the trace that
         last changed it (see `UnitOfWork.run`)."""
         self.name = name
         self.keeps_trace = keeps_trace
+        self._remembers = remembers_commands
         self.model = model
         self._collection: AsyncIOMotorCollection = database[name]
         self._applied: AsyncIOMotorCollection | None = database[f"{name}_applied"] if remembers_commands else None
@@ -94,6 +96,9 @@ class MongoStore(Generic[S]):
         if applied and self._applied is not None:
             await record_applied(self._applied, applied)
         return saved
+
+    def remembers(self, topic: str | None) -> bool:
+        return remembered(self._remembers, topic)
 
     async def applied(self, message_ids: Collection[str]) -> set[str]:
         if not message_ids or self._applied is None:

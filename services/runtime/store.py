@@ -125,6 +125,10 @@ class Store(Protocol[S]):
         """Each document version-guarded, all in one round trip (plus one for the applied ids)."""
         ...
 
+    def remembers(self, topic: str | None) -> bool:
+        """Whether the ids of messages from this topic are kept for good (commands someone may send again)."""
+        ...
+
     async def applied(self, message_ids: Collection[str]) -> set[str]:
         """Which of these messages a saved document of this store has absorbed, ever."""
         ...
@@ -215,6 +219,9 @@ class MemoryStore(Generic[S]):
             self.round_trips += 1
             self._applied.update(applied)
         return saved
+
+    def remembers(self, topic: str | None) -> bool:
+        return True
 
     async def applied(self, message_ids: Collection[str]) -> set[str]:
         self.round_trips += 1

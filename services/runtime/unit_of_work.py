@@ -173,7 +173,8 @@ class UnitOfWork:
         by_doc: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             by_doc.setdefault(key(record.message), []).append(index)
-        seen_before = await store.applied([r.message_id for r in records]) if tracked else set()
+        commands = [r.message_id for r in records if tracked and store.remembers(_topic_of(r))]
+        seen_before = await store.applied(commands) if commands else set()
         outcomes: dict[int, Handled[M]] = {}  # by the record's index
         waiting = by_doc
         for _ in range(MAX_ROUNDS):
@@ -182,7 +183,14 @@ class UnitOfWork:
             loaded = await store.load(waiting)
             rounds = {
                 doc_id: self._decide(
-                    loaded[doc_id], [records[i] for i in indexes], seen_before, decide, tracked, keeps_trace, store.name
+                    loaded[doc_id],
+                    [records[i] for i in indexes],
+                    seen_before,
+                    decide,
+                    tracked,
+                    keeps_trace,
+                    store.name,
+                    store.remembers,
                 )
                 for doc_id, indexes in waiting.items()
             }
@@ -220,6 +228,7 @@ class UnitOfWork:
         tracked: bool,
         keeps_trace: bool = False,
         store_name: str = "",
+        remembers: Callable[[str | None], bool] = lambda _: True,
     ) -> _Round[S, M]:
         decided: _Round[S, M] = _Round(stored, records)
         state, tracking, traceparent = stored.state, stored.tracking, stored.traceparent
@@ -254,7 +263,8 @@ class UnitOfWork:
                 state = decision.state
                 if tracked:
                     tracking = tracking.after(record.message_id, record.position)
-                    applied.append(record.message_id)
+                    if remembers(_topic_of(record)):
+                        applied.append(record.message_id)
                 changed = True
                 new_entries += entries
                 traceparent = caused_in or traceparent
@@ -342,3 +352,7 @@ class UnitOfWork:
         await self.clear_published()
         if self._clearing is not None and not self._clearing.done():
             await self._clearing
+
+
+def _topic_of(record: Record[Any]) -> str | None:
+    return record.position.topic if record.position is not None else None

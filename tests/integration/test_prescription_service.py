@@ -445,7 +445,7 @@ async def test_a_cancellation_racing_an_approval_leaves_no_active_supply(
         cancel_id = "MSG-CANCEL-RACE"
 
         async def approval_slips_in(saves: Any) -> Any:
-            if any(cancel_id in save.applied for save in saves):
+            if any(cancel_id in save.tracking.recent for save in saves):
                 monkeypatch.setattr(verdicts, "save", write_verdicts)
                 await service.on_review([Record(decided("RX-X-RACE", "approve"))])
             return await write_verdicts(saves)
