@@ -79,7 +79,7 @@ class MongoStore(Generic[S]):
                 saved.failed[save.id] = repr(error)
         ready = [save for save in saves if save.id in documents]
         try:
-            outcome = await self._write(ready, documents, write_id)
+            outcome = await self._write(ready, documents, write_id) if ready else Saved()
         except (BSONError, OverflowError):
             # The driver refused to encode one document (an integer over 64 bits, too large) and
             # with it the whole bulk write: find which one by writing each alone.

@@ -3,17 +3,43 @@ for good, and a document that fails or loses a race never failing its neighbours
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextvars
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
 from datetime import date
+from typing import Any
 
 import pytest
+import structlog.testing
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from pydantic import BaseModel
 
 from pharmacy_contracts.inventory import RestockRequested
+from services.runtime import unit_of_work
 from services.runtime.documents import outbox_entry
-from services.runtime.store import RECENT_MESSAGES, MemoryStore, OutboxEntry
+from services.runtime.errors import Refused
+from services.runtime.store import RECENT_MESSAGES, MemoryStore, OutboxEntry, Tracking
 from services.runtime.tracking import Position
-from services.runtime.unit_of_work import Decision, Outcome, Record, UnitOfWork
+from services.runtime.unit_of_work import MAX_ROUNDS, Decision, Outcome, Record, UnitOfWork
+
+
+@pytest.fixture(autouse=True)
+def _logs_kept_not_rendered() -> Iterator[None]:
+    """Rendering a logged traceback is slow (mutmut's copies of the runtime are huge): keep it unrendered."""
+    with structlog.testing.capture_logs():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _short_clear_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clears owed wait 50 ms instead of a second, so a test that settles does not wait a second."""
+    monkeypatch.setattr(unit_of_work, "CLEAR_DELAY_S", 0.05)
 
 
 class Shelf(BaseModel):
@@ -232,3 +258,579 @@ async def test_published_entries_leave_the_outbox_and_unpublished_ones_stay(
     await run(uow, shelves, restock("WH-B", 1))
     # the next save publishes the whole outbox, oldest first
     assert [e["key"] for e in broker.published] == ["WH-A", "WH-B", "WH-B"]
+
+
+# --- the round: how many round trips, which records reach the decision ---------------------------------
+
+
+async def test_an_empty_batch_makes_no_round_trip(uow: UnitOfWork, shelves: MemoryStore[Shelf]) -> None:
+    assert await uow.run(shelves, [], key=by_warehouse, decide=add_units) == []
+    assert shelves.round_trips == 0
+
+
+async def test_a_batch_that_changes_nothing_is_not_saved(uow: UnitOfWork, shelves: MemoryStore[Shelf]) -> None:
+    handled = await uow.run(
+        shelves, [Record(restock("WH-A", 999)), Record(restock("WH-B", 999))], key=by_warehouse, decide=add_units
+    )
+    assert [h.outcome for h in handled] == [Outcome.UNCHANGED] * 2
+    assert shelves.round_trips == 2, "the applied ids and one load; no save, no second round"
+    shelves.put("WH-C", Shelf(units=1))
+    trips = shelves.round_trips
+    [handled_c] = await uow.run(shelves, [Record(restock("WH-C", 999))], key=by_warehouse, decide=add_units)
+    assert handled_c.outcome is Outcome.UNCHANGED and shelves.round_trips == trips + 2
+    assert shelves.stored("WH-C").version == 1, "an existing document nothing changed is not written"  # type: ignore[union-attr]
+
+
+async def test_untracked_records_all_reach_the_decision_and_no_id_is_recorded(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    seen: list[str] = []
+
+    def claim(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        seen.append(command.message_id)
+        return add_units(shelf, command)
+
+    first = restock("WH-A", 5)
+    handled = await uow.run(shelves, [Record(first), Record(first)], key=by_warehouse, decide=claim, tracked=False)
+    assert [h.outcome for h in handled] == [Outcome.APPLIED, Outcome.APPLIED]
+    assert seen == [first.message_id] * 2 and shelves.state_of("WH-A") == Shelf(units=10)
+    assert shelves.round_trips == 2, "one load and one save: no applied ids read or written"
+    assert await shelves.applied([first.message_id]) == set()
+    assert shelves.stored("WH-A").tracking == Tracking()  # type: ignore[union-attr]
+
+
+async def test_a_tracked_record_leaves_its_id_and_position_on_the_document_and_for_good(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    command = restock("WH-A", 5)
+    await uow.run(
+        shelves, [Record(command, Position("t.v1", 3, offset=10, floor=7))], key=by_warehouse, decide=add_units
+    )
+    stored = shelves.stored("WH-A")
+    assert stored is not None and stored.tracking == Tracking((command.message_id,), {"t_v1:3": 7})
+    assert await shelves.applied([command.message_id]) == {command.message_id}
+
+
+async def test_a_refusal_raised_by_the_decision_is_a_refusal(uow: UnitOfWork, shelves: MemoryStore[Shelf]) -> None:
+    def refusing(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        raise Refused("not_here", "no such warehouse")
+
+    [handled] = await uow.run(shelves, [Record(restock("WH-A", 1))], key=by_warehouse, decide=refusing)
+    assert handled.outcome is Outcome.REFUSED and handled.refusal is not None
+    assert (handled.refusal.code, handled.refusal.detail) == ("not_here", "no such warehouse")
+    assert shelves.stored("WH-A") is None
+
+
+async def test_each_outcome_carries_its_record_events_result_and_error(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    def deciding(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        if command.quantity == 999:
+            return Decision(result="nothing to do")
+        decision = add_units(shelf, command)
+        return Decision(decision.state, decision.events, decision.refusal, result=f"now {decision.state}")
+
+    records = [Record(restock("WH-A", 999)), Record(restock("WH-A", 2)), Record(restock("WH-A", 13))]
+    unchanged, applied, failed = await uow.run(shelves, records, key=by_warehouse, decide=deciding)
+    assert [h.record for h in (unchanged, applied, failed)] == records
+    assert (unchanged.outcome, unchanged.result, unchanged.events) == (Outcome.UNCHANGED, "nothing to do", ())
+    assert (applied.outcome, applied.result) == (Outcome.APPLIED, "now units=2")
+    assert [e.requested_by for e in applied.events] == ["after 2"]  # type: ignore[attr-defined]
+    assert (failed.outcome, failed.error) == (Outcome.FAILED, "ValueError('a bug in the rule')")
+
+
+async def test_a_failed_write_fails_its_records_with_the_reason_but_a_duplicate_stays_a_duplicate(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    seen = restock("WH-A", 1)
+    await run(uow, shelves, seen)
+    shelves.fail_writes_of("WH-A", "value too large")
+    handled = await uow.run(
+        shelves,
+        [Record(restock("WH-A", 1)), Record(seen), Record(restock("WH-A", 5_000)), Record(restock("WH-A", 999))],
+        key=by_warehouse,
+        decide=add_units,
+    )
+    assert [(h.outcome, h.error) for h in handled] == [
+        (Outcome.FAILED, "value too large"),
+        (Outcome.DUPLICATE, None),
+        (Outcome.FAILED, "value too large"),
+        (Outcome.FAILED, "value too large"),
+    ]
+    assert await shelves.applied([handled[0].record.message_id]) == set()
+
+
+async def test_records_behind_a_failed_decision_fail_with_its_reason_and_duplicates_stay_duplicates(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    seen = restock("WH-A", 1)
+    await run(uow, shelves, seen)
+    records = [Record(restock("WH-A", 13)), Record(seen), Record(restock("WH-A", 2))]
+    handled = await uow.run(shelves, records, key=by_warehouse, decide=add_units)
+    assert [h.record for h in handled] == records
+    assert [(h.outcome, h.error) for h in handled] == [
+        (Outcome.FAILED, "ValueError('a bug in the rule')"),
+        (Outcome.DUPLICATE, None),
+        (Outcome.FAILED, "behind a failed record of shelves/WH-A: ValueError('a bug in the rule')"),
+    ]
+    assert shelves.state_of("WH-A") == Shelf(units=1)
+
+
+async def test_a_broken_document_fails_its_records_with_the_reason_it_is_broken(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    shelves.break_document("WH-A", "shelves/WH-A: stored state does not validate")
+    decided: list[str] = []
+
+    def deciding(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        decided.append(command.warehouse_id)
+        return add_units(shelf, command)
+
+    handled = await uow.run(
+        shelves,
+        [Record(restock("WH-A", 1)), Record(restock("WH-A", 2)), Record(restock("WH-B", 1))],
+        key=by_warehouse,
+        decide=deciding,
+    )
+    assert [(h.outcome, h.error) for h in handled] == [
+        (Outcome.FAILED, "shelves/WH-A: stored state does not validate"),
+        (Outcome.FAILED, "shelves/WH-A: stored state does not validate"),
+        (Outcome.APPLIED, None),
+    ]
+    assert decided == ["WH-B"], "a broken document's records reach no decision"
+    assert [h.record.message.quantity for h in handled] == [1, 2, 1]
+
+
+class AlwaysRaced(MemoryStore[Shelf]):
+    """Someone else writes `doc_id` first, every time."""
+
+    def __init__(self, doc_id: str) -> None:
+        super().__init__("raced", Shelf)
+        self.doc_id = doc_id
+        self.loads: list[list[str]] = []
+
+    async def load(self, ids: Any) -> Any:
+        self.loads.append(sorted(ids))
+        self.let_another_writer_win(self.doc_id)
+        return await super().load(ids)
+
+
+async def test_a_document_that_keeps_losing_fails_after_the_rounds_allowed(uow: UnitOfWork) -> None:
+    store = AlwaysRaced("WH-A")
+    records = [Record(restock("WH-A", 1)), Record(restock("WH-B", 1))]
+    handled = await uow.run(store, records, key=by_warehouse, decide=add_units)
+    assert [h.record for h in handled] == records
+    assert [(h.outcome, h.error) for h in handled] == [
+        (Outcome.FAILED, "raced/WH-A: too many writers"),
+        (Outcome.APPLIED, None),
+    ]
+    assert store.loads == [["WH-A", "WH-B"]] + [["WH-A"]] * (MAX_ROUNDS - 1)
+    assert store.state_of("WH-B") == Shelf(units=1)
+
+
+async def test_records_come_back_in_the_order_given_across_documents_and_rounds(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    shelves.put("WH-A", Shelf(units=100))
+    shelves.let_another_writer_win("WH-A")
+    commands = [restock("WH-A", 1), restock("WH-B", 2), restock("WH-A", 3), restock("WH-C", 5_000)]
+    handled = await uow.run(shelves, [Record(c) for c in commands], key=by_warehouse, decide=add_units)
+    assert [h.record.message for h in handled] == commands
+    assert [h.outcome for h in handled] == [Outcome.APPLIED, Outcome.APPLIED, Outcome.APPLIED, Outcome.REFUSED]
+    assert shelves.state_of("WH-A") == Shelf(units=104)
+
+
+async def test_a_record_is_decided_in_the_context_it_was_admitted_in(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf]
+) -> None:
+    where: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="outside")
+    seen: list[str] = []
+
+    def deciding(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        seen.append(where.get())
+        return add_units(shelf, command)
+
+    where.set("admitted")
+    admitted = contextvars.copy_context()
+    where.set("outside")
+    records = [Record(restock("WH-A", 1), context=admitted), Record(restock("WH-B", 1))]
+    await uow.run(shelves, records, key=by_warehouse, decide=deciding)
+    assert seen == ["admitted", "outside"]
+    assert records[0].in_context(where.get) == "admitted" and records[1].in_context(lambda x: x, 7) == 7
+    for record in records:
+        assert record.in_context(lambda x, *, y: (x, y, where.get()), 7, y=8)[:2] == (7, 8)
+
+
+def test_a_refused_decision_carries_the_code_and_the_detail() -> None:
+    decision = Decision.refused("too_many", "over a thousand units")
+    assert decision.refusal is not None and (decision.refusal.code, decision.refusal.detail) == (
+        "too_many",
+        "over a thousand units",
+    )
+    assert (decision.state, decision.events, decision.result) == (None, (), None)
+    with pytest.raises(ValueError, match=r"^a decision with events must give the state they come with$"):
+        Decision(events=[restock("WH-A", 1)], result="x")
+
+
+async def test_the_worst_moment_to_die_is_armed_only_after_a_write_that_stored_new_events(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    armed: list[str] = []
+    monkeypatch.setattr(unit_of_work, "crash_point", armed.append)
+
+    def silent(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        return Decision(Shelf(units=command.quantity))
+
+    await uow.run(shelves, [Record(restock("WH-A", 1))], key=by_warehouse, decide=silent)
+    await uow.run(shelves, [Record(restock("WH-A", 999))], key=by_warehouse, decide=add_units)
+    assert armed == []
+    await uow.run(shelves, [Record(restock("WH-B", 1))], key=by_warehouse, decide=add_units)
+    assert armed == ["after-write:shelves"]
+
+
+# --- publishing and clearing -----------------------------------------------------------------------
+
+
+class Log:
+    """Stands in for the unit of work's logger: the lines it would write, unrendered."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append(("warning", event, fields))
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self.lines.append(("exception", event, fields))
+
+
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch) -> Log:
+    recorded = Log()
+    monkeypatch.setattr(unit_of_work, "log", recorded)
+    return recorded
+
+
+async def test_without_a_publisher_the_outbox_is_left_for_the_relay(shelves: MemoryStore[Shelf], log: Log) -> None:
+    uow = UnitOfWork(None, outbox_entry)
+    await uow.run(shelves, [Record(restock("WH-A", 1))], key=by_warehouse, decide=add_units)
+    await uow.settled()
+    assert len(shelves.stored("WH-A").outbox) == 1  # type: ignore[union-attr]
+    assert log.lines == [] and uow._clearing is None
+
+
+async def test_a_failed_publish_and_a_failed_decision_are_logged_with_where(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker, log: Log
+) -> None:
+    broker.down = True
+    await run(uow, shelves, restock("WH-A", 13), restock("WH-B", 1))
+    assert log.lines == [
+        ("exception", "decision failed", {"document": "WH-A"}),
+        ("exception", "publishing after a save failed; the relay will publish", {"store": "shelves"}),
+    ]
+
+
+async def test_an_outbox_entry_is_the_events_entry_with_when_it_was_queued(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
+) -> None:
+    before = time.time()
+    command = restock("WH-A", 1)
+    await run(uow, shelves, command)
+    [published] = broker.published
+    event = command.model_copy(update={"requested_by": "after 1"})
+    assert {k: v for k, v in published.items() if k != "queued_at"} == outbox_entry(event)
+    assert before <= published["queued_at"] <= time.time()
+    assert uow._clearing is not None and uow._clearing.get_name() == "outbox-clears"
+    await uow.settled()
+
+
+async def test_only_documents_with_entries_are_published_and_each_entry_once(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
+) -> None:
+    def silent_for_b(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        decision = add_units(shelf, command)
+        return Decision(decision.state) if command.warehouse_id == "WH-B" else decision
+
+    calls: list[list[str]] = []
+
+    async def publish(entries: Sequence[OutboxEntry]) -> None:
+        calls.append([e["key"] for e in entries])
+        await broker.publish(entries)
+
+    uow = UnitOfWork(publish, outbox_entry)
+    await uow.run(
+        shelves, [Record(restock("WH-A", 1)), Record(restock("WH-B", 1))], key=by_warehouse, decide=silent_for_b
+    )
+    await uow.run(shelves, [Record(restock("WH-B", 1))], key=by_warehouse, decide=silent_for_b)
+    assert calls == [["WH-A"]]
+
+
+async def test_a_confirmed_entry_is_not_saved_again_even_before_it_is_cleared(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
+) -> None:
+    await run(uow, shelves, restock("WH-A", 1))
+    await run(uow, shelves, restock("WH-A", 2))  # before the clear: the first entry is confirmed
+    stored = shelves.stored("WH-A")
+    assert stored is not None and [e["key"] for e in stored.outbox] == ["WH-A"]
+    assert len(broker.published) == 2 and broker.published[0] != broker.published[1]
+    await uow.settled()
+    assert shelves.stored("WH-A").outbox == ()  # type: ignore[union-attr]
+
+
+async def test_a_failed_publish_keeps_the_entries_and_owes_no_clear(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
+) -> None:
+    broker.down = True
+    await run(uow, shelves, restock("WH-A", 1))
+    assert uow._confirmed == {} and uow._clears == {} and uow._clearing is None
+    trips = shelves.round_trips
+    await uow.settled()
+    assert shelves.round_trips == trips and len(shelves.stored("WH-A").outbox) == 1  # type: ignore[union-attr]
+
+
+async def test_the_confirmed_ids_remembered_are_the_newest(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(unit_of_work, "CONFIRMED_MEMORY", 2)
+    commands = [restock(f"WH-{i}", 1) for i in range(3)]
+    for command in commands:
+        await run(uow, shelves, command)
+    events = [e["message_id"] for e in (shelves.stored(f"WH-{i}").outbox[0] for i in range(3))]  # type: ignore[union-attr]
+    assert list(uow._confirmed) == events[1:]
+
+
+async def test_the_clears_owed_are_made_after_a_delay_one_drop_per_store(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(unit_of_work, "CLEAR_DELAY_S", 0.05)
+    dropped: list[dict[str, set[str]]] = []
+    real_drop = shelves.drop_published
+
+    async def drop_published(published: Any) -> None:
+        dropped.append({k: set(v) for k, v in published.items()})
+        await real_drop(published)
+
+    shelves.drop_published = drop_published  # type: ignore[method-assign]
+    await uow.run(
+        shelves,
+        [Record(restock("WH-A", 1)), Record(restock("WH-A", 2)), Record(restock("WH-B", 1))],
+        key=by_warehouse,
+        decide=add_units,
+    )
+    clearing = uow._clearing
+    assert clearing is not None and not clearing.done() and dropped == []
+    await run(uow, shelves, restock("WH-C", 1))
+    assert uow._clearing is clearing, "one clear pending at a time"
+    await asyncio.wait_for(clearing, 2)
+    entries = {doc: {e["message_id"] for e in broker_entries(shelves, doc)} for doc in ("WH-A", "WH-B", "WH-C")}
+    assert entries == {"WH-A": set(), "WH-B": set(), "WH-C": set()}
+    [owed] = dropped
+    assert sorted(owed) == ["WH-A", "WH-B", "WH-C"] and len(owed["WH-A"]) == 2 and len(owed["WH-B"]) == 1
+    assert uow._clears == {}
+    await run(uow, shelves, restock("WH-D", 1))
+    assert uow._clearing is not clearing, "a new clear once the last one is done"
+    await uow.settled()
+
+
+def broker_entries(store: MemoryStore[Shelf], doc_id: str) -> tuple[OutboxEntry, ...]:
+    stored = store.stored(doc_id)
+    return () if stored is None else stored.outbox
+
+
+async def test_settled_clears_at_once_then_lets_the_delayed_clear_finish(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(unit_of_work, "CLEAR_DELAY_S", 0.2)
+    await uow.settled()  # nothing owed, no clear pending
+    assert shelves.round_trips == 0
+    await run(uow, shelves, restock("WH-A", 1))
+    clearing = uow._clearing
+    assert clearing is not None and not clearing.done()
+    trips = shelves.round_trips
+    await asyncio.wait_for(uow.settled(), 2)
+    assert shelves.stored("WH-A").outbox == ()  # type: ignore[union-attr]
+    assert clearing.done() and not clearing.cancelled(), "a clear in progress is let finish"
+    assert shelves.round_trips == trips + 1, "one drop: the delayed clear found nothing left owed"
+    await uow.settled()
+    assert shelves.round_trips == trips + 1, "nothing owed twice"
+
+
+async def test_entries_published_while_a_clear_waits_are_cleared_by_it(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(unit_of_work, "CLEAR_DELAY_S", 0.05)
+    await run(uow, shelves, restock("WH-A", 1))
+    clearing = uow._clearing
+    assert clearing is not None
+    await asyncio.sleep(0.07)  # the first clear ran; a later publish owes another
+    await run(uow, shelves, restock("WH-B", 1))
+    await asyncio.wait_for(uow._clearing, 2)  # type: ignore[arg-type]
+    assert shelves.stored("WH-A").outbox == () and shelves.stored("WH-B").outbox == ()  # type: ignore[union-attr]
+
+
+async def test_a_clear_that_fails_is_logged_and_the_other_stores_are_still_cleared(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            lines.append((event, fields))
+
+    monkeypatch.setattr(unit_of_work, "log", Log())
+    broken: MemoryStore[Shelf] = MemoryStore("broken", Shelf)
+
+    async def drop_published(published: Any) -> None:
+        raise ConnectionError("gone")
+
+    broken.drop_published = drop_published  # type: ignore[method-assign]
+    await run(uow, broken, restock("WH-A", 1))
+    await run(uow, shelves, restock("WH-B", 1))
+    await uow.settled()
+    assert lines == [
+        ("clearing published outbox entries failed", {"store": "broken", "error": "ConnectionError('gone')"})
+    ]
+    assert shelves.stored("WH-B").outbox == () and len(broken.stored("WH-A").outbox) == 1  # type: ignore[union-attr]
+
+
+# --- a document's trace ------------------------------------------------------------------------------
+
+
+TRACE_ID, SPAN_ID = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+
+
+def traceparent(span_id: int = SPAN_ID) -> str:
+    return f"00-{TRACE_ID:032x}-{span_id:016x}-01"
+
+
+def span(span_id: int = SPAN_ID) -> Any:
+    return NonRecordingSpan(SpanContext(TRACE_ID, span_id, is_remote=False, trace_flags=TraceFlags(1)))
+
+
+async def traced_run(uow: UnitOfWork, store: MemoryStore[Shelf], command: RestockRequested, **options: Any) -> None:
+    await uow.run(store, [Record(command)], key=by_warehouse, decide=add_units, **options)
+
+
+async def test_a_store_that_keeps_traces_remembers_the_trace_that_last_changed_a_document(
+    shelves: MemoryStore[Shelf],
+) -> None:
+    uow = UnitOfWork(None, outbox_entry)
+    flows: MemoryStore[Shelf] = MemoryStore("flows", Shelf, keeps_trace=True)
+    with trace.use_span(span()):
+        await traced_run(uow, flows, restock("WH-A", 1))
+        await traced_run(uow, shelves, restock("WH-B", 1))
+    assert flows.stored("WH-A").traceparent == traceparent()  # type: ignore[union-attr]
+    assert shelves.stored("WH-B").traceparent is None, "only stores that keep traces remember one"  # type: ignore[union-attr]
+
+    await traced_run(uow, flows, restock("WH-A", 2))  # a sweep: no trace of its own
+    with trace.use_span(span(0x1111)):
+        await traced_run(uow, flows, restock("WH-A", 3))
+    stored = flows.stored("WH-A")
+    assert stored is not None
+    assert [e.get("traceparent") for e in stored.outbox] == [traceparent(), traceparent(), traceparent(0x1111)]
+    assert stored.traceparent == traceparent(0x1111)
+    assert stored.state == Shelf(units=6), "the work in the document's trace decided on its state"
+
+    def silent(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        return Decision(Shelf(units=0))
+
+    await uow.run(flows, [Record(restock("WH-A", 1))], key=by_warehouse, decide=silent)
+    with trace.use_span(span(0x2222)):
+        await uow.run(flows, [Record(restock("WH-A", 1))], key=by_warehouse, decide=silent)
+    assert flows.stored("WH-A").traceparent == traceparent(0x1111), "no events: the trace is kept"  # type: ignore[union-attr]
+
+
+async def test_without_keeping_traces_work_outside_a_trace_stays_outside(shelves: MemoryStore[Shelf]) -> None:
+    uow = UnitOfWork(None, outbox_entry)
+    shelves.put("WH-A", Shelf())
+    stored = shelves.stored("WH-A")
+    assert stored is not None
+    shelves._documents["WH-A"] = dataclasses.replace(stored, traceparent=traceparent())
+    await traced_run(uow, shelves, restock("WH-A", 1))
+    after = shelves.stored("WH-A")
+    assert after is not None and after.outbox[0].get("traceparent") is None
+    assert after.traceparent == traceparent(), "a store that keeps none leaves what it found"
+
+
+async def test_with_a_tracer_a_store_that_keeps_no_trace_makes_no_span(shelves: MemoryStore[Shelf]) -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    uow = UnitOfWork(None, outbox_entry, provider.get_tracer("test"))
+    shelves.put("WH-A", Shelf())
+    stored = shelves.stored("WH-A")
+    assert stored is not None
+    shelves._documents["WH-A"] = dataclasses.replace(stored, traceparent=traceparent())
+    await traced_run(uow, shelves, restock("WH-A", 1))
+    await traced_run(uow, shelves, restock("WH-B", 1))
+    assert exported.get_finished_spans() == ()
+    assert [shelves.stored(d).outbox[0].get("traceparent") for d in ("WH-A", "WH-B")] == [None, None]  # type: ignore[union-attr]
+
+
+async def test_with_a_tracer_work_outside_any_trace_gets_a_span_in_the_documents_trace(
+    shelves: MemoryStore[Shelf],
+) -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    uow = UnitOfWork(None, outbox_entry, provider.get_tracer("test"))
+    flows: MemoryStore[Shelf] = MemoryStore("flows", Shelf, keeps_trace=True)
+    with trace.use_span(span()):
+        await traced_run(uow, flows, restock("WH-A", 1))
+    assert exported.get_finished_spans() == (), "inside a message's trace: no extra span"
+    await traced_run(uow, flows, restock("WH-A", 2))
+    [made] = exported.get_finished_spans()
+    assert made.name == "flows decide"
+    assert dict(made.attributes or {}) == {"db.collection.name": "flows", "pharmacy.document.id": "WH-A"}
+    assert made.parent is not None and (made.parent.trace_id, made.parent.span_id) == (TRACE_ID, SPAN_ID)
+    stored = flows.stored("WH-A")
+    assert stored is not None
+    assert stored.outbox[1]["traceparent"] == traceparent(made.context.span_id)
+    assert stored.traceparent == traceparent(made.context.span_id)
+    assert stored.state == Shelf(units=3)
+
+
+# --- which applied ids are kept for good --------------------------------------------------------------
+
+
+class CommandsOnly(MemoryStore[Shelf]):
+    """Keeps for good the ids of messages from the commands topic only, and says which ids it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__("shelves", Shelf)
+        self.asked: list[list[str]] = []
+
+    def remembers(self, topic: str | None) -> bool:
+        return topic == "commands.v1"
+
+    async def applied(self, message_ids: Any) -> set[str]:
+        self.asked.append(sorted(message_ids))
+        return await super().applied(message_ids)
+
+
+async def test_only_messages_of_remembered_topics_are_looked_up_and_kept_for_good(uow: UnitOfWork) -> None:
+    store = CommandsOnly()
+    command = Record(restock("WH-A", 1), Position("commands.v1", 0, offset=5, floor=4))
+    event = Record(restock("WH-B", 1), Position("events.v1", 0, offset=5, floor=4))
+    unplaced = Record(restock("WH-C", 1))
+    handled = await uow.run(store, [command, event, unplaced], key=by_warehouse, decide=add_units)
+    assert [h.outcome for h in handled] == [Outcome.APPLIED] * 3
+    assert store.asked == [[command.message_id]], "only the command is looked up"
+    ids = [command.message_id, event.message_id, unplaced.message_id]
+    assert await store.applied(ids) == {command.message_id}, "only the command is kept for good"
+    stored = store.stored("WH-B")
+    assert stored is not None and stored.tracking.recent == (event.message_id,), "the document still knows the event"
+
+    store.asked.clear()
+    again = Record(restock("WH-D", 1), Position("events.v1", 0, offset=6, floor=5))
+    assert await run_records(uow, store, again, event) == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert store.asked == [], "a batch without commands makes no lookup"
+
+
+async def run_records(uow: UnitOfWork, store: MemoryStore[Shelf], *records: Record[Any]) -> list[Outcome]:
+    return [h.outcome for h in await uow.run(store, list(records), key=by_warehouse, decide=add_units)]
+
+
+def test_the_memory_store_remembers_every_topic() -> None:
+    store: MemoryStore[Shelf] = MemoryStore("shelves", Shelf)
+    assert store.remembers("commands.v1") and store.remembers(None)

@@ -1,0 +1,573 @@
+"""Nothing dropped silently, batch by batch: the consumer path of `subscribe(handle_batch=...)` in
+`services.runtime.kafka` with the stand-in broker of test_dead_letters.py.
+
+The records of a batch that pass the checks are handed over together, in arrival order, with their
+positions and log context; the unit of work's answer says what became of each: refused → dead
+letter with the refusal's code; failed → tried again (the failed ones together, in arrival order),
+with backoff, up to `handler_max_attempts`, then dead-lettered `processing_failed`; an exception
+from the whole batch fails every record, so each is tried again; an unreachable database retries the
+whole batch until it answers, with one warning; the handled ones are counted; only background
+consumers linger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+import structlog
+from aiokafka.structs import ConsumerRecord
+from faststream import AckPolicy
+from pymongo.errors import ConnectionFailure
+
+from services.runtime import kafka
+from services.runtime.errors import Refused
+from services.runtime.observability import current_message_type
+from services.runtime.settings import RuntimeSettings
+from services.runtime.tracking import Position, current_position
+from services.runtime.unit_of_work import Handled, Outcome, Record
+from tests.unit import test_dead_letters
+from tests.unit.test_dead_letters import OTHER, TOPIC, Batch, Broker, Log, record, restock, settings
+
+# The stand-in logger, the backoff recorder and the fresh log context of the per-message tests.
+log = test_dead_letters.log
+sleeps = test_dead_letters.sleeps
+fresh_context = test_dead_letters.fresh_context
+
+BatchHandler = Callable[[Sequence[Record[Any]]], Awaitable[Sequence[Handled[Any]]]]
+
+
+class Observer:
+    """What the runtime reports, with the failures' messages (the real one counts metrics)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def claim_task(self) -> None:
+        self.calls.append(("claim_task",))
+
+    def handled(self, topic: str) -> None:
+        self.calls.append(("handled", topic))
+
+    def failed(self, topic: str, error: BaseException) -> None:
+        self.calls.append(("failed", topic, type(error).__name__, str(error)))
+
+    def dead_lettered(self, topic: str, reason: str) -> None:
+        self.calls.append(("dead_lettered", topic, reason))
+
+    @contextlib.contextmanager
+    def handling(self, rec: ConsumerRecord[Any, Any]) -> Iterator[None]:
+        self.calls.append(("handling", rec.offset))
+        yield
+        self.calls.append(("handled_record", rec.offset))
+
+
+class Observability:
+    def __init__(self) -> None:
+        self.observer = Observer()
+        self.groups: list[str] = []
+
+    def consumer(self, group: str) -> Observer:
+        self.groups.append(group)
+        return self.observer
+
+
+def subscribed(
+    monkeypatch: pytest.MonkeyPatch,
+    handle_batch: BatchHandler,
+    settings_: RuntimeSettings | None = None,
+    **options: Any,
+) -> tuple[Broker, Observer, Callable[..., Awaitable[None]]]:
+    monkeypatch.setattr(kafka, "ContractSpecification", lambda declared, topics_, group: (declared, topics_, group))
+    broker, observability = Broker(), Observability()
+    kafka.subscribe(
+        broker,  # type: ignore[arg-type]
+        settings_ or settings(),
+        topics=options.pop("topics", [TOPIC]),
+        group="inventory",
+        handle_batch=handle_batch,
+        title="Inventory commands",
+        observability=observability,  # type: ignore[arg-type]
+        **options,
+    )
+    assert broker.consume is not None
+
+    async def consume(*records: ConsumerRecord[bytes, bytes]) -> None:
+        assert broker.consume is not None
+        await broker.consume(Batch(*records))
+
+    return broker, observability.observer, consume
+
+
+def body(marker: str) -> bytes:
+    return restock(marker).model_dump_json().encode()
+
+
+def answering(outcome: Outcome, **fields: Any) -> tuple[BatchHandler, list[list[Record[Any]]]]:
+    """A batch handler that answers `outcome` for every record, and the batches it was given."""
+    calls: list[list[Record[Any]]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(list(records))
+        return [Handled(r, outcome, **fields) for r in records]
+
+    return handle_batch, calls
+
+
+def markers(batch: Sequence[Record[Any]]) -> list[str]:
+    return [r.message.correlation_id for r in batch]
+
+
+def dlq(published: dict[str, Any]) -> tuple[str, str, str]:
+    headers = published["headers"]
+    return headers["dlq.reason"], headers["dlq.detail"], headers["dlq.attempts"]
+
+
+# --- registration ------------------------------------------------------------------------------
+
+
+def test_subscribe_takes_exactly_one_of_handle_and_handle_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka, "ContractSpecification", lambda declared, topics_, group: None)
+
+    async def handle(message: Any) -> None: ...
+
+    handle_batch, _ = answering(Outcome.APPLIED)
+    for given in ({}, {"handle": handle, "handle_batch": handle_batch}):
+        broker = Broker()
+        with pytest.raises(ValueError, match="either handle or handle_batch"):
+            kafka.subscribe(broker, settings(), topics=[TOPIC], group="g", title="t", **given)  # type: ignore[arg-type]
+        assert broker.subscribed is None and broker.consume is None
+
+
+def test_a_batch_consumer_is_registered_like_a_per_message_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    handle_batch, _ = answering(Outcome.APPLIED)
+    s = settings(kafka_max_batch_records=77, kafka_batch_wait_ms=11, kafka_fetch_max_wait_ms=33, background_wait_ms=900)
+    broker, _, _ = subscribed(monkeypatch, handle_batch, s, topics=[TOPIC, OTHER])
+    assert broker.subscribed is not None
+    names, options = broker.subscribed
+    assert names == (TOPIC.name, OTHER.name)
+    assert options["ack_policy"] is AckPolicy.NACK_ON_ERROR
+    assert (options["max_records"], options["batch_timeout_ms"], options["fetch_max_wait_ms"]) == (77, 11, 33)
+    assert (options["group_id"], options["batch"]) == ("pharmacy.inventory", True)
+    assert broker.consume is not None and broker.consume.__name__ == "consume_whole_batch"
+
+
+# --- admission ------------------------------------------------------------------------------------
+
+
+async def test_admitted_records_are_handed_over_together_in_order_with_positions_and_context(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    given: list[list[Record[Any]]] = []
+    outside: list[dict[str, Any]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        given.append(list(records))
+        outside.append(structlog.contextvars.get_contextvars())
+        return [Handled(r, Outcome.APPLIED) for r in records]
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch)
+    await consume(
+        record(body("c"), offset=12, partition=0, key=b"k1"),
+        record(body("a"), offset=10, partition=0, key=b"k2"),
+        record(b"garbage", offset=11, partition=0, key=b"k1"),
+        record(body("b"), offset=5, partition=1, key=b"k1"),
+    )
+    [batch] = given
+    assert markers(batch) == ["RX-c", "RX-a", "RX-b"], "arrival order, the unreadable one left out"
+    assert [r.message for r in batch] == [restock("c"), restock("a"), restock("b")]
+    assert [r.position for r in batch] == [
+        Position(TOPIC.name, 0, 12, 9),
+        Position(TOPIC.name, 0, 10, 9),
+        Position(TOPIC.name, 1, 5, 4),
+    ]
+    first = batch[0]
+    assert first.context is not None
+    assert first.context.run(structlog.contextvars.get_contextvars) == {
+        "topic": TOPIC.name,
+        "partition": 0,
+        "offset": 12,
+        "correlation_id": "RX-c",
+        "message_id": restock("c").message_id,
+        "message_type": restock("c").type,
+    }
+    assert first.context.run(current_position.get) == Position(TOPIC.name, 0, 12, 9)
+    assert first.context.run(current_message_type.get) == restock("c").type
+    assert batch[2].context is not None
+    assert batch[2].context.run(structlog.contextvars.get_contextvars)["correlation_id"] == "RX-b"
+    # the unit of work runs outside any one record's message fields
+    assert not {"correlation_id", "message_id", "message_type"} & set(outside[0])
+    [letter] = broker.published
+    assert dlq(letter)[0] == "contract_violation" and letter["value"] == b"garbage"
+    assert observer.calls == [
+        ("claim_task",),
+        ("handling", 12),
+        ("handled_record", 12),
+        ("handling", 10),
+        ("handled_record", 10),
+        ("handling", 11),
+        ("dead_lettered", TOPIC.name, "contract_violation"),
+        ("handled_record", 11),
+        ("handling", 5),
+        ("handled_record", 5),
+        ("handled", TOPIC.name),
+        ("handled", TOPIC.name),
+        ("handled", TOPIC.name),
+    ]
+    assert sleeps == []
+
+
+async def test_a_batch_with_nothing_admitted_reaches_no_unit_of_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    handle_batch, calls = answering(Outcome.APPLIED)
+
+    def gate(body_: bytes, headers: dict[str, str]) -> None:
+        raise Refused("no", "d")
+
+    broker, _, consume = subscribed(monkeypatch, handle_batch, gate=gate)
+    await consume(record(body("a"), offset=1), record(b"x" * 2000, offset=2))
+    assert calls == []
+    assert [dlq(p) for p in broker.published] == [("no", "d", "1"), ("too_large", "2000 bytes, at most 1024", "1")]
+
+
+@pytest.mark.parametrize("outcome", [Outcome.APPLIED, Outcome.UNCHANGED, Outcome.DUPLICATE])
+async def test_every_record_the_unit_of_work_dealt_with_is_counted_handled(
+    monkeypatch: pytest.MonkeyPatch, outcome: Outcome, sleeps: list[float], log: Log
+) -> None:
+    handle_batch, calls = answering(outcome)
+    broker, observer, consume = subscribed(monkeypatch, handle_batch)
+    await consume(record(body("a"), offset=1), record(body("b"), offset=2))
+    assert len(calls) == 1 and markers(calls[0]) == ["RX-a", "RX-b"]
+    assert [c for c in observer.calls if c[0] == "handled"] == [("handled", TOPIC.name)] * 2
+    assert broker.published == [] and sleeps == [] and log.lines == []
+
+
+# --- refusals and failures ------------------------------------------------------------------------------
+
+
+async def test_a_refused_record_is_dead_lettered_at_once_with_the_refusals_code(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        return [
+            Handled(r, Outcome.REFUSED, refusal=Refused("too_many", f"no {r.message.correlation_id}"))
+            if r.message.correlation_id == "RX-b"
+            else Handled(r, Outcome.APPLIED)
+            for r in records
+        ]
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch)
+    await consume(record(body("a"), offset=1), record(body("b"), offset=2, partition=1))
+    assert calls == [["RX-a", "RX-b"]] and sleeps == []
+    [letter] = broker.published
+    assert letter["topic"] == TOPIC.dead_letter_topic and letter["value"] == body("b")
+    assert dlq(letter) == ("too_many", "no RX-b", "1")
+    assert letter["headers"]["dlq.partition"] == "1" and letter["headers"]["dlq.offset"] == "2"
+    assert observer.calls.count(("handled", TOPIC.name)) == 1
+
+
+async def test_a_failed_record_is_tried_again_without_its_neighbours_then_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        return [
+            Handled(r, Outcome.FAILED, error=f"broken {len(calls)}")
+            if r.message.correlation_id == "RX-b"
+            else Handled(r, Outcome.APPLIED)
+            for r in records
+        ]
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=4))
+    await consume(record(body("a"), offset=1), record(body("b"), offset=2), record(body("c"), offset=3))
+    assert calls == [["RX-a", "RX-b", "RX-c"], ["RX-b"], ["RX-b"], ["RX-b"]]
+    assert sleeps == [0.5, 1.0, 2.0], "doubling from the backoff, none after the last attempt"
+    [letter] = broker.published
+    assert letter["value"] == body("b") and dlq(letter) == ("processing_failed", "broken 4", "4")
+    assert [c for c in observer.calls if c[0] in ("failed", "dead_lettered", "handled")] == [
+        ("failed", TOPIC.name, "RuntimeError", "broken 1"),
+        ("failed", TOPIC.name, "RuntimeError", "broken 2"),
+        ("failed", TOPIC.name, "RuntimeError", "broken 3"),
+        ("handled", TOPIC.name),
+        ("dead_lettered", TOPIC.name, "processing_failed"),
+        ("handled", TOPIC.name),
+    ]
+    assert log.lines[:3] == [
+        ("warning", "messages failed, retrying them", {"failed": 1, "error": "broken 1", "attempt": 1}),
+        ("warning", "messages failed, retrying them", {"failed": 1, "error": "broken 2", "attempt": 2}),
+        ("warning", "messages failed, retrying them", {"failed": 1, "error": "broken 3", "attempt": 3}),
+    ]
+
+
+async def test_a_failure_without_a_reason_is_dead_lettered_as_failed(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    handle_batch, calls = answering(Outcome.FAILED)
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=2))
+    await consume(record(body("a"), offset=1))
+    assert len(calls) == 2 and sleeps == [0.5]
+    assert dlq(broker.published[0]) == ("processing_failed", "failed", "2")
+    assert ("failed", TOPIC.name, "RuntimeError", "failed") in observer.calls
+
+
+async def test_one_attempt_allowed_means_a_failed_record_is_not_tried_again(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    handle_batch, calls = answering(Outcome.FAILED, error="broken")
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=1))
+    await consume(record(body("a"), offset=1))
+    assert len(calls) == 1 and sleeps == []
+    assert dlq(broker.published[0]) == ("processing_failed", "broken", "1")
+    assert not [c for c in observer.calls if c[0] == "failed"]
+
+
+async def test_the_failed_records_are_tried_again_together_in_order_each_with_its_own_attempts(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        answers = []
+        for r in records:
+            marker = r.message.correlation_id
+            if marker == "RX-a" or (marker == "RX-b" and len(calls) < 3) or (marker == "RX-c" and len(calls) < 2):
+                answers.append(Handled(r, Outcome.FAILED, error=f"{marker} broken {len(calls)}"))
+            elif marker == "RX-c":
+                answers.append(Handled(r, Outcome.REFUSED, refusal=Refused("not_yours", "no")))
+            else:
+                answers.append(Handled(r, Outcome.APPLIED))
+        return answers
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=3))
+    await consume(
+        record(body("a"), offset=1),
+        record(body("z"), offset=2),
+        record(body("b"), offset=3),
+        record(body("c"), offset=4),
+    )
+    assert calls == [["RX-a", "RX-z", "RX-b", "RX-c"], ["RX-a", "RX-b", "RX-c"], ["RX-a", "RX-b"]]
+    assert sleeps == [0.5, 1.0]
+    assert [(p["value"], *dlq(p)) for p in broker.published] == [
+        (body("a"), "processing_failed", "RX-a broken 3", "3"),
+        (body("c"), "not_yours", "no", "2"),
+    ]
+    assert [c for c in observer.calls if c[0] in ("failed", "handled")] == [
+        ("failed", TOPIC.name, "RuntimeError", "RX-a broken 1"),
+        ("failed", TOPIC.name, "RuntimeError", "RX-b broken 1"),
+        ("failed", TOPIC.name, "RuntimeError", "RX-c broken 1"),
+        ("failed", TOPIC.name, "RuntimeError", "RX-a broken 2"),
+        ("failed", TOPIC.name, "RuntimeError", "RX-b broken 2"),
+        ("handled", TOPIC.name),
+        ("handled", TOPIC.name),
+    ]
+    assert log.lines[:2] == [
+        ("warning", "messages failed, retrying them", {"failed": 3, "error": "RX-a broken 1", "attempt": 1}),
+        ("warning", "messages failed, retrying them", {"failed": 2, "error": "RX-a broken 2", "attempt": 2}),
+    ]
+
+
+async def test_retries_stop_as_soon_as_nothing_fails(monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        outcome = Outcome.FAILED if len(calls) == 1 else Outcome.APPLIED
+        return [Handled(r, outcome, error="flaky") for r in records]
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=5))
+    await consume(record(body("a"), offset=1), record(body("b"), offset=2))
+    assert calls == [["RX-a", "RX-b"]] * 2 and sleeps == [0.5] and broker.published == []
+    assert observer.calls.count(("handled", TOPIC.name)) == 2
+
+
+async def test_a_refused_outcome_without_a_refusal_is_not_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    handle_batch, _ = answering(Outcome.REFUSED)
+    broker, observer, consume = subscribed(monkeypatch, handle_batch)
+    await consume(record(body("a"), offset=1))
+    assert broker.published == [] and ("handled", TOPIC.name) in observer.calls
+
+
+async def test_an_answer_that_skips_a_record_fails_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        return [Handled(records[0], Outcome.APPLIED)]
+
+    _, _, consume = subscribed(monkeypatch, handle_batch)
+    with pytest.raises(ValueError, match="zip"):
+        await consume(record(body("a"), offset=1), record(body("b"), offset=2))
+
+
+async def test_a_retry_answer_that_skips_a_record_fails_the_batch(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        if len(calls) == 1:
+            return [Handled(r, Outcome.FAILED, error="flaky") for r in records]
+        return [Handled(records[0], Outcome.APPLIED)]
+
+    broker, _, consume = subscribed(monkeypatch, handle_batch)
+    with pytest.raises(ValueError, match="zip"):
+        await consume(record(body("a"), offset=1), record(body("b"), offset=2))
+    assert calls == [["RX-a", "RX-b"]] * 2 and broker.published == []
+
+
+async def test_an_exception_from_the_whole_batch_fails_every_record_so_each_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        if len(calls) == 1:
+            raise KeyError("a bug in the batch")
+        return [Handled(r, Outcome.APPLIED) for r in records]
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch)
+    await consume(record(body("a"), offset=1), record(body("b"), offset=2))
+    assert calls == [["RX-a", "RX-b"], ["RX-a", "RX-b"]]
+    assert broker.published == [] and sleeps == [0.5]
+    assert log.lines[0] == ("exception", "unit of work failed", {"records": 2})
+    assert [c for c in observer.calls if c[0] == "failed"] == [
+        ("failed", TOPIC.name, "RuntimeError", "KeyError('a bug in the batch')")
+    ] * 2
+    assert observer.calls.count(("handled", TOPIC.name)) == 2
+
+
+async def test_a_batch_that_keeps_raising_dead_letters_every_record_with_the_error(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        raise KeyError("always")
+
+    broker, _, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=2))
+    await consume(record(body("a"), offset=1), record(body("b"), offset=2))
+    assert [(p["value"], *dlq(p)) for p in broker.published] == [
+        (body("a"), "processing_failed", "KeyError('always')", "2"),
+        (body("b"), "processing_failed", "KeyError('always')", "2"),
+    ]
+
+
+# --- an unreachable database ------------------------------------------------------------------------
+
+
+async def test_an_unreachable_database_retries_the_whole_batch_until_it_answers_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        if len(calls) <= 8:
+            raise ConnectionFailure("database gone")
+        return [Handled(r, Outcome.APPLIED) for r in records]
+
+    broker, observer, consume = subscribed(
+        monkeypatch, handle_batch, settings(handler_max_attempts=2, handler_retry_backoff_s=0.25)
+    )
+    await consume(record(body("a"), offset=1), record(body("b"), offset=2))
+    assert calls == [["RX-a", "RX-b"]] * 9, "the whole batch each time, beyond handler_max_attempts"
+    # backoff x 2^attempt, the exponent capped at 6, the delay at 10 s
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+    assert log.lines == [
+        ("warning", "database unreachable; retrying until it answers", {"error": "database gone"}),
+        ("info", "database reachable again", {"attempts": 9}),
+    ]
+    assert broker.published == [] and observer.calls.count(("handled", TOPIC.name)) == 2
+    assert not [c for c in observer.calls if c[0] == "failed"], "our outage is not the messages' fault"
+
+
+async def test_the_exponent_of_the_batch_backoff_stops_at_six(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    calls: list[int] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(len(records))
+        if len(calls) <= 8:
+            raise ConnectionFailure("database gone")
+        return [Handled(r, Outcome.APPLIED) for r in records]
+
+    _, _, consume = subscribed(monkeypatch, handle_batch, settings(handler_retry_backoff_s=0.01))
+    await consume(record(body("a"), offset=1))
+    assert sleeps == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 0.64, 0.64])
+
+
+async def test_a_failed_record_retried_alone_also_waits_out_an_outage(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        if len(calls) == 1:
+            return [Handled(r, Outcome.FAILED, error="flaky") for r in records]
+        if len(calls) == 2:
+            raise ConnectionFailure("gone")
+        return [Handled(r, Outcome.APPLIED) for r in records]
+
+    broker, _, consume = subscribed(monkeypatch, handle_batch)
+    await consume(record(body("a"), offset=1))
+    assert calls == [["RX-a"]] * 3 and broker.published == []
+    assert sleeps == [0.5, 1.0]
+    assert [line[1] for line in log.lines] == [
+        "messages failed, retrying them",
+        "database unreachable; retrying until it answers",
+        "database reachable again",
+    ]
+
+
+async def test_a_batch_answered_at_once_logs_nothing(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    handle_batch, _ = answering(Outcome.APPLIED)
+    _, _, consume = subscribed(monkeypatch, handle_batch)
+    await consume(record(body("a"), offset=1))
+    assert log.lines == [] and sleeps == []
+
+
+# --- floors and lingering -----------------------------------------------------------------------------
+
+
+def test_the_floor_is_the_offset_before_each_partitions_first_record() -> None:
+    floors = kafka._floors(
+        [
+            record(b"", offset=12, partition=0),
+            record(b"", offset=10, partition=0),
+            record(b"", offset=11, partition=0),
+            record(b"", offset=5, partition=1),
+            record(b"", offset=0, partition=1, topic=OTHER.name),
+        ]
+    )
+    assert floors == {(TOPIC.name, 0): 9, (TOPIC.name, 1): 4, (OTHER.name, 1): -1}
+    assert kafka._floors([]) == {}
+
+
+async def test_a_background_batch_consumer_lingers_after_a_batch_that_was_not_full(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    handle_batch, _ = answering(Outcome.APPLIED)
+    s = settings(background_wait_ms=750, kafka_max_batch_records=2)
+    broker, _, consume = subscribed(monkeypatch, handle_batch, s, background=True)
+    assert broker.subscribed is not None
+    assert (broker.subscribed[1]["batch_timeout_ms"], broker.subscribed[1]["fetch_max_wait_ms"]) == (750, 750)
+    await consume(record(body("a"), offset=1))
+    assert sleeps == [0.75]
+    await consume(record(body("a"), offset=2), record(body("b"), offset=3))
+    assert sleeps == [0.75], "a full batch: the next one at once"
+    await consume(record(b"garbage", offset=4))
+    assert sleeps == [0.75, 0.75], "nothing admitted: still a short batch"
+
+    _, _, foreground = subscribed(monkeypatch, handle_batch, s)
+    await foreground(record(body("a"), offset=5))
+    assert sleeps == [0.75, 0.75], "only background consumers linger"
