@@ -9,10 +9,9 @@ Everything here goes through the store's public methods, so it holds for any imp
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date
 from typing import Any
 
@@ -24,8 +23,8 @@ from pymongo.errors import ConnectionFailure
 
 from pharmacy_contracts import topics
 from pharmacy_contracts.inventory import RestockRequested
-from services.ops.devstack import free_port, standalone_database
-from services.runtime.documents import Change, ConcurrencyConflict, DocumentStore, connect, ping
+from services.ops.devstack import free_port
+from services.runtime.documents import Change, ConcurrencyConflict, DocumentStore
 from services.runtime.errors import Refused
 from services.runtime.tracking import Position, current_position
 
@@ -71,34 +70,6 @@ def emitting(*events: RestockRequested) -> Any:
         return Change(increment(current).state, list(events))
 
     return decide
-
-
-#: A database already running to use instead of starting one (`make mutation` starts one for all its
-#: runs); every test writes to a database of its own, so runs never see each other's documents.
-SHARED_DATABASE = "PHARMACY_TEST_MONGO_URL"
-
-
-@pytest.fixture(scope="module")
-def mongo_url() -> Iterator[str]:
-    """Only the database: the store needs no broker, and the database alone starts in a moment."""
-    if os.environ.get(SHARED_DATABASE):
-        yield os.environ[SHARED_DATABASE]
-        return
-    with standalone_database() as url:
-        yield url
-
-
-@pytest.fixture
-async def database(mongo_url: str) -> AsyncIterator[AsyncIOMotorDatabase]:
-    """A database of this test's own, dropped afterwards (a shared server stays small)."""
-    client = connect(mongo_url)
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    try:
-        await ping(client)
-        yield client[name]
-        await client.drop_database(name)
-    finally:
-        client.close()
 
 
 def new_store(database: AsyncIOMotorDatabase, name: str | None = None) -> DocumentStore[Counted]:

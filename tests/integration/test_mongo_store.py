@@ -8,10 +8,8 @@ The promises both stores share: test_store_contract.py; the in-memory store: tes
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,41 +17,16 @@ import structlog.testing
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pydantic import BaseModel
 
-from services.ops.devstack import standalone_database
 from services.runtime import mongo_store
-from services.runtime.documents import connect, ping
+from services.runtime.documents import connect
 from services.runtime.mongo_store import MongoStore
 from services.runtime.store import Save, Saved, Stored, Tracking
-
-#: A database already running to use instead of starting one (`make mutation` starts one for all its runs).
-SHARED_DATABASE = "PHARMACY_TEST_MONGO_URL"
 
 
 @pytest.fixture(autouse=True)
 def _logs_kept_not_rendered() -> Iterator[None]:
     with structlog.testing.capture_logs():
         yield
-
-
-@pytest.fixture(scope="module")
-def mongo_url() -> Iterator[str]:
-    if os.environ.get(SHARED_DATABASE):
-        yield os.environ[SHARED_DATABASE]
-        return
-    with standalone_database() as url:
-        yield url
-
-
-@pytest.fixture
-async def database(mongo_url: str) -> AsyncIterator[AsyncIOMotorDatabase]:
-    client = connect(mongo_url)
-    name = f"mstore_{uuid.uuid4().hex[:12]}"
-    try:
-        await ping(client)
-        yield client[name]
-        await client.drop_database(name)
-    finally:
-        client.close()
 
 
 class Counted(BaseModel):
