@@ -29,7 +29,7 @@ from services.runtime.settings import RuntimeSettings
 from services.runtime.tracking import Position, current_position
 from services.runtime.unit_of_work import Handled, Outcome, Record
 from tests.unit import test_dead_letters
-from tests.unit.test_dead_letters import OTHER, TOPIC, Batch, Broker, Log, record, restock, settings
+from tests.unit.test_dead_letters import OTHER, TOPIC, Broker, Log, record, restock, settings
 
 # The stand-in logger, the backoff recorder and the fresh log context of the per-message tests.
 log = test_dead_letters.log
@@ -80,24 +80,10 @@ def subscribed(
     settings_: RuntimeSettings | None = None,
     **options: Any,
 ) -> tuple[Broker, Observer, Callable[..., Awaitable[None]]]:
-    monkeypatch.setattr(kafka, "ContractSpecification", lambda declared, topics_, group: (declared, topics_, group))
-    broker, observability = Broker(), Observability()
-    kafka.subscribe(
-        broker,  # type: ignore[arg-type]
-        settings_ or settings(),
-        topics=options.pop("topics", [TOPIC]),
-        group="inventory",
-        handle_batch=handle_batch,
-        title="Inventory commands",
-        observability=observability,  # type: ignore[arg-type]
-        **options,
+    observability = Observability()
+    broker, _, consume = test_dead_letters.subscribed(
+        monkeypatch, None, settings_, observability=observability, handle_batch=handle_batch, **options
     )
-    assert broker.consume is not None
-
-    async def consume(*records: ConsumerRecord[bytes, bytes]) -> None:
-        assert broker.consume is not None
-        await broker.consume(Batch(*records))
-
     return broker, observability.observer, consume
 
 

@@ -459,12 +459,17 @@ async def test_the_raw_body_is_handed_over_undecoded() -> None:
 
 def subscribed(
     monkeypatch: pytest.MonkeyPatch,
-    handle: Callable[[Any], Awaitable[None]],
+    handle: Callable[[Any], Awaitable[None]] | None,
     settings_: RuntimeSettings | None = None,
+    *,
+    observability: Any = None,
     **options: Any,
-) -> tuple[Broker, Observability, Callable[..., Awaitable[None]]]:
+) -> tuple[Broker, Any, Callable[..., Awaitable[None]]]:
+    """The subscriber on the stand-in broker (with `handle`, or with `handle_batch=` in `options`),
+    its observability, and a function that hands it a batch of records."""
     monkeypatch.setattr(kafka, "ContractSpecification", lambda declared, topics_, group: (declared, topics_, group))
-    broker, observability = Broker(), Observability()
+    broker = Broker()
+    observability = observability if observability is not None else Observability()
     kafka.subscribe(
         broker,  # type: ignore[arg-type]
         settings_ or settings(),
@@ -472,7 +477,7 @@ def subscribed(
         group="inventory",
         handle=handle,
         title="Inventory commands",
-        observability=observability,  # type: ignore[arg-type]
+        observability=observability,
         **options,
     )
     assert broker.consume is not None
