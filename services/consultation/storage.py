@@ -4,27 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from pharmacy_contracts import topics
 from services.runtime.mongo_store import MongoStore
+from services.runtime.store import DocumentMemory
 
 from .domain import IntakeRecord, MessageClaim, PrescriptionStatus
 
 
 class ConsultationStorage:
     def __init__(self, database: Any) -> None:
+        # Each document is created by its prescription's first message, and this process handles
+        # its next ones a moment later: the memory spares a load of each (see DocumentMemory).
         #: One document per prescription received, with the events it caused (its outbox).
-        # Upstream systems may send a prescription again at any time: its message id is kept for good.
+        # Upstream systems may send a message again at any time; no id list is needed to know it:
+        # its claim in `messages` is kept for good, and the record knows the message it came in
+        # and its cancellation, so a message sent again changes nothing.
         self.intake: MongoStore[IntakeRecord] = MongoStore(
             database,
             "consultation_prescriptions",
             IntakeRecord,
-            remembers_commands=[topics.CONSULTATION_PRESCRIPTIONS.name],
             keeps_trace=True,
+            memory=DocumentMemory(presumes_new=True),
         )
         #: One claim per sender's message id: the content first seen under it.
-        self.messages: MongoStore[MessageClaim] = MongoStore(database, "consultation_messages", MessageClaim)
+        self.messages: MongoStore[MessageClaim] = MongoStore(
+            database, "consultation_messages", MessageClaim, memory=DocumentMemory(presumes_new=True)
+        )
         #: What the patient and the hospital see of each prescription, folded from every lifecycle event.
-        self.status: MongoStore[PrescriptionStatus] = MongoStore(database, "consultation_status", PrescriptionStatus)
+        self.status: MongoStore[PrescriptionStatus] = MongoStore(
+            database, "consultation_status", PrescriptionStatus, memory=DocumentMemory(presumes_new=True)
+        )
 
     @property
     def with_outbox(self) -> list[MongoStore[Any]]:

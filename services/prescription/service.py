@@ -141,8 +141,11 @@ class PrescriptionService:
         now = self._clock()
         outcomes: dict[int, Handled[Any]] = {}
         accepted = [i for i, r in enumerate(records) if isinstance(r.message, PrescriptionAccepted)]
-        # Decided before (a duplicate, or cancelled before its checks): not checked again.
-        before = await self._storage.verdicts_of(_rx(records[i].message) for i in accepted)
+        # Decided before (a duplicate, or cancelled before its checks): not checked again. From
+        # memory: a verdict this process does not know of is taken to be none, and if one exists
+        # after all, its version-guarded insert below loses, and it is decided on the real one
+        # (the checks record a supply idempotently, and a cancelled one's supply is withdrawn).
+        before = await self._storage.verdicts_of((_rx(records[i].message) for i in accepted), from_memory=True)
         # A cancellation earlier in the batch decides it too: it is dropped, so its checks never run.
         to_check: list[int] = []
         cancelled_earlier: set[str] = set()

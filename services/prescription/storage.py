@@ -2,16 +2,20 @@
 medication histories, and the reference data the checks read (formulary, prescriber registry,
 interaction table). Only this module (and the runtime) knows MongoDB.
 
-Every query a use case makes is one round trip over a whole batch: `verdicts_of(ids)` and
-`reference_for(prescriptions)` are asked once per batch, never once per message. The reference data
-is read per batch rather than cached: it is written by people (`pharmacy formulary load`, …) straight
-into these collections, with no event another instance could refresh a cache on, so a per-batch read
-is the simple way for two instances to agree on it.
+Every query a use case makes is one round trip over a whole batch at most: `verdicts_of(ids)` once
+per batch, never once per message. The reference data is kept in memory whole and read again when
+its change stamp moves: every write of it (`pharmacy formulary load`, …) goes through `save_*`
+here, which moves the stamp, so another process's change is seen at the next look at the stamp.
+The stamp is looked at when a batch names a drug or prescriber the memory does not hold (a new
+one is seen at once), and otherwise at most every `reference_check_s`, so a change to an existing
+entry (a drug withdrawn) is seen within that time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,7 +24,7 @@ from pydantic import BaseModel
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import Prescription
 from services.runtime.mongo_store import MongoStore
-from services.runtime.store import S, Save, Store
+from services.runtime.store import DocumentMemory, Save, Store
 
 from .domain import (
     FormularyEntry,
@@ -35,29 +39,47 @@ from .domain import (
 
 #: Times a put of reference data is tried again when someone wrote the document first.
 PUT_ATTEMPTS = 5
+#: The one document of `prescription_reference_stamp`.
+STAMP_ID = "reference"
+
+
+class ReferenceStamp(BaseModel):
+    """Moves on every write of reference data, so a process holding it in memory reads it again."""
+
+    stamp: str
 
 
 class PrescriptionStorage:
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: Any, *, reference_check_s: float = 1.0) -> None:
         #: One document per prescription: the verdict, with the events it caused (its outbox).
         # Pharmacists' decisions may be sent again at any time: their message ids are kept for good.
+        # Created by the prescription's check, then changed by this process a moment later (its
+        # memory spares the loads; see DocumentMemory).
         self.verdicts: MongoStore[Verdict] = MongoStore(
             database,
             "prescription_verdicts",
             Verdict,
             remembers_commands=[topics.PRESCRIPTION_REVIEWS.name],
             keeps_trace=True,
+            memory=DocumentMemory(presumes_new=True),
         )
         #: One document per patient: the medicine approved for them, which later checks read.
         self.histories: MongoStore[MedicationHistory] = MongoStore(
-            database, "prescription_patient_history", MedicationHistory
+            database, "prescription_patient_history", MedicationHistory, memory=DocumentMemory()
         )
         self.formulary: MongoStore[FormularyEntry] = MongoStore(database, "prescription_formulary", FormularyEntry)
         self.prescribers: MongoStore[PrescriberRecord] = MongoStore(
             database, "prescription_prescribers", PrescriberRecord
         )
         self.interactions: MongoStore[Interaction] = MongoStore(database, "prescription_interactions", Interaction)
+        self.reference_stamp: MongoStore[ReferenceStamp] = MongoStore(
+            database, "prescription_reference_stamp", ReferenceStamp
+        )
         self._verdict_documents = database["prescription_verdicts"]
+        self._reference_check_s = reference_check_s
+        self._reference: Reference | None = None
+        self._reference_stamp: str | None = None
+        self._reference_checked_at = float("-inf")
 
     @property
     def with_outbox(self) -> list[MongoStore[Any]]:
@@ -72,39 +94,76 @@ class PrescriptionStorage:
 
     async def reference_for(self, prescriptions: Iterable[Prescription]) -> Reference:
         """What the checks of these prescriptions read: their drugs' formulary entries, their
-        prescribers and the interaction table, one query each, asked together."""
+        prescribers and the interaction table, from memory (see the module's docstring)."""
         prescriptions = list(prescriptions)
         codes = {item.drug_code for p in prescriptions for item in p.items}
         licences = {p.prescriber.licence_number for p in prescriptions}
-        formulary, prescribers, interactions = await asyncio.gather(
-            self.formulary_entries(codes), self._states(self.prescribers, licences), self.interaction_table()
+        reference = await self._current_reference(codes, licences)
+        return Reference(
+            formulary={c: reference.formulary[c] for c in codes if c in reference.formulary},
+            prescribers={n: reference.prescribers[n] for n in licences if n in reference.prescribers},
+            interactions=reference.interactions,
         )
-        return Reference(formulary=formulary, prescribers=prescribers, interactions=interactions)
 
     async def formulary_entries(self, drug_codes: Iterable[str]) -> dict[str, FormularyEntry]:
-        return await self._states(self.formulary, drug_codes)
+        codes = set(drug_codes)
+        formulary = (await self._current_reference(codes, set())).formulary
+        return {c: formulary[c] for c in codes if c in formulary}
 
-    async def interaction_table(self) -> InteractionTable:
-        # A few dozen documents, read whole.
-        return InteractionTable(s.state for s in await self.interactions.all() if s.state is not None)
+    async def _current_reference(self, codes: set[str], licences: set[str]) -> Reference:
+        held = self._reference
+        unknown = held is None or not (codes <= held.formulary.keys() and licences <= held.prescribers.keys())
+        if not unknown and time.monotonic() - self._reference_checked_at < self._reference_check_s:
+            return held  # type: ignore[return-value]
+        stamp = (await self.reference_stamp.load([STAMP_ID]))[STAMP_ID].state
+        self._reference_checked_at = time.monotonic()
+        current = stamp.stamp if stamp is not None else None
+        if held is None or current != self._reference_stamp:
+            held = await self._read_reference()
+            self._reference, self._reference_stamp = held, current
+        return held
+
+    async def _read_reference(self) -> Reference:
+        """All of it, one query a collection, asked together: a few thousand small documents at most."""
+        formulary, prescribers, interactions = await asyncio.gather(
+            self.formulary.all(), self.prescribers.all(), self.interactions.all()
+        )
+        return Reference(
+            formulary={s.id: s.state for s in formulary if s.state is not None},
+            prescribers={s.id: s.state for s in prescribers if s.state is not None},
+            interactions=InteractionTable(s.state for s in interactions if s.state is not None),
+        )
 
     async def save_formulary_entry(self, entry: FormularyEntry) -> None:
         await _put(self.formulary, entry.drug_code, entry)
+        await self._move_reference_stamp()
 
     async def save_prescriber(self, record: PrescriberRecord) -> None:
         await _put(self.prescribers, record.licence_number, record)
+        await self._move_reference_stamp()
 
     async def save_interaction(self, interaction: Interaction) -> None:
         await _put(self.interactions, interaction.pair_id, interaction)
+        await self._move_reference_stamp()
+
+    async def _move_reference_stamp(self) -> None:
+        """After the write it announces, so whoever sees the new stamp reads the new data."""
+        await _put(self.reference_stamp, STAMP_ID, ReferenceStamp(stamp=uuid.uuid4().hex))
+        self._reference_checked_at = float("-inf")  # this process looks at once
 
     # --- verdicts and histories -------------------------------------------------------------------
 
-    async def verdicts_of(self, prescription_ids: Iterable[str]) -> dict[str, Verdict | None]:
-        """Each prescription's verdict, None where there is none yet: one round trip."""
+    async def verdicts_of(
+        self, prescription_ids: Iterable[str], *, from_memory: bool = False
+    ) -> dict[str, Verdict | None]:
+        """Each prescription's verdict, None where there is none yet: one round trip. `from_memory`:
+        as this process last wrote or read them, and None for those it does not know (see
+        DocumentMemory: for a guess that a version-guarded write will check)."""
         ids = list(dict.fromkeys(prescription_ids))
         if not ids:
             return {}
-        return {doc_id: stored.state for doc_id, stored in (await self.verdicts.load(ids)).items()}
+        loaded = await self.verdicts.load(ids, from_memory=from_memory)
+        return {doc_id: stored.state for doc_id, stored in loaded.items()}
 
     async def verdict_of(self, prescription_id: str) -> Verdict | None:
         return (await self.verdicts_of([prescription_id]))[prescription_id]
@@ -121,13 +180,6 @@ class PrescriptionStorage:
 
     async def history_of(self, patient_id: str) -> MedicationHistory | None:
         return (await self.histories.load([patient_id]))[patient_id].state
-
-    @staticmethod
-    async def _states(store: Store[S], ids: Iterable[str]) -> dict[str, S]:
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return {}
-        return {doc_id: s.state for doc_id, s in (await store.load(wanted)).items() if s.state is not None}
 
 
 def _oldest_hold_first(held: list[Verdict]) -> list[Verdict]:

@@ -27,7 +27,7 @@ from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from .mongo import DUPLICATE_KEY, RemembersCommands, WriteNotDurable, document_indexes, record_applied, remembered
-from .store import S, Save, Saved, Stored, Tracking
+from .store import DocumentMemory, S, Save, Saved, Stored, Tracking
 
 #: Times a save of published-entry removals is tried again when someone wrote the document first.
 CLEAR_ATTEMPTS = 5
@@ -42,6 +42,7 @@ class MongoStore(Generic[S]):
         *,
         remembers_commands: RemembersCommands = False,
         keeps_trace: bool = False,
+        memory: DocumentMemory[S] | None = None,
     ) -> None:
         """`remembers_commands`: the documents take commands people or their systems may send again
         at any time (an upstream prescription, a pharmacist's decision); the ids of the messages
@@ -50,8 +51,12 @@ class MongoStore(Generic[S]):
         holds one, so events, which only a crash repeats, go without.
 
         `keeps_trace`: each document is one flow's (a prescription's) and remembers the trace that
-        last changed it (see `UnitOfWork.run`)."""
+        last changed it (see `UnitOfWork.run`).
+
+        `memory`: the documents this process last wrote or read, which a unit of work decides on
+        without loading them again (see `DocumentMemory`)."""
         self.name = name
+        self.memory = memory
         self.keeps_trace = keeps_trace
         self._remembers = remembers_commands
         self.model = model
@@ -61,10 +66,16 @@ class MongoStore(Generic[S]):
     async def ensure_indexes(self, *unique_state_fields: Sequence[str], plain: Sequence[str] = ()) -> None:
         await self._collection.create_indexes(document_indexes(unique_state_fields, plain))
 
-    async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
+    async def load(self, ids: Collection[str], *, from_memory: bool = False) -> dict[str, Stored[S]]:
         wanted = list(dict.fromkeys(ids))
-        found = {d["_id"]: self._stored_or_broken(d) async for d in self._collection.find({"_id": {"$in": wanted}})}
-        return {doc_id: found.get(doc_id) or Stored(doc_id) for doc_id in wanted}
+        served, missing = self.memory.recall(wanted) if from_memory and self.memory else ({}, wanted)
+        found: dict[str, Stored[S]] = {}
+        if missing:
+            cursor = self._collection.find({"_id": {"$in": missing}})
+            found = {d["_id"]: self._stored_or_broken(d) async for d in cursor}
+            if self.memory is not None:
+                self.memory.loaded(found.values())
+        return {doc_id: served.get(doc_id) or found.get(doc_id) or Stored(doc_id) for doc_id in wanted}
 
     async def save(self, saves: Sequence[Save[S]]) -> Saved:
         if not saves:
@@ -92,6 +103,8 @@ class MongoStore(Generic[S]):
                 else:
                     _merge(outcome, alone)
         _merge(saved, outcome)
+        if self.memory is not None:
+            self.memory.saved(saves, saved)
         applied = [message_id for save in saves if save.id in saved.written for message_id in save.applied]
         if applied and self._applied is not None:
             await record_applied(self._applied, applied)
@@ -124,22 +137,43 @@ class MongoStore(Generic[S]):
         for _ in range(CLEAR_ATTEMPTS):
             if not waiting:
                 return
-            found = self._collection.find({"_id": {"$in": list(waiting)}}, {"outbox": 1, "version": 1})
-            updates = {}
-            async for doc in found:
+            cleared = {}  # by id: the outbox left, and the version it is cleared from
+            async for doc in self._outboxes(waiting):
                 left = _without(doc["outbox"], waiting[doc["_id"]])
                 if len(left) != len(doc["outbox"]):
-                    updates[doc["_id"]] = UpdateOne(
-                        {"_id": doc["_id"], "version": doc["version"]},
-                        {"$set": {"outbox": list(left), "outbox_pending": len(left)}, "$inc": {"version": 1}},
-                    )
-            if not updates:
+                    cleared[doc["_id"]] = (left, doc["version"])
+            if not cleared:
                 return
-            result = await self._collection.bulk_write(list(updates.values()), ordered=False)
+            updates = [
+                UpdateOne(
+                    {"_id": doc_id, "version": version},
+                    {"$set": {"outbox": list(left), "outbox_pending": len(left)}, "$inc": {"version": 1}},
+                )
+                for doc_id, (left, version) in cleared.items()
+            ]
+            result = await self._collection.bulk_write(updates, ordered=False)
+            if self.memory is not None:
+                if result.modified_count == len(updates):
+                    for doc_id, (left, version) in cleared.items():
+                        self.memory.cleared(doc_id, left, version + 1)
+                else:
+                    self.memory.forget(cleared)  # which ones lost is not said: the next load tells
             if result.modified_count == len(updates):
                 return
-            waiting = {doc_id: waiting[doc_id] for doc_id in updates}  # some lost a race: look again
+            waiting = {doc_id: waiting[doc_id] for doc_id in cleared}  # some lost a race: look again
         raise RuntimeError(f"{self.name}: could not clear published entries of {sorted(waiting)[:5]}")
+
+    async def _outboxes(self, ids: Collection[str]) -> Any:
+        """Each document's outbox and version: from memory where it is held (a stale copy only
+        makes its clear miss, and the next attempt asks the database), the rest in one query."""
+        held = {doc_id: self.memory.held(doc_id) for doc_id in ids} if self.memory else {}
+        for doc_id, stored in held.items():
+            if stored is not None:
+                yield {"_id": doc_id, "outbox": stored.outbox, "version": stored.version}
+        unknown = [doc_id for doc_id in ids if held.get(doc_id) is None]
+        if unknown:
+            async for doc in self._collection.find({"_id": {"$in": unknown}}, {"outbox": 1, "version": 1}):
+                yield doc
 
     # --- documents ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ The promises:
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -74,6 +75,9 @@ class Stored(Generic[S]):
     traceparent: str | None = None
     #: Why its stored state could not be read (it no longer validates): its records fail alone.
     broken: str | None = None
+    #: False for a copy from this process's memory (see `DocumentMemory`): the database may hold a
+    #: newer version, which only a version-guarded save, or a load, would reveal.
+    confirmed: bool = True
 
     @property
     def exists(self) -> bool:
@@ -117,8 +121,9 @@ class Store(Protocol[S]):
     #: Each document is one flow's and remembers the trace that last changed it.
     keeps_trace: bool
 
-    async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
-        """Every id asked for, absent ones as `Stored(id)`: one round trip."""
+    async def load(self, ids: Collection[str], *, from_memory: bool = False) -> dict[str, Stored[S]]:
+        """Every id asked for, absent ones as `Stored(id)`: one round trip. `from_memory`: what the
+        store's `DocumentMemory` holds comes from there, unconfirmed (only the rest is asked for)."""
         ...
 
     async def save(self, saves: Sequence[Save[S]]) -> Saved:
@@ -142,14 +147,95 @@ class Store(Protocol[S]):
         ...
 
 
+class DocumentMemory(Generic[S]):
+    """The documents this process last wrote or read, so that a batch about a document it handled a
+    moment ago decides without loading it again.
+
+    A copy may be stale (another process wrote since), so it is served `confirmed=False` and the
+    unit of work leans on what the database will say anyway: a save is guarded by the version the
+    copy carries, so a stale copy makes the save lose its race, and the document is loaded and
+    decided again. A decision that saves nothing (a refusal, "nothing to do") is confirmed by a
+    load before it stands.
+
+    `presumes_new`: an id it does not hold is taken to be a document not written yet (stores whose
+    documents are created by their first message: a prescription's intake, its verdict, a message
+    claim). The insert then proves it, or fails as a lost race when the document did exist.
+    """
+
+    def __init__(self, capacity: int = 10_000, *, presumes_new: bool = False) -> None:
+        self.capacity = capacity
+        self.presumes_new = presumes_new
+        #: None: the document exists but this copy was dropped (stale): it is loaded, not presumed new.
+        self._documents: OrderedDict[str, Stored[S] | None] = OrderedDict()
+
+    def recall(self, ids: Iterable[str]) -> tuple[dict[str, Stored[S]], list[str]]:
+        """Copies of the documents held (and presumed-new ones), and the ids to load."""
+        served: dict[str, Stored[S]] = {}
+        missing: list[str] = []
+        for doc_id in ids:
+            held = self._documents.get(doc_id)
+            if held is not None:
+                self._documents.move_to_end(doc_id)
+                state = None if held.state is None else held.state.model_copy(deep=True)
+                served[doc_id] = replace(held, state=state, confirmed=False)
+            elif self.presumes_new and doc_id not in self._documents:
+                served[doc_id] = Stored(doc_id, confirmed=False)
+            else:
+                missing.append(doc_id)
+        return served, missing
+
+    def loaded(self, documents: Iterable[Stored[S]]) -> None:
+        for stored in documents:
+            if stored.broken is None and stored.exists:
+                self._hold(stored)
+
+    def saved(self, saves: Sequence[Save[S]], outcome: Saved) -> None:
+        written = set(outcome.written)
+        for save in saves:
+            if save.id in written:
+                self._hold(
+                    Stored(save.id, save.state, save.version, tuple(save.outbox), save.tracking, save.traceparent)
+                )
+        self.forget([*outcome.lost, *outcome.failed])
+
+    def held(self, doc_id: str) -> Stored[S] | None:
+        """The document as held (not a copy: for reading its version and outbox only)."""
+        return self._documents.get(doc_id)
+
+    def cleared(self, doc_id: str, outbox: Sequence[OutboxEntry], version: int) -> None:
+        """Published entries left the document's outbox in the database, which moved its version."""
+        held = self._documents.get(doc_id)
+        if held is not None and held.version == version - 1:
+            self._documents[doc_id] = replace(held, outbox=tuple(outbox), version=version)
+        else:
+            self.forget([doc_id])
+
+    def forget(self, ids: Iterable[str]) -> None:
+        """Drop these copies (they are stale, or may be): the next batch loads the documents."""
+        for doc_id in ids:
+            self._hold_at(doc_id, None)
+
+    def _hold(self, stored: Stored[S]) -> None:
+        self._hold_at(stored.id, stored)
+
+    def _hold_at(self, doc_id: str, stored: Stored[S] | None) -> None:
+        self._documents[doc_id] = stored
+        self._documents.move_to_end(doc_id)
+        while len(self._documents) > self.capacity:
+            self._documents.popitem(last=False)
+
+
 class MemoryStore(Generic[S]):
     """A `Store` in a dict, with the same semantics as MongoDB's; states are copied through JSON
     on the way in and out, so a use case that keeps a reference sees what a database would give."""
 
-    def __init__(self, name: str, model: type[S], *, keeps_trace: bool = False) -> None:
+    def __init__(
+        self, name: str, model: type[S], *, keeps_trace: bool = False, memory: DocumentMemory[S] | None = None
+    ) -> None:
         self.name = name
         self.model = model
         self.keeps_trace = keeps_trace
+        self.memory = memory
         self._documents: dict[str, Stored[S]] = {}
         self._applied: set[str] = set()
         self._failing: dict[str, str] = {}
@@ -189,9 +275,14 @@ class MemoryStore(Generic[S]):
 
     # --- the Store protocol ---------------------------------------------------------------------
 
-    async def load(self, ids: Collection[str]) -> dict[str, Stored[S]]:
-        self.round_trips += 1
-        return {doc_id: self._loaded(doc_id) for doc_id in ids}
+    async def load(self, ids: Collection[str], *, from_memory: bool = False) -> dict[str, Stored[S]]:
+        served, missing = self.memory.recall(ids) if from_memory and self.memory else ({}, list(ids))
+        if missing:
+            self.round_trips += 1
+        loaded = {doc_id: self._loaded(doc_id) for doc_id in missing}
+        if self.memory is not None:
+            self.memory.loaded(loaded.values())
+        return {doc_id: served.get(doc_id) or loaded[doc_id] for doc_id in ids}
 
     async def save(self, saves: Sequence[Save[S]]) -> Saved:
         self.round_trips += 1
@@ -218,6 +309,8 @@ class MemoryStore(Generic[S]):
         if applied:
             self.round_trips += 1
             self._applied.update(applied)
+        if self.memory is not None:
+            self.memory.saved(saves, saved)
         return saved
 
     def remembers(self, topic: str | None) -> bool:
@@ -228,6 +321,7 @@ class MemoryStore(Generic[S]):
         return {m for m in message_ids if m in self._applied}
 
     async def all(self) -> list[Stored[S]]:
+        self.round_trips += 1
         return [self._loaded(doc_id) for doc_id in self._documents]
 
     async def pending_outbox(self, limit: int = 200, *, written_before: float | None = None) -> list[Stored[S]]:
@@ -243,6 +337,8 @@ class MemoryStore(Generic[S]):
             left = tuple(e for e in current.outbox if e["message_id"] not in message_ids)
             if len(left) != len(current.outbox):
                 self._documents[doc_id] = replace(current, outbox=left, version=current.version + 1)
+                if self.memory is not None:
+                    self.memory.cleared(doc_id, left, current.version + 1)
 
     def _loaded(self, doc_id: str) -> Stored[S]:
         stored = self._documents.get(doc_id)

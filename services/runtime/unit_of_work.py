@@ -2,14 +2,15 @@
 
 How stream processors turn a batch into one round of state access, for any `Store`:
 
-1. Every document the batch touches is loaded with one `load`, and the batch's message ids are
-   checked against the store's applied ids with one `applied`: a command seen before, however long
-   ago, is a duplicate.
+1. Every document the batch touches is loaded with one `load` (none at all for those the store's
+   `DocumentMemory` holds), and the batch's message ids are checked against the store's applied
+   ids with one `applied`: a command seen before, however long ago, is a duplicate.
 2. Each record is decided in arrival order on the state the previous one left (records of one key
    see each other's result); a record the document already absorbed is a duplicate.
 3. The store is saved once. A document whose save lost a race is loaded and decided again ALONE,
    with only its own records; one that failed is reported failed, with only its own records. Its
-   neighbours' saves stand either way.
+   neighbours' saves stand either way. A document decided on a copy from memory that saves
+   nothing is loaded and decided again too: no version guard vouched for the copy.
 4. The outboxes of the documents written are published together and the broker's confirmations
    awaited; the entries are then dropped from the outboxes off the path, a whole store at a time.
    If publishing fails, the relay publishes them later.
@@ -133,6 +134,16 @@ class _Round(Generic[S, M]):
     #: Events this round's decisions caused (the save's outbox may also hold older ones).
     new_entries: int = 0
 
+    @property
+    def unconfirmed(self) -> bool:
+        """Decided on a copy from memory and saving nothing: a refusal or a "nothing to do" that
+        no version guard will check, so it stands only once decided on the database's version."""
+        return (
+            not self.stored.confirmed
+            and self.save is None
+            and any(h.outcome is not Outcome.DUPLICATE for h in self.handled)
+        )
+
 
 class UnitOfWork:
     """One per service process: the publisher, the confirmations and the clears it owes."""
@@ -177,10 +188,11 @@ class UnitOfWork:
         seen_before = await store.applied(commands) if commands else set()
         outcomes: dict[int, Handled[M]] = {}  # by the record's index
         waiting = by_doc
-        for _ in range(MAX_ROUNDS):
+        for attempt in range(MAX_ROUNDS):
             if not waiting:
                 break
-            loaded = await store.load(waiting)
+            # First from the store's memory; a document decided again is read from the database.
+            loaded = await store.load(waiting, from_memory=attempt == 0)
             rounds = {
                 doc_id: self._decide(
                     loaded[doc_id],
@@ -197,6 +209,7 @@ class UnitOfWork:
             saves = [r.save for r in rounds.values() if r.save is not None]
             saved = await store.save(saves) if saves else None
             lost = set(saved.lost) if saved else set()
+            lost |= {doc_id for doc_id, decided in rounds.items() if decided.unconfirmed}
             failed = saved.failed if saved else {}
             for doc_id, decided in rounds.items():
                 if doc_id in lost:

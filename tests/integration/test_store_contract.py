@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from services.runtime.documents import connect
 from services.runtime.mongo_store import MongoStore
 from services.runtime.settings import RuntimeSettings
-from services.runtime.store import MemoryStore, Save, Store, Stored, Tracking
+from services.runtime.store import DocumentMemory, MemoryStore, Save, Store, Stored, Tracking
 
 
 class Counted(BaseModel):
@@ -38,17 +39,31 @@ def database(request: pytest.FixtureRequest) -> RuntimeSettings | None:
 
 
 @pytest.fixture
-async def store(database: RuntimeSettings | None) -> AsyncIterator[Store[Counted]]:
+async def stores(database: RuntimeSettings | None) -> AsyncIterator[tuple[Store[Counted], Store[Counted]]]:
+    """Two stores over the same documents, as two processes have: the first remembers what it wrote
+    and read (a `DocumentMemory` that presumes unknown ids new), the second does not."""
     name = f"test_store_{uuid.uuid4().hex[:8]}"
     if database is None:
-        yield MemoryStore(name, Counted)
+        remembering = MemoryStore(name, Counted, memory=DocumentMemory(presumes_new=True))
+        other = copy.copy(remembering)  # the same documents, without the memory
+        other.memory = None
+        yield remembering, other
         return
     settings = database
     client = connect(settings.mongo_url.get_secret_value())
     try:
-        yield MongoStore(client[settings.mongo_database], name, Counted, remembers_commands=True)
+        db = client[settings.mongo_database]
+        yield (
+            MongoStore(db, name, Counted, remembers_commands=True, memory=DocumentMemory(presumes_new=True)),
+            MongoStore(db, name, Counted, remembers_commands=True),
+        )
     finally:
         client.close()
+
+
+@pytest.fixture
+def store(stores: tuple[Store[Counted], Store[Counted]]) -> Store[Counted]:
+    return stores[0]
 
 
 async def test_absent_documents_load_as_version_zero(store: Store[Counted]) -> None:
@@ -109,3 +124,65 @@ async def test_published_entries_are_dropped_from_the_outbox(store: Store[Counte
     pending = await store.pending_outbox()
     assert {s.id: [e["message_id"] for e in s.outbox] for s in pending} == {"a": ["e2"]}
     assert (await store.load(["a"]))["a"].state == Counted(count=1)
+
+
+# --- a store's memory of its documents (DocumentMemory) -------------------------------------------
+
+
+async def test_a_document_written_is_served_from_memory_unconfirmed(store: Store[Counted]) -> None:
+    await store.save([insert("a", 1, outbox=("e1",))])
+    remembered = (await store.load(["a"], from_memory=True))["a"]
+    assert (remembered.state, remembered.version, remembered.confirmed) == (Counted(count=1), 1, False)
+    assert [e["message_id"] for e in remembered.outbox] == ["e1"]
+    assert (await store.load(["a"]))["a"].confirmed  # without from_memory: the database's
+
+
+async def test_an_unknown_id_is_presumed_new_and_its_insert_proves_it_or_loses(
+    stores: tuple[Store[Counted], Store[Counted]],
+) -> None:
+    store, other = stores
+    await other.save([insert("made-elsewhere", 7)])
+    presumed = await store.load(["new", "made-elsewhere"], from_memory=True)
+    assert presumed == {
+        "new": Stored("new", confirmed=False),
+        "made-elsewhere": Stored("made-elsewhere", confirmed=False),
+    }
+    saved = await store.save([insert("new", 1), insert("made-elsewhere", 1)])
+    assert saved.written == ["new"] and saved.lost == ["made-elsewhere"]
+    assert (await store.load(["made-elsewhere"]))["made-elsewhere"].state == Counted(count=7)
+
+
+async def test_a_copy_another_writer_made_stale_loses_its_save_and_is_read_again(
+    stores: tuple[Store[Counted], Store[Counted]],
+) -> None:
+    store, other = stores
+    await store.save([insert("a", 1)])
+    await other.save([replace((await other.load(["a"]))["a"], 50)])
+    stale = (await store.load(["a"], from_memory=True))["a"]
+    assert stale.state == Counted(count=1)
+    assert (await store.save([replace(stale, 2)])).lost == ["a"]
+    fresh = (await store.load(["a"], from_memory=True))["a"]
+    assert (fresh.state, fresh.version, fresh.confirmed) == (Counted(count=50), 2, True)
+
+
+async def test_a_document_read_is_remembered_and_a_copy_is_not_the_remembered_one(store: Store[Counted]) -> None:
+    await store.save([insert("a", 1)])
+    copy_one = (await store.load(["a"], from_memory=True))["a"]
+    assert copy_one.state is not None
+    copy_one.state.count = 99  # a decision that changes its state in place must not change the memory
+    assert (await store.load(["a"], from_memory=True))["a"].state == Counted(count=1)
+
+
+async def test_clearing_published_entries_keeps_the_memory_on_the_new_version(
+    stores: tuple[Store[Counted], Store[Counted]],
+) -> None:
+    store, other = stores
+    await store.save([insert("a", 1, outbox=("e1", "e2"))])
+    await store.drop_published({"a": {"e1"}})
+    remembered = (await store.load(["a"], from_memory=True))["a"]
+    assert remembered.version == 2 and [e["message_id"] for e in remembered.outbox] == ["e2"]
+    assert (await store.save([replace(remembered, 2)])).written == ["a"]
+    # A clear decided on a stale copy misses, and is made again on the database's version.
+    await other.save([replace((await other.load(["a"]))["a"], 3)])
+    await store.drop_published({"a": {"e2"}})
+    assert (await other.load(["a"]))["a"].outbox == ()

@@ -24,7 +24,7 @@ from pharmacy_contracts.inventory import RestockRequested
 from services.runtime import unit_of_work
 from services.runtime.documents import outbox_entry
 from services.runtime.errors import Refused
-from services.runtime.store import RECENT_MESSAGES, MemoryStore, OutboxEntry, Tracking
+from services.runtime.store import RECENT_MESSAGES, DocumentMemory, MemoryStore, OutboxEntry, Stored, Tracking
 from services.runtime.tracking import Position
 from services.runtime.unit_of_work import MAX_ROUNDS, Decision, Outcome, Record, UnitOfWork
 
@@ -409,7 +409,7 @@ class AlwaysRaced(MemoryStore[Shelf]):
         self.doc_id = doc_id
         self.loads: list[list[str]] = []
 
-    async def load(self, ids: Any) -> Any:
+    async def load(self, ids: Any, *, from_memory: bool = False) -> Any:
         self.loads.append(sorted(ids))
         self.let_another_writer_win(self.doc_id)
         return await super().load(ids)
@@ -834,3 +834,101 @@ async def run_records(uow: UnitOfWork, store: MemoryStore[Shelf], *records: Reco
 def test_the_memory_store_remembers_every_topic() -> None:
     store: MemoryStore[Shelf] = MemoryStore("shelves", Shelf)
     assert store.remembers("commands.v1") and store.remembers(None)
+
+
+# --- deciding on what the store's memory holds (DocumentMemory) ----------------------------------
+
+
+@pytest.fixture
+def remembering() -> MemoryStore[Shelf]:
+    return MemoryStore("shelves", Shelf, memory=DocumentMemory())
+
+
+async def untracked(uow: UnitOfWork, store: MemoryStore[Shelf], *commands: RestockRequested) -> list[Outcome]:
+    """Without the applied-id lookup, so the round trips counted are the loads and saves alone."""
+    records = [Record(c) for c in commands]
+    return [h.outcome for h in await uow.run(store, records, key=by_warehouse, decide=add_units, tracked=False)]
+
+
+async def test_a_document_written_a_moment_ago_is_decided_without_loading_it(
+    uow: UnitOfWork, remembering: MemoryStore[Shelf]
+) -> None:
+    await untracked(uow, remembering, restock("WH-A", 1))
+    assert remembering.round_trips == 2  # loaded (absent), saved
+    await untracked(uow, remembering, restock("WH-A", 2), restock("WH-A", 3))
+    assert remembering.round_trips == 3  # saved only
+    assert remembering.state_of("WH-A") == Shelf(units=6)
+
+
+async def test_a_copy_another_writer_made_stale_is_decided_again_on_the_database_version(
+    uow: UnitOfWork, remembering: MemoryStore[Shelf], broker: Broker
+) -> None:
+    await untracked(uow, remembering, restock("WH-A", 1))
+    remembering.put("WH-A", Shelf(units=100))  # another process wrote it since
+    assert await untracked(uow, remembering, restock("WH-A", 5)) == [Outcome.APPLIED]
+    assert remembering.state_of("WH-A") == Shelf(units=105)
+    tags = [RestockRequested.model_validate_json(e["body"]).requested_by for e in broker.published]
+    assert tags == ["after 1", "after 105"]  # nothing was published of the decision on the stale copy
+
+
+@pytest.mark.parametrize(("in_memory", "in_database"), [(1, 60), (150, 90)], ids=["nothing to do", "refused"])
+async def test_a_decision_that_saves_nothing_on_a_copy_stands_only_once_decided_on_the_database_version(
+    uow: UnitOfWork, remembering: MemoryStore[Shelf], in_memory: int, in_database: int
+) -> None:
+    def until_full(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
+        """Nothing to do while the shelf holds under 50, refused over 100: decided on the true count."""
+        units = shelf.units if shelf else 0
+        if units < 50:
+            return Decision.unchanged()
+        if units > 100:
+            return Decision.refused("full", "over a hundred")
+        return Decision(Shelf(units=units + command.quantity))
+
+    await untracked(uow, remembering, restock("WH-A", in_memory))
+    remembering.put("WH-A", Shelf(units=in_database))  # another process wrote it since
+    handled = await uow.run(remembering, [Record(restock("WH-A", 5))], key=by_warehouse, decide=until_full)
+    assert [h.outcome for h in handled] == [Outcome.APPLIED]
+    assert remembering.state_of("WH-A") == Shelf(units=in_database + 5)
+
+
+async def test_an_unknown_document_presumed_new_is_inserted_without_a_load_or_found_by_the_insert(
+    uow: UnitOfWork,
+) -> None:
+    store = MemoryStore("shelves", Shelf, memory=DocumentMemory(presumes_new=True))
+    store.put("WH-OLD", Shelf(units=10))  # written before this process started
+    assert await untracked(uow, store, restock("WH-NEW", 1)) == [Outcome.APPLIED]
+    assert store.round_trips == 1  # the insert alone
+    assert await untracked(uow, store, restock("WH-OLD", 1)) == [Outcome.APPLIED]
+    assert store.state_of("WH-OLD") == Shelf(units=11)  # the insert lost, so it was loaded and decided again
+
+
+async def test_a_duplicate_is_recognised_on_the_copy_without_a_load(
+    uow: UnitOfWork, remembering: MemoryStore[Shelf]
+) -> None:
+    first = restock("WH-A", 5)
+    await run(uow, remembering, first)
+    before = remembering.round_trips
+    assert await run(uow, remembering, first) == [Outcome.DUPLICATE]
+    assert remembering.round_trips == before + 1  # the applied-id lookup; no load, no save
+    assert remembering.state_of("WH-A") == Shelf(units=5)
+
+
+async def test_after_its_entries_are_cleared_the_copy_is_on_the_new_version(
+    uow: UnitOfWork, remembering: MemoryStore[Shelf]
+) -> None:
+    await untracked(uow, remembering, restock("WH-A", 1))
+    await uow.clear_published()
+    assert remembering.stored("WH-A").outbox == ()  # type: ignore[union-attr]
+    before = remembering.round_trips
+    await untracked(uow, remembering, restock("WH-A", 1))
+    assert remembering.round_trips == before + 1  # saved on the cleared version: no lost race, no load
+    assert remembering.state_of("WH-A") == Shelf(units=2)
+
+
+def test_the_memory_keeps_the_documents_used_last() -> None:
+    memory: DocumentMemory[Shelf] = DocumentMemory(capacity=2)
+    memory.loaded([Stored(doc, Shelf(units=1), 1) for doc in ("a", "b")])
+    memory.recall(["a"])  # used: "b" is now the oldest
+    memory.loaded([Stored("c", Shelf(units=1), 1)])
+    served, missing = memory.recall(["a", "b", "c"])
+    assert sorted(served) == ["a", "c"] and missing == ["b"]
