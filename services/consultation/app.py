@@ -8,6 +8,7 @@ from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
+from . import domain
 from .service import ConsultationService, decode_upstream
 from .settings import ConsultationSettings
 from .storage import ConsultationStorage
@@ -48,6 +49,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         group="consultation.status",
         background=True,
         handle_batch=service.track,
+        acts_on=domain.LIFECYCLE_EVENTS,
         title="keep each prescription's status from its lifecycle events",
     )
     return runtime.app(on_startup=storage.ensure_indexes)

@@ -142,6 +142,35 @@ def _lines(event: inv.StockReleased | inv.StockReturned | inv.StockQuarantined |
     return ", ".join(f"{line.quantity} × {line.drug_code}" for line in event.lines) or "the goods"
 
 
+#: The events `track` folds into a status (each has a step below); the status consumer passes over the rest.
+LIFECYCLE_EVENTS: tuple[type[Envelope], ...] = (
+    PrescriptionAccepted,
+    CancellationAccepted,
+    rx.PrescriptionHeld,
+    rx.ReviewEscalated,
+    rx.PrescriptionApproved,
+    rx.PrescriptionRejected,
+    rx.PrescriptionCancelled,
+    inv.StockReserved,
+    inv.ReservationFailed,
+    inv.StockReleased,
+    inv.StockReturned,
+    inv.StockQuarantined,
+    inv.StockDelivered,
+    c.DeliveryWaiting,
+    c.CourierAssigned,
+    c.DeliveryOfferExpired,
+    c.DeliveryAccepted,
+    c.DeliveryPickedUp,
+    c.DeliveryCodeRejected,
+    c.DeliveryOverdue,
+    c.DeliveryFailed,
+    c.DeliveryCompleted,
+    c.DeliveryAbandoned,
+    c.DeliveryCancelled,
+)
+
+
 def _step_of(event: Envelope) -> _Step | None:
     match event:
         # --- intake and the checks

@@ -11,7 +11,7 @@ from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
-from .service import PrescriptionService
+from .service import SUPPLY_ENDINGS, PrescriptionService
 from .settings import PrescriptionSettings
 from .storage import PrescriptionStorage
 
@@ -47,6 +47,7 @@ def build(
         group="prescription.supply",
         background=True,
         handle_batch=service.on_supply_event,
+        acts_on=SUPPLY_ENDINGS,
         title="mark approved prescriptions that never reached the patient (no stock, delivery given up or withdrawn)",
     )
     runtime.every_sweep("review-deadlines", service.sweep_reviews)

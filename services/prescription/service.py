@@ -453,6 +453,10 @@ def withdraw_supply(history: MedicationHistory | None, message: Envelope) -> Dec
     return Decision(domain.with_cancelled(history, _rx(message)))
 
 
+#: The inventory and courier events that end a supply before the patient has it (`not_supplied_why`).
+SUPPLY_ENDINGS: tuple[type[Envelope], ...] = (inv.ReservationFailed, c.DeliveryAbandoned, c.DeliveryCancelled)
+
+
 def not_supplied_why(event: Envelope) -> domain.NotSupplied | None:
     match event:
         case inv.ReservationFailed():

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import structlog
@@ -150,8 +150,15 @@ def subscribe(
     decode: Decode | None = None,
     observability: Observability | None = None,
     background: bool = False,
+    acts_on: Collection[type[Envelope]] | None = None,
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
+
+    `acts_on`: the contract types the handler has something to do with. A record whose
+    `message-type` header names another type is passed over before it is parsed (counted as
+    skipped, not delivered); its offset is committed with its batch's. A record without the header
+    is parsed and judged by its type. Only for topics whose producers are ours (the header is
+    theirs to set truthfully): a public topic written by others is read whole.
 
     With `handle_batch`, the records of a batch that pass the checks below are handed over
     together, in arrival order, as one unit of work (see `unit_of_work`): its answer says, per
@@ -190,6 +197,16 @@ def subscribe(
     dead_letters = DeadLetters(broker, group_id, observed)
 
     by_name = {topic.name: topic for topic in topics}
+    acted_types = None if acts_on is None else frozenset(message.model_fields["type"].default for message in acts_on)
+
+    def passed_over(record: ConsumerRecord) -> bool:
+        if acted_types is None:
+            return False
+        message_type = _header_value(record, "message-type")
+        if message_type is None or message_type in acted_types:
+            return False
+        observed.skipped(record, message_type)
+        return True
 
     async def consume_one(record: ConsumerRecord, floor: int) -> None:
         with observed.handling(record):  # its time, its outcome, its span
@@ -200,9 +217,10 @@ def subscribe(
 
     async def consume_record(record: ConsumerRecord, floor: int) -> None:
         parsed = await admit(record, floor)
-        if parsed is not None:
-            assert handle is not None
-            await _handle_with_retries(parsed, record, by_name[record.topic], handle, dead_letters, settings)
+        if parsed is None or (acted_types is not None and parsed.type not in acted_types):
+            return  # dead-lettered, or sent without a type header and none of this group's business
+        assert handle is not None
+        await _handle_with_retries(parsed, record, by_name[record.topic], handle, dead_letters, settings)
 
     async def admit(record: ConsumerRecord, floor: int) -> Envelope | None:
         """The record's contract message, or None once it is dead-lettered (too large, refused at
@@ -252,9 +270,11 @@ def subscribe(
         floors = _floors(message.raw_message)
         admitted: list[tuple[ConsumerRecord, Record[Any]]] = []
         for raw in message.raw_message:
+            if passed_over(raw):
+                continue
             with observed.handling(raw):
                 parsed = await admit(raw, floors[raw.topic, raw.partition])
-                if parsed is not None:
+                if parsed is not None and (acted_types is None or parsed.type in acted_types):
                     # Its log fields and trace go with it into the unit of work.
                     record = Record(parsed, current_position.get(), contextvars.copy_context())
                     admitted.append((raw, record))
@@ -268,10 +288,12 @@ def subscribe(
         chains: dict[tuple[Any, ...], list[ConsumerRecord]] = {}
         floors: dict[tuple[str, int], int] = {}
         for record in message.raw_message:
-            chain = (record.key,) if record.key is not None else (record.topic, record.partition)
-            chains.setdefault(chain, []).append(record)
             partition = (record.topic, record.partition)
             floors[partition] = min(floors.get(partition, record.offset), record.offset - 1)
+            if passed_over(record):
+                continue
+            chain = (record.key,) if record.key is not None else (record.topic, record.partition)
+            chains.setdefault(chain, []).append(record)
         outcomes = await asyncio.gather(
             *(consume_in_order(chain, floors) for chain in chains.values()), return_exceptions=True
         )
@@ -429,6 +451,13 @@ async def _tolerant_parser(
         message = await original_parser(readable)
         message.raw_message = records
         return message
+
+
+def _header_value(record: Any, name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return value.decode("utf-8", "replace")
+    return None
 
 
 def _headers(record: Any) -> dict[str, str]:

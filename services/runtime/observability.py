@@ -178,6 +178,13 @@ class ServiceMetrics:
             ["group", "topic", "type"],
             registry=r,
         )
+        self.records_skipped = Counter(
+            "pharmacy_records_skipped",
+            "Records a consumer group fetched and passed over unparsed: its `message-type` header names a "
+            "type the group does not act on",
+            ["group", "topic", "type"],
+            registry=r,
+        )
         r.register(DATABASE_ROUND_TRIPS)
         self._lag_series: set[tuple[str, str, str]] = set()
 
@@ -272,6 +279,10 @@ class ConsumerObserver:
             current_message_type.reset(type_token)
             _current_group.reset(group_token)
             _current_metrics.reset(metrics_token)
+
+    def skipped(self, record: ConsumerRecord[Any, Any], message_type: str) -> None:
+        """A record passed over by its type header: neither delivered to the handler nor timed."""
+        self.metrics.records_skipped.labels(self.group, record.topic, message_type).inc()
 
     def _count_delivered(self, topic: str, message_type: str) -> None:
         series = self._delivered.get((topic, message_type))

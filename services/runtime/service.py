@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from faststream import FastStream
 
+from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import Topic
 
 from .documents import DocumentStore, connect, outbox_entry, ping
@@ -82,11 +83,14 @@ class ServiceRuntime:
         gate: Gate | None = None,
         decode: Decode | None = None,
         background: bool = False,
+        acts_on: Collection[type[Envelope]] | None = None,
     ) -> None:
         """`handle` takes one message at a time, `handle_batch` a batch's records together (one use
         case over a unit of work). `background`: the consumer keeps a projection that no
         prescription waits for on its way (a status, a ledger, a history), so it fetches less
-        eagerly and lets records gather between batches (`background_wait_ms`)."""
+        eagerly and lets records gather between batches (`background_wait_ms`). `acts_on`: the
+        types the handler has anything to do with; the others are passed over by their type header,
+        unparsed (see `kafka.subscribe`)."""
         subscribe(
             self.broker,
             self.settings,
@@ -99,6 +103,7 @@ class ServiceRuntime:
             decode=decode,
             observability=self.observability,
             background=background,
+            acts_on=acts_on,
         )
 
     def _counted(self, handle: Handler) -> Handler:

@@ -12,13 +12,14 @@ from datetime import date
 from pydantic import BaseModel
 
 from pharmacy_contracts import topics
-from pharmacy_contracts.inventory import LowStock, RestockRequested
+from pharmacy_contracts.inventory import AdjustmentRequested, LowStock, RestockRequested
 from services.cli import bus
 from services.runtime.mongo_store import MongoStore
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
-from services.runtime.unit_of_work import Decision, Handled, Record
+from services.runtime.unit_of_work import Decision, Handled, Outcome, Record
 from tests.support.inprocess import TopicWatch, running
+from tests.support.scenario import wait_until
 
 TOPIC = topics.INVENTORY_COMMANDS
 #: A count no 64-bit integer holds: valid for the model, refused when the database encodes it.
@@ -110,3 +111,50 @@ async def test_one_document_that_cannot_be_written_fails_alone_in_its_batch(sett
     assert sorted(alerts) == sorted(valid)
     assert all(stored[w].state == Shelf(units=10) for w in valid)
     assert not stored[huge].exists and not stored[refused].exists
+
+
+async def test_records_of_types_the_group_does_not_act_on_are_passed_over_unparsed(settings: RuntimeSettings) -> None:
+    settings = settings.model_copy(update={"kafka_group_prefix": f"t{uuid.uuid4().hex[:8]}"})
+    marker = f"S{uuid.uuid4().hex[:6]}"
+    runtime = ServiceRuntime("test", settings)
+    handed: list[str] = []
+
+    async def restock_shelves(records: Sequence[Record[RestockRequested]]) -> Sequence[Handled[RestockRequested]]:
+        handed.extend(type(r.message).__name__ for r in records if r.message.correlation_id == marker)
+        return [Handled(r, Outcome.UNCHANGED) for r in records]
+
+    runtime.consume(TOPIC, group="restocks", handle_batch=restock_shelves, title="test", acts_on=[RestockRequested])
+    warehouse = f"WH-{marker}"
+    adjustment = AdjustmentRequested(
+        correlation_id=marker,
+        producer="test",
+        warehouse_id=warehouse,
+        drug_code="MET500",
+        lot_id="L1",
+        delta=-1,
+        reason="count",
+        requested_by="test",
+    )
+    # Its type header says what it is; a copy sent without one is parsed, then passed over too;
+    # bytes that say nothing readable are still dead-lettered (the filter hides no bad input).
+    # One key, so the restock sent last is handed over after the rest were judged.
+    name, key, value, headers = bus.encode(adjustment)
+    no_header = [(k, v) for k, v in headers if k != "message-type"]
+    await bus.publish_records(
+        settings, (name, key, value, headers), (name, key, value, no_header), (name, key, b"{not json", no_header)
+    )
+    await bus.publish(settings, restock(warehouse, 5, marker))
+    async with TopicWatch(settings.kafka_bootstrap_servers, TOPIC.dead_letter_topic) as watch, running(runtime.app()):
+
+        async def restock_handed() -> bool:
+            return bool(handed)
+
+        await wait_until(restock_handed, "the restock handed over", timeout=30)
+        await watch.wait_for(
+            lambda w: any(r.key == key for r in w.raw(TOPIC.dead_letter_topic)), "the unreadable bytes dead-lettered"
+        )
+        skipped = runtime.observability.metrics.records_skipped.labels(
+            settings.group("restocks"), TOPIC.name, adjustment.type
+        )._value.get()
+    assert handed == ["RestockRequested"]
+    assert skipped == 1, "the one with the header, unparsed"

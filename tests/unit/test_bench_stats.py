@@ -13,6 +13,7 @@ from services.ops.bench.counters import (
     DELIVERED,
     PATH_TO_DISPATCH,
     ROUND_TRIPS,
+    SKIPPED,
     Counters,
     increase,
     parse_counters,
@@ -266,9 +267,22 @@ class TestServiceCounters:
         found = records_per_prescription(increases, prescriptions=100, prefix="pharmacy")
 
         assert found == {
-            "inventory.deliveries": {"delivered": 2.0, "ignored": 1.0},
-            "inventory.reservations": {"delivered": 1.2, "ignored": 0.2},
+            "inventory.deliveries": {"delivered": 2.0, "ignored": 1.0, "skipped": 0.0},
+            "inventory.reservations": {"delivered": 1.2, "ignored": 0.2, "skipped": 0.0},
         }
+
+    def test_records_passed_over_by_their_type_header_are_skipped_not_delivered(self) -> None:
+        skipped = (SKIPPED, frozenset({("group", "pharmacy.prescription.supply"), ("type", "courier.assigned")}))
+        increases = {
+            "prescription-1": {
+                skipped: 300.0,
+                records("pharmacy.prescription.supply", "inventory.reservation_failed"): 10.0,
+            }
+        }
+
+        found = records_per_prescription(increases, prescriptions=100, prefix="pharmacy")
+
+        assert found == {"prescription.supply": {"delivered": 0.1, "ignored": 0.0, "skipped": 3.0}}
 
     def test_a_run_adds_the_services_and_groups_up(self) -> None:
         run = RunResult(

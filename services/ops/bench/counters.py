@@ -27,12 +27,14 @@ from pharmacy_contracts.consultation import (
     PrescriptionAccepted,
     PrescriptionSubmitted,
 )
-from pharmacy_contracts.topics import COURIER_DELIVERIES, PRESCRIPTION_DECISIONS
+from services.consultation.domain import LIFECYCLE_EVENTS
+from services.prescription.service import SUPPLY_ENDINGS
 
 from .processes import owner_of
 
 ROUND_TRIPS = "pharmacy_database_round_trips_total"
 DELIVERED = "pharmacy_records_delivered_total"
+SKIPPED = "pharmacy_records_skipped_total"
 SCRAPE_TIMEOUT_S = 10.0
 
 #: (metric, labels) → value, as one process's /metrics showed them.
@@ -51,21 +53,10 @@ def _types(*messages: type[Any]) -> frozenset[str]:
 ACTED_ON: dict[str, frozenset[str]] = {
     "consultation.intake": _types(PrescriptionSubmitted, CancellationRequested),
     # `domain.track`: every lifecycle step of a prescription; stock-only events and dispatches are no step.
-    "consultation.status": _types(
-        PrescriptionAccepted,
-        CancellationAccepted,
-        *PRESCRIPTION_DECISIONS.messages,
-        inv.StockReserved,
-        inv.ReservationFailed,
-        inv.StockReleased,
-        inv.StockReturned,
-        inv.StockQuarantined,
-        inv.StockDelivered,
-        *COURIER_DELIVERIES.messages,
-    ),
+    "consultation.status": _types(*LIFECYCLE_EVENTS),
     "prescription.check": _types(PrescriptionAccepted, CancellationAccepted),
     "prescription.reviews": _types(rx.ReviewDecided, rx.CancellationOrdered),
-    "prescription.supply": _types(inv.ReservationFailed, c.DeliveryAbandoned, c.DeliveryCancelled),
+    "prescription.supply": _types(*SUPPLY_ENDINGS),
     "inventory.reservations": _types(rx.PrescriptionApproved),
     "inventory.deliveries": _types(
         c.DeliveryPickedUp, c.DeliveryFailed, c.DeliveryCompleted, c.DeliveryAbandoned, c.DeliveryCancelled
@@ -104,7 +95,7 @@ def parse_counters(exposition: str) -> Counters:
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(exposition)
         for sample in family.samples
-        if sample.name in (ROUND_TRIPS, DELIVERED)
+        if sample.name in (ROUND_TRIPS, DELIVERED, SKIPPED)
     }
 
 
@@ -161,16 +152,20 @@ def round_trips_per_prescription(
 def records_per_prescription(
     increases: Mapping[str, Counters], prescriptions: int, prefix: str
 ) -> dict[str, dict[str, float]]:
-    """Per group: records delivered per prescription, and how many of those its handler has no
-    branch for (ACTED_ON); a group missing from ACTED_ON ignores nothing as far as the bench knows."""
+    """Per group: records delivered per prescription, how many of those its handler has no branch
+    for (ACTED_ON; a group missing from ACTED_ON ignores nothing as far as the bench knows), and
+    the records it fetched but passed over unparsed by their type header (`acts_on`)."""
     per_group: dict[str, dict[str, float]] = {}
     for counters in increases.values():
         for (name, labels), count in counters.items():
-            if name != DELIVERED:
+            if name not in (DELIVERED, SKIPPED):
                 continue
             found = dict(labels)
             group = short_group(found["group"], prefix)
-            figures = per_group.setdefault(group, {"delivered": 0.0, "ignored": 0.0})
+            figures = per_group.setdefault(group, {"delivered": 0.0, "ignored": 0.0, "skipped": 0.0})
+            if name == SKIPPED:
+                figures["skipped"] += count / prescriptions
+                continue
             figures["delivered"] += count / prescriptions
             acted_on = ACTED_ON.get(group)
             if acted_on is not None and found["type"] not in acted_on:

@@ -80,13 +80,18 @@ def describe_round_trips(per_service: Mapping[str, Mapping[str, float]], complet
 
 def describe_records(per_group: Mapping[str, Mapping[str, float]], complete: bool) -> str:
     """Records delivered per prescription, and those delivered to a group that ignores them."""
-    delivered, ignored = (sum(figures[f] for figures in per_group.values()) for f in ("delivered", "ignored"))
+    delivered, ignored, skipped = (
+        sum(figures.get(f, 0.0) for figures in per_group.values()) for f in ("delivered", "ignored", "skipped")
+    )
     listed = ", ".join(
         f"{group} {figures['delivered']:g}" + (f" ({figures['ignored']:g} ignored)" if figures["ignored"] else "")
         for group, figures in sorted(per_group.items(), key=lambda item: -item[1]["delivered"])
     )
     state = "" if complete else " [red]INCOMPLETE: counted before every consumer had caught up[/]"
-    return f"records delivered per prescription: {delivered:.1f}, ignored {ignored:.1f}{state} ({listed})"
+    return (
+        f"records delivered per prescription: {delivered:.1f}, ignored {ignored:.1f}{state} ({listed}); "
+        f"passed over unparsed by their type header: {skipped:.1f}"
+    )
 
 
 def describe_stored_relay(stored: StoredRelayResult, throughput: ThroughputResult | None) -> str:

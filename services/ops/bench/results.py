@@ -181,7 +181,8 @@ class RunResult:
             for field_name, total in totals(self.paced_round_trips_per_prescription, ("path", "all")).items():
                 figures[f"paced_round_trips_{field_name}"] = total
         if self.records_per_prescription:
-            for field_name, total in totals(self.records_per_prescription, ("delivered", "ignored")).items():
+            fields = ("delivered", "ignored", "skipped")
+            for field_name, total in totals(self.records_per_prescription, fields).items():
                 figures[f"records_{field_name}"] = total
             for group, records in self.records_per_prescription.items():
                 figures[f"records_delivered.{group}"] = records["delivered"]
