@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from itertools import chain
 from typing import Any
 
 import structlog
@@ -307,8 +308,8 @@ def subscribe(
         *by_name,
         batch=True,
         max_records=settings.kafka_max_batch_records,
-        # How long an idle consumer waits for records before looking again; FastStream then also
-        # sleeps this long, so it adds up to twice this to the latency of a quiet topic.
+        # How long an idle consumer waits for records before looking again; records that arrive
+        # meanwhile end the wait at once.
         batch_timeout_ms=batch_wait_ms,
         # The runtime parses the raw bytes itself: FastStream's own decoding of a body labelled
         # application/json would fail on garbage before `consume` runs, outside the dead-letter path.
@@ -323,6 +324,20 @@ def subscribe(
     )
     subscriber(consume_batch if handle is not None else consume_whole_batch)
     subscriber.specification = ContractSpecification(subscriber.specification, topics, group_id)
+    if not background:
+        subscriber.get_msg = _fetching_without_idle_sleep(subscriber)
+
+
+def _fetching_without_idle_sleep(subscriber: Any) -> Callable[[Any], Awaitable[tuple[ConsumerRecord, ...]]]:
+    """FastStream's batch subscriber sleeps `batch_timeout_ms` after a fetch that found nothing,
+    so a record arriving during that sleep waits for it at every hop. Fetching again at once costs
+    nothing: the fetch itself waits for records, and returns as soon as the first arrives."""
+
+    async def fetch(consumer: Any) -> tuple[ConsumerRecord, ...]:
+        found = await consumer.getmany(timeout_ms=subscriber.batch_timeout_ms, max_records=subscriber.max_records)
+        return tuple(chain.from_iterable(found.values()))
+
+    return fetch
 
 
 async def _handle_with_retries(

@@ -68,7 +68,10 @@ class RuntimeSettings(BaseSettings):
         default=5.0, ge=0, description="The relay publishes outbox entries no live write published within this"
     )
     kafka_batch_wait_ms: int = Field(
-        default=10, ge=1, description="How long an idle consumer waits for records before looking again"
+        default=200,
+        ge=1,
+        description="How long an idle consumer waits for records before looking again (a record that "
+        "arrives ends the wait at once)",
     )
     # Background consumers: projections no prescription waits for on its way (the status, the
     # ledger, the supply history).

@@ -557,3 +557,45 @@ async def test_a_background_batch_consumer_lingers_after_a_batch_that_was_not_fu
     _, _, foreground = subscribed(monkeypatch, handle_batch, s)
     await foreground(record(body("a"), offset=5))
     assert sleeps == [0.75, 0.75], "only background consumers linger"
+
+
+# --- fetching -------------------------------------------------------------------------------------
+
+
+class IdleConsumer:
+    """An aiokafka consumer with nothing to fetch: each fetch waited its time and found nothing."""
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[int, int]] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        self.fetches.append((timeout_ms, max_records))
+        return {}
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["on the path", "background"])
+async def test_only_a_background_consumer_sleeps_after_a_fetch_that_found_nothing(
+    monkeypatch: pytest.MonkeyPatch, background: bool
+) -> None:
+    """FastStream's batch subscriber sleeps `batch_timeout_ms` after an empty fetch: a record
+    arriving then waits for it at every hop. A consumer on a prescription's path fetches again at
+    once (the fetch itself waits, and ends when a record arrives); a background one lets records
+    gather."""
+    from faststream.kafka import KafkaBroker
+    from faststream.kafka.subscriber import usecase
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(usecase.anyio, "sleep", sleep)
+    broker = KafkaBroker("127.0.0.1:1")  # never connected: only its subscriber is used
+    handle_batch, _ = answering(Outcome.APPLIED)
+    s = settings(kafka_batch_wait_ms=300, background_wait_ms=900, kafka_max_batch_records=77)
+    kafka.subscribe(broker, s, topics=[TOPIC], group="g", title="t", handle_batch=handle_batch, background=background)
+    (subscriber,) = broker.subscribers
+    consumer = IdleConsumer()
+    assert await subscriber.get_msg(consumer) == ()
+    assert consumer.fetches == [(900 if background else 300, 77)]
+    assert slept == ([0.9] if background else [])

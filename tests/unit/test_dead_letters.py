@@ -133,7 +133,8 @@ class Broker:
                 broker.consume = consume
 
             def __setattr__(self, name: str, value: Any) -> None:
-                broker.specification = value
+                if name == "specification":
+                    broker.specification = value
 
         return Subscriber()
 
