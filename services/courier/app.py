@@ -12,7 +12,7 @@ from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
-from .service import CourierService
+from .service import DECISIONS, STOCK_EVENTS, CourierService
 from .settings import CourierSettings
 from .storage import CourierStorage
 
@@ -34,6 +34,7 @@ def build(
     key = settings.delivery_code_key
     service = CourierService(
         storage,
+        runtime.unit_of_work,
         policy=settings.policy(),
         roster_refresh_s=settings.roster_refresh_s,
         code_key=key.get_secret_value().encode() if key is not None and key.get_secret_value() else None,
@@ -43,19 +44,21 @@ def build(
     runtime.consume(
         topics.PRESCRIPTION_DECISIONS,
         group="courier.decisions",
-        handle=service.on_decision,
+        handle_batch=service.on_decision,
+        acts_on=DECISIONS,
         title="take delivery details of approved prescriptions, and cancellations",
     )
     runtime.consume(
         topics.INVENTORY_EVENTS,
         group="courier.stock",
-        handle=service.on_inventory_event,
+        handle_batch=service.on_inventory_event,
+        acts_on=STOCK_EVENTS,
         title="dispatch once stock is reserved",
     )
     runtime.consume(
         topics.COURIER_UPDATES,
         group="courier.updates",
-        handle=service.on_report,
+        handle_batch=service.on_report,
         title="follow couriers' reports",
     )
     runtime.every_sweep("deliveries", service.sweep)

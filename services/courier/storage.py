@@ -1,42 +1,101 @@
-"""The courier service's collections: deliveries and the courier roster."""
+"""The courier service's collections, as repositories: deliveries (with the outbox) and the courier
+roster. Only this module (and the runtime) knows MongoDB.
+
+The use cases load and save deliveries a batch at a time through the unit of work; the queries
+here are the few that look across deliveries: the roster with each courier's load (read into a
+cache, not per batch, see `FleetCache`), and the deliveries a sweep looks at.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from pharmacy_contracts import topics
-from services.runtime.documents import Change, DocumentStore
+from services.runtime.mongo_store import MongoStore
+from services.runtime.store import Save, Store
 
-from .domain import CourierProfile, Delivery
+from . import domain
+from .domain import CourierProfile, Delivery, DeliveryState
+
+#: Times a roster entry is written again when someone wrote the document first.
+PUT_ATTEMPTS = 5
 
 
 class CourierStorage:
     def __init__(self, database: Any) -> None:
-        # Couriers' reports come from phones on the road, which send again when they lose signal.
-        self.deliveries: DocumentStore[Delivery] = DocumentStore(
-            database, "courier_deliveries", Delivery, keeps_trace=True, remembers_commands=[topics.COURIER_UPDATES.name]
+        #: One document per prescription: its delivery, with the events it caused (its outbox).
+        # Couriers' reports come from phones on the road, which send again when they lose signal:
+        # their message ids are kept for good.
+        self.deliveries: MongoStore[Delivery] = MongoStore(
+            database,
+            "courier_deliveries",
+            Delivery,
+            remembers_commands=[topics.COURIER_UPDATES.name],
+            keeps_trace=True,
         )
-        self.roster: DocumentStore[CourierProfile] = DocumentStore(
-            database, "courier_roster", CourierProfile, remembers_commands=[topics.COURIER_UPDATES.name]
-        )
+        #: One document per courier, written by dispatchers (`pharmacy couriers load`), no message.
+        self.roster: MongoStore[CourierProfile] = MongoStore(database, "courier_roster", CourierProfile)
+        self._delivery_documents = database["courier_deliveries"]
 
     @property
-    def with_outbox(self) -> list[DocumentStore[Any]]:
+    def with_outbox(self) -> list[MongoStore[Any]]:
         return [self.deliveries]
 
     async def ensure_indexes(self) -> None:
         await self.deliveries.ensure_indexes(plain=["active_courier_id", "state"])
         await self.roster.ensure_indexes()
 
-    async def couriers(self) -> list[CourierProfile]:
-        return await self.roster.find()
+    # --- the roster -------------------------------------------------------------------------------
 
-    async def loads(self, couriers: list[CourierProfile]) -> dict[str, int]:
-        """Deliveries on the road per courier, in one query."""
+    async def couriers(self) -> list[CourierProfile]:
+        """The whole roster (a few hundred documents at most), read whole."""
+        return [s.state for s in await self.roster.all() if s.state is not None]
+
+    async def loads(self, couriers: Iterable[CourierProfile]) -> dict[str, int]:
+        """Deliveries each courier holds now, in one indexed query."""
         ids = [c.courier_id for c in couriers]
-        on_the_road = Counter(await self.deliveries.values_of("active_courier_id", active_courier_id={"$in": ids}))
-        return {courier_id: on_the_road[courier_id] for courier_id in ids}
+        path = "state.active_courier_id"
+        cursor = self._delivery_documents.find({path: {"$in": ids}}, {path: 1})
+        # MongoDB returns a projected sub-field nested; the dev server returns it under its dotted path.
+        held = Counter([d["state"].get("active_courier_id") if "state" in d else d.get(path) async for d in cursor])
+        return {courier_id: held[courier_id] for courier_id in ids}
 
     async def save_courier(self, courier: CourierProfile) -> None:
-        await self.roster.apply(courier.courier_id, lambda _: Change(courier))
+        """A dispatcher's entry: the courier's document becomes `courier`, whatever it was."""
+        await _put(self.roster, courier.courier_id, courier)
+
+    # --- deliveries -------------------------------------------------------------------------------
+
+    async def delivery(self, prescription_id: str) -> Delivery | None:
+        return (await self.deliveries.load([prescription_id]))[prescription_id].state
+
+    async def open_deliveries(self) -> list[Delivery]:
+        """Deliveries a sweep looks at: not finished (indexed on the state)."""
+        swept = sorted(state.value for state in domain.SWEPT)
+        return await self._states_where({"state.state": {"$in": swept}})
+
+    async def waiting_deliveries(self) -> list[Delivery]:
+        """Deliveries waiting for a courier (indexed on the state)."""
+        return await self._states_where({"state.state": DeliveryState.AWAITING_COURIER.value})
+
+    async def all_deliveries(self) -> list[Delivery]:
+        """Every delivery (tools and checks; not on any message's path)."""
+        return [s.state for s in await self.deliveries.all() if s.state is not None]
+
+    async def _states_where(self, query: dict[str, Any]) -> list[Delivery]:
+        return [Delivery.model_validate(d["state"]) async for d in self._delivery_documents.find(query, {"state": 1})]
+
+
+async def _put(store: Store[Any], doc_id: str, state: Any) -> None:
+    for _ in range(PUT_ATTEMPTS):
+        current = (await store.load([doc_id]))[doc_id]
+        saved = await store.save(
+            [Save(doc_id, current.version, state, current.outbox, current.tracking, traceparent=current.traceparent)]
+        )
+        if saved.failed:
+            raise ValueError(f"{store.name}/{doc_id}: {saved.failed[doc_id]}")
+        if not saved.lost:
+            return
+    raise RuntimeError(f"{store.name}/{doc_id}: too many concurrent writers")

@@ -11,7 +11,7 @@ from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
-from .service import InventoryService
+from .service import APPROVALS, DELIVERY_EVENTS, MOVING_STOCK, InventoryService
 from .settings import InventorySettings
 from .storage import InventoryStorage
 
@@ -20,31 +20,34 @@ def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_
     runtime = ServiceRuntime("inventory", settings)
     storage = InventoryStorage(runtime.database)
     runtime.publish_outbox_of(storage.with_outbox)
-    service = InventoryService(storage, settings, clock=clock)
+    service = InventoryService(storage, runtime.unit_of_work, settings, clock=clock)
 
     runtime.consume(
         topics.PRESCRIPTION_DECISIONS,
         group="inventory.reservations",
-        handle=service.on_decision,
+        handle_batch=service.on_decision,
+        acts_on=APPROVALS,
         title="reserve stock for approved prescriptions",
     )
     runtime.consume(
         topics.COURIER_DELIVERIES,
         group="inventory.deliveries",
-        handle=service.on_delivery_event,
+        handle_batch=service.on_delivery_event,
+        acts_on=DELIVERY_EVENTS,
         title="dispatch, return, deliver, release or quarantine held stock as deliveries progress",
     )
     runtime.consume(
         topics.INVENTORY_COMMANDS,
         group="inventory.commands",
-        handle=service.on_command,
+        handle_batch=service.on_command,
         title="register warehouses, restock lots and adjust counts on warehouse staff's request",
     )
     runtime.consume(
         topics.INVENTORY_EVENTS,
         group="inventory.ledger",
         background=True,
-        handle=service.record_movements,
+        handle_batch=service.record_movements,
+        acts_on=MOVING_STOCK,
         title="keep the stock ledger: one entry per movement",
     )
     runtime.every_sweep("lot-expiry", service.sweep_expiry)

@@ -569,3 +569,120 @@ def recompute_lots(entries: Iterable[LedgerEntry], *, until: datetime | None = N
 def current_lots(warehouses: Iterable[Warehouse]) -> dict[tuple[str, str], Figures]:
     """Each lot's figures as the warehouse documents hold them (to compare with `recompute_lots`)."""
     return {(w.warehouse_id, lot_id): lot.counts() for w in warehouses for lot_id, lot in w.lots.items()}
+
+
+# --- a batch of reservations -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Demand:
+    """One approved prescription as a reservation sees it: its merged lines and where it goes."""
+
+    prescription_id: str
+    lines: Mapping[str, Line]
+    patient: Location
+
+    @property
+    def quantities(self) -> dict[str, int]:
+        return {drug: line.quantity for drug, line in self.lines.items()}
+
+
+@dataclass(frozen=True)
+class AlreadyDecided:
+    """Reserved, out of stock or withdrawn before (`state`), or an earlier approval of the same
+    prescription in this batch is being reserved (`state` None): nothing to do."""
+
+    state: AllocationState | None
+
+
+@dataclass(frozen=True)
+class AlreadyHeld:
+    """A warehouse holds stock for the prescription: the hold is the truth, and the allocation only
+    has to say where (an earlier attempt died between the two writes)."""
+
+    warehouse_id: str
+
+
+@dataclass(frozen=True)
+class ReserveAt:
+    warehouse_id: str
+    #: The allocation names this warehouse already (an earlier attempt claimed it): no claim to write.
+    claimed: bool = False
+    #: The warehouse an earlier attempt claimed that can no longer fill it: the claim moves off it.
+    replacing: str | None = None
+
+
+@dataclass(frozen=True)
+class Unfillable:
+    """No registered warehouse can fill every line from lots that last."""
+
+    shortages: tuple[Shortage, ...]
+    replacing: str | None = None
+
+    @property
+    def reason(self) -> Literal["OUT_OF_STOCK", "NOT_IN_ONE_WAREHOUSE"]:
+        return "OUT_OF_STOCK" if self.shortages else "NOT_IN_ONE_WAREHOUSE"
+
+
+ReservationPlan = AlreadyDecided | AlreadyHeld | ReserveAt | Unfillable
+
+
+def plan_reservations(
+    demands: Sequence[Demand],
+    allocations: Mapping[str, Allocation | None],
+    warehouses: Iterable[Warehouse],
+    *,
+    today: date,
+    delivery_days: int,
+) -> list[ReservationPlan]:
+    """What to do for each demand, in order, each on the warehouses as the demands before it left
+    them: units planned for one prescription are not planned again for the next.
+
+    A warehouse that holds stock for the prescription wins; then the warehouse an earlier attempt
+    claimed, if it can still fill it (resuming it, even if another is nearer, is what keeps one
+    prescription from being reserved at two warehouses); then the nearest that can."""
+    stock = {w.warehouse_id: w for w in warehouses}
+    planned: set[str] = set()
+    plans: list[ReservationPlan] = []
+    for demand in demands:
+        rx = demand.prescription_id
+        allocation = allocations.get(rx)
+        if rx in planned:
+            plans.append(AlreadyDecided(None))
+            continue
+        planned.add(rx)
+        if allocation is not None and allocation.state is not AllocationState.RESERVING:
+            plans.append(AlreadyDecided(allocation.state))
+            continue
+        holding = next((w for w in stock.values() if rx in w.holds), None)
+        if holding is not None:
+            plans.append(AlreadyHeld(holding.warehouse_id))
+            continue
+        claimed = allocation.warehouse_id if allocation is not None else None
+        if claimed is not None and (reserved := _reserved(stock.get(claimed), demand, today, delivery_days)):
+            stock[claimed] = reserved
+            plans.append(ReserveAt(claimed, claimed=True))
+            continue
+        chosen = choose_warehouse(
+            stock.values(), demand.lines, demand.patient, today=today, delivery_days=delivery_days
+        )
+        reserved = _reserved(chosen, demand, today, delivery_days)
+        if chosen is None or reserved is None:
+            short = shortages(stock.values(), demand.lines, today=today, delivery_days=delivery_days)
+            plans.append(Unfillable(tuple(short), replacing=claimed))
+            continue
+        stock[chosen.warehouse_id] = reserved
+        plans.append(ReserveAt(chosen.warehouse_id, replacing=claimed))
+    return plans
+
+
+def _reserved(warehouse: Warehouse | None, demand: Demand, today: date, delivery_days: int) -> Warehouse | None:
+    """The warehouse after reserving the demand, or None if it cannot fill it."""
+    if warehouse is None or not warehouse.registered:
+        return None
+    try:
+        return reserve(
+            warehouse, demand.prescription_id, demand.lines, today=today, delivery_days=delivery_days
+        ).warehouse
+    except StockRefused:
+        return None

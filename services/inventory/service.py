@@ -1,34 +1,828 @@
-"""Use cases of the inventory service."""
+"""Use cases of the inventory service, each over a batch: reservations, the delivery moving held
+stock, warehouse staff's commands, the expiry sweep and the ledger.
+
+Each use case takes a batch's records and answers, in the same order, what became of each
+(`Handled`). It loads what the batch touches with one query per store, decides in memory with the
+plain functions at the bottom of this module (`(state, message) -> Decision`), and saves each store
+once, through the unit of work (see services/runtime/unit_of_work.py).
+
+Reservation is the one use case that spans documents: an allocation per prescription (which
+warehouse its stock comes from) and the warehouses (lots and holds). A batch of approvals:
+
+1. Reads every warehouse (they are few) with one query, and the batch's allocations together with
+   it (from the store's memory where held; an allocation it does not hold is presumed new, and
+   its insert proves it).
+2. Plans the approvals in arrival order in memory (`domain.plan_reservations`), each on the
+   warehouses as the approvals before it left them: a hold already there wins (the hold is the
+   truth), then the warehouse an earlier attempt claimed if it can still fill it, then the nearest
+   that can fill every line with lots that last; otherwise the reservation fails.
+3. Writes the allocations once: a claim of the chosen warehouse (RESERVING, warehouse), or the
+   final word where there is nothing left to do at a warehouse (OUT_OF_STOCK with its
+   ReservationFailed; RESERVED where a hold was found). A claim that finds another worker's claim
+   resumes that warehouse instead.
+4. Writes the warehouses once, on the read of step 1 (held in the store's memory): each hold is
+   decided on the version it replaces, so two instances can never both take the last units. A
+   warehouse that lost a race is read and decided again; one that can no longer fill a
+   prescription sends it back to step 1 for another round, whose plan moves the claim elsewhere.
+5. Settles the allocations of what was reserved (RESERVED), once, on the claims in memory.
+
+The claim before the hold is what a second worker on the same approval (a rebalance hands it over
+mid-batch) or a redelivery after a crash runs into: it resumes the claimed warehouse instead of
+reserving at a second one. So a new reservation writes its allocation twice (claim, then settle);
+every other outcome writes it once. A crash between the hold and the settle leaves a hold that the
+redelivered approval finds (step 2) and settles; the courier's events also settle an allocation
+before they move its hold, so a hold closed meanwhile is never taken for one never made.
+
+A delivery withdrawn while a reservation is made: the withdrawal writes CANCELLED on the allocation
+and then looks for a hold to release; the reservation writes its hold and then settles, and a
+settle that finds CANCELLED releases the hold. Both write, then look, so one of them always sees
+the other.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from enum import Enum
+from functools import partial
+from typing import Any, Literal
 
 import structlog
 
-from pharmacy_contracts import Envelope
+from pharmacy_contracts import Envelope, topics
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.envelope import utc_now
 from pharmacy_contracts.prescription import PrescriptionApproved
-from services.runtime.documents import Change
-from services.runtime.errors import Refused
+from services.runtime.store import Store
+from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
 from . import domain
-from .domain import Allocation, AllocationState, Hold, Line, Location, Outcome, Warehouse
+from .domain import Allocation, AllocationState, Demand, Hold, Location, Warehouse
 from .settings import InventorySettings
 from .storage import InventoryStorage
 
 log = structlog.get_logger()
 PRODUCER = "inventory"
+#: Rounds of planning a batch of approvals gets when warehouses keep changing under it.
 MAX_RESERVATION_ROUNDS = 20
 
-HoldRule = Callable[[Warehouse, str], Outcome | None]
+DeliveryEvent = c.DeliveryPickedUp | c.DeliveryFailed | c.DeliveryCompleted | c.DeliveryAbandoned | c.DeliveryCancelled
+#: What each consumer acts on; the rest of its topic is passed over unparsed.
+APPROVALS: tuple[type[Envelope], ...] = (PrescriptionApproved,)
+DELIVERY_EVENTS: tuple[type[Envelope], ...] = (
+    c.DeliveryPickedUp,
+    c.DeliveryFailed,
+    c.DeliveryCompleted,
+    c.DeliveryAbandoned,
+    c.DeliveryCancelled,
+)
+#: The events that move stock, which the ledger records (the others on the topic move nothing).
+MOVING_STOCK = tuple(m for m in topics.INVENTORY_EVENTS.messages if "movements" in m.model_fields)
+
 #: How a hold moves: the rule, the event that reports the move, and what the log line says.
+HoldRule = Callable[[Warehouse, str], domain.Outcome | None]
 HoldMove = tuple[HoldRule, Callable[..., Envelope], str]
+
+#: Outcomes after which a record goes no further (it is dead-lettered or tried again).
+STOPPED = (Outcome.REFUSED, Outcome.FAILED)
+
+
+class ExpiryDue(Envelope):
+    """The expiry sweep's proposal for one warehouse (never on the wire): lots to alert on or expire."""
+
+    type: Literal["inventory.expiry_due"] = "inventory.expiry_due"
+    warehouse_id: str
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What every decision of one batch reads besides its document and its message: the moment
+    (events carry it, expiry counts days from it) and the stock settings."""
+
+    now: datetime
+    settings: InventorySettings
+
+    @property
+    def today(self) -> date:
+        return self.now.date()
+
+    @property
+    def delivery_days(self) -> int:
+        return self.settings.delivery_days
+
+    def threshold(self, drug: str) -> int:
+        return domain.threshold_for(drug, self.settings.low_stock_thresholds, self.settings.low_stock_threshold)
+
+    def envelope(self, correlation_id: str, cause: Envelope | None) -> dict[str, Any]:
+        """Fields every event shares; its time is the service's clock, so the ledger and tests agree on it."""
+        return {
+            "correlation_id": correlation_id,
+            "causation_id": cause.message_id if cause is not None else None,
+            "producer": PRODUCER,
+            "occurred_at": self.now,
+        }
+
+    def alerts(
+        self, before: Warehouse, after: Warehouse, drugs: Iterable[str], correlation_id: str, cause: Envelope | None
+    ) -> list[Envelope]:
+        return [
+            inv.LowStock(
+                **self.envelope(correlation_id, cause),
+                warehouse_id=after.warehouse_id,
+                drug_code=drug,
+                available=after.level(drug).available,
+                threshold=self.threshold(drug),
+            )
+            for drug in sorted(set(drugs))
+            if domain.fell_below(before, after, drug, self.threshold(drug))
+        ]
+
+
+class AtWarehouse(Enum):
+    """What a reservation found at the warehouse it was sent to."""
+
+    RESERVED = "reserved"
+    ALREADY_HELD = "already held"
+    CANNOT_FILL = "cannot fill"
+
+
+@dataclass
+class Reservation:
+    """One approval's way through a batch: its plan, the warehouse it goes to, what each step did."""
+
+    demand: Demand
+    plan: domain.ReservationPlan | None = None
+    warehouse_id: str | None = None
+    steps: list[Handled[Any]] = field(default_factory=list)
+    #: What its log line says once it is done.
+    story: str | None = None
+    done: bool = False
+
+    def planned(self, record: Record[Any], plan: domain.ReservationPlan) -> None:
+        self.plan = plan
+        match plan:
+            case domain.AlreadyDecided(state):
+                why = "already being reserved in this batch" if state is None else f"already {state.value}"
+                self.stop(Handled(record, Outcome.UNCHANGED), f"approval dropped: {why}")
+            case domain.ReserveAt(warehouse_id, claimed=True):
+                self.warehouse_id = warehouse_id
+                self.story = "stock reserved at the warehouse claimed earlier"
+
+    def go_to(self, warehouse_id: str, handled: Handled[Any], story: str | None = None) -> None:
+        self.warehouse_id = warehouse_id
+        self.steps.append(handled)
+        self.story = story or self.story
+
+    def stop(self, handled: Handled[Any], story: str | None = None) -> None:
+        self.steps.append(handled)
+        self.story = story or self.story
+        self.done = True
+
+
+class InventoryService:
+    """Use cases over batches: each takes a batch's records and says what became of each."""
+
+    def __init__(
+        self,
+        storage: InventoryStorage,
+        unit_of_work: UnitOfWork,
+        settings: InventorySettings,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._storage = storage
+        self._uow = unit_of_work
+        self._settings = settings
+        self._clock = clock
+
+    def _rules(self) -> Rules:
+        return Rules(self._clock(), self._settings)
+
+    async def _run(self, store: Store[Any], records: Sequence[Record[Any]], **how: Any) -> list[Handled[Any]]:
+        """The unit of work over one store, and nothing at all for no records."""
+        return await self._uow.run(store, records, **how) if records else []
+
+    # --- prescription.decisions: reservations ------------------------------------------------------
+
+    async def on_decision(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Reserve stock for every approval of the batch (see the module's docstring); the topic's
+        other decisions are none of this service's business."""
+        rules = self._rules()
+        reservations = {
+            i: Reservation(demand_of(r.message))
+            for i, r in enumerate(records)
+            if isinstance(r.message, PrescriptionApproved)
+        }
+        for _ in range(MAX_RESERVATION_ROUNDS):
+            waiting = {i: rs for i, rs in reservations.items() if not rs.done}
+            if not waiting:
+                break
+            await self._reservation_round(rules, records, waiting)
+        handled: list[Handled[Envelope]] = []
+        for i, record in enumerate(records):
+            reservation = reservations.get(i)
+            if reservation is None:
+                handled.append(Handled(record, Outcome.UNCHANGED))
+                continue
+            if not reservation.done:
+                reservation.steps.append(
+                    Handled(record, Outcome.FAILED, error="the warehouses kept changing under the reservation")
+                )
+            one = _combined(record, reservation.steps)
+            record.in_context(_log_reservation, one, reservation)
+            handled.append(one)
+        return handled
+
+    async def _reservation_round(
+        self, rules: Rules, records: Sequence[Record[Any]], waiting: Mapping[int, Reservation]
+    ) -> None:
+        """One read, one plan, one write per store (the steps of the module's docstring)."""
+        allocations, warehouses = await asyncio.gather(
+            self._storage.allocation_documents(rs.demand.prescription_id for rs in waiting.values()),
+            self._storage.warehouse_documents(),
+        )
+        plans = domain.plan_reservations(
+            [rs.demand for rs in waiting.values()],
+            {rx: stored.state for rx, stored in allocations.items()},
+            [s.state for s in warehouses.values() if s.state is not None],
+            today=rules.today,
+            delivery_days=rules.delivery_days,
+        )
+        for (i, reservation), plan in zip(waiting.items(), plans, strict=True):
+            reservation.planned(records[i], plan)
+        to_release = await self._allocate(rules, records, waiting)
+        to_settle = await self._reserve(rules, records, waiting, to_release)
+        to_release += await self._settle(records, waiting, to_settle)
+        await self._release(rules, records, waiting, to_release)
+
+    async def _allocate(
+        self,
+        rules: Rules,
+        records: Sequence[Record[Any]],
+        waiting: Mapping[int, Reservation],
+    ) -> list[int]:
+        """The allocations before any warehouse: claims, failures, holds found settled. Returns the
+        approvals found withdrawn while their stock is held (to release)."""
+        to_allocate = [i for i, rs in waiting.items() if not rs.done and rs.warehouse_id is None]
+        allocated = await self._run(
+            self._storage.allocations,
+            [records[i] for i in to_allocate],
+            key=_rx,
+            decide=partial(allocate, rules, {records[i].message_id: waiting[i] for i in to_allocate}),
+            tracked=False,
+        )
+        to_release = []
+        for i, step in zip(to_allocate, allocated, strict=True):
+            reservation, after = waiting[i], step.result
+            if step.outcome in STOPPED:
+                reservation.stop(step)
+            elif isinstance(reservation.plan, domain.AlreadyHeld):
+                if after is not None and after.state is AllocationState.CANCELLED:
+                    reservation.go_to(reservation.plan.warehouse_id, step)
+                    to_release.append(i)
+                else:
+                    reservation.stop(step, "stock was held already; allocation settled")
+            elif after is not None and after.state is AllocationState.RESERVING and after.warehouse_id is not None:
+                planned = reservation.plan.warehouse_id if isinstance(reservation.plan, domain.ReserveAt) else None
+                story = (
+                    "stock reserved" if after.warehouse_id == planned else "stock reserved at another worker's claim"
+                )
+                reservation.go_to(after.warehouse_id, step, story)
+            elif step.outcome is Outcome.APPLIED:
+                reservation.stop(step, "out of stock")
+            else:
+                reservation.stop(step, f"approval dropped: already {after.state.value if after else 'gone'}")
+        return to_release
+
+    async def _reserve(
+        self,
+        rules: Rules,
+        records: Sequence[Record[Any]],
+        waiting: Mapping[int, Reservation],
+        releasing: Sequence[int],
+    ) -> list[int]:
+        """The holds, on the read the plan was made on. Returns the approvals held (to settle); an
+        approval its warehouse can no longer fill waits for the next round."""
+        to_reserve = [i for i, rs in waiting.items() if not rs.done and i not in releasing]
+        at_warehouses = await self._run(
+            self._storage.warehouses,
+            [records[i] for i in to_reserve],
+            key=partial(_warehouse_of, {records[i].message_id: waiting[i] for i in to_reserve}),
+            decide=partial(reserve_at, rules, {records[i].message_id: waiting[i].demand for i in to_reserve}),
+        )
+        to_settle = []
+        for i, step in zip(to_reserve, at_warehouses, strict=True):
+            reservation = waiting[i]
+            if step.outcome in STOPPED:
+                reservation.stop(step)
+            elif step.outcome is not Outcome.DUPLICATE and step.result is AtWarehouse.CANNOT_FILL:
+                reservation.warehouse_id = None  # taken meanwhile: planned again on a fresh read
+            else:
+                found_held = step.outcome is Outcome.DUPLICATE or step.result is AtWarehouse.ALREADY_HELD
+                reservation.steps.append(step)
+                reservation.story = "stock was held already; allocation settled" if found_held else reservation.story
+                to_settle.append(i)
+        return to_settle
+
+    async def _settle(
+        self, records: Sequence[Record[Any]], waiting: Mapping[int, Reservation], to_settle: Sequence[int]
+    ) -> list[int]:
+        """RESERVED where the stock is held. Returns the approvals found withdrawn meanwhile (to release)."""
+        settled = await self._run(
+            self._storage.allocations,
+            [records[i] for i in to_settle],
+            key=_rx,
+            decide=partial(settle_reservation, {records[i].message_id: waiting[i] for i in to_settle}),
+            tracked=False,
+        )
+        to_release = []
+        for i, step in zip(to_settle, settled, strict=True):
+            after = step.result
+            if step.outcome not in STOPPED and after is not None and after.state is AllocationState.CANCELLED:
+                waiting[i].steps.append(step)
+                to_release.append(i)
+            else:
+                waiting[i].stop(step)
+        return to_release
+
+    async def _release(
+        self, rules: Rules, records: Sequence[Record[Any]], waiting: Mapping[int, Reservation], to_release: list[int]
+    ) -> None:
+        """A delivery withdrawn while its stock was being reserved: the hold goes back."""
+        released = await self._run(
+            self._storage.warehouses,
+            [records[i] for i in to_release],
+            key=partial(_warehouse_of, {records[i].message_id: waiting[i] for i in to_release}),
+            decide=partial(move_hold, rules),
+            tracked=False,
+        )
+        for i, step in zip(to_release, released, strict=True):
+            waiting[i].stop(step, "delivery withdrawn while reserving; released")
+
+    # --- courier.deliveries: the delivery moves held stock -----------------------------------------
+
+    async def on_delivery_event(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Dispatch, return, deliver, release or quarantine the prescription's hold as its delivery
+        goes. The allocation is written first: settled (the courier acts on a StockReserved, so the
+        reservation was made even if its writer died before settling; an approval redelivered
+        after the hold closed must find it settled), or CANCELLED for a delivery withdrawn (an
+        approval still being reserved then gives its units back)."""
+        rules = self._rules()
+        relevant = [i for i, r in enumerate(records) if isinstance(r.message, DeliveryEvent)]
+        allocated = await self._run(
+            self._storage.allocations,
+            [records[i] for i in relevant],
+            key=_rx,
+            decide=after_delivery_event,
+            tracked=False,
+        )
+        steps: dict[int, list[Handled[Envelope]]] = {i: [step] for i, step in zip(relevant, allocated, strict=True)}
+        warehouse_of: dict[str, str | None] = {}  # by message id
+        for i, step in zip(relevant, allocated, strict=True):
+            if step.outcome not in STOPPED:
+                after: Allocation | None = step.result
+                warehouse_of[records[i].message_id] = _named_warehouse(records[i].message) or (
+                    after.warehouse_id if after is not None else None
+                )
+        if None in warehouse_of.values():
+            # Neither the event nor the allocation says where: look for the hold (and write on that read).
+            documents = await self._storage.warehouse_documents()
+            holding = _holding(s.state for s in documents.values() if s.state is not None)
+            for i in relevant:
+                if records[i].message_id in warehouse_of and warehouse_of[records[i].message_id] is None:
+                    warehouse_of[records[i].message_id] = holding.get(_rx(records[i].message))
+        moving = [i for i in relevant if warehouse_of.get(records[i].message_id) is not None]
+        moved = await self._run(
+            self._storage.warehouses,
+            [records[i] for i in moving],
+            key=partial(_by_message, warehouse_of),
+            decide=partial(move_hold, rules),
+        )
+        for i, step in zip(moving, moved, strict=True):
+            steps[i].append(step)
+        handled = [
+            _combined(r, steps[i]) if i in steps else Handled(r, Outcome.UNCHANGED) for i, r in enumerate(records)
+        ]
+        for i in relevant:
+            moved_as = steps[i][-1].result if len(steps[i]) > 1 else None
+            handled[i].record.in_context(
+                _log_delivery_event, handled[i], warehouse_of.get(records[i].message_id), moved_as
+            )
+        return handled
+
+    # --- inventory.commands: warehouse staff -------------------------------------------------------
+
+    async def on_command(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Registrations, restocks and adjustments, each warehouse's in arrival order. A command sent
+        again, however many messages later, is recognised and changes nothing."""
+        handled = await self._run(
+            self._storage.warehouses,
+            records,
+            key=lambda command: getattr(command, "warehouse_id", command.correlation_id),
+            decide=partial(decide_command, self._rules()),
+        )
+        for one in handled:
+            one.record.in_context(_log_command, one)
+        return handled
+
+    # --- expiry (a sweep: no message says a date has passed) ---------------------------------------
+
+    async def sweep_expiry(self) -> None:
+        """Alert once on lots nearing expiry; take expired lots off the shelf: every warehouse in one
+        query, then one version-guarded save of those with something due. Idempotent: the lots
+        remember the alert, and expired units are no longer available."""
+        rules = self._rules()
+        window = self._settings.near_expiry_days
+        warehouses = await self._storage.warehouse_documents()
+        due = [
+            Record(ExpiryDue(correlation_id=wid, producer=PRODUCER, warehouse_id=wid))
+            for wid, stored in warehouses.items()
+            if stored.state is not None and _expiry_due(stored.state, rules.today, window)
+        ]
+        swept = await self._run(
+            self._storage.warehouses,  # on the read just made, held in the store's memory
+            due,
+            key=lambda proposal: proposal.warehouse_id,
+            decide=partial(expire_lots, rules, window),
+            tracked=False,
+        )
+        for handled in swept:
+            if handled.outcome is Outcome.APPLIED:
+                _log_expiry(handled)
+            elif handled.outcome is Outcome.FAILED:
+                log.warning("expiry not swept; the next sweep tries again", error=handled.error)
+
+    # --- inventory.events: the ledger --------------------------------------------------------------
+
+    async def record_movements(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Every movement the batch's events report becomes one ledger entry, all in one write;
+        recording an event twice is harmless."""
+        entries = {i: movements_of(r.message) for i, r in enumerate(records)}
+        await self._storage.record_movements([e for found in entries.values() for e in found])
+        for i, record in enumerate(records):
+            if found := entries[i]:
+                record.in_context(log.info, "movements recorded", warehouse_id=found[0].warehouse_id, count=len(found))
+        return [Handled(r, Outcome.APPLIED if entries[i] else Outcome.UNCHANGED) for i, r in enumerate(records)]
+
+
+# --- decisions: plain functions of (state, message) ------------------------------------------------------
+
+
+def demand_of(approved: PrescriptionApproved) -> Demand:
+    coordinates = approved.delivery.address.coordinates
+    return Demand(
+        prescription_id=approved.prescription_id,
+        lines=domain.merge_lines((line.drug_code, line.quantity, line.days_supply) for line in approved.lines),
+        patient=Location(latitude=coordinates.latitude, longitude=coordinates.longitude),
+    )
+
+
+def allocate(
+    rules: Rules, reservations: Mapping[str, Reservation], current: Allocation | None, approved: PrescriptionApproved
+) -> Decision[Allocation]:
+    """The allocation as the plan wants it before any warehouse is written: a claim of the chosen
+    warehouse, the failure, or a hold found settled. It is left alone if another worker moved it
+    on meanwhile (claimed another warehouse, settled, withdrawn); the result is the allocation as
+    it stands, which says what to do next."""
+    plan = reservations[approved.message_id].plan
+    demand = reservations[approved.message_id].demand
+    rx = approved.prescription_id
+    replacing = plan.replacing if isinstance(plan, domain.ReserveAt | domain.Unfillable) else None
+    open_to_us = current is None or (
+        current.state is AllocationState.RESERVING and current.warehouse_id in (None, replacing)
+    )
+    match plan:
+        case domain.AlreadyHeld(warehouse_id):
+            return settle_at(warehouse_id, demand, current)
+        case domain.ReserveAt(warehouse_id) if open_to_us:
+            claim = Allocation(
+                prescription_id=rx, state=AllocationState.RESERVING, lines=demand.quantities, warehouse_id=warehouse_id
+            )
+            return Decision(claim, result=claim)
+        case domain.Unfillable(shortages) if open_to_us:
+            failed = Allocation(prescription_id=rx, state=AllocationState.OUT_OF_STOCK, lines=demand.quantities)
+            event = inv.ReservationFailed(
+                **rules.envelope(rx, approved),
+                prescription_id=rx,
+                reason=plan.reason,
+                shortages=[
+                    inv.Shortage(drug_code=s.drug_code, requested=s.requested, best_available=s.best_available)
+                    for s in shortages
+                ],
+            )
+            return Decision(failed, [event], result=failed)
+    return Decision(result=current)
+
+
+def settle_at(warehouse_id: str, demand: Demand, current: Allocation | None) -> Decision[Allocation]:
+    """RESERVED at the warehouse holding the stock, unless the allocation was settled (or
+    withdrawn) meanwhile; the result is the allocation as it stands."""
+    if current is None:
+        current = Allocation(
+            prescription_id=demand.prescription_id, state=AllocationState.RESERVING, lines=demand.quantities
+        )
+    if current.state is not AllocationState.RESERVING:
+        return Decision(result=current)
+    settled = current.model_copy(update={"state": AllocationState.RESERVED, "warehouse_id": warehouse_id})
+    return Decision(settled, result=settled)
+
+
+def settle_reservation(
+    reservations: Mapping[str, Reservation], current: Allocation | None, approved: PrescriptionApproved
+) -> Decision[Allocation]:
+    reservation = reservations[approved.message_id]
+    assert reservation.warehouse_id is not None
+    return settle_at(reservation.warehouse_id, reservation.demand, current)
+
+
+def reserve_at(
+    rules: Rules, demands: Mapping[str, Demand], current: Warehouse | None, approved: PrescriptionApproved
+) -> Decision[Warehouse]:
+    """All lines held at this warehouse, first expiry first, or nothing (the result says which)."""
+    rx = approved.prescription_id
+    if current is not None and rx in current.holds:
+        return Decision(result=AtWarehouse.ALREADY_HELD)
+    demand = demands[approved.message_id]
+    if current is None or not current.registered:
+        return Decision(result=AtWarehouse.CANNOT_FILL)
+    try:
+        reserved = domain.reserve(current, rx, demand.lines, today=rules.today, delivery_days=rules.delivery_days)
+    except domain.StockRefused:
+        return Decision(result=AtWarehouse.CANNOT_FILL)
+    after = reserved.warehouse
+    assert after.location is not None
+    event = inv.StockReserved(
+        **rules.envelope(rx, approved),
+        prescription_id=rx,
+        warehouse_id=after.warehouse_id,
+        pickup_location=_coordinates(after.location),
+        lines=_lines(demand.quantities),
+        picks=[
+            inv.LotPick(
+                drug_code=p.drug_code,
+                lot_id=p.lot_id,
+                expiry_date=after.lots[p.lot_id].expiry_date,
+                quantity=p.quantity,
+            )
+            for p in reserved.picks
+        ],
+        levels=_levels(after, demand.lines),
+        movements=list(reserved.movements),
+    )
+    return Decision(
+        after, [event, *rules.alerts(current, after, demand.lines, rx, approved)], result=AtWarehouse.RESERVED
+    )
+
+
+def after_delivery_event(current: Allocation | None, event: DeliveryEvent) -> Decision[Allocation]:
+    """The allocation as a delivery event leaves it; the result is the allocation as it stands."""
+    rx = event.prescription_id
+    if isinstance(event, c.DeliveryCancelled | c.DeliveryAbandoned) and current is None:
+        withdrawn = isinstance(event, c.DeliveryCancelled) and not event.goods_returned
+        if withdrawn or (isinstance(event, c.DeliveryAbandoned) and not event.goods_travelled):
+            # Withdrawn before inventory saw the approval: a late approval reserves nothing.
+            cancelled = Allocation(prescription_id=rx, state=AllocationState.CANCELLED, lines={})
+            return Decision(cancelled, result=cancelled)
+    if current is None or current.state is not AllocationState.RESERVING:
+        return Decision(result=current)
+    if isinstance(event, c.DeliveryCancelled):
+        if event.goods_returned:
+            return Decision(result=current)
+        cancelled = current.model_copy(update={"state": AllocationState.CANCELLED})
+        return Decision(cancelled, result=cancelled)
+    settled = current.model_copy(update={"state": AllocationState.RESERVED, "warehouse_id": event.warehouse_id})
+    return Decision(settled, result=settled)
+
+
+def hold_move_for(message: Envelope, hold: Hold) -> HoldMove | None:
+    """How a message moves a prescription's hold, as the hold stands (None: it does not)."""
+    match message:
+        case c.DeliveryPickedUp():
+            return domain.dispatch, inv.StockDispatched, "dispatched"
+        case c.DeliveryFailed(goods_returned=True):
+            return domain.return_goods, inv.StockReturned, "returned"
+        case c.DeliveryCompleted():
+            return domain.deliver, inv.StockDelivered, "delivered"
+        case c.DeliveryAbandoned(goods_travelled=True):
+            why = "damaged" if message.last_reason == "damaged" else "undeliverable"
+            return domain.quarantine, partial(inv.StockQuarantined, why=why), f"quarantined ({why})"
+        case c.DeliveryAbandoned():
+            return withdrawal(hold, "undeliverable")
+        case c.DeliveryCancelled(goods_returned=True):
+            return domain.quarantine, partial(inv.StockQuarantined, why="cancelled"), "quarantined (cancelled)"
+        case c.DeliveryCancelled() | PrescriptionApproved():
+            # An approval here: its delivery was withdrawn while it was being reserved.
+            return withdrawal(hold, "cancelled")
+    return None
+
+
+def withdrawal(hold: Hold, why: Literal["undeliverable", "cancelled"]) -> HoldMove:
+    """The delivery is given up: goods that never left go back on the shelf; goods that travelled,
+    even if back since, go to quarantine: nothing that left goes straight back to available stock."""
+    if hold.travelled:
+        return domain.withdraw, partial(inv.StockQuarantined, why=why), f"quarantined ({why}): the goods had left"
+    return domain.withdraw, inv.StockReleased, "released"
+
+
+def move_hold(rules: Rules, current: Warehouse | None, message: Envelope) -> Decision[Warehouse]:
+    """The prescription's hold moved by the rule the message and the hold as it stands pick; the
+    result is what the log line says."""
+    rx: str = message.prescription_id  # type: ignore[attr-defined]
+    if current is None or rx not in current.holds:
+        return Decision.unchanged()
+    move = hold_move_for(message, current.holds[rx])
+    outcome = move[0](current, rx) if move is not None else None
+    if move is None or outcome is None:
+        return Decision.unchanged()
+    _, reported_as, what = move
+    held = current.holds[rx].lines
+    reported = reported_as(
+        **rules.envelope(rx, message),
+        prescription_id=rx,
+        warehouse_id=current.warehouse_id,
+        lines=_lines(held),
+        levels=_levels(outcome.warehouse, held),
+        movements=list(outcome.movements),
+    )
+    return Decision(outcome.warehouse, [reported], result=what)
+
+
+def decide_command(rules: Rules, current: Warehouse | None, command: Envelope) -> Decision[Warehouse]:
+    match command:
+        case inv.WarehouseRegistrationRequested():
+            return register(rules, current, command)
+        case inv.RestockRequested() | inv.AdjustmentRequested():
+            if current is None or not current.registered:
+                return Decision.refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
+            if isinstance(command, inv.RestockRequested):
+                return restock(rules, current, command)
+            return adjust(rules, current, command)
+    return Decision.refused("unexpected_message", f"{type(command).__name__} is not a warehouse command")
+
+
+def register(
+    rules: Rules, current: Warehouse | None, command: inv.WarehouseRegistrationRequested
+) -> Decision[Warehouse]:
+    location = Location(latitude=command.location.latitude, longitude=command.location.longitude)
+    after = domain.register(current, command.warehouse_id, name=command.name, kind=command.kind, location=location)
+    registered = inv.WarehouseRegistered(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        name=command.name,
+        kind=command.kind,
+        location=command.location,
+    )
+    return Decision(after, [registered])
+
+
+def restock(rules: Rules, current: Warehouse, command: inv.RestockRequested) -> Decision[Warehouse]:
+    try:
+        outcome = domain.restock(current, command.lot_id, command.drug_code, command.expiry_date, command.quantity)
+    except domain.StockRefused as refused:
+        return Decision(current, [command_refused(rules, command, str(refused))])
+    restocked = inv.StockRestocked(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        drug_code=command.drug_code,
+        lot_id=command.lot_id,
+        expiry_date=command.expiry_date,
+        quantity=command.quantity,
+        requested_by=command.requested_by,
+        level=_level(outcome.warehouse, command.drug_code),
+        movements=list(outcome.movements),
+    )
+    return Decision(outcome.warehouse, [restocked])
+
+
+def adjust(rules: Rules, current: Warehouse, command: inv.AdjustmentRequested) -> Decision[Warehouse]:
+    try:
+        outcome = domain.adjust(current, command.lot_id, command.drug_code, command.delta)
+    except domain.StockRefused as refused:
+        return Decision(current, [command_refused(rules, command, str(refused))])
+    after = outcome.warehouse
+    adjusted = inv.StockAdjusted(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        drug_code=command.drug_code,
+        lot_id=command.lot_id,
+        delta=command.delta,
+        reason=command.reason,
+        requested_by=command.requested_by,
+        level=_level(after, command.drug_code),
+        movements=list(outcome.movements),
+    )
+    alerts = rules.alerts(current, after, [command.drug_code], command.correlation_id, command)
+    return Decision(after, [adjusted, *alerts])
+
+
+def command_refused(rules: Rules, command: inv.RestockRequested | inv.AdjustmentRequested, reason: str) -> Envelope:
+    """A command the stock rules refuse is answered on the events topic (staff watch it), and the
+    warehouse remembers it was handled: sent again, it is not refused twice."""
+    return inv.StockCommandRefused(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        drug_code=command.drug_code,
+        reason=reason,
+    )
+
+
+def expire_lots(rules: Rules, window: int, current: Warehouse | None, _: ExpiryDue) -> Decision[Warehouse]:
+    """Expired lots off the shelf and an alert once per lot nearing expiry, if still due on this
+    version (another instance may have swept it meanwhile); the result is what was found."""
+    if current is None:
+        return Decision.unchanged()
+    nearing = domain.nearing_expiry(current, rules.today, window)
+    expired = domain.expire(current, rules.today)
+    if not nearing and not expired.movements:
+        return Decision.unchanged()
+    after = domain.mark_near_expiry_alerted(expired.warehouse, nearing)
+    wid = current.warehouse_id
+    events: list[Envelope] = [
+        inv.LotNearingExpiry(
+            **rules.envelope(lot_id, None),
+            warehouse_id=wid,
+            drug_code=lot.drug_code,
+            lot_id=lot_id,
+            expiry_date=lot.expiry_date,
+            available=lot.available,
+        )
+        for lot_id in nearing
+        for lot in [current.lots[lot_id]]
+    ]
+    for movement in expired.movements:
+        events.append(
+            inv.LotExpired(
+                **rules.envelope(movement.lot_id, None),
+                warehouse_id=wid,
+                drug_code=movement.drug_code,
+                lot_id=movement.lot_id,
+                expiry_date=current.lots[movement.lot_id].expiry_date,
+                removed=movement.quantity,
+                level=_level(after, movement.drug_code),
+                movements=[movement],
+            )
+        )
+    events += rules.alerts(current, after, [m.drug_code for m in expired.movements], wid, None)
+    found = {"nearing_expiry": nearing, "expired": sorted({m.lot_id for m in expired.movements})}
+    return Decision(after, events, result=found)
+
+
+def movements_of(event: Envelope) -> list[domain.LedgerEntry]:
+    """The ledger entries of the movements an event reports (none for events that move nothing)."""
+    movements: list[inv.Movement] = getattr(event, "movements", None) or []
+    warehouse_id: str | None = getattr(event, "warehouse_id", None)
+    if not movements or warehouse_id is None:
+        return []
+    return domain.ledger_entries(event.message_id, event.type, warehouse_id, event.occurred_at, movements)
+
+
+# --- keys and helpers -------------------------------------------------------------------------------------
+
+
+def _rx(message: Envelope) -> str:
+    prescription_id = getattr(message, "prescription_id", None)
+    return prescription_id if isinstance(prescription_id, str) else message.correlation_id
+
+
+def _warehouse_of(reservations: Mapping[str, Reservation], approved: PrescriptionApproved) -> str:
+    warehouse_id = reservations[approved.message_id].warehouse_id
+    assert warehouse_id is not None
+    return warehouse_id
+
+
+def _named_warehouse(event: Envelope) -> str | None:
+    warehouse_id = getattr(event, "warehouse_id", None)
+    return warehouse_id if isinstance(warehouse_id, str) else None
+
+
+def _by_message(values: Mapping[str, str | None], message: Envelope) -> str:
+    value = values[message.message_id]
+    assert value is not None
+    return value
+
+
+def _holding(warehouses: Iterable[Warehouse]) -> dict[str, str]:
+    """Which warehouse holds stock for each prescription."""
+    return {rx: w.warehouse_id for w in warehouses for rx in w.holds}
+
+
+def _expiry_due(warehouse: Warehouse, today: date, window: int) -> bool:
+    return bool(domain.expired_lots(warehouse, today) or domain.nearing_expiry(warehouse, today, window))
+
+
+def _combined(record: Record[Any], steps: Sequence[Handled[Any]]) -> Handled[Any]:
+    """One record's outcome over the steps it went through: the first that stopped it, or applied
+    if any step changed something (with every step's events), or what its last step found."""
+    for step in steps:
+        if step.outcome in STOPPED:
+            return Handled(record, step.outcome, refusal=step.refusal, error=step.error)
+    events = tuple(e for step in steps for e in step.events)
+    if any(step.outcome is Outcome.APPLIED for step in steps):
+        return Handled(record, Outcome.APPLIED, events)
+    return Handled(record, Outcome.DUPLICATE if steps and steps[-1].outcome is Outcome.DUPLICATE else Outcome.UNCHANGED)
 
 
 def _level(warehouse: Warehouse, drug: str) -> inv.StockLevel:
@@ -42,7 +836,7 @@ def _levels(warehouse: Warehouse, drugs: Iterable[str]) -> list[inv.StockLevel]:
     return [_level(warehouse, drug) for drug in sorted(set(drugs))]
 
 
-def _lines(lines: dict[str, int]) -> list[inv.StockLine]:
+def _lines(lines: Mapping[str, int]) -> list[inv.StockLine]:
     return [inv.StockLine(drug_code=d, quantity=q) for d, q in sorted(lines.items())]
 
 
@@ -50,490 +844,73 @@ def _coordinates(location: Location) -> Coordinates:
     return Coordinates(latitude=location.latitude, longitude=location.longitude)
 
 
-class InventoryService:
-    def __init__(
-        self, storage: InventoryStorage, settings: InventorySettings, clock: Callable[[], datetime] = utc_now
-    ) -> None:
-        self._storage = storage
-        self._settings = settings
-        self._clock = clock
+# --- one log line per decision ---------------------------------------------------------------------------
 
-    def _today(self) -> date:
-        return self._clock().date()
 
-    def _envelope(self, correlation_id: str, cause: Envelope | None) -> dict[str, Any]:
-        """Fields every event shares; its time is the service's clock, so the ledger and tests agree on it."""
-        return {
-            "correlation_id": correlation_id,
-            "causation_id": cause.message_id if cause is not None else None,
-            "producer": PRODUCER,
-            "occurred_at": self._clock(),
-        }
+def _log_reservation(handled: Handled[Any], reservation: Reservation) -> None:
+    if handled.outcome in STOPPED:
+        return  # refusals and failures are logged where they are dead-lettered or retried
+    demand = reservation.demand
+    story = reservation.story or "approval handled"
+    if story.startswith("stock reserved"):
+        reserved = next((e for e in handled.events if isinstance(e, inv.StockReserved)), None)
+        km = (
+            round(domain.distance_km(_location(reserved.pickup_location), demand.patient), 1)
+            if reserved is not None
+            else None
+        )
+        log.info(story, warehouse_id=reservation.warehouse_id, lines=demand.quantities, km=km)
+    elif story == "out of stock":
+        failed = next((e for e in handled.events if isinstance(e, inv.ReservationFailed)), None)
+        log.info(
+            story,
+            reason=failed.reason if failed else None,
+            shortages=[s.drug_code for s in failed.shortages] if failed else [],
+        )
+    else:
+        log.info(story, warehouse_id=reservation.warehouse_id)
 
-    def _threshold(self, drug: str) -> int:
-        return domain.threshold_for(drug, self._settings.low_stock_thresholds, self._settings.low_stock_threshold)
 
-    def _alerts(
-        self, before: Warehouse, after: Warehouse, drugs: Iterable[str], correlation_id: str, cause: Envelope | None
-    ) -> list[Envelope]:
-        return [
-            inv.LowStock(
-                **self._envelope(correlation_id, cause),
-                warehouse_id=after.warehouse_id,
-                drug_code=drug,
-                available=after.level(drug).available,
-                threshold=self._threshold(drug),
-            )
-            for drug in sorted(set(drugs))
-            if domain.fell_below(before, after, drug, self._threshold(drug))
-        ]
+def _location(coordinates: Coordinates) -> Location:
+    return Location(latitude=coordinates.latitude, longitude=coordinates.longitude)
 
-    # --- reservations ---------------------------------------------------------------------------
 
-    async def on_decision(self, event: Envelope) -> None:
-        if isinstance(event, PrescriptionApproved):
-            await self.reserve(event)
+def _log_delivery_event(handled: Handled[Any], warehouse_id: str | None, moved_as: str | None) -> None:
+    if handled.outcome in STOPPED:
+        return
+    if moved_as is not None:
+        log.info(f"stock {moved_as}", warehouse_id=warehouse_id)
+    elif warehouse_id is None:
+        log.info("no warehouse holds stock for the prescription; nothing to move")
 
-    async def reserve(self, approved: PrescriptionApproved) -> None:
-        """All lines from the nearest warehouse that can fill them with lots that last, or nothing.
 
-        The allocation record is claimed first, and the chosen warehouse recorded in it (under its
-        version guard) before that warehouse is written: a redelivered approval after a crash, or a
-        second worker handling the same approval, resumes the same warehouse instead of reserving
-        at a second one. The warehouse write itself is guarded by its version, so two inventory
-        instances can never both take the last units.
-        """
-        rx = approved.prescription_id
-        lines = domain.merge_lines((line.drug_code, line.quantity, line.days_supply) for line in approved.lines)
-        quantities = {drug: line.quantity for drug, line in lines.items()}
-        coordinates = approved.delivery.address.coordinates
-        patient = Location(latitude=coordinates.latitude, longitude=coordinates.longitude)
-        today, delivery_days = self._today(), self._settings.delivery_days
-
-        allocation = await self._storage.allocations.get(rx)
-        if allocation is None:
-            claim = Allocation(prescription_id=rx, state=AllocationState.RESERVING, lines=quantities)
-            await self._storage.allocations.apply(rx, lambda current: None if current else Change(claim))
-            allocation = await self._storage.allocations.get(rx)
-        if allocation is not None and allocation.state is not AllocationState.RESERVING:
-            log.info("prescription already allocated; approval dropped", state=allocation.state)
-            return
-        claimed = allocation.warehouse_id if allocation is not None else None
-        given_up: str | None = None
-
-        for _ in range(MAX_RESERVATION_ROUNDS):
-            warehouses = await self._storage.all_warehouses()
-            holding = next((w for w in warehouses if rx in w.holds), None)
-            if holding is not None:
-                await self._settle(rx, AllocationState.RESERVED, holding.warehouse_id, [])
-                await self._undo_if_cancelled(rx, holding.warehouse_id, approved)
-                return
-            if claimed is not None:
-                if await self._reserve_at(claimed, rx, lines, approved):
-                    await self._settle(rx, AllocationState.RESERVED, claimed, [])
-                    log.info("stock reserved at the warehouse claimed earlier", warehouse_id=claimed, lines=quantities)
-                    await self._undo_if_cancelled(rx, claimed, approved)
-                    return
-                log.info("the claimed warehouse can no longer fill it; choosing again", warehouse_id=claimed)
-                given_up, claimed = claimed, None
-                continue
-            chosen = domain.choose_warehouse(warehouses, lines, patient, today=today, delivery_days=delivery_days)
-            if chosen is None:
-                short = domain.shortages(warehouses, lines, today=today, delivery_days=delivery_days)
-                failed = inv.ReservationFailed(
-                    **self._envelope(rx, approved),
-                    prescription_id=rx,
-                    reason="OUT_OF_STOCK" if short else "NOT_IN_ONE_WAREHOUSE",
-                    shortages=[
-                        inv.Shortage(drug_code=s.drug_code, requested=s.requested, best_available=s.best_available)
-                        for s in short
-                    ],
-                )
-                await self._settle(rx, AllocationState.OUT_OF_STOCK, None, [failed])
-                log.info("out of stock", reason=failed.reason, shortages=[s.drug_code for s in failed.shortages])
-                return
-            claimed = await self._claim_warehouse(rx, chosen.warehouse_id, replacing=given_up)
-            if claimed is None:
-                log.info("delivery withdrawn before a warehouse was chosen; nothing reserved")
-                return
-            if claimed != chosen.warehouse_id:
-                log.info("another worker claimed a warehouse for this approval; resuming it", warehouse_id=claimed)
-                continue
-            if await self._reserve_at(chosen.warehouse_id, rx, lines, approved):
-                await self._settle(rx, AllocationState.RESERVED, chosen.warehouse_id, [])
-                log.info(
-                    "stock reserved",
-                    warehouse_id=chosen.warehouse_id,
-                    lines=quantities,
-                    km=round(domain.distance_km(chosen.location, patient), 1),  # type: ignore[arg-type]
-                )
-                await self._undo_if_cancelled(rx, chosen.warehouse_id, approved)
-                return
-            log.info("stock taken by a concurrent reservation; choosing again", warehouse_id=chosen.warehouse_id)
-            given_up, claimed = chosen.warehouse_id, None
-        raise RuntimeError(f"could not settle the reservation of {rx}")
-
-    async def _claim_warehouse(self, rx: str, warehouse_id: str, *, replacing: str | None) -> str | None:
-        """Record `warehouse_id` as where this reservation is made, unless another worker recorded a
-        warehouse first (other than `replacing`, one that could not fill it). Returns the warehouse
-        now claimed, or None if the allocation is no longer being reserved (withdrawn)."""
-
-        def decide(current: Allocation | None) -> Change[Allocation] | None:
-            if current is None or current.state is not AllocationState.RESERVING:
-                return None
-            if current.warehouse_id is not None and current.warehouse_id != replacing:
-                return None
-            return Change(current.model_copy(update={"warehouse_id": warehouse_id}))
-
-        await self._storage.allocations.apply(rx, decide)
-        allocation = await self._storage.allocations.get(rx)
-        if allocation is None or allocation.state is not AllocationState.RESERVING:
-            return None
-        return allocation.warehouse_id
-
-    async def _reserve_at(self, warehouse_id: str, rx: str, lines: dict[str, Line], cause: Envelope) -> bool:
-        outcome: list[bool] = []
-        today, delivery_days = self._today(), self._settings.delivery_days
-
-        def decide(current: Warehouse | None) -> Change[Warehouse] | None:
-            outcome.clear()
-            if current is not None and rx in current.holds:
-                outcome.append(True)
-                return None
-            try:
-                if current is None or not current.registered:
-                    raise domain.StockRefused(f"{warehouse_id} is not a registered warehouse")
-                reserved = domain.reserve(current, rx, lines, today=today, delivery_days=delivery_days)
-            except domain.StockRefused:
-                outcome.append(False)
-                return None
-            outcome.append(True)
-            after = reserved.warehouse
-            assert after.location is not None
-            lots = after.lots
-            event = inv.StockReserved(
-                **self._envelope(rx, cause),
-                prescription_id=rx,
-                warehouse_id=warehouse_id,
-                pickup_location=_coordinates(after.location),
-                lines=_lines({drug: line.quantity for drug, line in lines.items()}),
-                picks=[
-                    inv.LotPick(
-                        drug_code=p.drug_code,
-                        lot_id=p.lot_id,
-                        expiry_date=lots[p.lot_id].expiry_date,
-                        quantity=p.quantity,
-                    )
-                    for p in reserved.picks
-                ],
-                levels=_levels(after, lines),
-                movements=list(reserved.movements),
-            )
-            return Change(after, [event, *self._alerts(current, after, lines, rx, cause)])
-
-        await self._storage.warehouses.apply(warehouse_id, decide)
-        return outcome[-1]
-
-    async def _settle(self, rx: str, state: AllocationState, warehouse_id: str | None, events: list[Envelope]) -> None:
-        def decide(current: Allocation | None) -> Change[Allocation] | None:
-            if current is None or current.state is not AllocationState.RESERVING:
-                return None
-            return Change(current.model_copy(update={"state": state, "warehouse_id": warehouse_id}), events)
-
-        await self._storage.allocations.apply(rx, decide)
-
-    async def _undo_if_cancelled(self, rx: str, warehouse_id: str, cause: Envelope) -> None:
-        """The delivery was withdrawn while this reservation was being made (see `_withdraw`): hand
-        the units back. Both sides write, then look, so one of them always sees the other."""
-        allocation = await self._storage.allocations.get(rx)
-        if allocation is not None and allocation.state is AllocationState.CANCELLED:
-            log.info("delivery withdrawn while reserving; releasing", warehouse_id=warehouse_id)
-            await self._apply_hold_rule(rx, warehouse_id, cause, self._withdrawal("cancelled"))
-
-    # --- the delivery moves stock ---------------------------------------------------------------
-
-    async def on_delivery_event(self, event: Envelope) -> None:
-        if isinstance(event, c.DeliveryPickedUp | c.DeliveryFailed | c.DeliveryCompleted | c.DeliveryAbandoned):
-            # The courier acts on a StockReserved, so the reservation was made even if its writer
-            # died before settling the allocation. Settle it before the hold moves (and perhaps
-            # closes): an approval redelivered after the hold closed must find it settled, not
-            # reserve the whole prescription a second time (found by the chaos run).
-            await self._settle(event.prescription_id, AllocationState.RESERVED, event.warehouse_id, [])
-        match event:
-            case c.DeliveryPickedUp():
-                await self._hold_moved(event, event.warehouse_id, domain.dispatch, inv.StockDispatched, "dispatched")
-            case c.DeliveryFailed(goods_returned=True):
-                await self._hold_moved(event, event.warehouse_id, domain.return_goods, inv.StockReturned, "returned")
-            case c.DeliveryCompleted():
-                await self._hold_moved(event, event.warehouse_id, domain.deliver, inv.StockDelivered, "delivered")
-            case c.DeliveryAbandoned(goods_travelled=True):
-                why = "damaged" if event.last_reason == "damaged" else "undeliverable"
-                await self._quarantine(event, event.warehouse_id, why)
-            case c.DeliveryAbandoned():
-                await self._withdraw(event, event.warehouse_id, "undeliverable")
-            case c.DeliveryCancelled(goods_returned=True):
-                await self._quarantine(event, event.warehouse_id, "cancelled")
-            case c.DeliveryCancelled():
-                await self._withdraw(event, event.warehouse_id, "cancelled")
-
-    async def _withdraw(self, event: Envelope, warehouse_id: str | None, why: str) -> None:
-        """The courier says the goods never left: back on the shelf. If this warehouse saw them leave
-        after all (now, or on an earlier attempt), quarantine them: nothing that travelled goes
-        straight back to available stock. Decided on the hold in the same write that moves it."""
-        rx: str = event.prescription_id  # type: ignore[attr-defined]
-        # Remember the withdrawal first, so an approval still being reserved undoes itself.
-        await self._storage.allocations.apply(rx, lambda current: _cancelled(rx, current), message_id=event.message_id)
-        warehouse_id = warehouse_id or await self._holding_warehouse(rx)
-        if warehouse_id is None:
-            log.info("delivery withdrawn before any stock was held", why=why)
-            return
-        await self._apply_hold_rule(rx, warehouse_id, event, self._withdrawal(why), message_id=event.message_id)
-
-    @staticmethod
-    def _withdrawal(why: str) -> Callable[[Hold], HoldMove]:
-        def quarantined(**fields: Any) -> inv.StockQuarantined:
-            return inv.StockQuarantined(**fields, why=why)
-
-        def choose(hold: Hold) -> HoldMove:
-            if hold.travelled:
-                return domain.withdraw, quarantined, f"quarantined ({why}): the goods had left the warehouse"
-            return domain.withdraw, inv.StockReleased, "released"
-
-        return choose
-
-    async def _quarantine(self, event: Envelope, warehouse_id: str | None, why: str) -> None:
-        rx: str = event.prescription_id  # type: ignore[attr-defined]
-        warehouse_id = warehouse_id or await self._holding_warehouse(rx)
-        if warehouse_id is None:
-            log.warning("goods came back but no warehouse holds stock for them", why=why)
-            return
-
-        def quarantined(**fields: Any) -> inv.StockQuarantined:
-            return inv.StockQuarantined(**fields, why=why)
-
-        await self._hold_moved(event, warehouse_id, domain.quarantine, quarantined, f"quarantined ({why})")
-
-    async def _holding_warehouse(self, rx: str) -> str | None:
-        allocation = await self._storage.allocations.get(rx)
-        if allocation is not None and allocation.warehouse_id is not None:
-            return allocation.warehouse_id
-        return next((w.warehouse_id for w in await self._storage.all_warehouses() if rx in w.holds), None)
-
-    async def _hold_moved(
-        self, event: Envelope, warehouse_id: str, rule: HoldRule, reported_as: Callable[..., Envelope], what: str
-    ) -> None:
-        rx: str = event.prescription_id  # type: ignore[attr-defined]
-        move: HoldMove = (rule, reported_as, what)
-        await self._apply_hold_rule(rx, warehouse_id, event, lambda _: move, message_id=event.message_id)
-
-    async def _apply_hold_rule(
-        self,
-        rx: str,
-        warehouse_id: str,
-        cause: Envelope,
-        choose: Callable[[Hold], HoldMove],
-        *,
-        message_id: str | None = None,
-    ) -> None:
-        """Move the prescription's hold by the rule `choose` picks for the hold as this write finds it."""
-        moved: list[str] = []
-
-        def decide(current: Warehouse | None) -> Change[Warehouse] | None:
-            moved.clear()
-            if current is None or rx not in current.holds:
-                return None
-            rule, reported_as, what = choose(current.holds[rx])
-            outcome = rule(current, rx)
-            if outcome is None:
-                return None
-            moved.append(what)
-            held = current.holds[rx].lines
-            reported = reported_as(
-                **self._envelope(rx, cause),
-                prescription_id=rx,
-                warehouse_id=current.warehouse_id,
-                lines=_lines(held),
-                levels=_levels(outcome.warehouse, held),
-                movements=list(outcome.movements),
-            )
-            return Change(outcome.warehouse, [reported])
-
-        if await self._storage.warehouses.apply(warehouse_id, decide, message_id=message_id) and moved:
-            log.info(f"stock {moved[-1]}", warehouse_id=warehouse_id)
-
-    # --- warehouse staff ------------------------------------------------------------------------
-
-    async def on_command(self, command: Envelope) -> None:
-        match command:
-            case inv.WarehouseRegistrationRequested():
-                await self._register(command)
-            case inv.RestockRequested():
-                await self._restock(command)
-            case inv.AdjustmentRequested():
-                await self._adjust(command)
-
-    async def _register(self, command: inv.WarehouseRegistrationRequested) -> None:
-        location = Location(latitude=command.location.latitude, longitude=command.location.longitude)
-
-        def decide(current: Warehouse | None) -> Change[Warehouse]:
-            after = domain.register(
-                current, command.warehouse_id, name=command.name, kind=command.kind, location=location
-            )
-            registered = inv.WarehouseRegistered(
-                **self._envelope(command.correlation_id, command),
-                warehouse_id=command.warehouse_id,
-                name=command.name,
-                kind=command.kind,
-                location=command.location,
-            )
-            return Change(after, [registered])
-
-        if await self._storage.warehouses.apply(command.warehouse_id, decide, message_id=command.message_id):
-            log.info("warehouse registered", warehouse_id=command.warehouse_id, kind=command.kind)
-
-    def _refused(self, command: inv.RestockRequested | inv.AdjustmentRequested, reason: str) -> Envelope:
-        return inv.StockCommandRefused(
-            **self._envelope(command.correlation_id, command),
+def _log_command(handled: Handled[Any]) -> None:
+    command = handled.record.message
+    if handled.outcome is Outcome.DUPLICATE:
+        log.info("command already applied; duplicate dropped", warehouse_id=getattr(command, "warehouse_id", None))
+    elif handled.outcome is not Outcome.APPLIED:
+        return
+    elif isinstance(command, inv.WarehouseRegistrationRequested):
+        log.info("warehouse registered", warehouse_id=command.warehouse_id, kind=command.kind)
+    elif isinstance(command, inv.RestockRequested):
+        log.info(
+            "restock handled",
             warehouse_id=command.warehouse_id,
             drug_code=command.drug_code,
-            reason=reason,
+            lot_id=command.lot_id,
+            quantity=command.quantity,
+            refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
+        )
+    elif isinstance(command, inv.AdjustmentRequested):
+        log.info(
+            "adjustment handled",
+            warehouse_id=command.warehouse_id,
+            lot_id=command.lot_id,
+            delta=command.delta,
+            refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
         )
 
-    async def _restock(self, command: inv.RestockRequested) -> None:
-        def decide(current: Warehouse | None) -> Change[Warehouse]:
-            if current is None or not current.registered:
-                raise Refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
-            try:
-                outcome = domain.restock(
-                    current, command.lot_id, command.drug_code, command.expiry_date, command.quantity
-                )
-            except domain.StockRefused as refused:
-                return Change(current, [self._refused(command, str(refused))])
-            restocked = inv.StockRestocked(
-                **self._envelope(command.correlation_id, command),
-                warehouse_id=command.warehouse_id,
-                drug_code=command.drug_code,
-                lot_id=command.lot_id,
-                expiry_date=command.expiry_date,
-                quantity=command.quantity,
-                requested_by=command.requested_by,
-                level=_level(outcome.warehouse, command.drug_code),
-                movements=list(outcome.movements),
-            )
-            return Change(outcome.warehouse, [restocked])
 
-        if await self._storage.warehouses.apply(command.warehouse_id, decide, message_id=command.message_id):
-            log.info(
-                "restock handled",
-                warehouse_id=command.warehouse_id,
-                drug_code=command.drug_code,
-                lot_id=command.lot_id,
-                quantity=command.quantity,
-            )
-
-    async def _adjust(self, command: inv.AdjustmentRequested) -> None:
-        def decide(current: Warehouse | None) -> Change[Warehouse]:
-            if current is None or not current.registered:
-                raise Refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
-            try:
-                outcome = domain.adjust(current, command.lot_id, command.drug_code, command.delta)
-            except domain.StockRefused as refused:
-                return Change(current, [self._refused(command, str(refused))])
-            after = outcome.warehouse
-            adjusted = inv.StockAdjusted(
-                **self._envelope(command.correlation_id, command),
-                warehouse_id=command.warehouse_id,
-                drug_code=command.drug_code,
-                lot_id=command.lot_id,
-                delta=command.delta,
-                reason=command.reason,
-                requested_by=command.requested_by,
-                level=_level(after, command.drug_code),
-                movements=list(outcome.movements),
-            )
-            alerts = self._alerts(current, after, [command.drug_code], command.correlation_id, command)
-            return Change(after, [adjusted, *alerts])
-
-        if await self._storage.warehouses.apply(command.warehouse_id, decide, message_id=command.message_id):
-            log.info(
-                "adjustment handled", warehouse_id=command.warehouse_id, lot_id=command.lot_id, delta=command.delta
-            )
-
-    # --- expiry (a sweep: no message says a date has passed) --------------------------------------
-
-    async def sweep_expiry(self) -> None:
-        """Alert once on lots nearing expiry; take expired lots off the shelf. Idempotent: the lots
-        remember the alert, and expired units are no longer available."""
-        today, window = self._today(), self._settings.near_expiry_days
-        for warehouse in await self._storage.all_warehouses():
-            if domain.expired_lots(warehouse, today) or domain.nearing_expiry(warehouse, today, window):
-                await self._storage.warehouses.apply(warehouse.warehouse_id, self._expiry_decision(today, window))
-
-    def _expiry_decision(self, today: date, window: int) -> Callable[[Warehouse | None], Change[Warehouse] | None]:
-        def decide(current: Warehouse | None) -> Change[Warehouse] | None:
-            if current is None:
-                return None
-            nearing = domain.nearing_expiry(current, today, window)
-            expired = domain.expire(current, today)
-            if not nearing and not expired.movements:
-                return None
-            after = domain.mark_near_expiry_alerted(expired.warehouse, nearing)
-            wid = current.warehouse_id
-            events: list[Envelope] = [
-                inv.LotNearingExpiry(
-                    **self._envelope(lot_id, None),
-                    warehouse_id=wid,
-                    drug_code=lot.drug_code,
-                    lot_id=lot_id,
-                    expiry_date=lot.expiry_date,
-                    available=lot.available,
-                )
-                for lot_id in nearing
-                for lot in [current.lots[lot_id]]
-            ]
-            for movement in expired.movements:
-                lot = current.lots[movement.lot_id]
-                events.append(
-                    inv.LotExpired(
-                        **self._envelope(movement.lot_id, None),
-                        warehouse_id=wid,
-                        drug_code=movement.drug_code,
-                        lot_id=movement.lot_id,
-                        expiry_date=lot.expiry_date,
-                        removed=movement.quantity,
-                        level=_level(after, movement.drug_code),
-                        movements=[movement],
-                    )
-                )
-            drugs = [m.drug_code for m in expired.movements]
-            events += self._alerts(current, after, drugs, wid, None)
-            log.info(
-                "expiry sweep",
-                warehouse_id=wid,
-                nearing_expiry=nearing,
-                expired=sorted({m.lot_id for m in expired.movements}),
-            )
-            return Change(after, events)
-
-        return decide
-
-    # --- the ledger -----------------------------------------------------------------------------
-
-    async def record_movements(self, event: Envelope) -> None:
-        """Every movement an event reports becomes one ledger entry; recording an event twice is harmless."""
-        movements: list[inv.Movement] = getattr(event, "movements", None) or []
-        warehouse_id: str | None = getattr(event, "warehouse_id", None)
-        if not movements or warehouse_id is None:
-            return
-        entries = domain.ledger_entries(event.message_id, event.type, warehouse_id, event.occurred_at, movements)
-        await self._storage.record_movements(entries)
-        log.info("movements recorded", warehouse_id=warehouse_id, count=len(entries))
-
-
-def _cancelled(rx: str, current: Allocation | None) -> Change[Allocation] | None:
-    """A withdrawn delivery's allocation: one not yet settled becomes CANCELLED (reserving nothing)."""
-    if current is None:
-        return Change(Allocation(prescription_id=rx, state=AllocationState.CANCELLED, lines={}))
-    if current.state is AllocationState.RESERVING:
-        return Change(current.model_copy(update={"state": AllocationState.CANCELLED}))
-    return None
+def _log_expiry(handled: Handled[Any]) -> None:
+    found = handled.result or {}
+    log.info("expiry sweep", warehouse_id=handled.record.message.warehouse_id, **found)

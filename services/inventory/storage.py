@@ -1,52 +1,102 @@
-"""The inventory service's collections: warehouses (lots and holds), allocations, and the stock ledger."""
+"""The inventory service's collections, as repositories: warehouses (lots and holds), allocations
+(one per approved prescription: which warehouse its stock comes from), and the stock ledger. Only
+this module (and the runtime) knows MongoDB.
+
+Warehouses are few (tens), so a batch of reservations (and the expiry sweep) reads them all with one
+query and plans on them; the read goes into the store's memory (`DocumentMemory`), so the unit of
+work writes on it instead of loading the warehouses a second time. Allocations are created by their
+prescription's first message and changed by this process a moment later, so their memory presumes
+an unknown one new (its insert proves it). The ledger is append-only facts, not versioned state: one
+unordered bulk upsert per batch, keyed by event and movement.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel, ReplaceOne
 
 from pharmacy_contracts import topics
-from services.runtime.documents import DocumentStore
+from services.runtime.mongo_store import MongoStore
+from services.runtime.store import DocumentMemory, S, Stored
 
 from .domain import Allocation, LedgerEntry, Warehouse
 
 
+class Documents(MongoStore[S]):
+    """A `MongoStore` that also answers readers (tools, checks, tests) in plain terms."""
+
+    async def get(self, doc_id: str) -> S | None:
+        return (await self.load([doc_id]))[doc_id].state
+
+    async def find(self, **state_equals: Any) -> list[S]:
+        """The states whose fields equal these (every state, with none)."""
+        query = {f"state.{name}": value for name, value in state_equals.items()}
+        return [self.model.model_validate(d["state"]) async for d in self._collection.find(query, {"state": 1})]
+
+    async def every_document(self) -> dict[str, Stored[S]]:
+        """Every document as stored, in one query; one whose state no longer validates comes back
+        broken (its records fail alone) instead of failing the read."""
+        found = {d["_id"]: self._stored_or_broken(d) async for d in self._collection.find({})}
+        if self.memory is not None:
+            self.memory.loaded(found.values())
+        return found
+
+
 class InventoryStorage:
     def __init__(self, database: Any) -> None:
-        # Restocks, adjustments and registrations come from people and their systems, who may send one again.
-        self.warehouses: DocumentStore[Warehouse] = DocumentStore(
-            database, "inventory_warehouses", Warehouse, remembers_commands=[topics.INVENTORY_COMMANDS.name]
+        # Registrations, restocks and adjustments come from people and their systems, who may send
+        # one again at any time: their message ids are kept for good.
+        self.warehouses: Documents[Warehouse] = Documents(
+            database,
+            "inventory_warehouses",
+            Warehouse,
+            remembers_commands=[topics.INVENTORY_COMMANDS.name],
+            memory=DocumentMemory(),
         )
-        self.allocations: DocumentStore[Allocation] = DocumentStore(
-            database, "inventory_allocations", Allocation, keeps_trace=True
+        # One per prescription: its events are the prescription's story, so they keep its trace.
+        self.allocations: Documents[Allocation] = Documents(
+            database, "inventory_allocations", Allocation, keeps_trace=True, memory=DocumentMemory(presumes_new=True)
         )
-        # Append-only facts, not versioned state: one document per movement, keyed by event and index.
-        self.ledger = database["inventory_ledger"]
+        self._ledger = database["inventory_ledger"]
 
     @property
-    def with_outbox(self) -> list[DocumentStore[Any]]:
+    def with_outbox(self) -> list[MongoStore[Any]]:
         return [self.warehouses, self.allocations]
 
     async def ensure_indexes(self) -> None:
         await self.warehouses.ensure_indexes()
         await self.allocations.ensure_indexes(plain=["state"])
-        await self.ledger.create_indexes([IndexModel([("warehouse_id", ASCENDING), ("lot_id", ASCENDING)])])
+        await self._ledger.create_indexes([IndexModel([("warehouse_id", ASCENDING), ("lot_id", ASCENDING)])])
+
+    # --- warehouses and allocations ---------------------------------------------------------------
+
+    async def warehouse_documents(self) -> dict[str, Stored[Warehouse]]:
+        """Every warehouse as stored (with its version), for a batch to plan on and then write."""
+        return await self.warehouses.every_document()
 
     async def all_warehouses(self) -> list[Warehouse]:
-        return await self.warehouses.find()
+        return [s.state for s in (await self.warehouse_documents()).values() if s.state is not None]
+
+    async def allocation_documents(self, prescription_ids: Iterable[str]) -> dict[str, Stored[Allocation]]:
+        """Each prescription's allocation, from memory where held (absent ones too): at most one
+        round trip. A copy from memory may be stale; only a version-guarded save vouches for it."""
+        ids = list(dict.fromkeys(prescription_ids))
+        return await self.allocations.load(ids, from_memory=True) if ids else {}
+
+    # --- the ledger -------------------------------------------------------------------------------
 
     async def record_movements(self, entries: Sequence[LedgerEntry]) -> None:
         """Upserts by id: an event recorded twice (redelivered, replayed) leaves one entry per movement."""
         if not entries:
             return
         operations = [ReplaceOne({"_id": e.entry_id}, _ledger_doc(e), upsert=True) for e in entries]
-        await self.ledger.bulk_write(operations, ordered=False)
+        await self._ledger.bulk_write(operations, ordered=False)
 
     async def movements(self, warehouse_id: str | None = None, lot_id: str | None = None) -> list[LedgerEntry]:
         query = {k: v for k, v in (("warehouse_id", warehouse_id), ("lot_id", lot_id)) if v is not None}
-        entries = [_ledger_entry(d) async for d in self.ledger.find(query)]
+        entries = [_ledger_entry(d) async for d in self._ledger.find(query)]
         return sorted(entries, key=lambda e: (e.occurred_at, e.message_id, e.index))
 
 

@@ -319,7 +319,10 @@ class UnitOfWork:
     ) -> tuple[Decision[S], list[OutboxEntry], str | None]:
         decision = decide(state, record.message)
         entries = [self._entry(event) for event in decision.events]
-        return decision, entries, current_traceparent() if keeps_trace and entries else None
+        # Any change remembers the trace it was made in, events or not: a record that comes later
+        # without a trace of its own (a courier's report, a sweep) then continues the flow's trace.
+        changed = decision.state is not None
+        return decision, entries, current_traceparent() if keeps_trace and changed else None
 
     def _entry(self, event: Envelope) -> OutboxEntry:
         return {**self._to_entry(event), "queued_at": time.time()}

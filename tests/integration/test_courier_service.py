@@ -261,11 +261,11 @@ async def test_an_approved_and_reserved_prescription_is_offered_once_to_the_near
             landed = await publish_noting(settings, one_approved, one_approved)
 
             async def one_has_details() -> bool:
-                delivery = await storage.deliveries.get(one)
+                delivery = await storage.delivery(one)
                 return delivery is not None and delivery.details is not None
 
             await wait_until(one_has_details, "the approval's delivery details", timeout=30)
-            waiting = await storage.deliveries.get(one)
+            waiting = await storage.delivery(one)
             landed += await publish_noting(settings, one_reserved, one_reserved)
             await watch.wait_for(lambda w: offers(w, one), "the dispatch of RX-K-ONE")
 
@@ -273,7 +273,7 @@ async def test_an_approved_and_reserved_prescription_is_offered_once_to_the_near
             landed += await publish_noting(settings, two_reserved)
 
             async def two_has_warehouse() -> bool:
-                delivery = await storage.deliveries.get(two)
+                delivery = await storage.delivery(two)
                 return delivery is not None and delivery.warehouse_id == "WH-K-2"
 
             await wait_until(two_has_warehouse, "the reservation's warehouse", timeout=30)
@@ -281,7 +281,7 @@ async def test_an_approved_and_reserved_prescription_is_offered_once_to_the_near
             await watch.wait_for(lambda w: offers(w, two), "the dispatch of RX-K-TWO")
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            deliveries = {rx: await storage.deliveries.get(rx) for rx in (one, two)}
+            deliveries = {rx: await storage.delivery(rx) for rx in (one, two)}
     finally:
         client.close()
 
@@ -345,12 +345,12 @@ async def test_a_delivery_requested_again_after_its_offer_gets_no_second_dispatc
         ):
             await publish_noting(settings, *requested)
             await watch.wait_for(lambda w: offers(w, rx), "the dispatch")
-            offered = await storage.deliveries.get(rx)
+            offered = await storage.delivery(rx)
             landed = await publish_noting(settings, *requested)
             landed += await publish_noting(settings, *sent_again)
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            after = await storage.deliveries.get(rx)
+            after = await storage.delivery(rx)
     finally:
         client.close()
 
@@ -379,12 +379,12 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
             (_, first), *_ = offers(watch, rx)
 
             # Another courier claims the dispatch: refused, nothing changes.
-            before = await storage.deliveries.get(rx)
+            before = await storage.delivery(rx)
             intruder = report(first, "accepted", courier_id=NEXT_NEAREST)
             (intruder_landed,) = await publish_noting(settings, intruder)
             await watch.wait_for(lambda w: dead_letters(w, rx), "the intruder's report to be dead-lettered")
             await wait_consumed(settings, app, [intruder_landed])
-            after_intruder = await storage.deliveries.get(rx)
+            after_intruder = await storage.delivery(rx)
             events_after_intruder = lifecycle(watch, rx)
 
             # The courier accepts, picks up and fails: the goods come back and the delivery is offered again.
@@ -393,7 +393,7 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
             await publish_noting(settings, accepted, picked_up, failed)
             await watch.wait_for(lambda w: len(offers(w, rx)) >= 2, "the second dispatch")
             (_, second_offer) = offers(watch, rx)[1]
-            retried = await storage.deliveries.get(rx)
+            retried = await storage.delivery(rx)
 
             # The address is not found on the second attempt (before pick-up): its limit (2) is reached.
             given_up = report(second_offer, "failed", reason="address_not_found")
@@ -403,7 +403,7 @@ async def test_reports_move_the_delivery_and_a_failure_is_retried_then_abandoned
             await watch.wait_for(lambda w: len(dead_letters(w, rx)) >= 2, "the late report to be dead-lettered")
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            final = await storage.deliveries.get(rx)
+            final = await storage.delivery(rx)
     finally:
         client.close()
 
@@ -508,7 +508,7 @@ async def test_only_the_right_code_delivers_and_a_delivered_package_frees_the_co
                 lambda w: len(of_kind(lifecycle(w, rx), DeliveryCodeRejected)) == 2, "both codes refused"
             )
             await wait_consumed(settings, app, landed)
-            refused_twice = await storage.deliveries.get(rx)
+            refused_twice = await storage.delivery(rx)
 
             delivered = report(offer, "delivered", code=code)
             again = report(offer, "delivered", code=code)  # the app sends it twice: a new message id, the same meaning
@@ -516,7 +516,7 @@ async def test_only_the_right_code_delivers_and_a_delivered_package_frees_the_co
             await watch.wait_for(lambda w: of_kind(lifecycle(w, rx), DeliveryCompleted), "the delivery")
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            final = await storage.deliveries.get(rx)
+            final = await storage.delivery(rx)
             free = (await storage.loads(ROSTER))[offer.courier_id]
     finally:
         client.close()
@@ -569,15 +569,15 @@ async def test_a_failed_reservation_cancels_the_delivery(settings: RuntimeSettin
             landed = await publish_noting(settings, approval(after_approval), failed(before_approval))
 
             async def both_known() -> bool:
-                first = await storage.deliveries.get(after_approval)
-                second = await storage.deliveries.get(before_approval)
+                first = await storage.delivery(after_approval)
+                second = await storage.delivery(before_approval)
                 return first is not None and first.details is not None and second is not None
 
             await wait_until(both_known, "the approval and the early failure", timeout=30)
             landed += await publish_noting(settings, failed(after_approval), approval(before_approval))
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            deliveries = {rx: await storage.deliveries.get(rx) for rx in (after_approval, before_approval)}
+            deliveries = {rx: await storage.delivery(rx) for rx in (after_approval, before_approval)}
     finally:
         client.close()
 
@@ -620,7 +620,7 @@ async def test_a_delivery_waits_for_a_free_courier_and_is_offered_when_one_frees
             await watch.wait_for(lambda w: of_kind(lifecycle(w, second), DeliveryOverdue), "the waiting alert")
             await service.sweep()
             await report_barrier(settings, watch)
-            still_waiting = await storage.deliveries.get(second)
+            still_waiting = await storage.delivery(second)
 
             # The stand-in delivers the first package: free again, they are offered the second.
             code = right_code(settings, first)
@@ -631,7 +631,7 @@ async def test_a_delivery_waits_for_a_free_courier_and_is_offered_when_one_frees
             # No barrier: the offer comes from the pass over waiting deliveries that the freed courier
             # started in the background, and nothing the test sends is ordered after that pass.
             await watch.settle()
-            final = await storage.deliveries.get(second)
+            final = await storage.delivery(second)
     finally:
         await seed(storage, [*ROSTER, stand_in.model_copy(update={"active": False})])
         client.close()
@@ -692,7 +692,7 @@ async def test_an_offer_not_accepted_in_time_goes_to_the_next_courier(settings: 
             clock.now += timedelta(hours=1)
             await service.sweep()
             await report_barrier(settings, watch)
-            final = await storage.deliveries.get(rx)
+            final = await storage.delivery(rx)
     finally:
         client.close()
 
@@ -766,8 +766,8 @@ async def test_cancellation_withdraws_the_delivery_and_goods_picked_up_come_back
                 "the withdrawals",
             )
             await wait_consumed(settings, app, landed)
-            returning = await storage.deliveries.get(recalled)
-            unreserved_cancelled = await storage.deliveries.get(unreserved)
+            returning = await storage.delivery(recalled)
+            unreserved_cancelled = await storage.delivery(unreserved)
             unreserved_events_before_stock = lifecycle(watch, unreserved)
 
             # The reservation of the cancelled prescription arrives late: inventory learns which warehouse releases it.
@@ -782,7 +782,7 @@ async def test_cancellation_withdraws_the_delivery_and_goods_picked_up_come_back
             await watch.wait_for(lambda w: of_kind(lifecycle(w, recalled), DeliveryCancelled), "the goods back")
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            final = {rx: await storage.deliveries.get(rx) for rx in (recalled, withdrawn, unreserved, unapproved)}
+            final = {rx: await storage.delivery(rx) for rx in (recalled, withdrawn, unreserved, unapproved)}
     finally:
         client.close()
 
@@ -864,7 +864,7 @@ async def test_a_cancellation_racing_the_courier_keeps_the_goods_accounted_for(s
             await watch.wait_for(lambda w: all(withdrawals(w, rx) for rx in everyone), "the withdrawals")
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            recalled = {rx: await storage.deliveries.get(rx) for rx in everyone}
+            recalled = {rx: await storage.delivery(rx) for rx in everyone}
             before_confirmation = {rx: lifecycle(watch, rx) for rx in everyone}
 
             # What the couriers sent before the recall reached them, then their confirmations.
@@ -887,7 +887,7 @@ async def test_a_cancellation_racing_the_courier_keeps_the_goods_accounted_for(s
             )
             await wait_consumed(settings, app, landed)
             await report_barrier(settings, watch)
-            final = {rx: await storage.deliveries.get(rx) for rx in everyone}
+            final = {rx: await storage.delivery(rx) for rx in everyone}
     finally:
         client.close()
 
@@ -963,7 +963,7 @@ async def test_wrong_codes_lock_the_attempt_and_a_missing_reservation_is_alerted
             )
             await watch.wait_for(lambda w: len(dead_letters(w, rx)) == 2, "both later codes dead-lettered")
             await wait_consumed(settings, app, landed)
-            locked = await storage.deliveries.get(rx)
+            locked = await storage.delivery(rx)
 
             # Approved, but the reservation never comes: the dispatcher is told once the wait is too long.
             approved_at = clock.now
@@ -978,7 +978,7 @@ async def test_wrong_codes_lock_the_attempt_and_a_missing_reservation_is_alerted
             await watch.wait_for(lambda w: of_kind(lifecycle(w, unreserved), DeliveryOverdue), "the stock alert")
             await service.sweep()  # again: alerted once
             await report_barrier(settings, watch)
-            waiting = await storage.deliveries.get(unreserved)
+            waiting = await storage.delivery(unreserved)
     finally:
         client.close()
 
@@ -1024,7 +1024,7 @@ async def test_reports_and_sweeps_without_a_trace_continue_the_prescription_trac
             await bus.publish_records(settings, traced_approval)
 
             async def has_details() -> bool:
-                delivery = await storage.deliveries.get(rx)
+                delivery = await storage.delivery(rx)
                 return delivery is not None and delivery.details is not None
 
             await wait_until(has_details, "the approval's delivery details", timeout=30)
@@ -1075,7 +1075,7 @@ async def test_reports_and_sweeps_without_a_trace_continue_the_prescription_trac
     assert len(handled_reports) == len(reports)
     assert all(s.parent is None and s.context.trace_id != prescription_trace for s in handled_reports)
     continued = [
-        s for s in spans if s.name == "courier_deliveries apply" and s.attributes.get("pharmacy.document.id") == rx
+        s for s in spans if s.name == "courier_deliveries decide" and s.attributes.get("pharmacy.document.id") == rx
     ]
     assert all(s.context.trace_id == prescription_trace for s in continued)
     linked = {link.context.span_id for s in continued for link in s.links}

@@ -50,8 +50,10 @@ from services.inventory.domain import Allocation, AllocationState, Warehouse, cu
 from services.inventory.service import InventoryService
 from services.inventory.settings import InventorySettings
 from services.inventory.storage import InventoryStorage
-from services.runtime.documents import Change, connect
+from services.runtime.documents import connect, outbox_entry
 from services.runtime.settings import RuntimeSettings
+from services.runtime.store import Save, Tracking
+from services.runtime.unit_of_work import Record, UnitOfWork
 from tests.support.inprocess import Clock, TopicWatch, of_type, own_groups, publish_noting, running, wait_consumed
 from tests.support.scenario import wait_until
 
@@ -332,7 +334,7 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
         ):
             landed = await publish_noting(settings, *setup)
             await wait_consumed(settings, app, landed)
-            await storage.allocations.apply(resumed.prescription_id, lambda _: Change(claim))
+            await storage.allocations.save([Save(resumed.prescription_id, 0, claim, (), Tracking())])
             landed = await publish_noting(settings, approved, approved, resumed)
             await watch.wait_for(
                 lambda w: events_for(w, rx, StockReserved) and events_for(w, resumed.prescription_id, StockReserved),
@@ -577,9 +579,8 @@ async def test_expiry_alerts_and_the_ledger_rebuilds_every_lot(settings: Runtime
             everything = await storage.all_warehouses()
 
             # Every event recorded again (a redelivery, a replay): the ledger does not change.
-            recorder = InventoryService(storage, service_settings(settings))
-            for event in watch.messages(EVENTS):
-                await recorder.record_movements(event)
+            recorder = InventoryService(storage, UnitOfWork(None, outbox_entry), service_settings(settings))
+            await recorder.record_movements([Record(event) for event in watch.messages(EVENTS)])
             entries_after_replay = await storage.movements()
             lot_history = await storage.movements(wh, "EXP-TOMORROW")
     finally:

@@ -42,6 +42,9 @@ from services.courier.service import CourierService
 from services.courier.settings import CourierSettings, MissingDeliveryCodeKey
 from services.ops.simulation import reports_for, returned_report, wrong_code
 from services.runtime.delivery_codes import delivery_code, is_right_code
+from services.runtime.documents import outbox_entry
+from services.runtime.store import MemoryStore
+from services.runtime.unit_of_work import Record, UnitOfWork
 from tests.unit.builders import RX_ID, make_courier, make_delivery, reserved
 
 T0 = datetime(2027, 1, 15, 9, 0, tzinfo=UTC)
@@ -1169,26 +1172,30 @@ def test_documents_written_before_attempt_statuses_still_count_their_failures():
 # --- the service counts each offer once against the courier's capacity ------------------------------------------
 
 
-class RacingDeliveries:
-    """Deliveries in memory whose first write of a change loses a version race, as against a second
-    instance: the decision is run again on the document, as DocumentStore does."""
+class RacingDeliveries(MemoryStore[Delivery]):
+    """Deliveries in memory whose first saves of a change lose a version race, as against a second
+    instance: the unit of work loads the document again and decides again."""
 
     def __init__(self, *deliveries: Delivery, races: int = 1, fail: bool = False) -> None:
-        self.docs = {d.prescription_id: d for d in deliveries}
+        super().__init__("courier_deliveries", Delivery)
+        for delivery in deliveries:
+            self.put(delivery.prescription_id, delivery)
+        self.ids = [delivery.prescription_id for delivery in deliveries]
         self.races = races
         self.fail = fail
 
-    async def apply(self, doc_id, decide, message_id=None):
-        current = self.docs.get(doc_id)
-        change = decide(current)
-        while change is not None and self.races:
-            self.races -= 1
-            change = decide(current)
-        if change is not None and self.fail:
+    async def save(self, saves):
+        if saves and self.fail:
             raise ConnectionError("the database went away")
-        if change is not None:
-            self.docs[doc_id] = change.state
-        return change
+        if saves and self.races:
+            self.races -= 1
+            for save in saves:
+                self.let_another_writer_win(save.id)
+        return await super().save(saves)
+
+    @property
+    def docs(self) -> dict[str, Delivery | None]:
+        return {doc_id: self.state_of(doc_id) for doc_id in self.ids}
 
 
 class FakeCourierStorage:
@@ -1211,6 +1218,7 @@ def courier_service(deliveries: RacingDeliveries, capacity: int) -> CourierServi
     storage = FakeCourierStorage(deliveries, [make_courier("CUR-A", capacity=capacity)])
     return CourierService(
         storage,  # type: ignore[arg-type]
+        UnitOfWork(None, outbox_entry),
         policy=POLICY,
         roster_refresh_s=3600,
         code_key=b"k",
@@ -1218,12 +1226,17 @@ def courier_service(deliveries: RacingDeliveries, capacity: int) -> CourierServi
     )
 
 
+def stock_reserved(rx: str) -> list[Record]:
+    """The inventory consumer's batch of one reservation."""
+    return [Record(reserved(prescription_id=rx))]
+
+
 async def test_an_offer_decided_again_after_a_version_race_is_counted_once():
     deliveries = RacingDeliveries(approved_only("RX-A"), approved_only("RX-B"), races=1)
     service = courier_service(deliveries, capacity=2)
 
-    await service.on_inventory_event(reserved(prescription_id="RX-A"))
-    await service.on_inventory_event(reserved(prescription_id="RX-B"))
+    await service.on_inventory_event(stock_reserved("RX-A"))
+    await service.on_inventory_event(stock_reserved("RX-B"))
 
     assert deliveries.races == 0, "the race happened"
     assert [deliveries.docs[rx].state for rx in ("RX-A", "RX-B")] == [DeliveryState.OFFERED, DeliveryState.OFFERED]
@@ -1235,9 +1248,9 @@ async def test_an_offer_whose_write_failed_is_not_counted():
     service = courier_service(deliveries, capacity=1)
 
     with pytest.raises(ConnectionError):
-        await service.on_inventory_event(reserved(prescription_id="RX-A"))
+        await service.on_inventory_event(stock_reserved("RX-A"))
     deliveries.fail = False
-    await service.on_inventory_event(reserved(prescription_id="RX-B"))
+    await service.on_inventory_event(stock_reserved("RX-B"))
 
     assert deliveries.docs["RX-A"].state is DeliveryState.WAITING
     assert deliveries.docs["RX-B"].state is DeliveryState.OFFERED
@@ -1247,8 +1260,8 @@ async def test_offers_decided_together_still_respect_capacity():
     deliveries = RacingDeliveries(approved_only("RX-A"), approved_only("RX-B"), races=0)
     service = courier_service(deliveries, capacity=1)
 
-    await service.on_inventory_event(reserved(prescription_id="RX-A"))
-    await service.on_inventory_event(reserved(prescription_id="RX-B"))
+    await service.on_inventory_event(stock_reserved("RX-A"))
+    await service.on_inventory_event(stock_reserved("RX-B"))
 
     assert deliveries.docs["RX-A"].state is DeliveryState.OFFERED
     assert deliveries.docs["RX-B"].state is DeliveryState.AWAITING_COURIER, "the only courier is full"

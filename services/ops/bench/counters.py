@@ -28,6 +28,8 @@ from pharmacy_contracts.consultation import (
     PrescriptionSubmitted,
 )
 from services.consultation.domain import LIFECYCLE_EVENTS
+from services.courier.service import DECISIONS, STOCK_EVENTS
+from services.inventory.service import APPROVALS, DELIVERY_EVENTS, MOVING_STOCK
 from services.prescription.service import SUPPLY_ENDINGS
 
 from .processes import owner_of
@@ -57,25 +59,12 @@ ACTED_ON: dict[str, frozenset[str]] = {
     "prescription.check": _types(PrescriptionAccepted, CancellationAccepted),
     "prescription.reviews": _types(rx.ReviewDecided, rx.CancellationOrdered),
     "prescription.supply": _types(*SUPPLY_ENDINGS),
-    "inventory.reservations": _types(rx.PrescriptionApproved),
-    "inventory.deliveries": _types(
-        c.DeliveryPickedUp, c.DeliveryFailed, c.DeliveryCompleted, c.DeliveryAbandoned, c.DeliveryCancelled
-    ),
+    "inventory.reservations": _types(*APPROVALS),
+    "inventory.deliveries": _types(*DELIVERY_EVENTS),
     "inventory.commands": _types(inv.WarehouseRegistrationRequested, inv.RestockRequested, inv.AdjustmentRequested),
-    # `record_movements`: the events that carry stock movements.
-    "inventory.ledger": _types(
-        inv.StockReserved,
-        inv.StockReleased,
-        inv.StockDispatched,
-        inv.StockReturned,
-        inv.StockQuarantined,
-        inv.StockDelivered,
-        inv.StockRestocked,
-        inv.StockAdjusted,
-        inv.LotExpired,
-    ),
-    "courier.decisions": _types(rx.PrescriptionApproved, rx.PrescriptionCancelled),
-    "courier.stock": _types(inv.StockReserved, inv.ReservationFailed),
+    "inventory.ledger": _types(*MOVING_STOCK),
+    "courier.decisions": _types(*DECISIONS),
+    "courier.stock": _types(*STOCK_EVENTS),
     "courier.updates": _types(c.CourierReported),
 }
 #: The groups a prescription passes on its way to `DispatchOffered`: intake, the checks, the

@@ -150,7 +150,7 @@ async def gather(
 ) -> Evidence:
     statuses = {s.prescription_id: s for s in await records.consultation.statuses()}
     allocations = {a.prescription_id: a for a in await records.inventory.allocations.find()}
-    deliveries = {d.prescription_id: d for d in await records.courier.deliveries.find()}
+    deliveries = {d.prescription_id: d for d in await records.courier.all_deliveries()}
     verdicts = {v.prescription_id: v for v in await records.prescription.all_verdicts()}
     warehouses = await records.inventory.all_warehouses()
     logs = {
