@@ -4,10 +4,13 @@ and the services' counters per prescription (database round trips, records deliv
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import typer
 
 from pharmacy_contracts.topics import ALL_TOPICS
+from services.ops.bench.cli import parse_rates
 from services.ops.bench.counters import (
     ACTED_ON,
     DELIVERED,
@@ -20,11 +23,25 @@ from services.ops.bench.counters import (
     records_per_prescription,
     round_trips_per_prescription,
 )
+from services.ops.bench.phases import latency_phase
 from services.ops.bench.processes import by_owner, owner_of
-from services.ops.bench.results import THROUGHPUT_TARGET, RunResult, StoredRelayResult
+from services.ops.bench.render import result_rows
+from services.ops.bench.report import build_report
+from services.ops.bench.results import (
+    BATCHES,
+    THROUGHPUT_TARGET,
+    BenchError,
+    BenchOptions,
+    LatencyResult,
+    PacedRate,
+    RunResult,
+    StoredRelayResult,
+    rate_label,
+)
 from services.ops.bench.stats import (
     achieved_rate,
     cpu_share,
+    half_of,
     hop_latencies_ms,
     latencies_within,
     latency_summary,
@@ -325,3 +342,213 @@ class TestWhatGroupsActOn:
             readable = set().union(*(types_on[name] for name in topic_names))
             acted_on = ACTED_ON[group.removeprefix(f"{settings.kafka_group_prefix}.")]
             assert acted_on <= readable, (group, acted_on - readable)
+
+
+def bench_options(rates: str = "5,20,half", paced_seconds: float | None = None, runs: int = 3) -> BenchOptions:
+    return BenchOptions(
+        count=300,
+        rates=parse_rates(rates),
+        paced_seconds=paced_seconds,
+        runs=runs,
+        timeout_s=120.0,
+        relay_messages=0,
+        stored_relay_messages=0,
+        warmup=20,
+        instances=1,
+        service_env={},
+        home=Path(".devstack/bench"),
+        seed=5000,
+    )
+
+
+def latency_at(rate_key: str, per_s: float, latencies_ms: list[float], missing: int = 0) -> LatencyResult:
+    return LatencyResult(
+        rate_key=rate_key,
+        target_rate=per_s,
+        planned_seconds=10.0,
+        timeout_s=120.0,
+        submitted=len(latencies_ms) + missing,
+        achieved_rate=per_s,
+        latencies_ms=latencies_ms,
+        missing=missing,
+        stages={"rejected": 0, "out_of_stock": 0},
+        send_errors=0,
+        hop_ms={"accepted": [1.0, 3.0]},
+    )
+
+
+def runs_at_three_rates() -> list[RunResult]:
+    """Three runs whose throughput phases came to 48.8, 50.0 and 47.0 rx/s: half is 24.4, 25, 23.5."""
+    runs = []
+    for number, (half, shift) in enumerate(((24.4, 0.0), (25.0, 100.0), (23.5, 50.0)), start=1):
+        run = RunResult(number)
+        run.latencies = {
+            "5/s": latency_at("5/s", 5.0, [100.0 + shift, 300.0 + shift]),
+            "20/s": latency_at("20/s", 20.0, [150.0 + shift, 200.0 + shift], missing=number - 1),
+            "half": latency_at("half", half, [400.0 + shift, 900.0 + shift]),
+        }
+        run.paced_round_trips_per_prescription = {"inventory": {"path": 7.0, "all": 9.5}}
+        run.paced_round_trips_rate = "5/s"
+        runs.append(run)
+    return runs
+
+
+class TestPacedRates:
+    def test_the_default_is_5_and_20_per_second_and_half_the_throughput(self) -> None:
+        rates = parse_rates("5,20,half")
+
+        assert rates == (PacedRate(5.0), PacedRate(20.0), PacedRate(None))
+        assert [rate.key for rate in rates] == ["5/s", "20/s", "half"]
+
+    def test_spaces_case_and_a_per_second_suffix_are_allowed(self) -> None:
+        assert [rate.key for rate in parse_rates(" 2.5/s , Half ")] == ["2.5/s", "half"]
+
+    @pytest.mark.parametrize(
+        ("text", "complaint"),
+        [
+            ("fast", "'fast' is neither a rate per second nor 'half'"),
+            ("5,,20", "'' is neither a rate per second nor 'half'"),
+            ("", "'' is neither a rate per second nor 'half'"),
+            ("0", "'0': a rate is at least 0.1/s"),
+            ("-5", "'-5': a rate is at least 0.1/s"),
+            ("inf", "'inf': a rate is at least 0.1/s"),
+            ("5,5.0", "5/s is listed twice"),
+            ("half,20,HALF", "half is listed twice"),
+        ],
+    )
+    def test_bad_input_is_refused_naming_the_option_and_the_item(self, text: str, complaint: str) -> None:
+        with pytest.raises(typer.BadParameter) as refused:
+            parse_rates(text)
+
+        assert complaint in refused.value.format_message()
+        assert "--rates" in refused.value.format_message()
+
+    def test_half_is_half_the_throughput_to_a_tenth_and_at_least_half_a_prescription_per_second(self) -> None:
+        assert half_of(48.8) == 24.4
+        assert half_of(39.25) == 19.6  # 19.625 to a tenth
+        assert half_of(1.2) == 0.6
+        assert half_of(0.6) == 0.5
+        assert half_of(0.0) is None
+        assert half_of(None) is None
+
+    def test_half_resolves_from_the_runs_throughput_and_a_fixed_rate_is_itself(self) -> None:
+        assert PacedRate(None).resolve(48.8) == 24.4
+        assert PacedRate(None).resolve(None) is None
+        assert PacedRate(20.0).resolve(None) == 20.0
+        assert PacedRate(20.0).resolve(48.8) == 20.0
+
+    def test_a_rate_is_labelled_by_its_key_and_half_by_what_it_came_to(self) -> None:
+        assert rate_label("5/s", 5.0) == "5/s"
+        assert rate_label("half", 24.4) == "half (24.4/s)"
+        assert latency_at("half", 24.4, [1.0]).label == "half (24.4/s)"
+
+    def test_half_without_a_throughput_fails_its_phase_before_starting_a_stack(self) -> None:
+        with pytest.raises(BenchError, match="no throughput"):
+            latency_phase(RunResult(1), bench_options(), screen=None, rate=PacedRate(None))  # type: ignore[arg-type]
+
+    def test_by_default_every_rate_submits_at_least_100_prescriptions(self) -> None:
+        options = bench_options()
+
+        assert options.paced_seconds_at(20.0) == 10.0
+        assert options.paced_seconds_at(5.0) == 20.0
+        assert options.paced_seconds_at(0.5) == 200.0
+
+    def test_a_paced_duration_given_holds_at_every_rate(self) -> None:
+        options = bench_options(paced_seconds=4.0)
+
+        assert options.paced_seconds_at(5.0) == options.paced_seconds_at(24.4) == 4.0
+
+    def test_round_trips_are_counted_at_5_per_second_if_measured_else_at_the_first_rate(self) -> None:
+        assert bench_options("20,5,half").round_trips_rate == PacedRate(5.0)
+        assert bench_options("half,20").round_trips_rate == PacedRate(None)
+
+    def test_every_batch_of_every_run_and_rate_has_prescription_ids_of_its_own(self) -> None:
+        options = bench_options("5,20,half,10,50")
+        throughput = [options.seed_of(run, batch) for run in range(1, 4) for batch in BATCHES[:2]]
+        latency = [
+            options.seed_of(run, batch, index)
+            for run in range(1, 4)
+            for batch in BATCHES[2:]
+            for index in range(len(options.rates))
+        ]
+        seeds = throughput + latency
+
+        assert len(set(seeds)) == len(seeds)
+
+
+class TestLatencyPerRate:
+    def test_medians_are_taken_per_rate_and_half_is_labelled_with_its_median_rate(self) -> None:
+        report = build_report(runs_at_three_rates(), bench_options(), {"cpu_count": 2})
+
+        assert list(report["latency"]) == ["5/s", "20/s", "half (24.4/s)"]
+        assert report["latency"]["5/s"]["p50_ms"] == 250.0  # runs 200, 300, 250
+        assert report["latency"]["20/s"]["max_ms"] == 250.0  # runs 200, 300, 250
+        assert report["latency"]["20/s"]["missing"] == 1  # runs 0, 1, 2
+        assert report["latency"]["half (24.4/s)"]["rate_per_s"] == 24.4
+        assert report["medians"]["latency[half].hop_p50_ms.accepted"] == 2.0
+
+    def test_the_p99_target_is_judged_at_20_per_second_only(self) -> None:
+        runs = runs_at_three_rates()  # p99 at 20/s about 250 ms, at half far above
+
+        report = build_report(runs, bench_options(), {"cpu_count": 2})
+
+        assert report["latency"]["20/s"]["p99_ms"] == pytest.approx(249.5)
+        assert report["meets_targets"]["p99"] is True
+        assert report["targets"]["p99_at"] == "20/s"
+
+    def test_without_20_per_second_the_p99_target_is_not_judged(self) -> None:
+        runs = runs_at_three_rates()
+        for run in runs:
+            del run.latencies["20/s"]
+
+        report = build_report(runs, bench_options("5,half"), {"cpu_count": 2})
+
+        assert report["meets_targets"]["p99"] is None
+
+    def test_the_json_keys_every_rate_by_its_label_in_the_medians_and_each_run(self) -> None:
+        report = json.loads(json.dumps(build_report(runs_at_three_rates(), bench_options(), {"cpu_count": 2})))
+
+        assert report["options"]["rates"] == ["5/s", "20/s", "half"]
+        assert report["options"]["paced_seconds"] is None
+        assert set(report["latency"]["5/s"]) == {
+            "rate_per_s",
+            "achieved_rate",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "max_ms",
+            "arrived",
+            "missing",
+        }
+        assert list(report["runs"][1]["latency"]) == ["5/s", "20/s", "half (25/s)"]
+        assert report["runs"][1]["latency"]["20/s"]["missing"] == 1
+        assert report["runs"][1]["latency"]["20/s"]["latencies_ms"] == [250.0, 300.0]
+        assert report["paced_round_trips_rate"] == "5/s"
+        assert report["runs"][0]["paced_round_trips_rate"] == "5/s"
+
+    def test_a_rate_no_run_measured_is_left_out(self) -> None:
+        runs = runs_at_three_rates()
+        for run in runs:
+            del run.latencies["half"]  # e.g. every throughput phase failed
+
+        report = build_report(runs, bench_options(), {"cpu_count": 2})
+
+        assert list(report["latency"]) == ["5/s", "20/s"]
+
+    def test_the_table_has_a_line_per_rate_and_holds_only_20_per_second_to_the_target(self) -> None:
+        runs = runs_at_three_rates()
+        summary = build_report(runs, bench_options(), {"cpu_count": 2})["medians"]
+
+        rows = [row for row in result_rows(runs, summary, ["5/s", "20/s", "half"]) if row.label.startswith("latency")]
+
+        assert [row.label for row in rows] == [
+            "latency at 5/s: p50/p95/p99/max (ms)",
+            "latency at 20/s: p50/p95/p99/max (ms)",
+            "latency at half (24.4/s): p50/p95/p99/max (ms)",
+        ]
+        assert [row.target is not None for row in rows] == [False, True, False]
+        round_trips = [row.label for row in result_rows(runs, summary, ["5/s"]) if "round trips per rx at" in row.label]
+        assert round_trips == [
+            "  round trips per rx at 5/s, path to dispatch",
+            "  round trips per rx at 5/s, in all",
+        ]

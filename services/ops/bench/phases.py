@@ -1,4 +1,4 @@
-"""The two phases of a run (throughput with the relays, latency), each on a fresh stack."""
+"""The phases of a run (throughput with the relays, then latency at each paced rate), each on a fresh stack."""
 
 from __future__ import annotations
 
@@ -28,7 +28,16 @@ from .render import (
     describe_throughput,
     describe_writes,
 )
-from .results import BenchError, BenchOptions, LatencyResult, RunResult, StoredRelayResult, ThroughputResult
+from .results import (
+    BenchError,
+    BenchOptions,
+    LatencyResult,
+    PacedRate,
+    RunResult,
+    StoredRelayResult,
+    ThroughputResult,
+    rate_label,
+)
 from .screen import BenchScreen, stage_counters
 from .stack import caught_up, deliver_every_offer_once, document_writes, on_fresh_stack, seed, stop_services
 from .stats import achieved_rate, cpu_share, hop_latencies_ms, latencies_within, per_prescription, stage_window
@@ -134,27 +143,32 @@ async def measure_throughput(
 
 
 async def measure_latency(
-    stack: DevStack, options: BenchOptions, screen: BenchScreen, run: int
+    stack: DevStack, options: BenchOptions, screen: BenchScreen, run: int, rate: PacedRate, per_s: float
 ) -> tuple[LatencyResult, dict[str, Counters]]:
     """The paced submissions, and the services' counters just before them (after the warm-up)."""
     settings = stack.runtime_settings()
-    async with flowing_pipeline(stack, options, screen, options.seed_of(run, "latency warm-up")) as watch:
-        count = max(1, round(options.rate * options.paced_seconds))
-        messages = signed_prescriptions(settings, count, seed=options.seed_of(run, "latency"))
+    rate_index = options.rates.index(rate)
+    warm_up_seed = options.seed_of(run, "latency warm-up", rate_index)
+    async with flowing_pipeline(stack, options, screen, warm_up_seed) as watch:
+        seconds = options.paced_seconds_at(per_s)
+        count = max(1, round(per_s * seconds))
+        messages = signed_prescriptions(settings, count, seed=options.seed_of(run, "latency", rate_index))
         ids = [m.prescription_id for m in messages]
         submitted_at: dict[str, float] = {}
         counters_before = await scrape(stack.http_urls())
-        screen.step(f"latency: {count} prescriptions at {options.rate:g}/s for {options.paced_seconds:g}s")
+        label = rate_label(rate.key, per_s)
+        screen.step(f"latency at {label}: {count} prescriptions at {per_s:g}/s for {seconds:g}s")
         counters = {"  submitted": (count, lambda: len(submitted_at)), **stage_counters(watch, ids)}
         async with upstream_producer(settings) as producer, screen.bars(counters):
-            send_errors = await submit_paced(producer, messages, options.rate, submitted_at)
+            send_errors = await submit_paced(producer, messages, per_s, submitted_at)
             await watch.wait_for("dispatched", ids, max(submitted_at.values()) + options.timeout_s)
         latencies, missing = latencies_within(submitted_at, watch.first_seen["dispatched"], options.timeout_s)
         stages = watch.counts(ids)
         hops = hop_latencies_ms(submitted_at, watch.first_seen, STAGES[:-1])  # delivery: the simulated couriers
     result = LatencyResult(
-        target_rate=options.rate,
-        planned_seconds=options.paced_seconds,
+        rate_key=rate.key,
+        target_rate=per_s,
+        planned_seconds=seconds,
         timeout_s=options.timeout_s,
         submitted=len(submitted_at),
         achieved_rate=achieved_rate(submitted_at.values()),
@@ -248,30 +262,44 @@ def throughput_phase(run: RunResult, options: BenchOptions, screen: BenchScreen)
     on_fresh_stack(options.home / f"run-{run.number}-throughput", options, screen, body)
 
 
-def latency_phase(run: RunResult, options: BenchOptions, screen: BenchScreen) -> None:
+def latency_phase(run: RunResult, options: BenchOptions, screen: BenchScreen, rate: PacedRate) -> None:
+    per_s = rate.resolve(run.throughput.dispatched_per_s if run.throughput else None)
+    if per_s is None:
+        raise BenchError("this run measured no throughput to take half of")
+    counts_round_trips = rate == options.round_trips_rate
+
     async def body(stack: DevStack, sampler: ProcessSampler) -> None:
-        run.latency, counters_before = await measure_latency(stack, options, screen, run.number)
-        run.peak_rss_mb["latency"] = sampler.peak_rss_mb()
-        screen.step(describe_latency(run.latency))
+        latency, counters_before = await measure_latency(stack, options, screen, run.number, rate, per_s)
+        run.latencies[rate.key] = latency
+        run.peak_rss_mb[f"latency {latency.label}"] = sampler.peak_rss_mb()
+        screen.step(describe_latency(latency))
+        if not counts_round_trips:  # the catch-up wait would only lengthen the run
+            return
         # Round trips depend on how many records a batch holds: paced, batches are small.
         settled = await caught_up(stack.runtime_settings(), PACED_CATCH_UP_TIMEOUT_S)
         counted = await counted_since(stack, counters_before)
-        submitted = max(1, run.latency.submitted)
+        submitted = max(1, latency.submitted)
         run.paced_round_trips_per_prescription = round_trips_per_prescription(
             counted, submitted, group_prefix(stack, options)
         )
+        run.paced_round_trips_rate = latency.label
         run.paced_counters_complete = settled
-        screen.step("paced: " + describe_round_trips(run.paced_round_trips_per_prescription, settled))
+        screen.step(
+            f"paced at {latency.label}: " + describe_round_trips(run.paced_round_trips_per_prescription, settled)
+        )
 
-    on_fresh_stack(options.home / f"run-{run.number}-latency", options, screen, body)
+    on_fresh_stack(options.home / f"run-{run.number}-latency-{rate.key.removesuffix('/s')}", options, screen, body)
 
 
 def run_once(run: RunResult, options: BenchOptions, screen: BenchScreen) -> None:
-    """Both phases of a run; a phase that fails is recorded in `run.errors` and the other still runs."""
-    for name, phase in (("throughput", throughput_phase), ("latency", latency_phase)):
+    """Every phase of a run; a phase that fails is recorded in `run.errors` and the others still run."""
+    phases: list[tuple[str, Callable[[], None]]] = [("throughput", lambda: throughput_phase(run, options, screen))]
+    for rate in options.rates:
+        phases.append((f"latency at {rate.key}", lambda rate=rate: latency_phase(run, options, screen, rate)))
+    for name, phase in phases:
         screen.step(f"[bold]run {run.number}/{options.runs} · {name}[/]")
         try:
-            phase(run, options, screen)
+            phase()
         except (BenchError, KafkaError, OSError, RuntimeError) as error:
             if STOP_REQUESTED.is_set():  # an error while stopping is part of stopping
                 raise KeyboardInterrupt from error

@@ -13,7 +13,9 @@ from ..relay_ceiling import RelayResult
 from .counters import PATH_TO_DISPATCH
 from .processes import BENCH_PROCESS, INFRASTRUCTURE, is_service_process, owner_of
 from .results import (
+    HALF,
     IGNORED_TARGET,
+    P99_RATE,
     P99_TARGET,
     RECORDS_TARGET,
     ROUND_TRIPS_PATH_TARGET,
@@ -25,6 +27,8 @@ from .results import (
     StoredRelayResult,
     Target,
     ThroughputResult,
+    latency_metric,
+    rate_label,
 )
 from .stats import ratio
 from .watch import STAGE_OWNERS, STAGES
@@ -106,7 +110,7 @@ def describe_stored_relay(stored: StoredRelayResult, throughput: ThroughputResul
 def describe_latency(result: LatencyResult) -> str:
     s = result.summary()
     return (
-        f"latency at {_number(result.achieved_rate, 1)}/s achieved: p50 {_number(s['p50_ms'])} ms, "
+        f"latency at {result.label}, {_number(result.achieved_rate, 1)}/s achieved: p50 {_number(s['p50_ms'])} ms, "
         f"p95 {_number(s['p95_ms'])} ms, p99 {_number(s['p99_ms'])} ms, max {_number(s['max_ms'])} ms, "
         f"missing {result.missing}/{result.submitted}{describe_refusals(result.stages, result.send_errors)}"
     )
@@ -123,9 +127,29 @@ class Row:
     metric: str  # a key of RunResult.metrics()
     digits: int = 0
     target: Target | None = None
+    rate_key: str | None = None  # a latency row: p50 / p95 / p99 / max at this rate, `metric` its p99
 
 
-def result_rows(runs: Sequence[RunResult]) -> list[Row]:
+def latency_row(summary: Mapping[str, float | None], key: str) -> Row:
+    label = rate_label(key, summary.get(latency_metric(key, "rate_per_s")))
+    target = P99_TARGET if key == P99_RATE.key else None
+    return Row(f"latency at {label}: p50/p95/p99/max (ms)", latency_metric(key, "p99_ms"), 0, target, key)
+
+
+def latency_cell(figures: Mapping[str, float | None], key: str, run_rate: bool = False) -> str:
+    """p50 / p95 / p99 / max, the missing ones when there are any; with `run_rate` the rate a run's
+    half came to (runs may differ)."""
+    if figures.get(latency_metric(key, "arrived")) is None:
+        return "—"
+    percentiles = "/".join(_number(figures.get(latency_metric(key, f"{p}_ms"))) for p in ("p50", "p95", "p99", "max"))
+    missing = figures.get(latency_metric(key, "missing")) or 0
+    shown = percentiles + (f" [red]({missing:g} missing)[/]" if missing else "")
+    per_s = figures.get(latency_metric(key, "rate_per_s"))
+    return f"{per_s:g}/s: {shown}" if run_rate and key == HALF and per_s is not None else shown
+
+
+def result_rows(runs: Sequence[RunResult], summary: Mapping[str, float | None], rate_keys: Sequence[str]) -> list[Row]:
+    paced = next((run.paced_round_trips_rate for run in runs if run.paced_round_trips_rate), "the paced rate")
     processes = sorted({name for run in runs for name in run.peak_rss_overall()}, key=_process_order)
     services = sorted({name for run in runs for name in run.round_trips_per_prescription}, key=_process_order)
     rows = [
@@ -145,16 +169,9 @@ def result_rows(runs: Sequence[RunResult]) -> list[Row]:
         Row("stored 4-hop relay, 1 write per hop (msg/s)", "stored_relay_per_s"),
         Row("ours / stored relay", "ratio_to_stored_relay", 3),
         Row("  database CPU per document it stored (ms)", "database_ms_per_write", 3),
-        Row("paced: achieved rate (/s)", "achieved_rate", 1),
-        Row("  latency p50 (ms)", "p50_ms", 1),
-        Row("  latency p95 (ms)", "p95_ms", 1),
-        Row("  latency p99 (ms)", "p99_ms", 1, P99_TARGET),
-        Row("  latency max (ms)", "max_ms", 1),
-        Row("  missing (not dispatched in time)", "missing"),
-        Row(
-            "  round trips per rx at this rate, path to dispatch", "paced_round_trips_path", 1, ROUND_TRIPS_PATH_TARGET
-        ),
-        Row("  round trips per rx at this rate, in all", "paced_round_trips_all", 1, ROUND_TRIPS_TARGET),
+        *(latency_row(summary, key) for key in rate_keys),
+        Row(f"  round trips per rx at {paced}, path to dispatch", "paced_round_trips_path", 1, ROUND_TRIPS_PATH_TARGET),
+        Row(f"  round trips per rx at {paced}, in all", "paced_round_trips_all", 1, ROUND_TRIPS_TARGET),
     ]
     for name in processes:
         target = RSS_TARGET if is_service_process(name) else None
@@ -168,7 +185,12 @@ def _process_order(name: str) -> tuple[int, str]:
     return order.index(owner_of(name)), name
 
 
-def results_table(runs: Sequence[RunResult], summary: Mapping[str, float | None], machine: Mapping[str, Any]) -> Table:
+def results_table(
+    runs: Sequence[RunResult],
+    summary: Mapping[str, float | None],
+    machine: Mapping[str, Any],
+    rate_keys: Sequence[str],
+) -> Table:
     table = Table(
         title=f"make bench · medians of {len(runs)} run(s)",
         caption=f"{machine['cpu_count']} CPUs · {machine['platform']} · Python {machine['python']} · "
@@ -181,26 +203,38 @@ def results_table(runs: Sequence[RunResult], summary: Mapping[str, float | None]
     for run in runs:
         table.add_column(f"run {run.number}", justify="right")
     per_run = [run.metrics() for run in runs]
-    for row in result_rows(runs):
+    for row in result_rows(runs, summary, rate_keys):
         target = str(row.target) if row.target else ""
         value = summary.get(row.metric)
         verdict = _verdict(row.target, value) if row.target else ""
-        cells = [_run_cell(figures.get(row.metric), row, run) for figures, run in zip(per_run, runs, strict=True)]
-        table.add_row(row.label, target, _number(value, row.digits), verdict, *cells)
+        if row.rate_key:
+            median = latency_cell(summary, row.rate_key)
+            cells = [latency_cell(figures, row.rate_key, run_rate=True) for figures in per_run]
+        else:
+            median = _number(value, row.digits)
+            cells = [_run_cell(figures.get(row.metric), row, run) for figures, run in zip(per_run, runs, strict=True)]
+        table.add_row(row.label, target, median, verdict, *cells)
     return table
 
 
-def where_the_time_goes(summary: Mapping[str, float | None]) -> Table:
+def hop_rate_key(rate_keys: Sequence[str]) -> str | None:
+    """The rate whose hop latencies are shown: the one p99 is judged at, else the first."""
+    return P99_RATE.key if P99_RATE.key in rate_keys else next(iter(rate_keys), None)
+
+
+def where_the_time_goes(summary: Mapping[str, float | None], rate_keys: Sequence[str]) -> Table:
     """Per service, medians: how fast its stage went in the burst, the CPU it used doing that, and
-    the latency it added at the paced rate. The slowest stage, or a service near 1.0 core, is what
+    the latency it added at a paced rate. The slowest stage, or a service near 1.0 core, is what
     limits the pipeline."""
     table = Table(title="where the time goes (medians)")
+    paced = hop_rate_key(rate_keys) or ""
+    paced_label = rate_label(paced, summary.get(latency_metric(paced, "rate_per_s")))
     for header in (
         "stage (moved by)",
         "burst: stage rx/s",
         "CPU cores",
         "CPU ms/rx",
-        "paced: hop p50 ms",
+        f"at {paced_label}: hop p50 ms",
         "hop p99 ms",
     ):
         table.add_column(header, justify="left" if header.startswith("stage") else "right")
@@ -212,8 +246,8 @@ def where_the_time_goes(summary: Mapping[str, float | None]) -> Table:
             _number(summary.get(f"stage_per_s.{stage}"), 1),
             _number(summary.get(f"cpu_cores.{owner}"), 2) if is_process else "",
             _number(summary.get(f"cpu_ms_per_rx.{owner}"), 2) if is_process else "",
-            _number(summary.get(f"hop_p50_ms.{stage}"), 1),
-            _number(summary.get(f"hop_p99_ms.{stage}"), 1),
+            _number(summary.get(latency_metric(paced, f"hop_p50_ms.{stage}")), 1),
+            _number(summary.get(latency_metric(paced, f"hop_p99_ms.{stage}")), 1),
         )
     for name in (*INFRASTRUCTURE, BENCH_PROCESS):
         table.add_row(

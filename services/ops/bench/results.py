@@ -9,7 +9,7 @@ from typing import Any
 from ..relay_ceiling import RelayResult
 from .counters import totals
 from .processes import by_owner
-from .stats import latency_summary, percentile, rate_per_s, ratio
+from .stats import half_of, latency_summary, percentile, rate_per_s, ratio
 from .watch import STAGES
 
 
@@ -37,6 +37,42 @@ ROUND_TRIPS_PATH_TARGET = Target(8, at_least=False, unit="per rx")  # the groups
 ROUND_TRIPS_TARGET = Target(16, at_least=False, unit="per rx")
 RECORDS_TARGET = Target(16, at_least=False, unit="per rx")
 IGNORED_TARGET = Target(0, at_least=False, unit="per rx")
+
+
+HALF = "half"
+
+
+@dataclass(frozen=True)
+class PacedRate:
+    """A rate of the latency phases: submissions per second, or (`per_s` None) half the throughput
+    the same run measured, which is known only once its throughput phase is over."""
+
+    per_s: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The same in every run ("5/s", "half"): what the medians over runs group by."""
+        return HALF if self.per_s is None else f"{self.per_s:g}/s"
+
+    def resolve(self, throughput_per_s: float | None) -> float | None:
+        return self.per_s if self.per_s is not None else half_of(throughput_per_s)
+
+
+#: The issue holds p99 to P99_TARGET at this rate; the other rates are printed beside it.
+P99_RATE = PacedRate(20.0)
+#: At this rate no two prescriptions share a batch, hence a round trip: the paced round trips come
+#: from it when it is measured.
+ROUND_TRIPS_RATE = PacedRate(5.0)
+
+
+def rate_label(key: str, per_s: float | None) -> str:
+    """ "5/s", or for half the rate it came to: "half (24.6/s)"."""
+    return f"{HALF} ({per_s:g}/s)" if key == HALF and per_s is not None else key
+
+
+def latency_metric(key: str, name: str) -> str:
+    """The name of a per-rate figure among a run's metrics (and the medians)."""
+    return f"latency[{key}].{name}"
 
 
 class BenchError(Exception):
@@ -81,6 +117,7 @@ class ThroughputResult:
 
 @dataclass
 class LatencyResult:
+    rate_key: str  # PacedRate.key
     target_rate: float
     planned_seconds: float
     timeout_s: float
@@ -91,6 +128,10 @@ class LatencyResult:
     stages: dict[str, int]
     send_errors: int
     hop_ms: dict[str, list[float]]  # per stage: ms from the stage before (see hop_latencies_ms)
+
+    @property
+    def label(self) -> str:
+        return rate_label(self.rate_key, self.target_rate)
 
     def summary(self) -> dict[str, float | int | None]:
         return latency_summary(self.latencies_ms, self.missing)
@@ -133,13 +174,16 @@ class RunResult:
     round_trips_per_prescription: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Per consumer group: records delivered per prescription of the burst, and how many it ignored.
     records_per_prescription: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: The same round trips per prescription submitted in the latency phase (small batches).
+    #: The same round trips per prescription submitted in one latency phase (small batches): at
+    #: ROUND_TRIPS_RATE if measured, else at the first rate.
     paced_round_trips_per_prescription: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The label of the rate those were counted at.
+    paced_round_trips_rate: str | None = None
     #: Every consumer group had caught up when the paced round trips were read.
     paced_counters_complete: bool = False
     relay: RelayResult | None = None
     stored_relay: StoredRelayResult | None = None
-    latency: LatencyResult | None = None
+    latencies: dict[str, LatencyResult] = field(default_factory=dict)  # PacedRate.key → its phase
     peak_rss_mb: dict[str, dict[str, float]] = field(default_factory=dict)  # phase → process → MB
     errors: list[str] = field(default_factory=list)
 
@@ -196,13 +240,14 @@ class RunResult:
                 figures.get("throughput_per_s"), self.stored_relay.relay.rate_per_s
             )
             figures["database_ms_per_write"] = self.stored_relay.database_ms_per_write
-        if self.latency:
-            figures["achieved_rate"] = self.latency.achieved_rate
-            for name, value in self.latency.summary().items():
-                figures[name] = value
+        for key, latency in self.latencies.items():
+            figures[latency_metric(key, "rate_per_s")] = latency.target_rate
+            figures[latency_metric(key, "achieved_rate")] = latency.achieved_rate
+            for name, value in latency.summary().items():
+                figures[latency_metric(key, name)] = value
             for q in (50, 99):
-                for stage, ms in self.latency.hop_percentiles(q).items():
-                    figures[f"hop_p{q}_ms.{stage}"] = ms
+                for stage, ms in latency.hop_percentiles(q).items():
+                    figures[latency_metric(key, f"hop_p{q}_ms.{stage}")] = ms
         for name, mb in self.peak_rss_overall().items():
             figures[f"rss_mb.{name}"] = mb
         return figures
@@ -216,25 +261,32 @@ class RunResult:
             "round_trips_per_prescription": self.round_trips_per_prescription,
             "records_per_prescription": self.records_per_prescription,
             "paced_round_trips_per_prescription": self.paced_round_trips_per_prescription,
+            "paced_round_trips_rate": self.paced_round_trips_rate,
             "paced_counters_complete": self.paced_counters_complete,
             "relay_ceiling": self.relay.to_json() if self.relay else None,
             "ratio_to_relay": self.metrics().get("ratio_to_relay"),
             "stored_relay": self.stored_relay.to_json() if self.stored_relay else None,
             "ratio_to_stored_relay": self.metrics().get("ratio_to_stored_relay"),
-            "latency": self.latency.to_json() if self.latency else None,
+            "latency": {latency.label: latency.to_json() for latency in self.latencies.values()},
             "peak_rss_mb": self.peak_rss_mb,
             "errors": self.errors,
         }
 
 
-BATCHES = ("throughput warm-up", "throughput", "latency warm-up", "latency")  # prescriptions sent per run
+BATCHES = ("throughput warm-up", "throughput", "latency warm-up", "latency")  # the latter two per rate
+#: Seeds a run may use: the throughput's batches and two per rate.
+SEEDS_PER_RUN = 100
+#: How long a paced submission lasts unless --paced-seconds says...
+DEFAULT_PACED_S = 10.0
+#: ...or longer, at low rates: a p99 of fewer prescriptions would be their maximum.
+MIN_PACED_PRESCRIPTIONS = 100
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     count: int
-    rate: float
-    paced_seconds: float
+    rates: tuple[PacedRate, ...]
+    paced_seconds: float | None  # None: DEFAULT_PACED_S, or as long as MIN_PACED_PRESCRIPTIONS take
     runs: int
     timeout_s: float
     relay_messages: int
@@ -245,6 +297,16 @@ class BenchOptions:
     home: Path
     seed: int
 
-    def seed_of(self, run: int, batch: str) -> int:
+    def seed_of(self, run: int, batch: str, rate_index: int = 0) -> int:
         """Different prescription ids for every batch of every run (ids are RX-<seed>-<number>)."""
-        return self.seed + 10 * run + BATCHES.index(batch)
+        latency_batch = batch.startswith("latency")
+        return self.seed + SEEDS_PER_RUN * run + BATCHES.index(batch) + (2 * rate_index if latency_batch else 0)
+
+    def paced_seconds_at(self, per_s: float) -> float:
+        if self.paced_seconds is not None:
+            return self.paced_seconds
+        return max(DEFAULT_PACED_S, MIN_PACED_PRESCRIPTIONS / per_s)
+
+    @property
+    def round_trips_rate(self) -> PacedRate:
+        return ROUND_TRIPS_RATE if ROUND_TRIPS_RATE in self.rates else self.rates[0]

@@ -14,7 +14,7 @@ from typing import TypeVar
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from services.cli import bus
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 
 from ..demo import STOCK

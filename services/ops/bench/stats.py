@@ -34,6 +34,14 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
+def half_of(throughput_per_s: float | None) -> float | None:
+    """Half a measured throughput, to 0.1/s: a paced rate well below capacity, so queueing stays out
+    of its latency. At least 0.5/s, so that a phase still submits something; None without a throughput."""
+    if throughput_per_s is None or throughput_per_s <= 0:
+        return None
+    return max(0.5, round(throughput_per_s / 2, 1))
+
+
 def scheduled_at(start: float, rate: float, index: int) -> float:
     """When the index-th paced submission is due: from the start, never from the previous send,
     so a late send does not push every later one back."""
