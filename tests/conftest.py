@@ -10,7 +10,7 @@ import pytest
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
 from services.ops.devstack import DevStack, standalone_database
-from services.runtime.documents import connect, ping
+from services.runtime.mongo import connect, ping
 from services.runtime.settings import RuntimeSettings
 from tests.support.stack import start_test_stack
 

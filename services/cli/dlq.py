@@ -37,7 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pharmacy_contracts.topics import ALL_TOPICS, BY_NAME, DEAD_LETTER_SUFFIX
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
 

@@ -27,9 +27,9 @@ from services.courier.storage import CourierStorage
 from services.inventory.storage import InventoryStorage
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.documents import connect
 from services.runtime.errors import Refused
 from services.runtime.kafka import create_topics
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 
 from . import bus, dlq, pharmacist

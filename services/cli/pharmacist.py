@@ -21,7 +21,7 @@ from pharmacy_contracts.envelope import utc_now
 from pharmacy_contracts.prescription import CancellationOrdered, ReviewDecided
 from services.prescription.domain import Interaction, PrescriberRecord, Verdict
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 
 from . import bus
 from .running import console, run, settings_from_env

@@ -33,7 +33,7 @@ from services.cli.render import describe_inventory_event, stock_table
 from services.consultation.domain import TERMINAL, PrescriptionStatus, Stage
 from services.consultation.storage import ConsultationStorage
 from services.inventory.storage import InventoryStorage
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 
 from .devstack import DevStack

@@ -23,7 +23,6 @@ from pathlib import Path
 #: Of `kafka.py` only the dead-letter path counts: the consumer (`subscribe`, `DeadLetters`, the
 #: retries, the tolerant parser and the header and error readers), not broker or topic creation.
 SCOPE: dict[str, tuple[str, ...] | None] = {
-    "services/runtime/documents.py": None,
     "services/runtime/store.py": None,
     "services/runtime/mongo_store.py": None,
     "services/runtime/unit_of_work.py": None,
@@ -32,7 +31,6 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     "services/runtime/kafka.py": (
         "xǁDeadLettersǁ*",
         "x_subscribe",
-        "x__handle_with_retries",
         "x__handle_batch_with_retries",
         "x__while_unreachable",
         "x__floors",
@@ -46,12 +44,11 @@ SCOPE: dict[str, tuple[str, ...] | None] = {
     "contracts/pharmacy_contracts/signing.py": None,
 }
 WHAT: dict[str, str] = {
-    "services/runtime/documents.py": "the store: version guard, outbox entries, handled ids, positions",
     "services/runtime/store.py": "the batch store's promises, and its in-memory implementation",
     "services/runtime/mongo_store.py": "the batch store on MongoDB: version-guarded saves, lost and failed documents",
     "services/runtime/unit_of_work.py": "the batch unit of work: duplicates skipped, one save per store",
     "services/runtime/tracking.py": "where a message came from (positions per partition)",
-    "services/runtime/relay.py": "the outbox relay and publisher",
+    "services/runtime/relay.py": "outbox entries, the outbox relay and publisher",
     "services/runtime/kafka.py": "dead letters: the consumer path, retries, the tolerant parser",
     "services/runtime/security.py": "Kafka SASL/TLS settings, the password masked",
     "services/runtime/logging.py": "redaction of patient data in logs",

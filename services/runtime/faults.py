@@ -4,8 +4,8 @@
 cleanup, like a power cut) right after it wrote a state change with events into that collection
 and before the outbox relay could publish them.
 
-`PHARMACY_FAULT_PAUSE_AT=before-handling:<message id>` holds that message's handler for
-`PHARMACY_FAULT_PAUSE_S` seconds before it runs, so a SIGTERM finds it in flight.
+`PHARMACY_FAULT_PAUSE_AT=before-handling:<message id>` holds the batch that message arrives in for
+`PHARMACY_FAULT_PAUSE_S` seconds before it is handled, so a SIGTERM finds it in flight.
 `PHARMACY_FAULT_FAIL_AT=publish-after-write:<correlation id>` makes the publish right after a write
 fail for that correlation id's events, so they stay in the outbox for the relay.
 
@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger()
-Handle = Callable[[Any], Awaitable[None]]
+HandleBatch = Callable[[Sequence[Any]], Awaitable[Any]]
 Publish = Callable[[Sequence[dict[str, Any]]], Awaitable[None]]
 
 
@@ -43,22 +43,6 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def paused_when_armed(handle: Handle) -> Handle:
-    armed = _armed("PHARMACY_FAULT_PAUSE_AT")
-    if not armed:
-        return handle
-    pause_s = float(os.environ.get("PHARMACY_FAULT_PAUSE_S", "3"))
-
-    async def handle_after_pause(message: Any) -> None:
-        if f"before-handling:{message.message_id}" in armed:
-            log.warning("fault injected: pausing before handling", message_id=message.message_id, pause_s=pause_s)
-            await asyncio.sleep(pause_s)
-            log.warning("fault injected: pause over", message_id=message.message_id)
-        await handle(message)
-
-    return handle_after_pause
-
-
 def failing_when_armed(publish: Publish) -> Publish:
     armed = _armed("PHARMACY_FAULT_FAIL_AT")
     if not armed:
@@ -72,10 +56,8 @@ def failing_when_armed(publish: Publish) -> Publish:
     return publish_unless_armed
 
 
-def batch_paused_when_armed(
-    handle_batch: Callable[[Sequence[Any]], Awaitable[Any]],
-) -> Callable[[Sequence[Any]], Awaitable[Any]]:
-    """The same pause for a batch handler: before a batch that holds the armed message."""
+def paused_when_armed(handle_batch: HandleBatch) -> HandleBatch:
+    """Holds a batch that has the armed message in it before handling any of it."""
     armed = _armed("PHARMACY_FAULT_PAUSE_AT")
     if not armed:
         return handle_batch

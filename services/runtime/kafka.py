@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import ALL_TOPICS, Topic
 
-from .documents import TRANSIENT_ERRORS
 from .errors import Refused
+from .mongo import TRANSIENT_ERRORS
 from .observability import ConsumerObserver, Observability, current_message_type
 from .security import aiokafka_kwargs, faststream_security
 from .settings import RuntimeSettings
@@ -35,7 +35,6 @@ from .unit_of_work import Handled, Outcome, Record
 
 log = structlog.get_logger()
 
-Handler = Callable[[Any], Awaitable[None]]
 #: Takes a batch's admitted records in arrival order and says what became of each (see `unit_of_work`).
 BatchHandler = Callable[[Sequence[Record[Any]]], Awaitable[Sequence[Handled[Any]]]]
 #: Turns a record's raw bytes and headers into a contract message instead of `Topic.parse` (e.g.
@@ -115,7 +114,7 @@ class ContractSpecification(KafkaSubscriberSpecification):
     """How FastStream's AsyncAPI generator sees a runtime consumer: a channel per topic, named after
     the topic, with the topic's description and its contract as the payload (the message class, or
     the union of the topic's classes). FastStream would describe the handler's parameters, and
-    `consume_batch` takes raw records. Read only when a document is generated (`make asyncapi`)."""
+    `consume_whole_batch` takes raw records. Read only when a document is generated (`make asyncapi`)."""
 
     __slots__ = ("contract_topics", "group_id")
 
@@ -144,8 +143,7 @@ def subscribe(
     *,
     topics: Sequence[Topic],
     group: str,
-    handle: Handler | None = None,
-    handle_batch: BatchHandler | None = None,
+    handle_batch: BatchHandler,
     title: str,
     gate: Gate | None = None,
     decode: Decode | None = None,
@@ -161,26 +159,21 @@ def subscribe(
     is parsed and judged by its type. Only for topics whose producers are ours (the header is
     theirs to set truthfully): a public topic written by others is read whole.
 
-    With `handle_batch`, the records of a batch that pass the checks below are handed over
-    together, in arrival order, as one unit of work (see `unit_of_work`): its answer says, per
-    record, what became of it. Refused records are dead-lettered; failed ones are tried again
-    together, with backoff, then dead-lettered; an unreachable database retries the whole batch.
-    With `handle`, each message is handed over alone (the older shape, still used by services
-    that have not moved).
-
-    Records come in batches of up to `kafka_max_batch_records`. Records with the same key (one
-    prescription, one warehouse) are handled one after another in their order; different keys are
-    handled concurrently, so their database round trips are shared (see `DocumentStore`). The
-    offsets are committed once the whole batch is handled, so a crash redelivers it; handlers are
+    Records come in batches of up to `kafka_max_batch_records`. The records of a batch that pass
+    the checks below are handed to `handle_batch` together, in arrival order, as one unit of work
+    (see `unit_of_work`: one load and one save per store for the whole batch, each document's
+    records decided in their order); its answer says, per record, what became of it. The offsets
+    are committed once the whole batch is handled, so a crash redelivers it; handlers are
     idempotent, so a redelivery changes nothing.
 
     Bad input never stops the consumer: unparseable or contract-violating bytes and `Refused`
-    messages go straight to the dead-letter topic; a handler that keeps failing is retried with
-    backoff and then dead-lettered. An unreachable database is retried without limit: our outage
-    is not the message's fault. Every message therefore ends in the handler's effect or in a dead
-    letter. The only exceptions that escape are infrastructure failures (a dead-letter publish
-    failed): NACK_ON_ERROR then rewinds to the batch's first records instead of committing past
-    them. No poison message can loop, because none reaches that path.
+    messages go straight to the dead-letter topic; records that keep failing are tried again
+    together, with backoff, and then dead-lettered. An unreachable database retries the whole
+    batch without limit: our outage is not the messages' fault. Every message therefore ends in
+    the handler's effect or in a dead letter. The only exceptions that escape are infrastructure
+    failures (a dead-letter publish failed): NACK_ON_ERROR then rewinds to the batch's first
+    records instead of committing past them. No poison message can loop, because none reaches that
+    path.
 
     A `background` consumer keeps a projection no prescription waits for on its way. It waits
     `background_wait_ms` where the others wait `kafka_fetch_max_wait_ms` and `kafka_batch_wait_ms`
@@ -208,20 +201,6 @@ def subscribe(
             return False
         observed.skipped(record, message_type)
         return True
-
-    async def consume_one(record: ConsumerRecord, floor: int) -> None:
-        with observed.handling(record):  # its time, its outcome, its span
-            await consume_record(record, floor)
-
-    if (handle is None) == (handle_batch is None):
-        raise ValueError("subscribe takes either handle or handle_batch")
-
-    async def consume_record(record: ConsumerRecord, floor: int) -> None:
-        parsed = await admit(record, floor)
-        if parsed is None or (acted_types is not None and parsed.type not in acted_types):
-            return  # dead-lettered, or sent without a type header and none of this group's business
-        assert handle is not None
-        await _handle_with_retries(parsed, record, by_name[record.topic], handle, dead_letters, settings)
 
     async def admit(record: ConsumerRecord, floor: int) -> Envelope | None:
         """The record's contract message, or None once it is dead-lettered (too large, refused at
@@ -260,13 +239,7 @@ def subscribe(
         current_message_type.set(parsed.type)  # records delivered are counted by group and type
         return parsed
 
-    async def consume_in_order(records: list[ConsumerRecord], floors: dict[tuple[str, int], int]) -> None:
-        # Runs as its own task: the log context and position it binds stay with its records.
-        for record in records:
-            await consume_one(record, floors[record.topic, record.partition])
-
     async def consume_whole_batch(message: KafkaMessage) -> None:
-        assert handle_batch is not None
         observed.claim_task()  # the unit of work's database round trips count as this group's
         floors = _floors(message.raw_message)
         admitted: list[tuple[ConsumerRecord, Record[Any]]] = []
@@ -282,25 +255,6 @@ def subscribe(
             structlog.contextvars.unbind_contextvars("correlation_id", "message_id", "message_type")
         if admitted:
             await _handle_batch_with_retries(admitted, by_name, handle_batch, dead_letters, settings)
-        if linger_s and len(message.raw_message) < settings.kafka_max_batch_records:
-            await asyncio.sleep(linger_s)
-
-    async def consume_batch(message: KafkaMessage) -> None:
-        chains: dict[tuple[Any, ...], list[ConsumerRecord]] = {}
-        floors: dict[tuple[str, int], int] = {}
-        for record in message.raw_message:
-            partition = (record.topic, record.partition)
-            floors[partition] = min(floors.get(partition, record.offset), record.offset - 1)
-            if passed_over(record):
-                continue
-            chain = (record.key,) if record.key is not None else (record.topic, record.partition)
-            chains.setdefault(chain, []).append(record)
-        outcomes = await asyncio.gather(
-            *(consume_in_order(chain, floors) for chain in chains.values()), return_exceptions=True
-        )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if failures:
-            raise failures[0]
         if linger_s and len(message.raw_message) < settings.kafka_max_batch_records:
             await asyncio.sleep(linger_s)
 
@@ -322,7 +276,7 @@ def subscribe(
         title=title,
         description=" ".join(topic.description for topic in topics),
     )
-    subscriber(consume_batch if handle is not None else consume_whole_batch)
+    subscriber(consume_whole_batch)
     subscriber.specification = ContractSpecification(subscriber.specification, topics, group_id)
     if not background:
         subscriber.get_msg = _fetching_without_idle_sleep(subscriber)
@@ -338,40 +292,6 @@ def _fetching_without_idle_sleep(subscriber: Any) -> Callable[[Any], Awaitable[t
         return tuple(chain.from_iterable(found.values()))
 
     return fetch
-
-
-async def _handle_with_retries(
-    parsed: Envelope,
-    record: ConsumerRecord,
-    topic: Topic,
-    handle: Handler,
-    dead_letters: DeadLetters,
-    settings: RuntimeSettings,
-) -> None:
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            await handle(parsed)
-            dead_letters.observed.handled(record.topic)
-            return
-        except Refused as refusal:
-            await dead_letters.send(record, topic, reason=refusal.code, detail=refusal.detail, attempts=attempt)
-            return
-        except TRANSIENT_ERRORS as error:
-            dead_letters.observed.failed(record.topic, error)
-            delay = min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0)
-            log.warning("database unreachable, retrying", error=str(error), attempt=attempt, delay_s=delay)
-            await asyncio.sleep(delay)
-        except Exception as error:
-            dead_letters.observed.failed(record.topic, error)
-            if attempt >= settings.handler_max_attempts:
-                log.exception("handler kept failing")
-                await dead_letters.send(record, topic, reason="processing_failed", detail=repr(error), attempts=attempt)
-                return
-            delay = settings.handler_retry_backoff_s * 2 ** (attempt - 1)
-            log.warning("handler failed, retrying", error=repr(error), attempt=attempt, delay_s=delay)
-            await asyncio.sleep(delay)
 
 
 def _floors(records: Sequence[ConsumerRecord]) -> dict[tuple[str, int], int]:

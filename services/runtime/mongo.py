@@ -1,23 +1,18 @@
-"""MongoDB plumbing both document stores share: error codes, indexes, the applied-ids collection."""
+"""MongoDB plumbing: the client, what counts as an outage, error codes, indexes, the applied-ids collection."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-from motor.motor_asyncio import AsyncIOMotorCollection
+from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorCollection
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
+from .observability import RoundTripListener
+
+#: Errors that mean "the database is unreachable right now", not "this message is bad".
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure,)
 DUPLICATE_KEY = 11000
-#: Which messages a store keeps the ids of for good: every one (True), none (False), or those that
-#: arrived on these topics (the commands people and their systems may send again).
-RemembersCommands = bool | Collection[str]
-
-
-def remembered(remembers: RemembersCommands, topic: str | None) -> bool:
-    if isinstance(remembers, bool):
-        return remembers
-    return topic is not None and topic in remembers
 
 
 class WriteNotDurable(ConnectionFailure):
@@ -45,3 +40,11 @@ async def record_applied(applied: AsyncIOMotorCollection, message_ids: Iterable[
             raise WriteNotDurable(f"{applied.name}: {error.details['writeConcernErrors'][:3]}") from error
         if any(f["code"] != DUPLICATE_KEY for f in error.details["writeErrors"]):
             raise  # recorded before (a redelivery) is fine; anything else is not
+
+
+def connect(url: str) -> AsyncIOMotorClient:
+    return AsyncIOMotorClient(url, tz_aware=True, serverSelectionTimeoutMS=5000, event_listeners=[RoundTripListener()])
+
+
+async def ping(client: AsyncIOMotorClient) -> None:
+    await client.admin.command("ping")

@@ -1,8 +1,7 @@
 """The `Store` on MongoDB (and on the dev server, whose gaps it avoids).
 
 A document is `{_id, version, state, outbox, outbox_pending, outbox_at, handled, positions,
-write_id}` (and `traceparent` where kept), the layout `DocumentStore` writes too, so both can work
-on one collection while services move over:
+write_id}` (and `traceparent` where kept):
 
 * a save is a whole-document replace guarded by `version` (or a plain insert), all of one save in
   one unordered bulk write: no `$push`/`$pull` of sub-documents, no positional updates;
@@ -10,7 +9,7 @@ on one collection while services move over:
 * the ids of applied messages go to `<collection>_applied` (`_id` = message id, so a second insert
   of one is refused by the primary key) once the document that absorbed them is written.
 
-This module, `documents` and the services' storage modules are the only code that knows MongoDB.
+This module, `mongo` and the services' storage modules are the only code that knows MongoDB.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ from pydantic import ValidationError
 from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from .mongo import DUPLICATE_KEY, RemembersCommands, WriteNotDurable, document_indexes, record_applied, remembered
-from .store import DocumentMemory, S, Save, Saved, Stored, Tracking
+from .mongo import DUPLICATE_KEY, WriteNotDurable, document_indexes, record_applied
+from .store import DocumentMemory, RemembersCommands, S, Save, Saved, Stored, Tracking, remembered
 
 #: Times a save of published-entry removals is tried again when someone wrote the document first.
 CLEAR_ATTEMPTS = 5
@@ -42,6 +41,7 @@ class MongoStore(Generic[S]):
         *,
         remembers_commands: RemembersCommands = False,
         keeps_trace: bool = False,
+        keeps_every_message: bool = False,
         memory: DocumentMemory[S] | None = None,
     ) -> None:
         """`remembers_commands`: the documents take commands people or their systems may send again
@@ -53,9 +53,13 @@ class MongoStore(Generic[S]):
         `keeps_trace`: each document is one flow's (a prescription's) and remembers the trace that
         last changed it (see `UnitOfWork.run`).
 
+        `keeps_every_message`: each document is one flow's and remembers every message id it
+        absorbed (see `Store.keeps_every_message`), so commands sent again need no applied-id list.
+
         `memory`: the documents this process last wrote or read, which a unit of work decides on
         without loading them again (see `DocumentMemory`)."""
         self.name = name
+        self.keeps_every_message = keeps_every_message
         self.memory = memory
         self.keeps_trace = keeps_trace
         self._remembers = remembers_commands

@@ -10,7 +10,7 @@
   whose parent is the `traceparent` the record carries; the events a handling causes are written to
   the outbox with that span's `traceparent` and published under it, possibly later by the relay.
   Work that no message's trace covers (a courier's app reports without a `traceparent`; a sweep)
-  continues the trace a prescription's document remembers (`continuing_trace`, `DocumentStore`).
+  continues the trace a prescription's document remembers (`continuing_trace`, `UnitOfWork`).
   So one prescription's hops (submission, verdict, reservation, delivery) form one trace.
 """
 

@@ -1,4 +1,5 @@
-"""Publishing outbox entries: right after each write, and the relay that catches what was left behind."""
+"""Outbox entries: what one holds, publishing them right after each write, and the relay that catches
+what was left behind."""
 
 from __future__ import annotations
 
@@ -11,12 +12,32 @@ from typing import Any
 import structlog
 from faststream.kafka import KafkaBroker
 
-from .documents import DocumentStore, Publish
-from .observability import TRACEPARENT, ServiceMetrics, publishing_under, traces_publishes
-from .store import Store
-from .unit_of_work import UnitOfWork
+from pharmacy_contracts import Envelope
+from pharmacy_contracts.topics import topic_for
+
+from .observability import TRACEPARENT, ServiceMetrics, current_traceparent, publishing_under, traces_publishes
+from .store import OutboxEntry, Store
+from .unit_of_work import Publish, UnitOfWork
 
 log = structlog.get_logger()
+
+
+def outbox_entry(event: Envelope) -> OutboxEntry:
+    """Everything `publisher_for` needs to publish the event later, from whichever process."""
+    topic = topic_for(event)
+    entry = {
+        "message_id": event.message_id,
+        "topic": topic.name,
+        "key": topic.key_of(event),
+        "type": event.type,
+        "correlation_id": event.correlation_id,
+        "body": event.model_dump_json(),
+    }
+    # The trace of the handling that caused the event, for whoever publishes it (now or the relay).
+    traceparent = current_traceparent()
+    if traceparent is not None:
+        entry[TRACEPARENT] = traceparent
+    return entry
 
 
 def publisher_for(broker: KafkaBroker) -> Publish:
@@ -49,8 +70,7 @@ def publisher_for(broker: KafkaBroker) -> Publish:
 
 
 class StoreOutbox:
-    """A `Store` whose writes a unit of work publishes, as the relay sees it (the same calls a
-    `DocumentStore` answers)."""
+    """A `Store` whose writes a unit of work publishes, as the relay sees it."""
 
     publishes_its_writes = True
 
@@ -75,7 +95,7 @@ class StoreOutbox:
 class OutboxRelay:
     """One background task per service process, for events no live write published.
 
-    Each write publishes its own events straight away (`DocumentStore.publish_with`). What a
+    Each unit of work publishes its own events straight away (`UnitOfWork.run`). What a
     crashed process wrote but never published stays in the outbox; every `poll_interval_s` the
     relay publishes entries older than `stale_after_s` (so it does not race a live write) and
     removes them. Publishing twice is possible (after a crash) and harmless: every consumer drops
@@ -86,7 +106,7 @@ class OutboxRelay:
     def __init__(
         self,
         broker: KafkaBroker,
-        stores: Sequence[DocumentStore[Any] | StoreOutbox],
+        stores: Sequence[StoreOutbox],
         poll_interval_s: float,
         stale_after_s: float = 0.0,
         metrics: ServiceMetrics | None = None,

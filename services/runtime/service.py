@@ -12,12 +12,12 @@ from faststream import FastStream
 from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import Topic
 
-from .documents import DocumentStore, connect, outbox_entry, ping
-from .faults import batch_paused_when_armed, failing_when_armed, paused_when_armed
-from .kafka import BatchHandler, Decode, Gate, Handler, create_broker, subscribe
+from .faults import failing_when_armed, paused_when_armed
+from .kafka import BatchHandler, Decode, Gate, create_broker, subscribe
 from .logging import configure_logging
+from .mongo import connect, ping
 from .observability import Check, HttpEndpoint, NotReady, Observability
-from .relay import OutboxRelay, StoreOutbox, publisher_for
+from .relay import OutboxRelay, StoreOutbox, outbox_entry, publisher_for
 from .settings import RuntimeSettings
 from .store import Store
 from .unit_of_work import UnitOfWork
@@ -53,18 +53,12 @@ class ServiceRuntime:
         self.unit_of_work = UnitOfWork(
             failing_when_armed(publisher_for(self.broker)), outbox_entry, self.observability.tracer
         )
-        self._relayed: list[DocumentStore[Any] | StoreOutbox] = []
+        self._relayed: list[StoreOutbox] = []
 
-    def publish_outbox_of(self, stores: Sequence[DocumentStore[Any] | Store[Any]]) -> None:
-        """Each write to these stores publishes its events; the relay catches what a crash left."""
-        publish = failing_when_armed(publisher_for(self.broker))
-        for store in stores:
-            if isinstance(store, DocumentStore):
-                store.publish_with(publish)
-                store.trace_with(self.observability.tracer)
-                self._relayed.append(store)
-            else:
-                self._relayed.append(StoreOutbox(store, self.unit_of_work))
+    def publish_outbox_of(self, stores: Sequence[Store[Any]]) -> None:
+        """The unit of work publishes what each batch saves in these stores; the relay catches what
+        a crash left."""
+        self._relayed += [StoreOutbox(store, self.unit_of_work) for store in stores]
         self.relay = OutboxRelay(
             self.broker,
             self._relayed,
@@ -78,26 +72,23 @@ class ServiceRuntime:
         *topics: Topic,
         group: str,
         title: str,
-        handle: Handler | None = None,
-        handle_batch: BatchHandler | None = None,
+        handle_batch: BatchHandler,
         gate: Gate | None = None,
         decode: Decode | None = None,
         background: bool = False,
         acts_on: Collection[type[Envelope]] | None = None,
     ) -> None:
-        """`handle` takes one message at a time, `handle_batch` a batch's records together (one use
-        case over a unit of work). `background`: the consumer keeps a projection that no
-        prescription waits for on its way (a status, a ledger, a history), so it fetches less
-        eagerly and lets records gather between batches (`background_wait_ms`). `acts_on`: the
-        types the handler has anything to do with; the others are passed over by their type header,
-        unparsed (see `kafka.subscribe`)."""
+        """`handle_batch` takes a batch's records together (one use case over a unit of work).
+        `background`: the consumer keeps a projection that no prescription waits for on its way (a
+        status, a ledger, a history), so it fetches less eagerly and lets records gather between
+        batches (`background_wait_ms`). `acts_on`: the types the handler has anything to do with;
+        the others are passed over by their type header, unparsed (see `kafka.subscribe`)."""
         subscribe(
             self.broker,
             self.settings,
             topics=topics,
             group=group,
-            handle=None if handle is None else self._counted(paused_when_armed(handle)),
-            handle_batch=None if handle_batch is None else self._counted_batch(batch_paused_when_armed(handle_batch)),
+            handle_batch=self._counted(paused_when_armed(handle_batch)),
             title=title,
             gate=gate,
             decode=decode,
@@ -106,17 +97,7 @@ class ServiceRuntime:
             acts_on=acts_on,
         )
 
-    def _counted(self, handle: Handler) -> Handler:
-        async def handle_counted(message: Any) -> None:
-            self.handlers_in_flight += 1
-            try:
-                await handle(message)
-            finally:
-                self.handlers_in_flight -= 1
-
-        return handle_counted
-
-    def _counted_batch(self, handle_batch: BatchHandler) -> BatchHandler:
+    def _counted(self, handle_batch: BatchHandler) -> BatchHandler:
         async def handle_counted(records: Sequence[Any]) -> Sequence[Any]:
             self.handlers_in_flight += 1
             try:

@@ -86,7 +86,7 @@ class RuntimeSettings(BaseSettings):
     kafka_max_batch_records: int = Field(
         default=250,
         ge=1,
-        # A document remembers its last 500 message ids (documents.HANDLED_MEMORY); records of the
+        # A document remembers its last 500 message ids (store.RECENT_MESSAGES); records of the
         # batch in hand are recognised by id only, so a batch must fit with room to spare.
         le=250,
         description="Records a consumer takes at once; their writes share round trips",

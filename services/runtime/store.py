@@ -40,6 +40,16 @@ OutboxEntry = dict[str, Any]
 RECENT_MESSAGES = 500
 
 
+#: Which topics' message ids a store keeps for good: all (True), none (False), or these topics'.
+RemembersCommands = bool | Collection[str]
+
+
+def remembered(remembers: RemembersCommands, topic: str | None) -> bool:
+    if isinstance(remembers, bool):
+        return remembers
+    return topic is not None and topic in remembers
+
+
 @dataclass(frozen=True)
 class Tracking:
     """What a document remembers of the messages it absorbed."""
@@ -54,8 +64,10 @@ class Tracking:
             return True
         return position is not None and self.positions.get(position.key, -1) >= position.offset
 
-    def after(self, message_id: str | None, position: Position | None) -> Tracking:
-        recent = self.recent if message_id is None else (*self.recent, message_id)[-RECENT_MESSAGES:]
+    def after(self, message_id: str | None, position: Position | None, *, keep_all: bool = False) -> Tracking:
+        """`keep_all`: every id stays (a document that absorbs a bounded number of messages)."""
+        recent = self.recent if message_id is None else (*self.recent, message_id)
+        recent = recent if keep_all else recent[-RECENT_MESSAGES:]
         positions = dict(self.positions)
         if position is not None:
             positions[position.key] = max(position.floor, positions.get(position.key, -1))
@@ -120,6 +132,10 @@ class Store(Protocol[S]):
     model: type[S]
     #: Each document is one flow's and remembers the trace that last changed it.
     keeps_trace: bool
+    #: Each document is one flow's, which absorbs a bounded number of messages (a prescription's
+    #: verdict, its delivery): it remembers the id of every message it absorbed, so any of them
+    #: sent again, however late, is a duplicate without a lookup among applied ids.
+    keeps_every_message: bool
 
     async def load(self, ids: Collection[str], *, from_memory: bool = False) -> dict[str, Stored[S]]:
         """Every id asked for, absent ones as `Stored(id)`: one round trip. `from_memory`: what the
@@ -230,11 +246,22 @@ class MemoryStore(Generic[S]):
     on the way in and out, so a use case that keeps a reference sees what a database would give."""
 
     def __init__(
-        self, name: str, model: type[S], *, keeps_trace: bool = False, memory: DocumentMemory[S] | None = None
+        self,
+        name: str,
+        model: type[S],
+        *,
+        keeps_trace: bool = False,
+        keeps_every_message: bool = False,
+        remembers_commands: RemembersCommands = True,
+        memory: DocumentMemory[S] | None = None,
     ) -> None:
+        """`remembers_commands` as `MongoStore`'s; True (every topic) unless a test models a
+        production store."""
         self.name = name
         self.model = model
         self.keeps_trace = keeps_trace
+        self.keeps_every_message = keeps_every_message
+        self._remembers = remembers_commands
         self.memory = memory
         self._documents: dict[str, Stored[S]] = {}
         self._applied: set[str] = set()
@@ -314,7 +341,7 @@ class MemoryStore(Generic[S]):
         return saved
 
     def remembers(self, topic: str | None) -> bool:
-        return True
+        return remembered(self._remembers, topic)
 
     async def applied(self, message_ids: Collection[str]) -> set[str]:
         self.round_trips += 1

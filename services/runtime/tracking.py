@@ -1,15 +1,16 @@
 """Where the message being handled came from, for the write that records it.
 
-The subscriber sets it once per message; `DocumentStore.apply` reads it. Every document keeps,
-per topic partition, an offset below which it has absorbed every message meant for it, so a
-replay from the beginning changes nothing, however long ago the message was handled.
+The subscriber sets it once per message and hands it over with the record (`unit_of_work.Record`),
+whose save records it. Every document keeps, per topic partition, an offset below which it has
+absorbed every message meant for it, so a replay from the beginning changes nothing, however long
+ago the message was handled.
 
 That offset is the batch's *floor* (the offset before the partition's first record in the batch),
-not the record's own offset: records of one partition with different keys are handled
-concurrently, so a document may absorb offset 11 before offset 10. The previous batch was fully
-handled before this one was fetched, so everything up to the floor is done. Records inside the
-batch are recognised by their message ids (`handled`), which also cover the other kind of
-duplicate: the same message published twice, at two offsets.
+not the record's own offset: records of one partition are not absorbed in offset order (a record
+that failed is tried again after its neighbours were saved), so a document may absorb offset 11
+before offset 10. The previous batch was fully handled before this one was fetched, so everything
+up to the floor is done. Records inside the batch are recognised by their message ids (`handled`),
+which also cover the other kind of duplicate: the same message published twice, at two offsets.
 """
 
 from __future__ import annotations

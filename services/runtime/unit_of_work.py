@@ -180,7 +180,6 @@ class UnitOfWork:
         prescription's trace."""
         if not records:
             return []
-        keeps_trace = store.keeps_trace
         by_doc: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             by_doc.setdefault(key(record.message), []).append(index)
@@ -194,16 +193,7 @@ class UnitOfWork:
             # First from the store's memory; a document decided again is read from the database.
             loaded = await store.load(waiting, from_memory=attempt == 0)
             rounds = {
-                doc_id: self._decide(
-                    loaded[doc_id],
-                    [records[i] for i in indexes],
-                    seen_before,
-                    decide,
-                    tracked,
-                    keeps_trace,
-                    store.name,
-                    store.remembers,
-                )
+                doc_id: self._decide(store, loaded[doc_id], [records[i] for i in indexes], seen_before, decide, tracked)
                 for doc_id, indexes in waiting.items()
             }
             saves = [r.save for r in rounds.values() if r.save is not None]
@@ -234,15 +224,14 @@ class UnitOfWork:
 
     def _decide(
         self,
+        store: Store[S],
         stored: Stored[S],
         records: list[Record[M]],
         seen_before: set[str],
         decide: Callable[[S | None, M], Decision[S]],
         tracked: bool,
-        keeps_trace: bool = False,
-        store_name: str = "",
-        remembers: Callable[[str | None], bool] = lambda _: True,
     ) -> _Round[S, M]:
+        keeps_trace, store_name = store.keeps_trace, store.name
         decided: _Round[S, M] = _Round(stored, records)
         state, tracking, traceparent = stored.state, stored.tracking, stored.traceparent
         new_entries: list[OutboxEntry] = []
@@ -275,8 +264,8 @@ class UnitOfWork:
             else:
                 state = decision.state
                 if tracked:
-                    tracking = tracking.after(record.message_id, record.position)
-                    if remembers(_topic_of(record)):
+                    tracking = tracking.after(record.message_id, record.position, keep_all=store.keeps_every_message)
+                    if store.remembers(_topic_of(record)):
                         applied.append(record.message_id)
                 changed = True
                 new_entries += entries

@@ -19,7 +19,7 @@ from services.inventory.domain import AllocationState
 from services.ops.devstack import DevStack, LogWindow
 from services.ops.lag import consumer_lag
 from services.prescription.domain import FormularyEntry
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch
 from tests.support.scenario import System, prescription_message, read_topic, scripted_couriers, wait_until

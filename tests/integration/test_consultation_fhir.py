@@ -17,7 +17,7 @@ from services.consultation.app import create_app
 from services.consultation.domain import Stage
 from services.consultation.settings import ConsultationSettings
 from services.consultation.storage import ConsultationStorage
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import (
     TopicWatch,

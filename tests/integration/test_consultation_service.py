@@ -22,7 +22,7 @@ from services.consultation.domain import Stage
 from services.consultation.settings import ConsultationSettings
 from services.consultation.storage import ConsultationStorage
 from services.runtime.delivery_codes import delivery_code
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import (
     TopicWatch,

@@ -44,7 +44,7 @@ from services.courier.settings import CourierSettings
 from services.courier.storage import CourierStorage
 from services.ops.simulation import wrong_code
 from services.runtime import delivery_codes
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.observability import TRACEPARENT, current_traceparent
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import Clock, TopicWatch, headers_of, own_groups, publish_noting, running, wait_consumed

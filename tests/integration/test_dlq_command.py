@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from pharmacy_contracts import topics
 from services.cli import bus, dlq
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import TopicWatch, running
+from tests.support.inprocess import TopicWatch, one_at_a_time, running
 
 TOPIC = topics.COURIER_UPDATES
 DLQ = TOPIC.dead_letter_topic
@@ -58,7 +58,7 @@ async def _dead_letter_two_messages(settings: RuntimeSettings) -> Scenario:
         handled.append(message)
 
     runtime = ServiceRuntime("test", own)
-    runtime.consume(TOPIC, group="dlq-tool", handle=handle, title="test")
+    runtime.consume(TOPIC, group="dlq-tool", handle_batch=one_at_a_time(handle), title="test")
     trace = ("trace-id", marker.encode())
     # Garbage goes without a content type: FastStream itself JSON-decodes a body labelled
     # application/json before the runtime's handler sees it, so such garbage is never dead-lettered.

@@ -50,7 +50,8 @@ from services.inventory.domain import Allocation, AllocationState, Warehouse, cu
 from services.inventory.service import InventoryService
 from services.inventory.settings import InventorySettings
 from services.inventory.storage import InventoryStorage
-from services.runtime.documents import connect, outbox_entry
+from services.runtime.mongo import connect
+from services.runtime.relay import outbox_entry
 from services.runtime.settings import RuntimeSettings
 from services.runtime.store import Save, Tracking
 from services.runtime.unit_of_work import Record, UnitOfWork

@@ -1,7 +1,8 @@
 """The batch `Store` on MongoDB (`services.runtime.mongo_store`) against the standalone dev database:
-the document layout the relay and `DocumentStore` read, version-guarded saves in one bulk write with
-lost and failed documents told apart, applied ids for good, the relay's query by age, and published
-entries dropped from outboxes even when another writer came first.
+the document layout the relay reads, version-guarded saves in one bulk write with lost and failed
+documents told apart, an unreachable database reported as an outage, applied ids for good, the
+relay's query by age, and published entries dropped from outboxes even when another writer came
+first.
 
 The promises both stores share: test_store_contract.py; the in-memory store: tests/unit/test_memory_store.py.
 """
@@ -14,11 +15,12 @@ from typing import Any
 
 import pytest
 import structlog.testing
-from motor.motor_asyncio import AsyncIOMotorDatabase
+from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pydantic import BaseModel
 
+from services.ops.devstack import free_port
 from services.runtime import mongo_store
-from services.runtime.documents import connect
+from services.runtime.mongo import TRANSIENT_ERRORS, connect
 from services.runtime.mongo_store import MongoStore
 from services.runtime.store import Save, Saved, Stored, Tracking
 
@@ -69,7 +71,7 @@ async def raw(store: MongoStore[Counted], doc_id: str) -> dict[str, Any]:
 # --- the document ---------------------------------------------------------------------------------
 
 
-async def test_a_saved_document_has_the_layout_the_relay_and_document_store_read(store: MongoStore[Counted]) -> None:
+async def test_a_saved_document_has_the_layout_the_relay_reads(store: MongoStore[Counted]) -> None:
     tracking = Tracking(("m1", "m2"), {"t_v1:0": 7})
     outbox = (entry("e1", queued_at=200.5), entry("e2", queued_at=100.25))
     before = time.time()
@@ -442,5 +444,23 @@ def test_a_store_remembers_the_commands_of_the_topics_it_is_given() -> None:
         some = MongoStore(database, "c", Counted, remembers_commands=("commands.v1",))
         assert some.remembers("commands.v1") is True
         assert some.remembers("events.v1") is False and some.remembers(None) is False
+    finally:
+        client.close()
+
+
+async def test_an_unreachable_database_is_an_outage_not_a_failed_document() -> None:
+    """The consumer waits an outage out and dead-letters failed documents: a save that reported
+    the outage as failed documents would dead-letter every record of the batch."""
+    client: AsyncIOMotorClient = AsyncIOMotorClient(f"mongodb://127.0.0.1:{free_port()}", serverSelectionTimeoutMS=200)
+    store = MongoStore(client["nowhere"], "counted", Counted, remembers_commands=True)
+    try:
+        with pytest.raises(TRANSIENT_ERRORS):
+            await store.load(["a"])
+        with pytest.raises(TRANSIENT_ERRORS):
+            await store.save([insert("a", 1, applied=("m1",)), insert("b", 2)])
+        with pytest.raises(TRANSIENT_ERRORS):
+            await store.applied(["m1"])
+        with pytest.raises(TRANSIENT_ERRORS):
+            await store.pending_outbox()
     finally:
         client.close()

@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,12 +24,13 @@ from pharmacy_contracts.inventory import RestockRequested
 from services.cli import bus
 from services.consultation.app import create_app
 from services.consultation.settings import ConsultationSettings
-from services.runtime.documents import Change, DocumentStore
+from services.runtime.mongo_store import MongoStore
 from services.runtime.observability import current_traceparent
-from services.runtime.relay import OutboxRelay
+from services.runtime.relay import OutboxRelay, StoreOutbox, outbox_entry
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
-from tests.support.inprocess import own_groups, running, sender_keys
+from services.runtime.unit_of_work import Decision, Handled, Record, UnitOfWork
+from tests.support.inprocess import one_at_a_time, own_groups, running, sender_keys
 from tests.support.scenario import wait_until
 from tests.support.stack import free_port
 from tests.unit.builders import rejected
@@ -232,17 +233,18 @@ async def test_a_trace_follows_events_across_services_and_through_the_relay(sett
     group_settings = settings.model_copy(update={"kafka_group_prefix": f"t{suffix}", "http_enabled": False})
 
     upstream = ServiceRuntime("upstream", group_settings, tracer_provider=upstream_provider)
-    store: DocumentStore[Seen] = DocumentStore(upstream.database, f"test_trace_{suffix}", Seen)
+    store = MongoStore(upstream.database, f"test_trace_{suffix}", Seen)
     upstream.publish_outbox_of([store])
 
-    async def emit_next(message: RestockRequested) -> None:
-        if message.requested_by == "test":
-            next_one = command(f"{message.correlation_id}-next", "upstream")
-            await store.apply(
-                message.correlation_id, lambda _: Change(Seen(count=1), [next_one]), message_id=message.message_id
-            )
+    def next_one(current: Seen | None, message: RestockRequested) -> Decision[Seen]:
+        if message.requested_by != "test":
+            return Decision.unchanged()  # earlier tests' messages
+        return Decision(Seen(count=1), [command(f"{message.correlation_id}-next", "upstream")])
 
-    upstream.consume(TOPIC, group="upstream", handle=emit_next, title="test")
+    async def emit_next(records: Sequence[Record[RestockRequested]]) -> list[Handled[RestockRequested]]:
+        return await upstream.unit_of_work.run(store, records, key=lambda m: m.correlation_id, decide=next_one)
+
+    upstream.consume(TOPIC, group="upstream", handle_batch=emit_next, title="test")
 
     downstream = ServiceRuntime("downstream", group_settings, tracer_provider=downstream_provider)
     handled: list[str] = []
@@ -251,7 +253,7 @@ async def test_a_trace_follows_events_across_services_and_through_the_relay(sett
         if message.requested_by == "upstream":
             handled.append(message.correlation_id)
 
-    downstream.consume(TOPIC, group="downstream", handle=note, title="test")
+    downstream.consume(TOPIC, group="downstream", handle_batch=one_at_a_time(note), title="test")
 
     submitted = upstream_provider.get_tracer("test").start_span("submit prescription")
     async with running(upstream.app()), running(downstream.app()):
@@ -272,10 +274,17 @@ async def test_a_trace_follows_events_across_services_and_through_the_relay(sett
             await producer.stop()
 
         # An event stored under a span but published later by the relay, outside any span.
-        quiet: DocumentStore[Seen] = DocumentStore(upstream.database, f"test_trace_relay_{suffix}", Seen)
+        quiet = MongoStore(upstream.database, f"test_trace_relay_{suffix}", Seen)
+        crashing = UnitOfWork(None, outbox_entry)  # stores its events and publishes none of them
         with upstream_provider.get_tracer("test").start_as_current_span("a handling that crashed") as crashed:
-            await quiet.apply("doc", lambda _: Change(Seen(count=1), [command(relayed, "upstream")]), message_id="m1")
-        relay = OutboxRelay(upstream.broker, [quiet], poll_interval_s=1, metrics=upstream.observability.metrics)
+            await crashing.run(
+                quiet,
+                [Record(command(relayed, "upstream"))],
+                key=lambda _: "doc",
+                decide=lambda current, message: Decision(Seen(count=1), [message]),
+            )
+        outboxes = [StoreOutbox(quiet, crashing)]
+        relay = OutboxRelay(upstream.broker, outboxes, poll_interval_s=1, metrics=upstream.observability.metrics)
         assert await relay.drain_once(everything=True) == 1
 
         async def both_handled() -> bool:

@@ -11,7 +11,7 @@ from services.cli import bus
 from services.ops.devstack import DevStack
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch, of_type
 from tests.support.scenario import prescription_message, registered_prescriber, wait_until

@@ -29,7 +29,7 @@ from services.prescription.domain import FormularyEntry, Interaction, Prescriber
 from services.prescription.service import PrescriptionService
 from services.prescription.settings import PrescriptionSettings
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from services.runtime.unit_of_work import Record
 from tests.support.inprocess import (

@@ -1,6 +1,6 @@
 """The shared runtime against the real broker and database: commit after handling, redelivery,
-retries, dead letters, the outbox relay after a crash, concurrent writers. (A clean SIGTERM of
-every service: test_runtime_shutdown.py.)"""
+retries, dead letters, the outbox relay after a crash, concurrent writers through the unit of work
+on `MongoStore`. (A clean SIGTERM of every service: test_runtime_shutdown.py.)"""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import date
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,13 +18,16 @@ from pydantic import BaseModel
 from pharmacy_contracts import topics
 from pharmacy_contracts.inventory import RestockRequested
 from services.cli import bus
-from services.runtime.documents import Change, DocumentStore, connect
 from services.runtime.errors import Refused
-from services.runtime.relay import OutboxRelay
+from services.runtime.mongo import connect
+from services.runtime.mongo_store import MongoStore
+from services.runtime.relay import OutboxRelay, StoreOutbox, outbox_entry
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
-from services.runtime.tracking import Position, current_position
-from tests.support.inprocess import TopicWatch, publish_noting, running
+from services.runtime.store import DocumentMemory
+from services.runtime.tracking import Position
+from services.runtime.unit_of_work import Decision, Outcome, Record, UnitOfWork
+from tests.support.inprocess import TopicWatch, one_at_a_time, publish_noting, running
 from tests.support.scenario import wait_until
 
 TOPIC = topics.INVENTORY_COMMANDS  # any consumed topic will do; these tests own their group ids
@@ -81,7 +85,7 @@ async def test_offset_is_committed_only_after_the_handler_returns(settings: Runt
             handled.append(message.correlation_id)
 
     runtime = ServiceRuntime("test", settings)
-    runtime.consume(TOPIC, group="commit", handle=handle, title="test")
+    runtime.consume(TOPIC, group="commit", handle_batch=one_at_a_time(handle), title="test")
     async with running(runtime.app()):
         (landed,) = await publish_noting(settings, command(marker))
         await asyncio.wait_for(entered.wait(), timeout=30)
@@ -132,7 +136,7 @@ async def test_a_background_consumer_lets_records_gather_after_a_batch_that_was_
             await release_first.wait()
         returned_at[message.correlation_id] = time.monotonic()
 
-    runtime.consume(TOPIC, group="background", handle=handle, title="test", background=True)
+    runtime.consume(TOPIC, group="background", handle_batch=one_at_a_time(handle), title="test", background=True)
     async with running(runtime.app()):
         await publish_noting(settings, command(first))
         await asyncio.wait_for(first_entered.wait(), timeout=30)
@@ -165,7 +169,7 @@ async def test_a_message_interrupted_mid_handling_is_delivered_again(settings: R
             await asyncio.Event().wait()  # never finishes: the process "dies" holding it
 
     first = ServiceRuntime("test", settings)
-    first.consume(TOPIC, group="redeliver", handle=hang, title="test")
+    first.consume(TOPIC, group="redeliver", handle_batch=one_at_a_time(hang), title="test")
     async with running(first.app()):
         await bus.publish(settings, command(marker))
         await wait_until(lambda: _async(bool(first_calls)), "the first delivery")
@@ -174,7 +178,7 @@ async def test_a_message_interrupted_mid_handling_is_delivered_again(settings: R
         second_calls.append(message.correlation_id)
 
     second = ServiceRuntime("test", settings)
-    second.consume(TOPIC, group="redeliver", handle=record, title="test")
+    second.consume(TOPIC, group="redeliver", handle_batch=one_at_a_time(record), title="test")
     async with running(second.app()):
         await wait_until(lambda: _async(marker in second_calls), "the redelivery", timeout=30)
     assert first_calls == [marker]
@@ -196,7 +200,7 @@ async def test_failing_handlers_are_retried_then_dead_lettered(settings: Runtime
     suffix = uuid.uuid4().hex[:6]
     flaky, broken, forged, fine = (f"{p}{suffix}" for p in ("FLAKY", "BROKEN", "FORGED", "FINE"))
     runtime = ServiceRuntime("test", settings)
-    runtime.consume(TOPIC, group="retries", handle=handle, title="test")
+    runtime.consume(TOPIC, group="retries", handle_batch=one_at_a_time(handle), title="test")
     async with running(runtime.app()), TopicWatch(settings.kafka_bootstrap_servers, TOPIC.dead_letter_topic) as dlq:
         await bus.publish(settings, command(flaky), command(broken), command(forged), command(fine))
         await wait_until(lambda: _async(calls[fine] == 1 and calls[flaky] == 3), "handling", timeout=30)
@@ -218,18 +222,49 @@ class Counted(BaseModel):
     count: int
 
 
+def _increment(current: Counted | None, message: RestockRequested) -> Decision[Counted]:
+    return Decision(Counted(count=(current.count if current else 0) + 1))
+
+
+def _record(message_id: str, position: Position | None = None, *, doc: str = "doc") -> Record[RestockRequested]:
+    """A message about document `doc` (its warehouse), with an id of our choosing."""
+    message = command(message_id).model_copy(update={"message_id": message_id, "warehouse_id": doc})
+    return Record(message, position)
+
+
+def _on(message: RestockRequested) -> str:
+    return message.warehouse_id
+
+
+async def _run(
+    unit_of_work: UnitOfWork,
+    store: MongoStore[Counted],
+    *records: Record[RestockRequested],
+    decide: Callable[[Counted | None, RestockRequested], Decision[Counted]] = _increment,
+    key: Callable[[RestockRequested], str] = _on,
+) -> list[Outcome]:
+    return [h.outcome for h in await unit_of_work.run(store, records, key=key, decide=decide)]
+
+
 async def test_events_stored_before_a_crash_are_published_by_the_next_relay(settings: RuntimeSettings) -> None:
     runtime = ServiceRuntime("test", settings)
-    store: DocumentStore[Counted] = DocumentStore(runtime.database, f"test_outbox_{uuid.uuid4().hex[:6]}", Counted)
+    store = MongoStore(runtime.database, f"test_outbox_{uuid.uuid4().hex[:6]}", Counted)
     marker = f"O{uuid.uuid4().hex[:6]}"
-    # the state change and its event are written; the process dies before any relay runs
-    await store.apply("doc", lambda _: Change(Counted(count=1), [command(marker)]), message_id="m1")
-    assert len((await store.pending_outbox())[0][1]) == 1
+    # Without a publisher: the state change and its event are written, and the process dies
+    # before anything publishes them.
+    died = UnitOfWork(None, outbox_entry)
+
+    def with_event(current: Counted | None, message: RestockRequested) -> Decision[Counted]:
+        return Decision(Counted(count=(current.count if current else 0) + 1), [command(marker)])
+
+    assert await _run(died, store, _record("m1"), decide=with_event) == [Outcome.APPLIED]
+    [pending] = await store.pending_outbox()
+    assert len(pending.outbox) == 1
     # a redelivered message changes nothing and adds no second event
-    assert await store.apply("doc", lambda _: Change(Counted(count=2), [command(marker)]), message_id="m1") is None
+    assert await _run(died, store, _record("m1"), decide=with_event) == [Outcome.DUPLICATE]
 
     await runtime.broker.start()
-    relay = OutboxRelay(runtime.broker, [store], poll_interval_s=0.1)
+    relay = OutboxRelay(runtime.broker, [StoreOutbox(store, UnitOfWork(None, outbox_entry))], poll_interval_s=0.1)
     relay.start()
     try:
         async with TopicWatch(settings.kafka_bootstrap_servers, TOPIC.name) as watch:
@@ -237,7 +272,7 @@ async def test_events_stored_before_a_crash_are_published_by_the_next_relay(sett
             await watch.settle()
             assert len([m for m in watch.messages() if m.correlation_id == marker]) == 1
         await wait_until(lambda: _pending_empty(store), "the outbox to be cleared", timeout=10)
-        assert (await store.get("doc")) == Counted(count=1)
+        assert (await store.load(["doc"]))["doc"].state == Counted(count=1)
     finally:
         await relay.stop()
         await runtime.broker.stop()
@@ -245,111 +280,121 @@ async def test_events_stored_before_a_crash_are_published_by_the_next_relay(sett
 
 
 async def test_concurrent_writers_never_lose_an_update(settings: RuntimeSettings) -> None:
-    """Two processes (two stores, two clients) increment one document at once, one of them starting
-    from the copy it cached before the other wrote. Each store's group commit serialises only its
-    own writes: between the two, only the version guard keeps every increment."""
+    """Two processes (two stores, two clients) increment one document at once through their units
+    of work, one of them starting from the copy its memory kept before the other wrote. Nothing
+    serialises the two: only the version guard of each save keeps every increment."""
     name = f"test_race_{uuid.uuid4().hex[:6]}"
     clients = [connect(settings.mongo_url.get_secret_value()) for _ in range(2)]
-    stale, other = (DocumentStore(client[settings.mongo_database], name, Counted) for client in clients)
+    memory: DocumentMemory[Counted] = DocumentMemory()
+    stale = MongoStore(clients[0][settings.mongo_database], name, Counted, memory=memory)
+    other = MongoStore(clients[1][settings.mongo_database], name, Counted)
     increments_each = 25
 
-    async def increment_one_at_a_time(store: DocumentStore[Counted], writer: str) -> None:
+    async def increment_one_at_a_time(store: MongoStore[Counted], writer: str) -> None:
+        unit_of_work = UnitOfWork(None, outbox_entry)
         for i in range(increments_each):
-            await store.apply("doc", _increment, message_id=f"{writer}-{i}")
+            # A record that lost every round is failed, and its consumer tries it again.
+            while await _run(unit_of_work, store, _record(f"{writer}-{i}")) == [Outcome.FAILED]:
+                pass
 
     try:
-        await stale.apply("doc", _increment, message_id="stale-seed")
-        await other.apply("doc", _increment, message_id="other-seed")  # the stale store's copy still says 1
+        assert await _run(UnitOfWork(None, outbox_entry), stale, _record("stale-seed")) == [Outcome.APPLIED]
+        assert await _run(UnitOfWork(None, outbox_entry), other, _record("other-seed")) == [Outcome.APPLIED]
+        held = memory.held("doc")
+        assert held is not None and held.state == Counted(count=1), "the stale store's copy still says 1"
         await asyncio.gather(increment_one_at_a_time(stale, "stale"), increment_one_at_a_time(other, "other"))
-        assert await other.get("doc") == Counted(count=2 + 2 * increments_each)
+        assert (await other.load(["doc"]))["doc"].state == Counted(count=2 + 2 * increments_each)
     finally:
         for client in clients:
             client.close()
 
 
-def _increment(current: Counted | None) -> Change[Counted]:
-    return Change(Counted(count=(current.count if current else 0) + 1))
-
-
-async def _apply_at(store: DocumentStore[Counted], offset: int, floor: int, message_id: str) -> Change[Counted] | None:
-    current_position.set(Position("t.v1", 0, offset, floor))
-    try:
-        return await store.apply("doc", _increment, message_id=message_id)
-    finally:
-        current_position.set(None)
-
-
 async def test_records_of_one_batch_count_whatever_order_they_land_in(settings: RuntimeSettings) -> None:
-    """Records of one partition with different keys are handled concurrently, so one document may
+    """A record that failed is tried again after its neighbours were saved, so one document may
     absorb offset 11 before offset 10: both count; a replay of an earlier batch changes nothing."""
     runtime = ServiceRuntime("test", settings)
-    store: DocumentStore[Counted] = DocumentStore(runtime.database, f"test_order_{uuid.uuid4().hex[:6]}", Counted)
+    store = MongoStore(runtime.database, f"test_order_{uuid.uuid4().hex[:6]}", Counted)
+    unit_of_work = UnitOfWork(None, outbox_entry)
+
+    def at(offset: int, floor: int, message_id: str) -> Record[RestockRequested]:
+        return _record(message_id, Position("t.v1", 0, offset, floor))
+
     try:
-        assert await _apply_at(store, 11, floor=9, message_id="m11") is not None
-        assert await _apply_at(store, 10, floor=9, message_id="m10") is not None
-        assert await _apply_at(store, 10, floor=9, message_id="m10") is None, "the batch redelivered"
-        assert await _apply_at(store, 12, floor=11, message_id="m12") is not None
+        assert await _run(unit_of_work, store, at(11, 9, "m11")) == [Outcome.APPLIED]
+        assert await _run(unit_of_work, store, at(10, 9, "m10")) == [Outcome.APPLIED]
+        assert await _run(unit_of_work, store, at(10, 9, "m10")) == [Outcome.DUPLICATE], "the batch redelivered"
+        assert await _run(unit_of_work, store, at(12, 11, "m12")) == [Outcome.APPLIED]
         # the next batch's floor covers offsets 10 and 11, whatever ids a replay carries
-        assert await _apply_at(store, 11, floor=9, message_id="m11-published-again-as-another-id") is None
-        assert (await store.get("doc")) == Counted(count=3)
+        assert await _run(unit_of_work, store, at(11, 9, "m11-published-again-as-another-id")) == [Outcome.DUPLICATE]
+        assert (await store.load(["doc"]))["doc"].state == Counted(count=3)
     finally:
         runtime.mongo.close()
 
 
-async def test_one_document_failing_leaves_the_others_of_its_group_written(settings: RuntimeSettings) -> None:
+async def test_one_document_failing_leaves_the_others_of_its_batch_written(settings: RuntimeSettings) -> None:
     runtime = ServiceRuntime("test", settings)
-    store: DocumentStore[Counted] = DocumentStore(runtime.database, f"test_group_{uuid.uuid4().hex[:6]}", Counted)
+    store = MongoStore(runtime.database, f"test_group_{uuid.uuid4().hex[:6]}", Counted)
+    unit_of_work = UnitOfWork(None, outbox_entry)
 
-    def broken(_: Counted | None) -> Change[Counted]:
-        raise ValueError("a bug in one decision")
+    def decide(current: Counted | None, message: RestockRequested) -> Decision[Counted]:
+        if message.warehouse_id == "bad":
+            raise ValueError("a bug in one decision")
+        if message.warehouse_id == "refused" and current is not None:
+            raise Refused("not_yours", "refused")
+        return _increment(current, message)
 
-    def refused(_: Counted | None) -> Change[Counted]:
-        raise Refused("not_yours", "refused")
+    def to(doc: str, message_id: str) -> Record[RestockRequested]:
+        return _record(message_id, doc=doc)
 
     try:
-        await store.apply("refused", _increment)
-        outcomes = await asyncio.gather(
-            store.apply("bad", broken, message_id="b1"),
-            store.apply("good", _increment, message_id="g1"),
-            store.apply("refused", refused, message_id="r1"),
-            return_exceptions=True,
+        assert await _run(unit_of_work, store, to("refused", "r0"), decide=decide) == [Outcome.APPLIED]
+        outcomes = await _run(
+            unit_of_work, store, to("bad", "b1"), to("good", "g1"), to("refused", "r1"), decide=decide
         )
-        assert isinstance(outcomes[0], ValueError) and isinstance(outcomes[2], Refused)
-        assert isinstance(outcomes[1], Change)
-        assert await store.get("good") == Counted(count=1) and await store.get("bad") is None
-        versions = await store.versions()
-        assert versions["refused"][0] == 1, "a refusal is not written: it is dead-lettered, and refused again on replay"
+        assert outcomes == [Outcome.FAILED, Outcome.APPLIED, Outcome.REFUSED]
+        loaded = await store.load(["good", "bad", "refused"])
+        assert loaded["good"].state == Counted(count=1) and not loaded["bad"].exists
+        assert loaded["refused"].version == 1, (
+            "a refusal is not written: it is dead-lettered, and refused again on replay"
+        )
     finally:
         runtime.mongo.close()
 
 
 async def test_a_decision_on_a_stale_copy_is_taken_again(settings: RuntimeSettings) -> None:
-    """A process reuses its copy of a document it wrote last; when another process wrote since, a
-    decision that writes nothing (a refusal, no change) must not stand on that old copy."""
+    """A process decides on its memory's copy of a document it wrote last; when another process
+    wrote since, a decision that writes nothing (a refusal, no change) must not stand on that old
+    copy: no version guard checks it, so it is decided again on the database's version."""
     runtime = ServiceRuntime("test", settings)
     name = f"test_stale_{uuid.uuid4().hex[:6]}"
-    mine: DocumentStore[Counted] = DocumentStore(runtime.database, name, Counted)
-    theirs: DocumentStore[Counted] = DocumentStore(runtime.database, name, Counted)  # another process
+    mine = MongoStore(runtime.database, name, Counted, memory=DocumentMemory())
+    theirs = MongoStore(runtime.database, name, Counted)  # another process
+    unit_of_work = UnitOfWork(None, outbox_entry)
 
-    def refuse_below_two(current: Counted | None) -> Change[Counted]:
+    def to(doc: str, message_id: str) -> Record[RestockRequested]:
+        return _record(message_id, doc=doc)
+
+    def refuse_below_two(current: Counted | None, message: RestockRequested) -> Decision[Counted]:
         if current is None or current.count < 2:
-            raise Refused("too_early", "count below 2")
-        return Change(Counted(count=current.count + 10))
+            return Decision.refused("too_early", "count below 2")
+        return Decision(Counted(count=current.count + 10))
 
-    def nothing_below_three(current: Counted | None) -> Change[Counted] | None:
-        return None if current is None or current.count < 3 else Change(Counted(count=current.count + 100))
+    def nothing_below_three(current: Counted | None, message: RestockRequested) -> Decision[Counted]:
+        if current is None or current.count < 3:
+            return Decision.unchanged()
+        return Decision(Counted(count=current.count + 100))
 
     try:
-        await mine.apply("refused", _increment)
-        await theirs.apply("refused", _increment)  # count 2: mine's copy says 1
-        assert await mine.apply("refused", refuse_below_two, message_id="r1") is not None
-        assert await theirs.get("refused") == Counted(count=12)
+        await _run(unit_of_work, mine, to("refused", "r0"))
+        await _run(unit_of_work, theirs, to("refused", "r00"))  # count 2: mine's copy says 1
+        assert await _run(unit_of_work, mine, to("refused", "r1"), decide=refuse_below_two) == [Outcome.APPLIED]
+        assert (await theirs.load(["refused"]))["refused"].state == Counted(count=12)
 
-        await mine.apply("unchanged", _increment)
-        for _ in range(2):
-            await theirs.apply("unchanged", _increment)  # count 3: mine's copy says 1
-        assert await mine.apply("unchanged", nothing_below_three, message_id="n1") is not None
-        assert await theirs.get("unchanged") == Counted(count=103)
+        await _run(unit_of_work, mine, to("unchanged", "u0"))
+        for i in range(2):
+            await _run(unit_of_work, theirs, to("unchanged", f"u0{i}"))  # count 3: mine's copy says 1
+        assert await _run(unit_of_work, mine, to("unchanged", "n1"), decide=nothing_below_three) == [Outcome.APPLIED]
+        assert (await theirs.load(["unchanged"]))["unchanged"].state == Counted(count=103)
     finally:
         runtime.mongo.close()
 
@@ -358,7 +403,7 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def _pending_empty(store: DocumentStore[Counted]) -> bool:
+async def _pending_empty(store: MongoStore[Counted]) -> bool:
     return not await store.pending_outbox()
 
 
@@ -375,7 +420,7 @@ async def test_an_oversized_message_is_dead_lettered_unread(settings: RuntimeSet
         huge.model_dump_json().encode().replace(b'"requested_by"', b'"padding":"' + b"y" * 5000 + b'","requested_by"')
     )
     runtime = ServiceRuntime("test", settings)
-    runtime.consume(TOPIC, group="size", handle=handle, title="test")
+    runtime.consume(TOPIC, group="size", handle_batch=one_at_a_time(handle), title="test")
     async with running(runtime.app()), TopicWatch(settings.kafka_bootstrap_servers, TOPIC.dead_letter_topic) as dlq:
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
         await producer.start()

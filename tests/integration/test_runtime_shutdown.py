@@ -32,9 +32,9 @@ from services.inventory.storage import InventoryStorage
 from services.ops.devstack import DevStack
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.documents import DocumentStore, connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
-from services.runtime.store import Stored
+from services.runtime.store import Store
 from tests.support.inprocess import TopicWatch, publish_noting
 from tests.support.scenario import PATIENT_HOME, prescription_message, registered_prescriber, registration, wait_until
 
@@ -55,7 +55,7 @@ class Case:
     #: (and is the one in flight when SIGTERM comes); those before prepare the state it needs.
     messages: Callable[[str], list[Envelope]]
     #: The service's stores with an outbox.
-    stores: Callable[[Any], list[DocumentStore[Any]]]
+    stores: Callable[[Any], list[Store[Any]]]
     #: The consumer group that handles the preparing messages.
     prepared_by: str | None = None
 
@@ -218,9 +218,7 @@ async def prepare(settings: RuntimeSettings, case: Case, messages: list[Envelope
 async def holds_event_of(stores: list[Any], correlation_id: str) -> bool:
     for store in stores:
         for pending in await store.pending_outbox():
-            # A `Store` answers with documents, a `DocumentStore` (services not moved yet) with pairs.
-            entries = pending.outbox if isinstance(pending, Stored) else pending[1]
-            if any(entry["correlation_id"] == correlation_id for entry in entries):
+            if any(entry["correlation_id"] == correlation_id for entry in pending.outbox):
                 return True
     return False
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import BaseModel
 
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.mongo_store import MongoStore
 from services.runtime.settings import RuntimeSettings
 from services.runtime.store import DocumentMemory, MemoryStore, Save, Store, Stored, Tracking

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,7 +19,9 @@ from pharmacy_contracts import Envelope
 from pharmacy_contracts.consultation import CancellationRequested
 from pharmacy_contracts.topics import BY_NAME, CONSULTATION_PRESCRIPTIONS
 from services.cli import bus
+from services.runtime.errors import Refused
 from services.runtime.settings import RuntimeSettings
+from services.runtime.unit_of_work import Handled, Outcome, Record
 from tests.support.scenario import wait_until
 
 S = TypeVar("S", bound=RuntimeSettings)
@@ -213,3 +215,26 @@ def sender_keys(settings: RuntimeSettings, *senders: str) -> dict[str, dict[str,
     """Register `senders` with the consultation service under the key the tools sign with."""
     assert settings.signing_key_id and settings.signing_secret
     return {sender: {settings.signing_key_id: settings.signing_secret.get_secret_value()} for sender in senders}
+
+
+def one_at_a_time(
+    handle: Callable[[Any], Awaitable[None]],
+) -> Callable[[Sequence[Record[Any]]], Awaitable[list[Handled[Any]]]]:
+    """A batch handler that gives `handle` the messages of its batch one after another and answers
+    what became of each as a unit of work would: a `Refused` refused, any other exception failed.
+    For tests of the consumer itself (commits, redelivery, retries), which need no store."""
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        answers = []
+        for record in records:
+            try:
+                await handle(record.message)
+            except Refused as refusal:
+                answers.append(Handled(record, Outcome.REFUSED, refusal=refusal))
+            except Exception as error:
+                answers.append(Handled(record, Outcome.FAILED, error=repr(error)))
+            else:
+                answers.append(Handled(record, Outcome.APPLIED))
+        return answers
+
+    return handle_batch

@@ -34,7 +34,7 @@ from services.inventory.storage import InventoryStorage
 from services.ops.simulation import CourierSimulator, Plan
 from services.prescription.domain import FormularyEntry, Interaction, PrescriberRecord
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 
 #: Where the test patients live unless a test says otherwise (Northford).

@@ -1,5 +1,5 @@
 """Nothing dropped silently, batch by batch: the consumer path of `subscribe(handle_batch=...)` in
-`services.runtime.kafka` with the stand-in broker of test_dead_letters.py.
+`services.runtime.kafka` with the stand-in broker of tests/support/consumer.py.
 
 The records of a batch that pass the checks are handed over together, in arrival order, with their
 positions and log context; the unit of work's answer says what became of each: refused → dead
@@ -7,19 +7,16 @@ letter with the refusal's code; failed → tried again (the failed ones together
 with backoff, up to `handler_max_attempts`, then dead-lettered `processing_failed`; an exception
 from the whole batch fails every record, so each is tried again; an unreachable database retries the
 whole batch until it answers, with one warning; the handled ones are counted; only background
-consumers linger.
+consumers linger. (The records refused before any unit of work sees them: test_dead_letters.py.)
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 import structlog
-from aiokafka.structs import ConsumerRecord
-from faststream import AckPolicy
 from pymongo.errors import ConnectionFailure
 
 from services.runtime import kafka
@@ -28,50 +25,25 @@ from services.runtime.observability import current_message_type
 from services.runtime.settings import RuntimeSettings
 from services.runtime.tracking import Position, current_position
 from services.runtime.unit_of_work import Handled, Outcome, Record
-from tests.unit import test_dead_letters
-from tests.unit.test_dead_letters import OTHER, TOPIC, Broker, Log, record, restock, settings
+from tests.support import consumer
+from tests.support.consumer import (
+    OTHER,
+    TOPIC,
+    BatchHandler,
+    Broker,
+    Log,
+    Observer,
+    answering,
+    body,
+    dlq,
+    record,
+    restock,
+    settings,
+)
 
-# The stand-in logger, the backoff recorder and the fresh log context of the per-message tests.
-log = test_dead_letters.log
-sleeps = test_dead_letters.sleeps
-fresh_context = test_dead_letters.fresh_context
-
-BatchHandler = Callable[[Sequence[Record[Any]]], Awaitable[Sequence[Handled[Any]]]]
-
-
-class Observer:
-    """What the runtime reports, with the failures' messages (the real one counts metrics)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def claim_task(self) -> None:
-        self.calls.append(("claim_task",))
-
-    def handled(self, topic: str) -> None:
-        self.calls.append(("handled", topic))
-
-    def failed(self, topic: str, error: BaseException) -> None:
-        self.calls.append(("failed", topic, type(error).__name__, str(error)))
-
-    def dead_lettered(self, topic: str, reason: str) -> None:
-        self.calls.append(("dead_lettered", topic, reason))
-
-    @contextlib.contextmanager
-    def handling(self, rec: ConsumerRecord[Any, Any]) -> Iterator[None]:
-        self.calls.append(("handling", rec.offset))
-        yield
-        self.calls.append(("handled_record", rec.offset))
-
-
-class Observability:
-    def __init__(self) -> None:
-        self.observer = Observer()
-        self.groups: list[str] = []
-
-    def consumer(self, group: str) -> Observer:
-        self.groups.append(group)
-        return self.observer
+log = consumer.log
+sleeps = consumer.sleeps
+fresh_context = consumer.fresh_context
 
 
 def subscribed(
@@ -80,64 +52,12 @@ def subscribed(
     settings_: RuntimeSettings | None = None,
     **options: Any,
 ) -> tuple[Broker, Observer, Callable[..., Awaitable[None]]]:
-    observability = Observability()
-    broker, _, consume = test_dead_letters.subscribed(
-        monkeypatch, None, settings_, observability=observability, handle_batch=handle_batch, **options
-    )
+    broker, observability, consume = consumer.subscribed(monkeypatch, handle_batch, settings_, **options)
     return broker, observability.observer, consume
-
-
-def body(marker: str) -> bytes:
-    return restock(marker).model_dump_json().encode()
-
-
-def answering(outcome: Outcome, **fields: Any) -> tuple[BatchHandler, list[list[Record[Any]]]]:
-    """A batch handler that answers `outcome` for every record, and the batches it was given."""
-    calls: list[list[Record[Any]]] = []
-
-    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
-        calls.append(list(records))
-        return [Handled(r, outcome, **fields) for r in records]
-
-    return handle_batch, calls
 
 
 def markers(batch: Sequence[Record[Any]]) -> list[str]:
     return [r.message.correlation_id for r in batch]
-
-
-def dlq(published: dict[str, Any]) -> tuple[str, str, str]:
-    headers = published["headers"]
-    return headers["dlq.reason"], headers["dlq.detail"], headers["dlq.attempts"]
-
-
-# --- registration ------------------------------------------------------------------------------
-
-
-def test_subscribe_takes_exactly_one_of_handle_and_handle_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kafka, "ContractSpecification", lambda declared, topics_, group: None)
-
-    async def handle(message: Any) -> None: ...
-
-    handle_batch, _ = answering(Outcome.APPLIED)
-    for given in ({}, {"handle": handle, "handle_batch": handle_batch}):
-        broker = Broker()
-        with pytest.raises(ValueError, match="either handle or handle_batch"):
-            kafka.subscribe(broker, settings(), topics=[TOPIC], group="g", title="t", **given)  # type: ignore[arg-type]
-        assert broker.subscribed is None and broker.consume is None
-
-
-def test_a_batch_consumer_is_registered_like_a_per_message_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    handle_batch, _ = answering(Outcome.APPLIED)
-    s = settings(kafka_max_batch_records=77, kafka_batch_wait_ms=11, kafka_fetch_max_wait_ms=33, background_wait_ms=900)
-    broker, _, _ = subscribed(monkeypatch, handle_batch, s, topics=[TOPIC, OTHER])
-    assert broker.subscribed is not None
-    names, options = broker.subscribed
-    assert names == (TOPIC.name, OTHER.name)
-    assert options["ack_policy"] is AckPolicy.NACK_ON_ERROR
-    assert (options["max_records"], options["batch_timeout_ms"], options["fetch_max_wait_ms"]) == (77, 11, 33)
-    assert (options["group_id"], options["batch"]) == ("pharmacy.inventory", True)
-    assert broker.consume is not None and broker.consume.__name__ == "consume_whole_batch"
 
 
 # --- admission ------------------------------------------------------------------------------------

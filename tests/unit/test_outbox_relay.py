@@ -67,7 +67,7 @@ class Broker:
 
 
 class Store:
-    """Stands in for a DocumentStore's outbox: documents' entries and when each was written."""
+    """Stands in for a `StoreOutbox`: documents' entries and when each was written."""
 
     def __init__(self, name: str, *, publishes_its_writes: bool = False, page: int = 200) -> None:
         self.name = name

@@ -13,8 +13,7 @@ import structlog.testing
 from pydantic import BaseModel
 
 from pharmacy_contracts.inventory import RestockRequested
-from services.runtime.documents import outbox_entry
-from services.runtime.relay import OutboxRelay, StoreOutbox
+from services.runtime.relay import OutboxRelay, StoreOutbox, outbox_entry
 from services.runtime.store import MemoryStore, OutboxEntry, Save, Stored, Tracking
 from services.runtime.unit_of_work import Decision, Record, UnitOfWork
 from tests.unit.test_outbox_relay import Broker

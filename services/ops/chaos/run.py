@@ -13,7 +13,7 @@ from services.consultation.storage import ConsultationStorage
 from services.courier.storage import CourierStorage
 from services.inventory.storage import InventoryStorage
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.documents import connect
+from services.runtime.mongo import connect
 
 from ..devstack import DevStack
 from ..reference import UNLIMITED_CAPACITY, Reference, load_reference_data
