@@ -41,7 +41,6 @@ the other.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -57,7 +56,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.envelope import utc_now
 from pharmacy_contracts.prescription import PrescriptionApproved
-from services.runtime.store import Store
+from services.runtime.store import Store, Stored
 from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
 from . import domain
@@ -216,11 +215,11 @@ class InventoryService:
             for i, r in enumerate(records)
             if isinstance(r.message, PrescriptionApproved)
         }
-        for _ in range(MAX_RESERVATION_ROUNDS):
+        for round_number in range(MAX_RESERVATION_ROUNDS):
             waiting = {i: rs for i, rs in reservations.items() if not rs.done}
             if not waiting:
                 break
-            await self._reservation_round(rules, records, waiting)
+            await self._reservation_round(rules, records, waiting, first_round=round_number == 0)
         handled: list[Handled[Envelope]] = []
         for i, record in enumerate(records):
             reservation = reservations.get(i)
@@ -236,21 +235,36 @@ class InventoryService:
             handled.append(one)
         return handled
 
-    async def _reservation_round(
-        self, rules: Rules, records: Sequence[Record[Any]], waiting: Mapping[int, Reservation]
-    ) -> None:
-        """One read, one plan, one write per store (the steps of the module's docstring)."""
-        allocations, warehouses = await asyncio.gather(
-            self._storage.allocation_documents(rs.demand.prescription_id for rs in waiting.values()),
-            self._storage.warehouse_documents(),
-        )
-        plans = domain.plan_reservations(
-            [rs.demand for rs in waiting.values()],
-            {rx: stored.state for rx, stored in allocations.items()},
+    @staticmethod
+    def _plan(
+        rules: Rules,
+        demands: Sequence[Demand],
+        allocations: Mapping[str, Allocation | None],
+        warehouses: Mapping[str, Stored[Warehouse]],
+    ) -> list[domain.ReservationPlan]:
+        return domain.plan_reservations(
+            demands,
+            allocations,
             [s.state for s in warehouses.values() if s.state is not None],
             today=rules.today,
             delivery_days=rules.delivery_days,
         )
+
+    async def _reservation_round(
+        self, rules: Rules, records: Sequence[Record[Any]], waiting: Mapping[int, Reservation], *, first_round: bool
+    ) -> None:
+        """One read, one plan, one write per store (the steps of the module's docstring)."""
+        allocations = await self._storage.allocation_documents(rs.demand.prescription_id for rs in waiting.values())
+        current = {rx: stored.state for rx, stored in allocations.items()}
+        demands = [rs.demand for rs in waiting.values()]
+        if first_round:
+            warehouses, read_now = await self._storage.warehouses_to_plan_on()
+        else:  # a warehouse changed under the last round's plan: plan on what is there now
+            warehouses, read_now = await self._storage.warehouse_documents(), True
+        plans = self._plan(rules, demands, current, warehouses)
+        if not read_now and any(isinstance(plan, domain.Unfillable) for plan in plans):
+            # No stock is refused on a copy from memory: a restock elsewhere may have filled it.
+            plans = self._plan(rules, demands, current, await self._storage.warehouse_documents())
         for (i, reservation), plan in zip(waiting.items(), plans, strict=True):
             reservation.planned(records[i], plan)
         to_release = await self._allocate(rules, records, waiting)

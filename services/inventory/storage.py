@@ -12,6 +12,7 @@ unordered bulk upsert per batch, keyed by event and movement.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,10 @@ from services.runtime.mongo_store import MongoStore
 from services.runtime.store import DocumentMemory, S, Stored
 
 from .domain import Allocation, LedgerEntry, Warehouse
+
+#: How long this process plans reservations on its memory of the warehouses before it reads them
+#: all again (so a warehouse another instance registered or restocked is seen within this).
+WAREHOUSES_REREAD_S = 1.0
 
 
 class Documents(MongoStore[S]):
@@ -45,6 +50,10 @@ class Documents(MongoStore[S]):
 
 
 class InventoryStorage:
+    #: The warehouses the last read of them all found, and when (see `warehouses_to_plan_on`).
+    _warehouse_ids: frozenset[str] = frozenset()
+    _warehouses_read_at = float("-inf")
+
     def __init__(self, database: Any) -> None:
         # Registrations, restocks and adjustments come from people and their systems, who may send
         # one again at any time: their message ids are kept for good.
@@ -74,7 +83,23 @@ class InventoryStorage:
 
     async def warehouse_documents(self) -> dict[str, Stored[Warehouse]]:
         """Every warehouse as stored (with its version), for a batch to plan on and then write."""
+        found = await self._every_warehouse()
+        self._warehouse_ids, self._warehouses_read_at = frozenset(found), time.monotonic()
+        return found
+
+    async def _every_warehouse(self) -> dict[str, Stored[Warehouse]]:
         return await self.warehouses.every_document()
+
+    async def warehouses_to_plan_on(self) -> tuple[dict[str, Stored[Warehouse]], bool]:
+        """Every warehouse, from this process's memory when it read them all less than
+        `WAREHOUSES_REREAD_S` ago (a copy may be stale: the version-guarded write of a hold finds
+        out, and a plan that fails is made again on a fresh read); and whether they were read now."""
+        memory = self.warehouses.memory
+        if memory is not None and time.monotonic() - self._warehouses_read_at < WAREHOUSES_REREAD_S:
+            held, missing = memory.recall(self._warehouse_ids)
+            if not missing:
+                return held, False
+        return await self.warehouse_documents(), True
 
     async def all_warehouses(self) -> list[Warehouse]:
         return [s.state for s in (await self.warehouse_documents()).values() if s.state is not None]

@@ -17,6 +17,7 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import Address, Coordinates
 from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved, PrescriptionCancelled
+from services.inventory import storage as inventory_storage
 from services.inventory.domain import (
     Allocation,
     AllocationState,
@@ -30,7 +31,7 @@ from services.inventory.domain import (
 from services.inventory.service import InventoryService
 from services.inventory.settings import InventorySettings
 from services.inventory.storage import InventoryStorage
-from services.runtime.documents import outbox_entry
+from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore, S, Save, Saved, Stored
 from services.runtime.unit_of_work import Outcome, Record, UnitOfWork
 from tests.unit.builders import make_lot, make_warehouse
@@ -76,7 +77,7 @@ class Storage(InventoryStorage):
     def stores(self) -> list[HookedStore[Any]]:
         return [self.warehouses, self.allocations]  # type: ignore[list-item]
 
-    async def warehouse_documents(self) -> dict[str, Stored[Warehouse]]:
+    async def _every_warehouse(self) -> dict[str, Stored[Warehouse]]:
         store, before = self.stores[0], self.stores[0].round_trips
         found = {stored.id: stored for stored in await store.all()}
         store.round_trips = before + 1  # one query (whether or not MemoryStore counts `all()` itself)
@@ -322,6 +323,41 @@ async def test_a_batch_of_approvals_reserves_in_order_without_overselling_in_a_f
     # allocations; write the warehouses (asking and keeping their applied ids: the in-memory store
     # keeps every message's, MongoDB the commands' only); settle on the claims in memory: not ten of each.
     assert storage.round_trips() == 6
+
+
+async def test_a_batch_soon_after_the_last_plans_on_the_warehouses_in_memory(
+    service: InventoryService, storage: Storage
+) -> None:
+    storage.put_warehouse(warehouse("PH-NEAR", NEAR, A=50))
+    await service.on_decision([Record(approval("RX-1", ("A", 10)))])
+    storage.reset_round_trips()
+    assert await outcomes(service.on_decision, approval("RX-2", ("A", 10))) == [Outcome.APPLIED]
+    assert storage.round_trips() == 5, "the batch before read them all: no read this time"
+    assert storage.warehouse("PH-NEAR").level("A").available == 30
+
+
+async def test_no_stock_is_refused_on_a_copy_from_memory(service: InventoryService, storage: Storage) -> None:
+    storage.put_warehouse(warehouse("PH-NEAR", NEAR, A=10))
+    await service.on_decision([Record(approval("RX-1", ("A", 10)))])
+    # Another instance restocked it since: this process's copy still says none is left.
+    restocked = storage.warehouse("PH-NEAR")
+    restocked.lots["A-NEW"] = make_lot("A", 10, TODAY + timedelta(days=300))
+    storage.put_warehouse(restocked)
+    assert await outcomes(service.on_decision, approval("RX-2", ("A", 10))) == [Outcome.APPLIED]
+    allocation = storage.allocation("RX-2")
+    assert allocation is not None and allocation.state is AllocationState.RESERVED
+
+
+async def test_the_warehouses_are_read_again_once_the_memory_is_old(
+    service: InventoryService, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.put_warehouse(warehouse("WH-FAR", FAR, A=50))
+    await service.on_decision([Record(approval("RX-1", ("A", 10)))])
+    storage.put_warehouse(warehouse("PH-NEAR", NEAR, A=50))  # registered by another instance since
+    monkeypatch.setattr(inventory_storage, "WAREHOUSES_REREAD_S", 0.0)
+    await service.on_decision([Record(approval("RX-2", ("A", 10)))])
+    allocation = storage.allocation("RX-2")
+    assert allocation is not None and allocation.warehouse_id == "PH-NEAR"
 
 
 async def test_an_approval_nobody_can_fill_changes_no_stock(
