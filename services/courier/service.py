@@ -104,6 +104,7 @@ class OfferPlan:
         self, store: Store[Delivery], records: Sequence[Record[Envelope]], fleet: FleetCache, rules: Rules, batch: int
     ) -> None:
         self.name, self.model, self.keeps_trace = store.name, store.model, store.keeps_trace
+        self.keeps_every_message = store.keeps_every_message
         self._store = store
         self._fleet = fleet
         self._rules = rules

@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from pharmacy_contracts import topics
 from services.runtime.mongo_store import MongoStore
-from services.runtime.store import Save, Store
+from services.runtime.store import DocumentMemory, Save, Store
 
 from . import domain
 from .domain import CourierProfile, Delivery, DeliveryState
@@ -27,13 +26,16 @@ class CourierStorage:
     def __init__(self, database: Any) -> None:
         #: One document per prescription: its delivery, with the events it caused (its outbox).
         # Couriers' reports come from phones on the road, which send again when they lose signal:
-        # their message ids are kept for good.
+        # a delivery absorbs a few dozen messages in its life, and remembers every one's id. It is
+        # created by its prescription's first message and changed by this process a moment later
+        # (its memory spares the loads; see DocumentMemory).
         self.deliveries: MongoStore[Delivery] = MongoStore(
             database,
             "courier_deliveries",
             Delivery,
-            remembers_commands=[topics.COURIER_UPDATES.name],
             keeps_trace=True,
+            keeps_every_message=True,
+            memory=DocumentMemory(presumes_new=True),
         )
         #: One document per courier, written by dispatchers (`pharmacy couriers load`), no message.
         self.roster: MongoStore[CourierProfile] = MongoStore(database, "courier_roster", CourierProfile)

@@ -21,7 +21,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import Prescription
 from services.runtime.mongo_store import MongoStore
 from services.runtime.store import DocumentMemory, Save, Store
@@ -52,15 +51,15 @@ class ReferenceStamp(BaseModel):
 class PrescriptionStorage:
     def __init__(self, database: Any, *, reference_check_s: float = 1.0) -> None:
         #: One document per prescription: the verdict, with the events it caused (its outbox).
-        # Pharmacists' decisions may be sent again at any time: their message ids are kept for good.
-        # Created by the prescription's check, then changed by this process a moment later (its
-        # memory spares the loads; see DocumentMemory).
+        # Pharmacists' decisions may be sent again at any time: a verdict absorbs a handful of
+        # messages in its life, and remembers every one's id. Created by the prescription's check,
+        # then changed by this process a moment later (its memory spares the loads; see DocumentMemory).
         self.verdicts: MongoStore[Verdict] = MongoStore(
             database,
             "prescription_verdicts",
             Verdict,
-            remembers_commands=[topics.PRESCRIPTION_REVIEWS.name],
             keeps_trace=True,
+            keeps_every_message=True,
             memory=DocumentMemory(presumes_new=True),
         )
         #: One document per patient: the medicine approved for them, which later checks read.

@@ -42,7 +42,7 @@ from services.courier.service import CourierService
 from services.courier.settings import CourierSettings, MissingDeliveryCodeKey
 from services.ops.simulation import reports_for, returned_report, wrong_code
 from services.runtime.delivery_codes import delivery_code, is_right_code
-from services.runtime.documents import outbox_entry
+from services.runtime.relay import outbox_entry
 from services.runtime.store import MemoryStore
 from services.runtime.unit_of_work import Record, UnitOfWork
 from tests.unit.builders import RX_ID, make_courier, make_delivery, reserved

@@ -19,8 +19,8 @@ from services.courier.domain import CourierProfile, Delivery, DeliveryState, Pol
 from services.courier.service import CourierService
 from services.courier.storage import CourierStorage
 from services.runtime.delivery_codes import delivery_code
-from services.runtime.documents import outbox_entry
-from services.runtime.store import MemoryStore
+from services.runtime.relay import outbox_entry
+from services.runtime.store import DocumentMemory, MemoryStore
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
 from tests.unit import builders as b
 
@@ -43,7 +43,15 @@ class Storage(CourierStorage):
     """CourierStorage's repository over in-memory stores (its queries beyond the Store protocol too)."""
 
     def __init__(self) -> None:
-        self.deliveries = MemoryStore("courier_deliveries", Delivery, keeps_trace=True)  # type: ignore[assignment]
+        # With the options production has (storage.py): no applied-id list, every id kept on the delivery.
+        self.deliveries = MemoryStore(  # type: ignore[assignment]
+            "courier_deliveries",
+            Delivery,
+            keeps_trace=True,
+            keeps_every_message=True,
+            remembers_commands=False,
+            memory=DocumentMemory(presumes_new=True),
+        )
         self.roster = MemoryStore("courier_roster", CourierProfile)  # type: ignore[assignment]
         self.roster_reads = 0
 
@@ -265,8 +273,8 @@ async def test_a_batch_of_offers_takes_a_few_round_trips(
     await service.on_inventory_event(records(*(reserved(f"RX-{i}") for i in range(20))))
 
     assert all(published.offers(f"RX-{i}") for i in range(20))
-    # applied ids looked up, deliveries loaded, saved, message ids recorded: not 20 of each
-    assert storage.store.round_trips - before == 4
+    # the deliveries are in memory (written a moment ago) and keep their own message ids: one save, not 20
+    assert storage.store.round_trips - before == 1
     assert storage.roster_reads == reads, "the roster and loads come from the cache"
 
 
@@ -389,8 +397,8 @@ async def test_reports_take_a_delivery_to_the_patient_with_the_right_code_only(
     handled = await service.on_report(records(*steps))
 
     assert outcomes(handled) == [Outcome.APPLIED] * 4
-    # applied ids looked up, the delivery loaded, saved once for the four, their ids recorded
-    assert storage.store.round_trips - before == 4
+    # the delivery in memory, its own ids kept on it: saved once for the four
+    assert storage.store.round_trips - before == 1
     assert published.of("RX-1")[2:] == [
         kind(c.DeliveryAccepted),
         kind(c.DeliveryPickedUp),
@@ -442,8 +450,8 @@ async def test_reports_by_another_courier_or_on_no_delivery_are_refused(
 async def test_a_report_sent_again_after_hundreds_of_others_is_not_applied_twice(
     storage: Storage, published: Published, clock: Clock
 ) -> None:
-    """Wrong codes count each report: one counted twice would show. The store remembers applied
-    report ids for good, not only the last few hundred the delivery remembers itself."""
+    """Wrong codes count each report: one counted twice would show. The delivery remembers the id
+    of every message it absorbed, not only the last few hundred (`keeps_every_message`)."""
     service = make_service(storage, published, clock, Policy(max_wrong_codes=10_000))
     await roster(storage, b.make_courier("CUR-1"))
     await offered(service, "RX-1")

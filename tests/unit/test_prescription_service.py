@@ -24,7 +24,7 @@ from services.prescription.domain import (
 )
 from services.prescription.service import PrescriptionService
 from services.prescription.storage import PrescriptionStorage, ReferenceStamp
-from services.runtime.documents import outbox_entry
+from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
 from tests.unit import builders as b
@@ -38,7 +38,14 @@ class Storage(PrescriptionStorage):
 
     def __init__(self) -> None:
         # With the memories production has (storage.py), so round trips count as there.
-        self.verdicts = MemoryStore("prescription_verdicts", Verdict, memory=DocumentMemory(presumes_new=True))  # type: ignore[assignment]
+        self.verdicts = MemoryStore(  # type: ignore[assignment]
+            "prescription_verdicts",
+            Verdict,
+            keeps_trace=True,
+            keeps_every_message=True,
+            remembers_commands=False,
+            memory=DocumentMemory(presumes_new=True),
+        )
         self.histories = MemoryStore("prescription_patient_history", MedicationHistory, memory=DocumentMemory())  # type: ignore[assignment]
         self.formulary = MemoryStore("prescription_formulary", FormularyEntry)  # type: ignore[assignment]
         self.prescribers = MemoryStore("prescription_prescribers", PrescriberRecord)  # type: ignore[assignment]
@@ -201,8 +208,8 @@ async def test_reference_data_is_read_once_then_looked_up_in_memory(
     await service.on_intake(records(accepted("RX-1")))
     before = storage.round_trips()
     await service.on_intake(records(accepted("RX-2", patient="PAT-2")))
-    # histories load + save, verdicts applied + save + applied: no reference data, no stamp
-    assert storage.round_trips() - before == 5
+    # histories load + save, the verdict's insert: no reference data, no stamp
+    assert storage.round_trips() - before == 3
 
 
 async def test_a_drug_added_by_another_process_is_known_at_once(
@@ -241,8 +248,8 @@ async def test_a_batch_of_prescriptions_is_checked_with_a_few_round_trips(
     assert [e.prescription_id for e in storage.history("PAT-7").entries] == ["RX-7"]  # type: ignore[union-attr]
     # verdicts before and their load: none (unknown to this process's memory, so presumed new);
     # reference: its stamp and the three collections read whole, once (4); histories load + save (2);
-    # verdicts applied + save + applied (3)
-    assert storage.round_trips() == 9
+    # verdicts: one insert for the fifty (each keeps its own message ids: no applied-id list)
+    assert storage.round_trips() == 7
 
 
 async def test_allergy_and_interaction_rejections_and_a_hold(
@@ -322,10 +329,10 @@ async def test_a_pharmacist_approves_or_rejects_a_hold_and_nothing_else(
     assert outcomes(handled) == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.APPLIED, Outcome.REFUSED]
     assert handled[3].refusal is not None and handled[3].refusal.code == "not_under_review"
     # verdicts before (1), formulary (0: in memory), histories load + save (2: PAT-Y's was never
-    # written), verdicts applied + save + applied (3: loaded from memory), the refusal decided on a
-    # copy from memory confirmed by a load (1), and the refused approval's verdict read again (1):
-    # it may have left a supply to take back
-    assert storage.round_trips() - before == 8
+    # written), verdicts saved (1: loaded from memory, their own message ids kept on them), the
+    # refusal decided on a copy from memory confirmed by a load (1), and the refused approval's
+    # verdict read again (1): it may have left a supply to take back
+    assert storage.round_trips() - before == 6
     assert published.of("RX-YES") == [HELD, APPROVED]
     released = published.body("RX-YES", APPROVED)
     assert (released["reviewed_by"], released["causation_id"]) == ("PH-7", approve.message_id)

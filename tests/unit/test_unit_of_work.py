@@ -22,8 +22,8 @@ from pydantic import BaseModel
 
 from pharmacy_contracts.inventory import RestockRequested
 from services.runtime import unit_of_work
-from services.runtime.documents import outbox_entry
 from services.runtime.errors import Refused
+from services.runtime.relay import outbox_entry
 from services.runtime.store import RECENT_MESSAGES, DocumentMemory, MemoryStore, OutboxEntry, Stored, Tracking
 from services.runtime.tracking import Position
 from services.runtime.unit_of_work import MAX_ROUNDS, Decision, Outcome, Record, UnitOfWork
@@ -935,3 +935,25 @@ def test_the_memory_keeps_the_documents_used_last() -> None:
     memory.loaded([Stored("c", Shelf(units=1), 1)])
     served, missing = memory.recall(["a", "b", "c"])
     assert sorted(served) == ["a", "c"] and missing == ["b"]
+
+
+async def test_a_document_that_keeps_every_message_knows_one_sent_again_without_an_applied_id_list(
+    uow: UnitOfWork,
+) -> None:
+    store = MemoryStore("deliveries", Shelf, keeps_every_message=True, remembers_commands=False)
+    first = restock("WH-A", 1)
+    await run(uow, store, first)
+    await run(uow, store, *(restock("WH-A", 1) for _ in range(RECENT_MESSAGES + 100)))
+    before = store.round_trips
+    assert await run(uow, store, first) == [Outcome.DUPLICATE]
+    assert store.round_trips - before == 1, "its load; no applied-id lookup"
+    assert store.state_of("WH-A") == Shelf(units=RECENT_MESSAGES + 101)
+    assert len(store.stored("WH-A").tracking.recent) == RECENT_MESSAGES + 101  # type: ignore[union-attr]
+
+
+async def test_only_the_topics_a_store_remembers_are_looked_up_among_applied_ids(uow: UnitOfWork) -> None:
+    store = MemoryStore("warehouses", Shelf, remembers_commands=["inventory.commands.v1"])
+    command = Record(restock("WH-A", 1), Position("inventory.commands.v1", 0, 5, 4))
+    event = Record(restock("WH-B", 1), Position("inventory.events.v1", 0, 5, 4))
+    await uow.run(store, [command, event], key=by_warehouse, decide=add_units)
+    assert await store.applied([command.message_id, event.message_id]) == {command.message_id}
