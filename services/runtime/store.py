@@ -163,6 +163,11 @@ class Store(Protocol[S]):
         ...
 
 
+#: Documents a store's memory holds, the ones used last: a few thousand prescriptions in flight
+#: (their intake and status documents are the largest, a few KB each), within a service's 150 MB.
+MEMORY_CAPACITY = 4096
+
+
 class DocumentMemory(Generic[S]):
     """The documents this process last wrote or read, so that a batch about a document it handled a
     moment ago decides without loading it again.
@@ -178,7 +183,7 @@ class DocumentMemory(Generic[S]):
     claim). The insert then proves it, or fails as a lost race when the document did exist.
     """
 
-    def __init__(self, capacity: int = 10_000, *, presumes_new: bool = False) -> None:
+    def __init__(self, capacity: int = MEMORY_CAPACITY, *, presumes_new: bool = False) -> None:
         self.capacity = capacity
         self.presumes_new = presumes_new
         #: None: the document exists but this copy was dropped (stale): it is loaded, not presumed new.
