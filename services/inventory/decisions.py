@@ -1,0 +1,421 @@
+"""The inventory service's decisions: plain functions of (state, message) -> Decision, with no I/O.
+
+The use cases (service.py) hand them to the unit of work; each reads only its document, its
+message and the batch's `Rules` (the moment and the stock settings), and says what the document
+becomes, the events it causes, or why nothing happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import Enum
+from functools import partial
+from typing import Any, Literal
+
+from pharmacy_contracts import Envelope
+from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
+from pharmacy_contracts.consultation import Coordinates
+from pharmacy_contracts.prescription import PrescriptionApproved
+from services.runtime.unit_of_work import Decision
+
+from . import domain
+from .domain import Allocation, AllocationState, Demand, Hold, Location, Warehouse
+from .settings import InventorySettings
+
+PRODUCER = "inventory"
+
+DeliveryEvent = c.DeliveryPickedUp | c.DeliveryFailed | c.DeliveryCompleted | c.DeliveryAbandoned | c.DeliveryCancelled
+
+#: How a hold moves: the rule, the event that reports the move, and what the log line says.
+HoldRule = Callable[[Warehouse, str], domain.Outcome | None]
+HoldMove = tuple[HoldRule, Callable[..., Envelope], str]
+
+
+class ExpiryDue(Envelope):
+    """The expiry sweep's proposal for one warehouse (never on the wire): lots to alert on or expire."""
+
+    type: Literal["inventory.expiry_due"] = "inventory.expiry_due"
+    warehouse_id: str
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What every decision of one batch reads besides its document and its message: the moment
+    (events carry it, expiry counts days from it) and the stock settings."""
+
+    now: datetime
+    settings: InventorySettings
+
+    @property
+    def today(self) -> date:
+        return self.now.date()
+
+    @property
+    def delivery_days(self) -> int:
+        return self.settings.delivery_days
+
+    def threshold(self, drug: str) -> int:
+        return domain.threshold_for(drug, self.settings.low_stock_thresholds, self.settings.low_stock_threshold)
+
+    def envelope(self, correlation_id: str, cause: Envelope | None) -> dict[str, Any]:
+        """Fields every event shares; its time is the service's clock, so the ledger and tests agree on it."""
+        return {
+            "correlation_id": correlation_id,
+            "causation_id": cause.message_id if cause is not None else None,
+            "producer": PRODUCER,
+            "occurred_at": self.now,
+        }
+
+    def alerts(
+        self, before: Warehouse, after: Warehouse, drugs: Iterable[str], correlation_id: str, cause: Envelope | None
+    ) -> list[Envelope]:
+        return [
+            inv.LowStock(
+                **self.envelope(correlation_id, cause),
+                warehouse_id=after.warehouse_id,
+                drug_code=drug,
+                available=after.level(drug).available,
+                threshold=self.threshold(drug),
+            )
+            for drug in sorted(set(drugs))
+            if domain.fell_below(before, after, drug, self.threshold(drug))
+        ]
+
+
+class AtWarehouse(Enum):
+    """What a reservation found at the warehouse it was sent to."""
+
+    RESERVED = "reserved"
+    ALREADY_HELD = "already held"
+    CANNOT_FILL = "cannot fill"
+
+
+def demand_of(approved: PrescriptionApproved) -> Demand:
+    coordinates = approved.delivery.address.coordinates
+    return Demand(
+        prescription_id=approved.prescription_id,
+        lines=domain.merge_lines((line.drug_code, line.quantity, line.days_supply) for line in approved.lines),
+        patient=Location(latitude=coordinates.latitude, longitude=coordinates.longitude),
+    )
+
+
+def allocate(
+    rules: Rules,
+    plans: Mapping[str, tuple[domain.ReservationPlan | None, Demand]],
+    current: Allocation | None,
+    approved: PrescriptionApproved,
+) -> Decision[Allocation]:
+    """The allocation as the plan wants it before any warehouse is written: a claim of the chosen
+    warehouse, the failure, or a hold found settled. It is left alone if another worker moved it
+    on meanwhile (claimed another warehouse, settled, withdrawn); the result is the allocation as
+    it stands, which says what to do next."""
+    plan, demand = plans[approved.message_id]
+    rx = approved.prescription_id
+    replacing = plan.replacing if isinstance(plan, domain.ReserveAt | domain.Unfillable) else None
+    open_to_us = current is None or (
+        current.state is AllocationState.RESERVING and current.warehouse_id in (None, replacing)
+    )
+    match plan:
+        case domain.AlreadyHeld(warehouse_id):
+            return settle_at(warehouse_id, demand, current)
+        case domain.ReserveAt(warehouse_id) if open_to_us:
+            claim = Allocation(
+                prescription_id=rx, state=AllocationState.RESERVING, lines=demand.quantities, warehouse_id=warehouse_id
+            )
+            return Decision(claim, result=claim)
+        case domain.Unfillable(shortages) if open_to_us:
+            failed = Allocation(prescription_id=rx, state=AllocationState.OUT_OF_STOCK, lines=demand.quantities)
+            event = inv.ReservationFailed(
+                **rules.envelope(rx, approved),
+                prescription_id=rx,
+                reason=plan.reason,
+                shortages=[
+                    inv.Shortage(drug_code=s.drug_code, requested=s.requested, best_available=s.best_available)
+                    for s in shortages
+                ],
+            )
+            return Decision(failed, [event], result=failed)
+    return Decision(result=current)
+
+
+def settle_at(warehouse_id: str, demand: Demand, current: Allocation | None) -> Decision[Allocation]:
+    """RESERVED at the warehouse holding the stock, unless the allocation was settled (or
+    withdrawn) meanwhile; the result is the allocation as it stands."""
+    if current is None:
+        current = Allocation(
+            prescription_id=demand.prescription_id, state=AllocationState.RESERVING, lines=demand.quantities
+        )
+    if current.state is not AllocationState.RESERVING:
+        return Decision(result=current)
+    settled = current.model_copy(update={"state": AllocationState.RESERVED, "warehouse_id": warehouse_id})
+    return Decision(settled, result=settled)
+
+
+def settle_reservation(
+    holding: Mapping[str, tuple[str, Demand]], current: Allocation | None, approved: PrescriptionApproved
+) -> Decision[Allocation]:
+    warehouse_id, demand = holding[approved.message_id]
+    return settle_at(warehouse_id, demand, current)
+
+
+def reserve_at(
+    rules: Rules, demands: Mapping[str, Demand], current: Warehouse | None, approved: PrescriptionApproved
+) -> Decision[Warehouse]:
+    """All lines held at this warehouse, first expiry first, or nothing (the result says which)."""
+    rx = approved.prescription_id
+    if current is not None and rx in current.holds:
+        return Decision(result=AtWarehouse.ALREADY_HELD)
+    demand = demands[approved.message_id]
+    if current is None or not current.registered:
+        return Decision(result=AtWarehouse.CANNOT_FILL)
+    try:
+        reserved = domain.reserve(current, rx, demand.lines, today=rules.today, delivery_days=rules.delivery_days)
+    except domain.StockRefused:
+        return Decision(result=AtWarehouse.CANNOT_FILL)
+    after = reserved.warehouse
+    assert after.location is not None
+    event = inv.StockReserved(
+        **rules.envelope(rx, approved),
+        prescription_id=rx,
+        warehouse_id=after.warehouse_id,
+        pickup_location=_coordinates(after.location),
+        lines=_lines(demand.quantities),
+        picks=[
+            inv.LotPick(
+                drug_code=p.drug_code,
+                lot_id=p.lot_id,
+                expiry_date=after.lots[p.lot_id].expiry_date,
+                quantity=p.quantity,
+            )
+            for p in reserved.picks
+        ],
+        levels=_levels(after, demand.lines),
+        movements=list(reserved.movements),
+    )
+    return Decision(
+        after, [event, *rules.alerts(current, after, demand.lines, rx, approved)], result=AtWarehouse.RESERVED
+    )
+
+
+def after_delivery_event(current: Allocation | None, event: DeliveryEvent) -> Decision[Allocation]:
+    """The allocation as a delivery event leaves it; the result is the allocation as it stands."""
+    rx = event.prescription_id
+    if isinstance(event, c.DeliveryCancelled | c.DeliveryAbandoned) and current is None:
+        withdrawn = isinstance(event, c.DeliveryCancelled) and not event.goods_returned
+        if withdrawn or (isinstance(event, c.DeliveryAbandoned) and not event.goods_travelled):
+            # Withdrawn before inventory saw the approval: a late approval reserves nothing.
+            cancelled = Allocation(prescription_id=rx, state=AllocationState.CANCELLED, lines={})
+            return Decision(cancelled, result=cancelled)
+    if current is None or current.state is not AllocationState.RESERVING:
+        return Decision(result=current)
+    if isinstance(event, c.DeliveryCancelled):
+        if event.goods_returned:
+            return Decision(result=current)
+        cancelled = current.model_copy(update={"state": AllocationState.CANCELLED})
+        return Decision(cancelled, result=cancelled)
+    settled = current.model_copy(update={"state": AllocationState.RESERVED, "warehouse_id": event.warehouse_id})
+    return Decision(settled, result=settled)
+
+
+def hold_move_for(message: Envelope, hold: Hold) -> HoldMove | None:
+    """How a message moves a prescription's hold, as the hold stands (None: it does not)."""
+    match message:
+        case c.DeliveryPickedUp():
+            return domain.dispatch, inv.StockDispatched, "dispatched"
+        case c.DeliveryFailed(goods_returned=True):
+            return domain.return_goods, inv.StockReturned, "returned"
+        case c.DeliveryCompleted():
+            return domain.deliver, inv.StockDelivered, "delivered"
+        case c.DeliveryAbandoned(goods_travelled=True):
+            why = "damaged" if message.last_reason == "damaged" else "undeliverable"
+            return domain.quarantine, partial(inv.StockQuarantined, why=why), f"quarantined ({why})"
+        case c.DeliveryAbandoned():
+            return withdrawal(hold, "undeliverable")
+        case c.DeliveryCancelled(goods_returned=True):
+            return domain.quarantine, partial(inv.StockQuarantined, why="cancelled"), "quarantined (cancelled)"
+        case c.DeliveryCancelled() | PrescriptionApproved():
+            # An approval here: its delivery was withdrawn while it was being reserved.
+            return withdrawal(hold, "cancelled")
+    return None
+
+
+def withdrawal(hold: Hold, why: Literal["undeliverable", "cancelled"]) -> HoldMove:
+    """The delivery is given up: goods that never left go back on the shelf; goods that travelled,
+    even if back since, go to quarantine: nothing that left goes straight back to available stock."""
+    if hold.travelled:
+        return domain.withdraw, partial(inv.StockQuarantined, why=why), f"quarantined ({why}): the goods had left"
+    return domain.withdraw, inv.StockReleased, "released"
+
+
+def move_hold(rules: Rules, current: Warehouse | None, message: Envelope) -> Decision[Warehouse]:
+    """The prescription's hold moved by the rule the message and the hold as it stands pick; the
+    result is what the log line says."""
+    rx: str = message.prescription_id  # type: ignore[attr-defined]
+    if current is None or rx not in current.holds:
+        return Decision.unchanged()
+    move = hold_move_for(message, current.holds[rx])
+    outcome = move[0](current, rx) if move is not None else None
+    if move is None or outcome is None:
+        return Decision.unchanged()
+    _, reported_as, what = move
+    held = current.holds[rx].lines
+    reported = reported_as(
+        **rules.envelope(rx, message),
+        prescription_id=rx,
+        warehouse_id=current.warehouse_id,
+        lines=_lines(held),
+        levels=_levels(outcome.warehouse, held),
+        movements=list(outcome.movements),
+    )
+    return Decision(outcome.warehouse, [reported], result=what)
+
+
+def decide_command(rules: Rules, current: Warehouse | None, command: Envelope) -> Decision[Warehouse]:
+    match command:
+        case inv.WarehouseRegistrationRequested():
+            return register(rules, current, command)
+        case inv.RestockRequested() | inv.AdjustmentRequested():
+            if current is None or not current.registered:
+                return Decision.refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
+            if isinstance(command, inv.RestockRequested):
+                return restock(rules, current, command)
+            return adjust(rules, current, command)
+    return Decision.refused("unexpected_message", f"{type(command).__name__} is not a warehouse command")
+
+
+def register(
+    rules: Rules, current: Warehouse | None, command: inv.WarehouseRegistrationRequested
+) -> Decision[Warehouse]:
+    location = Location(latitude=command.location.latitude, longitude=command.location.longitude)
+    after = domain.register(current, command.warehouse_id, name=command.name, kind=command.kind, location=location)
+    registered = inv.WarehouseRegistered(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        name=command.name,
+        kind=command.kind,
+        location=command.location,
+    )
+    return Decision(after, [registered])
+
+
+def restock(rules: Rules, current: Warehouse, command: inv.RestockRequested) -> Decision[Warehouse]:
+    try:
+        outcome = domain.restock(current, command.lot_id, command.drug_code, command.expiry_date, command.quantity)
+    except domain.StockRefused as refused:
+        return Decision(current, [command_refused(rules, command, str(refused))])
+    restocked = inv.StockRestocked(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        drug_code=command.drug_code,
+        lot_id=command.lot_id,
+        expiry_date=command.expiry_date,
+        quantity=command.quantity,
+        requested_by=command.requested_by,
+        level=_level(outcome.warehouse, command.drug_code),
+        movements=list(outcome.movements),
+    )
+    return Decision(outcome.warehouse, [restocked])
+
+
+def adjust(rules: Rules, current: Warehouse, command: inv.AdjustmentRequested) -> Decision[Warehouse]:
+    try:
+        outcome = domain.adjust(current, command.lot_id, command.drug_code, command.delta)
+    except domain.StockRefused as refused:
+        return Decision(current, [command_refused(rules, command, str(refused))])
+    after = outcome.warehouse
+    adjusted = inv.StockAdjusted(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        drug_code=command.drug_code,
+        lot_id=command.lot_id,
+        delta=command.delta,
+        reason=command.reason,
+        requested_by=command.requested_by,
+        level=_level(after, command.drug_code),
+        movements=list(outcome.movements),
+    )
+    alerts = rules.alerts(current, after, [command.drug_code], command.correlation_id, command)
+    return Decision(after, [adjusted, *alerts])
+
+
+def command_refused(rules: Rules, command: inv.RestockRequested | inv.AdjustmentRequested, reason: str) -> Envelope:
+    """A command the stock rules refuse is answered on the events topic (staff watch it), and the
+    warehouse remembers it was handled: sent again, it is not refused twice."""
+    return inv.StockCommandRefused(
+        **rules.envelope(command.correlation_id, command),
+        warehouse_id=command.warehouse_id,
+        drug_code=command.drug_code,
+        reason=reason,
+    )
+
+
+def expire_lots(rules: Rules, window: int, current: Warehouse | None, _: ExpiryDue) -> Decision[Warehouse]:
+    """Expired lots off the shelf and an alert once per lot nearing expiry, if still due on this
+    version (another instance may have swept it meanwhile); the result is what was found."""
+    if current is None:
+        return Decision.unchanged()
+    nearing = domain.nearing_expiry(current, rules.today, window)
+    expired = domain.expire(current, rules.today)
+    if not nearing and not expired.movements:
+        return Decision.unchanged()
+    after = domain.mark_near_expiry_alerted(expired.warehouse, nearing)
+    wid = current.warehouse_id
+    events: list[Envelope] = [
+        inv.LotNearingExpiry(
+            **rules.envelope(lot_id, None),
+            warehouse_id=wid,
+            drug_code=lot.drug_code,
+            lot_id=lot_id,
+            expiry_date=lot.expiry_date,
+            available=lot.available,
+        )
+        for lot_id in nearing
+        for lot in [current.lots[lot_id]]
+    ]
+    for movement in expired.movements:
+        events.append(
+            inv.LotExpired(
+                **rules.envelope(movement.lot_id, None),
+                warehouse_id=wid,
+                drug_code=movement.drug_code,
+                lot_id=movement.lot_id,
+                expiry_date=current.lots[movement.lot_id].expiry_date,
+                removed=movement.quantity,
+                level=_level(after, movement.drug_code),
+                movements=[movement],
+            )
+        )
+    events += rules.alerts(current, after, [m.drug_code for m in expired.movements], wid, None)
+    found = {"nearing_expiry": nearing, "expired": sorted({m.lot_id for m in expired.movements})}
+    return Decision(after, events, result=found)
+
+
+def movements_of(event: Envelope) -> list[domain.LedgerEntry]:
+    """The ledger entries of the movements an event reports (none for events that move nothing)."""
+    movements: list[inv.Movement] = getattr(event, "movements", None) or []
+    warehouse_id: str | None = getattr(event, "warehouse_id", None)
+    if not movements or warehouse_id is None:
+        return []
+    return domain.ledger_entries(event.message_id, event.type, warehouse_id, event.occurred_at, movements)
+
+
+def _level(warehouse: Warehouse, drug: str) -> inv.StockLevel:
+    s = warehouse.level(drug)
+    return inv.StockLevel(
+        drug_code=drug, available=s.available, reserved=s.reserved, dispatched=s.dispatched, quarantined=s.quarantined
+    )
+
+
+def _levels(warehouse: Warehouse, drugs: Iterable[str]) -> list[inv.StockLevel]:
+    return [_level(warehouse, drug) for drug in sorted(set(drugs))]
+
+
+def _lines(lines: Mapping[str, int]) -> list[inv.StockLine]:
+    return [inv.StockLine(drug_code=d, quantity=q) for d, q in sorted(lines.items())]
+
+
+def _coordinates(location: Location) -> Coordinates:
+    return Coordinates(latitude=location.latitude, longitude=location.longitude)
