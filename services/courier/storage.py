@@ -13,13 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from services.runtime.mongo_store import MongoStore
-from services.runtime.store import DocumentMemory, Save, Store
+from services.runtime.store import DocumentMemory, overwrite
 
 from . import domain
 from .domain import CourierProfile, Delivery, DeliveryState
-
-#: Times a roster entry is written again when someone wrote the document first.
-PUT_ATTEMPTS = 5
 
 
 class CourierStorage:
@@ -66,7 +63,7 @@ class CourierStorage:
 
     async def save_courier(self, courier: CourierProfile) -> None:
         """A dispatcher's entry: the courier's document becomes `courier`, whatever it was."""
-        await _put(self.roster, courier.courier_id, courier)
+        await overwrite(self.roster, courier.courier_id, courier)
 
     # --- deliveries -------------------------------------------------------------------------------
 
@@ -88,16 +85,3 @@ class CourierStorage:
 
     async def _states_where(self, query: dict[str, Any]) -> list[Delivery]:
         return [Delivery.model_validate(d["state"]) async for d in self._delivery_documents.find(query, {"state": 1})]
-
-
-async def _put(store: Store[Any], doc_id: str, state: Any) -> None:
-    for _ in range(PUT_ATTEMPTS):
-        current = (await store.load([doc_id]))[doc_id]
-        saved = await store.save(
-            [Save(doc_id, current.version, state, current.outbox, current.tracking, traceparent=current.traceparent)]
-        )
-        if saved.failed:
-            raise ValueError(f"{store.name}/{doc_id}: {saved.failed[doc_id]}")
-        if not saved.lost:
-            return
-    raise RuntimeError(f"{store.name}/{doc_id}: too many concurrent writers")

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from pharmacy_contracts.consultation import Prescription
 from services.runtime.mongo_store import MongoStore
-from services.runtime.store import DocumentMemory, Save, Store
+from services.runtime.store import DocumentMemory, overwrite
 
 from .domain import (
     FormularyEntry,
@@ -36,8 +36,6 @@ from .domain import (
     VerdictState,
 )
 
-#: Times a put of reference data is tried again when someone wrote the document first.
-PUT_ATTEMPTS = 5
 #: The one document of `prescription_reference_stamp`.
 STAMP_ID = "reference"
 
@@ -134,20 +132,20 @@ class PrescriptionStorage:
         )
 
     async def save_formulary_entry(self, entry: FormularyEntry) -> None:
-        await _put(self.formulary, entry.drug_code, entry)
+        await overwrite(self.formulary, entry.drug_code, entry)
         await self._move_reference_stamp()
 
     async def save_prescriber(self, record: PrescriberRecord) -> None:
-        await _put(self.prescribers, record.licence_number, record)
+        await overwrite(self.prescribers, record.licence_number, record)
         await self._move_reference_stamp()
 
     async def save_interaction(self, interaction: Interaction) -> None:
-        await _put(self.interactions, interaction.pair_id, interaction)
+        await overwrite(self.interactions, interaction.pair_id, interaction)
         await self._move_reference_stamp()
 
     async def _move_reference_stamp(self) -> None:
         """After the write it announces, so whoever sees the new stamp reads the new data."""
-        await _put(self.reference_stamp, STAMP_ID, ReferenceStamp(stamp=uuid.uuid4().hex))
+        await overwrite(self.reference_stamp, STAMP_ID, ReferenceStamp(stamp=uuid.uuid4().hex))
         self._reference_checked_at = float("-inf")  # this process looks at once
 
     # --- verdicts and histories -------------------------------------------------------------------
@@ -183,17 +181,3 @@ class PrescriptionStorage:
 
 def _oldest_hold_first(held: list[Verdict]) -> list[Verdict]:
     return sorted(held, key=lambda v: (v.held_at is None, v.held_at, v.prescription_id))
-
-
-async def _put(store: Store[Any], doc_id: str, state: BaseModel) -> None:
-    """Reference data entered by a person: the document becomes `state`, whatever it was."""
-    for _ in range(PUT_ATTEMPTS):
-        current = (await store.load([doc_id]))[doc_id]
-        saved = await store.save(
-            [Save(doc_id, current.version, state, current.outbox, current.tracking, traceparent=current.traceparent)]
-        )
-        if saved.failed:
-            raise ValueError(f"{store.name}/{doc_id}: {saved.failed[doc_id]}")
-        if not saved.lost:
-            return
-    raise RuntimeError(f"{store.name}/{doc_id}: too many concurrent writers")

@@ -382,5 +382,24 @@ class MemoryStore(Generic[S]):
         return None if state is None else self.model.model_validate_json(state.model_dump_json())
 
 
+#: Times `overwrite` tries again when someone wrote the document first.
+OVERWRITE_ATTEMPTS = 5
+
+
+async def overwrite(store: Store[S], doc_id: str, state: S) -> None:
+    """A document entered by a person (reference data, a roster entry) becomes `state`, whatever it
+    was, keeping its outbox and the messages it absorbed; tried again while someone writes first."""
+    for _ in range(OVERWRITE_ATTEMPTS):
+        current = (await store.load([doc_id]))[doc_id]
+        saved = await store.save(
+            [Save(doc_id, current.version, state, current.outbox, current.tracking, traceparent=current.traceparent)]
+        )
+        if saved.failed:
+            raise ValueError(f"{store.name}/{doc_id}: {saved.failed[doc_id]}")
+        if not saved.lost:
+            return
+    raise RuntimeError(f"{store.name}/{doc_id}: too many concurrent writers")
+
+
 def outbox_message_ids(entries: Iterable[OutboxEntry]) -> set[str]:
     return {entry["message_id"] for entry in entries}

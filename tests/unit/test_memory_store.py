@@ -5,6 +5,7 @@ good, states copied in and out; and what a document remembers of the messages it
 
 from __future__ import annotations
 
+import pytest
 from pydantic import BaseModel
 
 from services.runtime.store import (
@@ -14,6 +15,7 @@ from services.runtime.store import (
     Stored,
     Tracking,
     outbox_message_ids,
+    overwrite,
 )
 from services.runtime.tracking import Position
 
@@ -230,3 +232,17 @@ async def test_pending_outbox_lists_at_most_two_hundred_documents_by_default() -
     memory = store()
     await memory.save([insert(f"d{i}", 1, outbox=(f"e{i}",)) for i in range(201)])
     assert len(await memory.pending_outbox()) == 200
+
+
+async def test_overwrite_makes_the_document_the_state_given_whatever_it_was_and_writes_again_after_a_race() -> None:
+    class Entry(BaseModel):
+        name: str
+
+    store: MemoryStore[Entry] = MemoryStore("reference", Entry)
+    await overwrite(store, "a", Entry(name="first"))
+    store.let_another_writer_win("a")
+    await overwrite(store, "a", Entry(name="second"))
+    assert store.state_of("a") == Entry(name="second")
+    store.fail_writes_of("a", "too large")
+    with pytest.raises(ValueError, match="too large"):
+        await overwrite(store, "a", Entry(name="third"))
