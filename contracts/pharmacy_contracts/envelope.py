@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import NAMESPACE_URL, uuid4, uuid5
@@ -53,6 +54,30 @@ class Envelope(Contract):
     correlation_id: Identifier
     causation_id: Identifier | None = None
     producer: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+@dataclass(frozen=True)
+class Producer:
+    """A service as the producer of its events: the one way every service fills the envelope.
+
+    `correlation_id` is the prescription (or the command) the event belongs to; the cause is the
+    message that made it happen (its id becomes `causation_id`; None for a sweep's own events);
+    `at` is the event's time when the service's clock decides it (otherwise: now).
+    """
+
+    name: str
+
+    def envelope(
+        self, correlation_id: str, cause: Envelope | str | None = None, *, at: datetime | None = None
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "correlation_id": correlation_id,
+            "causation_id": cause.message_id if isinstance(cause, Envelope) else cause,
+            "producer": self.name,
+        }
+        if at is not None:
+            fields["occurred_at"] = at
+        return fields
 
 
 EXAMPLE_TIME = "2026-11-25T08:00:05Z"

@@ -15,7 +15,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted
-from pharmacy_contracts.envelope import Envelope
+from pharmacy_contracts.envelope import Envelope, Producer
 from pharmacy_contracts.geo import EARTH_RADIUS_KM, great_circle_km
 from pharmacy_contracts.lifecycle import PIPELINE, TERMINAL, Stage, next_stage, stage_of
 from tests.unit.builders import (
@@ -551,3 +551,26 @@ def test_a_courier_stage_is_the_latest_word_and_the_first_terminal_stage_stays()
     assert next_stage(Stage.HELD_FOR_REVIEW, Stage.REJECTED) is Stage.REJECTED
     for ended in TERMINAL:
         assert all(next_stage(ended, stage) is ended for stage in Stage)
+
+
+def test_a_producer_fills_the_envelope_the_same_way_for_every_service() -> None:
+    cause = inv.LowStock(
+        correlation_id="WH-1", producer="other", warehouse_id="WH-1", drug_code="MET500", available=3, threshold=20
+    )
+    at = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    alert = inv.LowStock(
+        **Producer("inventory").envelope("WH-1", cause, at=at),
+        warehouse_id="WH-1",
+        drug_code="MET500",
+        available=2,
+        threshold=20,
+    )
+    assert (alert.correlation_id, alert.causation_id, alert.producer, alert.occurred_at) == (
+        "WH-1",
+        cause.message_id,
+        "inventory",
+        at,
+    )
+    by_id = Producer("courier").envelope("RX-1", "msg-7")
+    assert by_id == {"correlation_id": "RX-1", "causation_id": "msg-7", "producer": "courier"}
+    assert Producer("courier").envelope("RX-1")["causation_id"] is None
