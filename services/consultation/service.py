@@ -10,23 +10,17 @@ from datetime import datetime
 import structlog
 
 from pharmacy_contracts import Envelope, signing
-from pharmacy_contracts.consultation import (
-    CancellationAccepted,
-    CancellationRequested,
-    PrescriptionAccepted,
-    PrescriptionSubmitted,
-)
+from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted
 from pharmacy_contracts.topics import Topic
 from services.runtime.delivery_codes import delivery_code
 from services.runtime.errors import Refused
 from services.runtime.observability import prescription_finished
 from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
-from . import domain, fhir
+from . import domain, fhir, messages
 from .storage import ConsultationStorage
 
 log = structlog.get_logger()
-PRODUCER = "consultation"
 
 #: What upstream systems publish on consultation.prescriptions.v1.
 FromUpstream = PrescriptionSubmitted | CancellationRequested
@@ -108,14 +102,7 @@ class ConsultationService:
             received_at=self._clock(),
             prescription=prescription,
         )
-        accepted = PrescriptionAccepted(
-            correlation_id=prescription.prescription_id,
-            causation_id=submitted.message_id,
-            producer=PRODUCER,
-            sender_id=submitted.sender_id,
-            prescription=prescription,
-        )
-        return Decision(record, [accepted])
+        return Decision(record, [messages.prescription_accepted(submitted)])
 
     def _receive_cancellation(
         self, existing: domain.IntakeRecord | None, requested: CancellationRequested
@@ -138,16 +125,7 @@ class ConsultationService:
             reason=requested.reason,
             received_at=self._clock(),
         )
-        accepted = CancellationAccepted(
-            correlation_id=prescription_id,
-            causation_id=requested.message_id,
-            producer=PRODUCER,
-            sender_id=requested.sender_id,
-            prescription_id=prescription_id,
-            reason=requested.reason,
-            requested_by=requested.requested_by,
-        )
-        return Decision(domain.with_cancellation(existing, cancellation), [accepted])
+        return Decision(domain.with_cancellation(existing, cancellation), [messages.cancellation_accepted(requested)])
 
     async def track(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
         """Each prescription's status, folded from its lifecycle events: one load and one save a batch."""

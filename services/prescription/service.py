@@ -44,26 +44,22 @@ import structlog
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
-from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
+from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted
 from pharmacy_contracts.prescription import (
-    ApprovedLine,
     CancellationOrdered,
     DeliveryDetails,
-    PrescriptionApproved,
     PrescriptionCancelled,
-    PrescriptionHeld,
     PrescriptionRejected,
     ReviewDecided,
     ReviewEscalated,
 )
 from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
-from . import domain
+from . import domain, messages
 from .domain import MedicationHistory, Verdict, VerdictState
 from .storage import PrescriptionStorage
 
 log = structlog.get_logger()
-PRODUCER = "prescription"
 
 Intake = PrescriptionAccepted | CancellationAccepted
 Review = ReviewDecided | CancellationOrdered
@@ -73,38 +69,6 @@ DeadlineEvent = ReviewEscalated | PrescriptionRejected
 
 #: Outcomes after which a record goes no further (it is dead-lettered or tried again alone).
 STOPPED = (Outcome.REFUSED, Outcome.FAILED)
-
-
-def approval_event(
-    prescription: Prescription,
-    delivery: DeliveryDetails,
-    *,
-    causation_id: str | None,
-    reviewed_by: str | None = None,
-) -> PrescriptionApproved:
-    """The one way an approval is announced, whether the checks or a pharmacist approved."""
-    return PrescriptionApproved(
-        correlation_id=prescription.prescription_id,
-        causation_id=causation_id,
-        producer=PRODUCER,
-        prescription_id=prescription.prescription_id,
-        patient_id=prescription.patient.patient_id,
-        lines=[
-            ApprovedLine(drug_code=i.drug_code, quantity=i.quantity, days_supply=i.days_supply)
-            for i in prescription.items
-        ],
-        delivery=delivery,
-        reviewed_by=reviewed_by,
-    )
-
-
-def _envelope(prescription_id: str, causation_id: str | None) -> dict[str, str | None]:
-    return {
-        "correlation_id": prescription_id,
-        "causation_id": causation_id,
-        "producer": PRODUCER,
-        "prescription_id": prescription_id,
-    }
 
 
 @dataclass(frozen=True)
@@ -321,7 +285,7 @@ class PrescriptionService:
         (or a pharmacist deciding meanwhile) cannot both act."""
         now = self._clock()
         due = [
-            Record(deadline_event(held, action))
+            Record(messages.deadline_passed(held, action))
             for held in await self._storage.held_verdicts()
             if (action := domain.due_review_action(held, now)) is not None
         ]
@@ -382,20 +346,12 @@ def decide_intake(
     if found is None:  # not checked because it had a verdict then: verdicts are never removed
         raise RuntimeError(f"{message.prescription.prescription_id} lost its verdict")
     verdict = found.verdict
-    common = _envelope(verdict.prescription_id, message.message_id)
     if verdict.state is VerdictState.APPROVED:
-        event: Envelope = approval_event(message.prescription, found.delivery, causation_id=message.message_id)
+        event: Envelope = messages.approved(message.prescription, found.delivery, message)
     elif verdict.state is VerdictState.HELD:
-        assert verdict.escalate_at is not None and verdict.expires_at is not None
-        event = PrescriptionHeld(
-            **common,
-            patient_id=message.prescription.patient.patient_id,
-            reasons=verdict.reasons,
-            escalate_at=verdict.escalate_at,
-            expires_at=verdict.expires_at,
-        )
+        event = messages.held_for_review(verdict, message.prescription.patient.patient_id, message)
     else:
-        event = PrescriptionRejected(**common, reasons=verdict.reasons)
+        event = messages.rejected_by_checks(verdict, message)
     return Decision(verdict, [event], result=verdict)
 
 
@@ -421,16 +377,12 @@ def decide_review(now: datetime, existing: Verdict | None, message: Review) -> D
         return Decision.refused("not_under_review", f"{rx} is not held for review ({state})")
     if message.decision == "approve":
         assert existing.prescription is not None and existing.delivery is not None
-        event: Envelope = approval_event(
-            existing.prescription, existing.delivery, causation_id=message.message_id, reviewed_by=message.pharmacist_id
+        approval = messages.approved(
+            existing.prescription, existing.delivery, message, reviewed_by=message.pharmacist_id
         )
-        return Decision(domain.approved_by_pharmacist(existing, message.pharmacist_id, message.note, now), [event])
-    rejected = PrescriptionRejected(
-        **_envelope(rx, message.message_id),
-        reasons=[domain.pharmacist_rejection(message.pharmacist_id, message.note)],
-        reviewed_by=message.pharmacist_id,
-    )
-    return Decision(domain.rejected_by_pharmacist(existing, message.pharmacist_id, message.note, now), [rejected])
+        return Decision(domain.approved_by_pharmacist(existing, message.pharmacist_id, message.note, now), [approval])
+    rejection = messages.rejected_by_pharmacist(message)
+    return Decision(domain.rejected_by_pharmacist(existing, message.pharmacist_id, message.note, now), [rejection])
 
 
 def cancel(existing: Verdict | None, message: Cancellation, now: datetime) -> Decision[Verdict]:
@@ -440,9 +392,8 @@ def cancel(existing: Verdict | None, message: Cancellation, now: datetime) -> De
     updated = domain.cancelled(existing, rx, requested_by, message.reason, now)
     if updated is None:
         return Decision(result=existing)
-    event = PrescriptionCancelled(
-        **_envelope(rx, message.message_id),
-        reason=message.reason,
+    event = messages.cancelled(
+        message,
         requested_by=requested_by,
         was_approved=existing is not None and existing.state is VerdictState.APPROVED,
     )
@@ -474,15 +425,6 @@ def mark_not_supplied(history: MedicationHistory | None, event: Envelope) -> Dec
     why = not_supplied_why(event)
     assert why is not None
     return Decision(domain.with_not_supplied(history, _rx(event), why))
-
-
-def deadline_event(held: Verdict, action: domain.ReviewAction) -> DeadlineEvent:
-    """What a passed deadline of a held review announces, proposed by the sweep."""
-    assert held.held_at is not None and held.expires_at is not None
-    common = _envelope(held.prescription_id, None)
-    if action == "escalate":
-        return ReviewEscalated(**common, held_since=held.held_at, expires_at=held.expires_at, reasons=held.reasons)
-    return PrescriptionRejected(**common, reasons=[domain.review_expiry(held)])
 
 
 def act_on_deadline(now: datetime, existing: Verdict | None, proposed: DeadlineEvent) -> Decision[Verdict]:
