@@ -4,7 +4,8 @@ race), so nothing here counts or remembers anything: what a decision did comes b
 `Decided` result, and the loads are counted from those once saved (see service.py).
 
 `Fleet` is the roster and each courier's load a decision chooses from; the delivery rules
-themselves (who is nearest, what a report may change, deadlines) are in domain.py.
+themselves (who is nearest, what a report may change, deadlines) are in domain.py, and the events
+a decision causes are assembled in messages.py.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from pharmacy_contracts.prescription import PrescriptionApproved, PrescriptionCa
 from services.runtime import delivery_codes
 from services.runtime.unit_of_work import Decision
 
-from . import domain
+from . import domain, messages
 from .domain import Attempt, CancelOutcome, CourierProfile, Delivery, DeliveryState, Policy, ReportOutcome
-
-PRODUCER = "courier"
 
 
 class Look(Envelope):
@@ -157,7 +156,7 @@ def take_reservation(
     )
     if known.cancel_notice_due:
         # Cancelled before the reservation: now inventory can be told which warehouse to release.
-        notice = _cancelled(rx, reserved.message_id, reserved.warehouse_id, goods_returned=False)
+        notice = messages.delivery_cancelled(rx, reserved.message_id, reserved.warehouse_id, goods_returned=False)
         after = known.model_copy(update={"cancel_notice_due": False})
         return Decision(after, [notice], result=Decided(current, after))
     return _offer_if_ready(fleet, rules, current, known, [], reserved.message_id)
@@ -167,7 +166,7 @@ def reservation_failed(current: Delivery | None, failed: inv.ReservationFailed) 
     rx = failed.prescription_id
     delivery = current or Delivery(prescription_id=rx)
     if delivery.cancel_notice_due:
-        notice = _cancelled(rx, failed.message_id, None, goods_returned=False)
+        notice = messages.delivery_cancelled(rx, failed.message_id, None, goods_returned=False)
         after = delivery.model_copy(update={"cancel_notice_due": False})
         return Decision(after, [notice], result=Decided(current, after))
     if delivery.state is DeliveryState.WAITING:
@@ -201,40 +200,18 @@ def _offer(
     causation_id: str | None,
 ) -> Decision[Delivery]:
     assert delivery.details is not None and delivery.warehouse_id is not None
-    rx = delivery.prescription_id
     courier = fleet.courier_for(delivery)
     offered = domain.offer(delivery, courier, now=rules.now, accept_timeout=rules.policy.accept_timeout)
-    common = {"correlation_id": rx, "causation_id": causation_id, "producer": PRODUCER}
     if courier is None:
         if not domain.began_waiting(before, offered):
             return Decision(offered, events, result=Decided(before, offered))
         why = domain.why_no_courier(fleet.roster, fleet.loads, delivery)
-        waiting = c.DeliveryWaiting(**common, prescription_id=rx, warehouse_id=delivery.warehouse_id, why=why)
+        waiting = messages.delivery_waiting(delivery, why, causation_id)
         return Decision(offered, [*events, waiting], result=Decided(before, offered, waiting_why=why))
     attempt = offered.current
     assert attempt is not None
-    dispatch = c.DispatchOffered(
-        **common,
-        dispatch_id=attempt.dispatch_id,
-        courier_id=courier.courier_id,
-        package_id=rx,
-        attempt=attempt.number,
-        pickup_warehouse_id=delivery.warehouse_id,
-        address=delivery.details.address,
-        contact_phone=delivery.details.contact_phone,
-        cold_chain=delivery.details.cold_chain,
-        controlled=delivery.details.controlled,
-        pickup_location=delivery.pickup_location,
-        accept_by=attempt.accept_by,
-    )
-    assigned = c.CourierAssigned(
-        **common,
-        prescription_id=rx,
-        dispatch_id=attempt.dispatch_id,
-        courier_id=courier.courier_id,
-        attempt=attempt.number,
-        warehouse_id=delivery.warehouse_id,
-    )
+    dispatch = messages.dispatch_offered(delivery, attempt, courier, causation_id)
+    assigned = messages.courier_assigned(delivery, attempt, courier, causation_id)
     return Decision(offered, [*events, assigned, dispatch], result=Decided(before, offered, offered_to=courier))
 
 
@@ -273,16 +250,16 @@ def _cancel_events(
         case CancelOutcome.CANCELLED:
             if after.cancel_notice_due:
                 return []
-            return [_cancelled(rx, causation_id, before.warehouse_id, goods_returned=travelled)]
+            return [messages.delivery_cancelled(rx, causation_id, before.warehouse_id, goods_returned=travelled)]
         case CancelOutcome.WITHDRAWN:
             assert attempt is not None
             return [
-                _withdrawn(attempt, rx, causation_id, reason="cancelled", return_goods=False),
-                _cancelled(rx, causation_id, before.warehouse_id, goods_returned=travelled),
+                messages.dispatch_withdrawn(attempt, rx, causation_id, reason="cancelled", return_goods=False),
+                messages.delivery_cancelled(rx, causation_id, before.warehouse_id, goods_returned=travelled),
             ]
         case CancelOutcome.RECALLED:
             assert attempt is not None
-            return [_withdrawn(attempt, rx, causation_id, reason="cancelled", return_goods=True)]
+            return [messages.dispatch_withdrawn(attempt, rx, causation_id, reason="cancelled", return_goods=True)]
     return None
 
 
@@ -330,49 +307,40 @@ def _report_decision(
 ) -> Decision[Delivery]:
     attempt = before.current
     assert attempt is not None and before.warehouse_id is not None
-    rx = before.prescription_id
-    common = {
-        "correlation_id": rx,
-        "causation_id": report.message_id,
-        "producer": PRODUCER,
-        "prescription_id": rx,
-        "dispatch_id": attempt.dispatch_id,
-        "courier_id": attempt.courier_id,
-        "attempt": attempt.number,
-    }
-    where = {"warehouse_id": before.warehouse_id}
+    rx, warehouse_id, cause = before.prescription_id, before.warehouse_id, report.message_id
     decided = Decided(before, after)
     match outcome:
         case ReportOutcome.ACCEPTED:
-            return Decision(after, [c.DeliveryAccepted(**common)], result=decided)
+            return Decision(after, [messages.delivery_accepted(rx, attempt, cause)], result=decided)
         case ReportOutcome.PICKED_UP:
-            return Decision(after, [c.DeliveryPickedUp(**common, **where)], result=decided)
+            return Decision(after, [messages.delivery_picked_up(rx, attempt, warehouse_id, cause)], result=decided)
         case ReportOutcome.DELIVERED:
-            return Decision(after, [c.DeliveryCompleted(**common, **where)], result=decided)
+            return Decision(after, [messages.delivery_completed(rx, attempt, warehouse_id, cause)], result=decided)
         case ReportOutcome.CODE_REJECTED | ReportOutcome.CODE_LOCKED:
             wrong = after.current.wrong_codes if after.current else 1
             locked = outcome is ReportOutcome.CODE_LOCKED
-            return Decision(after, [c.DeliveryCodeRejected(**common, wrong_codes=wrong, locked=locked)], result=decided)
+            rejected = messages.delivery_code_rejected(rx, attempt, cause, wrong_codes=wrong, locked=locked)
+            return Decision(after, [rejected], result=decided)
         case ReportOutcome.RETURNED:
             # Confirmed by a courier recalled before pickup, nothing travelled: the stock goes back on the shelf.
             travelled = domain.goods_travelled(after)
-            notice = _cancelled(rx, report.message_id, before.warehouse_id, goods_returned=travelled)
+            notice = messages.delivery_cancelled(rx, cause, warehouse_id, goods_returned=travelled)
             return Decision(after, [notice], result=decided)
     assert report.failure_reason is not None
-    failed = c.DeliveryFailed(
-        **common,
-        **where,
+    failed = messages.delivery_failed(
+        rx,
+        attempt,
+        warehouse_id,
+        cause,
         reason=report.failure_reason,
         goods_returned=before.state is DeliveryState.PICKED_UP,
         will_retry=outcome is ReportOutcome.FAILED_WILL_RETRY,
     )
     if outcome is ReportOutcome.FAILED_GIVEN_UP:
-        abandoned = c.DeliveryAbandoned(
-            correlation_id=rx,
-            causation_id=report.message_id,
-            producer=PRODUCER,
-            prescription_id=rx,
-            warehouse_id=before.warehouse_id,
+        abandoned = messages.delivery_abandoned(
+            rx,
+            warehouse_id,
+            cause,
             attempts=max(1, domain.failures(after)),
             last_reason=report.failure_reason,
             goods_travelled=domain.goods_travelled(after),
@@ -395,16 +363,9 @@ def act_on_deadlines(fleet: Fleet, rules: Rules, current: Delivery | None, look:
     attempt = current.current
     if domain.offer_expired(current, rules.now):
         assert attempt is not None
-        common = {"correlation_id": rx, "causation_id": None, "producer": PRODUCER}
         expired_events: list[Envelope] = [
-            c.DeliveryOfferExpired(
-                **common,
-                prescription_id=rx,
-                dispatch_id=attempt.dispatch_id,
-                courier_id=attempt.courier_id,
-                attempt=attempt.number,
-            ),
-            _withdrawn(attempt, rx, None, reason="acceptance_timeout", return_goods=False),
+            messages.delivery_offer_expired(rx, attempt),
+            messages.dispatch_withdrawn(attempt, rx, None, reason="acceptance_timeout", return_goods=False),
         ]
         redispatch = _offer(fleet, rules, current, domain.expire_offer(current, rules.now), expired_events, None)
         assert redispatch.state is not None and isinstance(redispatch.result, Decided)
@@ -415,16 +376,7 @@ def act_on_deadlines(fleet: Fleet, rules: Rules, current: Delivery | None, look:
         stage, since = passed
         after = domain.mark_overdue(after, stage)
         courier_id = after.current.courier_id if stage == "on_the_road" and after.current else None
-        events.append(
-            c.DeliveryOverdue(
-                correlation_id=rx,
-                producer=PRODUCER,
-                prescription_id=rx,
-                stage=stage,
-                since=since,
-                courier_id=courier_id,
-            )
-        )
+        events.append(messages.delivery_overdue(rx, stage=stage, since=since, courier_id=courier_id))
         decided = replace(decided, after=after, overdue=stage)
     if after is current:
         return Decision.unchanged()
@@ -434,42 +386,6 @@ def act_on_deadlines(fleet: Fleet, rules: Rules, current: Delivery | None, look:
 def due(delivery: Delivery, rules: Rules) -> bool:
     """Whether a sweep has something to do on this delivery now."""
     return domain.offer_expired(delivery, rules.now) or domain.overdue(delivery, rules.now, rules.policy) is not None
-
-
-# --- events --------------------------------------------------------------------------------------------
-
-
-def _cancelled(
-    rx: str, causation_id: str | None, warehouse_id: str | None, *, goods_returned: bool = False
-) -> c.DeliveryCancelled:
-    return c.DeliveryCancelled(
-        correlation_id=rx,
-        causation_id=causation_id,
-        producer=PRODUCER,
-        prescription_id=rx,
-        warehouse_id=warehouse_id,
-        goods_returned=goods_returned,
-    )
-
-
-def _withdrawn(
-    attempt: Attempt,
-    rx: str,
-    causation_id: str | None,
-    *,
-    reason: Literal["acceptance_timeout", "cancelled"],
-    return_goods: bool,
-) -> c.DispatchWithdrawn:
-    return c.DispatchWithdrawn(
-        correlation_id=rx,
-        causation_id=causation_id,
-        producer=PRODUCER,
-        dispatch_id=attempt.dispatch_id,
-        courier_id=attempt.courier_id,
-        package_id=rx,
-        reason=reason,
-        return_goods=return_goods,
-    )
 
 
 def delivery_key(message: Envelope) -> str:

@@ -41,8 +41,9 @@ from services.runtime.store import Save, Saved, Store, Stored
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
 
 from . import decisions, domain
-from .decisions import PRODUCER, Decided, Fleet, Handover, Look, Rules
+from .decisions import Decided, Fleet, Handover, Look, Rules
 from .domain import CancelOutcome, Delivery, DeliveryState, Policy, ReportOutcome
+from .messages import PRODUCER
 from .storage import CourierStorage
 
 log = structlog.get_logger()
@@ -346,7 +347,7 @@ def _decided(handled: Handled[Any]) -> bool:
 
 def _look(delivery: Delivery, purpose: Any) -> Record[Look]:
     rx = delivery.prescription_id
-    return Record(Look(correlation_id=rx, producer=PRODUCER, prescription_id=rx, purpose=purpose))
+    return Record(Look(correlation_id=rx, producer=PRODUCER.name, prescription_id=rx, purpose=purpose))
 
 
 # --- one log line per decision -----------------------------------------------------------------------

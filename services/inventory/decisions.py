@@ -2,7 +2,7 @@
 
 The use cases (service.py) hand them to the unit of work; each reads only its document, its
 message and the batch's `Rules` (the moment and the stock settings), and says what the document
-becomes, the events it causes, or why nothing happens.
+becomes, the events it causes (assembled in messages.py), or why nothing happens.
 """
 
 from __future__ import annotations
@@ -12,20 +12,17 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
-from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.prescription import PrescriptionApproved
 from services.runtime.unit_of_work import Decision
 
-from . import domain
+from . import domain, messages
 from .domain import Allocation, AllocationState, Demand, Hold, Location, Warehouse
 from .settings import InventorySettings
-
-PRODUCER = "inventory"
 
 DeliveryEvent = c.DeliveryPickedUp | c.DeliveryFailed | c.DeliveryCompleted | c.DeliveryAbandoned | c.DeliveryCancelled
 
@@ -60,26 +57,11 @@ class Rules:
     def threshold(self, drug: str) -> int:
         return domain.threshold_for(drug, self.settings.low_stock_thresholds, self.settings.low_stock_threshold)
 
-    def envelope(self, correlation_id: str, cause: Envelope | None) -> dict[str, Any]:
-        """Fields every event shares; its time is the service's clock, so the ledger and tests agree on it."""
-        return {
-            "correlation_id": correlation_id,
-            "causation_id": cause.message_id if cause is not None else None,
-            "producer": PRODUCER,
-            "occurred_at": self.now,
-        }
-
     def alerts(
         self, before: Warehouse, after: Warehouse, drugs: Iterable[str], correlation_id: str, cause: Envelope | None
     ) -> list[Envelope]:
         return [
-            inv.LowStock(
-                **self.envelope(correlation_id, cause),
-                warehouse_id=after.warehouse_id,
-                drug_code=drug,
-                available=after.level(drug).available,
-                threshold=self.threshold(drug),
-            )
+            messages.low_stock(after, drug, self.threshold(drug), correlation_id, cause, at=self.now)
             for drug in sorted(set(drugs))
             if domain.fell_below(before, after, drug, self.threshold(drug))
         ]
@@ -126,17 +108,9 @@ def allocate(
                 prescription_id=rx, state=AllocationState.RESERVING, lines=demand.quantities, warehouse_id=warehouse_id
             )
             return Decision(claim, result=claim)
-        case domain.Unfillable(shortages) if open_to_us:
+        case domain.Unfillable() if open_to_us:
             failed = Allocation(prescription_id=rx, state=AllocationState.OUT_OF_STOCK, lines=demand.quantities)
-            event = inv.ReservationFailed(
-                **rules.envelope(rx, approved),
-                prescription_id=rx,
-                reason=plan.reason,
-                shortages=[
-                    inv.Shortage(drug_code=s.drug_code, requested=s.requested, best_available=s.best_available)
-                    for s in shortages
-                ],
-            )
+            event = messages.reservation_failed(approved, plan, at=rules.now)
             return Decision(failed, [event], result=failed)
     return Decision(result=current)
 
@@ -176,25 +150,7 @@ def reserve_at(
     except domain.StockRefused:
         return Decision(result=AtWarehouse.CANNOT_FILL)
     after = reserved.warehouse
-    assert after.location is not None
-    event = inv.StockReserved(
-        **rules.envelope(rx, approved),
-        prescription_id=rx,
-        warehouse_id=after.warehouse_id,
-        pickup_location=_coordinates(after.location),
-        lines=_lines(demand.quantities),
-        picks=[
-            inv.LotPick(
-                drug_code=p.drug_code,
-                lot_id=p.lot_id,
-                expiry_date=after.lots[p.lot_id].expiry_date,
-                quantity=p.quantity,
-            )
-            for p in reserved.picks
-        ],
-        levels=_levels(after, demand.lines),
-        movements=list(reserved.movements),
-    )
+    event = messages.stock_reserved(approved, demand, reserved, at=rules.now)
     return Decision(
         after, [event, *rules.alerts(current, after, demand.lines, rx, approved)], result=AtWarehouse.RESERVED
     )
@@ -224,18 +180,18 @@ def hold_move_for(message: Envelope, hold: Hold) -> HoldMove | None:
     """How a message moves a prescription's hold, as the hold stands (None: it does not)."""
     match message:
         case c.DeliveryPickedUp():
-            return domain.dispatch, inv.StockDispatched, "dispatched"
+            return domain.dispatch, messages.stock_dispatched, "dispatched"
         case c.DeliveryFailed(goods_returned=True):
-            return domain.return_goods, inv.StockReturned, "returned"
+            return domain.return_goods, messages.stock_returned, "returned"
         case c.DeliveryCompleted():
-            return domain.deliver, inv.StockDelivered, "delivered"
+            return domain.deliver, messages.stock_delivered, "delivered"
         case c.DeliveryAbandoned(goods_travelled=True):
             why = "damaged" if message.last_reason == "damaged" else "undeliverable"
-            return domain.quarantine, partial(inv.StockQuarantined, why=why), f"quarantined ({why})"
+            return domain.quarantine, partial(messages.stock_quarantined, why=why), f"quarantined ({why})"
         case c.DeliveryAbandoned():
             return withdrawal(hold, "undeliverable")
         case c.DeliveryCancelled(goods_returned=True):
-            return domain.quarantine, partial(inv.StockQuarantined, why="cancelled"), "quarantined (cancelled)"
+            return domain.quarantine, partial(messages.stock_quarantined, why="cancelled"), "quarantined (cancelled)"
         case c.DeliveryCancelled() | PrescriptionApproved():
             # An approval here: its delivery was withdrawn while it was being reserved.
             return withdrawal(hold, "cancelled")
@@ -246,8 +202,8 @@ def withdrawal(hold: Hold, why: Literal["undeliverable", "cancelled"]) -> HoldMo
     """The delivery is given up: goods that never left go back on the shelf; goods that travelled,
     even if back since, go to quarantine: nothing that left goes straight back to available stock."""
     if hold.travelled:
-        return domain.withdraw, partial(inv.StockQuarantined, why=why), f"quarantined ({why}): the goods had left"
-    return domain.withdraw, inv.StockReleased, "released"
+        return domain.withdraw, partial(messages.stock_quarantined, why=why), f"quarantined ({why}): the goods had left"
+    return domain.withdraw, messages.stock_released, "released"
 
 
 def move_hold(rules: Rules, current: Warehouse | None, message: Envelope) -> Decision[Warehouse]:
@@ -261,15 +217,7 @@ def move_hold(rules: Rules, current: Warehouse | None, message: Envelope) -> Dec
     if move is None or outcome is None:
         return Decision.unchanged()
     _, reported_as, what = move
-    held = current.holds[rx].lines
-    reported = reported_as(
-        **rules.envelope(rx, message),
-        prescription_id=rx,
-        warehouse_id=current.warehouse_id,
-        lines=_lines(held),
-        levels=_levels(outcome.warehouse, held),
-        movements=list(outcome.movements),
-    )
+    reported = reported_as(current, rx, outcome, message, at=rules.now)
     return Decision(outcome.warehouse, [reported], result=what)
 
 
@@ -291,65 +239,34 @@ def register(
 ) -> Decision[Warehouse]:
     location = Location(latitude=command.location.latitude, longitude=command.location.longitude)
     after = domain.register(current, command.warehouse_id, name=command.name, kind=command.kind, location=location)
-    registered = inv.WarehouseRegistered(
-        **rules.envelope(command.correlation_id, command),
-        warehouse_id=command.warehouse_id,
-        name=command.name,
-        kind=command.kind,
-        location=command.location,
-    )
-    return Decision(after, [registered])
+    return Decision(after, [messages.warehouse_registered(command, at=rules.now)])
 
 
 def restock(rules: Rules, current: Warehouse, command: inv.RestockRequested) -> Decision[Warehouse]:
     try:
         outcome = domain.restock(current, command.lot_id, command.drug_code, command.expiry_date, command.quantity)
     except domain.StockRefused as refused:
-        return Decision(current, [command_refused(rules, command, str(refused))])
-    restocked = inv.StockRestocked(
-        **rules.envelope(command.correlation_id, command),
-        warehouse_id=command.warehouse_id,
-        drug_code=command.drug_code,
-        lot_id=command.lot_id,
-        expiry_date=command.expiry_date,
-        quantity=command.quantity,
-        requested_by=command.requested_by,
-        level=_level(outcome.warehouse, command.drug_code),
-        movements=list(outcome.movements),
-    )
-    return Decision(outcome.warehouse, [restocked])
+        return refuse_command(rules, current, command, str(refused))
+    return Decision(outcome.warehouse, [messages.stock_restocked(command, outcome, at=rules.now)])
 
 
 def adjust(rules: Rules, current: Warehouse, command: inv.AdjustmentRequested) -> Decision[Warehouse]:
     try:
         outcome = domain.adjust(current, command.lot_id, command.drug_code, command.delta)
     except domain.StockRefused as refused:
-        return Decision(current, [command_refused(rules, command, str(refused))])
+        return refuse_command(rules, current, command, str(refused))
     after = outcome.warehouse
-    adjusted = inv.StockAdjusted(
-        **rules.envelope(command.correlation_id, command),
-        warehouse_id=command.warehouse_id,
-        drug_code=command.drug_code,
-        lot_id=command.lot_id,
-        delta=command.delta,
-        reason=command.reason,
-        requested_by=command.requested_by,
-        level=_level(after, command.drug_code),
-        movements=list(outcome.movements),
-    )
+    adjusted = messages.stock_adjusted(command, outcome, at=rules.now)
     alerts = rules.alerts(current, after, [command.drug_code], command.correlation_id, command)
     return Decision(after, [adjusted, *alerts])
 
 
-def command_refused(rules: Rules, command: inv.RestockRequested | inv.AdjustmentRequested, reason: str) -> Envelope:
+def refuse_command(
+    rules: Rules, current: Warehouse, command: inv.RestockRequested | inv.AdjustmentRequested, reason: str
+) -> Decision[Warehouse]:
     """A command the stock rules refuse is answered on the events topic (staff watch it), and the
     warehouse remembers it was handled: sent again, it is not refused twice."""
-    return inv.StockCommandRefused(
-        **rules.envelope(command.correlation_id, command),
-        warehouse_id=command.warehouse_id,
-        drug_code=command.drug_code,
-        reason=reason,
-    )
+    return Decision(current, [messages.stock_command_refused(command, reason, at=rules.now)])
 
 
 def expire_lots(rules: Rules, window: int, current: Warehouse | None, _: ExpiryDue) -> Decision[Warehouse]:
@@ -363,31 +280,8 @@ def expire_lots(rules: Rules, window: int, current: Warehouse | None, _: ExpiryD
         return Decision.unchanged()
     after = domain.mark_near_expiry_alerted(expired.warehouse, nearing)
     wid = current.warehouse_id
-    events: list[Envelope] = [
-        inv.LotNearingExpiry(
-            **rules.envelope(lot_id, None),
-            warehouse_id=wid,
-            drug_code=lot.drug_code,
-            lot_id=lot_id,
-            expiry_date=lot.expiry_date,
-            available=lot.available,
-        )
-        for lot_id in nearing
-        for lot in [current.lots[lot_id]]
-    ]
-    for movement in expired.movements:
-        events.append(
-            inv.LotExpired(
-                **rules.envelope(movement.lot_id, None),
-                warehouse_id=wid,
-                drug_code=movement.drug_code,
-                lot_id=movement.lot_id,
-                expiry_date=current.lots[movement.lot_id].expiry_date,
-                removed=movement.quantity,
-                level=_level(after, movement.drug_code),
-                movements=[movement],
-            )
-        )
+    events: list[Envelope] = [messages.lot_nearing_expiry(current, lot_id, at=rules.now) for lot_id in nearing]
+    events += [messages.lot_expired(current, after, movement, at=rules.now) for movement in expired.movements]
     events += rules.alerts(current, after, [m.drug_code for m in expired.movements], wid, None)
     found = {"nearing_expiry": nearing, "expired": sorted({m.lot_id for m in expired.movements})}
     return Decision(after, events, result=found)
@@ -400,22 +294,3 @@ def movements_of(event: Envelope) -> list[domain.LedgerEntry]:
     if not movements or warehouse_id is None:
         return []
     return domain.ledger_entries(event.message_id, event.type, warehouse_id, event.occurred_at, movements)
-
-
-def _level(warehouse: Warehouse, drug: str) -> inv.StockLevel:
-    s = warehouse.level(drug)
-    return inv.StockLevel(
-        drug_code=drug, available=s.available, reserved=s.reserved, dispatched=s.dispatched, quarantined=s.quarantined
-    )
-
-
-def _levels(warehouse: Warehouse, drugs: Iterable[str]) -> list[inv.StockLevel]:
-    return [_level(warehouse, drug) for drug in sorted(set(drugs))]
-
-
-def _lines(lines: Mapping[str, int]) -> list[inv.StockLine]:
-    return [inv.StockLine(drug_code=d, quantity=q) for d, q in sorted(lines.items())]
-
-
-def _coordinates(location: Location) -> Coordinates:
-    return Coordinates(latitude=location.latitude, longitude=location.longitude)

@@ -60,7 +60,6 @@ from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
 
 from . import domain
 from .decisions import (
-    PRODUCER,
     AtWarehouse,
     DeliveryEvent,
     ExpiryDue,
@@ -76,6 +75,7 @@ from .decisions import (
     settle_reservation,
 )
 from .domain import Allocation, AllocationState, Demand, Location, Warehouse
+from .messages import PRODUCER
 from .settings import InventorySettings
 from .storage import InventoryStorage
 
@@ -412,7 +412,7 @@ class InventoryService:
         window = self._settings.near_expiry_days
         warehouses = await self._storage.warehouse_documents()
         due = [
-            Record(ExpiryDue(correlation_id=wid, producer=PRODUCER, warehouse_id=wid))
+            Record(ExpiryDue(correlation_id=wid, producer=PRODUCER.name, warehouse_id=wid))
             for wid, stored in warehouses.items()
             if stored.state is not None and _expiry_due(stored.state, rules.today, window)
         ]

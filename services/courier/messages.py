@@ -1,0 +1,180 @@
+"""The courier service's outgoing events: every one is assembled here, its envelope filled by
+`PRODUCER`. Pure functions: the decisions say what happened, these say how it is told.
+
+`causation_id` is the id of the message that made the event happen; None for what a sweep or the
+waiting pass decides on its own.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pharmacy_contracts import courier as c
+from pharmacy_contracts.courier import FailureReason
+from pharmacy_contracts.envelope import Producer
+
+from .domain import Attempt, CourierProfile, Delivery, OverdueStage
+
+PRODUCER = Producer("courier")
+
+
+# --- offering ----------------------------------------------------------------------------------------
+
+
+def delivery_waiting(delivery: Delivery, why: str, causation_id: str | None) -> c.DeliveryWaiting:
+    rx = delivery.prescription_id
+    return c.DeliveryWaiting(
+        **PRODUCER.envelope(rx, causation_id), prescription_id=rx, warehouse_id=delivery.warehouse_id, why=why
+    )
+
+
+def courier_assigned(
+    delivery: Delivery, attempt: Attempt, courier: CourierProfile, causation_id: str | None
+) -> c.CourierAssigned:
+    rx = delivery.prescription_id
+    return c.CourierAssigned(
+        **PRODUCER.envelope(rx, causation_id),
+        prescription_id=rx,
+        dispatch_id=attempt.dispatch_id,
+        courier_id=courier.courier_id,
+        attempt=attempt.number,
+        warehouse_id=delivery.warehouse_id,
+    )
+
+
+def dispatch_offered(
+    delivery: Delivery, attempt: Attempt, courier: CourierProfile, causation_id: str | None
+) -> c.DispatchOffered:
+    assert delivery.details is not None
+    rx = delivery.prescription_id
+    return c.DispatchOffered(
+        **PRODUCER.envelope(rx, causation_id),
+        dispatch_id=attempt.dispatch_id,
+        courier_id=courier.courier_id,
+        package_id=rx,
+        attempt=attempt.number,
+        pickup_warehouse_id=delivery.warehouse_id,
+        address=delivery.details.address,
+        contact_phone=delivery.details.contact_phone,
+        cold_chain=delivery.details.cold_chain,
+        controlled=delivery.details.controlled,
+        pickup_location=delivery.pickup_location,
+        accept_by=attempt.accept_by,
+    )
+
+
+def dispatch_withdrawn(
+    attempt: Attempt,
+    rx: str,
+    causation_id: str | None,
+    *,
+    reason: Literal["acceptance_timeout", "cancelled"],
+    return_goods: bool,
+) -> c.DispatchWithdrawn:
+    return c.DispatchWithdrawn(
+        **PRODUCER.envelope(rx, causation_id),
+        dispatch_id=attempt.dispatch_id,
+        courier_id=attempt.courier_id,
+        package_id=rx,
+        reason=reason,
+        return_goods=return_goods,
+    )
+
+
+def delivery_cancelled(
+    rx: str, causation_id: str | None, warehouse_id: str | None, *, goods_returned: bool = False
+) -> c.DeliveryCancelled:
+    return c.DeliveryCancelled(
+        **PRODUCER.envelope(rx, causation_id),
+        prescription_id=rx,
+        warehouse_id=warehouse_id,
+        goods_returned=goods_returned,
+    )
+
+
+# --- what couriers report ----------------------------------------------------------------------------
+# Each report answers the attempt it was about; the events carry that attempt as it stood before it.
+
+
+def delivery_accepted(rx: str, attempt: Attempt, causation_id: str) -> c.DeliveryAccepted:
+    return c.DeliveryAccepted(**PRODUCER.envelope(rx, causation_id), **_attempt(rx, attempt))
+
+
+def delivery_picked_up(rx: str, attempt: Attempt, warehouse_id: str, causation_id: str) -> c.DeliveryPickedUp:
+    return c.DeliveryPickedUp(**PRODUCER.envelope(rx, causation_id), **_attempt(rx, attempt), warehouse_id=warehouse_id)
+
+
+def delivery_completed(rx: str, attempt: Attempt, warehouse_id: str, causation_id: str) -> c.DeliveryCompleted:
+    return c.DeliveryCompleted(
+        **PRODUCER.envelope(rx, causation_id), **_attempt(rx, attempt), warehouse_id=warehouse_id
+    )
+
+
+def delivery_code_rejected(
+    rx: str, attempt: Attempt, causation_id: str, *, wrong_codes: int, locked: bool
+) -> c.DeliveryCodeRejected:
+    return c.DeliveryCodeRejected(
+        **PRODUCER.envelope(rx, causation_id), **_attempt(rx, attempt), wrong_codes=wrong_codes, locked=locked
+    )
+
+
+def delivery_failed(
+    rx: str,
+    attempt: Attempt,
+    warehouse_id: str,
+    causation_id: str,
+    *,
+    reason: FailureReason,
+    goods_returned: bool,
+    will_retry: bool,
+) -> c.DeliveryFailed:
+    return c.DeliveryFailed(
+        **PRODUCER.envelope(rx, causation_id),
+        **_attempt(rx, attempt),
+        warehouse_id=warehouse_id,
+        reason=reason,
+        goods_returned=goods_returned,
+        will_retry=will_retry,
+    )
+
+
+def delivery_abandoned(
+    rx: str,
+    warehouse_id: str,
+    causation_id: str,
+    *,
+    attempts: int,
+    last_reason: FailureReason,
+    goods_travelled: bool,
+) -> c.DeliveryAbandoned:
+    return c.DeliveryAbandoned(
+        **PRODUCER.envelope(rx, causation_id),
+        prescription_id=rx,
+        warehouse_id=warehouse_id,
+        attempts=attempts,
+        last_reason=last_reason,
+        goods_travelled=goods_travelled,
+    )
+
+
+# --- deadlines (the sweep) -----------------------------------------------------------------------------
+
+
+def delivery_offer_expired(rx: str, attempt: Attempt) -> c.DeliveryOfferExpired:
+    return c.DeliveryOfferExpired(**PRODUCER.envelope(rx), **_attempt(rx, attempt))
+
+
+def delivery_overdue(rx: str, *, stage: OverdueStage, since: datetime, courier_id: str | None) -> c.DeliveryOverdue:
+    return c.DeliveryOverdue(
+        **PRODUCER.envelope(rx), prescription_id=rx, stage=stage, since=since, courier_id=courier_id
+    )
+
+
+def _attempt(rx: str, attempt: Attempt) -> dict[str, str | int]:
+    return {
+        "prescription_id": rx,
+        "dispatch_id": attempt.dispatch_id,
+        "courier_id": attempt.courier_id,
+        "attempt": attempt.number,
+    }
