@@ -6,19 +6,17 @@ Warehouses are few (tens), so a batch of reservations (and the expiry sweep) rea
 query and plans on them; the read goes into the store's memory (`DocumentMemory`), so the unit of
 work writes on it instead of loading the warehouses a second time. Allocations are created by their
 prescription's first message and changed by this process a moment later, so their memory presumes
-an unknown one new (its insert proves it). The ledger is append-only facts, not versioned state: a
-batch's movements are one document (a bucket of entries), so recording a batch is one write
-whatever its size; a lot's lines are found through the index on the entries' warehouse and lot.
+an unknown one new (its insert proves it). The ledger is append-only facts, not versioned state: one
+unordered bulk upsert per batch, keyed by event and movement.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, ReplaceOne
 
 from pharmacy_contracts import topics
 from services.runtime.mongo_store import MongoStore
@@ -79,13 +77,7 @@ class InventoryStorage:
     async def ensure_indexes(self) -> None:
         await self.warehouses.ensure_indexes()
         await self.allocations.ensure_indexes(plain=["state"])
-        await self._ledger.create_indexes(
-            [
-                IndexModel([("entries.warehouse_id", ASCENDING), ("entries.lot_id", ASCENDING)]),
-                # Entries written one per document before the ledger was kept in buckets.
-                IndexModel([("warehouse_id", ASCENDING), ("lot_id", ASCENDING)]),
-            ]
-        )
+        await self._ledger.create_indexes([IndexModel([("warehouse_id", ASCENDING), ("lot_id", ASCENDING)])])
 
     # --- warehouses and allocations ---------------------------------------------------------------
 
@@ -121,26 +113,16 @@ class InventoryStorage:
     # --- the ledger -------------------------------------------------------------------------------
 
     async def record_movements(self, entries: Sequence[LedgerEntry]) -> None:
-        """The batch's entries as one document. Its id is the entries' own, so the same batch recorded
-        again is the same document; a redelivery grouped differently repeats entries in another
-        bucket, and `movements` keeps one of each."""
+        """Upserts by id: an event recorded twice (redelivered, replayed) leaves one entry per movement."""
         if not entries:
             return
-        bucket_id = hashlib.sha256("\n".join(sorted(e.entry_id for e in entries)).encode()).hexdigest()[:32]
-        bucket = {"_id": bucket_id, "entries": [_ledger_doc(e) for e in entries]}
-        await self._ledger.replace_one({"_id": bucket_id}, bucket, upsert=True)
+        operations = [ReplaceOne({"_id": e.entry_id}, _ledger_doc(e), upsert=True) for e in entries]
+        await self._ledger.bulk_write(operations, ordered=False)
 
     async def movements(self, warehouse_id: str | None = None, lot_id: str | None = None) -> list[LedgerEntry]:
-        """The entries about this warehouse and lot (every entry, with neither), each once, in time order."""
-        wanted = {k: v for k, v in (("warehouse_id", warehouse_id), ("lot_id", lot_id)) if v is not None}
-        query = {"$or": [{"entries": {"$elemMatch": wanted}}, wanted]} if wanted else {}
-        found: dict[str, LedgerEntry] = {}
-        async for doc in self._ledger.find(query):
-            for entry_doc in doc.get("entries") or [doc]:
-                if all(entry_doc.get(k) == v for k, v in wanted.items()):
-                    entry = _ledger_entry(entry_doc)
-                    found[entry.entry_id] = entry
-        return sorted(found.values(), key=lambda e: (e.occurred_at, e.message_id, e.index))
+        query = {k: v for k, v in (("warehouse_id", warehouse_id), ("lot_id", lot_id)) if v is not None}
+        entries = [_ledger_entry(d) async for d in self._ledger.find(query)]
+        return sorted(entries, key=lambda e: (e.occurred_at, e.message_id, e.index))
 
 
 def _ledger_doc(entry: LedgerEntry) -> dict[str, Any]:

@@ -46,14 +46,7 @@ from pharmacy_contracts.inventory import (
 from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved
 from services.cli import bus
 from services.inventory.app import create_app
-from services.inventory.domain import (
-    Allocation,
-    AllocationState,
-    Warehouse,
-    current_lots,
-    ledger_entries,
-    recompute_lots,
-)
+from services.inventory.domain import Allocation, AllocationState, Warehouse, current_lots, recompute_lots
 from services.inventory.service import InventoryService
 from services.inventory.settings import InventorySettings
 from services.inventory.storage import InventoryStorage
@@ -621,45 +614,3 @@ async def test_expiry_alerts_and_the_ledger_rebuilds_every_lot(settings: Runtime
     assert (history[wh, "EXP-TOMORROW"].available, history[wh, "EXP-TOMORROW"].expired) == (4, 0)
     assert [e.kind for e in lot_history] == ["received", "expired"]
     assert_conserved(everything)
-
-
-async def test_the_ledger_keeps_a_batch_in_one_document_and_finds_a_lot_s_lines(settings: RuntimeSettings) -> None:
-    client = connect(settings.mongo_url.get_secret_value())
-    database = client[settings.mongo_database]
-    storage = InventoryStorage(database)
-    wh, other = f"WH-LEDGER-{uuid4().hex[:6]}", f"WH-LEDGER-{uuid4().hex[:6]}"
-    at = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
-
-    def received(warehouse_id: str, lot_id: str, quantity: int, message_id: str) -> list:
-        movement = Movement(
-            kind="received", lot_id=lot_id, drug_code="MET500", quantity=quantity, source="outside", target="available"
-        )
-        return ledger_entries(message_id, "StockRestocked", warehouse_id, at, [movement])
-
-    first = [*received(wh, "LOT-A", 10, f"{wh}-1"), *received(other, "LOT-B", 5, f"{wh}-2")]
-    second = received(wh, "LOT-B", 7, f"{wh}-3")  # LOT-B, but at the first warehouse
-    try:
-        await storage.ensure_indexes()
-        await storage.record_movements(first)
-        await storage.record_movements(second)
-        await storage.record_movements([*first, *second])  # redelivered, grouped otherwise
-        # Written before the ledger kept buckets: one entry per document.
-        (legacy,) = received(wh, "LOT-A", 3, f"{wh}-0")
-        legacy_doc = {**legacy.model_dump(exclude={"entry_id"}), "_id": legacy.entry_id}
-        await database["inventory_ledger"].insert_one(legacy_doc)
-
-        buckets = await database["inventory_ledger"].count_documents({"entries.warehouse_id": wh})
-        lot_a = await storage.movements(wh, "LOT-A")
-        lot_b_here = await storage.movements(wh, "LOT-B")
-        everything_here = await storage.movements(wh)
-    finally:
-        await database["inventory_ledger"].delete_many(
-            {"$or": [{"entries.warehouse_id": {"$in": [wh, other]}}, {"warehouse_id": {"$in": [wh, other]}}]}
-        )
-        client.close()
-
-    assert buckets == 3, "one document per batch recorded"
-    assert [(e.lot_id, e.quantity) for e in lot_a] == [("LOT-A", 3), ("LOT-A", 10)]
-    assert [(e.warehouse_id, e.quantity) for e in lot_b_here] == [(wh, 7)], "warehouse and lot of the same entry"
-    expected_here = [legacy.entry_id, first[0].entry_id, second[0].entry_id]
-    assert sorted(e.entry_id for e in everything_here) == sorted(expected_here)
