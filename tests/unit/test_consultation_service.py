@@ -3,7 +3,6 @@ each a batch at a time, in milliseconds. The real broker and database are in tes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from services.consultation.service import ConsultationService
 from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore
 from services.runtime.unit_of_work import Outcome, Record, UnitOfWork
+from tests.support.stand_ins import Published
 from tests.unit import builders as b
 
 
@@ -43,14 +43,6 @@ class Storage:
 
     def round_trips(self) -> int:
         return self.intake.round_trips + self.messages.round_trips + self.status.round_trips
-
-
-class Published:
-    def __init__(self) -> None:
-        self.types: list[str] = []
-
-    async def __call__(self, entries: Sequence[dict[str, Any]]) -> None:
-        self.types += [entry["type"] for entry in entries]
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ broker and database are in tests/integration/test_courier_service.py."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -22,6 +21,8 @@ from services.runtime.delivery_codes import delivery_code
 from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
+from tests.support import stand_ins
+from tests.support.stand_ins import Clock
 from tests.unit import builders as b
 
 CODE_KEY = b"courier-test-key"
@@ -81,29 +82,9 @@ class Storage(CourierStorage):
         return delivery
 
 
-class Published:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    async def __call__(self, entries: Sequence[dict[str, Any]]) -> None:
-        self.entries += entries
-
-    def of(self, rx: str) -> list[str]:
-        return [e["type"] for e in self.entries if e["correlation_id"] == rx]
-
-    def bodies(self, rx: str, type_: str) -> list[dict[str, Any]]:
-        return [json.loads(e["body"]) for e in self.entries if e["correlation_id"] == rx and e["type"] == type_]
-
+class Published(stand_ins.Published):
     def offers(self, rx: str) -> list[dict[str, Any]]:
         return self.bodies(rx, OFFERED)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = b.at(10)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -118,7 +99,7 @@ def published() -> Published:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(b.at(10))
 
 
 def make_service(storage: Storage, published: Published, clock: Clock, policy: Policy = POLICY) -> CourierService:

@@ -34,6 +34,7 @@ from services.inventory.storage import InventoryStorage
 from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore, S, Save, Saved, Stored
 from services.runtime.unit_of_work import Outcome, Record, UnitOfWork
+from tests.support import stand_ins
 from tests.unit.builders import make_lot, make_warehouse
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -117,20 +118,14 @@ class Storage(InventoryStorage):
         self.stores[1].put(allocation.prescription_id, allocation)
 
 
-class Published:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    async def __call__(self, entries: Sequence[dict[str, Any]]) -> None:
-        self.entries += entries
-
-    def types(self, key: str | None = None) -> list[str]:
+class Published(stand_ins.Published):
+    def kinds(self, key: str | None = None) -> list[str]:
         """The types of the events published, each once (another instance's write of a document
         publishes again what its outbox still holds: at least once, by design)."""
         unique = {e["message_id"]: e for e in self.entries}.values()
         return [e["type"].split(".")[-1] for e in unique if key is None or e["key"] == key]
 
-    def bodies(self, type_: str) -> list[dict[str, Any]]:
+    def of_kind(self, type_: str) -> list[dict[str, Any]]:
         unique = {e["message_id"]: e for e in self.entries}.values()
         return [json.loads(e["body"]) for e in unique if e["type"].endswith(type_)]
 
@@ -282,7 +277,7 @@ async def test_the_nearest_warehouse_that_has_everything_fills_it_first_expiry_f
 
     assert await outcomes(service.on_decision, approval("RX-1", ("A", 20), ("B", 4), ("A", 10))) == [Outcome.APPLIED]
 
-    (reserved,) = published.bodies("stock_reserved")
+    (reserved,) = published.of_kind("stock_reserved")
     assert reserved["warehouse_id"] == "PH-MID"
     assert [(p["lot_id"], p["quantity"]) for p in reserved["picks"]] == [("A-SOON", 20), ("A-LATER", 10), ("B-L1", 4)]
     assert reserved["lines"] == [{"drug_code": "A", "quantity": 30}, {"drug_code": "B", "quantity": 4}]
@@ -314,8 +309,8 @@ async def test_a_batch_of_approvals_reserves_in_order_without_overselling_in_a_f
         *[(AllocationState.RESERVED, "PH-MID")] * 3,
         *[(AllocationState.OUT_OF_STOCK, None)] * 2,
     ], "each approval on the stock the ones before it left: the nearest first, then the next, then none"
-    assert published.types().count("stock_reserved") == 8
-    assert [b["reason"] for b in published.bodies("reservation_failed")] == ["OUT_OF_STOCK"] * 2
+    assert published.kinds().count("stock_reserved") == 8
+    assert [b["reason"] for b in published.of_kind("reservation_failed")] == ["OUT_OF_STOCK"] * 2
     near, mid = storage.warehouse("PH-NEAR"), storage.warehouse("PH-MID")
     assert (near.level("A").available, mid.level("A").available) == (0, 0)
     assert balanced(near, mid)
@@ -373,7 +368,7 @@ async def test_an_approval_nobody_can_fill_changes_no_stock(
     )
 
     assert [h.outcome for h in handled] == [Outcome.APPLIED, Outcome.APPLIED]
-    short, split = published.bodies("reservation_failed")
+    short, split = published.of_kind("reservation_failed")
     assert (short["reason"], short["shortages"]) == (
         "OUT_OF_STOCK",
         [{"drug_code": "X", "requested": 8, "best_available": 6}],
@@ -399,7 +394,7 @@ async def test_an_approval_sent_again_reserves_once(
     assert await outcomes(service.on_decision, approved) == [Outcome.UNCHANGED]
     assert await outcomes(service.on_decision, approval("RX-1", ("A", 10), message_id="OTHER")) == [Outcome.UNCHANGED]
 
-    assert published.types() == ["stock_reserved"]
+    assert published.kinds() == ["stock_reserved"]
     assert storage.warehouse("PH-NEAR").level("A").reserved == 10
 
 
@@ -432,7 +427,7 @@ async def test_a_warehouse_that_lost_a_race_is_decided_again_on_what_the_winner_
 
     assert await outcomes(service.on_decision, approval("RX-1", ("A", 10))) == [Outcome.APPLIED]
 
-    (reserved,) = published.bodies("stock_reserved")
+    (reserved,) = published.of_kind("stock_reserved")
     assert reserved["warehouse_id"] == "PH-MID", "planned again on a fresh read: the next nearest"
     allocation = storage.allocation("RX-1")
     assert allocation is not None and (allocation.state, allocation.warehouse_id) == (
@@ -452,7 +447,7 @@ async def test_a_lost_race_on_a_warehouse_that_can_still_fill_it_reserves_there(
         await outcomes(service.on_decision, approval("RX-1", ("A", 10)), approval("RX-2", ("A", 10)))
         == [Outcome.APPLIED] * 2
     )
-    assert [b["warehouse_id"] for b in published.bodies("stock_reserved")] == ["PH-NEAR"] * 2
+    assert [b["warehouse_id"] for b in published.of_kind("stock_reserved")] == ["PH-NEAR"] * 2
     assert storage.warehouse("PH-NEAR").level("A").reserved == 20
 
 
@@ -473,7 +468,7 @@ async def test_two_instances_reserving_at_once_never_oversell(storage: Storage, 
     near, mid = storage.warehouse("PH-NEAR"), storage.warehouse("PH-MID")
     assert (len(near.holds), len(mid.holds)) == (2, 2)
     assert (near.level("A").available, mid.level("A").available) == (5, 5)
-    assert published.types().count("stock_reserved") == 4 and published.types().count("reservation_failed") == 2
+    assert published.kinds().count("stock_reserved") == 4 and published.kinds().count("reservation_failed") == 2
     assert balanced(near, mid)
 
 
@@ -489,7 +484,7 @@ async def test_one_approval_handled_by_two_instances_at_once_is_reserved_once(
 
     await asyncio.gather(one.on_decision([Record(approved)]), two.on_decision([Record(approved)]))
 
-    assert published.types() == ["stock_reserved"]
+    assert published.kinds() == ["stock_reserved"]
     assert storage.warehouse("PH-NEAR").level("A").reserved == 10 and storage.warehouse("PH-MID").holds == {}
 
 
@@ -504,7 +499,7 @@ async def test_a_warehouse_that_cannot_be_written_fails_only_its_own_approvals(
 
     assert [h.outcome for h in handled] == [Outcome.FAILED, Outcome.APPLIED]
     assert handled[0].error is not None and "too large" in handled[0].error
-    assert [b["prescription_id"] for b in published.bodies("stock_reserved")] == ["RX-B"]
+    assert [b["prescription_id"] for b in published.of_kind("stock_reserved")] == ["RX-B"]
     claimed = storage.allocation("RX-A")
     assert claimed is not None and (claimed.state, claimed.warehouse_id) == (AllocationState.RESERVING, "PH-NEAR")
 
@@ -545,7 +540,7 @@ async def test_a_redelivered_approval_resumes_the_warehouse_it_claimed_or_holds_
         Outcome.APPLIED,
     ]
 
-    assert [(b["prescription_id"], b["warehouse_id"]) for b in published.bodies("stock_reserved")] == [
+    assert [(b["prescription_id"], b["warehouse_id"]) for b in published.of_kind("stock_reserved")] == [
         ("RX-CLAIMED", "WH-FAR")
     ], "the claimed warehouse though another is nearer; the held one not reserved twice"
     for rx in ("RX-CLAIMED", "RX-HELD"):
@@ -568,7 +563,7 @@ async def test_a_claim_another_worker_made_meanwhile_is_resumed(
 
     assert await outcomes(service.on_decision, approval("RX-1", ("A", 5))) == [Outcome.APPLIED]
 
-    assert [b["warehouse_id"] for b in published.bodies("stock_reserved")] == ["WH-FAR"], "never at two warehouses"
+    assert [b["warehouse_id"] for b in published.of_kind("stock_reserved")] == ["WH-FAR"], "never at two warehouses"
     assert storage.warehouse("PH-NEAR").holds == {}
 
 
@@ -598,7 +593,7 @@ async def test_a_delivery_withdrawn_while_reserving_gives_the_units_back(
 
     assert await outcomes(service.on_decision, approval("RX-1", ("A", 5))) == [Outcome.APPLIED]
 
-    assert published.types() == ["stock_reserved", "stock_released"]
+    assert published.kinds() == ["stock_reserved", "stock_released"]
     near = storage.warehouse("PH-NEAR")
     assert near.holds == {} and near.level("A").available == 50
     allocation = storage.allocation("RX-1")
@@ -640,11 +635,11 @@ async def test_the_delivery_dispatches_returns_and_delivers_held_stock(
         Outcome.DUPLICATE,
     ]
 
-    assert published.types(rx) == ["stock_dispatched", "stock_returned", "stock_dispatched", "stock_delivered"]
+    assert published.kinds(rx) == ["stock_dispatched", "stock_returned", "stock_dispatched", "stock_delivered"]
     near = storage.warehouse("PH-NEAR")
     assert figures(near, "A-L1") == (40, 50, 0, 0, 0, 10)
     assert rx not in near.holds and balanced(near)
-    assert published.bodies("stock_delivered")[0]["causation_id"] == delivered.message_id
+    assert published.of_kind("stock_delivered")[0]["causation_id"] == delivered.message_id
 
 
 async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_back(
@@ -667,9 +662,9 @@ async def test_goods_that_travelled_go_to_quarantine_and_goods_that_did_not_go_b
 
     assert Outcome.FAILED not in await outcomes(service.on_delivery_event, *batch)
 
-    quarantined = {b["prescription_id"]: b["why"] for b in published.bodies("stock_quarantined")}
+    quarantined = {b["prescription_id"]: b["why"] for b in published.of_kind("stock_quarantined")}
     assert quarantined == {damaged: "damaged", withdrawn: "cancelled", came_back: "cancelled"}
-    assert [b["prescription_id"] for b in published.bodies("stock_released")] == [kept, unknown_wh]
+    assert [b["prescription_id"] for b in published.of_kind("stock_released")] == [kept, unknown_wh]
     near = storage.warehouse("PH-NEAR")
     assert figures(near, "A-L1") == (60, 10, 0, 30, 0, 0), "30 quarantined, never back on the shelf"
     assert balanced(near)
@@ -702,7 +697,7 @@ async def test_a_withdrawal_without_a_warehouse_finds_the_hold_by_looking(
     storage.stores[1].put("RX-1", Allocation(prescription_id="RX-1", state=AllocationState.RESERVING, lines={"A": 10}))
 
     assert await outcomes(service.on_delivery_event, cancelled("RX-1", None, returned=False)) == [Outcome.APPLIED]
-    assert published.types("RX-1") == ["stock_reserved", "stock_released"]
+    assert published.kinds("RX-1") == ["stock_reserved", "stock_released"]
     assert storage.warehouse("PH-NEAR").lots == near.lots
 
 
@@ -755,7 +750,7 @@ async def test_registration_restocks_and_adjustments(
         Outcome.REFUSED,
     ]
     assert handled[0].refusal is not None and handled[0].refusal.code == "unknown_warehouse"
-    assert published.types() == [
+    assert published.kinds() == [
         "warehouse_registered",
         "stock_restocked",
         "stock_restocked",
@@ -766,9 +761,9 @@ async def test_registration_restocks_and_adjustments(
         "low_stock",
         "stock_adjusted",
     ]
-    refusals = published.bodies("stock_command_refused")
+    refusals = published.of_kind("stock_command_refused")
     assert "expiring" in refusals[0]["reason"] and "12" in refusals[1]["reason"]
-    assert [b["level"]["available"] for b in published.bodies("stock_adjusted")] == [12, 4, 3]
+    assert [b["level"]["available"] for b in published.of_kind("stock_adjusted")] == [12, 4, 3]
     lot_now = storage.warehouse(wh).lots[lot]
     assert (lot_now.available, lot_now.received, lot_now.adjusted) == (3, 15, -12)
     assert storage.stores[0].state_of("WH-NOWHERE") is None, "an adjustment does not create a warehouse"
@@ -815,18 +810,18 @@ async def test_the_expiry_sweep_alerts_once_and_takes_expired_lots_off_the_shelf
     await service.sweep_expiry()
     assert storage.round_trips() == 2, "every warehouse in one read, the due ones in one write"
     await service.sweep_expiry()
-    assert sorted(b["lot_id"] for b in published.bodies("lot_nearing_expiry")) == ["EXP-IN-30", "EXP-TOMORROW"]
+    assert sorted(b["lot_id"] for b in published.of_kind("lot_nearing_expiry")) == ["EXP-IN-30", "EXP-TOMORROW"]
 
     clock[0] = NOW + timedelta(days=1)
     await service.sweep_expiry()
     await service.sweep_expiry()
 
-    nearing = [b["lot_id"] for b in published.bodies("lot_nearing_expiry")]
+    nearing = [b["lot_id"] for b in published.of_kind("lot_nearing_expiry")]
     assert nearing == ["EXP-IN-30", "EXP-TOMORROW", "EXP-IN-31"], "once per lot"
-    (expired,) = published.bodies("lot_expired")
+    (expired,) = published.of_kind("lot_expired")
     assert (expired["lot_id"], expired["removed"], expired["level"]["available"]) == ("EXP-TOMORROW", 4, 14)
     assert expired["occurred_at"].startswith((NOW + timedelta(days=1)).date().isoformat())
-    (low,) = published.bodies("low_stock")
+    (low,) = published.of_kind("low_stock")
     assert (low["available"], low["threshold"]) == (14, 16)
     assert figures(storage.warehouse("WH-EXP"), "EXP-TOMORROW") == (0, 0, 0, 0, 4, 0)
     assert storage.stores[0].stored("WH-QUIET").version == 1, "a warehouse with nothing due is not written"  # type: ignore[union-attr]

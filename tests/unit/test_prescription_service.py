@@ -4,9 +4,7 @@ in milliseconds. The real broker and database are in tests/integration."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -27,6 +25,8 @@ from services.prescription.storage import PrescriptionStorage, ReferenceStamp
 from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
+from tests.support import stand_ins
+from tests.support.stand_ins import Clock
 from tests.unit import builders as b
 
 LICENCE = "LIC-KZ-77120"  # the example prescription's prescriber
@@ -81,27 +81,10 @@ class Storage(PrescriptionStorage):
         return self.stores[1].state_of(patient_id)
 
 
-class Published:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    async def __call__(self, entries: Sequence[dict[str, Any]]) -> None:
-        self.entries += entries
-
-    def of(self, rx: str) -> list[str]:
-        return [e["type"] for e in self.entries if e["correlation_id"] == rx]
-
+class Published(stand_ins.Published):
     def body(self, rx: str, type_: str) -> dict[str, Any]:
-        (body,) = [json.loads(e["body"]) for e in self.entries if e["correlation_id"] == rx and e["type"] == type_]
+        (body,) = self.bodies(rx, type_)
         return body
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -126,7 +109,7 @@ def published() -> Published:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 @pytest.fixture

@@ -1,0 +1,41 @@
+"""Stand-ins the use-case tests share: the broker's publish and the service's clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+
+class Published:
+    """Takes the broker's place for a unit of work: every outbox entry handed over, in order."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    async def __call__(self, entries: Sequence[dict[str, Any]]) -> None:
+        self.entries += entries
+
+    @property
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.entries]
+
+    def of(self, correlation_id: str) -> list[str]:
+        """The types of the events published about this prescription (or command), in order."""
+        return [e["type"] for e in self.entries if e["correlation_id"] == correlation_id]
+
+    def bodies(self, correlation_id: str, type_: str) -> list[dict[str, Any]]:
+        return [
+            json.loads(e["body"]) for e in self.entries if e["correlation_id"] == correlation_id and e["type"] == type_
+        ]
+
+
+class Clock:
+    """The service's clock, moved by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
