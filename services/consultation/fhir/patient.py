@@ -1,0 +1,115 @@
+"""The prescription's patient: the one Patient every MedicationRequest is about, mapped to the native
+patient with name, phone, date of birth, delivery address with coordinates, and current allergies.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from .bundle import Resources, code_in, target
+from .identifiers import business_id, person_name
+from .refusal import refuse
+from .systems import GEOLOCATION, SNOMED
+
+#: SNOMED "no known (drug / food / environmental) allergy": recorded absences, not allergies.
+NO_KNOWN_ALLERGY = frozenset({"716186003", "409137002", "429625007", "428607008"})
+
+
+def the_patient(requests: list[Any], found: Resources) -> Any:
+    patients = []
+    for request in requests:
+        subject = found.resolve(request.subject)
+        if subject is None or subject.get_resource_type() != "Patient":
+            raise refuse(
+                f"{found.label(request)}: subject {target(request.subject)} is not a Patient in the bundle; "
+                "the patient's address and phone are needed for delivery"
+            )
+        if all(subject is not p for p in patients):
+            patients.append(subject)
+    if len(patients) > 1:
+        names = ", ".join(found.label(p) for p in patients)
+        raise refuse(f"MedicationRequests for {len(patients)} different patients ({names}): one bundle, one patient")
+    return patients[0]
+
+
+def native_patient(patient: Any, found: Resources) -> dict[str, Any]:
+    label = found.label(patient)
+    birth = patient.birthDate
+    if birth is None:
+        raise refuse(f"{label} has no birthDate; the checks need the patient's age")
+    if not isinstance(birth, date):
+        raise refuse(f"{label}.birthDate {birth!r} is not a full date (year-month-day)")
+    return {
+        "patient_id": business_id(patient, label),
+        "name": person_name(patient, label),
+        "phone": _phone(patient, label),
+        "date_of_birth": birth,
+        "allergies": _allergies(patient, found),
+        "address": _address(patient, label),
+    }
+
+
+def _phone(patient: Any, label: str) -> str:
+    phones = [t for t in patient.telecom or () if t.system == "phone" and t.value and t.use != "old"]
+    phones.sort(key=lambda t: t.use != "mobile")  # the courier calls from the road
+    if not phones:
+        raise refuse(f"{label} has no telecom with system phone; the courier must be able to call the patient")
+    return str(phones[0].value)
+
+
+def _address(patient: Any, label: str) -> dict[str, Any]:
+    # Goods go to a physical address: not an old one, not a postal box.
+    candidates = [a for a in patient.address or () if a.use != "old" and a.type != "postal"]
+    candidates.sort(key=lambda a: a.use != "home")
+    if not candidates:
+        raise refuse(f"{label} has no current physical address to deliver to")
+    address = candidates[0]
+    where = f"{label}'s {address.use or 'first'} address"
+    latitude, longitude = _geolocation(address)
+    if latitude is None or longitude is None:
+        raise refuse(
+            f"{where} has no coordinates (extension {GEOLOCATION} with latitude and longitude); "
+            "couriers are dispatched by coordinates"
+        )
+    line = ", ".join(address.line or ()) or address.text
+    return {
+        "line": line,
+        "town": address.city,
+        "postcode": address.postalCode,
+        "coordinates": {"latitude": float(latitude), "longitude": float(longitude)},
+    }
+
+
+def _geolocation(address: Any) -> tuple[Decimal | None, Decimal | None]:
+    for extension in address.extension or ():
+        if extension.url == GEOLOCATION:
+            parts = {part.url: part.valueDecimal for part in extension.extension or ()}
+            return parts.get("latitude"), parts.get("longitude")
+    return None, None
+
+
+def _allergies(patient: Any, found: Resources) -> list[str]:
+    allergies: list[str] = []
+    for allergy in found.of_type("AllergyIntolerance"):
+        label = found.label(allergy)
+        if found.resolve(allergy.patient) is not patient:
+            # An allergy the checks would not see is a safety hole: refuse rather than drop it.
+            raise refuse(f"{label} is about {target(allergy.patient)}, not the prescription's patient")
+        if code_in(allergy.clinicalStatus) in ("inactive", "resolved"):
+            continue
+        if code_in(allergy.verificationStatus) in ("refuted", "entered-in-error"):
+            continue
+        concept = allergy.code
+        codings = list(concept.coding or ()) if concept else []
+        if any(c.system == SNOMED and c.code in NO_KNOWN_ALLERGY for c in codings):
+            continue
+        text = (concept.text if concept else None) or next(
+            (c.display or c.code for c in codings if c.display or c.code), None
+        )
+        if not text:
+            raise refuse(f"{label} has no code the checks can read; a recorded allergy is never ignored")
+        if text not in allergies:
+            allergies.append(str(text))
+    return allergies

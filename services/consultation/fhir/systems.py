@@ -1,0 +1,20 @@
+"""The code and identifier systems the mapping reads and writes: the pharmacy's own (formulary,
+prescriber licence, prescription and delivery ids, the sender namespace in Bundle.meta.source) and the
+standard ones it recognises (UCUM, SNOMED CT, HL7 v2 identifier types, the geolocation extension).
+"""
+
+#: Our own code and identifier systems; upstream systems use them where the pharmacy's meaning is needed.
+BASE = "https://pharmacy.example.org/fhir"
+FORMULARY_SYSTEM = f"{BASE}/CodeSystem/formulary"
+LICENCE_SYSTEM = f"{BASE}/sid/prescriber-licence"
+PRESCRIPTION_SYSTEM = f"{BASE}/sid/prescription"
+DELIVERY_SYSTEM = f"{BASE}/sid/delivery"
+#: Bundle.meta.source in this namespace names the sending system; it must match the signature's sender.
+SENDER_SOURCE_PREFIX = f"{BASE}/sender/"
+
+#: Standard systems and extensions recognised in upstream bundles and used in the statuses sent back.
+GEOLOCATION = "http://hl7.org/fhir/StructureDefinition/geolocation"
+V2_IDENTIFIER_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
+UCUM = "http://unitsofmeasure.org"
+COURSE_OF_THERAPY = "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy"
+SNOMED = "http://snomed.info/sct"
