@@ -448,6 +448,18 @@ def test_a_store_remembers_the_commands_of_the_topics_it_is_given() -> None:
         client.close()
 
 
+def test_a_store_keeps_every_message_id_only_when_asked() -> None:
+    """A warehouse absorbs messages without end: its documents keep only their last few hundred
+    ids. Only a document whose life is a bounded number of messages keeps them all."""
+    client = connect("mongodb://127.0.0.1:1")  # never reached: nothing here makes a round trip
+    try:
+        database = client["unused"]
+        assert MongoStore(database, "c", Counted).keeps_every_message is False
+        assert MongoStore(database, "c", Counted, keeps_every_message=True).keeps_every_message is True
+    finally:
+        client.close()
+
+
 async def test_an_unreachable_database_is_an_outage_not_a_failed_document() -> None:
     """The consumer waits an outage out and dead-letters failed documents: a save that reported
     the outage as failed documents would dead-letter every record of the batch."""

@@ -181,6 +181,7 @@ async def test_clearing_published_entries_keeps_the_memory_on_the_new_version(
     await store.drop_published({"a": {"e1"}})
     remembered = (await store.load(["a"], from_memory=True))["a"]
     assert remembered.version == 2 and [e["message_id"] for e in remembered.outbox] == ["e2"]
+    assert not remembered.confirmed, "served from the memory, not read again"
     assert (await store.save([replace(remembered, 2)])).written == ["a"]
     # A clear decided on a stale copy misses, and is made again on the database's version.
     await other.save([replace((await other.load(["a"]))["a"], 3)])

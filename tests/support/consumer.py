@@ -94,6 +94,9 @@ class Observer:
     def dead_lettered(self, topic: str, reason: str) -> None:
         self.calls.append(("dead_lettered", topic, reason))
 
+    def skipped(self, rec: ConsumerRecord[Any, Any], message_type: str) -> None:
+        self.calls.append(("skipped", rec.topic, rec.offset, message_type))
+
     @contextlib.contextmanager
     def handling(self, rec: ConsumerRecord[Any, Any]) -> Iterator[None]:
         self.calls.append(("handling", rec.offset))

@@ -19,6 +19,7 @@ import pytest
 import structlog
 from pymongo.errors import ConnectionFailure
 
+from pharmacy_contracts.inventory import AdjustmentRequested, RestockRequested
 from services.runtime import kafka
 from services.runtime.errors import Refused
 from services.runtime.observability import current_message_type
@@ -147,6 +148,38 @@ async def test_every_record_the_unit_of_work_dealt_with_is_counted_handled(
     assert len(calls) == 1 and markers(calls[0]) == ["RX-a", "RX-b"]
     assert [c for c in observer.calls if c[0] == "handled"] == [("handled", TOPIC.name)] * 2
     assert broker.published == [] and sleeps == [] and log.lines == []
+
+
+async def test_records_of_types_the_consumer_does_not_act_on_are_passed_over_by_their_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`acts_on`: a record whose type header names another type is passed over unparsed (even
+    unreadable bytes are not dead-lettered) and counted as skipped; one without the header is parsed
+    and handed over only if its type is acted on; the records after a skipped one still come."""
+    handle_batch, calls = answering(Outcome.APPLIED)
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, acts_on=[RestockRequested])
+    restock_type = RestockRequested.model_fields["type"].default
+    adjustment = AdjustmentRequested(
+        correlation_id="RX-adjust",
+        producer="test",
+        warehouse_id="WH-1",
+        drug_code="D",
+        lot_id="L1",
+        delta=-1,
+        reason="broken",
+        requested_by="test",
+    )
+    adjustment_type = adjustment.type
+    await consume(
+        record(body("1"), offset=1, headers=[("message-type", restock_type.encode())]),
+        record(b"not json at all", offset=2, headers=[("message-type", adjustment_type.encode())]),
+        record(body("3"), offset=3, headers=[]),
+        record(adjustment.model_dump_json().encode(), offset=4, headers=[]),
+        record(body("5"), offset=5, headers=[("message-type", restock_type.encode())]),
+    )
+    assert [markers(batch) for batch in calls] == [["RX-1", "RX-3", "RX-5"]]
+    assert broker.published == [], "nothing dead-lettered: a skipped record is not even read"
+    assert [c for c in observer.calls if c[0] == "skipped"] == [("skipped", TOPIC.name, 2, adjustment_type)]
 
 
 # --- refusals and failures ------------------------------------------------------------------------------

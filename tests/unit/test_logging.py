@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,15 @@ def test_fhir_bundles_logged_whole_are_redacted(captured_logs: io.StringIO, exam
     line = json.loads(captured_logs.getvalue())
     assert line["item"]["resourceType"] == "Bundle"
     assert_no_patient_data(captured_logs.getvalue(), patient_data)
+
+
+def test_every_line_carries_its_service_level_and_a_utc_timestamp(captured_logs: io.StringIO) -> None:
+    """Lines from processes on machines in other time zones sort and correlate as they happened."""
+    structlog.get_logger().info("service line")
+    logging.getLogger("a.library").warning("library line")
+    ours, library = (json.loads(line) for line in captured_logs.getvalue().splitlines())
+    for line in (ours, library):
+        assert line["timestamp"].endswith("Z"), line
+        written = datetime.fromisoformat(line["timestamp"])
+        assert written.utcoffset() == timedelta(0) and abs(datetime.now(UTC) - written) < timedelta(minutes=5)
+    assert (ours["service"], ours["level"], library["level"]) == ("test", "info", "warning")

@@ -10,8 +10,10 @@ from pydantic import BaseModel
 
 from services.runtime.store import (
     RECENT_MESSAGES,
+    DocumentMemory,
     MemoryStore,
     Save,
+    Saved,
     Stored,
     Tracking,
     outbox_message_ids,
@@ -246,3 +248,41 @@ async def test_overwrite_makes_the_document_the_state_given_whatever_it_was_and_
     store.fail_writes_of("a", "too large")
     with pytest.raises(ValueError, match="too large"):
         await overwrite(store, "a", Entry(name="third"))
+
+
+async def test_overwrite_keeps_the_messages_the_document_absorbed_its_outbox_and_its_trace() -> None:
+    """A person's correction of a document must not make it forget the commands it applied (a
+    re-sent one would apply again) nor drop events still to publish."""
+    memory = store()
+    tracking = Tracking(("m1",), {"t_v1:0": 4})
+    await memory.save([Save("a", 0, Counted(count=1), (entry("e1"),), tracking, ("m1",), "00-trace")])
+    await overwrite(memory, "a", Counted(count=9))
+    assert memory.stored("a") == Stored("a", Counted(count=9), 2, (entry("e1"),), tracking, "00-trace")
+
+
+async def test_all_is_one_round_trip() -> None:
+    memory = store()
+    await memory.save([insert("a", 1), insert("b", 2)])
+    before = memory.round_trips
+    assert sorted(s.id for s in await memory.all()) == ["a", "b"]
+    assert memory.round_trips == before + 1
+
+
+def test_the_memory_serves_copies_a_decision_may_change_without_changing_what_it_holds() -> None:
+    """Decisions run on the copy; one that is then thrown away (its save lost a race) must leave
+    the held document as it was, nested lists included, or the next batch would decide on it."""
+    held: DocumentMemory[Counted] = DocumentMemory()
+    held.loaded([Stored("a", Counted(count=1, tags=["x"]), 3, traceparent="00-trace")])
+    (copy,) = held.recall(["a"])[0].values()
+    assert copy.state is not None and not copy.confirmed
+    copy.state.tags.append("changed in place")
+    copy.state.count = 99
+    (again,) = held.recall(["a"])[0].values()
+    assert again.state == Counted(count=1, tags=["x"]) and again.version == 3 and again.traceparent == "00-trace"
+
+
+def test_the_memory_holds_what_was_saved_with_its_trace() -> None:
+    held: DocumentMemory[Counted] = DocumentMemory()
+    save = Save("a", 2, Counted(count=5), (entry("e1"),), Tracking(("m1",)), ("m1",), "00-trace")
+    held.saved([save], Saved(written=["a"]))
+    assert held.held("a") == Stored("a", Counted(count=5), 3, (entry("e1"),), Tracking(("m1",)), "00-trace")
