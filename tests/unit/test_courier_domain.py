@@ -323,7 +323,11 @@ def test_offer_creates_the_first_attempt_with_its_acceptance_deadline():
     assert delivery.current.status is AttemptStatus.OFFERED
 
 
-def test_offering_the_same_delivery_twice_gives_the_same_dispatch():
+def test_an_offer_is_determined_by_the_delivery_and_the_courier():
+    """Two workers offering the same delivery state compute the same dispatch (id, attempt, times).
+    An already-offered delivery asked again gets no second offer: that is the decision's rule,
+    proved in tests/integration/test_courier_service.py
+    (`test_a_delivery_requested_again_after_its_offer_gets_no_second_dispatch`)."""
     assert offer_to(make_delivery(), "CUR-A") == offer_to(make_delivery(), "CUR-A")
 
 
