@@ -29,7 +29,7 @@ from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.errors import Refused
 from services.runtime.kafka import create_topics
-from services.runtime.mongo import connect
+from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
 
 from . import bus, dlq, pharmacist
@@ -53,7 +53,7 @@ app.add_typer(pharmacist.app, name="review")
 
 async def _with_database(use: Callable[[Any], Awaitable[T]]) -> T:
     settings = settings_from_env()
-    client = connect(settings.mongo_url.get_secret_value())
+    client = client_for(settings)
     try:
         return await use(client[settings.mongo_database])
     finally:

@@ -21,7 +21,7 @@ from pharmacy_contracts.envelope import utc_now
 from pharmacy_contracts.prescription import CancellationOrdered, ReviewDecided
 from services.prescription.domain import Interaction, PrescriberRecord, Verdict
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.mongo import connect
+from services.runtime.mongo import client_for
 
 from . import bus
 from .running import console, run, settings_from_env
@@ -38,7 +38,7 @@ app = typer.Typer(
 
 async def _with_storage(use: Callable[[PrescriptionStorage], Awaitable[T]]) -> T:
     settings = settings_from_env()
-    client = connect(settings.mongo_url.get_secret_value())
+    client = client_for(settings)
     try:
         return await use(PrescriptionStorage(client[settings.mongo_database]))
     finally:

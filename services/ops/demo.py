@@ -33,7 +33,7 @@ from services.cli.render import describe_inventory_event, stock_table
 from services.consultation.domain import TERMINAL, PrescriptionStatus, Stage
 from services.consultation.storage import ConsultationStorage
 from services.inventory.storage import InventoryStorage
-from services.runtime.mongo import connect
+from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
 
 from .devstack import DevStack
@@ -87,7 +87,7 @@ class Demo:
         self.failure_rate = failure_rate
         self.rng = random.Random(seed)
         self.seed = seed
-        self.client = connect(settings.mongo_url.get_secret_value())
+        self.client = client_for(settings)
         db = self.client[settings.mongo_database]
         self.consultation = ConsultationStorage(db)
         self.inventory = InventoryStorage(db)

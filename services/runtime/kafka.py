@@ -26,7 +26,7 @@ from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import ALL_TOPICS, Topic
 
 from .errors import Refused
-from .mongo import TRANSIENT_ERRORS
+from .mongo import is_outage
 from .observability import ConsumerObserver, Observability, current_message_type
 from .security import aiokafka_kwargs, faststream_security
 from .settings import RuntimeSettings
@@ -345,22 +345,23 @@ async def _handle_batch_with_retries(
 async def _while_unreachable(
     handle_batch: BatchHandler, records: list[Record[Any]], settings: RuntimeSettings
 ) -> Sequence[Handled[Any]]:
-    """Our outage is not the messages' fault: an unreachable database is waited out without limit,
-    with one warning when it starts and one line when it ends, not a traceback per attempt. Any
-    other error fails every record of this attempt, so each is tried again alone."""
+    """Our outage is not the messages' fault: an unreachable database, or one without a primary (an
+    election, a stepdown: `mongo.is_outage`), is waited out without limit, with one warning when it
+    starts and one line when it ends, not a traceback per attempt. Any other error fails every
+    record of this attempt, so each is tried again alone."""
     attempt = 0
     while True:
         attempt += 1
         try:
             outcomes = await handle_batch(records)
-        except TRANSIENT_ERRORS as error:
+        except Exception as error:
+            if not is_outage(error):
+                log.exception("unit of work failed", records=len(records))
+                return [Handled(record, Outcome.FAILED, error=repr(error)) for record in records]
             if attempt == 1:
                 log.warning("database unreachable; retrying until it answers", error=str(error))
             await asyncio.sleep(min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0))
             continue
-        except Exception as error:
-            log.exception("unit of work failed", records=len(records))
-            return [Handled(record, Outcome.FAILED, error=repr(error)) for record in records]
         if attempt > 1:
             log.info("database reachable again", attempts=attempt)
         return outcomes

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from .mongo import DUPLICATE_KEY, WriteNotDurable, document_indexes, record_applied
+from .mongo import DUPLICATE_KEY, NoPrimary, WriteNotDurable, document_indexes, is_outage, record_applied
 from .store import DocumentMemory, RemembersCommands, S, Save, Saved, Stored, Tracking, remembered
 
 #: Times a save of published-entry removals is tried again when someone wrote the document first.
@@ -232,6 +232,8 @@ class MongoStore(Generic[S]):
         except BulkWriteError as error:
             if error.details.get("writeConcernErrors"):
                 raise WriteNotDurable(f"{self.name}: {error.details['writeConcernErrors'][:3]}") from error
+            if is_outage(error):  # no primary took these writes: the whole batch waits for one
+                raise NoPrimary(f"{self.name}: {error.details['writeErrors'][:3]}") from error
             for failure in error.details["writeErrors"]:
                 doc_id = saves[failure["index"]].id
                 if failure["code"] == DUPLICATE_KEY and set(failure.get("keyPattern") or {"_id": 1}) == {"_id"}:

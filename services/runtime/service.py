@@ -15,7 +15,7 @@ from pharmacy_contracts.topics import Topic
 from .faults import failing_when_armed, paused_when_armed
 from .kafka import BatchHandler, Decode, Gate, create_broker, subscribe
 from .logging import configure_logging
-from .mongo import connect, ping
+from .mongo import client_for, ping
 from .observability import Check, HttpEndpoint, NotReady, Observability
 from .relay import OutboxRelay, StoreOutbox, outbox_entry, publisher_for
 from .settings import RuntimeSettings
@@ -36,7 +36,7 @@ class ServiceRuntime:
         self.name = name
         self.settings = settings
         self.observability = Observability(name, settings, tracer_provider=tracer_provider)
-        self.mongo = connect(settings.mongo_url.get_secret_value())
+        self.mongo = client_for(settings)
         self.database = self.mongo[settings.mongo_database]
         self.broker = create_broker(
             settings, client_id=f"{name}-{settings.instance_id}", middlewares=self.observability.broker_middlewares()

@@ -59,6 +59,14 @@ class RuntimeSettings(BaseSettings):
     )
     mongo_url: SecretStr = SecretStr("mongodb://127.0.0.1:27117")
     mongo_database: str = "pharmacy"
+    # Durability: a warehouse write whose StockReserved is already on Kafka must survive a
+    # failover, so writes wait for a majority's journal and reads see majority-committed data.
+    mongo_write_concern: str = Field(default="majority", pattern=r"^(majority|[1-9][0-9]*)$")
+    mongo_journal: bool = True
+    mongo_write_timeout_ms: int = Field(
+        default=10_000, ge=1, description="A write not durable by then is retried as an outage (WriteNotDurable)"
+    )
+    mongo_read_concern: Literal["local", "majority", "linearizable"] = "majority"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -327,7 +327,11 @@ def test_replay_records_what_it_replayed_and_skips_it_next_time(settings: Runtim
 def test_a_replay_that_cannot_read_its_records_sends_nothing(
     settings: RuntimeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dlq.replay_log, "connect", lambda url: AsyncIOMotorClient(url, serverSelectionTimeoutMS=300))
+    monkeypatch.setattr(
+        dlq.replay_log,
+        "client_for",
+        lambda settings_: AsyncIOMotorClient(settings_.mongo_url.get_secret_value(), serverSelectionTimeoutMS=300),
+    )
     before = asyncio.run(_end_offsets(settings, TOPIC.name))
     invoke = _cli(settings, PHARMACY_MONGO_URL="mongodb://127.0.0.1:9")  # nothing listens there
     refused = invoke("replay", DLQ, "--all", "--again", code=1)

@@ -253,6 +253,33 @@ async def test_a_write_not_acknowledged_by_enough_replicas_is_an_outage(
     assert str(raised.value) == f"counted: {concern[:3]}", "the first three, not a wall of them"
 
 
+async def test_writes_refused_for_want_of_a_primary_are_an_outage_not_failed_documents(
+    store: MongoStore[Counted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During an election the server refuses each write of a bulk with a "not primary" code: not
+    the documents' fault, so nothing is failed (and dead-lettered) — the batch waits for a primary."""
+    from pymongo.errors import BulkWriteError
+
+    from services.runtime.mongo import NoPrimary, is_outage
+
+    await store.save([insert("a", 1)])
+    loaded = await store.load(["a"])
+    refused = [
+        {"index": 0, "code": 11602, "errmsg": "operation was interrupted"},
+        {"index": 1, "code": 10107, "errmsg": "not primary"},
+    ]
+
+    async def bulk_write(operations: list[Any], ordered: bool) -> Any:
+        raise BulkWriteError({"writeErrors": refused, "nMatched": 0})
+
+    monkeypatch.setattr(store._collection, "bulk_write", bulk_write)
+    with pytest.raises(NoPrimary) as raised:
+        await store.save([replace(loaded["a"], 2), insert("b", 1)])
+    assert is_outage(raised.value)
+    monkeypatch.undo()
+    assert (await store.load(["a"]))["a"].state == Counted(count=1), "nothing was written"
+
+
 # --- applied ids, the relay's reads ---------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import structlog
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import BulkWriteError, ConnectionFailure, NotPrimaryError, OperationFailure
 
 from pharmacy_contracts.inventory import AdjustmentRequested, RestockRequested
 from services.runtime import kafka
@@ -424,6 +424,52 @@ async def test_an_unreachable_database_retries_the_whole_batch_until_it_answers_
     ]
     assert broker.published == [] and observer.calls.count(("handled", TOPIC.name)) == 2
     assert not [c for c in observer.calls if c[0] == "failed"], "our outage is not the messages' fault"
+
+
+@pytest.mark.parametrize(
+    "election",
+    [
+        NotPrimaryError("not primary"),
+        OperationFailure("Interrupted due to repl state change", code=11602),
+        OperationFailure("primary stepped down", code=189),
+        BulkWriteError({"writeErrors": [{"index": 0, "code": 10107, "errmsg": "not writable primary"}]}),
+        OperationFailure("try again", code=0, details={"errorLabels": ["RetryableWriteError"]}),
+    ],
+    ids=["not-primary", "repl-state-change", "stepped-down", "bulk-not-writable-primary", "retryable-label"],
+)
+async def test_an_election_is_waited_out_like_an_unreachable_database_not_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log, election: Exception
+) -> None:
+    """A normal failover takes 10-12 s: far more than the retries a failing message gets. Every
+    answer that means "no primary right now" makes the whole batch wait, however long."""
+    calls: list[list[str]] = []
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        calls.append(markers(records))
+        if len(calls) <= 12:
+            raise election
+        return [Handled(r, Outcome.APPLIED) for r in records]
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=2))
+    await consume(record(body("a"), offset=1))
+    assert calls == [["RX-a"]] * 13 and len(sleeps) == 12
+    assert broker.published == [], "nothing dead-lettered"
+    assert not [c for c in observer.calls if c[0] == "failed"]
+    assert [line[1] for line in log.lines] == [
+        "database unreachable; retrying until it answers",
+        "database reachable again",
+    ]
+
+
+async def test_an_error_that_is_not_an_outage_fails_the_records_at_once(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        raise OperationFailure("Document failed validation", code=121)
+
+    broker, _, consume = subscribed(monkeypatch, handle_batch, settings(handler_max_attempts=2))
+    await consume(record(body("a"), offset=1))
+    assert [dlq(p)[0] for p in broker.published] == ["processing_failed"]
 
 
 async def test_the_exponent_of_the_batch_backoff_stops_at_six(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pymongo.errors import DuplicateKeyError
 
-from services.runtime.mongo import connect
+from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
 
 from .letters import DeadLetter
@@ -151,7 +151,7 @@ def _document(letter: DeadLetter, record: ReplayRecord, *, version: int) -> dict
 
 async def with_replay_log(settings: RuntimeSettings, use: Callable[[ReplayLog], Awaitable[T]]) -> T:
     """Run `use` with the replay log of the database the other commands use."""
-    client = connect(settings.mongo_url.get_secret_value())
+    client = client_for(settings)
     try:
         return await use(ReplayLog(client[settings.mongo_database]))
     finally:

@@ -14,7 +14,7 @@ from typing import TypeVar
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from services.cli import bus
-from services.runtime.mongo import connect
+from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
 
 from ..demo import STOCK
@@ -73,7 +73,7 @@ async def seed(settings: RuntimeSettings, watch: PipelineWatch) -> None:
     courier capacity), then the warehouses and their opening stock through inventory's command
     topic (registrations first: both are keyed by warehouse id, so they arrive in order); waits
     until inventory applied the stock."""
-    client = connect(settings.mongo_url.get_secret_value())
+    client = client_for(settings)
     try:
         database = client[settings.mongo_database]
         await load_reference_data(database, courier_capacity=UNLIMITED_CAPACITY)
@@ -114,7 +114,7 @@ async def caught_up(settings: RuntimeSettings, timeout_s: float) -> bool:
 async def document_writes(settings: RuntimeSettings) -> dict[str, int]:
     """Writes per collection of the pipeline's database: a versioned document was written as many
     times as its version says; a document without a version (a ledger line) once."""
-    client = connect(settings.mongo_url.get_secret_value())
+    client = client_for(settings)
     try:
         database = client[settings.mongo_database]
         writes = {}

@@ -13,7 +13,7 @@ from services.consultation.storage import ConsultationStorage
 from services.courier.storage import CourierStorage
 from services.inventory.storage import InventoryStorage
 from services.prescription.storage import PrescriptionStorage
-from services.runtime.mongo import connect
+from services.runtime.mongo import client_for
 
 from ..devstack import DevStack
 from ..reference import UNLIMITED_CAPACITY, Reference, load_reference_data
@@ -58,7 +58,7 @@ class ChaosRun:
         self.couriers = couriers
         self.progress = progress
         self.rng = random.Random(seed)
-        self.client = connect(self.settings.mongo_url.get_secret_value())
+        self.client = client_for(self.settings)
         self.db = self.client[self.settings.mongo_database]
         self.records = Records(
             consultation=ConsultationStorage(self.db),
