@@ -28,9 +28,9 @@ from services.inventory.storage import InventoryStorage
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.errors import Refused
-from services.runtime.kafka import create_topics
 from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
+from services.runtime.topic_setup import TopicSetupError, create_topics
 
 from . import bus, dlq, pharmacist
 from .render import describe_inventory_event, status_panel, stock_table
@@ -461,9 +461,14 @@ def report(
 
 @app.command("create-topics")
 def create_topics_command() -> None:
-    """Create every topic of the contracts registry and its dead-letter topic (idempotent)."""
-    created = run(create_topics(settings_from_env()))
-    console.print(f"created: {', '.join(created) if created else 'nothing, all topics exist'}")
+    """Create every topic of the contracts registry and its dead-letter topic, then check each
+    (partitions, replication factor, configs); idempotent. Exits 1 saying what is wrong otherwise."""
+    try:
+        created = run(create_topics(settings_from_env()))
+    except TopicSetupError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"created: {', '.join(created) if created else 'nothing, all topics exist'}; every topic checked")
 
 
 if __name__ == "__main__":

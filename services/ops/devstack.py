@@ -30,8 +30,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
 from services.board.settings import BoardSettings
-from services.runtime.kafka import create_topics
 from services.runtime.settings import RuntimeSettings
+from services.runtime.topic_setup import create_topics
 
 SERVICES = ("consultation", "prescription", "inventory", "courier")
 #: Upstream systems the dev stack registers with the consultation service (the demo's hospital,

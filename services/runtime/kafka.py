@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -11,8 +10,6 @@ from itertools import chain
 from typing import Any
 
 import structlog
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -23,12 +20,12 @@ from faststream.specification.schema import SubscriberSpec
 from pydantic import ValidationError
 
 from pharmacy_contracts import Envelope
-from pharmacy_contracts.topics import ALL_TOPICS, Topic
+from pharmacy_contracts.topics import Topic
 
 from .errors import Refused
 from .mongo import is_outage
 from .observability import ConsumerObserver, Observability, current_message_type
-from .security import aiokafka_kwargs, faststream_security
+from .security import faststream_security
 from .settings import RuntimeSettings
 from .tracking import Position, current_position
 from .unit_of_work import Handled, Outcome, Record
@@ -402,25 +399,3 @@ def _headers(record: Any) -> dict[str, str]:
 
 def _brief(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in error.errors()[:10])
-
-
-async def create_topics(settings: RuntimeSettings, *, with_dead_letters: bool = True) -> list[str]:
-    """Create every topic of the registry (and its dead-letter topic); existing ones are kept."""
-    names = [t.name for t in ALL_TOPICS]
-    if with_dead_letters:
-        names += [t.dead_letter_topic for t in ALL_TOPICS]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **aiokafka_kwargs(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(name, settings.kafka_topic_partitions, settings.kafka_replication_factor)
-            for name in names
-            if name not in existing
-        ]
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by someone else
-                await admin.create_topics(wanted)
-        return [t.name for t in wanted]
-    finally:
-        await admin.close()

@@ -32,6 +32,18 @@ class RuntimeSettings(BaseSettings):
     kafka_group_prefix: str = "pharmacy"
     kafka_topic_partitions: int = Field(default=4, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replicas that must have a write before acks=all confirms it; default: 2 from a "
+        "replication factor of 3 up (so a lost leader cannot take a confirmed event with it), else 1",
+    )
+    kafka_dead_letter_retention_ms: int = Field(
+        default=90 * 24 * 3600 * 1000,
+        ge=-1,
+        description="How long dead letters are kept for a person to find and replay (-1: for ever); "
+        "the broker's default, 7 days, can be shorter than a holiday",
+    )
 
     # Kafka security: PLAINTEXT on the dev stack; SASL and/or TLS wherever the network is shared.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -128,3 +140,8 @@ class RuntimeSettings(BaseSettings):
 
     def kafka_acks_value(self) -> str | int:
         return "all" if self.kafka_acks == "all" else int(self.kafka_acks)
+
+    def kafka_min_insync_replicas_value(self) -> int:
+        if self.kafka_min_insync_replicas is not None:
+            return self.kafka_min_insync_replicas
+        return 2 if self.kafka_replication_factor >= 3 else 1
