@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import hashlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from itertools import chain
 from typing import Any
@@ -31,6 +32,12 @@ from .tracking import Position, current_position
 from .unit_of_work import Handled, Outcome, Record
 
 log = structlog.get_logger()
+#: aiokafka's and Apache Kafka's default largest request (1 MiB); `kafka_max_request_bytes` sets it.
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+#: Room a produce request needs beside its one record's body and headers (batch and record framing).
+REQUEST_OVERHEAD_BYTES = 16 * 1024
+#: What a dead letter keeps of a body too large to keep whole: enough for a person to see what it was.
+DEAD_LETTER_PREVIEW_BYTES = 64 * 1024
 
 #: Takes a batch's admitted records in arrival order and says what became of each (see `unit_of_work`).
 BatchHandler = Callable[[Sequence[Record[Any]]], Awaitable[Sequence[Handled[Any]]]]
@@ -69,6 +76,7 @@ def create_broker(settings: RuntimeSettings, client_id: str, middlewares: Sequen
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=settings.kafka_linger_ms,
         max_batch_size=settings.kafka_max_batch_bytes,
+        max_request_size=settings.kafka_max_request_bytes,
         graceful_timeout=settings.shutdown_grace_s,
         security=faststream_security(settings),
         logger=None,
@@ -77,34 +85,75 @@ def create_broker(settings: RuntimeSettings, client_id: str, middlewares: Sequen
 
 
 class DeadLetters:
-    """Keeps what a consumer could not use, with the original bytes, so a person can replay it."""
+    """Keeps what a consumer could not use, with the original bytes, so a person can replay it.
 
-    def __init__(self, broker: KafkaBroker, group: str, observed: ConsumerObserver | None = None) -> None:
+    A dead letter always fits what the producer may send (`kafka_max_request_bytes`): a body that
+    would not is cut to its first `DEAD_LETTER_PREVIEW_BYTES`, original headers that would not are
+    dropped, and the letter says so (`dlq.original-bytes`, `dlq.original-sha256`,
+    `dlq.truncated`); such a letter cannot be replayed, only read. If the broker still refuses the
+    letter, it is sent once more with the `dlq.*` headers alone. Otherwise a record near the size
+    limit would fail its dead-letter send, rewind its batch, and block its partition for good."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        group: str,
+        observed: ConsumerObserver | None = None,
+        *,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
         self._broker = broker
         self._group = group
         self.observed = observed or Observability.disabled()
+        #: What a letter's body and headers may take, leaving room for the batch's own framing.
+        self._room = max(DEAD_LETTER_PREVIEW_BYTES, max_request_bytes - REQUEST_OVERHEAD_BYTES)
 
     async def send(self, record: ConsumerRecord, topic: Topic, *, reason: str, detail: str, attempts: int) -> None:
-        headers = _headers(record)
-        headers.update(
-            {
-                "dlq.reason": reason,
-                "dlq.detail": detail[:2000],
-                "dlq.topic": record.topic,
-                "dlq.partition": str(record.partition),
-                "dlq.offset": str(record.offset),
-                "dlq.group": self._group,
-                "dlq.attempts": str(attempts),
-            }
-        )
+        value: bytes | None = record.value
+        ours = {
+            "dlq.reason": reason,
+            "dlq.detail": detail[:2000],
+            "dlq.topic": record.topic,
+            "dlq.partition": str(record.partition),
+            "dlq.offset": str(record.offset),
+            "dlq.group": self._group,
+            "dlq.attempts": str(attempts),
+        }
+        original = _headers(record)
+        headers = {**original, **ours}
+        if value is not None and _size(value, headers) > self._room:
+            described = {**ours, **_described(value)}
+            if _size(b"", {**original, **described}) <= self._room - DEAD_LETTER_PREVIEW_BYTES:
+                headers = {**original, **described}
+            else:
+                headers = {**described, "dlq.headers": f"{len(original)} original headers dropped: too large"}
+            value = value[:DEAD_LETTER_PREVIEW_BYTES]
         try:
-            await self._broker.publish(record.value, topic=topic.dead_letter_topic, key=record.key, headers=headers)
-        except Exception:
-            log.exception("could not dead-letter; the message will be redelivered", reason=reason)
-            await asyncio.sleep(1.0)  # the broker is struggling: do not spin on it
-            raise
+            await self._broker.publish(value, topic=topic.dead_letter_topic, key=record.key, headers=headers)
+        except Exception as error:
+            log.warning("dead letter refused whole; sending its headers alone", reason=reason, error=repr(error))
+            bare = {**ours, **_described(record.value or b""), "dlq.headers": "dropped: the letter was refused whole"}
+            try:
+                await self._broker.publish(b"", topic=topic.dead_letter_topic, key=record.key, headers=bare)
+            except Exception:
+                log.exception("could not dead-letter; the message will be redelivered", reason=reason)
+                await asyncio.sleep(1.0)  # the broker is struggling: do not spin on it
+                raise
         self.observed.dead_lettered(record.topic, reason)
         log.warning("message dead-lettered", reason=reason, detail=detail[:300], attempts=attempts)
+
+
+def _described(value: bytes) -> dict[str, str]:
+    """Headers that stand for a body not kept whole: its size and hash, to match it with a resend."""
+    return {
+        "dlq.original-bytes": str(len(value)),
+        "dlq.original-sha256": hashlib.sha256(value).hexdigest(),
+        "dlq.truncated": "true",
+    }
+
+
+def _size(value: bytes, headers: dict[str, str]) -> int:
+    return len(value) + sum(len(k) + len(v.encode()) for k, v in headers.items())
 
 
 class ContractSpecification(KafkaSubscriberSpecification):
@@ -185,7 +234,7 @@ def subscribe(
     batch_wait_ms = settings.background_wait_ms if background else settings.kafka_batch_wait_ms
     linger_s = settings.background_wait_ms / 1000 if background else 0.0
     observed = observability.consumer(group_id) if observability is not None else Observability.disabled()
-    dead_letters = DeadLetters(broker, group_id, observed)
+    dead_letters = DeadLetters(broker, group_id, observed, max_request_bytes=settings.kafka_max_request_bytes)
 
     by_name = {topic.name: topic for topic in topics}
     acted_types = None if acts_on is None else frozenset(message.model_fields["type"].default for message in acts_on)
@@ -270,6 +319,8 @@ def subscribe(
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
+        fetch_max_bytes=settings.kafka_fetch_max_bytes,
         title=title,
         description=" ".join(topic.description for topic in topics),
     )

@@ -56,6 +56,20 @@ class RuntimeSettings(BaseSettings):
     max_message_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Larger messages are dead-lettered unread (reason: too_large)"
     )
+    kafka_max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=128 * 1024,
+        description="The largest request the producer sends (keep it at or under the broker's message.max.bytes); "
+        "a dead letter is cut to fit it",
+    )
+    kafka_max_partition_fetch_bytes: int = Field(
+        default=1024 * 1024, ge=64 * 1024, description="The most a consumer fetches from one partition at a time"
+    )
+    kafka_fetch_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="The most one fetch returns across partitions: caps a consumer's memory while it catches up",
+    )
 
     # Tools that publish prescriptions as an upstream system (the CLI, the demo, tests) sign them
     # with this key; every sender id it signs for must have the key registered with consultation.

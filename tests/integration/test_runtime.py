@@ -407,6 +407,42 @@ async def _pending_empty(store: MongoStore[Counted]) -> bool:
     return not await store.pending_outbox()
 
 
+async def test_a_record_near_the_brokers_size_limit_is_dead_lettered_cut_and_its_partition_moves_on(
+    settings: RuntimeSettings,
+) -> None:
+    """A record just under the producer's largest request: whole, with the dead-letter headers, it
+    would not fit, its dead-letter send would fail and its batch rewind for good. It is dead-lettered
+    cut to a preview, and the record behind it on the same partition is handled."""
+    settings = fast(settings)
+    handled: list[str] = []
+
+    async def handle(message: RestockRequested) -> None:
+        handled.append(message.correlation_id)
+
+    marker = f"HUGE{uuid.uuid4().hex[:6]}"
+    body = command(marker).model_dump_json().encode()
+    body = body[:-1] + b',"padding":"' + b"y" * (1_040_000 - len(body)) + b'"}'
+    after = command(f"{marker}-after")
+    runtime = ServiceRuntime("test", settings)
+    runtime.consume(TOPIC, group="near-limit", handle_batch=one_at_a_time(handle), title="test")
+    async with running(runtime.app()), TopicWatch(settings.kafka_bootstrap_servers, TOPIC.dead_letter_topic) as dlq:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, max_request_size=1_100_000)
+        await producer.start()
+        try:
+            await producer.send_and_wait(TOPIC.name, body, key=b"same-key", partition=0)
+            await producer.send_and_wait(TOPIC.name, after.model_dump_json().encode(), key=b"same-key", partition=0)
+        finally:
+            await producer.stop()
+        await wait_until(lambda: _async(after.correlation_id in handled), "the record behind it", timeout=30)
+        await dlq.wait_for(lambda w: [r for r in w.raw(TOPIC.dead_letter_topic) if r.key == b"same-key"], "it")
+    letter = next(r for r in dlq.raw(TOPIC.dead_letter_topic) if r.key == b"same-key")
+    headers = {k: v.decode() for k, v in letter.headers}
+    assert headers["dlq.reason"] == "too_large" and headers["dlq.truncated"] == "true"
+    assert headers["dlq.original-bytes"] == str(len(body))
+    assert len(letter.value) == 64 * 1024 and body.startswith(letter.value)
+    assert marker not in handled
+
+
 async def test_an_oversized_message_is_dead_lettered_unread(settings: RuntimeSettings) -> None:
     settings = fast(settings, max_message_bytes=4096)
     handled: list[str] = []

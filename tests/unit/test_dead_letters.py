@@ -10,6 +10,7 @@ The same path against the real broker: tests/integration/test_runtime.py, test_d
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -85,7 +86,12 @@ async def test_a_dead_letter_the_broker_refuses_fails_loudly_after_a_pause(sleep
     assert sleeps == [1.0], "the broker is struggling: do not spin on it"
     assert observer.calls == [], "not counted as dead-lettered"
     assert log.lines == [
-        ("exception", "could not dead-letter; the message will be redelivered", {"reason": "too_large"})
+        (
+            "warning",
+            "dead letter refused whole; sending its headers alone",
+            {"reason": "too_large", "error": "ConnectionError('broker down')"},
+        ),
+        ("exception", "could not dead-letter; the message will be redelivered", {"reason": "too_large"}),
     ]
 
 
@@ -132,7 +138,14 @@ def test_a_contract_violation_is_summed_up_field_by_field() -> None:
 
 def test_the_consumer_is_registered_at_least_once_with_the_runtime_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     handle_batch, _ = answering(Outcome.APPLIED)
-    s = settings(kafka_max_batch_records=77, kafka_batch_wait_ms=11, kafka_fetch_max_wait_ms=33, background_wait_ms=900)
+    s = settings(
+        kafka_max_batch_records=77,
+        kafka_batch_wait_ms=11,
+        kafka_fetch_max_wait_ms=33,
+        background_wait_ms=900,
+        kafka_max_partition_fetch_bytes=300_000,
+        kafka_fetch_max_bytes=2_000_000,
+    )
     broker, observability, _ = subscribed(monkeypatch, handle_batch, s, topics=[TOPIC, OTHER])
     assert broker.subscribed is not None
     names, options = broker.subscribed
@@ -147,6 +160,8 @@ def test_the_consumer_is_registered_at_least_once_with_the_runtime_parser(monkey
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 33,
+        "max_partition_fetch_bytes": 300_000,
+        "fetch_max_bytes": 2_000_000,
         "title": "Inventory commands",
         "description": f"{TOPIC.description} {OTHER.description}",
     }
@@ -384,3 +399,52 @@ async def test_the_raw_body_is_handed_over_undecoded() -> None:
         body = b"\xff raw"
 
     assert await kafka._raw_body(Message()) == b"\xff raw"
+
+
+# --- dead letters that always fit ----------------------------------------------------------------------
+
+
+async def test_a_letter_too_large_to_send_whole_keeps_a_preview_its_size_and_hash_and_its_headers() -> None:
+    broker, observer = Broker(), Observer()
+    letters = kafka.DeadLetters(broker, "g", observer, max_request_bytes=200_000)  # type: ignore[arg-type]
+    body = b"x" * 190_000  # fits the topic's own limit of a larger broker, not a letter with its headers
+    await letters.send(record(body, headers=[("trace", b"t-1")]), TOPIC, reason="too_large", detail="d", attempts=1)
+    (sent,) = broker.published
+    assert sent["value"] == body[: kafka.DEAD_LETTER_PREVIEW_BYTES]
+    headers = sent["headers"]
+    assert headers["trace"] == "t-1", "the original headers, when they fit"
+    assert (headers["dlq.original-bytes"], headers["dlq.original-sha256"]) == (
+        "190000",
+        hashlib.sha256(body).hexdigest(),
+    )
+    assert headers["dlq.truncated"] == "true" and headers["dlq.reason"] == "too_large"
+    assert observer.calls == [("dead_lettered", TOPIC.name, "too_large")]
+
+
+async def test_a_letter_whose_original_headers_do_not_fit_drops_them_and_says_so() -> None:
+    broker = Broker()
+    letters = kafka.DeadLetters(broker, "g", max_request_bytes=200_000)  # type: ignore[arg-type]
+    hostile = [(f"h{i}", b"y" * 10_000) for i in range(20)]
+    await letters.send(record(b"{}", headers=hostile), TOPIC, reason="contract_violation", detail="d", attempts=1)
+    (sent,) = broker.published
+    assert not any(name.startswith("h") for name in sent["headers"])
+    assert sent["headers"]["dlq.headers"] == "20 original headers dropped: too large"
+    assert sent["headers"]["dlq.topic"] == TOPIC.name and sent["value"] == b"{}"
+
+
+async def test_a_letter_the_broker_refuses_whole_is_sent_again_as_its_headers_alone(log: Log) -> None:
+    class RefusesBodies(Broker):
+        async def publish(self, value: bytes | None, **fields: Any) -> None:
+            if value:
+                raise ValueError("MessageSizeTooLargeError")
+            await super().publish(value, **fields)
+
+    broker, observer = RefusesBodies(), Observer()
+    letters = kafka.DeadLetters(broker, "g", observer)  # type: ignore[arg-type]
+    await letters.send(record(b"{}", offset=41), TOPIC, reason="contract_violation", detail="d", attempts=2)
+    (sent,) = broker.published
+    assert sent["value"] == b""
+    headers = sent["headers"]
+    assert (headers["dlq.offset"], headers["dlq.attempts"], headers["dlq.original-bytes"]) == ("41", "2", "2")
+    assert headers["dlq.headers"] == "dropped: the letter was refused whole" and "trace" not in headers
+    assert observer.calls == [("dead_lettered", TOPIC.name, "contract_violation")], "the partition moves on"

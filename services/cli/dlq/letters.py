@@ -92,6 +92,11 @@ class DeadLetter:
         expected = self.topic.removesuffix(DEAD_LETTER_SUFFIX)
         if not original:
             raise ValueError(f"{self.position} has no dlq.topic header; it cannot be replayed")
+        if self.header("dlq.truncated") == "true":
+            raise ValueError(
+                f"{self.position} keeps only part of the original ({self.header('dlq.original-bytes')} bytes, "
+                f"sha256 {self.header('dlq.original-sha256')}); it cannot be replayed: ask its sender to send it again"
+            )
         if original != expected:
             raise ValueError(
                 f"{self.position} says it came from {original!r}, but sits on the dead letters of {expected}"
