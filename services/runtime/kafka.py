@@ -219,7 +219,8 @@ def subscribe(
     the handler's effect or in a dead letter. The only exceptions that escape are infrastructure
     failures (a dead-letter publish failed): NACK_ON_ERROR then rewinds to the batch's first
     records instead of committing past them. No poison message can loop, because none reaches that
-    path.
+    path. An outage longer than half of `kafka_max_poll_interval_ms` also rewinds the batch
+    (`OutageOutlastsPoll`), so the consumer polls again before the group would evict it.
 
     A `background` consumer keeps a projection no prescription waits for on its way. It waits
     `background_wait_ms` where the others wait `kafka_fetch_max_wait_ms` and `kafka_batch_wait_ms`
@@ -321,6 +322,9 @@ def subscribe(
         fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
         fetch_max_bytes=settings.kafka_fetch_max_bytes,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         title=title,
         description=" ".join(topic.description for topic in topics),
     )
@@ -390,14 +394,23 @@ async def _handle_batch_with_retries(
             dead_letters.observed.handled(raw.topic)
 
 
+class OutageOutlastsPoll(RuntimeError):
+    """The database has been unreachable for half the consumer's `max_poll_interval_ms`: the batch
+    is given back (NACK_ON_ERROR rewinds to its first record) and fetched again, so the consumer
+    keeps its place in the group instead of being evicted and starting a rebalance."""
+
+
 async def _while_unreachable(
     handle_batch: BatchHandler, records: list[Record[Any]], settings: RuntimeSettings
 ) -> Sequence[Handled[Any]]:
     """Our outage is not the messages' fault: an unreachable database, or one without a primary (an
     election, a stepdown: `mongo.is_outage`), is waited out without limit, with one warning when it
-    starts and one line when it ends, not a traceback per attempt. Any other error fails every
-    record of this attempt, so each is tried again alone."""
+    starts and one line when it ends, not a traceback per attempt. The wait within one batch stops
+    at half the consumer's `max_poll_interval_ms` (`OutageOutlastsPoll`: the batch is fetched again
+    and the wait goes on). Any other error fails every record of this attempt, so each is tried
+    again alone."""
     attempt = 0
+    waited_s, budget_s = 0.0, settings.kafka_max_poll_interval_ms / 2000
     while True:
         attempt += 1
         try:
@@ -408,7 +421,12 @@ async def _while_unreachable(
                 return [Handled(record, Outcome.FAILED, error=repr(error)) for record in records]
             if attempt == 1:
                 log.warning("database unreachable; retrying until it answers", error=str(error))
-            await asyncio.sleep(min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0))
+            delay = min(settings.handler_retry_backoff_s * 2 ** min(attempt, 6), 10.0)
+            if waited_s + delay > budget_s:
+                log.warning("database still unreachable; the batch is fetched again", waited_s=round(waited_s, 1))
+                raise OutageOutlastsPoll(f"unreachable for {waited_s:.0f} s: {error}") from error
+            await asyncio.sleep(delay)
+            waited_s += delay
             continue
         if attempt > 1:
             log.info("database reachable again", attempts=attempt)

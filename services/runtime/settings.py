@@ -62,6 +62,18 @@ class RuntimeSettings(BaseSettings):
         description="The largest request the producer sends (keep it at or under the broker's message.max.bytes); "
         "a dead letter is cut to fit it",
     )
+    kafka_session_timeout_ms: int = Field(
+        default=30_000, ge=6_000, description="How long the group waits for a silent member's heartbeat"
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        default=3_000, ge=500, description="At most a third of the session timeout"
+    )
+    kafka_max_poll_interval_ms: int = Field(
+        default=300_000,
+        ge=20_000,
+        description="Longest gap between fetches before the group evicts a member; a database outage is waited "
+        "out within a batch for half of it, then the batch is fetched again",
+    )
     kafka_max_partition_fetch_bytes: int = Field(
         default=1024 * 1024, ge=64 * 1024, description="The most a consumer fetches from one partition at a time"
     )

@@ -10,10 +10,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
+import structlog.testing
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from pydantic import BaseModel
+from pymongo.errors import ConnectionFailure
 
 from pharmacy_contracts import topics
 from pharmacy_contracts.inventory import RestockRequested
@@ -26,7 +29,7 @@ from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
 from services.runtime.store import DocumentMemory
 from services.runtime.tracking import Position
-from services.runtime.unit_of_work import Decision, Outcome, Record, UnitOfWork
+from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 from tests.support.inprocess import TopicWatch, one_at_a_time, publish_noting, running
 from tests.support.scenario import wait_until
 
@@ -405,6 +408,48 @@ async def _async(value: bool) -> bool:
 
 async def _pending_empty(store: MongoStore[Counted]) -> bool:
     return not await store.pending_outbox()
+
+
+async def test_a_long_outage_gives_the_batch_back_and_its_message_is_handled_once_the_database_answers(
+    settings: RuntimeSettings,
+) -> None:
+    """An outage longer than half of `max_poll_interval_ms` (here 10 of 20 s): the batch is rewound
+    and fetched again rather than held until the group evicts the consumer; nothing is lost, nothing
+    dead-lettered, and the offset moves once the database answers."""
+    settings = fast(settings, kafka_max_poll_interval_ms=20_000, handler_retry_backoff_s=0.2)
+    handled: list[str] = []
+    batches: list[float] = []
+    started: list[float] = []
+
+    async def handle_batch(records: Any) -> list[Handled[Any]]:
+        now = time.monotonic()
+        started[:] = started or [now]
+        batches.append(now)
+        if now - started[0] < 13:
+            raise ConnectionFailure("database gone")
+        handled.extend(r.message.correlation_id for r in records)
+        return [Handled(r, Outcome.APPLIED) for r in records]
+
+    marker = f"OUT{uuid.uuid4().hex[:6]}"
+    runtime = ServiceRuntime("test", settings)
+    runtime.consume(TOPIC, group="outage", handle_batch=handle_batch, title="test")
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            running(runtime.app()),
+            TopicWatch(settings.kafka_bootstrap_servers, TOPIC.dead_letter_topic) as dlq,
+        ):
+            await publish_noting(settings, command(marker))
+            await wait_until(lambda: _async(marker in handled), "the message, once the database answers", timeout=40)
+            await wait_until(lambda: _async_committed(settings), "the offset to move", timeout=10)
+            letters = [r for r in dlq.raw(TOPIC.dead_letter_topic) if marker.encode() in (r.value or b"")]
+    assert handled == [marker] and letters == []
+    given_back = [line for line in logs if line["event"] == "database still unreachable; the batch is fetched again"]
+    assert given_back and all(line["waited_s"] <= 10 for line in given_back)
+    assert batches[-1] - batches[0] >= 13, "the outage outlasted one batch's wait"
+
+
+async def _async_committed(settings: RuntimeSettings) -> bool:
+    return sum((await committed(settings, "outage")).values()) > 0
 
 
 async def test_a_record_near_the_brokers_size_limit_is_dead_lettered_cut_and_its_partition_moves_on(

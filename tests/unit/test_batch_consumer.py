@@ -461,6 +461,27 @@ async def test_an_election_is_waited_out_like_an_unreachable_database_not_dead_l
     ]
 
 
+async def test_an_outage_longer_than_half_the_poll_interval_gives_the_batch_back_to_be_fetched_again(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
+) -> None:
+    """Waiting out an outage inside one batch must not outlast `max_poll_interval_ms`, or the group
+    evicts the member and every partition moves (a rebalance storm when all wait at once): past half
+    of it the batch is rewound (an exception NACK_ON_ERROR acts on) and the next fetch waits on."""
+
+    async def handle_batch(records: Sequence[Record[Any]]) -> list[Handled[Any]]:
+        raise ConnectionFailure("database gone")
+
+    broker, observer, consume = subscribed(monkeypatch, handle_batch, settings(kafka_max_poll_interval_ms=20_000))
+    with pytest.raises(kafka.OutageOutlastsPoll, match="unreachable for 7 s"):
+        await consume(record(body("a"), offset=1))
+    assert sleeps == [1.0, 2.0, 4.0], "7 s waited; the next 8 s would pass half of 20 s"
+    assert broker.published == [] and not [c for c in observer.calls if c[0] == "failed"]
+    assert [line[1] for line in log.lines] == [
+        "database unreachable; retrying until it answers",
+        "database still unreachable; the batch is fetched again",
+    ]
+
+
 async def test_an_error_that_is_not_an_outage_fails_the_records_at_once(
     monkeypatch: pytest.MonkeyPatch, sleeps: list[float], log: Log
 ) -> None:

@@ -145,6 +145,9 @@ def test_the_consumer_is_registered_at_least_once_with_the_runtime_parser(monkey
         background_wait_ms=900,
         kafka_max_partition_fetch_bytes=300_000,
         kafka_fetch_max_bytes=2_000_000,
+        kafka_session_timeout_ms=45_000,
+        kafka_heartbeat_interval_ms=5_000,
+        kafka_max_poll_interval_ms=600_000,
     )
     broker, observability, _ = subscribed(monkeypatch, handle_batch, s, topics=[TOPIC, OTHER])
     assert broker.subscribed is not None
@@ -162,6 +165,9 @@ def test_the_consumer_is_registered_at_least_once_with_the_runtime_parser(monkey
         "fetch_max_wait_ms": 33,
         "max_partition_fetch_bytes": 300_000,
         "fetch_max_bytes": 2_000_000,
+        "session_timeout_ms": 45_000,
+        "heartbeat_interval_ms": 5_000,
+        "max_poll_interval_ms": 600_000,
         "title": "Inventory commands",
         "description": f"{TOPIC.description} {OTHER.description}",
     }
