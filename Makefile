@@ -26,13 +26,13 @@ asyncapi: install ## AsyncAPI 3 document per service into docs/asyncapi, generat
 	$(BIN)/python -m services.ops.asyncapi docs/asyncapi
 
 up: install ## broker, database, topics and the four services on loopback; logs in .devstack/logs
-	$(BIN)/pharmacy-dev up
+	$(BIN)/python -m services.ops.devstack up
 
 down: ## stop everything `make up` started
-	@if [ -x $(BIN)/pharmacy-dev ]; then $(BIN)/pharmacy-dev down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m services.ops.devstack down; fi
 
 status: install
-	$(BIN)/pharmacy-dev status
+	$(BIN)/python -m services.ops.devstack status
 
 demo: install ## the whole system on the embedded stack, a simulated rural county, a summary
 	$(BIN)/python -m services.ops.demo

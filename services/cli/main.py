@@ -35,6 +35,7 @@ from services.runtime.topic_setup import TopicSetupError, create_topics
 from . import bus, dlq, pharmacist
 from .render import describe_inventory_event, status_panel, stock_table
 from .running import console, run, settings_from_env
+from .warehouses import registrations
 
 T = TypeVar("T")
 
@@ -127,8 +128,12 @@ def _submit_fhir_bundle(body: bytes, sender_id: str) -> None:
 
 
 def _with_dev_stack_key(settings: RuntimeSettings) -> RuntimeSettings:
-    """Without PHARMACY_SIGNING_KEY_ID/SECRET, sign with the key of a local dev stack (`make up`)."""
-    from services.ops.devstack import DEV_KEY_ID, DevStack
+    """Without PHARMACY_SIGNING_KEY_ID/SECRET, sign with the key of a local dev stack (`make up`);
+    where the dev tools are not installed (the production image), as the settings say."""
+    try:
+        from services.ops.devstack import DEV_KEY_ID, DevStack
+    except ImportError:
+        return settings
 
     stack = DevStack.from_env()
     if not (stack.home / "signing.key").exists():
@@ -249,9 +254,7 @@ def register(
 ) -> None:
     """Register a warehouse or township pharmacy (or move one). Stock is accepted only for registered ones."""
     if file is not None:
-        from services.ops.simulation import warehouse_registrations
-
-        commands = warehouse_registrations(file, requested_by=by)
+        commands = registrations(file, requested_by=by)
     else:
         if warehouse_id is None or name is None or lat is None or lon is None:
             raise typer.BadParameter("give WAREHOUSE_ID, --name, --lat and --lon, or --file")

@@ -237,7 +237,10 @@ class DevStack:
             "PHARMACY_HTTP_PORT": str(self._http_port(name)),
             **(env or {}),
         }
-        return self._spawn(name, [sys.executable, "-m", f"services.{service}"], module_env)
+        # Faults are armed by a development entry point; a service itself reads no fault settings.
+        faulty = any(key.startswith("PHARMACY_FAULT_") for key in module_env)
+        argv = ["-m", "services.ops.faults", service] if faulty else ["-m", f"services.{service}"]
+        return self._spawn(name, [sys.executable, *argv], module_env)
 
     def _http_port(self, name: str) -> int:
         """The instance's port as last time (a restart keeps its URL), else its place after

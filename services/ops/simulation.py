@@ -25,6 +25,7 @@ from pharmacy_contracts.consultation import (
 )
 from pharmacy_contracts.topics import COURIER_DISPATCH
 from services.cli import bus
+from services.cli.warehouses import registrations
 from services.runtime import delivery_codes
 from services.runtime.settings import RuntimeSettings
 
@@ -212,26 +213,13 @@ def restocks(
 def warehouse_registrations(
     source: str | Path | Iterable[Mapping[str, Any]] | None = None, *, requested_by: str = "simulation"
 ) -> list[inv.WarehouseRegistrationRequested]:
-    """Registration commands for warehouses described as in services/ops/data/warehouses.json (the
-    default): a path to such a file, or the entries themselves. Publish them before any restock of
-    those warehouses: inventory refuses stock for a warehouse it does not know."""
+    """Registration commands for the county's warehouses (services/ops/data/warehouses.json by
+    default), a file like it, or the entries themselves."""
     if source is None:
-        entries = json.loads(resources.files("services.ops").joinpath("data", "warehouses.json").read_text())
-    elif isinstance(source, str | Path):
-        entries = json.loads(Path(source).read_text())
-    else:
-        entries = list(source)
-    return [
-        inv.WarehouseRegistrationRequested.model_validate(
-            {
-                "correlation_id": f"register-{entry['warehouse_id']}",
-                "producer": "simulation",
-                "requested_by": requested_by,
-                **entry,
-            }
-        )
-        for entry in entries
-    ]
+        source = json.loads(resources.files("services.ops").joinpath("data", "warehouses.json").read_text())
+    return registrations(
+        Path(source) if isinstance(source, str) else source, requested_by=requested_by, producer="simulation"
+    )
 
 
 # --- the county ----------------------------------------------------------------------------------

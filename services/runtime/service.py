@@ -12,7 +12,7 @@ from faststream import FastStream
 from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import Topic
 
-from .faults import failing_when_armed, paused_when_armed
+from . import hooks
 from .kafka import BatchHandler, Decode, Gate, create_broker, subscribe
 from .logging import configure_logging
 from .mongo import client_for, ping
@@ -51,7 +51,7 @@ class ServiceRuntime:
         self.http: HttpEndpoint | None = None
         #: Publishes what each batch's saves put in their outboxes; the relay catches what a crash left.
         self.unit_of_work = UnitOfWork(
-            failing_when_armed(publisher_for(self.broker)), outbox_entry, self.observability.tracer
+            hooks.installed.wrap_publish(publisher_for(self.broker)), outbox_entry, self.observability.tracer
         )
         self._relayed: list[StoreOutbox] = []
 
@@ -88,7 +88,7 @@ class ServiceRuntime:
             self.settings,
             topics=topics,
             group=group,
-            handle_batch=self._counted(paused_when_armed(handle_batch)),
+            handle_batch=self._counted(hooks.installed.wrap_handler(handle_batch)),
             title=title,
             gate=gate,
             decode=decode,

@@ -35,8 +35,8 @@ from opentelemetry.trace import Tracer
 
 from pharmacy_contracts import Envelope
 
+from . import hooks
 from .errors import Refused
-from .faults import crash_point
 from .observability import continuing_trace, current_traceparent, outside_message_traces
 from .store import OutboxEntry, S, Save, Store, Stored
 from .tracking import Position
@@ -212,7 +212,7 @@ class UnitOfWork:
             written = [rounds[doc_id].save for doc_id in (saved.written if saved else [])]
             if any(rounds[doc_id].new_entries for doc_id in (saved.written if saved else [])):
                 # The worst moment to die: state and events stored, nothing published (a test arms it).
-                crash_point(f"after-write:{store.name}")
+                hooks.installed.after_write(store.name)
             await self._publish_outboxes(store, [s for s in written if s is not None and s.outbox])
             waiting = {doc_id: by_doc[doc_id] for doc_id in lost}
         for doc_id, indexes in waiting.items():  # still losing after every round

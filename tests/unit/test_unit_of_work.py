@@ -21,7 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from pydantic import BaseModel
 
 from pharmacy_contracts.inventory import RestockRequested
-from services.runtime import unit_of_work
+from services.runtime import hooks, unit_of_work
 from services.runtime.errors import Refused
 from services.runtime.relay import outbox_entry
 from services.runtime.store import RECENT_MESSAGES, DocumentMemory, MemoryStore, OutboxEntry, Stored, Tracking
@@ -476,7 +476,7 @@ async def test_the_worst_moment_to_die_is_armed_only_after_a_write_that_stored_n
     uow: UnitOfWork, shelves: MemoryStore[Shelf], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     armed: list[str] = []
-    monkeypatch.setattr(unit_of_work, "crash_point", armed.append)
+    monkeypatch.setattr(hooks, "installed", hooks.Hooks(after_write=armed.append))
 
     def silent(shelf: Shelf | None, command: RestockRequested) -> Decision[Shelf]:
         return Decision(Shelf(units=command.quantity))
@@ -485,7 +485,7 @@ async def test_the_worst_moment_to_die_is_armed_only_after_a_write_that_stored_n
     await uow.run(shelves, [Record(restock("WH-A", 999))], key=by_warehouse, decide=add_units)
     assert armed == []
     await uow.run(shelves, [Record(restock("WH-B", 1))], key=by_warehouse, decide=add_units)
-    assert armed == ["after-write:shelves"]
+    assert armed == ["shelves"]
 
 
 # --- publishing and clearing -----------------------------------------------------------------------

@@ -50,7 +50,7 @@ def fresh_stack(home: Path, service_env: Mapping[str, str]) -> DevStack:
     if stack.running():
         raise BenchError(
             f"processes of an earlier bench still run under {stack.home}: "
-            f"PHARMACY_DEV_HOME={stack.home} .venv/bin/pharmacy-dev down"
+            f"PHARMACY_DEV_HOME={stack.home} .venv/bin/python -m services.ops.devstack down"
         )
     shutil.rmtree(stack.logs, ignore_errors=True)
     shutil.rmtree(stack.pids, ignore_errors=True)

@@ -1,4 +1,7 @@
-"""Fault injection, for the tests that prove what a crash at the worst moment does.
+"""Fault injection, for the tests that prove what a crash at the worst moment does. Development
+only: `python -m services.ops.faults <service>` arms the faults the environment names, through the
+runtime's hooks (`services.runtime.hooks`), then runs the service; the dev stack starts a service
+this way when it is given a `PHARMACY_FAULT_*` variable. The production image has no `services/ops`.
 
 `PHARMACY_FAULT_CRASH_AT=after-write:<collection>` makes the process kill itself (SIGKILL, no
 cleanup, like a power cut) right after it wrote a state change with events into that collection
@@ -9,20 +12,22 @@ and before the outbox relay could publish them.
 `PHARMACY_FAULT_FAIL_AT=publish-after-write:<correlation id>` makes the publish right after a write
 fail for that correlation id's events, so they stay in the outbox for the relay.
 
-Unset in production: a crash point costs one set lookup, and the handler and the publisher are
-used as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import runpy
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
 from typing import Any
 
 import structlog
+
+from services.runtime import hooks
 
 log = structlog.get_logger()
 HandleBatch = Callable[[Sequence[Any]], Awaitable[Any]]
@@ -72,3 +77,22 @@ def paused_when_armed(handle_batch: HandleBatch) -> HandleBatch:
         return await handle_batch(records)
 
     return handle_after_pause
+
+
+def install() -> None:
+    """Arm, through the runtime's hooks, the faults the environment names."""
+    hooks.installed = hooks.Hooks(
+        after_write=lambda store: crash_point(f"after-write:{store}"),
+        wrap_publish=failing_when_armed,
+        wrap_handler=paused_when_armed,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    (service,) = argv if argv is not None else sys.argv[1:]
+    install()
+    runpy.run_module(f"services.{service}", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
