@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [
     ROOT / "README.md",
     ROOT / "deploy" / "README.md",
+    ROOT / "deploy" / "PRODUCTION.md",
     ROOT / "docker-compose.yml",
     ROOT / "deploy" / "compose.env.example",
     *sorted((ROOT / "deploy" / "k8s").glob("*.yaml")),
