@@ -26,6 +26,7 @@ from services.runtime import kafka
 from services.runtime.settings import RuntimeSettings
 from services.runtime.tracking import current_position
 from services.runtime.unit_of_work import Handled, Outcome, Record
+from tests.support.stand_ins import Log
 
 TOPIC = topics.INVENTORY_COMMANDS
 OTHER = topics.INVENTORY_EVENTS
@@ -149,22 +150,6 @@ class Broker:
 class Batch:
     def __init__(self, *records: ConsumerRecord[bytes, bytes]) -> None:
         self.raw_message = records
-
-
-class Log:
-    """Stands in for the runtime's logger: the lines it would write, unrendered."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append(("warning", event, fields))
-
-    def exception(self, event: str, **fields: Any) -> None:
-        self.lines.append(("exception", event, fields))
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.lines.append(("info", event, fields))
 
 
 @pytest.fixture

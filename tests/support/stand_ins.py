@@ -1,4 +1,4 @@
-"""Stand-ins the use-case tests share: the broker's publish and the service's clock."""
+"""Stand-ins the tests share: the broker's publish, the service's clock, a logger that keeps its lines."""
 
 from __future__ import annotations
 
@@ -39,3 +39,19 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+class Log:
+    """Stands in for a module's structlog logger: the lines it would write, unrendered."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append(("warning", event, fields))
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self.lines.append(("exception", event, fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.lines.append(("info", event, fields))

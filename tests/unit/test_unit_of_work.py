@@ -27,6 +27,7 @@ from services.runtime.relay import outbox_entry
 from services.runtime.store import RECENT_MESSAGES, DocumentMemory, MemoryStore, OutboxEntry, Stored, Tracking
 from services.runtime.tracking import Position
 from services.runtime.unit_of_work import MAX_ROUNDS, Decision, Outcome, Record, UnitOfWork
+from tests.support.stand_ins import Log
 
 
 @pytest.fixture(autouse=True)
@@ -489,19 +490,6 @@ async def test_the_worst_moment_to_die_is_armed_only_after_a_write_that_stored_n
 
 
 # --- publishing and clearing -----------------------------------------------------------------------
-
-
-class Log:
-    """Stands in for the unit of work's logger: the lines it would write, unrendered."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append(("warning", event, fields))
-
-    def exception(self, event: str, **fields: Any) -> None:
-        self.lines.append(("exception", event, fields))
 
 
 @pytest.fixture
