@@ -63,7 +63,11 @@ class RuntimeSettings(BaseSettings):
         "a dead letter is cut to fit it",
     )
     kafka_session_timeout_ms: int = Field(
-        default=30_000, ge=6_000, description="How long the group waits for a silent member's heartbeat"
+        default=10_000,
+        ge=6_000,
+        # Heartbeats go from a task of their own, so a batch that waits out an outage does not miss
+        # them; a short session moves a crashed member's partitions to the others soon.
+        description="How long the group waits for a silent member's heartbeat before moving its partitions",
     )
     kafka_heartbeat_interval_ms: int = Field(
         default=3_000, ge=500, description="At most a third of the session timeout"
