@@ -378,3 +378,14 @@ def test_the_secret_template_holds_placeholders_only() -> None:
     secret = the("Secret")
     assert [name for name, docs in MANIFESTS.items() if secret in docs] == ["secret.example.yaml"]
     assert all(PLACEHOLDER in value for value in secret["stringData"].values())
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_start_up_lasts_until_the_service_is_ready_and_an_unready_pod_never_blocks_a_drain(name: str) -> None:
+    """`/health/live` answers as soon as the process does, before MongoDB, the indexes and the
+    consumer groups: a startup probe on it would hand the pod to liveness too early. A budget that
+    counts unready pods as disrupted would block every node drain while the service is down."""
+    container = main_container(the("Deployment", name))
+    assert container["startupProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert the("PodDisruptionBudget", name)["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
