@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from pydantic import SecretStr, ValidationError
+from rich.table import Table
 from rich.text import Text
 
 from pharmacy_contracts import courier as c
@@ -30,6 +31,7 @@ from services.prescription.storage import PrescriptionStorage
 from services.runtime.errors import Refused
 from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
+from services.runtime.topic_ids import KafkaTopicIds
 from services.runtime.topic_setup import TopicSetupError, create_topics
 
 from . import bus, dlq, pharmacist
@@ -472,6 +474,28 @@ def create_topics_command() -> None:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
     console.print(f"created: {', '.join(created) if created else 'nothing, all topics exist'}; every topic checked")
+
+
+@app.command("topic-ids")
+def topic_ids_command() -> None:
+    """Each topic's id: services keep a topic's offset floors per id, so a topic deleted and
+    created again, or mirrored to another cluster, gets a new id and no floor from before applies.
+
+    Where the broker gives no ids, floors are keyed by the topic name: after recreating a topic
+    there, set PHARMACY_KAFKA_TRACKING_EPOCH to a new value and restart the services."""
+    settings = settings_from_env()
+    names = [topic.name for topic in topics.ALL_TOPICS]
+    ids = run(KafkaTopicIds(settings)(names))
+    table = Table(box=None, pad_edge=False)
+    table.add_column("topic", no_wrap=True)
+    table.add_column("topic id", no_wrap=True)
+    for name in names:
+        table.add_row(name, str(ids[name]) if ids.get(name) else "[yellow]none[/yellow]")
+    console.print(table)
+    if settings.kafka_tracking_epoch:
+        console.print(f"tracking epoch: {settings.kafka_tracking_epoch}")
+    if any(ids.get(name) is None for name in names):
+        console.print("[yellow]a topic without an id is missing, or the broker keeps none: see --help[/yellow]")
 
 
 if __name__ == "__main__":

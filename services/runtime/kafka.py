@@ -28,6 +28,7 @@ from .mongo import is_outage
 from .observability import ConsumerObserver, Observability, current_message_type
 from .security import faststream_security
 from .settings import RuntimeSettings
+from .topic_ids import TopicIncarnations
 from .tracking import Position, current_position
 from .unit_of_work import Handled, Outcome, Record
 
@@ -196,6 +197,7 @@ def subscribe(
     observability: Observability | None = None,
     background: bool = False,
     acts_on: Collection[type[Envelope]] | None = None,
+    incarnations: TopicIncarnations | None = None,
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
 
@@ -221,6 +223,10 @@ def subscribe(
     records instead of committing past them. No poison message can loop, because none reaches that
     path. An outage longer than half of `kafka_max_poll_interval_ms` also rewinds the batch
     (`OutageOutlastsPoll`), so the consumer polls again before the group would evict it.
+
+    `incarnations`: which incarnation of each topic a record comes from, so that the offset floors
+    documents keep are never applied to a recreated or mirrored topic (see `topic_ids`); without
+    it, floors are keyed by the topic name alone.
 
     A `background` consumer keeps a projection no prescription waits for on its way. It waits
     `background_wait_ms` where the others wait `kafka_fetch_max_wait_ms` and `kafka_batch_wait_ms`
@@ -249,13 +255,13 @@ def subscribe(
         observed.skipped(record, message_type)
         return True
 
-    async def admit(record: ConsumerRecord, floor: int) -> Envelope | None:
+    async def admit(record: ConsumerRecord, floor: int, incarnation: str | None) -> Envelope | None:
         """The record's contract message, or None once it is dead-lettered (too large, refused at
         the gate, unreadable or violating its contract)."""
         topic = by_name[record.topic]
         body: bytes = record.value or b""
         structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
-        current_position.set(Position(record.topic, record.partition, record.offset, floor))
+        current_position.set(Position(record.topic, record.partition, record.offset, floor, incarnation))
         if len(body) > settings.max_message_bytes:
             detail = f"{len(body)} bytes, at most {settings.max_message_bytes}"
             await dead_letters.send(record, topic, reason="too_large", detail=detail, attempts=1)
@@ -289,12 +295,17 @@ def subscribe(
     async def consume_whole_batch(message: KafkaMessage) -> None:
         observed.claim_task()  # the unit of work's database round trips count as this group's
         floors = _floors(message.raw_message)
+        labels = (
+            await incarnations.labels([(r.topic, r.partition, r.offset) for r in message.raw_message])
+            if incarnations is not None
+            else {}
+        )
         admitted: list[tuple[ConsumerRecord, Record[Any]]] = []
         for raw in message.raw_message:
             if passed_over(raw):
                 continue
             with observed.handling(raw):
-                parsed = await admit(raw, floors[raw.topic, raw.partition])
+                parsed = await admit(raw, floors[raw.topic, raw.partition], labels.get(raw.topic))
                 if parsed is not None and (acted_types is None or parsed.type in acted_types):
                     # Its log fields and trace go with it into the unit of work.
                     record = Record(parsed, current_position.get(), contextvars.copy_context())

@@ -20,6 +20,7 @@ from .observability import Check, HttpEndpoint, NotReady, Observability
 from .relay import OutboxRelay, StoreOutbox, outbox_entry, publisher_for
 from .settings import RuntimeSettings
 from .store import Store
+from .topic_ids import KafkaTopicIds, TopicIncarnations
 from .unit_of_work import UnitOfWork
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class ServiceRuntime:
             observability=self.observability,
             background=background,
             acts_on=acts_on,
+            incarnations=TopicIncarnations(KafkaTopicIds(self.settings), self.settings.kafka_tracking_epoch),
         )
 
     def _counted(self, handle_batch: BatchHandler) -> BatchHandler:

@@ -30,6 +30,13 @@ class RuntimeSettings(BaseSettings):
     )
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=1)
     kafka_group_prefix: str = "pharmacy"
+    kafka_tracking_epoch: str = Field(
+        default="",
+        max_length=64,
+        description="Mixed into every topic's incarnation: change it (and restart) to make every topic count as new, "
+        "so no offset floor kept from before applies (a cluster restored with its topic ids but not its offsets, "
+        "or a broker that keeps no topic ids)",
+    )
     kafka_topic_partitions: int = Field(default=4, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
     kafka_min_insync_replicas: int | None = Field(
