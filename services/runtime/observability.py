@@ -1,7 +1,9 @@
 """Operations: health endpoints, Prometheus metrics and OpenTelemetry traces of one service process.
 
-* HTTP (`http_host`:`http_port`): `/health/live` (the process answers), `/health/ready` (consumers
-  running, broker and database reachable; 503 with the failing checks otherwise), `/metrics`.
+* HTTP (`http_host`:`http_port`): `/health/live` (the process answers and, once the service runs,
+  its consumers still consume and no handler is stuck: 503 with a one-line reason otherwise, so
+  Kubernetes restarts it), `/health/ready` (consumers running, broker and database reachable; 503
+  with the failing checks otherwise), `/metrics`.
 * Metrics live in one registry per `ServiceRuntime` (several services may share a test process).
   The consumer side is recorded per record by the runtime's subscriber: FastStream's Prometheus
   middleware sees our batch subscribers' batches, not their records, so its `faststream_received_*`
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -519,7 +522,7 @@ Check = Callable[[], Awaitable[None]]
 
 
 class NotReady(Exception):
-    """A readiness check's own verdict, shown as it is (not as an error)."""
+    """A health check's own verdict (readiness or liveness), shown as it is (not as an error)."""
 
 
 async def run_checks(checks: Mapping[str, Check], timeout_s: float) -> tuple[bool, dict[str, str]]:
@@ -541,6 +544,45 @@ async def run_checks(checks: Mapping[str, Check], timeout_s: float) -> tuple[boo
     return all(result == "ok" for result in results), outcome
 
 
+def stopped_consumers(subscribers: Iterable[Any]) -> list[str]:
+    """The consumer groups whose FastStream subscriber no longer consumes: stopped, or every consume
+    task it started has ended. FastStream starts a new task when a consume loop raises, but not when
+    the loop returns, which it does once aiokafka's consumer has stopped under it: nothing would
+    fetch for that group again until the process restarts."""
+    stopped = []
+    for subscriber in subscribers:
+        tasks = getattr(subscriber, "tasks", ())
+        if not subscriber.running or (tasks and all(task.done() for task in tasks)):
+            stopped.append(str(getattr(subscriber, "group_id", None) or subscriber))
+    return stopped
+
+
+class HandlersInFlight:
+    """The handler calls running now, each with the moment it began (`clock`, in seconds)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._began: dict[int, float] = {}
+        self._ids = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._began)
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        call = next(self._ids)
+        self._began[call] = self._clock()
+        try:
+            yield
+        finally:
+            del self._began[call]
+
+    def longest_s(self) -> float:
+        """How long the oldest call still running has run (0 when none runs)."""
+        now = self._clock()
+        return max((now - began for began in self._began.values()), default=0.0)
+
+
 class HttpEndpoint:
     """`/health/live`, `/health/ready` and `/metrics` (plus any extra routes) served by uvicorn in
     the service's own event loop. It installs no signal handlers: FastStream owns SIGTERM, drains,
@@ -555,11 +597,15 @@ class HttpEndpoint:
         host: str,
         port: int,
         check_timeout_s: float,
+        live_checks: Callable[[], Mapping[str, Check]] = dict,
         extra_routes: Sequence[Any] = (),
     ) -> None:
+        """`live_checks`: what /health/live requires besides an answer (none by default). Keep them
+        cheap and local: a liveness that fails on a remote outage restarts pods a restart cannot help."""
         self.service = service
         self._metrics = metrics
         self._ready_checks = ready_checks
+        self._live_checks = live_checks
         self._host = host
         self._port = port
         self._timeout_s = check_timeout_s
@@ -575,7 +621,14 @@ class HttpEndpoint:
         from starlette.routing import Route
 
         async def live(_: Request) -> Response:
-            return JSONResponse({"status": "live", "service": self.service})
+            ok, checks = await run_checks(self._live_checks(), self._timeout_s)
+            if ok:
+                return JSONResponse({"status": "live", "service": self.service})
+            failing = (f"{name}: {verdict}" for name, verdict in checks.items() if verdict != "ok")
+            reason = "; ".join(failing).replace("\n", " ")
+            # Kubernetes records the status code, not the body: the pod's last lines say why it restarted.
+            log.warning("not live", reason=reason)
+            return JSONResponse({"status": "not live", "service": self.service, "reason": reason}, status_code=503)
 
         async def ready(_: Request) -> Response:
             ok, checks = await run_checks(self._ready_checks(), self._timeout_s)

@@ -16,7 +16,7 @@ from . import hooks
 from .kafka import BatchHandler, Decode, Gate, create_broker, subscribe
 from .logging import configure_logging
 from .mongo import client_for, ping
-from .observability import Check, HttpEndpoint, NotReady, Observability
+from .observability import Check, HandlersInFlight, HttpEndpoint, NotReady, Observability, stopped_consumers
 from .relay import OutboxRelay, StoreOutbox, outbox_entry, publisher_for
 from .settings import RuntimeSettings
 from .store import Store
@@ -47,8 +47,9 @@ class ServiceRuntime:
         self._sweep_tasks: list[asyncio.Task[None]] = []
         #: "starting" until the consumers joined their groups, "running", then "stopping".
         self.phase = "starting"
-        #: Handler calls running now: the stop reports how many it waited for, and that none is left.
-        self.handlers_in_flight = 0
+        #: Handler calls running now and since when: the stop reports how many it waited for and
+        #: that none is left; liveness fails on one stuck past the poll interval.
+        self.in_flight = HandlersInFlight()
         self.http: HttpEndpoint | None = None
         #: Publishes what each batch's saves put in their outboxes; the relay catches what a crash left.
         self.unit_of_work = UnitOfWork(
@@ -99,13 +100,14 @@ class ServiceRuntime:
             incarnations=TopicIncarnations(KafkaTopicIds(self.settings), self.settings.kafka_tracking_epoch),
         )
 
+    @property
+    def handlers_in_flight(self) -> int:
+        return len(self.in_flight)
+
     def _counted(self, handle_batch: BatchHandler) -> BatchHandler:
         async def handle_counted(records: Sequence[Any]) -> Sequence[Any]:
-            self.handlers_in_flight += 1
-            try:
+            with self.in_flight.one():
                 return await handle_batch(records)
-            finally:
-                self.handlers_in_flight -= 1
 
         return handle_counted
 
@@ -132,6 +134,40 @@ class ServiceRuntime:
 
         return {"consumers": consumers, "broker": broker, "database": database}
 
+    def live_checks(self) -> dict[str, Check]:
+        """What /health/live requires while the service runs (before, the consumers are still
+        joining; while stopping, they stop on purpose): every consumer still consuming, and no
+        handler call running longer than `kafka_max_poll_interval_ms`. Neither heals by itself: a
+        consume loop that ended never starts again, and a consumer that has not fetched for the
+        poll interval has already left its group (aiokafka leaves it). A restart cures both, and
+        the records they held are fetched again from the last commit."""
+        poll_interval_s = self.settings.kafka_max_poll_interval_ms / 1000
+
+        async def consumers() -> None:
+            if self.phase == "running" and (stopped := stopped_consumers(self.broker.subscribers)):
+                raise NotReady(f"no longer consuming: {', '.join(stopped)}")
+
+        async def handlers() -> None:
+            longest_s = self.in_flight.longest_s()
+            if self.phase == "running" and longest_s > poll_interval_s:
+                raise NotReady(
+                    f"a batch handler has run {longest_s:.0f} s, past the poll interval of {poll_interval_s:.0f} s"
+                )
+
+        return {"consumers": consumers, "handlers": handlers}
+
+    def http_endpoint(self) -> HttpEndpoint:
+        """Health and metrics of this process, not yet serving (`app` starts it first thing)."""
+        return HttpEndpoint(
+            self.name,
+            self.observability.metrics,
+            self.ready_checks,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            check_timeout_s=self.settings.health_check_timeout_s,
+            live_checks=self.live_checks,
+        )
+
     async def _lag_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.consumer_lag_interval_s)
@@ -157,14 +193,7 @@ class ServiceRuntime:
             # Serving first: liveness holds while the consumers join their groups (seconds).
             self.phase = "starting"
             if self.settings.http_enabled:
-                self.http = HttpEndpoint(
-                    self.name,
-                    self.observability.metrics,
-                    self.ready_checks,
-                    host=self.settings.http_host,
-                    port=self.settings.http_port,
-                    check_timeout_s=self.settings.health_check_timeout_s,
-                )
+                self.http = self.http_endpoint()
                 await self.http.start()
             try:
                 await ping(self.mongo)

@@ -17,13 +17,16 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
+from pymongo import uri_parser
 
 from services.consultation.settings import ConsultationSettings
 from services.courier.settings import CourierSettings
 from services.inventory.settings import InventorySettings
+from services.ops import asyncapi
 from services.prescription.settings import PrescriptionSettings
 from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
+from tests.unit.test_security import TEST_CA_PEM
 
 #: The oldest Kubernetes release the manifests must work on (still supported by the major clouds).
 K8S_VERSION = "1.30"
@@ -42,6 +45,12 @@ PLACEHOLDER = "REPLACE_ME"
 #: closes its clients before Kubernetes may kill it.
 AFTER_DRAIN_S = 10
 ENV_PREFIX = "PHARMACY_"
+#: The Secrets holding the CA certificates (key ca.crt) of the Kafka brokers and of MongoDB.
+KAFKA_CA = "kafka-ca"
+MONGO_CA = "mongo-ca"
+#: The highest peak RSS of a service measured under a burst of 3,000 prescriptions (README, benchmark).
+MEASURED_PEAK_RSS_BYTES = 145 * 10**6
+MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9}
 
 Manifest = dict[str, Any]
 
@@ -170,6 +179,58 @@ def environment(container: Manifest, config: Manifest, secret: Manifest) -> dict
         assert ref["key"] in secret["stringData"], f"the Secret has no {ref['key']}"
         env[variable["name"]] = secret["stringData"][ref["key"]]
     return env
+
+
+def mounted_files(deployment: Manifest, container: Manifest) -> dict[str, tuple[str, bool]]:
+    """The files a container finds mounted read-only from a Secret or ConfigMap's listed keys: path
+    -> (the Secret's or ConfigMap's name, whether the pod starts without it)."""
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"].get("volumes", [])}
+    files: dict[str, tuple[str, bool]] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        source = volume.get("secret") or volume.get("configMap")
+        if source is None or not mount.get("readOnly"):
+            continue
+        name = source.get("secretName") or source.get("name")
+        for item in source.get("items", []):
+            files[f"{mount['mountPath'].rstrip('/')}/{item['path']}"] = (name, bool(source.get("optional")))
+    return files
+
+
+def ca_problems(deployment: Manifest, config: Manifest, secret: Manifest) -> list[str]:
+    """Every container that talks to Kafka over TLS finds the CA file PHARMACY_KAFKA_SSL_CAFILE names
+    (required: without it no broker's certificate verifies); the service finds the file the MongoDB
+    URL's tlsCAFile names."""
+    problems = []
+    for container in all_containers(deployment):
+        name = container["name"]
+        cafile = environment(container, config, secret).get(f"{ENV_PREFIX}KAFKA_SSL_CAFILE")
+        if cafile is None:
+            problems.append(f"{name}: PHARMACY_KAFKA_SSL_CAFILE is not set")
+        elif mounted_files(deployment, container).get(cafile) != (KAFKA_CA, False):
+            problems.append(f"{name}: {cafile} is not mounted read-only from the required Secret {KAFKA_CA}")
+    container = main_container(deployment)
+    url = environment(container, config, secret)[f"{ENV_PREFIX}MONGO_URL"]
+    tls_cafile = uri_parser.parse_uri(url, validate=False)["options"].get("tlsCAFile")
+    if tls_cafile is None:
+        problems.append("the MongoDB URL names no tlsCAFile")
+    elif mounted_files(deployment, container).get(tls_cafile, ("",))[0] != MONGO_CA:
+        problems.append(f"{container['name']}: {tls_cafile} is not mounted read-only from the Secret {MONGO_CA}")
+    return problems
+
+
+def with_mounted_ca(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """`env` with the Kafka CA file where this machine has one (a test CA), as the pod has it mounted."""
+    cafile = tmp_path / "ca.crt"
+    cafile.write_text(TEST_CA_PEM)
+    return {**env, f"{ENV_PREFIX}KAFKA_SSL_CAFILE": str(cafile)}
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("384Mi", "400M", "1Gi") in bytes."""
+    match = re.fullmatch(r"(\d+)([KMG]i?|k)?", quantity)
+    assert match is not None, f"not a memory quantity: {quantity}"
+    return int(match[1]) * MEMORY_UNITS.get(match[2] or "", 1)
 
 
 def settings_in(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], settings_class: type[BaseSettings]) -> Any:
@@ -351,10 +412,10 @@ def test_a_misspelt_variable_is_found() -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_each_deployment_environment_gives_its_service_valid_settings(
-    monkeypatch: pytest.MonkeyPatch, name: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
 ) -> None:
     deployment = the("Deployment", name)
-    env = environment(main_container(deployment), the("ConfigMap"), the("Secret"))
+    env = with_mounted_ca(environment(main_container(deployment), the("ConfigMap"), the("Secret")), tmp_path)
     settings = settings_in(monkeypatch, env, SERVICES[name])  # raises on a missing or malformed value
     aiokafka_kwargs(settings)  # raises when SASL lacks its user or password
     if name in ("consultation", "courier"):
@@ -364,7 +425,8 @@ def test_each_deployment_environment_gives_its_service_valid_settings(
     assert settings.mongo_url.get_secret_value().startswith("mongodb://")
 
     (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
-    aiokafka_kwargs(settings_in(monkeypatch, environment(init, the("ConfigMap"), the("Secret")), RuntimeSettings))
+    init_env = with_mounted_ca(environment(init, the("ConfigMap"), the("Secret")), tmp_path)
+    aiokafka_kwargs(settings_in(monkeypatch, init_env, RuntimeSettings))
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -389,3 +451,92 @@ def test_start_up_lasts_until_the_service_is_ready_and_an_unready_pod_never_bloc
     assert container["startupProbe"]["httpGet"]["path"] == "/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert the("PodDisruptionBudget", name)["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+# --- certificates and memory ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_container_finds_the_ca_files_its_settings_name(name: str) -> None:
+    """The ConfigMap's bootstrap is a TLS listener: a container without the brokers' CA cannot
+    verify them and crash-loops. The init container creates topics, so it needs the CA too."""
+    assert the("ConfigMap")["data"][f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL"].endswith("SSL")
+    assert ca_problems(the("Deployment", name), the("ConfigMap"), the("Secret")) == []
+
+
+def _init_without_the_ca(docs: dict[str, Manifest]) -> None:
+    (init,) = docs["deployment"]["spec"]["template"]["spec"]["initContainers"]
+    del init["volumeMounts"]
+
+
+def _ca_mounted_writable(docs: dict[str, Manifest]) -> None:
+    for mount in main_container(docs["deployment"])["volumeMounts"]:
+        mount.pop("readOnly", None)
+
+
+def _ca_path_elsewhere(docs: dict[str, Manifest]) -> None:
+    docs["config"]["data"]["PHARMACY_KAFKA_SSL_CAFILE"] = "/etc/ssl/kafka/ca.crt"
+
+
+def _no_ca_setting(docs: dict[str, Manifest]) -> None:
+    del docs["config"]["data"]["PHARMACY_KAFKA_SSL_CAFILE"]
+
+
+def _kafka_ca_optional(docs: dict[str, Manifest]) -> None:
+    for volume in docs["deployment"]["spec"]["template"]["spec"]["volumes"]:
+        if volume.get("secret", {}).get("secretName") == KAFKA_CA:
+            volume["secret"]["optional"] = True
+
+
+def _mongo_url_without_ca(docs: dict[str, Manifest]) -> None:
+    url = docs["secret"]["stringData"]["PHARMACY_MONGO_URL"]
+    docs["secret"]["stringData"]["PHARMACY_MONGO_URL"] = url.split("&tlsCAFile=")[0]
+
+
+def _no_mongo_ca_volume(docs: dict[str, Manifest]) -> None:
+    pod = docs["deployment"]["spec"]["template"]["spec"]
+    pod["volumes"] = [volume for volume in pod["volumes"] if volume["name"] != MONGO_CA]
+    container = main_container(docs["deployment"])
+    container["volumeMounts"] = [mount for mount in container["volumeMounts"] if mount["name"] != MONGO_CA]
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        _init_without_the_ca,
+        _ca_mounted_writable,
+        _ca_path_elsewhere,
+        _no_ca_setting,
+        _kafka_ca_optional,
+        _mongo_url_without_ca,
+        _no_mongo_ca_volume,
+    ],
+)
+def test_a_ca_file_not_mounted_where_the_settings_look_is_found(
+    break_it: Callable[[dict[str, Manifest]], None],
+) -> None:
+    docs = {
+        "deployment": copy.deepcopy(the("Deployment", "courier")),
+        "config": copy.deepcopy(the("ConfigMap")),
+        "secret": copy.deepcopy(the("Secret")),
+    }
+    break_it(docs)
+    assert ca_problems(docs["deployment"], docs["config"], docs["secret"]) != []
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_what_the_fetch_caps_let_a_pod_buffer_fits_under_its_memory_limit(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """aiokafka fetches a partition again only once its buffered records are handed over, so a pod
+    holding every partition of every topic it consumes buffers at most that many times
+    PHARMACY_KAFKA_MAX_PARTITION_FETCH_BYTES. With the measured peak it must fit the limit, with
+    room for three times the partitions (scaling out adds partitions)."""
+    config = the("ConfigMap")["data"]
+    assert {f"{ENV_PREFIX}KAFKA_MAX_PARTITION_FETCH_BYTES", f"{ENV_PREFIX}KAFKA_FETCH_MAX_BYTES"} <= set(config)
+    settings = settings_in(monkeypatch, dict(config), RuntimeSettings)
+    assert settings.kafka_fetch_max_bytes >= settings.kafka_max_partition_fetch_bytes
+    topics_consumed = sum(len(subscriber.topics) for subscriber in asyncapi.build_app(name).broker.subscribers)
+    buffered = topics_consumed * settings.kafka_topic_partitions * settings.kafka_max_partition_fetch_bytes
+    limit = memory_bytes(main_container(the("Deployment", name))["resources"]["limits"]["memory"])
+    assert MEASURED_PEAK_RSS_BYTES + 3 * buffered <= limit
