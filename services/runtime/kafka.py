@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import dataclasses
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from itertools import chain
 from typing import Any
@@ -228,18 +229,17 @@ def subscribe(
     documents keep are never applied to a recreated or mirrored topic (see `topic_ids`); without
     it, floors are keyed by the topic name alone.
 
-    A `background` consumer keeps a projection no prescription waits for on its way. It waits
-    `background_wait_ms` where the others wait `kafka_fetch_max_wait_ms` and `kafka_batch_wait_ms`
-    (an idle consumer costs the broker a fetch per wait and itself a loop per batch wait), and
-    after a batch that was not full it sleeps as long again before returning, that is before the
-    commit and the next batch, so the records that arrive meanwhile come as one fuller batch: fewer
-    commits, fetches and group writes competing with the consumers a prescription does wait for.
-    FastStream's per-batch duration metric and span include that sleep.
+    A `background` consumer keeps a projection no prescription waits for on its way (a status, a
+    ledger, a history). It gathers one batch from several fetches for `background_wait_ms`, up to
+    `background_max_batch_records`, and only then handles and commits it: the events of one
+    prescription that arrive within the window are folded into one write of its document, and the
+    fetches, commits and group writes that remain leave the CPU to the consumers a prescription
+    does wait for. Nothing is committed before it is handled, so a crash loses nothing.
     """
     group_id = settings.group(group)
     fetch_max_wait_ms = settings.background_wait_ms if background else settings.kafka_fetch_max_wait_ms
     batch_wait_ms = settings.background_wait_ms if background else settings.kafka_batch_wait_ms
-    linger_s = settings.background_wait_ms / 1000 if background else 0.0
+    max_records = settings.background_max_batch_records if background else settings.kafka_max_batch_records
     observed = observability.consumer(group_id) if observability is not None else Observability.disabled()
     dead_letters = DeadLetters(broker, group_id, observed, max_request_bytes=settings.kafka_max_request_bytes)
 
@@ -313,13 +313,11 @@ def subscribe(
             structlog.contextvars.unbind_contextvars("correlation_id", "message_id", "message_type")
         if admitted:
             await _handle_batch_with_retries(admitted, by_name, handle_batch, dead_letters, settings)
-        if linger_s and len(message.raw_message) < settings.kafka_max_batch_records:
-            await asyncio.sleep(linger_s)
 
     subscriber = broker.subscriber(
         *by_name,
         batch=True,
-        max_records=settings.kafka_max_batch_records,
+        max_records=max_records,
         # How long an idle consumer waits for records before looking again; records that arrive
         # meanwhile end the wait at once.
         batch_timeout_ms=batch_wait_ms,
@@ -341,8 +339,7 @@ def subscribe(
     )
     subscriber(consume_whole_batch)
     subscriber.specification = ContractSpecification(subscriber.specification, topics, group_id)
-    if not background:
-        subscriber.get_msg = _fetching_without_idle_sleep(subscriber)
+    subscriber.get_msg = _gathering(subscriber) if background else _fetching_without_idle_sleep(subscriber)
 
 
 def _fetching_without_idle_sleep(subscriber: Any) -> Callable[[Any], Awaitable[tuple[ConsumerRecord, ...]]]:
@@ -355,6 +352,30 @@ def _fetching_without_idle_sleep(subscriber: Any) -> Callable[[Any], Awaitable[t
         return tuple(chain.from_iterable(found.values()))
 
     return fetch
+
+
+def _gathering(subscriber: Any) -> Callable[[Any], Awaitable[tuple[ConsumerRecord, ...]]]:
+    """A background consumer's batch: what its fetches bring within `batch_timeout_ms` of the first
+    record, up to `max_records`; each partition's records stay in offset order. Idle, it returns
+    nothing after one fetch's wait, so the consume loop can notice a stop."""
+
+    async def gather(consumer: Any) -> tuple[ConsumerRecord, ...]:
+        window_s = subscriber.batch_timeout_ms / 1000
+        gathered: list[ConsumerRecord] = []
+        deadline = time.monotonic() + window_s
+        while len(gathered) < subscriber.max_records:
+            left_ms = round((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            found = await consumer.getmany(timeout_ms=left_ms, max_records=subscriber.max_records - len(gathered))
+            if not found and not gathered:
+                break
+            if not gathered:
+                deadline = time.monotonic() + window_s  # the window starts with the first record
+            gathered.extend(chain.from_iterable(found.values()))
+        return tuple(gathered)
+
+    return gather
 
 
 def _floors(records: Sequence[ConsumerRecord]) -> dict[tuple[str, int], int]:

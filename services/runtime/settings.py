@@ -133,12 +133,21 @@ class RuntimeSettings(BaseSettings):
     # Background consumers: projections no prescription waits for on its way (the status, the
     # ledger, the supply history).
     background_wait_ms: int = Field(
-        default=500,
+        default=2000,
         ge=1,
         # Below the shutdown grace, aiokafka's request timeout and the poll interval by far.
         le=5000,
-        description="How long a background consumer lets records gather: its fetches wait this long at the "
-        "broker, and it waits this long before the next batch when the last one was empty or not full",
+        description="How long a background consumer gathers records into one batch, from the first one it fetched "
+        "(its fetches wait at most this long at the broker)",
+    )
+    background_max_batch_records: int = Field(
+        default=2000,
+        ge=1,
+        # Records of one document in a batch are recognised by id only (see kafka_max_batch_records):
+        # a background projection's document (one prescription's status, one patient's history, one
+        # ledger line) takes a handful of records in a window, far below the 500 ids it remembers.
+        le=5000,
+        description="Records a background consumer gathers into one batch within background_wait_ms",
     )
     kafka_max_batch_records: int = Field(
         default=250,

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import structlog
+from aiokafka.structs import ConsumerRecord
 from pymongo.errors import BulkWriteError, ConnectionFailure, NotPrimaryError, OperationFailure
 
 from pharmacy_contracts.inventory import AdjustmentRequested, RestockRequested
@@ -559,24 +560,19 @@ def test_the_floor_is_the_offset_before_each_partitions_first_record() -> None:
     assert kafka._floors([]) == {}
 
 
-async def test_a_background_batch_consumer_lingers_after_a_batch_that_was_not_full(
+async def test_a_background_batch_consumer_never_sleeps_before_its_commit(
     monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
 ) -> None:
+    """It gathers before handling (see the fetching tests below), so nothing holds its commit back."""
     handle_batch, _ = answering(Outcome.APPLIED)
-    s = settings(background_wait_ms=750, kafka_max_batch_records=2)
+    s = settings(background_wait_ms=750, background_max_batch_records=1500)
     broker, _, consume = subscribed(monkeypatch, handle_batch, s, background=True)
     assert broker.subscribed is not None
-    assert (broker.subscribed[1]["batch_timeout_ms"], broker.subscribed[1]["fetch_max_wait_ms"]) == (750, 750)
+    options = broker.subscribed[1]
+    assert (options["batch_timeout_ms"], options["fetch_max_wait_ms"], options["max_records"]) == (750, 750, 1500)
     await consume(record(body("a"), offset=1))
-    assert sleeps == [0.75]
-    await consume(record(body("a"), offset=2), record(body("b"), offset=3))
-    assert sleeps == [0.75], "a full batch: the next one at once"
     await consume(record(b"garbage", offset=4))
-    assert sleeps == [0.75, 0.75], "nothing admitted: still a short batch"
-
-    _, _, foreground = subscribed(monkeypatch, handle_batch, s)
-    await foreground(record(body("a"), offset=5))
-    assert sleeps == [0.75, 0.75], "only background consumers linger"
+    assert sleeps == []
 
 
 # --- fetching -------------------------------------------------------------------------------------
@@ -594,13 +590,12 @@ class IdleConsumer:
 
 
 @pytest.mark.parametrize("background", [False, True], ids=["on the path", "background"])
-async def test_only_a_background_consumer_sleeps_after_a_fetch_that_found_nothing(
+async def test_no_consumer_sleeps_after_a_fetch_that_found_nothing(
     monkeypatch: pytest.MonkeyPatch, background: bool
 ) -> None:
     """FastStream's batch subscriber sleeps `batch_timeout_ms` after an empty fetch: a record
-    arriving then waits for it at every hop. A consumer on a prescription's path fetches again at
-    once (the fetch itself waits, and ends when a record arrives); a background one lets records
-    gather."""
+    arriving then waits for it at every hop. Ours fetch again at once (the fetch itself waits, and
+    ends when a record arrives); a background one waits longer in the fetch instead."""
     from faststream.kafka import KafkaBroker
     from faststream.kafka.subscriber import usecase
 
@@ -612,10 +607,75 @@ async def test_only_a_background_consumer_sleeps_after_a_fetch_that_found_nothin
     monkeypatch.setattr(usecase.anyio, "sleep", sleep)
     broker = KafkaBroker("127.0.0.1:1")  # never connected: only its subscriber is used
     handle_batch, _ = answering(Outcome.APPLIED)
-    s = settings(kafka_batch_wait_ms=300, background_wait_ms=900, kafka_max_batch_records=77)
+    s = settings(
+        kafka_batch_wait_ms=300, background_wait_ms=900, kafka_max_batch_records=77, background_max_batch_records=990
+    )
     kafka.subscribe(broker, s, topics=[TOPIC], group="g", title="t", handle_batch=handle_batch, background=background)
     (subscriber,) = broker.subscribers
     consumer = IdleConsumer()
     assert await subscriber.get_msg(consumer) == ()
-    assert consumer.fetches == [(900 if background else 300, 77)]
-    assert slept == ([0.9] if background else [])
+    assert consumer.fetches == [(900, 990) if background else (300, 77)]
+    assert slept == []
+
+
+class ScriptedConsumer:
+    """An aiokafka consumer whose fetches bring what the script says, each taking `fetch_s` of a
+    clock the test owns."""
+
+    def __init__(self, clock: list[float], fetch_s: float, *script: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.clock = clock
+        self.fetch_s = fetch_s
+        self.script = list(script)
+        self.fetches: list[tuple[int, int]] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        self.fetches.append((timeout_ms, max_records))
+        self.clock[0] += self.fetch_s
+        found = self.script.pop(0) if self.script else []
+        by_partition: dict[Any, list[Any]] = {}
+        for rec in found[:max_records]:
+            by_partition.setdefault((rec.topic, rec.partition), []).append(rec)
+        return by_partition
+
+
+def background_subscriber(monkeypatch: pytest.MonkeyPatch, clock: list[float], **options: Any) -> Any:
+    from faststream.kafka import KafkaBroker
+
+    monkeypatch.setattr(kafka.time, "monotonic", lambda: clock[0])
+    broker = KafkaBroker("127.0.0.1:1")  # never connected: only its subscriber is used
+    handle_batch, _ = answering(Outcome.APPLIED)
+    s = settings(**options)
+    kafka.subscribe(broker, s, topics=[TOPIC], group="g", title="t", handle_batch=handle_batch, background=True)
+    (subscriber,) = broker.subscribers
+    return subscriber
+
+
+async def test_a_background_consumer_gathers_one_batch_from_the_fetches_of_its_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The events of one prescription that come within the window are handled in one batch, so its
+    document is written once; each partition's records keep their order."""
+    clock = [100.0]
+    subscriber = background_subscriber(monkeypatch, clock, background_wait_ms=1000, background_max_batch_records=50)
+    first = [record(b"1", offset=10, partition=0), record(b"2", offset=20, partition=1)]
+    second = [record(b"3", offset=11, partition=0)]
+    late = [record(b"4", offset=12, partition=0)]
+    # Fetches of 0.3 s: the first brings records at 100.3, so the window runs to 101.3.
+    consumer = ScriptedConsumer(clock, 0.3, first, [], second, late)
+    batch = await subscriber.get_msg(consumer)
+    assert [(r.partition, r.offset) for r in batch] == [(0, 10), (1, 20), (0, 11), (0, 12)]
+    assert [timeout for timeout, _ in consumer.fetches] == [1000, 1000, 700, 400, 100]
+    # The next batch starts its own window: nothing more comes, so it ends after one fetch.
+    assert await subscriber.get_msg(consumer) == ()
+
+
+async def test_a_background_batch_ends_at_its_cap_without_waiting_out_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    subscriber = background_subscriber(monkeypatch, clock, background_wait_ms=5000, background_max_batch_records=3)
+    records = [record(b"x", offset=n, partition=0) for n in range(5)]
+    consumer = ScriptedConsumer(clock, 0.01, records[:2], records[2:])
+    batch = await subscriber.get_msg(consumer)
+    assert [r.offset for r in batch] == [0, 1, 2]
+    assert [cap for _, cap in consumer.fetches] == [3, 1]
