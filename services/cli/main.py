@@ -7,6 +7,9 @@ read-only views (`status`, `warehouse stock`) ask the owning service's own stora
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
@@ -24,6 +27,8 @@ from pharmacy_contracts.consultation import CancellationRequested, Prescription,
 from services.consultation import fhir
 from services.consultation.storage import ConsultationStorage
 from services.courier.domain import CourierProfile
+from services.courier.gateway import courier_token
+from services.courier.settings import CourierSettings
 from services.courier.storage import CourierStorage
 from services.inventory.storage import InventoryStorage
 from services.prescription.domain import FormularyEntry
@@ -234,6 +239,37 @@ def couriers_load(file: Path = typer.Argument(..., exists=True, help="A JSON lis
     console.print(f"{len(roster)} couriers loaded")
 
 
+@couriers.command("token")
+def couriers_token(courier_id: str = typer.Argument(..., help="The courier's id, as in the roster")) -> None:
+    """The bearer token a courier's app shows the courier gateway (GET /couriers/<id>/trips on the
+    courier service): it opens that courier's own trips and nobody else's. Made with the service's
+    PHARMACY_COURIER_GATEWAY_KEY (or the local dev stack's); changing that key revokes every token."""
+    key = CourierSettings().courier_gateway_key
+    secret = key.get_secret_value() if key is not None else _dev_stack_file("courier-gateway.key")
+    if not secret:
+        console.print("[red]PHARMACY_COURIER_GATEWAY_KEY is not set:[/] set it to the courier service's key")
+        raise typer.Exit(2)
+    print(courier_token(secret.encode(), courier_id))
+
+
+def _dev_stack_file(name: str) -> str:
+    """A key the local dev stack made for itself (`make up`), or "" where there is none."""
+    try:
+        from services.ops.devstack import DevStack
+    except ImportError:  # the production image has no dev stack
+        return ""
+    path = DevStack.from_env().home / name
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _dev_stack_courier_gateway() -> str | None:
+    try:
+        from services.ops.devstack import DevStack
+    except ImportError:
+        return None
+    return DevStack.from_env().http_urls().get("courier-1")
+
+
 # --- warehouse staff ----------------------------------------------------------------------------
 
 
@@ -422,6 +458,46 @@ def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beg
                 )
 
     run(feed())
+
+
+@courier.command()
+def trips(
+    courier_id: str,
+    gateway: str | None = typer.Option(
+        None,
+        envvar="COURIER_GATEWAY_URL",
+        help="The courier service's address, e.g. https://couriers.example (default: the local dev stack's)",
+    ),
+    token: str = typer.Option(..., envvar="COURIER_TOKEN", help="Your token (`pharmacy couriers token`)"),
+) -> None:
+    """Your open trips, from the courier gateway: only what is offered to you or in your hands."""
+    gateway = gateway or _dev_stack_courier_gateway()
+    if gateway is None:
+        console.print("[red]no gateway:[/] give --gateway (or COURIER_GATEWAY_URL), or start the dev stack")
+        raise typer.Exit(2)
+    request = urllib.request.Request(
+        f"{gateway.rstrip('/')}/couriers/{urllib.parse.quote(courier_id)}/trips",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as error:
+        reason = "the token is not this courier's" if error.code == 401 else f"HTTP {error.code}"
+        console.print(f"[red]the gateway refused:[/] {reason}")
+        raise typer.Exit(1) from None
+    except (urllib.error.URLError, TimeoutError) as error:
+        console.print(f"[red]the gateway did not answer:[/] {getattr(error, 'reason', error)}")
+        raise typer.Exit(1) from None
+    if not answer["trips"]:
+        console.print("no open trips")
+    for trip in answer["trips"]:
+        flags = " ".join(f for f, on in (("COLD-CHAIN", trip["cold_chain"]), ("CONTROLLED", trip["controlled"])) if on)
+        deadline = f" accept by {trip['accept_by']}" if trip["accept_by"] and trip["state"] == "offered" else ""
+        console.print(
+            f"[bold]{trip['dispatch_id']}[/] {trip['state']}: pick up at {trip['pickup_warehouse_id']} → "
+            f"{trip['address']['line']}, {trip['address']['town']} ☎ {trip['contact_phone']} {flags}{deadline}"
+        )
 
 
 @courier.command()

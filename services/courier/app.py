@@ -12,6 +12,7 @@ from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
+from . import gateway
 from .service import DECISIONS, STOCK_EVENTS, CourierService
 from .settings import CourierSettings
 from .storage import CourierStorage
@@ -62,6 +63,9 @@ def build(
         title="follow couriers' reports",
     )
     runtime.every_sweep("deliveries", service.sweep)
+    gateway_key = settings.courier_gateway_key
+    if gateway_key is not None and gateway_key.get_secret_value():
+        runtime.serve(*gateway.routes(gateway_key.get_secret_value().encode(), storage.held_by))
 
     async def startup() -> None:
         settings.delivery_code_secret()  # refuses to start without the key, with a clear message

@@ -75,6 +75,10 @@ class CourierStorage:
         swept = sorted(state.value for state in domain.SWEPT)
         return await self._states_where({"state.state": {"$in": swept}})
 
+    async def held_by(self, courier_id: str) -> list[Delivery]:
+        """Deliveries offered to or held by a courier now (indexed on the courier), for their app."""
+        return await self._states_where({"state.active_courier_id": courier_id})
+
     async def waiting_deliveries(self) -> list[Delivery]:
         """Deliveries waiting for a courier (indexed on the state)."""
         return await self._states_where({"state.state": DeliveryState.AWAITING_COURIER.value})

@@ -111,6 +111,16 @@ class DevStack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    @property
+    def courier_gateway_key(self) -> str:
+        """The key of this stack's courier tokens (`pharmacy couriers token`, the courier gateway)."""
+        path = self.home / "courier-gateway.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def sender_keys(self) -> dict[str, dict[str, str]]:
         return {sender: {DEV_KEY_ID: self.signing_secret} for sender in DEV_SENDERS}
 
@@ -121,6 +131,7 @@ class DevStack:
             "PHARMACY_KAFKA_TOPIC_PARTITIONS": str(self.partitions),
             "PHARMACY_SENDER_KEYS": json.dumps(self.sender_keys()),
             "PHARMACY_DELIVERY_CODE_KEY": self.delivery_code_key,
+            "PHARMACY_COURIER_GATEWAY_KEY": self.courier_gateway_key,
             "PHARMACY_HTTP_HOST": "127.0.0.1",
             **self.extra_env,
         }

@@ -44,6 +44,7 @@ class ServiceRuntime:
         )
         self.relay = OutboxRelay(self.broker, [], settings.outbox_poll_interval_s, metrics=self.observability.metrics)
         self._sweeps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._routes: list[Any] = []
         self._sweep_tasks: list[asyncio.Task[None]] = []
         #: "starting" until the consumers joined their groups, "running", then "stopping".
         self.phase = "starting"
@@ -111,6 +112,11 @@ class ServiceRuntime:
 
         return handle_counted
 
+    def serve(self, *routes: Any) -> None:
+        """Starlette routes served beside /health and /metrics on the service's HTTP port (an edge
+        a service offers people, e.g. the courier gateway); none without `http_enabled`."""
+        self._routes += routes
+
     def every_sweep(self, name: str, sweep: Callable[[], Awaitable[None]]) -> None:
         """Run `sweep` every `sweep_interval_s` while the service runs: deadlines that passed
         (reviews, courier offers, lot expiry) are found by looking, so nothing waits forever even
@@ -166,6 +172,7 @@ class ServiceRuntime:
             port=self.settings.http_port,
             check_timeout_s=self.settings.health_check_timeout_s,
             live_checks=self.live_checks,
+            extra_routes=self._routes,
         )
 
     async def _lag_forever(self) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import urllib.error
+import urllib.request
 from datetime import date, timedelta
 from typing import Any
 from uuid import uuid4
@@ -11,6 +14,7 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from typer.testing import CliRunner
 
 from pharmacy_contracts import Envelope, topics
 from pharmacy_contracts.consultation import Coordinates
@@ -38,10 +42,13 @@ from pharmacy_contracts.prescription import (
     PrescriptionCancelled,
 )
 from services.cli import bus
+from services.cli import main as cli
 from services.courier.app import build, create_app
 from services.courier.domain import CourierProfile, DeliveryState
+from services.courier.gateway import courier_token
 from services.courier.settings import CourierSettings
 from services.courier.storage import CourierStorage
+from services.ops.devstack import free_port
 from services.ops.simulation import wrong_code
 from services.runtime import delivery_codes
 from services.runtime.mongo import connect
@@ -1080,3 +1087,62 @@ async def test_reports_and_sweeps_without_a_trace_continue_the_prescription_trac
     assert all(s.context.trace_id == prescription_trace for s in continued)
     linked = {link.context.span_id for s in continued for link in s.links}
     assert {s.context.span_id for s in handled_reports} <= linked, "each report's own span is linked to its work"
+
+
+async def test_a_courier_reads_their_own_trips_from_the_gateway_and_nobody_elses(settings: RuntimeSettings) -> None:
+    key = f"gateway-{uuid4().hex}"
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    client = connect(settings.mongo_url.get_secret_value())
+    storage = CourierStorage(client[settings.mongo_database])
+    rx = f"RX-K-GATE-{uuid4().hex[:6]}"
+    try:
+        await seed(storage)
+        service = service_settings(
+            settings, courier_gateway_key=key, http_enabled=True, http_host="127.0.0.1", http_port=port
+        )
+        async with (
+            running(create_app(service)),
+            TopicWatch(settings.kafka_bootstrap_servers, *WATCHED) as watch,
+        ):
+            await bus.publish(settings, approval(rx), reserved(rx, "WH-K-1"))
+            await watch.wait_for(lambda w: offers(w, rx), f"the dispatch of {rx}")
+            (_, offer), *_ = offers(watch, rx)
+            holder = offer.courier_id
+            other = next(c.courier_id for c in ROSTER if c.courier_id != holder)
+
+            def trips(courier_id: str, token: str) -> tuple[int, dict[str, Any]]:
+                request = urllib.request.Request(
+                    f"{gateway}/couriers/{courier_id}/trips", headers={"Authorization": f"Bearer {token}"}
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        return response.status, json.load(response)
+                except urllib.error.HTTPError as error:
+                    return error.code, json.load(error)
+
+            mine = await asyncio.to_thread(trips, holder, courier_token(key.encode(), holder))
+            theirs = await asyncio.to_thread(trips, other, courier_token(key.encode(), other))
+            forged = await asyncio.to_thread(trips, holder, courier_token(key.encode(), other))
+            # The same through the command line: the dispatcher issues the token, the courier reads.
+            as_dispatcher = {"PHARMACY_COURIER_GATEWAY_KEY": key}
+            issued = CliRunner().invoke(cli.app, ["couriers", "token", holder], env=as_dispatcher)
+            on_screen = await asyncio.to_thread(
+                CliRunner().invoke,
+                cli.app,
+                ["courier", "trips", holder, "--gateway", gateway, "--token", issued.output.strip()],
+                env={"COLUMNS": "200"},
+            )
+    finally:
+        client.close()
+
+    status, body = mine
+    assert status == 200
+    (trip,) = [t for t in body["trips"] if t["package_id"] == rx]
+    assert (trip["dispatch_id"], trip["state"]) == (offer.dispatch_id, "offered")
+    assert trip["contact_phone"] == offer.contact_phone
+    assert rx not in json.dumps(theirs[1]), "another courier never sees the trip"
+    assert forged[0] == 401 and rx not in json.dumps(forged[1])
+    assert issued.exit_code == 0 and issued.output.strip() == courier_token(key.encode(), holder)
+    assert on_screen.exit_code == 0, on_screen.output
+    assert f"{offer.dispatch_id} offered" in on_screen.output
