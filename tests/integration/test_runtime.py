@@ -115,10 +115,11 @@ async def test_a_background_consumer_handles_what_its_window_gathers_as_one_batc
 ) -> None:
     """Records that come within the window after the first one fetched are handled together, so a
     projection writes each document once for all of them; each is committed only after handling
-    (the commit tests above hold for background consumers too). The window is long, so a slow
-    machine cannot split what the test publishes one after the other."""
+    (the commit tests above hold for background consumers too). The others are published once the
+    consumer has fetched the first: a consumer that handled what each fetch brings would have
+    handled the first alone by then."""
     settings = fast(settings, background_wait_ms=5000)
-    markers = [f"G{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    first, *others = markers = [f"G{uuid.uuid4().hex[:6]}" for _ in range(3)]
     batches: list[list[str]] = []
     runtime = ServiceRuntime("test", settings)
 
@@ -130,10 +131,17 @@ async def test_a_background_consumer_handles_what_its_window_gathers_as_one_batc
 
     runtime.consume(TOPIC, group="background", handle_batch=handle, title="test", background=True)
     async with running(runtime.app()):
-        await asyncio.sleep(1)  # joined, and past whatever earlier tests left on the topic
-        for marker in markers:
+        (landed,) = await publish_noting(settings, command(first))
+        (consumer,) = (subscriber.consumer for subscriber in runtime.broker.subscribers)
+        partition = TopicPartition(TOPIC.name, landed.partition)
+
+        async def fetched() -> bool:  # a fetch response that reported the partition past it brought it
+            return (consumer.highwater(partition) or 0) > landed.offset
+
+        await wait_until(fetched, "the consumer to fetch the first record", timeout=30, interval=0.02)
+        await asyncio.sleep(0.5)  # what handles each fetch's records would be handling the first now
+        for marker in others:
             await publish_noting(settings, command(marker))
-            await asyncio.sleep(1.5)  # a fetch returns as soon as a record arrives: each its own
         await wait_until(lambda: _async(sum(map(len, batches)) == len(markers)), "the three records", timeout=30)
     assert len(batches) == 1 and sorted(batches[0]) == sorted(markers), batches  # partitions interleave
 
