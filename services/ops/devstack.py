@@ -94,27 +94,21 @@ class DevStack:
     def signing_secret(self) -> str:
         """A signing key made for this dev stack only (never committed): the simulated upstream
         systems sign with it, and the consultation service knows it for each of DEV_SENDERS."""
-        path = self.home / "signing.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return self._key("signing.key")
 
     @property
     def delivery_code_key(self) -> str:
         """The key consultation and courier derive patients' delivery codes from (this stack only)."""
-        path = self.home / "delivery-code.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return self._key("delivery-code.key")
 
     @property
     def courier_gateway_key(self) -> str:
         """The key of this stack's courier tokens (`pharmacy couriers token`, the courier gateway)."""
-        path = self.home / "courier-gateway.key"
+        return self._key("courier-gateway.key")
+
+    def _key(self, name: str) -> str:
+        """A secret of this stack's own, made the first time it is asked for, readable by its owner only."""
+        path = self.home / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_hex(32))

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from services.courier.domain import Delivery, DeliveryState, offer
 from services.courier.gateway import courier_token, is_courier, open_trips, routes
+from tests.support import asgi
 from tests.unit.builders import make_courier, make_delivery
 
 KEY = b"gateway-key-for-tests"
@@ -28,32 +29,7 @@ def offered(prescription_id: str, courier_id: str, state: DeliveryState = Delive
 
 
 async def get(app: Starlette, path: str, authorization: str | None = None) -> tuple[int, dict[str, Any]]:
-    headers = [(b"authorization", authorization.encode())] if authorization is not None else []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": headers,
-        "client": ("10.0.0.9", 5000),
-        "server": ("test", 80),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return status, json.loads(body)
+    return await asgi.get(app, path, {"Authorization": authorization} if authorization is not None else None)
 
 
 def test_a_token_opens_one_courier_id_only() -> None:

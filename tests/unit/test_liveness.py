@@ -7,7 +7,7 @@ consumer under them is a stand-in, so no broker is needed."""
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +18,7 @@ from pharmacy_contracts import topics
 from services.runtime.observability import HandlersInFlight, HttpEndpoint, NotReady, ServiceMetrics
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
+from tests.support import asgi
 
 POLL_INTERVAL_S = RuntimeSettings().kafka_max_poll_interval_ms / 1000
 
@@ -73,32 +74,7 @@ async def consuming(runtime: ServiceRuntime, consumer: Consumer) -> Any:
 
 
 async def get(endpoint: HttpEndpoint, path: str) -> tuple[int, dict[str, Any]]:
-    """One GET through the endpoint's ASGI app, without a socket."""
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8080),
-    }
-    await endpoint.asgi_app()(scope, receive, send)
-    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
-    return sent[0]["status"], json.loads(body)
+    return await asgi.get(endpoint.asgi_app(), path)
 
 
 async def live(runtime: ServiceRuntime) -> tuple[int, dict[str, Any]]:
@@ -135,7 +111,9 @@ async def test_a_consume_loop_that_crashed_and_was_restarted_keeps_the_service_l
     assert (await live(runtime))[0] == 200
 
 
-async def test_liveness_fails_for_a_handler_in_flight_past_the_poll_interval(runtime: ServiceRuntime) -> None:
+@contextlib.asynccontextmanager
+async def handler_stuck(runtime: ServiceRuntime) -> AsyncIterator[Clock]:
+    """A batch handler that does not return until the block ends, timed on the clock it yields."""
     clock = Clock()
     runtime.in_flight = HandlersInFlight(clock)
     release = asyncio.Event()
@@ -146,44 +124,38 @@ async def test_liveness_fails_for_a_handler_in_flight_past_the_poll_interval(run
 
     handling = asyncio.create_task(runtime._counted(stuck)([]))
     await asyncio.sleep(0)
-    assert runtime.handlers_in_flight == 1
+    try:
+        yield clock
+    finally:
+        release.set()
+        await handling
 
-    clock.now += POLL_INTERVAL_S - 1
-    assert (await live(runtime))[0] == 200  # slow, but the consumer is still in its group
 
-    clock.now += 2
-    status, body = await live(runtime)
-    assert status == 503
-    assert body["reason"] == (
-        f"handlers: a batch handler has run {POLL_INTERVAL_S + 1:.0f} s, "
-        f"past the poll interval of {POLL_INTERVAL_S:.0f} s"
-    )
+async def test_liveness_fails_for_a_handler_in_flight_past_the_poll_interval(runtime: ServiceRuntime) -> None:
+    async with handler_stuck(runtime) as clock:
+        assert runtime.handlers_in_flight == 1
+        clock.now += POLL_INTERVAL_S - 1
+        assert (await live(runtime))[0] == 200  # slow, but the consumer is still in its group
 
-    release.set()
-    await handling
+        clock.now += 2
+        status, body = await live(runtime)
+        assert status == 503
+        assert body["reason"] == (
+            f"handlers: a batch handler has run {POLL_INTERVAL_S + 1:.0f} s, "
+            f"past the poll interval of {POLL_INTERVAL_S:.0f} s"
+        )
     assert runtime.handlers_in_flight == 0
     assert (await live(runtime))[0] == 200
 
 
 @pytest.mark.parametrize("phase", ["starting", "stopping"])
 async def test_liveness_holds_while_consumers_join_or_stop_on_purpose(runtime: ServiceRuntime, phase: str) -> None:
-    clock = Clock()
-    runtime.in_flight = HandlersInFlight(clock)
     subscriber = await consuming(runtime, Consumer(fails_with=ConsumerStoppedError()))
     await subscriber.stop()
-    release = asyncio.Event()
-
-    async def stuck(records: Any) -> list[Any]:
-        await release.wait()
-        return []
-
-    handling = asyncio.create_task(runtime._counted(stuck)([]))
-    await asyncio.sleep(0)
-    clock.now += POLL_INTERVAL_S * 2
-    runtime.phase = phase
-    assert (await live(runtime))[0] == 200
-    release.set()
-    await handling
+    async with handler_stuck(runtime) as clock:
+        clock.now += POLL_INTERVAL_S * 2
+        runtime.phase = phase
+        assert (await live(runtime))[0] == 200
 
 
 async def test_the_endpoint_reports_every_failing_liveness_check_on_one_line() -> None:
