@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .envelope import Contract, Envelope, Identifier, UtcDatetime, example_id, wire_example
+from .limits import MAX_DAYS_SUPPLY, MAX_ITEMS, MAX_UNITS, MAX_VALIDITY, MULTILINE, ONE_LINE, Name
 
-Text = Annotated[str, Field(min_length=1, max_length=500)]
+# Instructions and address lines may come in several lines (FHIR's `address.text`, a taper's steps).
+Text = Annotated[str, Field(min_length=1, max_length=500), MULTILINE]
 Phone = Annotated[str, Field(min_length=5, max_length=32, pattern=r"^\+?[0-9 ()\-]+$")]
 
 
@@ -20,54 +22,71 @@ class Coordinates(Contract):
 
 class Address(Contract):
     line: Text
-    town: Annotated[str, Field(min_length=1, max_length=120)]
-    postcode: Annotated[str, Field(max_length=16)] | None = None
+    town: Annotated[str, Field(min_length=1, max_length=120), ONE_LINE]
+    postcode: Annotated[str, Field(max_length=16), ONE_LINE] | None = None
     coordinates: Coordinates
 
 
 class Patient(Contract):
     patient_id: Identifier
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Name
     phone: Phone
     date_of_birth: date
-    allergies: list[Annotated[str, Field(min_length=1, max_length=80)]] = Field(default_factory=list, max_length=50)
+    allergies: list[Annotated[str, Field(min_length=1, max_length=80), ONE_LINE]] = Field(
+        default_factory=list, max_length=50
+    )
     address: Address
 
 
 class Prescriber(Contract):
     prescriber_id: Identifier
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    licence_number: Annotated[str, Field(min_length=1, max_length=64)]
+    name: Name
+    licence_number: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE]
     remote_expert: bool = False
 
 
 class PrescriptionItem(Contract):
     """One line of a prescription.
 
-    Quantity and days of supply are plain integers here on purpose: whether they are sensible is a
+    Quantity and days of supply may be zero or negative on purpose: whether they are sensible is a
     formulary rule, answered with a reason code by the prescription service, not a parse error.
+    Only sizes no formulary would ever allow are refused here (see `limits`).
     """
 
     drug_code: Identifier
-    quantity: int = Field(description="Quantity in dispensing units (tablets, vials, ...)")
+    quantity: int = Field(ge=-MAX_UNITS, le=MAX_UNITS, description="Quantity in dispensing units (tablets, vials, ...)")
     dosage_text: Text
-    days_supply: int
+    days_supply: int = Field(ge=-MAX_DAYS_SUPPLY, le=MAX_DAYS_SUPPLY)
     chronic: bool = Field(
         default=False, description="Long-term therapy: the formulary's longer chronic days-of-supply limit applies"
     )
 
 
 class Prescription(Contract):
-    """The prescription as the doctor issued it."""
+    """The prescription as the doctor issued it.
+
+    A validity window that ends before it starts is the prescription service's to answer
+    (`VALIDITY_WINDOW_INVALID`); one longer than any prescription is valid for is refused here.
+    """
 
     prescription_id: Identifier
     consultation_id: Identifier
     patient: Patient
     prescriber: Prescriber
-    diagnosis_codes: list[Annotated[str, Field(min_length=1, max_length=16)]] = Field(max_length=20)
-    items: list[PrescriptionItem] = Field(min_length=1, max_length=20)
+    diagnosis_codes: list[Annotated[str, Field(min_length=1, max_length=16), ONE_LINE]] = Field(max_length=20)
+    items: list[PrescriptionItem] = Field(min_length=1, max_length=MAX_ITEMS)
     issued_at: UtcDatetime
-    valid_until: UtcDatetime
+    valid_until: UtcDatetime = Field(description="At most a year (367 days) after `issued_at`")
+
+    @model_validator(mode="after")
+    def _valid_for_at_most_a_year(self) -> Prescription:
+        # A difference, never a sum: issued_at + MAX_VALIDITY overflows near the year 9999.
+        if self.valid_until - self.issued_at > MAX_VALIDITY:
+            raise ValueError(
+                f"valid_until {self.valid_until:%Y-%m-%d} is more than {MAX_VALIDITY.days} days after issued_at "
+                f"{self.issued_at:%Y-%m-%d}: no prescription is valid that long"
+            )
+        return self
 
 
 #: The prescription the published examples use (the same as contracts/examples/prescription.json).
@@ -151,7 +170,8 @@ class PrescriptionAccepted(Envelope):
     prescription: Prescription
 
 
-CancellationReason = Annotated[str, Field(min_length=1, max_length=300)]
+CancellationReason = Annotated[str, Field(min_length=1, max_length=300), MULTILINE]
+RequestedBy = Annotated[str, Field(min_length=1, max_length=120), ONE_LINE]
 _CANCELLATION = {
     "sender_id": "district-clinic",
     "prescription_id": _RX,
@@ -166,7 +186,7 @@ class _Cancellation(Envelope):
     sender_id: Identifier
     prescription_id: Identifier
     reason: CancellationReason
-    requested_by: Annotated[str, Field(min_length=1, max_length=120)]
+    requested_by: RequestedBy
 
 
 class CancellationRequested(_Cancellation):

@@ -8,6 +8,10 @@ from pydantic import ConfigDict, Field, model_validator
 
 from .consultation import EXAMPLE_PRESCRIPTION, Address, Coordinates, Phone
 from .envelope import Envelope, Identifier, UtcDatetime, example_id, wire_example
+from .limits import MULTILINE, Attempts
+
+# A courier's or a dispatcher's few words for a person to read.
+Remark = Annotated[str, Field(max_length=300), MULTILINE]
 
 FailureReason = Literal["patient_absent", "address_not_found", "refused", "damaged", "other"]
 DeliveryCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]
@@ -45,7 +49,7 @@ class DispatchOffered(Envelope):
     dispatch_id: Identifier
     courier_id: Identifier
     package_id: Identifier
-    attempt: int = Field(ge=1)
+    attempt: Attempts
     pickup_warehouse_id: Identifier
     address: Address
     contact_phone: Phone
@@ -98,7 +102,7 @@ class CourierReported(Envelope):
     delivery_code: DeliveryCode | None = Field(
         default=None, description="The code the patient reads out at the door; required for 'delivered'"
     )
-    note: Annotated[str, Field(max_length=300)] | None = None
+    note: Remark | None = None
 
     @model_validator(mode="after")
     def _failure_needs_a_reason(self) -> CourierReported:
@@ -113,7 +117,7 @@ class _DeliveryEvent(Envelope):
     prescription_id: Identifier
     dispatch_id: Identifier
     courier_id: Identifier
-    attempt: int = Field(ge=1)
+    attempt: Attempts
 
 
 class CourierAssigned(_DeliveryEvent):
@@ -213,7 +217,7 @@ class DeliveryAbandoned(Envelope):
     type: Literal["courier.delivery_abandoned"] = "courier.delivery_abandoned"
     prescription_id: Identifier
     warehouse_id: Identifier
-    attempts: int = Field(ge=1)
+    attempts: Attempts
     last_reason: FailureReason
     goods_travelled: bool = False
 
@@ -247,7 +251,7 @@ class DeliveryWaiting(Envelope):
     type: Literal["courier.delivery_waiting"] = "courier.delivery_waiting"
     prescription_id: Identifier
     warehouse_id: Identifier
-    why: Annotated[str, Field(min_length=1, max_length=300)]
+    why: Annotated[str, Field(min_length=1, max_length=300), MULTILINE]
 
 
 class DeliveryCodeRejected(_DeliveryEvent):
@@ -263,7 +267,7 @@ class DeliveryCodeRejected(_DeliveryEvent):
     )
 
     type: Literal["courier.delivery_code_rejected"] = "courier.delivery_code_rejected"
-    wrong_codes: int = Field(ge=1, description="Wrong codes reported on this attempt so far")
+    wrong_codes: Attempts = Field(description="Wrong codes reported on this attempt so far")
     locked: bool = Field(
         default=False,
         description="That was the last wrong code allowed: the attempt takes no more codes; the dispatcher decides",

@@ -10,6 +10,8 @@ from uuid import NAMESPACE_URL, uuid4, uuid5
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from .limits import MAX_SCHEMA_VERSION, ONE_LINE
+
 
 def _to_utc(value: datetime) -> datetime:
     try:
@@ -49,11 +51,11 @@ class Envelope(Contract):
 
     message_id: Identifier = Field(default_factory=new_message_id)
     type: str
-    schema_version: int = Field(default=1, ge=1)
+    schema_version: int = Field(default=1, ge=1, le=MAX_SCHEMA_VERSION)
     occurred_at: UtcDatetime = Field(default_factory=utc_now)
     correlation_id: Identifier
     causation_id: Identifier | None = None
-    producer: Annotated[str, Field(min_length=1, max_length=64)]
+    producer: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE]
 
 
 @dataclass(frozen=True)

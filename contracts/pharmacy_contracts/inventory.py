@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from .consultation import EXAMPLE_PRESCRIPTION, Coordinates
 from .envelope import Contract, Envelope, Identifier, example_id, wire_example
+from .limits import MAX_SHELF_LIFE, MAX_STOCK_UNITS, MAX_UNITS, MULTILINE, ONE_LINE, StockUnits, Units
 
-StaffName = Annotated[str, Field(min_length=1, max_length=80)]
+StaffName = Annotated[str, Field(min_length=1, max_length=80), ONE_LINE]
+WarehouseName = Annotated[str, Field(min_length=1, max_length=120), ONE_LINE]
+AdjustmentReason = Annotated[str, Field(min_length=1, max_length=200), MULTILINE]
+Delta = Annotated[int, Field(ge=-MAX_UNITS, le=MAX_UNITS)]
+# Staff read the refusal; inventory writes it from lot ids, dates and figures.
+RefusalReason = Annotated[str, Field(min_length=1, max_length=1000), MULTILINE]
 
 Bucket = Literal["outside", "available", "reserved", "dispatched", "quarantine", "expired"]
 """Where a unit of a lot is. `outside` is the world beyond the warehouse (suppliers, patients, bins)."""
@@ -24,14 +30,16 @@ class Movement(Contract):
     kind: MovementKind
     lot_id: Identifier
     drug_code: Identifier
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS)
     source: Bucket
     target: Bucket
 
 
 class StockLine(Contract):
+    """One drug of a prescription: its lines' quantities added up."""
+
     drug_code: Identifier
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS)
 
 
 class LotPick(Contract):
@@ -40,17 +48,17 @@ class LotPick(Contract):
     drug_code: Identifier
     lot_id: Identifier
     expiry_date: date
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS)
 
 
 class StockLevel(Contract):
     """A drug's figures in one warehouse right after the change that reports it."""
 
     drug_code: Identifier
-    available: int = Field(ge=0)
-    reserved: int = Field(ge=0)
-    dispatched: int = Field(ge=0)
-    quarantined: int = Field(default=0, ge=0)
+    available: StockUnits
+    reserved: StockUnits
+    dispatched: StockUnits
+    quarantined: StockUnits = 0
 
 
 # The published examples follow one prescription and one warehouse.
@@ -119,14 +127,19 @@ class WarehouseRegistrationRequested(Envelope):
 
     type: Literal["inventory.warehouse_registration_requested"] = "inventory.warehouse_registration_requested"
     warehouse_id: Identifier
-    name: Annotated[str, Field(min_length=1, max_length=120)]
+    name: WarehouseName
     kind: Literal["central", "township"]
     location: Coordinates
     requested_by: StaffName
 
 
 class RestockRequested(Envelope):
-    """Goods received: one lot of one drug, with the expiry printed on the pack."""
+    """Goods received: one lot of one drug, with the expiry printed on the pack.
+
+    An expiry more than ten years after `occurred_at` is refused here (a typing error such as
+    9999-12-31); a lot already expired is refused by inventory, on its own clock, with a
+    `StockCommandRefused`.
+    """
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
@@ -140,9 +153,20 @@ class RestockRequested(Envelope):
     warehouse_id: Identifier
     drug_code: Identifier
     lot_id: Identifier
-    expiry_date: date
-    quantity: int = Field(gt=0)
+    expiry_date: date = Field(description="At most ten years after `occurred_at`")
+    quantity: Units
     requested_by: StaffName
+
+    @model_validator(mode="after")
+    def _expiry_within_a_shelf_life(self) -> RestockRequested:
+        # A difference, never a sum: received + MAX_SHELF_LIFE overflows near the year 9999.
+        received = self.occurred_at.date()
+        if self.expiry_date - received > MAX_SHELF_LIFE:
+            raise ValueError(
+                f"expiry_date {self.expiry_date} is more than ten years after the restock ({received}): "
+                "no medicine keeps that long; check the date printed on the pack"
+            )
+        return self
 
 
 class AdjustmentRequested(Envelope):
@@ -160,8 +184,8 @@ class AdjustmentRequested(Envelope):
     warehouse_id: Identifier
     drug_code: Identifier
     lot_id: Identifier
-    delta: int = Field(description="Units added (positive) or removed (negative); never zero")
-    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    delta: Delta = Field(description="Units added (positive) or removed (negative); never zero")
+    reason: AdjustmentReason
     requested_by: StaffName
 
 
@@ -185,7 +209,7 @@ class WarehouseRegistered(Envelope):
 
     type: Literal["inventory.warehouse_registered"] = "inventory.warehouse_registered"
     warehouse_id: Identifier
-    name: str
+    name: WarehouseName
     kind: Literal["central", "township"]
     location: Coordinates
 
@@ -219,8 +243,8 @@ class StockReserved(Envelope):
 
 class Shortage(Contract):
     drug_code: Identifier
-    requested: int = Field(gt=0)
-    best_available: int = Field(ge=0, description="Most units of this drug any single warehouse had")
+    requested: int = Field(gt=0, le=MAX_STOCK_UNITS)
+    best_available: StockUnits = Field(description="Most units of this drug any single warehouse had")
 
 
 class ReservationFailed(Envelope):
@@ -353,7 +377,7 @@ class StockRestocked(Envelope):
     drug_code: Identifier
     lot_id: Identifier
     expiry_date: date
-    quantity: int = Field(gt=0)
+    quantity: Units
     requested_by: StaffName
     level: StockLevel
     movements: list[Movement] = Field(default_factory=list)
@@ -377,8 +401,8 @@ class StockAdjusted(Envelope):
     warehouse_id: Identifier
     drug_code: Identifier
     lot_id: Identifier
-    delta: int
-    reason: str
+    delta: Delta
+    reason: AdjustmentReason
     requested_by: StaffName
     level: StockLevel
     movements: list[Movement] = Field(default_factory=list)
@@ -401,7 +425,7 @@ class StockCommandRefused(Envelope):
     type: Literal["inventory.stock_command_refused"] = "inventory.stock_command_refused"
     warehouse_id: Identifier
     drug_code: Identifier | None = None
-    reason: str
+    reason: RefusalReason
 
 
 class LotNearingExpiry(Envelope):
@@ -421,7 +445,7 @@ class LotNearingExpiry(Envelope):
     drug_code: Identifier
     lot_id: Identifier
     expiry_date: date
-    available: int = Field(ge=0)
+    available: StockUnits
 
 
 class LotExpired(Envelope):
@@ -452,7 +476,7 @@ class LotExpired(Envelope):
     drug_code: Identifier
     lot_id: Identifier
     expiry_date: date
-    removed: int = Field(ge=0)
+    removed: StockUnits
     level: StockLevel
     movements: list[Movement] = Field(default_factory=list)
 
@@ -473,5 +497,5 @@ class LowStock(Envelope):
     type: Literal["inventory.low_stock"] = "inventory.low_stock"
     warehouse_id: Identifier
     drug_code: Identifier
-    available: int = Field(ge=0)
-    threshold: int = Field(ge=0)
+    available: StockUnits
+    threshold: StockUnits

@@ -6,8 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from .consultation import EXAMPLE_PRESCRIPTION, Address, Phone
+from .consultation import EXAMPLE_PRESCRIPTION, Address, CancellationReason, Phone, RequestedBy
 from .envelope import Contract, Envelope, Identifier, UtcDatetime, example_id, wire_example
+from .limits import MAX_DAYS_SUPPLY, MAX_ITEMS, MULTILINE, Units
+
+Explanation = Annotated[str, Field(min_length=1, max_length=500), MULTILINE]
 
 ReasonCode = Literal[
     "UNKNOWN_DRUG",
@@ -35,14 +38,16 @@ class Reason(Contract):
     """Why a prescription was refused: a code for machines, a sentence for people."""
 
     code: ReasonCode
-    message: Annotated[str, Field(min_length=1, max_length=500)]
-    item_index: int | None = Field(default=None, ge=0, description="Which item, when the reason is about one")
+    message: Explanation
+    item_index: int | None = Field(
+        default=None, ge=0, lt=MAX_ITEMS, description="Which item, when the reason is about one"
+    )
 
 
 class ApprovedLine(Contract):
     drug_code: Identifier
-    quantity: int = Field(gt=0)
-    days_supply: int = Field(gt=0)
+    quantity: Units
+    days_supply: int = Field(gt=0, le=MAX_DAYS_SUPPLY)
 
 
 class DeliveryDetails(Contract):
@@ -84,7 +89,7 @@ class PrescriptionApproved(Envelope):
     type: Literal["prescription.approved"] = "prescription.approved"
     prescription_id: Identifier
     patient_id: Identifier
-    lines: list[ApprovedLine] = Field(min_length=1)
+    lines: list[ApprovedLine] = Field(min_length=1, max_length=MAX_ITEMS, description="One per prescription item")
     delivery: DeliveryDetails
     reviewed_by: Identifier | None = Field(default=None, description="The pharmacist who released a hold")
 
@@ -164,8 +169,8 @@ class PrescriptionCancelled(Envelope):
 
     type: Literal["prescription.cancelled"] = "prescription.cancelled"
     prescription_id: Identifier
-    reason: Annotated[str, Field(min_length=1, max_length=300)]
-    requested_by: Annotated[str, Field(min_length=1, max_length=120)]
+    reason: CancellationReason
+    requested_by: RequestedBy
     was_approved: bool = Field(description="It had been approved, so stock or a courier may be involved")
 
 
@@ -191,7 +196,7 @@ class ReviewDecided(Envelope):
     prescription_id: Identifier
     decision: Literal["approve", "reject"]
     pharmacist_id: Identifier
-    note: Annotated[str, Field(min_length=1, max_length=500)]
+    note: Explanation
 
 
 class CancellationOrdered(Envelope):
@@ -210,4 +215,4 @@ class CancellationOrdered(Envelope):
     type: Literal["prescription.cancellation_ordered"] = "prescription.cancellation_ordered"
     prescription_id: Identifier
     pharmacist_id: Identifier
-    reason: Annotated[str, Field(min_length=1, max_length=300)]
+    reason: CancellationReason

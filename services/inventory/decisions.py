@@ -244,7 +244,9 @@ def register(
 
 def restock(rules: Rules, current: Warehouse, command: inv.RestockRequested) -> Decision[Warehouse]:
     try:
-        outcome = domain.restock(current, command.lot_id, command.drug_code, command.expiry_date, command.quantity)
+        outcome = domain.restock(
+            current, command.lot_id, command.drug_code, command.expiry_date, command.quantity, today=rules.today
+        )
     except domain.StockRefused as refused:
         return refuse_command(rules, current, command, str(refused))
     return Decision(outcome.warehouse, [messages.stock_restocked(command, outcome, at=rules.now)])

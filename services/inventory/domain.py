@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from pharmacy_contracts.geo import great_circle_km
 from pharmacy_contracts.inventory import Bucket, Movement, MovementKind
+from pharmacy_contracts.limits import MAX_STOCK_UNITS
 
 WarehouseKind = Literal["central", "township"]
 
@@ -217,10 +218,20 @@ def register(
     return base.model_copy(update={"name": name, "kind": kind, "location": location})
 
 
-def restock(warehouse: Warehouse, lot_id: str, drug_code: str, expiry_date: date, quantity: int) -> Outcome:
-    """Received goods: a new lot, or more of a lot already here (same drug, same printed expiry)."""
+def restock(
+    warehouse: Warehouse, lot_id: str, drug_code: str, expiry_date: date, quantity: int, *, today: date
+) -> Outcome:
+    """Received goods: a new lot, or more of a lot already here (same drug, same printed expiry).
+    Never a lot that has expired (on its expiry date it counts as expired, as for the sweep): it
+    would go from the delivery van straight to the expired bucket."""
     if quantity <= 0:
         raise StockRefused("a restock adds at least one unit")
+    if expiry_date <= today:
+        raise StockRefused(
+            f"lot {lot_id} of {drug_code} expired on {expiry_date} (today is {today}): "
+            "expired goods are not put on the shelf; return them to the supplier"
+        )
+    _refuse_over_capacity(warehouse, drug_code, quantity)
     existing = warehouse.lots.get(lot_id)
     if existing is not None and (existing.drug_code, existing.expiry_date) != (drug_code, expiry_date):
         raise StockRefused(
@@ -244,11 +255,24 @@ def adjust(warehouse: Warehouse, lot_id: str, drug_code: str, delta: int) -> Out
         raise StockRefused(f"lot {lot_id} is {lot.drug_code}, not {drug_code}")
     if lot.available + delta < 0:
         raise StockRefused(f"only {lot.available} units of {drug_code} in lot {lot_id} are available to remove")
+    _refuse_over_capacity(warehouse, drug_code, delta)
     if delta > 0:
         movement = move("adjusted", lot_id, drug_code, delta, "outside", "available")
     else:
         movement = move("adjusted", lot_id, drug_code, -delta, "available", "outside")
     return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, [movement])}), (movement,))
+
+
+def _refuse_over_capacity(warehouse: Warehouse, drug_code: str, adding: int) -> None:
+    """Every figure an event reports of a drug (a level, a lot, a movement, a shortage) is at most
+    what the warehouse holds of it; keeping that under the contracts' bound keeps every event valid."""
+    level = warehouse.level(drug_code)
+    held = level.available + level.reserved + level.dispatched + level.quarantined
+    if adding > 0 and held + adding > MAX_STOCK_UNITS:
+        raise StockRefused(
+            f"{warehouse.warehouse_id} holds {held} units of {drug_code}; {adding} more would pass the "
+            f"{MAX_STOCK_UNITS} units one warehouse may hold of a drug"
+        )
 
 
 # --- allocation ------------------------------------------------------------------------------------

@@ -60,9 +60,9 @@ STOCK = {
     "PH-RIVERTON": {"MET500": 400, "AML5": 200, "ATV20": 180, "AMOX500": 63, "IBU400": 60},
     "PH-KARA-BULAK": {"MET500": 300, "AML5": 150, "LIS10": 120, "LEV50": 90},
 }
-# Lots a pharmacy has to be careful with: one that expired last week (the expiry sweep removes
-# it), one that expires within the warning window (an alert), one too short-dated for a 90-day
-# therapy (first-expiry-first-out passes over it).
+# Lots a pharmacy has to be careful with: one that expired last week (refused at the door, with a
+# reason on inventory.events.v1), one that expires within the warning window (an alert), one too
+# short-dated for a 90-day therapy (first-expiry-first-out passes over it).
 DIFFICULT_LOTS = [
     ("PH-NORTHFORD", "MET500", 200, "MET500-OLD", -7),
     ("PH-RIVERTON", "AML5", 100, "AML5-SOON", 20),

@@ -3,7 +3,9 @@
 The corpus comes from hypothesis strategies that start from a VALID message of each topic
 (`model_dump(mode="json")`) and break it: a required field dropped, an unknown field added, a value
 of the wrong JSON type, a string over its `max_length` or over `max_message_bytes`, numbers out of
-range, naive / malformed / out-of-range timestamps, a wrong `type` discriminator; or the whole body
+range, naive / malformed / out-of-range timestamps, a wrong `type` discriminator; integers storage
+cannot hold (2**63, 10**30), dates at the end of time (9999-12-31), control and bidi-override
+characters in text (the hostile messages of issue 13 found each passing the contract); or the whole body
 replaced by random bytes, truncated JSON, JSON that is not an object, badly encoded or absurdly
 nested JSON. Every payload is checked to be malformed (it is larger than `max_message_bytes`, or
 the topic's own parser refuses it); those that happen to be valid are discarded.
@@ -372,6 +374,15 @@ BAD_TIMESTAMPS = [
     "",
 ]
 BAD_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\x80"]
+#: MongoDB keeps 64-bit integers: each of these once passed a contract and failed in storage.
+HUGE_INTEGERS = [2**63, 2**63 - 1, 2**64 + 1, 10**30, -(2**63) - 1, -(10**30)]
+#: The end of time, as a date and as timestamps (a validity or a lot's expiry that far was accepted).
+FAR_DATES = ["9999-12-31", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59.999999+00:00", "3000-01-01T00:00:00Z"]
+#: Invisible or reordering characters that made a name display as something it is not.
+HIDDEN_CHARACTERS = [
+    "\x00", "\x07", "\x1b", "\x7f", "\x85", "\x9b", "\u2028",
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
+]  # fmt: skip
 
 
 # strategies built once (building st.timezones() and friends on every draw is slow)
@@ -383,6 +394,9 @@ MUTATIONS = st.sampled_from(
     + ["out_of_range"] * 3
     + ["bad_timestamp"] * 3
     + ["bad_discriminator"] * 2
+    + ["huge_integer"] * 2
+    + ["far_date"] * 2
+    + ["hidden_character"] * 2
 )
 MUTATION_COUNT = st.sampled_from([1, 1, 1, 2, 3])
 FIELD_NAMES = st.text(min_size=1, max_size=24)
@@ -469,6 +483,23 @@ def mutated(draw: st.DrawFn, topic: topics.Topic) -> tuple[str, bytes]:
                 draw(st.sampled_from(stamps)),
                 draw(TIMESTAMPS),
             )
+        elif kind == "huge_integer":
+            integers = [p for p, v in every if isinstance(v, int) and not isinstance(v, bool)]
+            if not integers:
+                continue
+            doc = replaced(doc, draw(st.sampled_from(integers)), draw(st.sampled_from(HUGE_INTEGERS)))
+        elif kind == "far_date":
+            stamps = [p for p, _ in every if p and p[-1] in TIMESTAMP_KEYS]
+            if not stamps:
+                continue
+            doc = replaced(doc, draw(st.sampled_from(stamps)), draw(st.sampled_from(FAR_DATES)))
+        elif kind == "hidden_character":
+            texts = [(p, v) for p, v in every if isinstance(v, str)]
+            if not texts:
+                continue
+            path, original = draw(st.sampled_from(texts))
+            at = draw(st.integers(0, len(original)))
+            doc = replaced(doc, path, original[:at] + draw(st.sampled_from(HIDDEN_CHARACTERS)) + original[at:])
         elif kind == "bad_discriminator":
             if not isinstance(doc, dict):
                 continue

@@ -12,6 +12,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
 from services.courier.domain import CourierProfile
 from services.prescription.domain import FormularyEntry, Interaction
@@ -194,12 +195,11 @@ async def test_an_undecided_review_escalates_then_expires(system: System) -> Non
 # --- stock ---------------------------------------------------------------------------------------
 
 
-async def test_fefo_skips_an_expired_and_a_short_dated_lot(system: System) -> None:
+async def test_fefo_skips_a_short_dated_lot_and_an_expired_one_never_gets_on_the_shelf(system: System) -> None:
     insulin = drug(unique("INS"), "insulin")
     warehouse = unique("WH-FEFO")
     today = date.today()
     lots = {
-        "expired": today - timedelta(days=1),
         "short": today + timedelta(days=20),  # ends before 30 days of therapy plus delivery
         "first": today + timedelta(days=120),
         "later": today + timedelta(days=400),
@@ -209,6 +209,23 @@ async def test_fefo_skips_an_expired_and_a_short_dated_lot(system: System) -> No
         couriers=[courier("Bayu")],
         stock=[(warehouse, insulin.drug_code, 10, f"{warehouse}-{name}", expiry) for name, expiry in lots.items()],
     )
+    expired = inv.RestockRequested(
+        correlation_id=unique("CMD-EXPIRED"),
+        producer="test",
+        warehouse_id=warehouse,
+        drug_code=insulin.drug_code,
+        lot_id=f"{warehouse}-expired",
+        expiry_date=today - timedelta(days=1),
+        quantity=10,
+        requested_by="test",
+    )
+    await system.publish(expired)
+
+    async def refused() -> bool:
+        events = await topic_events(system.settings, topics.INVENTORY_EVENTS.name, expired.correlation_id)
+        return [e["type"] for e in events] == ["inventory.stock_command_refused"]
+
+    await wait_until(refused, "the expired lot's restock to be refused")
     prescription_id = unique("RX-FEFO")
     await system.publish(prescription_message(prescription_id, [(insulin.drug_code, 15)], days_supply=30))
     await reserved_at(system, prescription_id)

@@ -310,7 +310,7 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
         registration(mid, 51.55, 70.40),  # ~75 km: has everything
         registration(far, 50.61, 72.10, kind="central"),  # ~230 km: has plenty of everything
         restock(near, a, 500),
-        restock(mid, a, 50, "A-EXPIRED", TODAY - timedelta(days=1)),
+        restock(mid, a, 50, "A-EXPIRED", TODAY - timedelta(days=1)),  # refused: never on the shelf
         restock(mid, a, 50, "A-SHORT", TODAY + timedelta(days=2 + 30 - 1)),  # one day short
         restock(mid, a, 20, "A-SOON", TODAY + timedelta(days=2 + 30)),  # lasts exactly
         restock(mid, a, 50, "A-LATER", TODAY + timedelta(days=300)),
@@ -394,7 +394,9 @@ async def test_the_nearest_warehouse_with_everything_fills_it_first_expiry_first
     assert figures(after_reserve, "A-SOON") == (0, 20, 0, 0, 0, 0)
     assert figures(after_reserve, "A-LATER") == (40, 10, 0, 0, 0, 0)
     assert figures(after_reserve, "A-SHORT")[:2] == (50, 0), "short-dated: not taken"
-    assert figures(after_reserve, "A-EXPIRED")[1] == 0, "expired: not taken"
+    assert after_reserve is not None and "A-EXPIRED" not in after_reserve.lots, "expired: not even taken in"
+    (expired_refused,) = events_for(watch, mid, StockCommandRefused)
+    assert "lot A-EXPIRED of DRUG-RES-A expired on" in expired_refused.reason
     assert after_return is not None and after_return.holds[rx].dispatched is False
     assert figures(after_return, "A-SOON") == (0, 20, 0, 0, 0, 0), "the sealed package is held for the retry"
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from datetime import UTC, datetime, timedelta, timezone
+import re
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError, core_schema
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
@@ -18,6 +20,16 @@ from pharmacy_contracts.consultation import CancellationRequested, Prescription,
 from pharmacy_contracts.envelope import Envelope, Producer
 from pharmacy_contracts.geo import EARTH_RADIUS_KM, great_circle_km
 from pharmacy_contracts.lifecycle import PIPELINE, TERMINAL, Stage, next_stage, stage_of
+from pharmacy_contracts.limits import (
+    MAX_ATTEMPTS,
+    MAX_DAYS_SUPPLY,
+    MAX_ITEMS,
+    MAX_SHELF_LIFE,
+    MAX_STOCK_UNITS,
+    MAX_UNITS,
+    MULTILINE,
+    ONE_LINE,
+)
 from tests.unit.builders import (
     EXAMPLE_PRESCRIPTION_PATH,
     RX_ID,
@@ -491,6 +503,285 @@ def test_a_timestamp_that_overflows_in_utc_is_a_validation_error_not_a_crash() -
         RestockRequested.model_validate_json(raw)
 
     assert [e["loc"] for e in error.value.errors()] == [("occurred_at",)]
+
+
+# --- what storage can hold: bounded numbers, sensible dates, printable text ---------------------------
+# The hostile values that found the holes (issue 13): each passed the contract and failed later, in
+# storage (OverflowError, retried, dead-lettered `processing_failed`) or on a pharmacist's screen.
+# tests/e2e/test_fuzz.py sends the same mutations through the running services.
+
+HUGE_INTEGERS = [2**63, 2**63 - 1, 10**30, -(2**63) - 1]
+HIDDEN_CHARACTERS = {
+    "NUL": "\x00",
+    "bell": "\x07",
+    "escape": "\x1b",
+    "DEL": "\x7f",
+    "C1 next line": "\x85",
+    "C1 CSI": "\x9b",
+    "LRE": "\u202a",
+    "RLE": "\u202b",
+    "PDF": "\u202c",
+    "LRO": "\u202d",
+    "RLO": "\u202e",
+    "LRI": "\u2066",
+    "RLI": "\u2067",
+    "FSI": "\u2068",
+    "PDI": "\u2069",
+}
+
+
+def json_leaves(doc, path=()):
+    """Every leaf of a JSON tree with its path."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from json_leaves(value, (*path, key))
+    elif isinstance(doc, list):
+        for index, value in enumerate(doc):
+            yield from json_leaves(value, (*path, index))
+    else:
+        yield path, doc
+
+
+def with_leaf(doc, path, value):
+    doc = json.loads(json.dumps(doc))
+    parent = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    return doc
+
+
+def accepted_mutations(mutate) -> tuple[int, list[tuple[str, tuple]]]:
+    """Each leaf of one of each message that `mutate(path, value)` changes (None: leave it), parsed by
+    the message's topic: how many were tried, and those the topic accepted."""
+    tried, accepted = 0, []
+    for message in one_of_each_message():
+        topic = topics.topic_for(message)
+        doc = message.model_dump(mode="json")
+        for path, value in json_leaves(doc):
+            changed = mutate(path, value)
+            if changed is None:
+                continue
+            tried += 1
+            try:
+                topic.parse(json.dumps(with_leaf(doc, path, changed)))
+            except ValidationError:
+                continue
+            accepted.append((type(message).__name__, path))
+    return tried, accepted
+
+
+@pytest.mark.parametrize("huge", HUGE_INTEGERS)
+def test_no_integer_in_any_message_takes_what_storage_cannot_hold(huge):
+    tried, accepted = accepted_mutations(lambda _, v: huge if type(v) is int else None)
+
+    assert tried >= 30, "one of each message has integers to try"
+    assert accepted == []
+
+
+@pytest.mark.parametrize("char", HIDDEN_CHARACTERS.values(), ids=HIDDEN_CHARACTERS.keys())
+def test_no_text_in_any_message_takes_a_control_or_bidi_character(char):
+    tried, accepted = accepted_mutations(lambda _, v: v[:1] + char + v[1:] if isinstance(v, str) else None)
+
+    assert tried >= 200, "one of each message has text to try"
+    assert accepted == []
+
+
+@pytest.mark.parametrize(
+    ("message_type", "path", "lowest", "highest"),
+    [
+        (PrescriptionSubmitted, ("prescription", "items", 0, "quantity"), -MAX_UNITS, MAX_UNITS),
+        (PrescriptionSubmitted, ("prescription", "items", 0, "days_supply"), -MAX_DAYS_SUPPLY, MAX_DAYS_SUPPLY),
+        (PrescriptionSubmitted, ("schema_version",), 1, 1000),
+        (rx.PrescriptionApproved, ("lines", 0, "quantity"), 1, MAX_UNITS),
+        (rx.PrescriptionApproved, ("lines", 0, "days_supply"), 1, MAX_DAYS_SUPPLY),
+        (rx.PrescriptionRejected, ("reasons", 0, "item_index"), 0, MAX_ITEMS - 1),
+        (inv.RestockRequested, ("quantity",), 1, MAX_UNITS),
+        (inv.AdjustmentRequested, ("delta",), -MAX_UNITS, MAX_UNITS),
+        (inv.StockReserved, ("lines", 0, "quantity"), 1, MAX_STOCK_UNITS),
+        (inv.StockReserved, ("picks", 0, "quantity"), 1, MAX_STOCK_UNITS),
+        (inv.StockReserved, ("movements", 0, "quantity"), 1, MAX_STOCK_UNITS),
+        (inv.StockReserved, ("levels", 0, "available"), 0, MAX_STOCK_UNITS),
+        (inv.StockReserved, ("levels", 0, "quarantined"), 0, MAX_STOCK_UNITS),
+        (inv.ReservationFailed, ("shortages", 0, "requested"), 1, MAX_STOCK_UNITS),
+        (inv.ReservationFailed, ("shortages", 0, "best_available"), 0, MAX_STOCK_UNITS),
+        (inv.LowStock, ("threshold",), 0, MAX_STOCK_UNITS),
+        (inv.LotExpired, ("removed",), 0, MAX_STOCK_UNITS),
+        (inv.LotNearingExpiry, ("available",), 0, MAX_STOCK_UNITS),
+        (c.CourierAssigned, ("attempt",), 1, MAX_ATTEMPTS),
+        (c.DispatchOffered, ("attempt",), 1, MAX_ATTEMPTS),
+        (c.DeliveryAbandoned, ("attempts",), 1, MAX_ATTEMPTS),
+        (c.DeliveryCodeRejected, ("wrong_codes",), 1, MAX_ATTEMPTS),
+    ],
+    ids=lambda v: ".".join(map(str, v)) if isinstance(v, tuple) else getattr(v, "__name__", None),
+)
+def test_each_integer_takes_its_bounds_and_not_one_more(message_type, path, lowest, highest):
+    message = next(m for m in one_of_each_message() if type(m) is message_type)
+    topic, doc = topics.topic_for(message), message.model_dump(mode="json")
+
+    for fits in (lowest, highest):
+        assert getattr(topic.parse(json.dumps(with_leaf(doc, path, fits))), path[0]) is not None
+    for beyond in (lowest - 1, highest + 1):
+        with pytest.raises(ValidationError) as error:
+            topic.parse(json.dumps(with_leaf(doc, path, beyond)))
+        assert any(e["loc"][-len(path) :] == path for e in error.value.errors()), error.value.errors()
+
+
+def test_an_approval_has_at_most_one_line_per_possible_item():
+    # Inventory adds a drug's lines up: bounded lines keep the sum under what a level may hold.
+    line = {"drug_code": "MET500", "quantity": MAX_UNITS, "days_supply": 30}
+    doc = approved().model_dump(mode="json")
+
+    assert len(topics.PRESCRIPTION_DECISIONS.parse(json.dumps({**doc, "lines": [line] * MAX_ITEMS})).lines) == 20
+    with pytest.raises(ValidationError, match="at most 20 items"):
+        topics.PRESCRIPTION_DECISIONS.parse(json.dumps({**doc, "lines": [line] * (MAX_ITEMS + 1)}))
+    assert MAX_ITEMS * MAX_UNITS <= MAX_STOCK_UNITS
+
+
+def test_the_bounds_leave_room_for_sums_in_64_bits():
+    assert MAX_STOCK_UNITS * 1_000_000 < 2**63  # a million levels summed still fit
+
+
+ISSUED = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "valid_until", [ISSUED + timedelta(days=367), ISSUED + timedelta(days=30), ISSUED - timedelta(days=1)]
+)
+def test_a_prescription_may_be_valid_up_to_a_year_after_issue(valid_until):
+    # A window that ends before it starts is the prescription service's to answer (VALIDITY_WINDOW_INVALID).
+    prescription = make_prescription(issued_at=ISSUED.isoformat(), valid_until=valid_until.isoformat())
+
+    assert prescription.valid_until == valid_until
+
+
+@pytest.mark.parametrize(
+    "valid_until",
+    [
+        ISSUED + timedelta(days=367, seconds=1),
+        "2036-11-25T08:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "9999-12-31T23:59:59.999999+00:00",
+    ],
+)
+def test_a_prescription_valid_for_longer_than_a_year_is_refused_with_the_reason(valid_until):
+    value = valid_until if isinstance(valid_until, str) else valid_until.isoformat()
+
+    with pytest.raises(
+        ValidationError, match="after issued_at 2026-11-25: no prescription is valid that long"
+    ) as error:
+        make_prescription(issued_at=ISSUED.isoformat(), valid_until=value)
+    assert error.value.errors()[0]["loc"] == ()
+
+
+def test_a_validity_near_the_end_of_time_is_measured_without_overflowing():
+    # issued_at + a year would pass datetime.max: the rule measures the difference.
+    prescription = make_prescription(issued_at="9999-12-30T00:00:00Z", valid_until="9999-12-31T23:59:59Z")
+
+    assert prescription.valid_until.year == 9999  # not yet valid: the prescription service's answer
+    with pytest.raises(ValidationError, match="no prescription is valid that long"):
+        make_prescription(issued_at="0001-01-01T00:00:00Z", valid_until="9999-12-31T23:59:59Z")
+
+
+def restock_requested(expiry_date, occurred_at="2026-12-07T10:00:00Z") -> inv.RestockRequested:
+    return inv.RestockRequested.model_validate(
+        {
+            **envelope_fields(correlation_id="CMD-1", occurred_at=occurred_at),
+            "type": "inventory.restock_requested",
+            "warehouse_id": "WH-1",
+            "drug_code": "MET500",
+            "lot_id": "MET500-L1",
+            "expiry_date": str(expiry_date),
+            "quantity": 10,
+            "requested_by": "Aigerim",
+        }
+    )
+
+
+def test_a_lot_may_expire_up_to_ten_years_after_it_is_received_or_already_have_expired():
+    # An expired lot is inventory's to refuse, on its own clock (StockCommandRefused), not a parse error.
+    received = date(2026, 12, 7)
+
+    assert restock_requested(received + MAX_SHELF_LIFE).expiry_date == date(2036, 12, 7)
+    assert restock_requested(date(2020, 1, 1)).expiry_date == date(2020, 1, 1)
+
+
+@pytest.mark.parametrize("expiry_date", [date(2036, 12, 8), date(2099, 1, 1), date(9999, 12, 31)])
+def test_a_lot_expiring_more_than_ten_years_ahead_is_refused_with_the_reason(expiry_date):
+    with pytest.raises(ValidationError, match=f"expiry_date {expiry_date} is more than ten years after the restock"):
+        restock_requested(expiry_date)
+
+    with pytest.raises(ValidationError, match="no medicine keeps that long"):
+        topics.INVENTORY_COMMANDS.parse(
+            restock_requested(date(2030, 1, 1)).model_dump_json().replace("2030-01-01", "9999-12-31")
+        )
+
+
+def test_a_hidden_character_is_named_with_where_it_is():
+    data = submitted_data()
+    data["prescription"]["patient"]["name"] = "Gulnara \u202eavokadaS"
+
+    with pytest.raises(ValidationError) as error:
+        PrescriptionSubmitted.model_validate(data)
+
+    (found,) = error.value.errors()
+    assert found["loc"] == ("prescription", "patient", "name")
+    assert found["type"] == "unprintable_character"
+    assert found["msg"] == "contains U+202E at position 8: only visible text on one line is accepted"
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        (("patient", "name"), "Gulnara\nSadykova"),
+        (("patient", "name"), "Gulnara\tSadykova"),
+        (("patient", "name"), "Gulnara\u2028Sadykova"),
+        (("patient", "address", "town"), "North\rford"),
+        (("prescriber", "name"), "Dr.\u2029Karimov"),
+    ],
+)
+def test_names_and_towns_are_one_line(where, text):
+    data = prescription_data()
+    target = data
+    for step in where[:-1]:
+        target = target[step]
+    target[where[-1]] = text
+
+    with pytest.raises(ValidationError, match="only visible text on one line"):
+        Prescription.model_validate(data)
+
+
+def test_names_in_any_script_with_their_direction_marks_are_accepted():
+    data = prescription_data()
+    # Uyghur in Arabic script with a right-to-left mark, Chinese, an accent and an astral character.
+    data["patient"]["name"] = "\u06af\u06c8\u0644\u0646\u0627\u0631\u06d5 \u200fSadykova \u53e4\u4e3d Zoë 𝄞"
+    data["patient"]["address"]["line"] = "Farmstead 7\nSteppe Road\t(behind the mill)"
+    data["items"][0]["dosage_text"] = "Week 1: 40 mg daily\r\nWeek 2: 30 mg daily"
+
+    prescription = Prescription.model_validate(data)
+
+    assert prescription.patient.name == data["patient"]["name"]
+    assert prescription.patient.address.line.count("\n") == 1
+
+
+@pytest.mark.parametrize("printable", [ONE_LINE, MULTILINE], ids=["one line", "multiline"])
+def test_the_published_pattern_refuses_exactly_what_the_contract_refuses(printable):
+    # Senders in other languages validate with the JSON Schema's pattern; it must agree with the code.
+    pattern = re.compile(printable.__get_pydantic_json_schema__(core_schema.str_schema(), lambda s: {})["pattern"])
+    for code in [*range(0xD800), *range(0xE000, 0x10000), 0x1D11E, 0x10FFFF]:
+        text = f"a{chr(code)}b"
+        try:
+            printable.check(text)
+            refused = False
+        except PydanticCustomError:
+            refused = True
+        assert refused is (pattern.fullmatch(text) is None), hex(code)
+
+
+def test_a_lone_surrogate_is_refused_though_no_pattern_can_say_so():
+    # UTF-8 (JSON's, BSON's) cannot encode it; a pattern over UTF-16 code units would refuse pairs too.
+    with pytest.raises(PydanticCustomError):
+        ONE_LINE.check("a\ud800b")
 
 
 # --- shared vocabulary: distance ------------------------------------------------------------------

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from pharmacy_contracts.limits import MAX_STOCK_UNITS
 from services.inventory.domain import (
     DrugStock,
     Figures,
@@ -116,7 +117,7 @@ def test_a_warehouse_without_a_location_is_not_registered():
 
 
 def test_restock_of_a_new_lot_puts_it_on_the_shelf_and_records_the_receipt():
-    outcome = restock(make_warehouse(), "L-1", "MET500", date(2028, 3, 31), 100)
+    outcome = restock(make_warehouse(), "L-1", "MET500", date(2028, 3, 31), 100, today=TODAY)
 
     lot = outcome.warehouse.lots["L-1"]
     assert (lot.drug_code, lot.expiry_date, lot.available, lot.received) == ("MET500", date(2028, 3, 31), 100, 100)
@@ -124,9 +125,9 @@ def test_restock_of_a_new_lot_puts_it_on_the_shelf_and_records_the_receipt():
 
 
 def test_restock_of_an_existing_lot_with_the_same_drug_and_expiry_adds_to_it():
-    first = restock(make_warehouse(), "L-1", "MET500", date(2028, 3, 31), 100).warehouse
+    first = restock(make_warehouse(), "L-1", "MET500", date(2028, 3, 31), 100, today=TODAY).warehouse
 
-    again = restock(first, "L-1", "MET500", date(2028, 3, 31), 20).warehouse
+    again = restock(first, "L-1", "MET500", date(2028, 3, 31), 20, today=TODAY).warehouse
 
     assert (again.lots["L-1"].available, again.lots["L-1"].received) == (120, 120)
 
@@ -136,20 +137,49 @@ def test_restock_of_an_existing_lot_with_the_same_drug_and_expiry_adds_to_it():
     [("AML5", date(2028, 3, 31), "is MET500"), ("MET500", date(2028, 4, 1), "expiring 2028-03-31")],
 )
 def test_restock_refuses_a_known_lot_id_with_another_drug_or_expiry(drug_code, expiry_date, match):
-    first = restock(make_warehouse(), "L-1", "MET500", date(2028, 3, 31), 100).warehouse
+    first = restock(make_warehouse(), "L-1", "MET500", date(2028, 3, 31), 100, today=TODAY).warehouse
 
     with pytest.raises(StockRefused, match=match):
-        restock(first, "L-1", drug_code, expiry_date, 5)
+        restock(first, "L-1", drug_code, expiry_date, 5, today=TODAY)
 
 
 @pytest.mark.parametrize("quantity", [0, -1])
 def test_restock_refuses_nothing_or_less(quantity):
     with pytest.raises(StockRefused):
-        restock(make_warehouse(), "L-1", "MET500", FAR_EXPIRY, quantity)
+        restock(make_warehouse(), "L-1", "MET500", FAR_EXPIRY, quantity, today=TODAY)
+
+
+@pytest.mark.parametrize("expiry_date", [TODAY - timedelta(days=400), TODAY - timedelta(days=1), TODAY])
+def test_restock_of_a_lot_already_expired_is_refused_and_changes_nothing(expiry_date):
+    # On its expiry date a lot counts as expired, as for the sweep (`expired_lots`).
+    warehouse = make_warehouse(MET500=10)
+
+    with pytest.raises(StockRefused, match=f"lot L-OLD of MET500 expired on {expiry_date} \\(today is {TODAY}\\)"):
+        restock(warehouse, "L-OLD", "MET500", expiry_date, 50, today=TODAY)
+    assert "L-OLD" not in warehouse.lots
+
+
+def test_restock_of_a_lot_expiring_tomorrow_is_taken():
+    outcome = restock(make_warehouse(), "L-1", "MET500", TODAY + timedelta(days=1), 50, today=TODAY)
+
+    assert outcome.warehouse.lots["L-1"].available == 50
+
+
+def test_restock_or_adjustment_past_what_a_warehouse_may_hold_of_a_drug_is_refused():
+    # Every figure an event reports must fit the contracts' bound; at it exactly is fine.
+    full = restock(make_warehouse(MET500=MAX_STOCK_UNITS - 5), "L-2", "MET500", FAR_EXPIRY, 5, today=TODAY).warehouse
+    assert full.level("MET500").available == MAX_STOCK_UNITS
+
+    with pytest.raises(StockRefused, match=f"would pass the {MAX_STOCK_UNITS} units"):
+        restock(full, "L-2", "MET500", FAR_EXPIRY, 1, today=TODAY)
+    with pytest.raises(StockRefused, match=f"would pass the {MAX_STOCK_UNITS} units"):
+        adjust(full, "L-2", "MET500", 1)
+    assert adjust(full, "L-2", "MET500", -1).warehouse.level("MET500").available == MAX_STOCK_UNITS - 1
+    assert restock(full, "L-9", "AML5", FAR_EXPIRY, 1, today=TODAY).warehouse.level("AML5").available == 1
 
 
 def test_restock_leaves_other_lots_alone_and_levels_sum_over_lots():
-    warehouse = restock(make_warehouse(MET500=10), "MET500-L2", "MET500", date(2028, 1, 1), 5).warehouse
+    warehouse = restock(make_warehouse(MET500=10), "MET500-L2", "MET500", date(2028, 1, 1), 5, today=TODAY).warehouse
 
     assert lot_figures(warehouse, "MET500-L1") == (10, 0, 0, 0, 0, 0)
     assert levels(warehouse, "MET500") == (15, 0, 0)
@@ -780,7 +810,7 @@ class Books:
         try:
             match name:
                 case "restock":
-                    outcome = restock(w, *args)  # type: ignore[arg-type]
+                    outcome = restock(w, *args, today=self.today)  # type: ignore[arg-type]
                 case "adjust":
                     outcome = adjust(w, *args)  # type: ignore[arg-type]
                 case "reserve":

@@ -11,11 +11,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from pharmacy_contracts import Envelope, topics
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import Address, Coordinates
+from pharmacy_contracts.limits import MAX_STOCK_UNITS
 from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved, PrescriptionCancelled
 from services.inventory import storage as inventory_storage
 from services.inventory.domain import (
@@ -771,6 +773,55 @@ async def test_registration_restocks_and_adjustments(
     # The refused restock, sent again now that the warehouse is registered, is applied.
     assert await outcomes(service.on_command, early) == [Outcome.APPLIED]
     assert storage.warehouse(wh).lots[lot].available == 10
+
+
+async def test_a_restock_of_a_lot_expired_by_the_services_clock_is_refused_on_the_events_topic(
+    storage: Storage, published: Published
+) -> None:
+    # Sent when the lot was still good (occurred_at), decided on the service's clock a day later.
+    clock = stand_ins.Clock(NOW)
+    service = InventoryService(storage, UnitOfWork(published, outbox_entry), settings(), clock=clock)
+    wh = "WH-EXP"
+    await service.on_command([Record(registration(wh))])
+    today_s = restock(wh, "D", 40, "LOT-TODAY", expiry=TODAY + timedelta(days=1), occurred_at=NOW)
+    clock.now = NOW + timedelta(days=1)
+
+    handled = await service.on_command(
+        [
+            Record(m)
+            for m in (
+                restock(wh, "D", 50, "LOT-OLD", expiry=TODAY - timedelta(days=30)),
+                today_s,
+                restock(wh, "D", 60, "LOT-GOOD", expiry=TODAY + timedelta(days=2)),
+            )
+        ]
+    )
+
+    assert [h.outcome for h in handled] == [Outcome.APPLIED] * 3, "answered, not dead-lettered"
+    refused = [e for e in published.entries if e["type"] == "inventory.stock_command_refused"]
+    assert [(e["topic"], e["key"]) for e in refused] == [(topics.INVENTORY_EVENTS.name, wh)] * 2
+    bodies = [json.loads(e["body"]) for e in refused]
+    assert [b["causation_id"] for b in bodies] == [handled[0].record.message.message_id, today_s.message_id]
+    assert bodies[0]["reason"].startswith(f"lot LOT-OLD of D expired on {TODAY - timedelta(days=30)}")
+    assert f"expired on {TODAY + timedelta(days=1)} (today is {TODAY + timedelta(days=1)})" in bodies[1]["reason"]
+    assert set(storage.warehouse(wh).lots) == {"LOT-GOOD"}, "nothing expired reaches the shelf"
+    assert [b["lot_id"] for b in published.of_kind("stock_restocked")] == ["LOT-GOOD"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"low_stock_threshold": MAX_STOCK_UNITS + 1},
+        {"low_stock_thresholds": {"INSGL": MAX_STOCK_UNITS + 1}},
+        {"low_stock_thresholds": {"INSGL": -1}},
+        {"delivery_days": 366},
+        {"near_expiry_days": 3651},
+    ],
+)
+def test_settings_no_alert_or_date_could_carry_are_refused_at_start(overrides):
+    # A threshold travels in every LowStock alert, and the days are added to today's date.
+    with pytest.raises(ValidationError):
+        InventorySettings(**overrides)
 
 
 async def test_a_command_sent_again_after_many_others_is_applied_once(
