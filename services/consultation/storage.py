@@ -9,6 +9,9 @@ from services.runtime.store import DocumentMemory
 
 from .domain import IntakeRecord, MessageClaim, PrescriptionStatus
 
+#: Intake records held in memory: each holds a whole prescription, the largest document here.
+INTAKE_MEMORY = 1024
+
 
 class ConsultationStorage:
     def __init__(self, database: Any) -> None:
@@ -23,7 +26,9 @@ class ConsultationStorage:
             "consultation_prescriptions",
             IntakeRecord,
             keeps_trace=True,
-            memory=DocumentMemory(presumes_new=True),
+            # Written once, then only by a cancellation or the clear of its outbox: a short memory
+            # serves the clear that follows within a second, and holds no prescriptions for long.
+            memory=DocumentMemory(INTAKE_MEMORY, presumes_new=True),
         )
         #: One claim per sender's message id: the content first seen under it.
         self.messages: MongoStore[MessageClaim] = MongoStore(
