@@ -342,7 +342,8 @@ def restock(
     console.print(f"restock of {quantity} × {drug_code} lot {lot} (expires {expiry}) at {warehouse_id} requested")
 
 
-@warehouse.command()
+# "-12" is a count to remove, not an option: the command knows no short options to confuse it with.
+@warehouse.command(context_settings={"ignore_unknown_options": True})
 def adjust(
     warehouse_id: str,
     drug_code: str,

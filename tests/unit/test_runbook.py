@@ -525,3 +525,19 @@ def test_the_other_checks_catch_what_they_are_for() -> None:
     assert importlib.util.find_spec("services.consultaton") is None
     assert [target for command in commands for target in make_targets(command)] == ["upp"]
     assert REPOSITORY_PATH.findall('docker compose run -v "$PWD/services/ops/dta:/data:ro" x') == ["services/ops/dta"]
+
+
+def test_every_pharmacy_command_anywhere_in_the_readmes_is_one_the_cli_takes() -> None:
+    """Not only the runbook: every command the README and deploy/README.md show people is typed as
+    it is shown (`make demo`'s tour, the day-to-day commands, FHIR, the board)."""
+    everywhere = [
+        Runbook.of("README.md", (ROOT / "README.md").read_text()),
+        Runbook.of("deploy/README.md", (ROOT / "deploy" / "README.md").read_text()),
+    ]
+    problems = [
+        f"{runbook.name}: `{line}`: {problem}"
+        for runbook in everywhere
+        for line, args in runbook.pharmacy()
+        if (problem := cli_problem(args))
+    ]
+    assert not problems, "\n".join(problems)
