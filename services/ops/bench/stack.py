@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
+from pharmacy_contracts.limits import MAX_UNITS
 from services.cli import bus
 from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
@@ -29,7 +30,7 @@ from .screen import BenchScreen
 from .watch import PipelineWatch
 
 T = TypeVar("T")
-UNITS_PER_DRUG = 10**7  # per warehouse and drug: no run can empty a shelf
+UNITS_PER_DRUG = MAX_UNITS  # per warehouse and drug, the most one restock may bring: 3,000 prescriptions use a fraction
 SEED_TIMEOUT_S = 60.0
 
 
