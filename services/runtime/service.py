@@ -13,10 +13,11 @@ from pharmacy_contracts import Envelope
 from pharmacy_contracts.topics import Topic
 
 from . import hooks
+from .health import Check, HandlersInFlight, HttpEndpoint, NotReady, stopped_consumers
 from .kafka import BatchHandler, Decode, Gate, create_broker, subscribe
 from .logging import configure_logging
 from .mongo import client_for, ping
-from .observability import Check, HandlersInFlight, HttpEndpoint, NotReady, Observability, stopped_consumers
+from .observability import Observability
 from .relay import OutboxRelay, StoreOutbox, outbox_entry, publisher_for
 from .settings import RuntimeSettings
 from .store import Store

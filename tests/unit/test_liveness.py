@@ -15,7 +15,8 @@ import pytest
 from aiokafka.errors import ConsumerStoppedError
 
 from pharmacy_contracts import topics
-from services.runtime.observability import HandlersInFlight, HttpEndpoint, NotReady, ServiceMetrics
+from services.runtime.health import HandlersInFlight, HttpEndpoint, NotReady
+from services.runtime.observability import ServiceMetrics
 from services.runtime.service import ServiceRuntime
 from services.runtime.settings import RuntimeSettings
 from tests.support import asgi

@@ -12,16 +12,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from services.runtime.health import NotReady, run_checks
 from services.runtime.observability import (
     ConsumerObserver,
-    NotReady,
     ServiceMetrics,
     continuing_trace,
     current_traceparent,
     outside_message_traces,
     prescription_finished,
     publishing_under,
-    run_checks,
     tracer_provider_for,
     traces_url,
 )
