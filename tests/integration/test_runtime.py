@@ -118,19 +118,27 @@ async def test_a_background_consumer_handles_what_its_window_gathers_as_one_batc
     (the commit tests above hold for background consumers too). The others are published once the
     consumer has fetched the first: a consumer that handled what each fetch brings would have
     handled the first alone by then."""
-    settings = fast(settings, background_wait_ms=5000)
+    settings = fast(settings, background_wait_ms=5000, background_max_batch_records=5000)
+    warm_up = f"W{uuid.uuid4().hex[:6]}"
     first, *others = markers = [f"G{uuid.uuid4().hex[:6]}" for _ in range(3)]
     batches: list[list[str]] = []
+    warmed = asyncio.Event()
     runtime = ServiceRuntime("test", settings)
 
     async def handle(records: Sequence[Record[RestockRequested]]) -> list[Handled[RestockRequested]]:
         mine = [r.message.correlation_id for r in records if r.message.correlation_id in markers]
         if mine:
             batches.append(mine)
+        if any(r.message.correlation_id == warm_up for r in records):
+            warmed.set()
         return [Handled(r, Outcome.APPLIED) for r in records]
 
     runtime.consume(TOPIC, group="background", handle_batch=handle, title="test", background=True)
     async with running(runtime.app()):
+        # Earlier tests' records on the topic come first, in a window of their own: the test's
+        # window must start with its own first record.
+        await publish_noting(settings, command(warm_up))
+        await asyncio.wait_for(warmed.wait(), timeout=60)
         (landed,) = await publish_noting(settings, command(first))
         (consumer,) = (subscriber.consumer for subscriber in runtime.broker.subscribers)
         partition = TopicPartition(TOPIC.name, landed.partition)
