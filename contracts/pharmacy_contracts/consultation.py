@@ -12,6 +12,10 @@ from .limits import MAX_DAYS_SUPPLY, MAX_ITEMS, MAX_UNITS, MAX_VALIDITY, MULTILI
 
 # Instructions and address lines may come in several lines (FHIR's `address.text`, a taper's steps).
 Text = Annotated[str, Field(min_length=1, max_length=500), MULTILINE]
+#: A taper or titration spells out each step: seven steps took 622 characters in a real bundle.
+DosageText = Annotated[str, Field(min_length=1, max_length=2000), MULTILINE]
+Note = Annotated[str, Field(min_length=1, max_length=1000), MULTILINE]
+Remark = Annotated[str, Field(min_length=1, max_length=300), ONE_LINE]
 Phone = Annotated[str, Field(min_length=5, max_length=32, pattern=r"^\+?[0-9 ()\-]+$")]
 
 
@@ -24,13 +28,17 @@ class Address(Contract):
     line: Text
     town: Annotated[str, Field(min_length=1, max_length=120), ONE_LINE]
     postcode: Annotated[str, Field(max_length=16), ONE_LINE] | None = None
-    coordinates: Coordinates
+    coordinates: Coordinates | None = Field(
+        default=None,
+        description="Where the door is; absent, the address is found by its text and the pickup warehouse "
+        "decides which courier goes",
+    )
 
 
 class Patient(Contract):
     patient_id: Identifier
     name: Name
-    phone: Phone
+    phone: Phone | None = Field(default=None, description="Absent, the courier is told the patient has no phone")
     date_of_birth: date
     allergies: list[Annotated[str, Field(min_length=1, max_length=80), ONE_LINE]] = Field(
         default_factory=list, max_length=50
@@ -42,6 +50,9 @@ class Prescriber(Contract):
     prescriber_id: Identifier
     name: Name
     licence_number: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE]
+    licence_registry: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE] | None = Field(
+        default=None, description="The body that issued the licence number (GMC, NMC, GLN...), when the sender says"
+    )
     remote_expert: bool = False
 
 
@@ -55,11 +66,33 @@ class PrescriptionItem(Contract):
 
     drug_code: Identifier
     quantity: int = Field(ge=-MAX_UNITS, le=MAX_UNITS, description="Quantity in dispensing units (tablets, vials, ...)")
-    dosage_text: Text
-    days_supply: int = Field(ge=-MAX_DAYS_SUPPLY, le=MAX_DAYS_SUPPLY)
-    chronic: bool = Field(
-        default=False, description="Long-term therapy: the formulary's longer chronic days-of-supply limit applies"
+    quantity_unit: Remark | None = Field(
+        default=None,
+        description="The unit the prescriber wrote (tablet, ml, dose...); checked against the formulary's form",
     )
+    dosage_text: DosageText
+    days_supply: int | None = Field(
+        default=None,
+        ge=-MAX_DAYS_SUPPLY,
+        le=MAX_DAYS_SUPPLY,
+        description="Absent: not stated, and the formulary's default for the drug applies (see days_supply_basis)",
+    )
+    days_supply_basis: Literal["prescribed", "dosage", "formulary"] | None = Field(
+        default=None,
+        description="prescribed: stated by the prescriber; dosage: worked out from the dose, its frequency and "
+        "the quantity; formulary: the formulary's default for the drug, filled in by the prescription service",
+    )
+    chronic: bool = Field(
+        default=False,
+        description="Long-term therapy (continuous or repeat courses): the formulary's longer chronic "
+        "days-of-supply limit applies",
+    )
+    substitution_allowed: bool = Field(default=True, description="False: dispense exactly this product")
+    note_to_pharmacist: Note | None = None
+    controlled_drug: Remark | None = Field(
+        default=None, description="The controlled-drug schedule and quantity in words, as the prescriber gave them"
+    )
+    endorsements: list[Remark] = Field(default_factory=list, max_length=10)
 
 
 class Prescription(Contract):
@@ -77,6 +110,11 @@ class Prescription(Contract):
     items: list[PrescriptionItem] = Field(min_length=1, max_length=MAX_ITEMS)
     issued_at: UtcDatetime
     valid_until: UtcDatetime = Field(description="At most a year (367 days) after `issued_at`")
+    mapping_notes: list[Remark] = Field(
+        default_factory=list,
+        max_length=50,
+        description="What a FHIR bundle held that has no place here, and the defaults its mapping took",
+    )
 
     @model_validator(mode="after")
     def _valid_for_at_most_a_year(self) -> Prescription:

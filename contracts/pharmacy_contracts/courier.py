@@ -52,7 +52,7 @@ class DispatchOffered(Envelope):
     attempt: Attempts
     pickup_warehouse_id: Identifier
     address: Address
-    contact_phone: Phone
+    contact_phone: Phone | None = Field(default=None, description="Absent: the patient gave no phone")
     cold_chain: bool
     controlled: bool
     pickup_location: Coordinates | None = None

@@ -23,7 +23,7 @@ def _to_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """A timestamp that must carry a timezone; it is normalised to UTC."""
 
-Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:+\-]*$")]
 """Ids travel in Kafka keys, Mongo `_id`s and log lines: keep them plain."""
 
 

@@ -17,6 +17,8 @@ ReasonCode = Literal[
     "QUANTITY_NOT_POSITIVE",
     "QUANTITY_ABOVE_MAXIMUM",
     "DAYS_SUPPLY_OUT_OF_RANGE",
+    "DAYS_SUPPLY_NOT_STATED",
+    "QUANTITY_UNIT_MISMATCH",
     "PRESCRIPTION_EXPIRED",
     "PRESCRIPTION_NOT_YET_VALID",
     "VALIDITY_WINDOW_INVALID",
@@ -54,7 +56,7 @@ class DeliveryDetails(Contract):
     """What a courier needs to find the patient: no name, no diagnosis, no drugs."""
 
     address: Address
-    contact_phone: Phone
+    contact_phone: Phone | None = None
     cold_chain: bool = False
     controlled: bool = False
 

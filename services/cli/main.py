@@ -23,7 +23,7 @@ from rich.text import Text
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
-from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted
+from pharmacy_contracts.consultation import CancellationRequested, Coordinates, Prescription, PrescriptionSubmitted
 from services.consultation import fhir
 from services.consultation.storage import ConsultationStorage
 from services.courier.domain import CourierProfile
@@ -444,8 +444,8 @@ def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beg
                 deadline = f" accept by {message.accept_by:%Y-%m-%d %H:%M} UTC" if message.accept_by else ""
                 console.print(
                     f"[bold]{message.dispatch_id}[/] package {message.package_id} (attempt {message.attempt}) "
-                    f"pick up at {message.pickup_warehouse_id} → {message.address.line}, {message.address.town} "
-                    f"☎ {message.contact_phone} {flags}{deadline}"
+                    f"pick up at {message.pickup_warehouse_id} → {message.address.line}, {message.address.town}"
+                    f"{_where(message.address.coordinates)} {_phone(message.contact_phone)} {flags}{deadline}"
                 )
             elif isinstance(message, c.DispatchWithdrawn):
                 why = "not accepted in time" if message.reason == "acceptance_timeout" else "prescription cancelled"
@@ -495,10 +495,22 @@ def trips(
     for trip in answer["trips"]:
         flags = " ".join(f for f, on in (("COLD-CHAIN", trip["cold_chain"]), ("CONTROLLED", trip["controlled"])) if on)
         deadline = f" accept by {trip['accept_by']}" if trip["accept_by"] and trip["state"] == "offered" else ""
+        address = trip["address"]
+        located = Coordinates.model_validate(address["coordinates"]) if address.get("coordinates") else None
         console.print(
             f"[bold]{trip['dispatch_id']}[/] {trip['state']}: pick up at {trip['pickup_warehouse_id']} → "
-            f"{trip['address']['line']}, {trip['address']['town']} ☎ {trip['contact_phone']} {flags}{deadline}"
+            f"{address['line']}, {address['town']}{_where(located)} {_phone(trip['contact_phone'])} {flags}{deadline}"
         )
+
+
+def _where(coordinates: Coordinates | None) -> str:
+    if coordinates is None:
+        return " (no map pin: find it by the address)"
+    return f" ({coordinates.latitude:.5f}, {coordinates.longitude:.5f})"
+
+
+def _phone(phone: str | None) -> str:
+    return f"☎ {phone}" if phone else "☎ none given"
 
 
 @courier.command()

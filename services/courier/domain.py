@@ -181,16 +181,16 @@ def dispatch_id_for(prescription_id: str, attempt: int) -> str:
 
 
 def trip_km(courier: CourierProfile, delivery: Delivery) -> float:
-    """From the courier's base to the pickup warehouse, plus from the base to the patient. A
-    courier whose base is unknown comes after every courier whose base is known."""
+    """From the courier's base to the pickup warehouse, plus from the base to the patient (when the
+    address has coordinates). A courier whose base is unknown comes after every courier whose base
+    is known."""
     if courier.location is None:
         return math.inf
     base = (courier.location.latitude, courier.location.longitude)
     total = 0.0
     if (pickup := delivery.pickup_location) is not None:
         total += great_circle_km(base, (pickup.latitude, pickup.longitude))
-    if delivery.details is not None:
-        patient = delivery.details.address.coordinates
+    if delivery.details is not None and (patient := delivery.details.address.coordinates) is not None:
         total += great_circle_km(base, (patient.latitude, patient.longitude))
     return total
 

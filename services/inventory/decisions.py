@@ -77,10 +77,11 @@ class AtWarehouse(Enum):
 
 def demand_of(approved: PrescriptionApproved) -> Demand:
     coordinates = approved.delivery.address.coordinates
+    patient = None if coordinates is None else Location(latitude=coordinates.latitude, longitude=coordinates.longitude)
     return Demand(
         prescription_id=approved.prescription_id,
         lines=domain.merge_lines((line.drug_code, line.quantity, line.days_supply) for line in approved.lines),
-        patient=Location(latitude=coordinates.latitude, longitude=coordinates.longitude),
+        patient=patient,
     )
 
 

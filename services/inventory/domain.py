@@ -364,21 +364,24 @@ def distance_km(a: Location, b: Location) -> float:
 def choose_warehouse(
     warehouses: Iterable[Warehouse],
     lines: Mapping[str, Line],
-    patient: Location,
+    patient: Location | None,
     *,
     today: date,
     delivery_days: int,
 ) -> Warehouse | None:
     """The registered warehouse nearest the patient that can fill the whole prescription from usable
-    lots (ties by id), or none: couriers make one pickup and the patient gets one package."""
+    lots (ties by id), or none: couriers make one pickup and the patient gets one package. An
+    address without coordinates is near none of them: the first by id that can fill it."""
     candidates = [
         w for w in warehouses if w.registered and can_fill(w, lines, today=today, delivery_days=delivery_days)
     ]
-    return min(
-        candidates,
-        key=lambda w: (distance_km(w.location, patient), w.warehouse_id),  # type: ignore[arg-type]
-        default=None,
-    )
+
+    def nearness(warehouse: Warehouse) -> tuple[float, str]:
+        if patient is None or warehouse.location is None:  # registered warehouses have a location
+            return (0.0, warehouse.warehouse_id)
+        return (distance_km(warehouse.location, patient), warehouse.warehouse_id)
+
+    return min(candidates, key=nearness, default=None)
 
 
 def shortages(
@@ -604,7 +607,8 @@ class Demand:
 
     prescription_id: str
     lines: Mapping[str, Line]
-    patient: Location
+    #: None: the address has no coordinates (see `choose_warehouse`).
+    patient: Location | None
 
     @property
     def quantities(self) -> dict[str, int]:

@@ -91,5 +91,7 @@ class Reference:
     def nearest_warehouse(self, message: PrescriptionSubmitted) -> str:
         """Where inventory looks first: the warehouse nearest the patient (ties by id)."""
         coordinates = message.prescription.patient.address.coordinates
+        if coordinates is None:  # near none of them: the first by id
+            return min(self.warehouses)
         patient = Location(latitude=coordinates.latitude, longitude=coordinates.longitude)
         return min(self.warehouses, key=lambda w: (distance_km(self.warehouses[w], patient), w))

@@ -46,6 +46,9 @@ class FormularyEntry(BaseModel):
     max_days_supply_chronic: int | None = Field(
         default=None, gt=0, description="The limit for items marked chronic; without it, max_days_supply applies"
     )
+    default_days_supply: int | None = Field(
+        default=None, gt=0, description="Days of supply of a line that states none (a FHIR bundle may not)"
+    )
     cold_chain: bool = False
     controlled: bool = False
     high_risk: bool = Field(default=False, description="Always reviewed by a pharmacist (anticoagulants, say)")
@@ -176,7 +179,7 @@ def with_supply(
             if item.drug_code in formulary
             else [],
             started_at=started_at,
-            days_supply=item.days_supply,
+            days_supply=item.days_supply or 0,
         )
         for item in prescription.items
     ]
@@ -330,10 +333,71 @@ def formulary_reasons(prescription: Prescription, formulary: Mapping[str, Formul
                 )
             )
         reasons += days_supply_reasons(item, entry, index)
+        reasons += unit_reasons(item, entry, index)
     return reasons
 
 
+def with_formulary_defaults(prescription: Prescription, formulary: Mapping[str, FormularyEntry]) -> Prescription:
+    """Lines that state no days of supply take the formulary's default for their drug, and say so."""
+    items = []
+    for item in prescription.items:
+        entry = formulary.get(item.drug_code)
+        if item.days_supply is None and entry is not None and entry.default_days_supply is not None:
+            item = item.model_copy(update={"days_supply": entry.default_days_supply, "days_supply_basis": "formulary"})
+        items.append(item)
+    return prescription.model_copy(update={"items": items})
+
+
+#: Words prescribers and FHIR senders use for the same dispensing unit.
+UNIT_SYNONYMS = {
+    "tab": "tablet",
+    "caplet": "tablet",
+    "cap": "capsule",
+    "millilitre": "ml",
+    "milliliter": "ml",
+    "ampule": "ampoule",
+    "amp": "ampoule",
+    "inhaler": "dose",
+    "actuation": "dose",
+    "puff": "dose",
+    "pre-filled disposable injection": "pen",
+    "prefilled pen": "pen",
+}
+
+
+def dispensing_unit(unit: str) -> str:
+    """A unit as the formulary names forms: lower case, singular, the usual synonym."""
+    word = " ".join(unit.lower().replace("(s)", "").split())
+    for plural in ("es", "s"):
+        singular = word.removesuffix(plural)
+        if singular != word and (singular in UNIT_SYNONYMS or singular in UNIT_SYNONYMS.values()):
+            word = singular
+            break
+    return UNIT_SYNONYMS.get(word, word)
+
+
+def unit_reasons(item: PrescriptionItem, entry: FormularyEntry, index: int) -> list[Reason]:
+    """A quantity written in another unit than the drug is dispensed in is not guessed at."""
+    if item.quantity_unit is None or dispensing_unit(item.quantity_unit) == dispensing_unit(entry.form):
+        return []
+    return [
+        _reason(
+            "QUANTITY_UNIT_MISMATCH",
+            f"{entry.name}: {item.quantity} {item.quantity_unit} prescribed, dispensed by the {entry.form}",
+            index,
+        )
+    ]
+
+
 def days_supply_reasons(item: PrescriptionItem, entry: FormularyEntry, index: int) -> list[Reason]:
+    if item.days_supply is None:
+        return [
+            _reason(
+                "DAYS_SUPPLY_NOT_STATED",
+                f"{entry.name}: the prescription states no days of supply and the formulary has no default",
+                index,
+            )
+        ]
     limit = entry.days_supply_limit(item.chronic)
     if 1 <= item.days_supply <= limit:
         return []

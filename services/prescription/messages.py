@@ -37,7 +37,7 @@ def approved(
         prescription_id=prescription.prescription_id,
         patient_id=prescription.patient.patient_id,
         lines=[
-            ApprovedLine(drug_code=i.drug_code, quantity=i.quantity, days_supply=i.days_supply)
+            ApprovedLine(drug_code=i.drug_code, quantity=i.quantity, days_supply=i.days_supply or 0)
             for i in prescription.items
         ],
         delivery=delivery,

@@ -44,7 +44,7 @@ import structlog
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
-from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted
+from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
 from pharmacy_contracts.prescription import (
     CancellationOrdered,
     DeliveryDetails,
@@ -77,6 +77,8 @@ class Checked:
 
     verdict: Verdict
     delivery: DeliveryDetails
+    #: As checked: lines without days of supply took the formulary's default.
+    prescription: Prescription
 
 
 class PrescriptionService:
@@ -317,7 +319,7 @@ def check_and_record(
 ) -> Decision[MedicationHistory]:
     """The checks, on the patient's history as the records before this one left it; an approval's
     supply recorded in that history. The verdict to write next is the decision's result."""
-    prescription = accepted.prescription
+    prescription = domain.with_formulary_defaults(accepted.prescription, reference.formulary)
     safety = domain.Safety(
         formulary=reference.formulary,
         prescriber=reference.prescribers.get(prescription.prescriber.licence_number),
@@ -327,7 +329,7 @@ def check_and_record(
     )
     found = domain.check_prescription(prescription, safety, now)
     verdict = domain.verdict_of_check(prescription, found, reference.formulary, policy, now)
-    checked = Checked(verdict, domain.delivery_details(prescription, reference.formulary))
+    checked = Checked(verdict, domain.delivery_details(prescription, reference.formulary), prescription)
     recorded = domain.with_supply(history, prescription, reference.formulary, now) if found.approved else None
     return Decision(recorded, result=checked)
 
@@ -347,7 +349,7 @@ def decide_intake(
         raise RuntimeError(f"{message.prescription.prescription_id} lost its verdict")
     verdict = found.verdict
     if verdict.state is VerdictState.APPROVED:
-        event: Envelope = messages.approved(message.prescription, found.delivery, message)
+        event: Envelope = messages.approved(found.prescription, found.delivery, message)
     elif verdict.state is VerdictState.HELD:
         event = messages.held_for_review(verdict, message.prescription.patient.patient_id, message)
     else:

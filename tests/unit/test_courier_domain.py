@@ -1269,3 +1269,13 @@ async def test_offers_decided_together_still_respect_capacity():
 
     assert deliveries.docs["RX-A"].state is DeliveryState.OFFERED
     assert deliveries.docs["RX-B"].state is DeliveryState.AWAITING_COURIER, "the only courier is full"
+
+
+def test_an_address_without_coordinates_counts_only_the_way_to_the_pickup():
+    courier = make_courier("CUR-A", base=MIDDLE)
+    delivery = make_delivery()
+    assert delivery.details is not None and delivery.pickup_location is not None
+    address = delivery.details.address.model_copy(update={"coordinates": None})
+    unlocated = delivery.model_copy(update={"details": delivery.details.model_copy(update={"address": address})})
+
+    assert trip_km(courier, unlocated) == pytest.approx(km(courier.location, delivery.pickup_location))

@@ -991,3 +991,13 @@ def test_books_balance_and_the_ledger_matches_after_random_sequences(seed):
     assert recompute_lots(books.entries) == current_lots([books.warehouse])
     # The sequence must do real work, not only refusals and no-ops.
     assert {"restock", "adjust", "reserve", "dispatch", "release", "quarantine", "deliver", "withdraw"} <= books.applied
+
+
+def test_an_address_without_coordinates_goes_to_the_first_warehouse_by_id_that_has_everything():
+    warehouses = [
+        located("WH-B", 51.81, 69.40, MET500=500),
+        located("WH-A", 10.0, 10.0, MET500=10),
+        located("WH-C", 51.55, 70.40, MET500=500),
+    ]
+    chosen = choose_warehouse(warehouses, demand(("MET500", 100)), None, today=TODAY, delivery_days=DELIVERY_DAYS)
+    assert chosen is not None and chosen.warehouse_id == "WH-B"

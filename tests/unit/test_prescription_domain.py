@@ -34,6 +34,7 @@ from services.prescription.domain import (
     rejected_by_pharmacist,
     verdict_of_check,
     with_cancelled,
+    with_formulary_defaults,
     with_not_supplied,
     with_supply,
 )
@@ -930,3 +931,44 @@ def test_settings_defaults_and_the_review_policy():
 def test_expiry_must_come_after_escalation():
     with pytest.raises(ValueError, match="longer than"):
         PrescriptionSettings(review_escalate_after_s=60, review_expire_after_s=60)
+
+
+# --- lines as FHIR bundles send them: no days of supply, a unit of their own ---------------------
+
+
+def test_a_line_without_days_of_supply_takes_the_formularys_default_and_says_so():
+    formulary = {**FORMULARY, "MET500": FORMULARY["MET500"].model_copy(update={"default_days_supply": 30})}
+    prescription = make_prescription(items=[{**item_data("MET500", 60, 1), "days_supply": None}])
+    completed = with_formulary_defaults(prescription, formulary)
+
+    assert (completed.items[0].days_supply, completed.items[0].days_supply_basis) == (30, "formulary")
+    assert check_prescription(completed, safety(formulary=formulary), NOW).approved
+
+
+def test_a_line_without_days_of_supply_and_no_default_is_refused_with_the_reason():
+    prescription = make_prescription(items=[{**item_data("MET500", 60, 1), "days_supply": None}])
+    (reason,) = check(with_formulary_defaults(prescription, FORMULARY)).reasons
+
+    assert reason.code == "DAYS_SUPPLY_NOT_STATED"
+    assert reason.message == (
+        "Metformin 500 mg: the prescription states no days of supply and the formulary has no default"
+    )
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected_codes"),
+    [
+        (None, []),
+        ("tablet", []),
+        ("Tablets", []),
+        ("TAB", []),
+        ("tab(s)", []),
+        ("ml", ["QUANTITY_UNIT_MISMATCH"]),
+        ("{Package}", ["QUANTITY_UNIT_MISMATCH"]),
+    ],
+)
+def test_a_quantity_in_another_unit_than_the_drug_is_dispensed_in_is_refused(unit, expected_codes):
+    result = check(make_prescription(items=[{**item_data("MET500", 60, 30), "quantity_unit": unit}]))
+    assert codes(result) == expected_codes
+    if expected_codes:
+        assert result.reasons[0].message == f"Metformin 500 mg: 60 {unit} prescribed, dispensed by the tablet"

@@ -221,6 +221,21 @@ async def test_a_change_to_a_known_entry_is_seen_once_the_stamp_is_looked_at_aga
 # --- checks ------------------------------------------------------------------------------------------
 
 
+async def test_a_line_without_days_of_supply_is_approved_with_the_formularys_default(
+    service: PrescriptionService, storage: Storage, published: Published
+) -> None:
+    with_default = b.make_formulary()["MET500"].model_copy(update={"default_days_supply": 28})
+    await storage.save_formulary_entry(with_default)
+    message = accepted("RX-NO-DAYS")
+    items = [message.prescription.items[0].model_copy(update={"days_supply": None})]
+    message = message.model_copy(update={"prescription": message.prescription.model_copy(update={"items": items})})
+    await service.on_intake(records(message))
+    (line,) = published.body("RX-NO-DAYS", APPROVED)["lines"]
+    assert line == {"drug_code": "MET500", "quantity": 60, "days_supply": 28}
+    (supplied,) = storage.history("PAT-1").entries  # type: ignore[union-attr]
+    assert supplied.days_supply == 28
+
+
 async def test_a_batch_of_prescriptions_is_checked_with_a_few_round_trips(
     service: PrescriptionService, storage: Storage, published: Published
 ) -> None:
