@@ -7,16 +7,19 @@ reaches the system; the queue and the reference data are the prescription servic
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import typer
 from pydantic import ValidationError
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from pharmacy_contracts.consultation import PrescriptionItem
 from pharmacy_contracts.envelope import utc_now
 from pharmacy_contracts.prescription import CancellationOrdered, ReviewDecided
 from services.prescription.domain import Interaction, PrescriberRecord, Verdict
@@ -77,6 +80,91 @@ def list_held() -> None:
     """Held prescriptions, oldest first, with their reasons and how long they have waited."""
     held = run(_with_storage(lambda storage: storage.held_verdicts()))
     console.print(review_table(held, utc_now()))
+
+
+def age_on(born: date, today: date) -> int:
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def _course(item: PrescriptionItem) -> str:
+    return "long-term" if item.chronic else "acute"
+
+
+def _days(item: PrescriptionItem) -> str:
+    if item.days_supply is None:
+        return "not stated"
+    said = {"prescribed": "", "dosage": " (from the dosage)", "formulary": " (formulary default)"}
+    return f"{item.days_supply}{said.get(item.days_supply_basis or 'prescribed', '')}"
+
+
+def review_detail(verdict: Verdict, names: Mapping[str, str], today: date) -> Group:
+    """One held prescription as a pharmacist decides on it: who, what, why it is held, and what the
+    sender's bundle said beyond the lines (units, substitution, notes, controlled drugs, endorsements)."""
+    prescription = verdict.prescription
+    parts: list[Any] = [Text(f"{verdict.prescription_id}: held", style="bold")]
+    if prescription is None:
+        parts.append(Text("no prescription kept with this verdict (it is not held)"))
+        return Group(*parts)
+    patient, prescriber = prescription.patient, prescription.prescriber
+    registry = f"{prescriber.licence_registry} " if prescriber.licence_registry else "licence "
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="dim")
+    facts.add_column(overflow="fold")
+    facts.add_row("patient", f"{patient.patient_id}, {age_on(patient.date_of_birth, today)} years")
+    facts.add_row("allergies", ", ".join(patient.allergies) or "none recorded")
+    facts.add_row("diagnosis", ", ".join(prescription.diagnosis_codes) or "none given")
+    facts.add_row("prescriber", f"{prescriber.name}, {registry}{prescriber.licence_number}")
+    facts.add_row("valid", f"{prescription.issued_at:%Y-%m-%d} to {prescription.valid_until:%Y-%m-%d}")
+    parts.append(facts)
+    lines = Table(title="lines", title_justify="left", expand=False)
+    for column in ("#", "drug", "quantity", "days", "course", "dosage"):
+        lines.add_column(column, overflow="fold")
+    remarks: list[Text] = []
+    for number, item in enumerate(prescription.items, 1):
+        drug = names.get(item.drug_code)
+        lines.add_row(
+            str(number),
+            f"{item.drug_code} {drug}" if drug else item.drug_code,
+            f"{item.quantity} {item.quantity_unit or 'units'}",
+            _days(item),
+            _course(item),
+            item.dosage_text,
+        )
+        said = [
+            "no substitution: exactly this product" if not item.substitution_allowed else "",
+            f"controlled drug: {item.controlled_drug}" if item.controlled_drug else "",
+            f"endorsed: {', '.join(item.endorsements)}" if item.endorsements else "",
+            f"note: {item.note_to_pharmacist}" if item.note_to_pharmacist else "",
+        ]
+        remarks += [Text(f"  {number}. {remark}") for remark in said if remark]
+    parts.append(lines)
+    if remarks:
+        parts.append(Text("how to dispense", style="dim"))
+        parts += remarks
+    parts.append(Text("held for", style="dim"))
+    parts += [Text(f"  {r.code}: {r.message}") for r in verdict.reasons]
+    if prescription.mapping_notes:
+        parts.append(Text("from the sender's FHIR bundle", style="dim"))
+        parts += [Text(f"  {note}") for note in prescription.mapping_notes]
+    return Group(*parts)
+
+
+@app.command()
+def show(prescription_id: str) -> None:
+    """One held prescription in full: patient, prescriber, lines with units and days, how to dispense
+    them, why it is held, and what the mapping of the sender's bundle says."""
+
+    async def read(storage: PrescriptionStorage) -> tuple[Verdict | None, dict[str, str]]:
+        verdict = await storage.verdict_of(prescription_id)
+        codes = [i.drug_code for i in verdict.prescription.items] if verdict and verdict.prescription else []
+        entries = await storage.formulary_entries(codes)
+        return verdict, {code: entry.name for code, entry in entries.items()}
+
+    verdict, names = run(_with_storage(read))
+    if verdict is None:
+        console.print(f"[red]{escape(prescription_id)}[/]: the prescription service has no verdict for it yet")
+        raise typer.Exit(1)
+    console.print(review_detail(verdict, names, utc_now().date()))
 
 
 # --- decisions --------------------------------------------------------------------------------------

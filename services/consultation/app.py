@@ -9,7 +9,7 @@ from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
 from . import domain
-from .service import ConsultationService, decode_upstream
+from .service import ConsultationService, upstream_decoder
 from .settings import ConsultationSettings
 from .storage import ConsultationStorage
 
@@ -42,7 +42,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         # Every record of the topic passes the gate before it is parsed, whatever its type.
         gate=service.check_signature,
         # Native JSON, or a FHIR R4 Bundle marked `content-type: application/fhir+json`.
-        decode=decode_upstream,
+        decode=upstream_decoder(settings.fhir_rules()),
     )
     runtime.consume(
         *LIFECYCLE_TOPICS,

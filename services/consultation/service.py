@@ -14,6 +14,7 @@ from pharmacy_contracts.consultation import CancellationRequested, PrescriptionS
 from pharmacy_contracts.topics import Topic
 from services.runtime.delivery_codes import delivery_code
 from services.runtime.errors import Refused
+from services.runtime.kafka import Decode
 from services.runtime.observability import prescription_finished
 from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
@@ -214,19 +215,25 @@ def _log_intake(handled: Handled[FromUpstream]) -> None:
     handled.record.in_context(log.info, line, **fields)
 
 
-def decode_upstream(body: bytes, headers: dict[str, str], topic: Topic) -> Envelope:
+def upstream_decoder(rules: fhir.MappingRules) -> Decode:
     """Native messages as the topic's contract says; a FHIR R4 bundle (content-type
-    application/fhir+json) as the PrescriptionSubmitted it maps onto, or Refused(fhir_unmappable)."""
-    if not fhir.is_fhir(headers):
-        return topic.parse(body)
-    submitted, notes = fhir.to_submission(body, headers)
-    log.info(
-        "FHIR bundle mapped onto a prescription",
-        correlation_id=submitted.correlation_id,
-        items=len(submitted.prescription.items),
-        not_mapped=list(notes),
-    )
-    return submitted
+    application/fhir+json) as the PrescriptionSubmitted it maps onto under `rules`, or
+    Refused(fhir_unmappable)."""
+
+    def decode_upstream(body: bytes, headers: dict[str, str], topic: Topic) -> Envelope:
+        if not fhir.is_fhir(headers):
+            return topic.parse(body)
+        submitted, notes = fhir.to_submission(body, headers, rules)
+        # The notes stay with the prescription (they may quote the patient's address): counted here.
+        log.info(
+            "FHIR bundle mapped onto a prescription",
+            correlation_id=submitted.correlation_id,
+            items=len(submitted.prescription.items),
+            mapping_notes=len(notes),
+        )
+        return submitted
+
+    return decode_upstream
 
 
 def _sender_in(body: bytes) -> str | None:

@@ -2,6 +2,8 @@ from pydantic import Field, SecretStr, field_validator
 
 from services.runtime.settings import RuntimeSettings
 
+from .fhir import LICENCE_REGISTRIES, VALIDITY_DAYS, MappingRules
+
 
 class ConsultationSettings(RuntimeSettings):
     sender_keys: dict[str, dict[str, SecretStr]] = Field(
@@ -17,6 +19,21 @@ class ConsultationSettings(RuntimeSettings):
         description="PHARMACY_DELIVERY_CODE_KEY: required here; patients' delivery codes are derived from it",
     )
 
+    fhir_licence_registries: dict[str, str] = Field(
+        default_factory=lambda: dict(LICENCE_REGISTRIES),
+        description=(
+            "FHIR identifier systems whose values are prescriber licences -> the registry's short name, as JSON in "
+            "PHARMACY_FHIR_LICENCE_REGISTRIES (first listed wins); replaces the built-in list of national bodies"
+        ),
+    )
+    fhir_validity_days: dict[str, int] = Field(
+        default_factory=lambda: dict(VALIDITY_DAYS),
+        description=(
+            "Days a FHIR prescription without validityPeriod.end stays valid from its issue, per class: "
+            '{"controlled": 28, "other": 180} (PHARMACY_FHIR_VALIDITY_DAYS)'
+        ),
+    )
+
     # A field validator, not a model validator: its error shows only this field's input, never the
     # other settings (sender keys are secrets too).
     @field_validator("delivery_code_key")
@@ -30,6 +47,9 @@ class ConsultationSettings(RuntimeSettings):
                 "from it, and the courier service must hold the same key to check the codes couriers report"
             )
         return key
+
+    def fhir_rules(self) -> MappingRules:
+        return MappingRules(licence_registries=self.fhir_licence_registries, validity_days=self.fhir_validity_days)
 
     def secrets(self) -> dict[str, dict[str, bytes]]:
         return {

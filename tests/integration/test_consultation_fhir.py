@@ -121,11 +121,11 @@ async def test_an_unmappable_or_forged_bundle_is_dead_lettered_with_its_original
 ) -> None:
     client = connect(settings.mongo_url.get_secret_value())
     storage = ConsultationStorage(client[settings.mongo_database])
-    no_coordinates = example("insulin-glargine")
-    patient = next(e["resource"] for e in no_coordinates["entry"] if e["resource"]["resourceType"] == "Patient")
+    post_box_only = example("insulin-glargine")
+    patient = next(e["resource"] for e in post_box_only["entry"] if e["resource"]["resourceType"] == "Patient")
     for address in patient["address"]:
-        address.pop("extension", None)
-    unmappable = json.dumps(no_coordinates, indent=2).encode()
+        address["type"] = "postal"
+    unmappable = json.dumps(post_box_only, indent=2).encode()
     forged = example("acute-amoxicillin-message")
     forged["meta"] = {"source": fhir.SENDER_SOURCE_PREFIX + "hospital-other"}  # signed by hospital-test
     forged_body = json.dumps(forged).encode()
@@ -136,7 +136,7 @@ async def test_an_unmappable_or_forged_bundle_is_dead_lettered_with_its_original
         ):
             landed = await publish_bundles(
                 settings,
-                (unmappable, "RX-EB-2026-1187", "MSG-FHIR-NO-COORDINATES"),
+                (unmappable, "RX-EB-2026-1187", "MSG-FHIR-POST-BOX-ONLY"),
                 (forged_body, "RX-2026-000502", "MSG-FHIR-FORGED"),
             )
             await watch.wait_for(
@@ -153,11 +153,11 @@ async def test_an_unmappable_or_forged_bundle_is_dead_lettered_with_its_original
     headers = headers_of(letter)
     assert letter.value == unmappable, "the original bytes are kept"
     assert headers["dlq.reason"] == "fhir_unmappable"
-    assert "has no coordinates" in headers["dlq.detail"]
+    assert "has no current physical address to deliver to" in headers["dlq.detail"]
     assert headers["dlq.topic"] == topics.CONSULTATION_PRESCRIPTIONS.name
     assert headers["dlq.offset"] == str(landed[0].offset)
     assert headers["content-type"].startswith(fhir.FHIR_JSON), "replayable as it came"
-    assert headers["message-id"] == "MSG-FHIR-NO-COORDINATES"
+    assert headers["message-id"] == "MSG-FHIR-POST-BOX-ONLY"
 
     (forgery,) = dead_letters_for(watch, "RX-2026-000502")
     assert forgery.value == forged_body

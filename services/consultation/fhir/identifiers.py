@@ -1,6 +1,6 @@
 """Who and what the bundle names: a resource's business id and a person's display name, and the
 prescription's and consultation's ids read from the MedicationRequests' groupIdentifier,
-identifier and encounter.
+identifier and encounter (or, for the consultation, the bundle's own identifier).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .bundle import Resources, target
+from .notes import Notes
 from .refusal import refuse
 
 
@@ -31,7 +32,9 @@ def person_name(resource: Any, label: str) -> str:
     raise refuse(f"{label} has no name")
 
 
-def prescription_id(requests: list[Any], found: Resources) -> str:
+def prescription_id(requests: list[Any], found: Resources, bundle: Any, notes: Notes) -> str:
+    """The requests' shared groupIdentifier; else the first request's identifier; else the bundle's
+    identifier (a document bundle such as Germany's eRezept carries the prescription id there)."""
     groups = {r.groupIdentifier.value for r in requests if r.groupIdentifier and r.groupIdentifier.value}
     ungrouped = [r for r in requests if not (r.groupIdentifier and r.groupIdentifier.value)]
     if len(groups) > 1:
@@ -42,12 +45,20 @@ def prescription_id(requests: list[Any], found: Resources) -> str:
         return str(groups.pop())
     first = requests[0]
     value = next((i.value for i in first.identifier or () if i.value), None)
-    if value is None:
-        raise refuse(f"{found.label(first)} has neither groupIdentifier nor identifier: the prescription has no id")
-    return str(value)
+    if value is not None:
+        return str(value)
+    if bundle.identifier is not None and bundle.identifier.value:
+        notes.add(f"the prescription id is the Bundle.identifier ({bundle.identifier.system or 'no system'})")
+        return str(bundle.identifier.value)
+    raise refuse(
+        f"{found.label(first)} has neither groupIdentifier nor identifier, and the bundle no identifier: "
+        "the prescription has no id"
+    )
 
 
-def consultation_id(requests: list[Any], found: Resources) -> str:
+def consultation_id(requests: list[Any], found: Resources, bundle: Any, notes: Notes) -> str:
+    """The encounter the requests came from; else the prescription's group identifier; else the
+    bundle's identifier or id (each fallback is noted)."""
     consultations = set()
     for request in requests:
         reference = request.encounter
@@ -62,8 +73,17 @@ def consultation_id(requests: list[Any], found: Resources) -> str:
             consultations.add(reference.reference.removeprefix("Encounter/"))
         else:
             raise refuse(f"{found.label(request)}: encounter {target(reference)} is neither in the bundle nor named")
-    if not consultations:
-        raise refuse("no MedicationRequest names its encounter, the consultation the prescription came from")
     if len(consultations) > 1:
         raise refuse(f"MedicationRequests from {len(consultations)} consultations: {', '.join(sorted(consultations))}")
-    return consultations.pop()
+    if consultations:
+        return consultations.pop()
+    group = next((r.groupIdentifier.value for r in requests if r.groupIdentifier and r.groupIdentifier.value), None)
+    for source, value in (
+        ("groupIdentifier", group),
+        ("Bundle.identifier", bundle.identifier.value if bundle.identifier else None),
+        ("Bundle.id", bundle.id),
+    ):
+        if value:
+            notes.add(f"no encounter: the consultation id is the {source}, {value}")
+            return str(value)
+    raise refuse("no encounter, groupIdentifier, Bundle.identifier or Bundle.id names the consultation")

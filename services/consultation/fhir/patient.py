@@ -1,5 +1,6 @@
 """The prescription's patient: the one Patient every MedicationRequest is about, mapped to the native
-patient with name, phone, date of birth, delivery address with coordinates, and current allergies.
+patient with name, phone (if any), date of birth, delivery address (with coordinates if the bundle
+has them), and current allergies.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from .bundle import Resources, code_in, target
 from .identifiers import business_id, person_name
+from .notes import Notes
 from .refusal import refuse
 from .systems import GEOLOCATION, SNOMED
 
@@ -34,32 +36,44 @@ def the_patient(requests: list[Any], found: Resources) -> Any:
     return patients[0]
 
 
-def native_patient(patient: Any, found: Resources) -> dict[str, Any]:
+def native_patient(patient: Any, found: Resources, notes: Notes) -> dict[str, Any]:
     label = found.label(patient)
-    birth = patient.birthDate
-    if birth is None:
-        raise refuse(f"{label} has no birthDate; the checks need the patient's age")
-    if not isinstance(birth, date):
-        raise refuse(f"{label}.birthDate {birth!r} is not a full date (year-month-day)")
+    birth = _birth_date(patient, label, notes)
     return {
         "patient_id": business_id(patient, label),
         "name": person_name(patient, label),
-        "phone": _phone(patient, label),
+        "phone": _phone(patient, label, notes),
         "date_of_birth": birth,
         "allergies": _allergies(patient, found),
-        "address": _address(patient, label),
+        "address": _address(patient, label, notes),
     }
 
 
-def _phone(patient: Any, label: str) -> str:
-    phones = [t for t in patient.telecom or () if t.system == "phone" and t.value and t.use != "old"]
-    phones.sort(key=lambda t: t.use != "mobile")  # the courier calls from the road
+def _birth_date(patient: Any, label: str, notes: Notes) -> date:
+    """A full date; a year-month or a year (FHIR allows both) is read from its first day, and said so."""
+    birth = patient.birthDate
+    if birth is None:
+        raise refuse(f"{label} has no birthDate; the checks need the patient's age")
+    if isinstance(birth, date):
+        return birth
+    parts = str(birth).split("-")
+    if 1 <= len(parts) <= 2 and all(p.isdigit() for p in parts):
+        year, month = int(parts[0]), int(parts[1]) if len(parts) == 2 else 1
+        notes.add(f"{label}.birthDate is given as {birth}: read as {year:04d}-{month:02d}-01 for the age checks")
+        return date(year, month, 1)
+    raise refuse(f"{label}.birthDate {birth!r} is not a date")
+
+
+def _phone(patient: Any, label: str, notes: Notes) -> str | None:
+    phones = [t for t in patient.telecom or () if t.system in ("phone", "sms") and t.value and t.use != "old"]
+    phones.sort(key=lambda t: (t.use != "mobile", t.system != "phone"))  # the courier calls from the road
     if not phones:
-        raise refuse(f"{label} has no telecom with system phone; the courier must be able to call the patient")
+        notes.add(f"{label} has no phone: the courier is told so")
+        return None
     return str(phones[0].value)
 
 
-def _address(patient: Any, label: str) -> dict[str, Any]:
+def _address(patient: Any, label: str, notes: Notes) -> dict[str, Any]:
     # Goods go to a physical address: not an old one, not a postal box.
     candidates = [a for a in patient.address or () if a.use != "old" and a.type != "postal"]
     candidates.sort(key=lambda a: a.use != "home")
@@ -68,18 +82,29 @@ def _address(patient: Any, label: str) -> dict[str, Any]:
     address = candidates[0]
     where = f"{label}'s {address.use or 'first'} address"
     latitude, longitude = _geolocation(address)
+    coordinates = None
     if latitude is None or longitude is None:
-        raise refuse(
-            f"{where} has no coordinates (extension {GEOLOCATION} with latitude and longitude); "
-            "couriers are dispatched by coordinates"
-        )
-    line = ", ".join(address.line or ()) or address.text
-    return {
-        "line": line,
-        "town": address.city,
-        "postcode": address.postalCode,
-        "coordinates": {"latitude": float(latitude), "longitude": float(longitude)},
-    }
+        notes.add(f"{where} has no coordinates (extension {GEOLOCATION}): found by its text")
+    else:
+        coordinates = {"latitude": float(latitude), "longitude": float(longitude)}
+    lines = [str(line).strip() for line in address.line or () if line and str(line).strip()]
+    line = ", ".join(lines) or (address.text or "").strip()
+    if not line:
+        raise refuse(f"{where} has neither lines nor text: no door to deliver to")
+    town = _town(address, lines, where, notes)
+    return {"line": line, "town": town, "postcode": address.postalCode, "coordinates": coordinates}
+
+
+def _town(address: Any, lines: list[str], where: str, notes: Notes) -> str:
+    """The city; else the district; else the address's last line (many national profiles put the
+    town there, and only the street in the first)."""
+    if address.city:
+        return str(address.city)
+    for part, value in (("district", address.district), ("last line", lines[-1] if len(lines) > 1 else None)):
+        if value:
+            notes.add(f"{where} has no city: the town is taken from its {part}, {value!r}")
+            return str(value)
+    raise refuse(f"{where} names no town (no city, no district, one line only)")
 
 
 def _geolocation(address: Any) -> tuple[Decimal | None, Decimal | None]:

@@ -1,12 +1,12 @@
 """A whole Bundle as the native Prescription: assembles the patient, prescriber, ids and lines from
-the other modules, adds the diagnosis codes and the validity period, and checks the result against
-the native contract.
+the other modules, adds the diagnosis codes, the issue date and the validity period (with their
+fallbacks), keeps the mapping's notes, and checks the result against the native contract.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -16,22 +16,26 @@ from pharmacy_contracts.consultation import Prescription
 
 from .bundle import Resources
 from .identifiers import consultation_id, prescription_id
-from .items import native_item
+from .items import controlled_drug, native_item
+from .notes import Notes
 from .patient import native_patient, the_patient
 from .prescriber import native_prescriber
 from .refusal import brief, refuse
+from .rules import DEFAULT_RULES, MappingRules
 
-READ_BUNDLE_TYPES = ("transaction", "collection", "message")
+#: Documents too: national profiles (CH EMED, KBV eRezept) send a prescription as a document bundle.
+READ_BUNDLE_TYPES = ("transaction", "collection", "message", "document")
 
 
 @dataclass(frozen=True)
 class Mapped:
     prescription: Prescription
-    #: What was read but has no place in the native contract (repeats, foreign drug codes), for the log.
+    #: What was read but has no place in the native contract, and the defaults taken (also in
+    #: `prescription.mapping_notes`).
     notes: tuple[str, ...] = ()
 
 
-def to_prescription(bundle: Bundle) -> Mapped:
+def to_prescription(bundle: Bundle, rules: MappingRules = DEFAULT_RULES) -> Mapped:
     """The native prescription a Bundle of one patient's MedicationRequests stands for."""
     if bundle.type not in READ_BUNDLE_TYPES:
         raise refuse(f"Bundle.type is {bundle.type!r}; prescriptions are read from {', '.join(READ_BUNDLE_TYPES)}")
@@ -39,45 +43,70 @@ def to_prescription(bundle: Bundle) -> Mapped:
     requests = found.of_type("MedicationRequest")
     if not requests:
         raise refuse("the bundle holds no MedicationRequest")
-    notes: list[str] = []
+    notes = Notes()
     patient = the_patient(requests, found)
     items = [native_item(request, found, notes) for request in requests]
-    issued = [_issued_at(request, found) for request in requests]
-    valid_until = [_valid_until(request, found) for request in requests]
+    issued_at = min(_issued_at(request, found, bundle, notes) for request in requests)
+    controlled = any(controlled_drug(request) is not None for request in requests)
+    valid_until = min(_valid_until(request, found, issued_at, controlled, rules, notes) for request in requests)
     data = {
-        "prescription_id": prescription_id(requests, found),
-        "consultation_id": consultation_id(requests, found),
-        "patient": native_patient(patient, found),
-        "prescriber": native_prescriber(requests, found),
+        "prescription_id": prescription_id(requests, found, bundle, notes),
+        "consultation_id": consultation_id(requests, found, bundle, notes),
+        "patient": native_patient(patient, found, notes),
+        "prescriber": native_prescriber(requests, found, rules, notes),
         "diagnosis_codes": _diagnosis_codes(requests, found, notes),
         "items": items,
         # One prescription, one validity: from its earliest line's start to its earliest line's end.
-        "issued_at": min(issued),
-        "valid_until": min(valid_until),
+        "issued_at": issued_at,
+        "valid_until": valid_until,
+        "mapping_notes": list(notes.all()),
     }
     try:
         prescription = Prescription.model_validate(data)
     except ValidationError as error:
         raise refuse(f"the bundle maps to a prescription the native contract refuses: {brief(error)}") from None
-    return Mapped(prescription, tuple(notes))
+    return Mapped(prescription, notes.all())
 
 
-def _issued_at(request: Any, found: Resources) -> datetime:
+def _issued_at(request: Any, found: Resources, bundle: Bundle, notes: Notes) -> datetime:
+    """From when it may be dispensed: the validity's start; else authoredOn; else when a Provenance
+    recorded it or its signature was made."""
+    label = found.label(request)
     period = request.dispenseRequest.validityPeriod if request.dispenseRequest else None
-    start = (period.start if period else None) or request.authoredOn
-    if start is None:
-        raise refuse(f"{found.label(request)} has neither dispenseRequest.validityPeriod.start nor authoredOn")
-    return _instant(start, f"{found.label(request)} issue date")
+    if period is not None and period.start is not None:
+        return _instant(period.start, f"{label} validityPeriod.start")
+    if request.authoredOn is not None:
+        return _instant(request.authoredOn, f"{label} authoredOn")
+    for source, value in _signed_times(request, found, bundle):
+        notes.add(f"{label} has no authoredOn: issued at the {source}")
+        return _instant(value, f"{label} {source}")
+    raise refuse(
+        f"{label} has no issue date: no dispenseRequest.validityPeriod.start, authoredOn, "
+        "Provenance.recorded or signature time"
+    )
 
 
-def _valid_until(request: Any, found: Resources) -> datetime:
+def _signed_times(request: Any, found: Resources, bundle: Bundle) -> list[tuple[str, Any]]:
+    times = []
+    for provenance in found.of_type("Provenance"):
+        if not provenance.target or any(found.resolve(t) is request for t in provenance.target):
+            times.append(("Provenance.recorded", provenance.recorded))
+            times += [("Provenance signature time", s.when) for s in provenance.signature or () if s.when]
+    if bundle.signature is not None and bundle.signature.when is not None:
+        times.append(("Bundle.signature time", bundle.signature.when))
+    return [(source, value) for source, value in times if value is not None]
+
+
+def _valid_until(
+    request: Any, found: Resources, issued_at: datetime, controlled: bool, rules: MappingRules, notes: Notes
+) -> datetime:
+    label = found.label(request)
     period = request.dispenseRequest.validityPeriod if request.dispenseRequest else None
-    if period is None or period.end is None:
-        raise refuse(
-            f"{found.label(request)}: dispenseRequest.validityPeriod.end is missing; "
-            "the pharmacy must know until when it may dispense"
-        )
-    return _instant(period.end, f"{found.label(request)} validityPeriod.end", end_of_day=True)
+    if period is not None and period.end is not None:
+        return _instant(period.end, f"{label} validityPeriod.end", end_of_day=True)
+    kind, days = rules.validity_for(controlled)
+    notes.add(f"{label} has no validityPeriod.end: valid {days} days from issue ({kind} medicines)")
+    return issued_at + timedelta(days=days)
 
 
 def _instant(value: Any, what: str, *, end_of_day: bool = False) -> datetime:
@@ -90,7 +119,7 @@ def _instant(value: Any, what: str, *, end_of_day: bool = False) -> datetime:
     raise refuse(f"{what} {value!r} is not a full date")
 
 
-def _diagnosis_codes(requests: list[Any], found: Resources, notes: list[str]) -> list[str]:
+def _diagnosis_codes(requests: list[Any], found: Resources, notes: Notes) -> list[str]:
     concepts: list[Any] = []
     for request in requests:
         concepts += request.reasonCode or ()
@@ -99,7 +128,7 @@ def _diagnosis_codes(requests: list[Any], found: Resources, notes: list[str]) ->
             if condition is not None and condition.get_resource_type() == "Condition" and condition.code:
                 concepts.append(condition.code)
             else:
-                notes.append(f"{found.label(request)}: a reasonReference outside the bundle was left out")
+                notes.add(f"{found.label(request)}: a reasonReference outside the bundle was left out")
     codes: list[str] = []
     for concept in concepts:
         codings = [c for c in concept.coding or () if c.code]
@@ -108,9 +137,9 @@ def _diagnosis_codes(requests: list[Any], found: Resources, notes: list[str]) ->
         if chosen is None:
             continue
         if len(chosen.code) > 16:
-            notes.append("a reason code longer than 16 characters was left out")
+            notes.add(f"a reason code longer than 16 characters was left out: {chosen.code}")
         elif chosen.code not in codes:
             codes.append(str(chosen.code))
     if len(codes) > 20:
-        notes.append(f"{len(codes) - 20} diagnosis codes beyond the first 20 were left out")
+        notes.add(f"{len(codes) - 20} diagnosis codes beyond the first 20 were left out")
     return codes[:20]

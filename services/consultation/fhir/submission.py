@@ -18,6 +18,7 @@ from services.runtime.errors import Refused
 from .bundle import parse_bundle
 from .prescription import to_prescription
 from .refusal import brief, refuse
+from .rules import DEFAULT_RULES, MappingRules
 
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 
@@ -33,13 +34,15 @@ def message_id_of(bundle: Bundle, body: bytes, headers: Mapping[str, str]) -> st
     return "sha256-" + hashlib.sha256(body).hexdigest()[:32]
 
 
-def to_submission(body: bytes, headers: Mapping[str, str]) -> tuple[PrescriptionSubmitted, tuple[str, ...]]:
+def to_submission(
+    body: bytes, headers: Mapping[str, str], rules: MappingRules = DEFAULT_RULES
+) -> tuple[PrescriptionSubmitted, tuple[str, ...]]:
     """The PrescriptionSubmitted a signed FHIR bundle stands for, and the mapping's notes.
 
     Deterministic: the same bytes and headers give the same message (id, time and all), so a
     redelivery is a duplicate and never a replay with other content."""
     bundle = parse_bundle(body, headers)
-    mapped = to_prescription(bundle)
+    mapped = to_prescription(bundle, rules)
     sender = headers.get(signing.SENDER_HEADER)
     if not sender:
         raise Refused("unsigned", f"a FHIR bundle is signed like any prescription; no {signing.SENDER_HEADER} header")

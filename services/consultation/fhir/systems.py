@@ -18,3 +18,19 @@ V2_IDENTIFIER_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
 UCUM = "http://unitsofmeasure.org"
 COURSE_OF_THERAPY = "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy"
 SNOMED = "http://snomed.info/sct"
+
+#: National extensions on MedicationRequest the pharmacist is shown: the controlled-drug schedule and
+#: quantity in words, and prescription endorsements (England's NHS EPS / UK Core).
+CONTROLLED_DRUG_EXTENSIONS = frozenset(
+    {
+        "https://fhir.nhs.uk/StructureDefinition/Extension-DM-ControlledDrug",
+        "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-MedicationControlledDrug",
+        "https://fhir.nhs.uk/StructureDefinition/Extension-Medication-ControlledDrug",
+    }
+)
+ENDORSEMENT_EXTENSIONS = frozenset(
+    {
+        "https://fhir.nhs.uk/StructureDefinition/Extension-DM-PrescriptionEndorsement",
+        "https://fhir.nhs.uk/StructureDefinition/Extension-EPS-PrescriptionEndorsement",
+    }
+)
