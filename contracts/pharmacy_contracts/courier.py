@@ -8,7 +8,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from .consultation import EXAMPLE_PRESCRIPTION, Address, Coordinates, Phone
 from .envelope import Envelope, Identifier, UtcDatetime, example_id, wire_example
-from .limits import MULTILINE, Attempts
+from .limits import MULTILINE, ONE_LINE, Attempts
 
 # A courier's or a dispatcher's few words for a person to read.
 Remark = Annotated[str, Field(max_length=300), MULTILINE]
@@ -252,6 +252,31 @@ class DeliveryWaiting(Envelope):
     prescription_id: Identifier
     warehouse_id: Identifier
     why: Annotated[str, Field(min_length=1, max_length=300), MULTILINE]
+
+
+class AddressLocated(Envelope):
+    """A dispatcher → `courier.dispatchers.v1`, keyed by prescription id: where the door of an
+    address that came without coordinates is (a point on the map, or an entry of the county
+    gazetteer). The delivery waiting for it is offered to the courier nearest it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            producer="dispatcher-cli",
+            prescription_id=_RX,
+            coordinates={"latitude": 51.812, "longitude": 69.403},
+            located_by="DSP-ALIYA",
+            place="Steppe Wells (farmstead cluster)",
+        )
+    )
+
+    type: Literal["courier.address_located"] = "courier.address_located"
+    prescription_id: Identifier
+    coordinates: Coordinates
+    located_by: Identifier = Field(description="The dispatcher who placed it")
+    place: Annotated[str, Field(min_length=1, max_length=120), ONE_LINE] | None = Field(
+        default=None, description="The gazetteer entry it was placed at, if one"
+    )
 
 
 class DeliveryCodeRejected(_DeliveryEvent):

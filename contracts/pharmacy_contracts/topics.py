@@ -14,6 +14,7 @@ from pydantic import Field, TypeAdapter
 
 from .consultation import CancellationAccepted, CancellationRequested, PrescriptionAccepted, PrescriptionSubmitted
 from .courier import (
+    AddressLocated,
     CourierAssigned,
     CourierReported,
     DeliveryAbandoned,
@@ -197,6 +198,14 @@ COURIER_DELIVERIES = Topic(
     public=False,
     description="The delivery lifecycle as the courier service decides it.",
 )
+COURIER_DISPATCHERS = Topic(
+    "courier.dispatchers.v1",
+    key="prescription id",
+    key_fields=("prescription_id",),
+    messages=(AddressLocated,),
+    public=False,
+    description="Dispatchers place on the map the addresses that came without coordinates.",
+)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     CONSULTATION_PRESCRIPTIONS,
@@ -208,6 +217,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     COURIER_DISPATCH,
     COURIER_UPDATES,
     COURIER_DELIVERIES,
+    COURIER_DISPATCHERS,
 )
 BY_NAME = {topic.name: topic for topic in ALL_TOPICS}
 TOPIC_OF_MESSAGE: dict[type[Envelope], Topic] = {message: topic for topic in ALL_TOPICS for message in topic.messages}

@@ -7,6 +7,7 @@ read-only views (`status`, `warehouse stock`) ask the owning service's own stora
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import typer
 from pydantic import SecretStr, ValidationError
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -25,6 +27,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationRequested, Coordinates, Prescription, PrescriptionSubmitted
 from services.consultation import fhir
+from services.consultation.gazetteer import Gazetteer, normalised
 from services.consultation.storage import ConsultationStorage
 from services.courier.domain import CourierProfile
 from services.courier.gateway import courier_token
@@ -51,10 +54,14 @@ warehouse = typer.Typer(no_args_is_help=True, help="For warehouse staff: watch s
 courier = typer.Typer(no_args_is_help=True, help="For couriers: receive dispatches and report on them.")
 formulary = typer.Typer(no_args_is_help=True, help="For pharmacists: the formulary the checks use.")
 couriers = typer.Typer(no_args_is_help=True, help="For dispatchers: the courier roster.")
+dispatch = typer.Typer(
+    no_args_is_help=True, help="For dispatchers: place on the map the addresses that came without coordinates."
+)
 app.add_typer(warehouse, name="warehouse")
 app.add_typer(courier, name="courier")
 app.add_typer(formulary, name="formulary")
 app.add_typer(couriers, name="couriers")
+app.add_typer(dispatch, name="dispatch")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(pharmacist.app, name="review")
 
@@ -250,6 +257,64 @@ def couriers_token(courier_id: str = typer.Argument(..., help="The courier's id,
         console.print("[red]PHARMACY_COURIER_GATEWAY_KEY is not set:[/] set it to the courier service's key")
         raise typer.Exit(2)
     print(courier_token(secret.encode(), courier_id))
+
+
+def _gazetteer() -> Gazetteer:
+    """The one consultation places addresses with: PHARMACY_GAZETTEER_FILE, else the bundled county's."""
+    named = os.environ.get("PHARMACY_GAZETTEER_FILE")
+    return Gazetteer.load(Path(named)) if named else Gazetteer.load()
+
+
+@dispatch.command("locate")
+def dispatch_locate(
+    prescription_id: str,
+    by: str = typer.Option(..., "--by", help="Your dispatcher id"),
+    lat: float | None = typer.Option(None, "--lat", help="Latitude of the door"),
+    lon: float | None = typer.Option(None, "--lon", help="Longitude of the door"),
+    place: str | None = typer.Option(None, "--place", help="A gazetteer entry's id (`pharmacy dispatch places`)"),
+) -> None:
+    """Place a delivery whose address came without coordinates (it waits, listed by `pharmacy status`
+    as "no map location"): by a point, or by a gazetteer entry. The courier service then offers it."""
+    where = None
+    if place is not None:
+        found = _gazetteer().places.get(place.upper())
+        if found is None:
+            console.print(f"[red]no gazetteer entry {escape(place)}:[/] `pharmacy dispatch places` lists them")
+            raise typer.Exit(2)
+        lat, lon, where = found.latitude, found.longitude, f"{found.name} ({found.place_id})"
+    if lat is None or lon is None:
+        console.print("[red]where?[/] give --lat and --lon, or --place")
+        raise typer.Exit(2)
+    try:
+        message = c.AddressLocated(
+            correlation_id=prescription_id,
+            producer="dispatcher-cli",
+            prescription_id=prescription_id,
+            coordinates=Coordinates(latitude=lat, longitude=lon),
+            located_by=by,
+            place=where,
+        )
+    except ValidationError as error:
+        console.print(f"[red]not a place:[/] {escape(str(error.errors()[0]['msg']))}")
+        raise typer.Exit(2) from None
+    run(bus.publish(settings_from_env(), message))
+    at = f"{lat:.5f}, {lon:.5f}" + (f" ({where})" if where else "")
+    console.print(f"{escape(prescription_id)} placed at {escape(at)}; sent as {message.message_id}")
+
+
+@dispatch.command("places")
+def dispatch_places(name: str = typer.Argument("", help="Part of a name, in any script (empty: all)")) -> None:
+    """The county gazetteer's places: id, kind, names in Uyghur, Chinese and Latin, coordinates."""
+    wanted = normalised(name)
+    table = Table(title="county gazetteer")
+    for column in ("id", "kind", "names", "where"):
+        table.add_column(column, overflow="fold")
+    for found in _gazetteer().places.values():
+        if wanted and not any(wanted in normalised(n) for n in found.names):
+            continue
+        names = " / ".join(dict.fromkeys(n for n in found.names if n))
+        table.add_row(found.place_id, found.kind, names, f"{found.latitude:.4f}, {found.longitude:.4f}")
+    console.print(table)
 
 
 def _dev_stack_file(name: str) -> str:

@@ -9,6 +9,7 @@ from pharmacy_contracts.envelope import utc_now
 from services.runtime.service import ServiceRuntime
 
 from . import domain
+from .gazetteer import BUNDLED, Gazetteer
 from .service import ConsultationService, upstream_decoder
 from .settings import ConsultationSettings
 from .storage import ConsultationStorage
@@ -32,6 +33,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         clock=utc_now,
         sender_keys=settings.secrets(),
         delivery_code_key=settings.delivery_code_secret(),
+        gazetteer=Gazetteer.load(settings.gazetteer_file or BUNDLED),
     )
 
     runtime.consume(

@@ -19,6 +19,7 @@ from services.runtime.observability import prescription_finished
 from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
 from . import domain, fhir, messages
+from .gazetteer import Gazetteer
 from .storage import ConsultationStorage
 
 log = structlog.get_logger()
@@ -37,12 +38,14 @@ class ConsultationService:
         clock: Callable[[], datetime],
         sender_keys: Mapping[str, Mapping[str, bytes]],
         delivery_code_key: bytes,
+        gazetteer: Gazetteer | None = None,
     ):
         self._storage = storage
         self._uow = unit_of_work
         self._clock = clock
         self._sender_keys = sender_keys
         self._delivery_code_key = delivery_code_key
+        self._gazetteer = gazetteer or Gazetteer.load()
 
     def check_signature(self, body: bytes, headers: dict[str, str]) -> None:
         """Only registered upstream systems may send prescriptions or cancel them, and only in their own name.
@@ -96,6 +99,9 @@ class ConsultationService:
                 "prescription_id_reused",
                 f"prescription {prescription.prescription_id} was already received in another message",
             )
+        # An address without coordinates is placed by the county gazetteer when it names a known place.
+        prescription = self._gazetteer.placed(prescription)
+        submitted = submitted.model_copy(update={"prescription": prescription})
         record = domain.IntakeRecord(
             prescription_id=prescription.prescription_id,
             sender_id=submitted.sender_id,

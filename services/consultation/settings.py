@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from pydantic import Field, SecretStr, field_validator
 
 from services.runtime.settings import RuntimeSettings
@@ -19,6 +21,11 @@ class ConsultationSettings(RuntimeSettings):
         description="PHARMACY_DELIVERY_CODE_KEY: required here; patients' delivery codes are derived from it",
     )
 
+    gazetteer_file: Path | None = Field(
+        default=None,
+        description="PHARMACY_GAZETTEER_FILE: the county's places (JSON, as services/consultation/data/gazetteer.json, "
+        "which is the default) that place addresses arriving without coordinates",
+    )
     fhir_licence_registries: dict[str, str] = Field(
         default_factory=lambda: dict(LICENCE_REGISTRIES),
         description=(

@@ -62,6 +62,12 @@ def build(
         handle_batch=service.on_report,
         title="follow couriers' reports",
     )
+    runtime.consume(
+        topics.COURIER_DISPATCHERS,
+        group="courier.dispatchers",
+        handle_batch=service.on_dispatcher,
+        title="offer deliveries whose addresses dispatchers placed on the map",
+    )
     runtime.every_sweep("deliveries", service.sweep)
     gateway_key = settings.courier_gateway_key
     if gateway_key is not None and gateway_key.get_secret_value():

@@ -114,6 +114,8 @@ def decide(fleet: Fleet, rules: Rules, current: Delivery | None, message: Envelo
             return reservation_failed(current, message)
         case c.CourierReported():
             return follow_report(fleet, rules, current, message)
+        case c.AddressLocated():
+            return locate(fleet, rules, current, message)
         case Look(purpose="deadlines"):
             return act_on_deadlines(fleet, rules, current, message)
         case Look(purpose="offer_waiting"):
@@ -124,7 +126,7 @@ def decide(fleet: Fleet, rules: Rules, current: Delivery | None, message: Envelo
 def may_offer(message: Envelope) -> bool:
     """Whether deciding this message may offer the delivery to a courier."""
     match message:
-        case PrescriptionApproved() | inv.StockReserved() | Look():
+        case PrescriptionApproved() | inv.StockReserved() | c.AddressLocated() | Look():
             return True
         case c.CourierReported():
             return message.status == "failed"  # a retry is offered in the same write
@@ -200,12 +202,17 @@ def _offer(
     causation_id: str | None,
 ) -> Decision[Delivery]:
     assert delivery.details is not None and delivery.warehouse_id is not None
-    courier = fleet.courier_for(delivery)
+    # Not on the map: no courier is sent looking; it waits for a dispatcher to place it.
+    courier = fleet.courier_for(delivery) if domain.located(delivery) else None
     offered = domain.offer(delivery, courier, now=rules.now, accept_timeout=rules.policy.accept_timeout)
     if courier is None:
         if not domain.began_waiting(before, offered):
             return Decision(offered, events, result=Decided(before, offered))
-        why = domain.why_no_courier(fleet.roster, fleet.loads, delivery)
+        why = (
+            domain.why_no_courier(fleet.roster, fleet.loads, delivery)
+            if domain.located(delivery)
+            else domain.UNLOCATED.format(rx=delivery.prescription_id)
+        )
         waiting = messages.delivery_waiting(delivery, why, causation_id)
         return Decision(offered, [*events, waiting], result=Decided(before, offered, waiting_why=why))
     attempt = offered.current
@@ -219,9 +226,27 @@ def offer_if_still_waiting(fleet: Fleet, rules: Rules, current: Delivery | None,
     """The waiting pass's offer, if the delivery still waits and a courier can take it now."""
     if current is None or current.state is not DeliveryState.AWAITING_COURIER or not domain.ready_to_offer(current):
         return Decision.unchanged()
-    if fleet.courier_for(current) is None:
+    if not domain.located(current) or fleet.courier_for(current) is None:
         return Decision.unchanged()
     return _offer(fleet, rules, current, current, [], None)
+
+
+def locate(fleet: Fleet, rules: Rules, current: Delivery | None, located: c.AddressLocated) -> Decision[Delivery]:
+    """A dispatcher placed the address: a delivery waiting for it is offered now; one on the road
+    keeps its courier, and a later attempt goes to the new place."""
+    rx = located.prescription_id
+    if current is None or current.details is None:
+        return Decision.refused("not_known", f"{rx}: no approved delivery for it here yet; place it once approved")
+    if current.state in domain.FINISHED:
+        return Decision.refused("delivery_finished", f"{rx}: the delivery is {current.state.value}; nothing to place")
+    point = located.coordinates
+    after = domain.placed(current, point.latitude, point.longitude)
+    if after == current:
+        return Decision.unchanged()
+    if current.state is DeliveryState.AWAITING_COURIER and domain.ready_to_offer(after):
+        # A new wait starts if no courier is free: the one for a location is over.
+        return _offer(fleet, rules, current, after.model_copy(update={"awaiting_since": None}), [], located.message_id)
+    return Decision(after, result=Decided(current, after))
 
 
 # --- cancellation ------------------------------------------------------------------------------------

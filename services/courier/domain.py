@@ -250,6 +250,27 @@ def why_no_courier(roster: Iterable[CourierProfile], loads: Mapping[str, int], d
 # --- offering ----------------------------------------------------------------------------------------
 
 
+def located(delivery: Delivery) -> bool:
+    """The door is on the map: the address came with coordinates, or a dispatcher placed it."""
+    return delivery.details is not None and delivery.details.address.coordinates is not None
+
+
+#: Why a delivery whose address has no coordinates waits: for the people and tools that read it.
+UNLOCATED = (
+    "the address has no map location and the county gazetteer does not know it: a dispatcher places it "
+    "(pharmacy dispatch locate {rx} --lat … --lon …, or --place <gazetteer id>)"
+)
+
+
+def placed(delivery: Delivery, latitude: float, longitude: float) -> Delivery:
+    """The delivery with its address placed on the map (the courier of every later attempt goes there)."""
+    assert delivery.details is not None
+    address = delivery.details.address.model_copy(
+        update={"coordinates": Coordinates(latitude=latitude, longitude=longitude)}
+    )
+    return delivery.model_copy(update={"details": delivery.details.model_copy(update={"address": address})})
+
+
 def ready_to_offer(delivery: Delivery) -> bool:
     return (
         delivery.state in (DeliveryState.WAITING, DeliveryState.AWAITING_COURIER)

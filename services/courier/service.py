@@ -220,6 +220,10 @@ class CourierService:
         """What couriers report on their dispatches."""
         return await self._decide(records)
 
+    async def on_dispatcher(self, records: Sequence[Record[c.AddressLocated]]) -> list[Handled[c.AddressLocated]]:
+        """Dispatchers placing addresses that came without coordinates."""
+        return await self._decide(records)
+
     async def _decide_those(
         self, records: Sequence[Record[Envelope]], kinds: tuple[type[Envelope], ...]
     ) -> list[Handled[Envelope]]:
@@ -385,6 +389,8 @@ def _log(handled: Handled[Any], policy: Policy) -> None:
             attempt=attempt.number if attempt else None,
             trip_km=round(domain.trip_km(result.offered_to, result.after), 1),
         )
+    if isinstance(message, c.AddressLocated) and result.after.details is not None:
+        log.info("address placed on the map", prescription_id=rx, located_by=message.located_by, place=message.place)
     if result.waiting_why is not None:
         log.warning("no courier can take the delivery; it waits", prescription_id=rx, why=result.waiting_why)
     if result.overdue is not None:

@@ -7,17 +7,24 @@ are unit-tested with an injected clock.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
+from services.cli import bus
+from services.cli import main as cli
 from services.courier.domain import CourierProfile
 from services.prescription.domain import FormularyEntry, Interaction
 from tests.support.scenario import (
     PATIENT_HOME,
+    TEST_LICENCE,
     System,
     prescription_message,
     scripted_couriers,
@@ -26,6 +33,8 @@ from tests.support.scenario import (
 )
 
 pytestmark = pytest.mark.e2e
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "contracts" / "examples" / "fhir"
 
 REVIEW_ESCALATE_AFTER_S = 4
 REVIEW_EXPIRE_AFTER_S = 10
@@ -394,3 +403,82 @@ async def test_a_cancellation_after_pickup_brings_the_goods_back_to_quarantine(s
     await system.wait_stage(prescription_id, "cancelled")  # the status is a projection: it follows
     types = [e["type"] for e in await topic_events(system.settings, topics.INVENTORY_EVENTS.name, prescription_id)]
     assert "inventory.stock_quarantined" in types and "inventory.stock_released" not in types
+
+
+# --- a FHIR bundle with neither map pin nor phone -------------------------------------------------
+
+
+def unlocated_bundle(prescription_id: str, drug_code: str) -> bytes:
+    """The published acute example as a hospital without a map would send it: no coordinates, a
+    village the county gazetteer does not know, no phone; dated now, signed by the test prescriber."""
+    bundle = json.loads((EXAMPLES / "acute-amoxicillin-message.json").read_text())
+    now = datetime.now(UTC)
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Patient":
+            resource.pop("telecom")
+            resource["address"] = [{"line": ["Farmstead 9", "Upper Meadow"], "postalCode": "N-0499"}]
+        elif resource["resourceType"] == "Practitioner":
+            resource["identifier"][0]["value"] = TEST_LICENCE
+        elif resource["resourceType"] == "MedicationRequest":
+            resource["groupIdentifier"]["value"] = prescription_id
+            resource["identifier"][0]["value"] = f"{prescription_id}-1"
+            resource["medicationCodeableConcept"]["coding"][0]["code"] = drug_code
+            resource["authoredOn"] = (now - timedelta(hours=1)).isoformat()
+            resource["dispenseRequest"]["validityPeriod"] = {"start": (now - timedelta(hours=1)).isoformat()}
+    bundle.pop("identifier", None)
+    bundle["id"] = prescription_id
+    return json.dumps(bundle).encode()
+
+
+async def test_a_bundle_without_coordinates_or_phone_waits_for_a_dispatcher_then_is_delivered(
+    system: System,
+) -> None:
+    amoxicillin = drug(unique("AMX"), "penicillin-class", form="capsule")
+    await stocked_drugs(system, amoxicillin)
+    prescription_id = unique("RX-NOPIN")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["deliver"]})
+    simulator.start()
+    try:
+        record = bus.encode_fhir(
+            unlocated_bundle(prescription_id, amoxicillin.drug_code),
+            prescription_id=prescription_id,
+            message_id=unique("MSG-NOPIN"),
+            sender_id="hospital-test",
+            settings=system.settings,
+        )
+        await bus.publish_records(system.settings, record)
+
+        async def waits_for_a_dispatcher() -> bool:
+            status = await system.status(prescription_id)
+            return status is not None and any("no map location" in h.detail for h in status.history)
+
+        await wait_until(waits_for_a_dispatcher, "the delivery to wait for a dispatcher to place it", timeout=60)
+        assert [o for o in simulator.offers if o.package_id == prescription_id] == [], "no courier sent looking"
+
+        env = {"PHARMACY_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers}
+        placed = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli.app,
+            [
+                "dispatch",
+                "locate",
+                prescription_id,
+                "--by",
+                "DSP-T",
+                "--lat",
+                str(PATIENT_HOME[0]),
+                "--lon",
+                str(PATIENT_HOME[1]),
+            ],
+            env=env,
+        )
+        assert placed.exit_code == 0, placed.output
+        status = (await system.wait_terminal([prescription_id]))[prescription_id]
+    finally:
+        await simulator.stop()
+    assert status.stage.value == "delivered"
+    (offer,) = [o for o in simulator.offers if o.package_id == prescription_id]
+    assert offer.contact_phone is None and offer.address.coordinates is not None
+    intake = await system.consultation.intake_of(prescription_id)
+    assert intake is not None and any("no phone" in note for note in intake.prescription.mapping_notes)

@@ -609,6 +609,13 @@ def one_of_each_message() -> list[Envelope]:
             accept_by=at(13),
         ),
         make_report(dispatch_id=f"{RX_ID}-D1", courier_id="CUR-1"),
+        c.AddressLocated(
+            **envelope_fields(correlation_id=RX_ID),
+            prescription_id=RX_ID,
+            coordinates={"latitude": 51.81, "longitude": 69.4},
+            located_by="DSP-1",
+            place="Northford (NORTHFORD)",
+        ),
         assigned(),
         delivery_accepted(),
         picked_up(),

@@ -574,3 +574,64 @@ async def test_a_delivered_package_frees_its_courier_for_a_waiting_delivery(
     await service.sweep()
 
     assert published.offers("RX-2")[0]["courier_id"] == "CUR-1"
+
+
+# --- an address without coordinates waits for a dispatcher -------------------------------------------
+
+
+def unlocated(rx: str) -> Any:
+    message = approved(rx)
+    address = message.delivery.address.model_copy(update={"coordinates": None})
+    return approved(rx, address=address, contact_phone=None)
+
+
+def placed(rx: str, latitude: float, longitude: float, message_id: str | None = None) -> c.AddressLocated:
+    return c.AddressLocated(
+        message_id=message_id or str(uuid4()),
+        correlation_id=rx,
+        producer="dispatcher-cli",
+        prescription_id=rx,
+        coordinates={"latitude": latitude, "longitude": longitude},
+        located_by="DSP-1",
+    )
+
+
+async def test_an_address_without_coordinates_waits_for_a_dispatcher_then_is_offered_with_its_place(
+    service: CourierService, storage: Storage, published: Published, clock: Clock
+) -> None:
+    await roster(storage, b.make_courier("CUR-FAR", base=FAR), b.make_courier("CUR-NEAR", base=NEAR))
+    await service.on_decision(records(unlocated("RX-1")))
+    await service.on_inventory_event(records(reserved("RX-1")))
+
+    assert published.of("RX-1") == [kind(c.DeliveryWaiting)], "no courier is sent looking"
+    (waiting,) = published.bodies("RX-1", kind(c.DeliveryWaiting))
+    assert "no map location" in waiting["why"] and "pharmacy dispatch locate RX-1" in waiting["why"]
+    await service.sweep()
+    assert published.offers("RX-1") == [], "the waiting pass does not offer it either"
+
+    clock.now += timedelta(hours=4)
+    await service.sweep()
+    (overdue,) = published.bodies("RX-1", kind(c.DeliveryOverdue))
+    assert overdue["stage"] == "awaiting_courier", "a dispatcher who has not placed it is alerted"
+
+    handled = await service.on_dispatcher(records(placed("RX-1", *FAR)))
+    assert outcomes(handled) == [Outcome.APPLIED]
+    (offer,) = published.offers("RX-1")
+    assert offer["address"]["coordinates"] == {"latitude": FAR[0], "longitude": FAR[1]}
+    assert offer["contact_phone"] is None
+
+
+async def test_placing_an_unknown_or_finished_delivery_is_refused_and_placing_twice_changes_nothing(
+    service: CourierService, storage: Storage, published: Published
+) -> None:
+    await roster(storage, b.make_courier("CUR-1", base=NEAR))
+    (unknown,) = await service.on_dispatcher(records(placed("RX-NONE", 51.0, 69.0)))
+    assert (unknown.outcome, unknown.refusal.code if unknown.refusal else None) == (Outcome.REFUSED, "not_known")
+
+    await service.on_decision(records(unlocated("RX-2")))
+    await service.on_inventory_event(records(reserved("RX-2")))
+    point = placed("RX-2", *NEAR)
+    assert outcomes(await service.on_dispatcher(records(point))) == [Outcome.APPLIED]
+    again = placed("RX-2", *NEAR)
+    assert outcomes(await service.on_dispatcher(records(again))) == [Outcome.UNCHANGED]
+    assert len(published.offers("RX-2")) == 1

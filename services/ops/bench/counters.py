@@ -66,6 +66,7 @@ ACTED_ON: dict[str, frozenset[str]] = {
     "courier.decisions": _types(*DECISIONS),
     "courier.stock": _types(*STOCK_EVENTS),
     "courier.updates": _types(c.CourierReported),
+    "courier.dispatchers": _types(c.AddressLocated),
 }
 #: The groups a prescription passes on its way to `DispatchOffered`: intake, the checks, the
 #: reservation, and the courier service's two inputs (the delivery details and the reserved stock).
