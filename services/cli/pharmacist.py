@@ -7,7 +7,7 @@ reaches the system; the queue and the reference data are the prescription servic
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -19,10 +19,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import PrescriptionItem
 from pharmacy_contracts.envelope import utc_now
-from pharmacy_contracts.prescription import CancellationOrdered, ReviewDecided
-from services.prescription.domain import Interaction, PrescriberRecord, Verdict
+from pharmacy_contracts.prescription import CancellationOrdered, PrescriptionHeld, ReviewDecided, ReviewEscalated
+from services.prescription.domain import Interaction, MedicationEntry, PrescriberRecord, Verdict
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.mongo import client_for
 
@@ -97,9 +98,15 @@ def _days(item: PrescriptionItem) -> str:
     return f"{item.days_supply}{said.get(item.days_supply_basis or 'prescribed', '')}"
 
 
-def review_detail(verdict: Verdict, names: Mapping[str, str], today: date) -> Group:
-    """One held prescription as a pharmacist decides on it: who, what, why it is held, and what the
-    sender's bundle said beyond the lines (units, substitution, notes, controlled drugs, endorsements)."""
+def review_detail(
+    verdict: Verdict,
+    names: Mapping[str, str],
+    today: date,
+    active: Sequence[MedicationEntry] = (),
+) -> Group:
+    """One held prescription as a pharmacist decides on it: who, what, why it is held, the patient's
+    other active medicines, and what the sender's bundle said beyond the lines (units,
+    substitution, notes, controlled drugs, endorsements)."""
     prescription = verdict.prescription
     parts: list[Any] = [Text(f"{verdict.prescription_id}: held", style="bold")]
     if prescription is None:
@@ -112,6 +119,10 @@ def review_detail(verdict: Verdict, names: Mapping[str, str], today: date) -> Gr
     facts.add_column(overflow="fold")
     facts.add_row("patient", f"{patient.patient_id}, {age_on(patient.date_of_birth, today)} years")
     facts.add_row("allergies", ", ".join(patient.allergies) or "none recorded")
+    medicines = [
+        f"{names.get(e.drug_code, e.drug_code)} until {e.supply_ends_at:%Y-%m-%d} ({e.prescription_id})" for e in active
+    ]
+    facts.add_row("active medicines", "\n".join(medicines) or "none on record here")
     facts.add_row("diagnosis", ", ".join(prescription.diagnosis_codes) or "none given")
     facts.add_row("prescriber", f"{prescriber.name}, {registry}{prescriber.licence_number}")
     facts.add_row("valid", f"{prescription.issued_at:%Y-%m-%d} to {prescription.valid_until:%Y-%m-%d}")
@@ -154,17 +165,51 @@ def show(prescription_id: str) -> None:
     """One held prescription in full: patient, prescriber, lines with units and days, how to dispense
     them, why it is held, and what the mapping of the sender's bundle says."""
 
-    async def read(storage: PrescriptionStorage) -> tuple[Verdict | None, dict[str, str]]:
-        verdict = await storage.verdict_of(prescription_id)
-        codes = [i.drug_code for i in verdict.prescription.items] if verdict and verdict.prescription else []
-        entries = await storage.formulary_entries(codes)
-        return verdict, {code: entry.name for code, entry in entries.items()}
+    now = utc_now()
 
-    verdict, names = run(_with_storage(read))
+    async def read(storage: PrescriptionStorage) -> tuple[Verdict | None, dict[str, str], list[MedicationEntry]]:
+        verdict = await storage.verdict_of(prescription_id)
+        prescription = verdict.prescription if verdict else None
+        history = await storage.history_of(prescription.patient.patient_id) if prescription else None
+        active = [e for e in history.others_than(prescription_id) if e.active_at(now)] if history else []
+        codes = [i.drug_code for i in prescription.items] if prescription else []
+        entries = await storage.formulary_entries([*codes, *(e.drug_code for e in active)])
+        return verdict, {code: entry.name for code, entry in entries.items()}, active
+
+    verdict, names, active = run(_with_storage(read))
     if verdict is None:
         console.print(f"[red]{escape(prescription_id)}[/]: the prescription service has no verdict for it yet")
         raise typer.Exit(1)
-    console.print(review_detail(verdict, names, utc_now().date()))
+    console.print(review_detail(verdict, names, now.date(), active))
+
+
+def held_line(held: PrescriptionHeld) -> str:
+    """A new hold as `review watch` announces it: what, why, by when, and the command to look."""
+    codes = ", ".join(dict.fromkeys(r.code for r in held.reasons))
+    rx = held.prescription_id
+    return (
+        f"HELD {rx} ({codes}); escalates {held.escalate_at:%H:%M} UTC, expires {held.expires_at:%Y-%m-%d %H:%M} UTC: "
+        f"pharmacy review show {rx}"
+    )
+
+
+@app.command()
+def watch(
+    from_beginning: bool = typer.Option(False, "--from-beginning/--new-only", help="Earlier holds too"),
+) -> None:
+    """Announce each prescription held for review as it happens (and each escalation), with its
+    reasons and deadline; `pharmacy review show RX` then shows it in full."""
+
+    async def feed() -> None:
+        decisions = topics.PRESCRIPTION_DECISIONS
+        async for _, message, _ in bus.follow(settings_from_env(), decisions, from_beginning=from_beginning):
+            if isinstance(message, PrescriptionHeld):
+                console.print(Text(held_line(message)))
+            elif isinstance(message, ReviewEscalated):
+                rx, expires = message.prescription_id, f"{message.expires_at:%Y-%m-%d %H:%M} UTC"
+                console.print(Text(f"ESCALATED {rx}: still held, expires {expires}", style="red"))
+
+    run(feed())
 
 
 # --- decisions --------------------------------------------------------------------------------------

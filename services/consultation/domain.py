@@ -267,7 +267,10 @@ def track(
         at=event.occurred_at, stage=reported or current.stage, detail=step.detail, warning=step.warning
     )
     # A shallow copy with a new history list: every later change assigns, never mutates in place.
-    updated = current.model_copy(update={"history": [*current.history, entry]})
+    # In the order things happened, not the order their events arrived from four services' topics
+    # (a stable sort: events of the same instant keep their arrival order).
+    history = sorted([*current.history, entry], key=lambda h: h.at)
+    updated = current.model_copy(update={"history": history})
     if isinstance(event, inv.StockReserved):
         updated.warehouse_id = event.warehouse_id
     if isinstance(event, c.CourierAssigned):

@@ -513,28 +513,31 @@ def _log_review(handled: Handled[Any]) -> None:
             if message.decision == "approve"
             else "prescription rejected by pharmacist",
             pharmacist_id=message.pharmacist_id,
-            note=message.note,
         )
     elif handled.outcome is Outcome.DUPLICATE:
         log.info("pharmacist decision already applied; duplicate dropped")
 
 
 def _log_cancellation(handled: Handled[Any]) -> None:
+    """Who asked, as a system or staff id; never the free-text reason or requester's name (an upstream
+    cancellation may be the patient's own, in their words): those stay in the stored verdict."""
     message = handled.record.message
-    requested_by = message.requested_by if isinstance(message, CancellationAccepted) else message.pharmacist_id
+    by = (
+        {"sender_id": message.sender_id}
+        if isinstance(message, CancellationAccepted)
+        else {"pharmacist_id": message.pharmacist_id}
+    )
     if handled.outcome is Outcome.APPLIED:
         (event,) = handled.events
         assert isinstance(event, PrescriptionCancelled)
-        log.info(
-            "prescription cancelled", requested_by=requested_by, reason=message.reason, was_approved=event.was_approved
-        )
+        log.info("prescription cancelled", was_approved=event.was_approved, **by)
     elif handled.outcome is Outcome.DUPLICATE:
         log.info("cancellation already applied; duplicate dropped")
     elif handled.outcome is Outcome.UNCHANGED and isinstance(handled.result, Verdict):
         log.info(
             "cancellation changes nothing: prescription already final",
             state=handled.result.state.value,
-            requested_by=requested_by,
+            **by,
         )
 
 

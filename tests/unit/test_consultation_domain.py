@@ -359,6 +359,14 @@ def test_history_grows_by_one_entry_per_event_and_the_old_status_is_untouched():
     assert second.history[0] == first.history[0]
 
 
+def test_history_is_in_the_order_things_happened_whatever_order_their_events_arrive_in():
+    # The courier's event (minute 3) comes in before inventory's (minute 2), as topics allow.
+    status = fold(accepted(0), approved(1), assigned(3), reserved(2))
+
+    assert [entry.at for entry in status.history] == [at(0), at(1), at(2), at(3)]
+    assert status.history[-1].detail.startswith("offered to courier CUR-1")
+
+
 def test_rejection_is_terminal_and_explains_why():
     status = fold(accepted(0), rejected(1))
 
@@ -428,7 +436,7 @@ def test_a_terminal_event_arriving_first_still_holds():
     status = fold(rejected(1), accepted(0))
 
     assert (status.stage, status.terminal) == (Stage.REJECTED, True)
-    assert [h.stage for h in status.history] == [Stage.REJECTED, Stage.RECEIVED]
+    assert [h.stage for h in status.history] == [Stage.RECEIVED, Stage.REJECTED], "in the order it happened"
 
 
 # --- track: ordering ---------------------------------------------------------------------------------
@@ -439,7 +447,7 @@ def test_reserved_before_approved_keeps_reserved():
 
     assert status.stage is Stage.RESERVED
     assert status.warehouse_id == "WH-1"
-    assert [h.stage for h in status.history] == [Stage.RECEIVED, Stage.RESERVED, Stage.APPROVED]
+    assert [h.stage for h in status.history] == [Stage.RECEIVED, Stage.APPROVED, Stage.RESERVED]
 
 
 def test_pipeline_events_before_the_accepted_prescription_keep_the_furthest_stage():

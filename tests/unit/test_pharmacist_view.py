@@ -5,22 +5,22 @@ notes) survives to the screen, at 80 columns, nothing cut."""
 from __future__ import annotations
 
 import io
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from rich.console import Console
 
-from pharmacy_contracts.prescription import Reason
-from services.cli.pharmacist import age_on, review_detail
+from pharmacy_contracts.prescription import PrescriptionHeld, Reason
+from services.cli.pharmacist import age_on, held_line, review_detail
 from services.consultation import fhir
-from services.prescription.domain import Verdict, VerdictState
+from services.prescription.domain import MedicationEntry, Verdict, VerdictState
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "fhir"
 
 
-def shown(verdict: Verdict, names: dict[str, str] | None = None) -> str:
+def shown(verdict: Verdict, names: dict[str, str] | None = None, active: list[MedicationEntry] | None = None) -> str:
     console = Console(file=io.StringIO(), width=80, color_system=None)
-    console.print(review_detail(verdict, names or {}, date(2021, 5, 20)))
+    console.print(review_detail(verdict, names or {}, date(2021, 5, 20), active or []))
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
@@ -65,3 +65,32 @@ def test_a_pack_count_is_shown_in_the_units_it_was_multiplied_out_to():
 def test_age_is_counted_in_whole_years_on_the_day():
     assert age_on(date(1958, 3, 14), date(2026, 3, 13)) == 67
     assert age_on(date(1958, 3, 14), date(2026, 3, 14)) == 68
+
+
+def test_the_patients_other_active_medicines_are_listed_with_their_end():
+    verdict = held("nhs-eps/sc-acute-health-professional-6-endorsements-prepare.json")
+    warfarin = MedicationEntry(
+        prescription_id="RX-EARLIER",
+        drug_code="WAR5",
+        started_at=datetime(2021, 5, 1, tzinfo=UTC),
+        days_supply=30,
+    )
+    text = shown(verdict, {"WAR5": "Warfarin 5 mg"}, active=[warfarin])
+    assert "Warfarin 5 mg until 2021-05-31 (RX-EARLIER)" in text
+    assert "none on record here" in shown(verdict)
+
+
+def test_a_new_hold_is_announced_with_its_reasons_deadlines_and_the_command_to_look():
+    message = PrescriptionHeld(
+        correlation_id="RX-H1",
+        producer="prescription",
+        prescription_id="RX-H1",
+        patient_id="PAT-1",
+        reasons=[Reason(code="CONTROLLED_SUBSTANCE", message="Morphine is a controlled substance")],
+        escalate_at=datetime(2026, 12, 7, 14, 0, tzinfo=UTC),
+        expires_at=datetime(2026, 12, 8, 10, 0, tzinfo=UTC),
+    )
+    assert held_line(message) == (
+        "HELD RX-H1 (CONTROLLED_SUBSTANCE); escalates 14:00 UTC, expires 2026-12-08 10:00 UTC: "
+        "pharmacy review show RX-H1"
+    )
