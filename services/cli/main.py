@@ -466,17 +466,19 @@ def ledger(warehouse_id: str, lot: str = typer.Argument(..., help="The lot id"))
         console.print(f"no movements of lot {lot} at {warehouse_id} recorded")
         raise typer.Exit(1)
     table = Table(title=f"ledger of lot {lot} ({entries[0].drug_code}) at {warehouse_id}")
-    words = ("at", "movement", "from", "to")
+    words = ("at", "movement", "from", "to", "for, by, why")
     for column in (*words, "units", "available", "reserved", "dispatched", "quarantine", "expired"):
-        table.add_column(column, justify="left" if column in words else "right")
+        table.add_column(column, justify="left" if column in words else "right", overflow="fold")
     figures = Figures()
     for entry in entries:
         figures = shift(figures, entry.movement)
+        cause = "; ".join(p for p in (entry.prescription_id, entry.by, entry.reason) if p)
         table.add_row(
             f"{entry.occurred_at:%Y-%m-%d %H:%M:%S}",
             entry.kind,
             entry.source,
             entry.target,
+            cause,
             str(entry.quantity),
             str(figures.available),
             str(figures.reserved),

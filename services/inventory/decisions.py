@@ -296,4 +296,18 @@ def movements_of(event: Envelope) -> list[domain.LedgerEntry]:
     warehouse_id: str | None = getattr(event, "warehouse_id", None)
     if not movements or warehouse_id is None:
         return []
-    return domain.ledger_entries(event.message_id, event.type, warehouse_id, event.occurred_at, movements)
+    return domain.ledger_entries(
+        event.message_id,
+        event.type,
+        warehouse_id,
+        event.occurred_at,
+        movements,
+        prescription_id=_text(event, "prescription_id"),
+        by=_text(event, "requested_by"),
+        reason=_text(event, "reason"),
+    )
+
+
+def _text(event: Envelope, field_name: str) -> str | None:
+    value = getattr(event, field_name, None)
+    return value if isinstance(value, str) else None

@@ -553,6 +553,10 @@ class LedgerEntry(BaseModel):
     quantity: int
     source: Bucket
     target: Bucket
+    #: Why it moved: the prescription it was for, or who asked (staff) and their reason.
+    prescription_id: str | None = None
+    by: str | None = None
+    reason: str | None = None
 
     @property
     def movement(self) -> Movement:
@@ -560,7 +564,15 @@ class LedgerEntry(BaseModel):
 
 
 def ledger_entries(
-    message_id: str, event_type: str, warehouse_id: str, occurred_at: datetime, movements: Sequence[Movement]
+    message_id: str,
+    event_type: str,
+    warehouse_id: str,
+    occurred_at: datetime,
+    movements: Sequence[Movement],
+    *,
+    prescription_id: str | None = None,
+    by: str | None = None,
+    reason: str | None = None,
 ) -> list[LedgerEntry]:
     """An event's movements as ledger entries; the id makes recording one event twice harmless."""
     return [
@@ -571,6 +583,9 @@ def ledger_entries(
             index=index,
             warehouse_id=warehouse_id,
             occurred_at=occurred_at,
+            prescription_id=prescription_id,
+            by=by,
+            reason=reason,
             **m.model_dump(),
         )
         for index, m in enumerate(movements)

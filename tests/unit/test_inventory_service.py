@@ -904,3 +904,18 @@ async def test_the_ledger_records_every_movement_once_in_one_write_per_batch(
     await service.record_movements([Record(e) for e in events])  # redelivered
     assert await storage.movements("PH-NEAR") == entries
     assert recompute_lots(entries)["PH-NEAR", "A-L1"].dispatched == 10
+
+
+async def test_ledger_lines_say_which_prescription_or_who_and_why(
+    service: InventoryService, storage: Storage, published: Published, reserved: list[str]
+) -> None:
+    await service.on_delivery_event([Record(c.DeliveryPickedUp(**attempt(reserved[0], "PH-NEAR")))])
+    await service.on_command([Record(adjustment("PH-NEAR", "A", "A-L1", -2))])
+    events = [topics.INVENTORY_EVENTS.parse(e["body"].encode()) for e in published.entries]
+    await service.record_movements([Record(e) for e in events])
+
+    lines = await storage.movements("PH-NEAR", "A-L1")
+    assert [(e.kind, e.prescription_id, e.by, e.reason) for e in lines] == [
+        ("dispatched", reserved[0], None, None),
+        ("adjusted", None, "Warehouse Staff", "stock count"),
+    ]
