@@ -528,6 +528,7 @@ def inbox(courier_id: str, from_beginning: bool = typer.Option(True, "--from-beg
     run(feed())
 
 
+@courier.command("jobs")
 @courier.command()
 def trips(
     courier_id: str,
@@ -538,7 +539,9 @@ def trips(
     ),
     token: str = typer.Option(..., envvar="COURIER_TOKEN", help="Your token (`pharmacy couriers token`)"),
 ) -> None:
-    """Your open trips, from the courier gateway: only what is offered to you or in your hands."""
+    """Your open jobs (`jobs` and `trips` are the same command), from the courier gateway: only what is
+    offered to you or in your hands, each with where to pick it up, the door as a geo: URI and a map
+    link, the contact phone and how to handle it. No delivery code: the patient gives it at the door."""
     gateway = gateway or _dev_stack_courier_gateway()
     if gateway is None:
         console.print("[red]no gateway:[/] give --gateway (or COURIER_GATEWAY_URL), or start the dev stack")
@@ -571,13 +574,19 @@ def trips(
 
 
 def _where(coordinates: Coordinates | None) -> str:
+    """Where the door is, as a geo: URI a phone's map opens, and a map link for any browser."""
     if coordinates is None:
         return " (no map pin: find it by the address)"
-    return f" ({coordinates.latitude:.5f}, {coordinates.longitude:.5f})"
+    lat, lon = f"{coordinates.latitude:.5f}", f"{coordinates.longitude:.5f}"
+    return f" geo:{lat},{lon} https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=16/{lat}/{lon}"
 
 
 def _phone(phone: str | None) -> str:
-    return f"☎ {phone}" if phone else "☎ none given"
+    """The number as a tel: URI, in one piece (no spaces a narrow terminal could split it at), which
+    a phone dials when tapped."""
+    if not phone:
+        return "☎ none given"
+    return "☎ tel:" + "".join(ch for ch in phone if ch.isdigit() or ch == "+")
 
 
 @courier.command()
