@@ -25,7 +25,11 @@ async def producer(settings: RuntimeSettings) -> AsyncIterator[AIOKafkaProducer]
         linger_ms=5,
         **aiokafka_kwargs(settings),
     )
-    await client.start()
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()  # a producer that never connected still holds its sockets and tasks
+        raise
     try:
         yield client
     finally:

@@ -7,7 +7,9 @@ read-only views (`status`, `warehouse stock`) ask the owning service's own stora
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,7 +46,7 @@ from services.runtime.topic_setup import TopicSetupError, create_topics
 
 from . import bus, dlq, pharmacist
 from .render import describe_inventory_event, status_panel, stock_table
-from .running import console, run, settings_from_env
+from .running import console, report_failure, run, settings_from_env
 from .warehouses import registrations
 
 T = TypeVar("T")
@@ -663,5 +665,24 @@ def topic_ids_command() -> None:
         console.print("[yellow]a topic without an id is missing, or the broker keeps none: see --help[/yellow]")
 
 
+def main() -> None:
+    """`pharmacy`: what a command could not do is one line with what to do about it, not a
+    traceback; `--debug` anywhere on the line shows the traceback instead."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    else:
+        # The client libraries' own error lines ("Unable connect to ...") would say it twice.
+        for library in ("aiokafka", "pymongo"):
+            logging.getLogger(library).setLevel(logging.CRITICAL)
+    try:
+        app()
+    except Exception as error:  # whatever a command did not answer itself
+        if debug:
+            raise
+        report_failure(error)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

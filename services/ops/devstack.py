@@ -42,6 +42,10 @@ BOARD = "board"
 console = Console(stderr=True)
 
 
+#: The running stack's addresses, in its home, for the `pharmacy` command (removed at `make down`).
+STACK_ENV = "stack.env"
+
+
 class DevStackSettings(BaseSettings):
     """Ports away from 9092/27017 so a real Kafka or MongoDB on the same machine is never touched."""
 
@@ -233,6 +237,10 @@ class DevStack:
         except Exception:
             self.stop_all()
             raise
+        # Where the `pharmacy` command finds this stack from any shell (services/cli/running.py).
+        (self.home / STACK_ENV).write_text(
+            f"PHARMACY_KAFKA_BOOTSTRAP_SERVERS={self.bootstrap}\nPHARMACY_MONGO_URL={self.mongo_url}\n"
+        )
 
     def start_service(self, service: str, instance: int = 1, env: dict[str, str] | None = None) -> int:
         name = f"{service}-{instance}"
@@ -340,6 +348,7 @@ class DevStack:
         return sorted(p.stem for p in self.pids.glob("*.pid") if self.pid_of(p.stem))
 
     def stop_all(self) -> None:
+        (self.home / STACK_ENV).unlink(missing_ok=True)
         names = self.running()
         for name in [n for n in names if n not in ("broker", "database")]:
             self.stop(name)
