@@ -11,7 +11,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from pharmacy_contracts import courier as c
 from pharmacy_contracts import signing, topics
+from pharmacy_contracts.consultation import Coordinates, PrescriptionSubmitted
 from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved
 from services.cli import bus
 from services.courier.domain import CourierProfile
@@ -176,7 +178,24 @@ async def test_every_service_absorbs_a_second_copy_of_every_message_it_consumed(
     simulator = scripted_couriers(settings, {prescription_id: ["deliver"]})
     simulator.start()
     try:
-        await system.publish(prescription_message(prescription_id, [(drug, 10)]))
+        # Its address has no map pin and names no place the gazetteer knows: a dispatcher places it,
+        # so the flow crosses the dispatchers' topic too.
+        await system.publish(unlocated(prescription_message(prescription_id, [(drug, 10)])))
+
+        async def waits_for_a_dispatcher() -> bool:
+            status = await system.status(prescription_id)
+            return status is not None and any("no map location" in h.detail for h in status.history)
+
+        await wait_until(waits_for_a_dispatcher, "the delivery to wait for a dispatcher", timeout=60)
+        await system.publish(
+            c.AddressLocated(
+                correlation_id=prescription_id,
+                producer="dispatcher-cli",
+                prescription_id=prescription_id,
+                coordinates=Coordinates(latitude=51.8, longitude=69.4),
+                located_by="DSP-HOP",
+            )
+        )
         assert (await system.wait_terminal([prescription_id]))[prescription_id].stage.value == "delivered"
     finally:
         await simulator.stop()
@@ -234,6 +253,14 @@ ONCE_PER_DELIVERY = (
     "courier.delivered",
     "inventory.stock_delivered",
 )
+
+
+def unlocated(submitted: PrescriptionSubmitted) -> PrescriptionSubmitted:
+    """The same prescription as a hospital without a map sends it: no coordinates, an unknown farmstead."""
+    prescription = submitted.prescription
+    address = prescription.patient.address.model_copy(update={"coordinates": None, "town": "Upper Meadow"})
+    patient = prescription.patient.model_copy(update={"address": address})
+    return submitted.model_copy(update={"prescription": prescription.model_copy(update={"patient": patient})})
 
 
 def _type_of(value: bytes) -> str:

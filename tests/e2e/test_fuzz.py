@@ -88,11 +88,12 @@ CONSUMED = (
     topics.INVENTORY_EVENTS,
     topics.COURIER_UPDATES,
     topics.COURIER_DELIVERIES,
+    topics.COURIER_DISPATCHERS,
 )
 """Every topic a service reads (the test checks this against the services' own subscriptions)."""
 MAX_BYTES: int = RuntimeSettings.model_fields["max_message_bytes"].default
 EXAMPLES_PER_TOPIC = 40  # hypothesis examples per topic ...
-BATCH = 10  # ... of this many malformed messages each: 8 x 40 x 10 = 3200 messages
+BATCH = 10  # ... of this many malformed messages each: 9 x 40 x 10 = 3600 messages
 VALID_PRESCRIPTIONS = 30
 #: Parser and size refusals; `sender_mismatch` is the signature gate's (consultation.prescriptions.v1 only:
 #: prescriptions and cancellations alike are signed there).
@@ -245,6 +246,9 @@ def valid_bases() -> dict[str, list[dict[str, Any]]]:
             c.DeliveryCodeRejected(**env, **trip, wrong_codes=2),
             c.DeliveryOverdue(**env, prescription_id=rid, stage="on_the_road", since=held_at, courier_id="C-FUZZ"),
             c.DeliveryCancelled(**env, prescription_id=rid, warehouse_id="WH-FUZZ", goods_returned=False),
+        ],
+        topics.COURIER_DISPATCHERS.name: [
+            c.AddressLocated(**env, prescription_id=rid, coordinates=site, located_by="DSP-FUZZ", place="Fuzz village"),
         ],
     }
     assert set(messages) == {topic.name for topic in CONSUMED}
