@@ -86,6 +86,15 @@ _ADJUSTMENT = {
     "reason": "Carton crushed in unloading",
     "requested_by": _STAFF,
 }
+_QUARANTINE = {
+    **_LOT,
+    "warehouse_id": _WH,
+    "quantity": 6,
+    "decision": "release",
+    "reason": "Inspected: only the outer carton was damaged",
+    "requested_by": _STAFF,
+}
+QuarantineDecision = Literal["release", "write_off"]
 _EXPIRING_LOT = {"warehouse_id": _WH, "drug_code": "AML5", "lot_id": "AML5-L2609", "expiry_date": "2027-12-31"}
 
 
@@ -185,6 +194,24 @@ class AdjustmentRequested(Envelope):
     drug_code: Identifier
     lot_id: Identifier
     delta: Delta = Field(description="Units added (positive) or removed (negative); never zero")
+    reason: AdjustmentReason
+    requested_by: StaffName
+
+
+class QuarantineDecided(Envelope):
+    """Warehouse staff's decision on quarantined units of one lot (returned damaged, recalled) after
+    inspection: back on the shelf (`release`, never for an expired lot) or destroyed (`write_off`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(correlation_id="CMD-QUAR-0417", producer="warehouse-console", **_QUARANTINE)
+    )
+
+    type: Literal["inventory.quarantine_decided"] = "inventory.quarantine_decided"
+    warehouse_id: Identifier
+    drug_code: Identifier
+    lot_id: Identifier
+    quantity: Units
+    decision: QuarantineDecision
     reason: AdjustmentReason
     requested_by: StaffName
 
@@ -408,8 +435,35 @@ class StockAdjusted(Envelope):
     movements: list[Movement] = Field(default_factory=list)
 
 
+class QuarantineCleared(Envelope):
+    """Quarantined units released to the shelf or written off, as staff decided, with their reason."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="CMD-QUAR-0417",
+            causation_id=example_id("inventory.quarantine_decided"),
+            producer="inventory",
+            **_QUARANTINE,
+            level={"drug_code": "MET500", "available": 774, "reserved": 0, "dispatched": 0, "quarantined": 0},
+            movements=[{"kind": "released", **_LOT, "quantity": 6, "source": "quarantine", "target": "available"}],
+        )
+    )
+
+    type: Literal["inventory.quarantine_cleared"] = "inventory.quarantine_cleared"
+    warehouse_id: Identifier
+    drug_code: Identifier
+    lot_id: Identifier
+    quantity: Units
+    decision: QuarantineDecision
+    reason: AdjustmentReason
+    requested_by: StaffName
+    level: StockLevel
+    movements: list[Movement] = Field(default_factory=list)
+
+
 class StockCommandRefused(Envelope):
-    """A restock or adjustment that would break the books (e.g. below zero); nothing changed."""
+    """A restock, adjustment or quarantine decision that would break the books (e.g. below zero);
+    nothing changed."""
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(

@@ -36,6 +36,8 @@ from .inventory import (
     LotExpired,
     LotNearingExpiry,
     LowStock,
+    QuarantineCleared,
+    QuarantineDecided,
     ReservationFailed,
     RestockRequested,
     StockAdjusted,
@@ -135,9 +137,9 @@ INVENTORY_COMMANDS = Topic(
     "inventory.commands.v1",
     key="warehouse id",
     key_fields=("warehouse_id",),
-    messages=(WarehouseRegistrationRequested, RestockRequested, AdjustmentRequested),
+    messages=(WarehouseRegistrationRequested, RestockRequested, AdjustmentRequested, QuarantineDecided),
     public=False,
-    description="Warehouse registrations, restocks (by lot) and adjustments from warehouse staff.",
+    description="Warehouse registrations, restocks (by lot), adjustments and quarantine decisions from staff.",
 )
 INVENTORY_EVENTS = Topic(
     "inventory.events.v1",
@@ -153,6 +155,7 @@ INVENTORY_EVENTS = Topic(
         StockDelivered,
         StockRestocked,
         StockAdjusted,
+        QuarantineCleared,
         StockCommandRefused,
         WarehouseRegistered,
         LowStock,

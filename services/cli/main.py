@@ -434,6 +434,55 @@ def adjust(
     console.print(f"adjustment of {delta:+d} × {drug_code} lot {lot} at {warehouse_id} requested")
 
 
+def _decide_quarantine(
+    decision: inv.QuarantineDecision, warehouse_id: str, drug_code: str, quantity: int, lot: str, reason: str, by: str
+) -> None:
+    command = inv.QuarantineDecided(
+        correlation_id=f"quarantine-{bus.short_id()}",
+        producer="warehouse-cli",
+        warehouse_id=warehouse_id,
+        drug_code=drug_code,
+        lot_id=lot,
+        quantity=quantity,
+        decision=decision,
+        reason=reason,
+        requested_by=by,
+    )
+    run(bus.publish(settings_from_env(), command))
+    done = "release" if decision == "release" else "write-off"
+    console.print(
+        f"{done} of {quantity} × {drug_code} lot {lot} from quarantine at {warehouse_id} requested "
+        "(`pharmacy warehouse watch` shows it done, or refused and why)"
+    )
+
+
+@warehouse.command()
+def release(
+    warehouse_id: str,
+    drug_code: str,
+    quantity: int = typer.Argument(..., help="Units to put back on the shelf"),
+    lot: str = typer.Option(..., help="The lot inspected"),
+    reason: str = typer.Option(..., help="What the inspection found"),
+    by: str = typer.Option(..., help="Who inspected"),
+) -> None:
+    """Put quarantined units of one lot back on the shelf after inspection (never an expired lot)."""
+    _decide_quarantine("release", warehouse_id, drug_code, quantity, lot, reason, by)
+
+
+@warehouse.command("write-off")
+def write_off(
+    warehouse_id: str,
+    drug_code: str,
+    quantity: int = typer.Argument(..., help="Units to destroy"),
+    lot: str = typer.Option(..., help="The lot inspected"),
+    reason: str = typer.Option(..., help="Why they cannot be dispensed"),
+    by: str = typer.Option(..., help="Who decided"),
+) -> None:
+    """Write off quarantined units of one lot (destroyed or returned to the supplier); the ledger
+    keeps who and why."""
+    _decide_quarantine("write_off", warehouse_id, drug_code, quantity, lot, reason, by)
+
+
 @warehouse.command()
 def watch(from_beginning: bool = typer.Option(False, "--from-beginning")) -> None:
     """A live feed of every stock change and alert (inventory.events.v1). Ctrl-C to stop."""

@@ -119,6 +119,13 @@ def describe_inventory_event(event: Envelope) -> str:
                 f" lot {event.lot_id} ({escape(event.reason)}) by {escape(event.requested_by)}"
                 f" (now {event.level.available})"
             )
+        case inv.QuarantineCleared():
+            done = "released" if event.decision == "release" else "written off"
+            return (
+                f"{at} [yellow]quarantine {done:<11}[/] {event.warehouse_id:<14} {event.quantity} × {event.drug_code}"
+                f" lot {event.lot_id} ({escape(event.reason)}) by {escape(event.requested_by)}"
+                f" (now {event.level.available} on the shelf, {event.level.quarantined} in quarantine)"
+            )
         case inv.WarehouseRegistered():
             return (
                 f"{at} [blue]registered[/]           {event.warehouse_id:<14} {escape(event.name)} ({event.kind})"

@@ -226,11 +226,13 @@ def decide_command(rules: Rules, current: Warehouse | None, command: Envelope) -
     match command:
         case inv.WarehouseRegistrationRequested():
             return register(rules, current, command)
-        case inv.RestockRequested() | inv.AdjustmentRequested():
+        case inv.RestockRequested() | inv.AdjustmentRequested() | inv.QuarantineDecided():
             if current is None or not current.registered:
                 return Decision.refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
             if isinstance(command, inv.RestockRequested):
                 return restock(rules, current, command)
+            if isinstance(command, inv.QuarantineDecided):
+                return clear_quarantine(rules, current, command)
             return adjust(rules, current, command)
     return Decision.refused("unexpected_message", f"{type(command).__name__} is not a warehouse command")
 
@@ -264,8 +266,19 @@ def adjust(rules: Rules, current: Warehouse, command: inv.AdjustmentRequested) -
     return Decision(after, [adjusted, *alerts])
 
 
+def clear_quarantine(rules: Rules, current: Warehouse, command: inv.QuarantineDecided) -> Decision[Warehouse]:
+    release = command.decision == "release"
+    try:
+        outcome = domain.clear_quarantine(
+            current, command.lot_id, command.drug_code, command.quantity, release=release, today=rules.today
+        )
+    except domain.StockRefused as refused:
+        return refuse_command(rules, current, command, str(refused))
+    return Decision(outcome.warehouse, [messages.quarantine_cleared(command, outcome, at=rules.now)])
+
+
 def refuse_command(
-    rules: Rules, current: Warehouse, command: inv.RestockRequested | inv.AdjustmentRequested, reason: str
+    rules: Rules, current: Warehouse, command: messages.StaffCommand, reason: str
 ) -> Decision[Warehouse]:
     """A command the stock rules refuse is answered on the events topic (staff watch it), and the
     warehouse remembers it was handled: sent again, it is not refused twice."""

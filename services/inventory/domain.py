@@ -263,6 +263,28 @@ def adjust(warehouse: Warehouse, lot_id: str, drug_code: str, delta: int) -> Out
     return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, [movement])}), (movement,))
 
 
+def clear_quarantine(
+    warehouse: Warehouse, lot_id: str, drug_code: str, quantity: int, *, release: bool, today: date
+) -> Outcome:
+    """Quarantined units of one lot, after inspection: back on the shelf, or written off (gone
+    `outside`, counted as an adjustment so the books still balance). An expired lot is never
+    released."""
+    lot = warehouse.lots.get(lot_id)
+    if lot is None:
+        raise StockRefused(f"no lot {lot_id} in {warehouse.warehouse_id}")
+    if lot.drug_code != drug_code:
+        raise StockRefused(f"lot {lot_id} is {lot.drug_code}, not {drug_code}")
+    if lot.quarantined < quantity:
+        raise StockRefused(f"only {lot.quarantined} units of lot {lot_id} are in quarantine")
+    if release and lot.expiry_date < today:
+        raise StockRefused(f"lot {lot_id} expired on {lot.expiry_date:%Y-%m-%d}: it can only be written off")
+    if release:
+        movement = move("released", lot_id, drug_code, quantity, "quarantine", "available")
+    else:
+        movement = move("adjusted", lot_id, drug_code, quantity, "quarantine", "outside")
+    return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, [movement])}), (movement,))
+
+
 def _refuse_over_capacity(warehouse: Warehouse, drug_code: str, adding: int) -> None:
     """Every figure an event reports of a drug (a level, a lot, a movement, a shortage) is at most
     what the warehouse holds of it; keeping that under the contracts' bound keeps every event valid."""

@@ -160,9 +160,28 @@ def stock_adjusted(command: inv.AdjustmentRequested, adjusted: domain.Outcome, *
     )
 
 
-def stock_command_refused(
-    command: inv.RestockRequested | inv.AdjustmentRequested, reason: str, *, at: datetime
-) -> inv.StockCommandRefused:
+def quarantine_cleared(
+    command: inv.QuarantineDecided, cleared: domain.Outcome, *, at: datetime
+) -> inv.QuarantineCleared:
+    return inv.QuarantineCleared(
+        **PRODUCER.envelope(command.correlation_id, command, at=at),
+        warehouse_id=command.warehouse_id,
+        drug_code=command.drug_code,
+        lot_id=command.lot_id,
+        quantity=command.quantity,
+        decision=command.decision,
+        reason=command.reason,
+        requested_by=command.requested_by,
+        level=_level(cleared.warehouse, command.drug_code),
+        movements=list(cleared.movements),
+    )
+
+
+#: The commands warehouse staff send that change stock (a refusal of any answers with its drug).
+StaffCommand = inv.RestockRequested | inv.AdjustmentRequested | inv.QuarantineDecided
+
+
+def stock_command_refused(command: StaffCommand, reason: str, *, at: datetime) -> inv.StockCommandRefused:
     return inv.StockCommandRefused(
         **PRODUCER.envelope(command.correlation_id, command, at=at),
         warehouse_id=command.warehouse_id,

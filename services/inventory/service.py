@@ -553,6 +553,15 @@ def _log_command(handled: Handled[Any]) -> None:
             delta=command.delta,
             refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
         )
+    elif isinstance(command, inv.QuarantineDecided):
+        log.info(
+            "quarantine decision handled",
+            warehouse_id=command.warehouse_id,
+            lot_id=command.lot_id,
+            quantity=command.quantity,
+            decision=command.decision,
+            refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
+        )
 
 
 def _log_expiry(handled: Handled[Any]) -> None:

@@ -183,6 +183,15 @@ def valid_bases() -> dict[str, list[dict[str, Any]]]:
             inv.AdjustmentRequested(
                 **env, warehouse_id="WH-FUZZ", **lot_of(lot), delta=-3, reason="broken", requested_by="x"
             ),
+            inv.QuarantineDecided(
+                **env,
+                warehouse_id="WH-FUZZ",
+                **lot_of(lot),
+                quantity=1,
+                decision="release",
+                reason="ok",
+                requested_by="x",
+            ),
         ],
         topics.INVENTORY_EVENTS.name: [
             inv.StockReserved(
@@ -211,6 +220,17 @@ def valid_bases() -> dict[str, list[dict[str, Any]]]:
                 **lot_of(lot),
                 delta=-1,
                 reason="count",
+                requested_by="x",
+                level=levels[0],
+                movements=moved,
+            ),
+            inv.QuarantineCleared(
+                **env,
+                warehouse_id="WH-FUZZ",
+                **lot_of(lot),
+                quantity=1,
+                decision="write_off",
+                reason="crushed",
                 requested_by="x",
                 level=levels[0],
                 movements=moved,

@@ -592,6 +592,27 @@ def one_of_each_message() -> list[Envelope]:
         inv.StockCommandRefused(
             **envelope_fields(correlation_id="CMD-3"), warehouse_id="WH-1", drug_code="MET500", reason="below zero"
         ),
+        inv.QuarantineDecided(
+            **envelope_fields(correlation_id="CMD-4"),
+            warehouse_id="WH-1",
+            drug_code="MET500",
+            lot_id="MET500-L1",
+            quantity=2,
+            decision="write_off",
+            reason="crushed",
+            requested_by="Aigerim",
+        ),
+        inv.QuarantineCleared(
+            **envelope_fields(correlation_id="CMD-4"),
+            warehouse_id="WH-1",
+            drug_code="MET500",
+            lot_id="MET500-L1",
+            quantity=2,
+            decision="write_off",
+            reason="crushed",
+            requested_by="Aigerim",
+            level=inv.StockLevel(drug_code="MET500", available=98, reserved=0, dispatched=0),
+        ),
         low_stock(),
         *more_inventory_messages(),
         c.DispatchOffered(

@@ -24,6 +24,7 @@ from services.inventory.domain import (
     apply_movement,
     can_fill,
     choose_warehouse,
+    clear_quarantine,
     current_lots,
     deliver,
     dispatch,
@@ -1001,3 +1002,49 @@ def test_an_address_without_coordinates_goes_to_the_first_warehouse_by_id_that_h
     ]
     chosen = choose_warehouse(warehouses, demand(("MET500", 100)), None, today=TODAY, delivery_days=DELIVERY_DAYS)
     assert chosen is not None and chosen.warehouse_id == "WH-B"
+
+
+# --- quarantine decisions --------------------------------------------------------------------------------
+
+
+def _inspected(expiry: date = TODAY + timedelta(days=365)) -> Warehouse:
+    """A lot with 6 units on the shelf and 4 back in quarantine (returned damaged)."""
+    lot = make_lot("MET500", 6, expiry, quarantined=4, received=10)
+    return make_warehouse(lots={"MET500-Q": lot})
+
+
+@pytest.mark.parametrize(
+    ("release", "available", "adjusted", "kind", "target"),
+    [(True, 9, 0, "released", "available"), (False, 6, -3, "adjusted", "outside")],
+    ids=["release", "write-off"],
+)
+def test_quarantined_units_are_released_to_the_shelf_or_written_off_and_the_books_balance(
+    release, available, adjusted, kind, target
+):
+    cleared = clear_quarantine(_inspected(), "MET500-Q", "MET500", 3, release=release, today=TODAY)
+    lot = cleared.warehouse.lots["MET500-Q"]
+    assert (lot.available, lot.quarantined, lot.adjusted) == (available, 1, adjusted)
+    (movement,) = cleared.movements
+    assert (movement.kind, movement.source, movement.target, movement.quantity) == (kind, "quarantine", target, 3)
+    assert lot.available + lot.quarantined + lot.reserved + lot.dispatched + lot.expired + lot.delivered == (
+        lot.received + lot.adjusted
+    )
+
+
+@pytest.mark.parametrize(
+    ("lot_id", "drug", "quantity", "release", "expiry", "why"),
+    [
+        ("NOPE", "MET500", 1, True, None, "no lot NOPE in WH-1"),
+        ("MET500-Q", "AML5", 1, True, None, "lot MET500-Q is MET500, not AML5"),
+        ("MET500-Q", "MET500", 5, False, None, "only 4 units of lot MET500-Q are in quarantine"),
+        ("MET500-Q", "MET500", 1, True, TODAY - timedelta(days=1), "expired on 2027-01-14: it can only be written off"),
+    ],
+    ids=["unknown lot", "other drug", "more than quarantined", "release an expired lot"],
+)
+def test_a_quarantine_decision_the_books_cannot_take_is_refused_with_the_reason(
+    lot_id, drug, quantity, release, expiry, why
+):
+    with pytest.raises(StockRefused, match=why):
+        clear_quarantine(
+            _inspected(expiry or TODAY + timedelta(days=365)), lot_id, drug, quantity, release=release, today=TODAY
+        )

@@ -919,3 +919,40 @@ async def test_ledger_lines_say_which_prescription_or_who_and_why(
         ("dispatched", reserved[0], None, None),
         ("adjusted", None, "Warehouse Staff", "stock count"),
     ]
+
+
+def quarantine_decision(decision: str, quantity: int, lot: str = "MET500-Q") -> inv.QuarantineDecided:
+    return inv.QuarantineDecided(
+        correlation_id=f"QUAR-{decision}-{quantity}",
+        producer="test",
+        warehouse_id="WH-Q",
+        drug_code="MET500",
+        lot_id=lot,
+        quantity=quantity,
+        decision=decision,  # type: ignore[arg-type]
+        reason="inspected",
+        requested_by="Aliya",
+    )
+
+
+async def test_staff_release_or_write_off_quarantined_units_and_a_decision_the_books_cannot_take_is_answered(
+    service: InventoryService, storage: Storage, published: Published
+) -> None:
+    lot = make_lot("MET500", 6, TODAY + timedelta(days=365), quarantined=4, received=10)
+    storage.put_warehouse(make_warehouse("WH-Q", location=NEAR, lots={"MET500-Q": lot}))
+
+    handled = await service.on_command(
+        [
+            Record(quarantine_decision("release", 1)),
+            Record(quarantine_decision("write_off", 2)),
+            Record(quarantine_decision("release", 5)),  # only 1 left in quarantine: refused, answered
+        ]
+    )
+
+    assert [h.outcome for h in handled] == [Outcome.APPLIED] * 3
+    assert published.kinds() == ["quarantine_cleared", "quarantine_cleared", "stock_command_refused"]
+    released, written_off = published.of_kind("inventory.quarantine_cleared")
+    assert (released["level"]["available"], released["level"]["quarantined"]) == (7, 3)
+    assert (written_off["level"]["available"], written_off["level"]["quarantined"]) == (7, 1)
+    (refused,) = published.of_kind("inventory.stock_command_refused")
+    assert refused["reason"] == "only 1 units of lot MET500-Q are in quarantine"

@@ -61,7 +61,9 @@ ACTED_ON: dict[str, frozenset[str]] = {
     "prescription.supply": _types(*SUPPLY_ENDINGS),
     "inventory.reservations": _types(*APPROVALS),
     "inventory.deliveries": _types(*DELIVERY_EVENTS),
-    "inventory.commands": _types(inv.WarehouseRegistrationRequested, inv.RestockRequested, inv.AdjustmentRequested),
+    "inventory.commands": _types(
+        inv.WarehouseRegistrationRequested, inv.RestockRequested, inv.AdjustmentRequested, inv.QuarantineDecided
+    ),
     "inventory.ledger": _types(*MOVING_STOCK),
     "courier.decisions": _types(*DECISIONS),
     "courier.stock": _types(*STOCK_EVENTS),
