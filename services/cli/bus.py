@@ -11,7 +11,11 @@ from pydantic import ValidationError
 
 from pharmacy_contracts import Envelope, client, signing
 from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted
+from pharmacy_contracts.courier import CourierReported
+from pharmacy_contracts.prescription import CancellationOrdered, ReviewDecided
 from pharmacy_contracts.topics import CONSULTATION_PRESCRIPTIONS, Topic
+from services.runtime import credentials
+from services.runtime.credentials import COURIER, PHARMACIST
 from services.runtime.security import aiokafka_kwargs
 from services.runtime.settings import RuntimeSettings
 
@@ -41,14 +45,36 @@ def encode(
 ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
     """Topic, key, value and headers of a message, encoded as upstream systems do (`pharmacy_contracts.client`).
     A prescription or a cancellation is signed as its sender when `settings` carry a signing key
-    (see `RuntimeSettings.signing_key_id`)."""
-    key = None
-    signed = isinstance(message, PrescriptionSubmitted | CancellationRequested)
-    if signed and settings and settings.signing_secret and settings.signing_key_id:
-        secret = settings.signing_secret.get_secret_value().encode()
-        key = client.SigningKey(sender_id=message.sender_id, key_id=settings.signing_key_id, secret=secret)
-    record = client.encode(message, key)
+    (see `RuntimeSettings.signing_key_id`); a courier's report and a pharmacist's decision as that
+    person, with their own token or one made from their organisation's key (`runtime.credentials`)."""
+    record = client.encode(message, _signing_key(message, settings))
     return record.topic, record.key, record.value, record.headers
+
+
+def _signing_key(message: Envelope, settings: RuntimeSettings | None) -> client.SigningKey | None:
+    if settings is None:
+        return None
+    if isinstance(message, PrescriptionSubmitted | CancellationRequested):
+        if settings.signing_secret and settings.signing_key_id:
+            secret = settings.signing_secret.get_secret_value().encode()
+            return client.SigningKey(sender_id=message.sender_id, key_id=settings.signing_key_id, secret=secret)
+        return None
+    if isinstance(message, CourierReported):
+        person, own, key, purpose = message.courier_id, settings.courier_token, settings.courier_gateway_key, COURIER
+    elif isinstance(message, ReviewDecided | CancellationOrdered):
+        person, own, key, purpose = (
+            message.pharmacist_id,
+            settings.pharmacist_token,
+            settings.pharmacist_key,
+            PHARMACIST,
+        )
+    else:
+        return None
+    organisation = credentials.secret_of(key)
+    token = (
+        own.get_secret_value() if own else credentials.token(organisation, purpose, person) if organisation else None
+    )
+    return client.SigningKey(person, credentials.TOKEN_KEY_ID, token.encode()) if token else None
 
 
 async def publish_all(

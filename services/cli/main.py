@@ -32,12 +32,12 @@ from services.consultation import fhir
 from services.consultation.gazetteer import Gazetteer, normalised
 from services.consultation.storage import ConsultationStorage
 from services.courier.domain import CourierProfile
-from services.courier.gateway import courier_token
-from services.courier.settings import CourierSettings
 from services.courier.storage import CourierStorage
 from services.inventory.storage import InventoryStorage
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
+from services.runtime import credentials
+from services.runtime.credentials import courier_token
 from services.runtime.errors import Refused
 from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
@@ -250,15 +250,15 @@ def couriers_load(file: Path = typer.Argument(..., exists=True, help="A JSON lis
 
 @couriers.command("token")
 def couriers_token(courier_id: str = typer.Argument(..., help="The courier's id, as in the roster")) -> None:
-    """The bearer token a courier's app shows the courier gateway (GET /couriers/<id>/trips on the
-    courier service): it opens that courier's own trips and nobody else's. Made with the service's
+    """The token of one courier: their app shows it to the courier gateway (GET /couriers/<id>/trips
+    on the courier service), where it opens their own trips and nobody else's, and signs their
+    reports with it (PHARMACY_COURIER_TOKEN for `pharmacy courier report`). Made with the service's
     PHARMACY_COURIER_GATEWAY_KEY (or the local dev stack's); changing that key revokes every token."""
-    key = CourierSettings().courier_gateway_key
-    secret = key.get_secret_value() if key is not None else _dev_stack_file("courier-gateway.key")
-    if not secret:
+    key = credentials.secret_of(settings_from_env().courier_gateway_key)
+    if key is None:
         console.print("[red]PHARMACY_COURIER_GATEWAY_KEY is not set:[/] set it to the courier service's key")
         raise typer.Exit(2)
-    print(courier_token(secret.encode(), courier_id))
+    print(courier_token(key, courier_id))
 
 
 def _gazetteer() -> Gazetteer:
@@ -317,16 +317,6 @@ def dispatch_places(name: str = typer.Argument("", help="Part of a name, in any 
         names = " / ".join(dict.fromkeys(n for n in found.names if n))
         table.add_row(found.place_id, found.kind, names, f"{found.latitude:.4f}, {found.longitude:.4f}")
     console.print(table)
-
-
-def _dev_stack_file(name: str) -> str:
-    """A key the local dev stack made for itself (`make up`), or "" where there is none."""
-    try:
-        from services.ops.devstack import DevStack
-    except ImportError:  # the production image has no dev stack
-        return ""
-    path = DevStack.from_env().home / name
-    return path.read_text().strip() if path.exists() else ""
 
 
 def _dev_stack_courier_gateway() -> str | None:

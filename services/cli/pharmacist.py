@@ -25,6 +25,7 @@ from pharmacy_contracts.envelope import utc_now
 from pharmacy_contracts.prescription import CancellationOrdered, PrescriptionHeld, ReviewDecided, ReviewEscalated
 from services.prescription.domain import Interaction, MedicationEntry, PrescriberRecord, Verdict
 from services.prescription.storage import PrescriptionStorage
+from services.runtime import credentials
 from services.runtime.mongo import client_for
 
 from . import bus
@@ -210,6 +211,18 @@ def watch(
                 console.print(Text(f"ESCALATED {rx}: still held, expires {expires}", style="red"))
 
     run(feed())
+
+
+@app.command()
+def token(pharmacist_id: str = typer.Argument(..., help="The pharmacist's id")) -> None:
+    """The token that signs one pharmacist's decisions and cancellations: they keep it as
+    PHARMACY_PHARMACIST_TOKEN in their shell. Made with the prescription service's
+    PHARMACY_PHARMACIST_KEY (or the local dev stack's); changing that key revokes every token."""
+    key = credentials.secret_of(settings_from_env().pharmacist_key)
+    if key is None:
+        console.print("[red]PHARMACY_PHARMACIST_KEY is not set:[/] set it to the prescription service's key")
+        raise typer.Exit(2)
+    print(credentials.pharmacist_token(key, pharmacist_id))
 
 
 # --- decisions --------------------------------------------------------------------------------------

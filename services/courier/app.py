@@ -10,6 +10,7 @@ from faststream import FastStream
 
 from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
+from services.runtime import credentials
 from services.runtime.service import ServiceRuntime
 
 from . import gateway
@@ -56,11 +57,14 @@ def build(
         acts_on=STOCK_EVENTS,
         title="dispatch once stock is reserved",
     )
+    courier_key = credentials.secret_of(settings.courier_gateway_key)
     runtime.consume(
         topics.COURIER_UPDATES,
         group="courier.updates",
         handle_batch=service.on_report,
         title="follow couriers' reports",
+        # A report counts only signed by the courier it names (their token, `pharmacy couriers token`).
+        gate=credentials.signature_gate(courier_key, credentials.COURIER, "courier_id"),
     )
     runtime.consume(
         topics.COURIER_DISPATCHERS,
@@ -69,12 +73,16 @@ def build(
         title="offer deliveries whose addresses dispatchers placed on the map",
     )
     runtime.every_sweep("deliveries", service.sweep)
-    gateway_key = settings.courier_gateway_key
-    if gateway_key is not None and gateway_key.get_secret_value():
-        runtime.serve(*gateway.routes(gateway_key.get_secret_value().encode(), storage.held_by))
+    if courier_key is not None:
+        runtime.serve(*gateway.routes(courier_key, storage.held_by))
 
     async def startup() -> None:
         settings.delivery_code_secret()  # refuses to start without the key, with a clear message
+        if courier_key is None:  # rather than run with every report quarantined
+            raise RuntimeError(
+                "PHARMACY_COURIER_GATEWAY_KEY is not set: no courier's report could be verified "
+                "(deploy/PRODUCTION.md makes one)"
+            )
         await storage.ensure_indexes()
 
     app = runtime.app(on_startup=startup)

@@ -8,14 +8,13 @@ are open; courier apps get no Kafka access to the dispatch topic at all (deploy/
 ACLs).
 
 A courier proves who they are with a bearer token the dispatcher issues (`pharmacy couriers
-token`): an HMAC of the courier id under `PHARMACY_COURIER_GATEWAY_KEY`, so the service keeps no
-token list and any instance can check one. Changing the key revokes every token at once.
+token`): an HMAC of the courier id under `PHARMACY_COURIER_GATEWAY_KEY` (`runtime.credentials`),
+so the service keeps no token list and any instance can check one; the same token signs the
+courier's reports. Changing the key revokes every token at once.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -25,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from services.runtime.credentials import courier_token
+
 from .domain import Delivery, DeliveryState
 
 log = structlog.get_logger()
@@ -32,16 +33,9 @@ log = structlog.get_logger()
 #: States in which a trip is the courier's business: offered to them, accepted, carried, or
 #: being brought back after a cancellation.
 OPEN_TRIP = frozenset({DeliveryState.OFFERED, DeliveryState.ACCEPTED, DeliveryState.PICKED_UP, DeliveryState.RETURNING})
-#: What a token signs besides the courier id, so it cannot stand for anything else signed with the key.
-TOKEN_PURPOSE = "pharmacy courier gateway v1"
 
 #: Loads the deliveries a courier holds (the storage's query).
 HeldBy = Callable[[str], Awaitable[list[Delivery]]]
-
-
-def courier_token(key: bytes, courier_id: str) -> str:
-    digest = hmac.new(key, f"{TOKEN_PURPOSE}\n{courier_id}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def is_courier(key: bytes, courier_id: str, authorization: str | None) -> bool:

@@ -43,11 +43,6 @@ class CourierSettings(RuntimeSettings):
         ge=1,
         description="Wrong delivery codes after which an attempt takes no more codes and the dispatcher is alerted",
     )
-    courier_gateway_key: SecretStr | None = Field(
-        default=None,
-        description="Key of the courier tokens (`pharmacy couriers token`): with it, the service serves each courier "
-        "their own open trips at GET /couriers/<id>/trips on its HTTP port; without it, no trips are served",
-    )
     roster_refresh_s: float = Field(
         default=2.0, ge=0, description="How old the roster and per-courier loads used to choose a courier may be"
     )

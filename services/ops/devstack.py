@@ -110,6 +110,11 @@ class DevStack:
         """The key of this stack's courier tokens (`pharmacy couriers token`, the courier gateway)."""
         return self._key("courier-gateway.key")
 
+    @property
+    def pharmacist_key(self) -> str:
+        """The key of this stack's pharmacist tokens (`pharmacy review token`), which sign decisions."""
+        return self._key("pharmacist.key")
+
     def _key(self, name: str) -> str:
         """A secret of this stack's own, made the first time it is asked for, readable by its owner only."""
         path = self.home / name
@@ -130,6 +135,7 @@ class DevStack:
             "PHARMACY_SENDER_KEYS": json.dumps(self.sender_keys()),
             "PHARMACY_DELIVERY_CODE_KEY": self.delivery_code_key,
             "PHARMACY_COURIER_GATEWAY_KEY": self.courier_gateway_key,
+            "PHARMACY_PHARMACIST_KEY": self.pharmacist_key,
             "PHARMACY_HTTP_HOST": "127.0.0.1",
             **self.extra_env,
         }
@@ -142,6 +148,9 @@ class DevStack:
             signing_key_id=DEV_KEY_ID,
             signing_secret=self.signing_secret,
             delivery_code_key=self.delivery_code_key,
+            # The dev stack's tools sign as any courier or pharmacist (simulators, tests, the demo).
+            courier_gateway_key=self.courier_gateway_key,
+            pharmacist_key=self.pharmacist_key,
             # Services run in-process (tests) serve HTTP on loopback, each on a free port of its own.
             http_host="127.0.0.1",
             http_port=0,
@@ -238,8 +247,12 @@ class DevStack:
             self.stop_all()
             raise
         # Where the `pharmacy` command finds this stack from any shell (services/cli/running.py).
-        (self.home / STACK_ENV).write_text(
+        # With the organisations' keys: on this machine the command signs as any courier or pharmacist.
+        stack_env = self.home / STACK_ENV
+        stack_env.touch(mode=0o600)
+        stack_env.write_text(
             f"PHARMACY_KAFKA_BOOTSTRAP_SERVERS={self.bootstrap}\nPHARMACY_MONGO_URL={self.mongo_url}\n"
+            f"PHARMACY_COURIER_GATEWAY_KEY={self.courier_gateway_key}\nPHARMACY_PHARMACIST_KEY={self.pharmacist_key}\n"
         )
 
     def start_service(self, service: str, instance: int = 1, env: dict[str, str] | None = None) -> int:

@@ -105,7 +105,7 @@ class CourierSimulator:
         for report in reports:
             if delay := self.delay_s():
                 await asyncio.sleep(delay)
-            await bus.publish_all(producer, [report])  # type: ignore[arg-type]
+            await bus.publish_all(producer, [report], self.settings)  # type: ignore[arg-type]
 
 
 def wrong_code(right: str) -> str:

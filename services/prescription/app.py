@@ -9,6 +9,7 @@ from faststream import FastStream
 
 from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import utc_now
+from services.runtime import credentials
 from services.runtime.service import ServiceRuntime
 
 from .service import SUPPLY_ENDINGS, PrescriptionService
@@ -35,11 +36,14 @@ def build(
         handle_batch=service.on_intake,
         title="check prescriptions against the safety rules; honour cancellations",
     )
+    pharmacist_key = credentials.secret_of(settings.pharmacist_key)
     runtime.consume(
         topics.PRESCRIPTION_REVIEWS,
         group="prescription.reviews",
         handle_batch=service.on_review,
         title="apply pharmacists' review decisions and cancellations",
+        # A decision counts only signed by the pharmacist it names (their token, `pharmacy review token`).
+        gate=credentials.signature_gate(pharmacist_key, credentials.PHARMACIST, "pharmacist_id"),
     )
     runtime.consume(
         topics.INVENTORY_EVENTS,
@@ -51,4 +55,13 @@ def build(
         title="mark approved prescriptions that never reached the patient (no stock, delivery given up or withdrawn)",
     )
     runtime.every_sweep("review-deadlines", service.sweep_reviews)
-    return runtime.app(on_startup=storage.ensure_indexes), service
+
+    async def startup() -> None:
+        if pharmacist_key is None:  # refuse to start rather than run with every decision quarantined
+            raise RuntimeError(
+                "PHARMACY_PHARMACIST_KEY is not set: no pharmacist's decision could be verified "
+                "(deploy/PRODUCTION.md makes one)"
+            )
+        await storage.ensure_indexes()
+
+    return runtime.app(on_startup=startup), service

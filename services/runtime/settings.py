@@ -103,6 +103,27 @@ class RuntimeSettings(BaseSettings):
     # courier checks the code a courier reports with the same key. Couriers never see the key or
     # the code before the patient reads it out. The simulated patients of the demo and tests use it.
     delivery_code_key: SecretStr | None = None
+
+    # People's credentials (services/runtime/credentials.py). The organisations' keys: courier
+    # reports are checked with the first (it also makes couriers' gateway tokens), pharmacists'
+    # decisions with the second; a tool that holds one (the dev stack's simulators, a dispatcher's
+    # shell) signs as anyone of that kind. A person's own token signs only as that person.
+    courier_gateway_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the courier tokens (`pharmacy couriers token`): the courier service checks every "
+        "report's signature with it and serves each courier their own trips at GET /couriers/<id>/trips",
+    )
+    pharmacist_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the pharmacist tokens (`pharmacy review token`): the prescription service checks every "
+        "pharmacist's decision and cancellation with it",
+    )
+    courier_token: SecretStr | None = Field(
+        default=None, description="PHARMACY_COURIER_TOKEN: the courier's own token, which signs their reports"
+    )
+    pharmacist_token: SecretStr | None = Field(
+        default=None, description="PHARMACY_PHARMACIST_TOKEN: the pharmacist's own token, which signs their decisions"
+    )
     sweep_interval_s: float = Field(
         default=5.0, gt=0, description="How often each service looks for passed deadlines (reviews, offers, expiry)"
     )

@@ -21,6 +21,7 @@ from services.inventory.domain import AllocationState
 from services.ops.devstack import DevStack, LogWindow
 from services.ops.lag import consumer_lag
 from services.prescription.domain import FormularyEntry
+from services.runtime import credentials
 from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch
@@ -290,11 +291,15 @@ async def test_bad_bytes_are_dead_lettered_and_the_service_carries_on(system: Sy
     def signed(value: bytes) -> list[tuple[str, bytes]]:
         # labelled JSON like every real message, so no framework decoding may trip over it first
         label = [("content-type", b"application/json")]
-        # consultation checks signatures before parsing: sign the garbage so the parser sees it
-        if topic is not topics.CONSULTATION_PRESCRIPTIONS:
+        # consultation and courier check signatures before parsing: sign the garbage so the parser sees it
+        if topic is topics.CONSULTATION_PRESCRIPTIONS:
+            secret = system.settings.signing_secret.get_secret_value().encode()
+            headers = signing.signature_headers(value, sender_id="hospital-test", key_id="dev", secret=secret)
+        elif topic is topics.COURIER_UPDATES:
+            key = system.settings.courier_gateway_key.get_secret_value().encode()
+            headers = credentials.signed_by(value, "C-GARBAGE", credentials.courier_token(key, "C-GARBAGE"))
+        else:
             return label
-        secret = system.settings.signing_secret.get_secret_value().encode()
-        headers = signing.signature_headers(value, sender_id="hospital-test", key_id="dev", secret=secret)
         return label + [(k, v.encode()) for k, v in headers.items()]
 
     producer = AIOKafkaProducer(bootstrap_servers=system.settings.kafka_bootstrap_servers)

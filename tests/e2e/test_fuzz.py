@@ -16,7 +16,8 @@ Promises checked, with the four services running as processes on a fresh broker 
    dead-letter and retry log events;
 2. every malformed message is dead-lettered by EVERY consumer group of its topic, with its original
    bytes and the reason `too_large` (over the size limit) or `contract_violation` (anything else;
-   `sender_mismatch` for a signed prescription or cancellation whose mutated body claims another sender);
+   `sender_mismatch` for a signed prescription, cancellation, courier report or pharmacist decision
+   whose mutated body names someone else than its signer);
 3. every valid prescription sent in between the fuzz is delivered, none of the valid traffic is
    dead-lettered, and every consumer group reaches the end of its topics (none is stuck).
 
@@ -70,6 +71,7 @@ from services.courier.domain import CourierProfile
 from services.ops.devstack import SERVICES, DevStack
 from services.ops.lag import consumer_lag, service_groups
 from services.prescription.domain import FormularyEntry
+from services.runtime import credentials
 from services.runtime.settings import RuntimeSettings
 from tests.support.scenario import System, prescription_message, scripted_couriers
 
@@ -99,6 +101,13 @@ VALID_PRESCRIPTIONS = 30
 #: prescriptions and cancellations alike are signed there).
 ALLOWED_REASONS = {"contract_violation", "too_large", "sender_mismatch"}
 SIGNER = "hospital-test"
+#: The topics whose records a signature gate checks before they are parsed, and who the fuzz is
+#: signed as there: the field of the body that names the signer, and its value in the seeds.
+SIGNED_AS = {
+    topics.CONSULTATION_PRESCRIPTIONS.name: ("sender_id", SIGNER),
+    topics.COURIER_UPDATES.name: ("courier_id", "C-FUZZ"),
+    topics.PRESCRIPTION_REVIEWS.name: ("pharmacist_id", "PH-FUZZ"),
+}
 #: Log events that legitimately carry a traceback (a handler failure being retried or dead-lettered).
 TRACEBACK_EVENTS = {"message dead-lettered", "handler kept failing", "handler failed, retrying"}
 TIMESTAMP_KEYS = {
@@ -345,21 +354,22 @@ def is_malformed(topic: topics.Topic, body: bytes) -> bool:
 def expected_reasons(topic: str, body: bytes) -> set[str]:
     """The dead-letter reasons a malformed message may carry.
 
-    Size is checked first (`too_large`). On consultation.prescriptions.v1 the signature gate runs
-    next: the fuzz is signed by SIGNER, so a body that still reads as JSON but claims another
-    `sender_id` (a mutation hit that field) is refused as `sender_mismatch`, a signature reason.
-    Everything else is for the parser: `contract_violation`."""
+    Size is checked first (`too_large`). On the topics whose records are signed (SIGNED_AS) the
+    signature gate runs next: the fuzz is signed as the seeds' sender, courier or pharmacist, so a
+    body that still reads as JSON but names someone else (a mutation hit that field) is refused as
+    `sender_mismatch`, a signature reason. Everything else is for the parser: `contract_violation`."""
     if len(body) > MAX_BYTES:
         return {"too_large"}
-    if topic == topics.CONSULTATION_PRESCRIPTIONS.name:
+    if topic in SIGNED_AS:
+        field, signer = SIGNED_AS[topic]
         try:
             data = json.loads(body)
         except ValueError:
             return {"contract_violation"}
-        except RecursionError:  # nested too deeply for this process to tell which sender it claims
+        except RecursionError:  # nested too deeply for this process to tell who it names
             return {"contract_violation", "sender_mismatch"}
-        claimed = data.get("sender_id") if isinstance(data, dict) else None
-        if isinstance(claimed, str) and claimed != SIGNER:
+        claimed = data.get(field) if isinstance(data, dict) else None
+        if isinstance(claimed, str) and claimed != signer:
             return {"sender_mismatch"}
     return {"contract_violation"}
 
@@ -635,8 +645,11 @@ def _collect(topic: topics.Topic, corpus: list[Fuzz]) -> None:
 
 
 def fuzz_headers(fuzz: Fuzz, settings: RuntimeSettings) -> list[tuple[str, bytes]]:
-    """Labelled JSON like every real message; prescriptions signed so that the parser sees them."""
+    """Labelled JSON like every real message; signed where a signature gate checks it first, so
+    that the parser sees it (a prescription as its sender, a report as its courier, a decision as
+    its pharmacist)."""
     headers = [("content-type", b"application/json")]
+    signer = SIGNED_AS.get(fuzz.topic, (None, None))[1]
     if fuzz.topic == topics.CONSULTATION_PRESCRIPTIONS.name:
         assert settings.signing_key_id and settings.signing_secret
         signed = signing.signature_headers(
@@ -645,8 +658,17 @@ def fuzz_headers(fuzz: Fuzz, settings: RuntimeSettings) -> list[tuple[str, bytes
             key_id=settings.signing_key_id,
             secret=settings.signing_secret.get_secret_value().encode(),
         )
-        headers += [(k, v.encode()) for k, v in signed.items()]
-    return headers
+    elif fuzz.topic == topics.COURIER_UPDATES.name and signer is not None:
+        key = credentials.secret_of(settings.courier_gateway_key)
+        assert key is not None
+        signed = credentials.signed_by(fuzz.value, signer, credentials.courier_token(key, signer))
+    elif fuzz.topic == topics.PRESCRIPTION_REVIEWS.name and signer is not None:
+        key = credentials.secret_of(settings.pharmacist_key)
+        assert key is not None
+        signed = credentials.signed_by(fuzz.value, signer, credentials.pharmacist_token(key, signer))
+    else:
+        return headers
+    return headers + [(k, v.encode()) for k, v in signed.items()]
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,21 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
+from pharmacy_contracts import prescription as pr
 from pharmacy_contracts import topics
 from services.cli import bus
 from services.cli import main as cli
 from services.courier.domain import CourierProfile
 from services.prescription.domain import FormularyEntry, Interaction
+from services.runtime.settings import RuntimeSettings
 from tests.support.scenario import (
     PATIENT_HOME,
     TEST_LICENCE,
     System,
     prescription_message,
+    read_topic,
     scripted_couriers,
     topic_events,
     wait_until,
@@ -482,3 +486,76 @@ async def test_a_bundle_without_coordinates_or_phone_waits_for_a_dispatcher_then
     assert offer.contact_phone is None and offer.address.coordinates is not None
     intake = await system.consultation.intake_of(prescription_id)
     assert intake is not None and any("no phone" in note for note in intake.prescription.mapping_notes)
+
+
+# --- couriers and pharmacists prove who they are ---------------------------------------------------
+
+
+async def dead_letters(system: System, topic: topics.Topic, prescription_id: str, count: int) -> dict[str, str]:
+    """The dead letters of `topic` about this prescription, once `count` are there: message id → reason."""
+    found: dict[str, str] = {}
+
+    async def arrived() -> bool:
+        records = await read_topic(system.settings, topic.dead_letter_topic, idle_s=0.5)
+        for record in records:
+            if record.key == prescription_id.encode():
+                headers = {name: value.decode() for name, value in record.headers}
+                found[headers["message-id"]] = headers["dlq.reason"]
+        return len(found) >= count
+
+    await wait_until(arrived, f"{count} dead letters for {prescription_id} on {topic.dead_letter_topic}")
+    return found
+
+
+async def test_a_forged_approval_and_a_forged_courier_report_change_nothing_and_are_quarantined(
+    system: System,
+) -> None:
+    morphine = drug(unique("MOR"), "opioid", controlled=True)
+    await stocked_drugs(system, morphine)
+    prescription_id = unique("RX-FORGED")
+    await system.publish(prescription_message(prescription_id, [(morphine.drug_code, 20)]))
+    await system.wait_stage(prescription_id, "held_for_review")
+
+    def approval(**settings: object) -> tuple[pr.ReviewDecided, RuntimeSettings]:
+        message = pr.ReviewDecided(
+            correlation_id=prescription_id,
+            producer="pharmacist-cli",
+            prescription_id=prescription_id,
+            decision="approve",
+            pharmacist_id="PH-TEST",
+            note="forged",
+        )
+        base = system.settings.model_dump(exclude={"pharmacist_key", "pharmacist_token"})
+        return message, RuntimeSettings(**{**base, **settings})
+
+    unsigned, without_key = approval()
+    wrong, wrong_key = approval(pharmacist_key="not the pharmacy's key")
+    await bus.publish(without_key, unsigned)
+    await bus.publish(wrong_key, wrong)
+    reasons = await dead_letters(system, topics.PRESCRIPTION_REVIEWS, prescription_id, 2)
+    assert reasons == {unsigned.message_id: "unsigned", wrong.message_id: "bad_signature"}
+    assert (await system.status(prescription_id)).stage.value == "held_for_review", "still held"  # type: ignore[union-attr]
+
+    simulator = scripted_couriers(system.settings, {prescription_id: ["hold-after-pickup"]})
+    simulator.start()
+    try:
+        await system.review(prescription_id, "approve")  # signed by PH-TEST: counts
+        await system.wait_stage(prescription_id, "picked_up")
+        (offer,) = [o for o in simulator.offers if o.package_id == prescription_id]
+        forged = c.CourierReported(
+            correlation_id=prescription_id,
+            producer="someone",
+            dispatch_id=offer.dispatch_id,
+            courier_id=offer.courier_id,
+            package_id=prescription_id,
+            status="failed",
+            failure_reason="refused",
+        )
+        base = system.settings.model_dump(exclude={"courier_gateway_key", "courier_token"})
+        await bus.publish(RuntimeSettings(**base, courier_gateway_key="not the pharmacy's key"), forged)
+        reasons = await dead_letters(system, topics.COURIER_UPDATES, prescription_id, 1)
+        assert reasons == {forged.message_id: "bad_signature"}
+        delivery = await system.courier.delivery(prescription_id)
+        assert delivery is not None and delivery.state.value == "picked_up", "the forged failure changed nothing"
+    finally:
+        await simulator.stop()
