@@ -264,3 +264,36 @@ class CancellationAccepted(_Cancellation):
     )
 
     type: Literal["consultation.cancellation_accepted"] = "consultation.cancellation_accepted"
+
+
+class SenderReceipt(Envelope):
+    """consultation → `consultation.receipts.v1`, keyed by sender id: the answer to each message an
+    upstream system sent, once its signature was verified: `accepted`, or `refused` with the reason
+    code and a sentence (a FHIR bundle's `fhir_unmappable` says where and why). Unsigned and forged
+    messages get none: their sender is unknown; they stay in quarantine."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("consultation.prescription_submitted"),
+            producer="consultation",
+            sender_id="district-clinic",
+            answers_message_id=example_id("consultation.prescription_submitted"),
+            prescription_id=_RX,
+            outcome="refused",
+            code="prescription_id_reused",
+            detail=f"prescription {_RX} was already received in another message",
+        )
+    )
+
+    type: Literal["consultation.receipt"] = "consultation.receipt"
+    sender_id: Identifier
+    answers_message_id: Identifier | None = Field(
+        default=None, description="The message id the sender sent (absent when its bytes did not say)"
+    )
+    prescription_id: Identifier | None = None
+    outcome: Literal["accepted", "refused"]
+    code: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE] | None = Field(
+        default=None, description="Why it was refused: the dead-letter reason (README: Reason codes)"
+    )
+    detail: Annotated[str, Field(min_length=1, max_length=2000), MULTILINE] | None = None

@@ -12,7 +12,13 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter
 
-from .consultation import CancellationAccepted, CancellationRequested, PrescriptionAccepted, PrescriptionSubmitted
+from .consultation import (
+    CancellationAccepted,
+    CancellationRequested,
+    PrescriptionAccepted,
+    PrescriptionSubmitted,
+    SenderReceipt,
+)
 from .courier import (
     AddressLocated,
     CourierAssigned,
@@ -117,6 +123,17 @@ CONSULTATION_INTAKE = Topic(
     public=False,
     description="Validated, de-duplicated prescriptions (and verified cancellations) handed on for checking.",
 )
+CONSULTATION_RECEIPTS = Topic(
+    "consultation.receipts.v1",
+    key="sender id",
+    key_fields=("sender_id",),
+    messages=(SenderReceipt,),
+    public=True,
+    description=(
+        "The answer to every verified message an upstream system sent: accepted, or refused with the reason; "
+        "each system reads the records keyed by its sender id."
+    ),
+)
 PRESCRIPTION_DECISIONS = Topic(
     "prescription.decisions.v1",
     key="prescription id",
@@ -213,6 +230,7 @@ COURIER_DISPATCHERS = Topic(
 ALL_TOPICS: tuple[Topic, ...] = (
     CONSULTATION_PRESCRIPTIONS,
     CONSULTATION_INTAKE,
+    CONSULTATION_RECEIPTS,
     PRESCRIPTION_DECISIONS,
     PRESCRIPTION_REVIEWS,
     INVENTORY_COMMANDS,

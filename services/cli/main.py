@@ -13,8 +13,8 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable
-from datetime import date
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +45,8 @@ from services.runtime.topic_ids import KafkaTopicIds
 from services.runtime.topic_setup import TopicSetupError, create_topics
 
 from . import bus, dlq, pharmacist
+from .dlq.letters import DeadLetter
+from .dlq.reading import read_dead_letters
 from .render import describe_inventory_event, status_panel, stock_table
 from .running import console, report_failure, run, settings_from_env
 from .warehouses import registrations
@@ -190,15 +192,38 @@ def cancel(
 
 @app.command()
 def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Where a prescription is, and why."""
+    """Where a prescription is, and why; or, if it never got in, why it was refused at the door."""
     found = run(_with_database(lambda db: ConsultationStorage(db).status_of(prescription_id)))
     if found is None:
+        refusals = refused_at_the_door(
+            run(read_dead_letters(settings_from_env(), [topics.CONSULTATION_PRESCRIPTIONS.name])), prescription_id
+        )
+        if refusals:
+            for line in refusals:
+                console.print(Text(line, style="red"))
+            raise typer.Exit(1)
         console.print(f"no prescription {prescription_id} has been seen yet")
         raise typer.Exit(1)
     if as_json:
         print(found.model_dump_json(indent=2))
     else:
         console.print(status_panel(found))
+
+
+def refused_at_the_door(letters: Iterable[DeadLetter], prescription_id: str) -> list[str]:
+    """What became of every message about this prescription the consultation service refused at
+    the door (its dead letters, keyed by the prescription id), oldest first."""
+    lines = []
+    for letter in letters:
+        if letter.key != prescription_id.encode():
+            continue
+        at = datetime.fromtimestamp(letter.timestamp_ms / 1000, UTC)
+        sender = letter.header("x-sender-id") or "an unknown sender"
+        lines.append(
+            f"{prescription_id}: refused at the door {at:%Y-%m-%d %H:%M} UTC, from {sender}: "
+            f"{letter.reason}: {letter.header('dlq.detail') or ''}".rstrip(": ")
+        )
+    return lines
 
 
 @app.command("fhir-status")

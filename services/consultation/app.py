@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
 
 from pharmacy_contracts import topics
@@ -10,7 +11,7 @@ from services.runtime.service import ServiceRuntime
 
 from . import domain
 from .gazetteer import BUNDLED, Gazetteer
-from .service import ConsultationService, upstream_decoder
+from .service import ConsultationService, refusal_receipt, upstream_decoder
 from .settings import ConsultationSettings
 from .storage import ConsultationStorage
 
@@ -36,6 +37,13 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         gazetteer=Gazetteer.load(settings.gazetteer_file or BUNDLED),
     )
 
+    async def answer_refusal(record: ConsumerRecord, reason: str, detail: str) -> None:
+        """A verified sender hears why its message was refused (consultation.receipts.v1)."""
+        headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or () if value}
+        receipt = refusal_receipt(headers, record.key, reason, detail)
+        if receipt is not None:
+            await runtime.publish_now(receipt)
+
     runtime.consume(
         topics.CONSULTATION_PRESCRIPTIONS,
         group="consultation.intake",
@@ -45,6 +53,7 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         gate=service.check_signature,
         # Native JSON, or a FHIR R4 Bundle marked `content-type: application/fhir+json`.
         decode=upstream_decoder(settings.fhir_rules()),
+        on_dead_letter=answer_refusal,
     )
     runtime.consume(
         *LIFECYCLE_TOPICS,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 import structlog
 
 from pharmacy_contracts import Envelope, signing
-from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted
+from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted, SenderReceipt
 from pharmacy_contracts.topics import Topic
 from services.runtime.delivery_codes import delivery_code
 from services.runtime.errors import Refused
@@ -109,7 +110,7 @@ class ConsultationService:
             received_at=self._clock(),
             prescription=prescription,
         )
-        return Decision(record, [messages.prescription_accepted(submitted)])
+        return Decision(record, [messages.prescription_accepted(submitted), messages.accepted_receipt(submitted)])
 
     def _receive_cancellation(
         self, existing: domain.IntakeRecord | None, requested: CancellationRequested
@@ -132,7 +133,8 @@ class ConsultationService:
             reason=requested.reason,
             received_at=self._clock(),
         )
-        return Decision(domain.with_cancellation(existing, cancellation), [messages.cancellation_accepted(requested)])
+        events = [messages.cancellation_accepted(requested), messages.accepted_receipt(requested)]
+        return Decision(domain.with_cancellation(existing, cancellation), events)
 
     async def track(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
         """Each prescription's status, folded from its lifecycle events: one load and one save a batch."""
@@ -240,6 +242,29 @@ def upstream_decoder(rules: fhir.MappingRules) -> Decode:
         return submitted
 
     return decode_upstream
+
+
+#: Dead-letter reasons that leave the sender unknown (the signature gate's, and a size checked
+#: before it): such a message gets no answer, since anyone may have sent it.
+SENDER_UNKNOWN = frozenset({"unsigned", "unknown_key", "bad_signature", "sender_mismatch", "unreadable", "too_large"})
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,127}$")
+
+
+def refusal_receipt(headers: Mapping[str, str], key: bytes | None, reason: str, detail: str) -> SenderReceipt | None:
+    """The answer to a verified sender whose message was refused at the door (None: the sender is
+    unknown). Its prescription is the record's key, its message id the header, where they are ids."""
+    sender = headers.get(signing.SENDER_HEADER)
+    if reason in SENDER_UNKNOWN or not sender or not _IDENTIFIER.match(sender):
+        return None
+    prescription_id = key.decode("utf-8", "replace") if key else None
+    message_id = headers.get("message-id")
+    return messages.refused_receipt(
+        sender,
+        message_id=message_id if message_id and _IDENTIFIER.match(message_id) else None,
+        prescription_id=prescription_id if prescription_id and _IDENTIFIER.match(prescription_id) else None,
+        code=reason,
+        detail=detail,
+    )
 
 
 def _sender_in(body: bytes) -> str | None:

@@ -52,7 +52,7 @@ KAFKA_BINDING_VERSION = "0.4.0"
 
 #: The topics each service's outbox publishes to (besides the dead-letter topics of what it consumes).
 PRODUCES: dict[str, tuple[Topic, ...]] = {
-    "consultation": (topics.CONSULTATION_INTAKE,),
+    "consultation": (topics.CONSULTATION_INTAKE, topics.CONSULTATION_RECEIPTS),
     "prescription": (topics.PRESCRIPTION_DECISIONS,),
     "inventory": (topics.INVENTORY_EVENTS,),
     "courier": (topics.COURIER_DISPATCH, topics.COURIER_DELIVERIES),

@@ -49,6 +49,8 @@ BatchHandler = Callable[[Sequence[Record[Any]]], Awaitable[Sequence[Handled[Any]
 Decode = Callable[[bytes, dict[str, str], Topic], Envelope]
 #: Checks a record's raw bytes and headers before it is parsed; raises Refused to quarantine it.
 Gate = Callable[[bytes, dict[str, str]], None]
+#: Told of every record a consumer dead-lettered, with the reason and the sentence (to answer its sender).
+DeadLetterHook = Callable[[ConsumerRecord, str, str], Awaitable[None]]
 
 
 class ConcurrentStartBroker(KafkaBroker):
@@ -103,9 +105,11 @@ class DeadLetters:
         observed: ConsumerObserver | None = None,
         *,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
         self._broker = broker
         self._group = group
+        self._on_dead_letter = on_dead_letter
         self.observed = observed or Observability.disabled()
         #: What a letter's body and headers may take, leaving room for the batch's own framing.
         self._room = max(DEAD_LETTER_PREVIEW_BYTES, max_request_bytes - REQUEST_OVERHEAD_BYTES)
@@ -143,6 +147,11 @@ class DeadLetters:
                 raise
         self.observed.dead_lettered(record.topic, reason)
         log.warning("message dead-lettered", reason=reason, detail=detail[:300], attempts=attempts)
+        if self._on_dead_letter is not None:
+            try:
+                await self._on_dead_letter(record, reason, detail)
+            except Exception as error:  # the letter is kept: a person can still find and replay it
+                log.warning("the sender of a dead-lettered message was not answered", reason=reason, error=repr(error))
 
 
 def _described(value: bytes) -> dict[str, str]:
@@ -199,6 +208,7 @@ def subscribe(
     background: bool = False,
     acts_on: Collection[type[Envelope]] | None = None,
     incarnations: TopicIncarnations | None = None,
+    on_dead_letter: DeadLetterHook | None = None,
 ) -> None:
     """Register one at-least-once consumer (one consumer-group member) of `topics`.
 
@@ -225,6 +235,9 @@ def subscribe(
     path. An outage longer than half of `kafka_max_poll_interval_ms` also rewinds the batch
     (`OutageOutlastsPoll`), so the consumer polls again before the group would evict it.
 
+    `on_dead_letter`: told of each record after its dead letter is kept (consultation answers the
+    sender); a failure there is logged, never un-keeps the letter.
+
     `incarnations`: which incarnation of each topic a record comes from, so that the offset floors
     documents keep are never applied to a recreated or mirrored topic (see `topic_ids`); without
     it, floors are keyed by the topic name alone.
@@ -241,7 +254,9 @@ def subscribe(
     batch_wait_ms = settings.background_wait_ms if background else settings.kafka_batch_wait_ms
     max_records = settings.background_max_batch_records if background else settings.kafka_max_batch_records
     observed = observability.consumer(group_id) if observability is not None else Observability.disabled()
-    dead_letters = DeadLetters(broker, group_id, observed, max_request_bytes=settings.kafka_max_request_bytes)
+    dead_letters = DeadLetters(
+        broker, group_id, observed, max_request_bytes=settings.kafka_max_request_bytes, on_dead_letter=on_dead_letter
+    )
 
     by_name = {topic.name: topic for topic in topics}
     acted_types = None if acts_on is None else frozenset(message.model_fields["type"].default for message in acts_on)

@@ -14,7 +14,7 @@ from pharmacy_contracts.topics import Topic
 
 from . import hooks
 from .health import Check, HandlersInFlight, HttpEndpoint, NotReady, stopped_consumers
-from .kafka import BatchHandler, Decode, Gate, create_broker, subscribe
+from .kafka import BatchHandler, DeadLetterHook, Decode, Gate, create_broker, subscribe
 from .logging import configure_logging
 from .mongo import client_for, ping
 from .observability import Observability
@@ -81,6 +81,7 @@ class ServiceRuntime:
         decode: Decode | None = None,
         background: bool = False,
         acts_on: Collection[type[Envelope]] | None = None,
+        on_dead_letter: DeadLetterHook | None = None,
     ) -> None:
         """`handle_batch` takes a batch's records together (one use case over a unit of work).
         `background`: the consumer keeps a projection that no prescription waits for on its way (a
@@ -100,7 +101,13 @@ class ServiceRuntime:
             background=background,
             acts_on=acts_on,
             incarnations=TopicIncarnations(KafkaTopicIds(self.settings), self.settings.kafka_tracking_epoch),
+            on_dead_letter=on_dead_letter,
         )
+
+    async def publish_now(self, *events: Envelope) -> None:
+        """Publish events no document's outbox holds (an answer about a record that changed
+        nothing), and wait for the broker's confirmation."""
+        await publisher_for(self.broker)([outbox_entry(event) for event in events])
 
     @property
     def handlers_in_flight(self) -> int:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as pr
-from pharmacy_contracts import topics
+from pharmacy_contracts import signing, topics
 from services.cli import bus
 from services.cli import main as cli
 from services.courier.domain import CourierProfile
@@ -559,3 +559,57 @@ async def test_a_forged_approval_and_a_forged_courier_report_change_nothing_and_
         assert delivery is not None and delivery.state.value == "picked_up", "the forged failure changed nothing"
     finally:
         await simulator.stop()
+
+
+# --- every sender hears back -----------------------------------------------------------------------
+
+
+async def test_the_sender_hears_it_accepted_or_refused_and_status_shows_a_refusal_at_the_door(
+    system: System,
+) -> None:
+    metformin = drug(unique("MET"), "biguanide")
+    await stocked_drugs(system, metformin)
+    accepted_id, reused_id = unique("RX-ACK"), unique("RX-BROKEN")
+    first = prescription_message(accepted_id, [(metformin.drug_code, 30)], sender_id="hospital-test")
+    again = prescription_message(accepted_id, [(metformin.drug_code, 60)], sender_id="hospital-test")
+    await system.publish(first, again)  # the second reuses the prescription id: refused
+    # A signed message that breaks the contract (a field no prescription has): refused at the door.
+    broken = json.loads(prescription_message(reused_id, [(metformin.drug_code, 30)]).model_dump_json())
+    broken["prescription"]["surprise"] = True
+    body = json.dumps(broken).encode()
+    signature = signing.signature_headers(
+        body,
+        sender_id="hospital-test",
+        key_id=system.settings.signing_key_id or "",
+        secret=system.settings.signing_secret.get_secret_value().encode(),  # type: ignore[union-attr]
+    )
+    headers = [("content-type", b"application/json"), ("message-id", b"MSG-BROKEN-" + reused_id.encode())]
+    headers += [(name, value.encode()) for name, value in signature.items()]
+    await bus.publish_records(
+        system.settings, (topics.CONSULTATION_PRESCRIPTIONS.name, reused_id.encode(), body, headers)
+    )
+
+    answers: set[tuple[object, object, object]] = set()
+
+    async def all_answered() -> bool:
+        records = await read_topic(system.settings, topics.CONSULTATION_RECEIPTS.name, idle_s=0.5)
+        bodies = [json.loads(r.value) for r in records if r.key == b"hospital-test"]
+        answers.clear()
+        answers.update(
+            (a["answers_message_id"], a["outcome"], a["code"])
+            for a in bodies
+            if a["prescription_id"] in (accepted_id, reused_id)
+        )
+        return len(answers) >= 3
+
+    await wait_until(all_answered, "three answers for hospital-test")
+    assert answers == {
+        (first.message_id, "accepted", None),
+        (again.message_id, "refused", "prescription_id_reused"),
+        ("MSG-BROKEN-" + reused_id, "refused", "contract_violation"),
+    }
+    env = {"PHARMACY_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers}
+    env["PHARMACY_MONGO_URL"] = system.settings.mongo_url.get_secret_value()
+    shown = await asyncio.to_thread(CliRunner().invoke, cli.app, ["status", reused_id], env={**env, "COLUMNS": "200"})
+    assert shown.exit_code == 1
+    assert f"{reused_id}: refused at the door" in shown.output and "contract_violation" in shown.output

@@ -18,6 +18,7 @@ from pharmacy_contracts.consultation import (
     Prescription,
     PrescriptionAccepted,
     PrescriptionSubmitted,
+    SenderReceipt,
 )
 from pharmacy_contracts.envelope import Envelope
 from services.courier.domain import CourierProfile, Delivery, DeliveryState
@@ -535,6 +536,15 @@ def one_of_each_message() -> list[Envelope]:
     return [
         make_submitted(),
         accepted(),
+        SenderReceipt(
+            **envelope_fields(),
+            sender_id="CLINIC-SYS-1",
+            answers_message_id="MSG-1",
+            prescription_id=RX_ID,
+            outcome="refused",
+            code="prescription_id_reused",
+            detail="already received in another message",
+        ),
         approved(),
         rejected(),
         inv.RestockRequested(

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from pharmacy_contracts import Envelope
-from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted
+from pharmacy_contracts.consultation import CancellationAccepted, PrescriptionAccepted, SenderReceipt
 from pharmacy_contracts.lifecycle import Stage
 from services.consultation.domain import IntakeRecord, MessageClaim, PrescriptionStatus
-from services.consultation.service import ConsultationService
+from services.consultation.service import ConsultationService, refusal_receipt
 from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore
 from services.runtime.unit_of_work import Outcome, Record, UnitOfWork
@@ -81,7 +81,8 @@ async def test_a_batch_of_prescriptions_is_taken_in_with_a_few_round_trips(
 ) -> None:
     batch = [submitted(f"RX-{i}") for i in range(50)]
     assert await outcomes(service, *batch) == [Outcome.APPLIED] * 50
-    assert published.types == [PrescriptionAccepted.model_fields["type"].default] * 50
+    accepted, receipt = (m.model_fields["type"].default for m in (PrescriptionAccepted, SenderReceipt))
+    assert published.types == [accepted, receipt] * 50, "each taken in, and its sender told so"
     assert storage.intake.state_of("RX-7") is not None
     # claims saved, then intake looked up, loaded, saved and its message ids recorded: not 50 of each
     assert storage.round_trips() <= 8
@@ -91,7 +92,7 @@ async def test_the_same_message_again_changes_nothing(service: ConsultationServi
     message = submitted("RX-1")
     assert await outcomes(service, message, message) == [Outcome.APPLIED, Outcome.DUPLICATE]
     assert await outcomes(service, message) in ([Outcome.DUPLICATE], [Outcome.UNCHANGED])
-    assert len(published.types) == 1
+    assert published.types == ["consultation.prescription_accepted", "consultation.receipt"], "answered once"
 
 
 async def test_a_message_id_reused_for_other_content_is_refused(service: ConsultationService) -> None:
@@ -144,3 +145,31 @@ async def test_the_status_follows_a_prescription_to_its_end_in_one_round(
     # events about no prescription are let through untouched
     [restock] = await service.track([Record(b.restocked())])
     assert restock.outcome is Outcome.UNCHANGED
+
+
+# --- answers to senders -----------------------------------------------------------------------------
+
+
+def test_a_verified_sender_hears_why_its_message_was_refused_at_the_door():
+    headers = {"x-sender-id": "hospital-a", "message-id": "MSG-77"}
+    receipt = refusal_receipt(headers, b"RX-77", "fhir_unmappable", "Patient/p1 has no current physical address")
+    assert receipt is not None
+    assert (receipt.sender_id, receipt.answers_message_id, receipt.prescription_id, receipt.outcome) == (
+        "hospital-a",
+        "MSG-77",
+        "RX-77",
+        "refused",
+    )
+    assert (receipt.code, receipt.detail) == ("fhir_unmappable", "Patient/p1 has no current physical address")
+
+
+@pytest.mark.parametrize("reason", ["unsigned", "unknown_key", "bad_signature", "sender_mismatch", "too_large"])
+def test_unsigned_forged_or_unread_messages_get_no_answer(reason: str):
+    assert refusal_receipt({"x-sender-id": "hospital-a"}, b"RX-1", reason, "why") is None
+
+
+def test_ids_that_are_not_ids_are_left_out_of_the_answer():
+    receipt = refusal_receipt(
+        {"x-sender-id": "hospital-a", "message-id": "not an id!"}, b"\xff\xfe", "contract_violation", "x"
+    )
+    assert receipt is not None and (receipt.answers_message_id, receipt.prescription_id) == (None, None)
