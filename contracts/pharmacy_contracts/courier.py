@@ -337,3 +337,33 @@ class DeliveryCancelled(Envelope):
     prescription_id: Identifier
     warehouse_id: Identifier | None = None
     goods_returned: bool = Field(description="The goods had left and a courier brought them back")
+
+
+AnswerCode = Annotated[str, Field(min_length=1, max_length=64), ONE_LINE]
+AnswerDetail = Annotated[str, Field(min_length=1, max_length=2000), MULTILINE]
+
+
+class ReportAnswered(Envelope):
+    """courier → `courier.answers.v1`, keyed by courier id: what became of a courier's signed report,
+    so their app (and `pharmacy courier report`) can say it at the door: `applied`, or `refused`
+    with the reason (a wrong delivery code, not their dispatch, out of order...)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.reported"),
+            courier_id="CUR-07",
+            dispatch_id=f"{_RX}-D1",
+            answers_message_id=example_id("courier.reported"),
+            outcome="refused",
+            code="wrong_code",
+            detail="the delivery code is not the patient's: ask the patient to read it again",
+        )
+    )
+
+    type: Literal["courier.report_answered"] = "courier.report_answered"
+    courier_id: Identifier
+    dispatch_id: Identifier | None = None
+    answers_message_id: Identifier | None = None
+    outcome: Literal["applied", "refused"]
+    code: AnswerCode | None = None
+    detail: AnswerDetail | None = None

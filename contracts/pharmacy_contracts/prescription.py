@@ -8,7 +8,7 @@ from pydantic import ConfigDict, Field
 
 from .consultation import EXAMPLE_PRESCRIPTION, Address, CancellationReason, Phone, RequestedBy
 from .envelope import Contract, Envelope, Identifier, UtcDatetime, example_id, wire_example
-from .limits import MAX_DAYS_SUPPLY, MAX_ITEMS, MULTILINE, Units
+from .limits import MAX_DAYS_SUPPLY, MAX_ITEMS, MULTILINE, ONE_LINE, Units
 
 Explanation = Annotated[str, Field(min_length=1, max_length=500), MULTILINE]
 
@@ -218,3 +218,30 @@ class CancellationOrdered(Envelope):
     prescription_id: Identifier
     pharmacist_id: Identifier
     reason: CancellationReason
+
+
+class DecisionAnswered(Envelope):
+    """prescription → `prescription.answers.v1`, keyed by pharmacist id: what became of a pharmacist's
+    signed decision or cancellation: `applied`, or `refused` with the reason (not held any more...)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("prescription.review_decided"),
+            producer="prescription",
+            pharmacist_id="PH-014",
+            prescription_id=_RX,
+            answers_message_id=example_id("prescription.review_decided"),
+            outcome="refused",
+            code="not_under_review",
+            detail=f"{_RX} is not held for review (approved by the checks)",
+        )
+    )
+
+    type: Literal["prescription.decision_answered"] = "prescription.decision_answered"
+    pharmacist_id: Identifier
+    prescription_id: Identifier | None = None
+    answers_message_id: Identifier | None = None
+    outcome: Literal["applied", "refused"]
+    code: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE] | None = None
+    detail: Annotated[str, Field(min_length=1, max_length=2000), MULTILINE] | None = None

@@ -35,6 +35,7 @@ from .courier import (
     DeliveryWaiting,
     DispatchOffered,
     DispatchWithdrawn,
+    ReportAnswered,
 )
 from .envelope import Envelope
 from .inventory import (
@@ -60,6 +61,7 @@ from .inventory import (
 )
 from .prescription import (
     CancellationOrdered,
+    DecisionAnswered,
     PrescriptionApproved,
     PrescriptionCancelled,
     PrescriptionHeld,
@@ -141,6 +143,14 @@ PRESCRIPTION_DECISIONS = Topic(
     messages=(PrescriptionApproved, PrescriptionRejected, PrescriptionHeld, ReviewEscalated, PrescriptionCancelled),
     public=False,
     description="The checks' verdict on each prescription, holds for pharmacist review, and cancellations.",
+)
+PRESCRIPTION_ANSWERS = Topic(
+    "prescription.answers.v1",
+    key="pharmacist id",
+    key_fields=("pharmacist_id",),
+    messages=(DecisionAnswered,),
+    public=True,
+    description="What became of each pharmacist's signed decision or cancellation: applied, or refused and why.",
 )
 PRESCRIPTION_REVIEWS = Topic(
     "prescription.reviews.v1",
@@ -226,6 +236,14 @@ COURIER_DISPATCHERS = Topic(
     public=False,
     description="Dispatchers place on the map the addresses that came without coordinates.",
 )
+COURIER_ANSWERS = Topic(
+    "courier.answers.v1",
+    key="courier id",
+    key_fields=("courier_id",),
+    messages=(ReportAnswered,),
+    public=True,
+    description="What became of each courier's signed report: applied, or refused and why (a wrong code...).",
+)
 
 ALL_TOPICS: tuple[Topic, ...] = (
     CONSULTATION_PRESCRIPTIONS,
@@ -233,12 +251,14 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CONSULTATION_RECEIPTS,
     PRESCRIPTION_DECISIONS,
     PRESCRIPTION_REVIEWS,
+    PRESCRIPTION_ANSWERS,
     INVENTORY_COMMANDS,
     INVENTORY_EVENTS,
     COURIER_DISPATCH,
     COURIER_UPDATES,
     COURIER_DELIVERIES,
     COURIER_DISPATCHERS,
+    COURIER_ANSWERS,
 )
 BY_NAME = {topic.name: topic for topic in ALL_TOPICS}
 TOPIC_OF_MESSAGE: dict[type[Envelope], Topic] = {message: topic for topic in ALL_TOPICS for message in topic.messages}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from uuid import uuid4
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from pharmacy_contracts import Envelope, client, signing
@@ -167,3 +169,44 @@ async def follow(
 
 def short_id() -> str:
     return uuid4().hex[:12]
+
+
+async def ask(
+    settings: RuntimeSettings, message: Envelope, answers: Topic, key: str, timeout_s: float
+) -> Envelope | None:
+    """Publish `message` and wait up to `timeout_s` for its answer on `answers` (the record keyed
+    `key` whose `answers_message_id` is the message's id); None if none came in time. The answers
+    are read from where the topic ended before the message went out, so none is missed."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        client_id=f"pharmacy-tool-{uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        **aiokafka_kwargs(settings),
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata of every topic, the answers' partitions among them
+        partitions = [
+            TopicPartition(answers.name, p) for p in sorted(consumer.partitions_for_topic(answers.name) or ())
+        ]
+        consumer.assign(partitions)
+        for partition, end in (await consumer.end_offsets(partitions)).items():
+            consumer.seek(partition, end)
+        await publish(settings, message)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            found = await consumer.getmany(timeout_ms=max(1, int(min(left, 0.5) * 1000)))
+            for record in (r for batch in found.values() for r in batch):
+                if record.key != key.encode():
+                    continue
+                try:
+                    answer = answers.parse(record.value)
+                except ValidationError:
+                    continue
+                if getattr(answer, "answers_message_id", None) == message.message_id:
+                    return answer
+        return None
+    finally:
+        await consumer.stop()

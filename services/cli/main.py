@@ -48,7 +48,7 @@ from . import bus, dlq, pharmacist
 from .dlq.letters import DeadLetter
 from .dlq.reading import read_dead_letters
 from .render import describe_inventory_event, status_panel, stock_table
-from .running import console, report_failure, run, settings_from_env
+from .running import console, report_failure, run, say_answer, settings_from_env
 from .warehouses import registrations
 
 T = TypeVar("T")
@@ -668,9 +668,15 @@ def report(
         None, help="For failed: patient_absent | address_not_found | refused | damaged | other"
     ),
     note: str | None = typer.Option(None),
+    wait: float | None = typer.Option(
+        None, help="Seconds to wait for the courier service's answer (default PHARMACY_ANSWER_WAIT_S, 10)"
+    ),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Send and do not wait for the answer (scripts)"),
 ) -> None:
     """Report on a dispatch: accepted, picked up, delivered (with the patient's code), failed with a
-    reason, or returned (the goods of a withdrawn dispatch are back at the warehouse)."""
+    reason, or returned (the goods of a withdrawn dispatch are back at the warehouse). Signed with
+    your token (PHARMACY_COURIER_TOKEN); prints the courier service's answer: applied, or refused
+    and why (a wrong code: ask the patient again)."""
     try:
         update = c.CourierReported.model_validate(
             {
@@ -688,8 +694,14 @@ def report(
     except ValidationError as error:
         console.print(f"[red]not a valid report:[/] {error}")
         raise typer.Exit(2) from None
-    run(bus.publish(settings_from_env(), update))
-    console.print(f"reported {status} on {dispatch_id}")
+    settings = settings_from_env()
+    waiting = settings.answer_wait_s if wait is None else wait
+    if no_wait or waiting <= 0:
+        run(bus.publish(settings, update))
+        console.print(f"reported {status} on {dispatch_id}")
+        return
+    answer = run(bus.ask(settings, update, topics.COURIER_ANSWERS, courier_id, waiting))
+    say_answer(answer, waited_s=waiting, what=f"{status} on {dispatch_id}")
 
 
 # --- operators ----------------------------------------------------------------------------------

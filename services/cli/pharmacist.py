@@ -29,7 +29,7 @@ from services.runtime import credentials
 from services.runtime.mongo import client_for
 
 from . import bus
-from .running import console, run, settings_from_env
+from .running import console, run, say_answer, settings_from_env
 
 T = TypeVar("T")
 
@@ -228,6 +228,17 @@ def token(pharmacist_id: str = typer.Argument(..., help="The pharmacist's id")) 
 # --- decisions --------------------------------------------------------------------------------------
 
 
+def _send_and_answer(message: ReviewDecided | CancellationOrdered, what: str, pharmacist: str) -> None:
+    """Signed with the pharmacist's token (PHARMACY_PHARMACIST_TOKEN); the service's answer printed."""
+    settings = settings_from_env()
+    wait = settings.answer_wait_s
+    if wait <= 0:
+        run(bus.publish(settings, message))
+        console.print(f"{escape(what)} sent as message {message.message_id}")
+        return
+    say_answer(run(bus.ask(settings, message, topics.PRESCRIPTION_ANSWERS, pharmacist, wait)), waited_s=wait, what=what)
+
+
 def _decide(prescription_id: str, decision: Literal["approve", "reject"], pharmacist: str, note: str) -> None:
     try:
         message = ReviewDecided(
@@ -241,11 +252,7 @@ def _decide(prescription_id: str, decision: Literal["approve", "reject"], pharma
     except ValidationError as error:
         console.print(f"[red]not a valid decision:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
-    run(bus.publish(settings_from_env(), message))
-    console.print(
-        f"{decision} of [bold]{prescription_id}[/] by {pharmacist} sent as message {message.message_id}; "
-        f"a prescription that is not held is refused (see `pharmacy dlq`)"
-    )
+    _send_and_answer(message, f"{decision} of {prescription_id} by {pharmacist}", pharmacist)
 
 
 @app.command()
@@ -286,8 +293,7 @@ def cancel(
     except ValidationError as error:
         console.print(f"[red]not a valid cancellation:[/] {escape(str(error))}")
         raise typer.Exit(2) from None
-    run(bus.publish(settings_from_env(), message))
-    console.print(f"cancellation of [bold]{prescription_id}[/] by {pharmacist} sent as message {message.message_id}")
+    _send_and_answer(message, f"cancellation of {prescription_id} by {pharmacist}", pharmacist)
 
 
 # --- reference data ---------------------------------------------------------------------------------

@@ -77,3 +77,22 @@ def one_line(error: BaseException) -> str:
 def report_failure(error: BaseException) -> None:
     console.print(Text(one_line(error), style="red"))
     console.print(Text("(the whole story: run the command again with --debug)", style="dim"))
+
+
+def say_answer(answer: object | None, *, waited_s: float, what: str) -> None:
+    """What became of a person's message, as the service answered it (or that it has not yet)."""
+    if answer is None:
+        console.print(
+            Text(
+                f"{what} sent; no answer within {waited_s:g} s (the service may be behind): "
+                "`pharmacy dlq list` shows refusals",
+                style="yellow",
+            )
+        )
+        return
+    outcome, code, detail = (getattr(answer, name, None) for name in ("outcome", "code", "detail"))
+    if outcome == "applied":
+        console.print(Text(f"{what}: {detail or 'applied'}", style="green"))
+    else:
+        console.print(Text(f"{what} REFUSED ({code}): {detail or ''}".rstrip(": "), style="bold red"))
+        raise typer.Exit(1)

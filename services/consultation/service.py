@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
@@ -17,6 +16,7 @@ from services.runtime.delivery_codes import delivery_code
 from services.runtime.errors import Refused
 from services.runtime.kafka import Decode
 from services.runtime.observability import prescription_finished
+from services.runtime.reasons import SENDER_UNKNOWN, identifier_or_none
 from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
 from . import domain, fhir, messages
@@ -244,24 +244,16 @@ def upstream_decoder(rules: fhir.MappingRules) -> Decode:
     return decode_upstream
 
 
-#: Dead-letter reasons that leave the sender unknown (the signature gate's, and a size checked
-#: before it): such a message gets no answer, since anyone may have sent it.
-SENDER_UNKNOWN = frozenset({"unsigned", "unknown_key", "bad_signature", "sender_mismatch", "unreadable", "too_large"})
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,127}$")
-
-
 def refusal_receipt(headers: Mapping[str, str], key: bytes | None, reason: str, detail: str) -> SenderReceipt | None:
     """The answer to a verified sender whose message was refused at the door (None: the sender is
     unknown). Its prescription is the record's key, its message id the header, where they are ids."""
-    sender = headers.get(signing.SENDER_HEADER)
-    if reason in SENDER_UNKNOWN or not sender or not _IDENTIFIER.match(sender):
+    sender = identifier_or_none(headers.get(signing.SENDER_HEADER))
+    if reason in SENDER_UNKNOWN or sender is None:
         return None
-    prescription_id = key.decode("utf-8", "replace") if key else None
-    message_id = headers.get("message-id")
     return messages.refused_receipt(
         sender,
-        message_id=message_id if message_id and _IDENTIFIER.match(message_id) else None,
-        prescription_id=prescription_id if prescription_id and _IDENTIFIER.match(prescription_id) else None,
+        message_id=identifier_or_none(headers.get("message-id")),
+        prescription_id=identifier_or_none(key.decode("utf-8", "replace") if key else None),
         code=reason,
         detail=detail,
     )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
 
 from pharmacy_contracts import topics
@@ -14,7 +15,7 @@ from services.runtime import credentials
 from services.runtime.service import ServiceRuntime
 
 from . import gateway
-from .service import DECISIONS, STOCK_EVENTS, CourierService
+from .service import DECISIONS, STOCK_EVENTS, CourierService, refused_report_answer
 from .settings import CourierSettings
 from .storage import CourierStorage
 
@@ -58,6 +59,14 @@ def build(
         title="dispatch once stock is reserved",
     )
     courier_key = credentials.secret_of(settings.courier_gateway_key)
+
+    async def answer_refusal(record: ConsumerRecord, reason: str, detail: str) -> None:
+        """A courier whose signed report was refused hears why (courier.answers.v1)."""
+        headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or () if value}
+        answer = refused_report_answer(headers, record.value, record.key, reason, detail)
+        if answer is not None:
+            await runtime.publish_now(answer)
+
     runtime.consume(
         topics.COURIER_UPDATES,
         group="courier.updates",
@@ -65,6 +74,7 @@ def build(
         title="follow couriers' reports",
         # A report counts only signed by the courier it names (their token, `pharmacy couriers token`).
         gate=credentials.signature_gate(courier_key, credentials.COURIER, "courier_id"),
+        on_dead_letter=answer_refusal,
     )
     runtime.consume(
         topics.COURIER_DISPATCHERS,

@@ -319,7 +319,9 @@ def follow_report(
         return Decision(result=Decided(current, current, report=outcome))
     decision = _report_decision(fleet, rules, current, updated, outcome, report)
     assert isinstance(decision.result, Decided)
-    return Decision(decision.state, decision.events, result=replace(decision.result, report=outcome))
+    # The courier hears what became of it, in the same write (courier.answers.v1).
+    answered = [*decision.events, messages.report_answered(report, outcome)]
+    return Decision(decision.state, answered, result=replace(decision.result, report=outcome))
 
 
 def _report_decision(

@@ -14,7 +14,7 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts.courier import FailureReason
 from pharmacy_contracts.envelope import Producer
 
-from .domain import Attempt, CourierProfile, Delivery, OverdueStage
+from .domain import Attempt, CourierProfile, Delivery, OverdueStage, ReportOutcome
 
 PRODUCER = Producer("courier")
 
@@ -178,3 +178,52 @@ def _attempt(rx: str, attempt: Attempt) -> dict[str, str | int]:
         "courier_id": attempt.courier_id,
         "attempt": attempt.number,
     }
+
+
+#: What a courier is told about each report the service applied: (outcome, code, sentence).
+REPORT_ANSWERS: dict[ReportOutcome, tuple[Literal["applied", "refused"], str | None, str]] = {
+    ReportOutcome.ACCEPTED: ("applied", None, "accepted: pick the package up at the warehouse"),
+    ReportOutcome.PICKED_UP: ("applied", None, "picked up: on your way to the patient"),
+    ReportOutcome.DELIVERED: ("applied", None, "delivered: the code is right, thank you"),
+    ReportOutcome.CODE_REJECTED: (
+        "refused",
+        "wrong_code",
+        "the delivery code is not the patient's: ask the patient to read it again (it is not delivered yet)",
+    ),
+    ReportOutcome.CODE_LOCKED: (
+        "refused",
+        "code_locked",
+        "too many wrong codes on this delivery: it takes no more; call the dispatcher",
+    ),
+    ReportOutcome.FAILED_WILL_RETRY: ("applied", None, "failure noted: the delivery will be tried again"),
+    ReportOutcome.FAILED_GIVEN_UP: ("applied", None, "failure noted: the delivery is given up"),
+    ReportOutcome.RETURNED: ("applied", None, "returned: the goods are back at the warehouse"),
+}
+
+
+def report_answered(report: c.CourierReported, outcome: ReportOutcome) -> c.ReportAnswered:
+    answer, code, detail = REPORT_ANSWERS[outcome]
+    return c.ReportAnswered(
+        **PRODUCER.envelope(report.correlation_id, report),
+        courier_id=report.courier_id,
+        dispatch_id=report.dispatch_id,
+        answers_message_id=report.message_id,
+        outcome=answer,
+        code=code,
+        detail=detail,
+    )
+
+
+def report_refused(
+    courier_id: str, *, dispatch_id: str | None, message_id: str | None, correlation_id: str, code: str, detail: str
+) -> c.ReportAnswered:
+    """The answer to a report refused before it changed anything (its dead letter keeps it)."""
+    return c.ReportAnswered(
+        **PRODUCER.envelope(correlation_id, message_id),
+        courier_id=courier_id,
+        dispatch_id=dispatch_id,
+        answers_message_id=message_id,
+        outcome="refused",
+        code=code[:64],
+        detail=detail[:2000] or None,
+    )

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
@@ -33,14 +34,15 @@ from typing import Any
 
 import structlog
 
-from pharmacy_contracts import Envelope
+from pharmacy_contracts import Envelope, signing
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.prescription import PrescriptionApproved, PrescriptionCancelled
+from services.runtime.reasons import SENDER_UNKNOWN, identifier_or_none
 from services.runtime.store import Save, Saved, Store, Stored
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
 
-from . import decisions, domain
+from . import decisions, domain, messages
 from .decisions import Decided, Fleet, Handover, Look, Rules
 from .domain import CancelOutcome, Delivery, DeliveryState, Policy, ReportOutcome
 from .messages import PRODUCER
@@ -448,3 +450,26 @@ def _log_report(result: Decided, report: c.CourierReported, policy: Policy) -> N
         )
     else:
         log.info("courier report applied", prescription_id=rx, outcome=outcome, courier_id=report.courier_id)
+
+
+def refused_report_answer(
+    headers: Mapping[str, str], body: bytes | None, key: bytes | None, reason: str, detail: str
+) -> c.ReportAnswered | None:
+    """The answer to a courier whose signed report was refused (None: the signer is unknown)."""
+    courier_id = identifier_or_none(headers.get(signing.SENDER_HEADER))
+    if reason in SENDER_UNKNOWN or courier_id is None:
+        return None
+    try:
+        data = json.loads(body or b"")
+    except (ValueError, RecursionError):
+        data = None
+    dispatch = data.get("dispatch_id") if isinstance(data, dict) else None
+    package = identifier_or_none(key.decode("utf-8", "replace") if key else None)
+    return messages.report_refused(
+        courier_id,
+        dispatch_id=identifier_or_none(dispatch if isinstance(dispatch, str) else None),
+        message_id=identifier_or_none(headers.get("message-id")),
+        correlation_id=package or courier_id,
+        code=reason,
+        detail=detail,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from aiokafka.structs import ConsumerRecord
 from faststream import FastStream
 
 from pharmacy_contracts import topics
@@ -12,7 +13,7 @@ from pharmacy_contracts.envelope import utc_now
 from services.runtime import credentials
 from services.runtime.service import ServiceRuntime
 
-from .service import SUPPLY_ENDINGS, PrescriptionService
+from .service import SUPPLY_ENDINGS, PrescriptionService, refused_decision_answer
 from .settings import PrescriptionSettings
 from .storage import PrescriptionStorage
 
@@ -37,6 +38,14 @@ def build(
         title="check prescriptions against the safety rules; honour cancellations",
     )
     pharmacist_key = credentials.secret_of(settings.pharmacist_key)
+
+    async def answer_refusal(record: ConsumerRecord, reason: str, detail: str) -> None:
+        """A pharmacist whose signed decision was refused hears why (prescription.answers.v1)."""
+        headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or () if value}
+        answer = refused_decision_answer(headers, record.value, record.key, reason, detail)
+        if answer is not None:
+            await runtime.publish_now(answer)
+
     runtime.consume(
         topics.PRESCRIPTION_REVIEWS,
         group="prescription.reviews",
@@ -44,6 +53,7 @@ def build(
         title="apply pharmacists' review decisions and cancellations",
         # A decision counts only signed by the pharmacist it names (their token, `pharmacy review token`).
         gate=credentials.signature_gate(pharmacist_key, credentials.PHARMACIST, "pharmacist_id"),
+        on_dead_letter=answer_refusal,
     )
     runtime.consume(
         topics.INVENTORY_EVENTS,

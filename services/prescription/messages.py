@@ -13,6 +13,7 @@ from pharmacy_contracts.envelope import Producer
 from pharmacy_contracts.prescription import (
     ApprovedLine,
     CancellationOrdered,
+    DecisionAnswered,
     DeliveryDetails,
     PrescriptionApproved,
     PrescriptionCancelled,
@@ -99,3 +100,30 @@ def deadline_passed(held: Verdict, action: domain.ReviewAction) -> ReviewEscalat
             reasons=held.reasons,
         )
     return PrescriptionRejected(**envelope, prescription_id=held.prescription_id, reasons=[domain.review_expiry(held)])
+
+
+def decision_answered(decided: ReviewDecided | CancellationOrdered, detail: str) -> DecisionAnswered:
+    """The pharmacist's answer: their decision or cancellation was applied."""
+    return DecisionAnswered(
+        **PRODUCER.envelope(decided.prescription_id, decided),
+        pharmacist_id=decided.pharmacist_id,
+        prescription_id=decided.prescription_id,
+        answers_message_id=decided.message_id,
+        outcome="applied",
+        detail=detail,
+    )
+
+
+def decision_refused(
+    pharmacist_id: str, *, prescription_id: str | None, message_id: str | None, code: str, detail: str
+) -> DecisionAnswered:
+    """The answer to a decision refused before it changed anything (its dead letter keeps it)."""
+    return DecisionAnswered(
+        **PRODUCER.envelope(prescription_id or pharmacist_id, message_id),
+        pharmacist_id=pharmacist_id,
+        prescription_id=prescription_id,
+        answers_message_id=message_id,
+        outcome="refused",
+        code=code[:64],
+        detail=detail[:2000] or None,
+    )

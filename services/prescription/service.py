@@ -41,18 +41,20 @@ from typing import Any
 
 import structlog
 
-from pharmacy_contracts import Envelope
+from pharmacy_contracts import Envelope, signing
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
 from pharmacy_contracts.prescription import (
     CancellationOrdered,
+    DecisionAnswered,
     DeliveryDetails,
     PrescriptionCancelled,
     PrescriptionRejected,
     ReviewDecided,
     ReviewEscalated,
 )
+from services.runtime.reasons import SENDER_UNKNOWN, identifier_or_none
 from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, UnitOfWork
 
 from . import domain, messages
@@ -382,9 +384,15 @@ def decide_review(now: datetime, existing: Verdict | None, message: Review) -> D
         approval = messages.approved(
             existing.prescription, existing.delivery, message, reviewed_by=message.pharmacist_id
         )
-        return Decision(domain.approved_by_pharmacist(existing, message.pharmacist_id, message.note, now), [approval])
+        answer = messages.decision_answered(message, "approved: on its way to the warehouse")
+        return Decision(
+            domain.approved_by_pharmacist(existing, message.pharmacist_id, message.note, now), [approval, answer]
+        )
     rejection = messages.rejected_by_pharmacist(message)
-    return Decision(domain.rejected_by_pharmacist(existing, message.pharmacist_id, message.note, now), [rejection])
+    answer = messages.decision_answered(message, "rejected: the sender is told why")
+    return Decision(
+        domain.rejected_by_pharmacist(existing, message.pharmacist_id, message.note, now), [rejection, answer]
+    )
 
 
 def cancel(existing: Verdict | None, message: Cancellation, now: datetime) -> Decision[Verdict]:
@@ -399,6 +407,8 @@ def cancel(existing: Verdict | None, message: Cancellation, now: datetime) -> De
         requested_by=requested_by,
         was_approved=existing is not None and existing.state is VerdictState.APPROVED,
     )
+    if isinstance(message, CancellationOrdered):  # a pharmacist's: they hear it was done
+        return Decision(updated, [event, messages.decision_answered(message, "cancelled")], result=updated)
     return Decision(updated, [event], result=updated)
 
 
@@ -528,8 +538,7 @@ def _log_cancellation(handled: Handled[Any]) -> None:
         else {"pharmacist_id": message.pharmacist_id}
     )
     if handled.outcome is Outcome.APPLIED:
-        (event,) = handled.events
-        assert isinstance(event, PrescriptionCancelled)
+        event = next(e for e in handled.events if isinstance(e, PrescriptionCancelled))
         log.info("prescription cancelled", was_approved=event.was_approved, **by)
     elif handled.outcome is Outcome.DUPLICATE:
         log.info("cancellation already applied; duplicate dropped")
@@ -562,3 +571,20 @@ def _log_deadline(event: DeadlineEvent) -> None:
         )
     else:
         bound.warning("prescription rejected: review expired undecided")
+
+
+def refused_decision_answer(
+    headers: Mapping[str, str], body: bytes | None, key: bytes | None, reason: str, detail: str
+) -> DecisionAnswered | None:
+    """The answer to a pharmacist whose signed decision was refused (None: the signer is unknown)."""
+    pharmacist_id = identifier_or_none(headers.get(signing.SENDER_HEADER))
+    if reason in SENDER_UNKNOWN or pharmacist_id is None:
+        return None
+    prescription_id = identifier_or_none(key.decode("utf-8", "replace") if key else None)
+    return messages.decision_refused(
+        pharmacist_id,
+        prescription_id=prescription_id,
+        message_id=identifier_or_none(headers.get("message-id")),
+        code=reason,
+        detail=detail,
+    )

@@ -6,6 +6,7 @@ every code the services refuse with is here, and nothing here is unused.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 
@@ -61,6 +62,17 @@ REASONS: dict[str, Reason] = {
     "not_known": Reason("courier", "a dispatcher placed a delivery the courier service has not seen approved yet"),
     "delivery_finished": Reason("courier", "a dispatcher placed a delivery already delivered, given up or cancelled"),
 }
+
+
+#: Reasons that leave a message's sender unknown (the signature gates', and a size checked before
+#: them): such a message gets no answer, since anyone may have sent it.
+SENDER_UNKNOWN = frozenset({"unsigned", "unknown_key", "bad_signature", "sender_mismatch", "unreadable", "too_large"})
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,127}$")
+
+
+def identifier_or_none(text: str | None) -> str | None:
+    """`text` if it can stand in a contract's id field (a header or key from outside), else None."""
+    return text if text is not None and _IDENTIFIER.match(text) else None
 
 
 def reasons_markdown() -> str:

@@ -118,6 +118,12 @@ class RuntimeSettings(BaseSettings):
         description="Key of the pharmacist tokens (`pharmacy review token`): the prescription service checks every "
         "pharmacist's decision and cancellation with it",
     )
+    answer_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long `pharmacy courier report` and `pharmacy review approve`, `reject` and `cancel` wait "
+        "for the service's answer (0: not at all)",
+    )
     courier_token: SecretStr | None = Field(
         default=None, description="PHARMACY_COURIER_TOKEN: the courier's own token, which signs their reports"
     )

@@ -23,7 +23,10 @@ from pharmacy_contracts import signing, topics
 from services.cli import bus
 from services.cli import main as cli
 from services.courier.domain import CourierProfile
+from services.ops.simulation import wrong_code
 from services.prescription.domain import FormularyEntry, Interaction
+from services.runtime.credentials import courier_token
+from services.runtime.delivery_codes import delivery_code
 from services.runtime.settings import RuntimeSettings
 from tests.support.scenario import (
     PATIENT_HOME,
@@ -613,3 +616,60 @@ async def test_the_sender_hears_it_accepted_or_refused_and_status_shows_a_refusa
     shown = await asyncio.to_thread(CliRunner().invoke, cli.app, ["status", reused_id], env={**env, "COLUMNS": "200"})
     assert shown.exit_code == 1
     assert f"{reused_id}: refused at the door" in shown.output and "contract_violation" in shown.output
+
+
+async def test_a_couriers_wrong_code_and_an_approval_of_what_is_not_held_are_answered_at_once(
+    system: System,
+) -> None:
+    metformin = drug(unique("MET"), "biguanide")
+    await stocked_drugs(system, metformin)
+    prescription_id = unique("RX-ANSWER")
+    simulator = scripted_couriers(system.settings, {prescription_id: ["hold-after-pickup"]})
+    simulator.start()
+    try:
+        await system.publish(prescription_message(prescription_id, [(metformin.drug_code, 30)]))
+        await system.wait_stage(prescription_id, "picked_up")
+    finally:
+        await simulator.stop()
+    (offer,) = [o for o in simulator.offers if o.package_id == prescription_id]
+    code_key = system.settings.delivery_code_key.get_secret_value().encode()  # type: ignore[union-attr]
+    wrong = wrong_code(delivery_code(code_key, prescription_id))
+    base = {"PHARMACY_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers, "COLUMNS": "200"}
+    courier_env = {
+        **base,
+        "PHARMACY_COURIER_TOKEN": courier_token(_key(system.settings.courier_gateway_key), offer.courier_id),
+    }
+    at_the_door = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli.app,
+        [
+            "courier",
+            "report",
+            offer.dispatch_id,
+            "delivered",
+            "--courier",
+            offer.courier_id,
+            "--package",
+            prescription_id,
+            "--code",
+            wrong,
+        ],
+        env=courier_env,
+    )
+    assert at_the_door.exit_code == 1, at_the_door.output
+    assert "REFUSED (wrong_code)" in at_the_door.output and "ask the patient" in at_the_door.output
+
+    pharmacist_env = {**base, "PHARMACY_PHARMACIST_KEY": system.settings.pharmacist_key.get_secret_value()}  # type: ignore[union-attr]
+    approval = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli.app,
+        ["review", "approve", prescription_id, "--pharmacist", "PH-TEST", "--note", "looks fine"],
+        env=pharmacist_env,
+    )
+    assert approval.exit_code == 1, approval.output
+    assert "REFUSED (not_under_review)" in approval.output
+
+
+def _key(secret: object) -> bytes:
+    value = secret.get_secret_value() if secret is not None else ""  # type: ignore[attr-defined]
+    return value.encode()

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+#: The types that answer a person or system (a receipt, a report's or a decision's outcome).
+ANSWERS = frozenset({"consultation.receipt", "courier.report_answered", "prescription.decision_answered"})
+
 
 class Published:
     """Takes the broker's place for a unit of work: every outbox entry handed over, in order."""
@@ -22,8 +25,17 @@ class Published:
         return [e["type"] for e in self.entries]
 
     def of(self, correlation_id: str) -> list[str]:
-        """The types of the events published about this prescription (or command), in order."""
-        return [e["type"] for e in self.entries if e["correlation_id"] == correlation_id]
+        """The types of the events published about this prescription (or command), in order; the
+        answers to the people who sent the messages are left to `answers`."""
+        return [e["type"] for e in self.entries if e["correlation_id"] == correlation_id and e["type"] not in ANSWERS]
+
+    def answers(self, correlation_id: str) -> list[dict[str, Any]]:
+        """The answers published to the people whose messages these were, in order."""
+        return [
+            json.loads(e["body"])
+            for e in self.entries
+            if e["correlation_id"] == correlation_id and e["type"] in ANSWERS
+        ]
 
     def bodies(self, correlation_id: str, type_: str) -> list[dict[str, Any]]:
         return [

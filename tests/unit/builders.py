@@ -505,6 +505,14 @@ def lifecycle_messages_of_reviews_and_cancellations() -> list[Envelope]:
             pharmacist_id="PH-1",
             note="INR checked with the patient",
         ),
+        rx.DecisionAnswered(
+            **_common(RX_ID, 22),
+            pharmacist_id="PH-1",
+            prescription_id=RX_ID,
+            answers_message_id="MSG-20",
+            outcome="applied",
+            detail="approved",
+        ),
         rx.CancellationOrdered(
             **_common(RX_ID, 21),
             prescription_id=RX_ID,
@@ -640,6 +648,15 @@ def one_of_each_message() -> list[Envelope]:
             accept_by=at(13),
         ),
         make_report(dispatch_id=f"{RX_ID}-D1", courier_id="CUR-1"),
+        c.ReportAnswered(
+            **envelope_fields(),
+            courier_id="CUR-1",
+            dispatch_id=f"{RX_ID}-D1",
+            answers_message_id="MSG-1",
+            outcome="refused",
+            code="wrong_code",
+            detail="ask the patient again",
+        ),
         c.AddressLocated(
             **envelope_fields(correlation_id=RX_ID),
             prescription_id=RX_ID,

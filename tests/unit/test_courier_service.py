@@ -15,7 +15,7 @@ import pytest
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
 from services.courier.domain import CourierProfile, Delivery, DeliveryState, Policy
-from services.courier.service import CourierService
+from services.courier.service import CourierService, refused_report_answer
 from services.courier.storage import CourierStorage
 from services.runtime.delivery_codes import delivery_code
 from services.runtime.relay import outbox_entry
@@ -388,6 +388,15 @@ async def test_reports_take_a_delivery_to_the_patient_with_the_right_code_only(
     ]
     delivery = storage.delivery_of("RX-1")
     assert delivery.state is DeliveryState.DELIVERED and delivery.active_courier_id is None
+    # The courier hears each outcome: the wrong code at the door, then the delivery.
+    answers = [(a["answers_message_id"], a["outcome"], a["code"]) for a in published.answers("RX-1")]
+    assert answers == [
+        (steps[0].message_id, "applied", None),
+        (steps[1].message_id, "applied", None),
+        (steps[2].message_id, "refused", "wrong_code"),
+        (steps[3].message_id, "applied", None),
+    ]
+    assert all(a["courier_id"] == "CUR-1" for a in published.answers("RX-1"))
 
 
 async def test_a_failure_is_retried_with_another_courier_then_given_up(
@@ -635,3 +644,17 @@ async def test_placing_an_unknown_or_finished_delivery_is_refused_and_placing_tw
     again = placed("RX-2", *NEAR)
     assert outcomes(await service.on_dispatcher(records(again))) == [Outcome.UNCHANGED]
     assert len(published.offers("RX-2")) == 1
+
+
+def test_a_courier_hears_why_a_signed_report_was_refused_and_a_forger_hears_nothing():
+    body = b'{"dispatch_id": "RX-1-D9", "courier_id": "CUR-2"}'
+    headers = {"x-sender-id": "CUR-2", "message-id": "MSG-R1"}
+    answer = refused_report_answer(headers, body, b"RX-1", "not_your_dispatch", "dispatch RX-1-D9 is another's")
+    assert answer is not None
+    assert (answer.courier_id, answer.dispatch_id, answer.answers_message_id, answer.code) == (
+        "CUR-2",
+        "RX-1-D9",
+        "MSG-R1",
+        "not_your_dispatch",
+    )
+    assert refused_report_answer(headers, body, b"RX-1", "bad_signature", "forged") is None

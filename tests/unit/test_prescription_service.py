@@ -20,7 +20,7 @@ from services.prescription.domain import (
     Verdict,
     VerdictState,
 )
-from services.prescription.service import PrescriptionService
+from services.prescription.service import PrescriptionService, refused_decision_answer
 from services.prescription.storage import PrescriptionStorage, ReferenceStamp
 from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, MemoryStore
@@ -336,6 +336,10 @@ async def test_a_pharmacist_approves_or_rejects_a_hold_and_nothing_else(
     assert (released["reviewed_by"], released["causation_id"]) == ("PH-7", approve.message_id)
     assert (released["delivery"]["cold_chain"], released["delivery"]["controlled"]) == (True, True)
     assert published.of("RX-NO") == [HELD, REJECTED] and published.of("RX-PLAIN") == [APPROVED]
+    # Each pharmacist hears that their decision counted (the refused one: from its dead letter).
+    assert [(a["pharmacist_id"], a["outcome"]) for a in published.answers("RX-YES")] == [("PH-7", "applied")]
+    assert [a["answers_message_id"] for a in published.answers("RX-YES")] == [approve.message_id]
+    assert published.answers("RX-PLAIN") == []
     verdict = storage.verdict("RX-YES")
     assert verdict is not None and (verdict.state, verdict.decided_by, verdict.prescription) == (
         VerdictState.APPROVED,
@@ -527,3 +531,16 @@ async def test_a_sweep_that_loses_a_race_acts_only_if_still_due(
     storage.stores[0].let_another_writer_win("RX-W")
     await service.sweep_reviews()
     assert published.of("RX-W") == [HELD, "prescription.review_escalated"]
+
+
+def test_a_pharmacist_hears_why_a_signed_decision_was_refused_and_a_forger_hears_nothing():
+    headers = {"x-sender-id": "PH-7", "message-id": "MSG-D1"}
+    answer = refused_decision_answer(headers, b"{}", b"RX-PLAIN", "not_under_review", "RX-PLAIN is not held")
+    assert answer is not None
+    assert (answer.pharmacist_id, answer.prescription_id, answer.answers_message_id, answer.outcome) == (
+        "PH-7",
+        "RX-PLAIN",
+        "MSG-D1",
+        "refused",
+    )
+    assert refused_decision_answer(headers, b"{}", b"RX-PLAIN", "unsigned", "no signature") is None
