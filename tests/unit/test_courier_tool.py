@@ -8,7 +8,7 @@ import io
 from rich.console import Console
 
 from pharmacy_contracts.consultation import Coordinates
-from services.cli.main import _phone, _where
+from services.cli.couriers import _phone, _where
 
 
 def test_the_door_is_a_geo_uri_and_a_map_link():
