@@ -36,7 +36,8 @@ def test_the_package_leaves_out_the_development_tools_and_the_fault_hooks(tmp_pa
     assert not [name for name, text in sources.items() if "PHARMACY_FAULT" in text], "no fault can be armed"
     assert [f"{name}:{line}" for name, text in sources.items() for line in _unguarded_dev_imports(text)] == []
     assert "services.ops" not in entry_points and "pharmacy-dev" not in entry_points
-    assert "pharmacy = services.cli.main:app" in entry_points
+    assert "pharmacy = services.cli.main:main" in entry_points
+    assert "services/consultation/data/gazetteer.json" in names, "the county gazetteer ships with consultation"
 
 
 def test_the_image_is_built_from_a_pinned_base_and_checks_the_tools_are_out() -> None:
