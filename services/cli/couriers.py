@@ -10,9 +10,8 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -27,27 +26,15 @@ from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.runtime import credentials
 from services.runtime.credentials import courier_token
-from services.runtime.mongo import client_for
 
 from . import bus
-from .running import console, run, say_answer, settings_from_env
-
-T = TypeVar("T")
+from .running import console, run, say_answer, settings_from_env, with_database
 
 courier = typer.Typer(no_args_is_help=True, help="For couriers: receive dispatches and report on them.")
 roster = typer.Typer(no_args_is_help=True, help="For dispatchers: the courier roster and couriers' tokens.")
 dispatch = typer.Typer(
     no_args_is_help=True, help="For dispatchers: place on the map the addresses that came without coordinates."
 )
-
-
-async def _with_database(use: Callable[[Any], Awaitable[T]]) -> T:
-    settings = settings_from_env()
-    client = client_for(settings)
-    try:
-        return await use(client[settings.mongo_database])
-    finally:
-        client.close()
 
 
 # --- dispatchers --------------------------------------------------------------------------------
@@ -63,7 +50,7 @@ def couriers_load(file: Path = typer.Argument(..., exists=True, help="A JSON lis
         for profile in roster:
             await storage.save_courier(profile)
 
-    run(_with_database(save))
+    run(with_database(save))
     console.print(f"{len(roster)} couriers loaded")
 
 

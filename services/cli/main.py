@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 from pydantic import SecretStr, ValidationError
@@ -28,7 +28,6 @@ from services.inventory.storage import InventoryStorage
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.errors import Refused
-from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
 from services.runtime.topic_ids import KafkaTopicIds
 from services.runtime.topic_setup import TopicSetupError, create_topics
@@ -38,10 +37,8 @@ from . import couriers as couriers_cli
 from .dlq.letters import DeadLetter
 from .dlq.reading import read_dead_letters
 from .render import describe_inventory_event, status_panel, stock_table
-from .running import console, report_failure, run, settings_from_env
+from .running import console, report_failure, run, settings_from_env, with_database
 from .warehouses import registrations
-
-T = TypeVar("T")
 
 app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True, help=__doc__)
 warehouse = typer.Typer(no_args_is_help=True, help="For warehouse staff: watch stock move, restock, adjust.")
@@ -53,15 +50,6 @@ app.add_typer(couriers_cli.roster, name="couriers")
 app.add_typer(couriers_cli.dispatch, name="dispatch")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(pharmacist.app, name="review")
-
-
-async def _with_database(use: Callable[[Any], Awaitable[T]]) -> T:
-    settings = settings_from_env()
-    client = client_for(settings)
-    try:
-        return await use(client[settings.mongo_database])
-    finally:
-        client.close()
 
 
 # --- upstream -----------------------------------------------------------------------------------
@@ -178,7 +166,7 @@ def cancel(
 @app.command()
 def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Where a prescription is, and why; or, if it never got in, why it was refused at the door."""
-    found = run(_with_database(lambda db: ConsultationStorage(db).status_of(prescription_id)))
+    found = run(with_database(lambda db: ConsultationStorage(db).status_of(prescription_id)))
     if found is None:
         refusals = refused_at_the_door(
             run(read_dead_letters(settings_from_env(), [topics.CONSULTATION_PRESCRIPTIONS.name])), prescription_id
@@ -220,7 +208,7 @@ def fhir_status(prescription_id: str) -> None:
         storage = ConsultationStorage(db)
         return await storage.status_of(prescription_id), await storage.intake_of(prescription_id)
 
-    found, intake = run(_with_database(read))
+    found, intake = run(with_database(read))
     if found is None:
         console.print(f"no prescription {prescription_id} has been seen yet")
         raise typer.Exit(1)
@@ -240,7 +228,7 @@ def formulary_load(file: Path = typer.Argument(..., exists=True, help="A JSON li
         for entry in entries:
             await storage.save_formulary_entry(entry)
 
-    run(_with_database(save))
+    run(with_database(save))
     console.print(f"{len(entries)} formulary entries loaded")
 
 
@@ -408,7 +396,7 @@ def stock() -> None:
     """Current stock per warehouse, drug and lot, with expiry, quarantine and expiry warnings."""
     from services.inventory.settings import InventorySettings
 
-    warehouses = run(_with_database(lambda db: InventoryStorage(db).all_warehouses()))
+    warehouses = run(with_database(lambda db: InventoryStorage(db).all_warehouses()))
     console.print(stock_table(warehouses, near_expiry_days=InventorySettings().near_expiry_days))
 
 
@@ -419,7 +407,7 @@ def ledger(warehouse_id: str, lot: str = typer.Argument(..., help="The lot id"))
 
     from services.inventory.domain import Figures, shift
 
-    entries = run(_with_database(lambda db: InventoryStorage(db).movements(warehouse_id, lot)))
+    entries = run(with_database(lambda db: InventoryStorage(db).movements(warehouse_id, lot)))
     if not entries:
         console.print(f"no movements of lot {lot} at {warehouse_id} recorded")
         raise typer.Exit(1)

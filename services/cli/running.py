@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -17,6 +17,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from rich.console import Console
 from rich.text import Text
 
+from services.runtime.mongo import client_for
 from services.runtime.settings import RuntimeSettings
 
 T = TypeVar("T")
@@ -35,6 +36,16 @@ def settings_from_env() -> RuntimeSettings:
     """The environment's settings; what it leaves out, from the dev stack `make up` started (its
     ports may not be the defaults), else the defaults."""
     return RuntimeSettings(_env_file=dev_stack_env())  # type: ignore[call-arg]
+
+
+async def with_database(use: Callable[[Any], Awaitable[T]]) -> T:
+    """`use` on the database the settings name, with a client closed afterwards."""
+    settings = settings_from_env()
+    client = client_for(settings)
+    try:
+        return await use(client[settings.mongo_database])
+    finally:
+        client.close()
 
 
 def run(coro: Awaitable[T]) -> T:
