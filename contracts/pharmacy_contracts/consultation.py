@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from .envelope import Contract, Envelope, Identifier, UtcDatetime, example_id, wire_example
 from .limits import MAX_DAYS_SUPPLY, MAX_ITEMS, MAX_UNITS, MAX_VALIDITY, MULTILINE, ONE_LINE, Name
+from .stages import Stage
 
 # Instructions and address lines may come in several lines (FHIR's `address.text`, a taper's steps).
 Text = Annotated[str, Field(min_length=1, max_length=500), MULTILINE]
@@ -297,3 +298,56 @@ class SenderReceipt(Envelope):
         default=None, description="Why it was refused: the dead-letter reason (README: Reason codes)"
     )
     detail: Annotated[str, Field(min_length=1, max_length=2000), MULTILINE] | None = None
+    operation_outcome: dict[str, Any] | None = Field(
+        default=None,
+        description="For a refused FHIR message: the refusal as a FHIR R4 OperationOutcome resource (JSON)",
+    )
+
+
+FhirRequestStatus = Literal["active", "on-hold", "completed", "cancelled", "stopped"]
+FhirDispenseStatus = Literal["preparation", "in-progress", "completed", "declined", "stopped", "cancelled"]
+FhirDeliveryStatus = Literal["in-progress", "completed", "abandoned"]
+
+
+class StatusReceipt(Envelope):
+    """consultation → `consultation.receipts.v1`, keyed by sender id: each later change of stage of
+    a prescription the sender had accepted (held for review, approved, reserved, out for delivery,
+    delivered, refused by the checks, out of stock, undeliverable, cancelled), with the sentence its
+    status shows and, for FHIR senders, the MedicationRequest / MedicationDispense / SupplyDelivery
+    status codes it amounts to. Sent at least once: a repeat has the same `message_id`. Stages are
+    learnt from four services' topics, so one may be told after a later one (an approval read after
+    the courier's offer): `occurred_at` is when it happened; order by it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("prescription.held_for_review"),
+            producer="consultation",
+            sender_id="district-clinic",
+            answers_message_id=example_id("consultation.prescription_submitted"),
+            prescription_id=_RX,
+            stage="held_for_review",
+            terminal=False,
+            detail="held for pharmacist review (INTERACTION)",
+            reasons=["INTERACTION: warfarin with aspirin raises the risk of bleeding"],
+            medication_request_status="on-hold",
+        )
+    )
+
+    type: Literal["consultation.status_receipt"] = "consultation.status_receipt"
+    sender_id: Identifier
+    answers_message_id: Identifier | None = Field(
+        default=None, description="The message id of the prescription the sender sent"
+    )
+    prescription_id: Identifier
+    stage: Stage
+    terminal: bool = Field(
+        description="The stage ends the prescription's story (only news of earlier stages, told late, may follow)"
+    )
+    detail: Annotated[str, Field(min_length=1, max_length=2000), MULTILINE]
+    reasons: list[Annotated[str, Field(min_length=1, max_length=2000), MULTILINE]] = Field(
+        default_factory=list, max_length=50, description="What explains the stage (holds, refusals): CODE: sentence"
+    )
+    medication_request_status: FhirRequestStatus
+    medication_dispense_status: FhirDispenseStatus | None = None
+    supply_delivery_status: FhirDeliveryStatus | None = None

@@ -8,33 +8,16 @@ side says about an event (its wording, notes, warnings) stays with that side.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from . import courier as c
 from . import inventory as inv
 from . import prescription as rx
 from .consultation import PrescriptionAccepted
 from .envelope import Envelope
+from .stages import TERMINAL, Stage
+
+__all__ = ["TERMINAL", "Stage", "next_stage", "prescription_of", "stage_of"]
 
 
-class Stage(StrEnum):
-    RECEIVED = "received"
-    HELD_FOR_REVIEW = "held_for_review"
-    APPROVED = "approved"
-    RESERVED = "reserved"
-    WAITING_FOR_COURIER = "waiting_for_courier"
-    COURIER_ASSIGNED = "courier_assigned"
-    ACCEPTED_BY_COURIER = "accepted_by_courier"
-    PICKED_UP = "picked_up"
-    DELIVERY_FAILED = "delivery_failed"
-    DELIVERED = "delivered"
-    REJECTED = "rejected"
-    OUT_OF_STOCK = "out_of_stock"
-    UNDELIVERABLE = "undeliverable"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({Stage.DELIVERED, Stage.REJECTED, Stage.OUT_OF_STOCK, Stage.UNDELIVERABLE, Stage.CANCELLED})
 # Before the courier stage, events come from different topics and may be read out of order: the
 # furthest stage seen wins. Courier events come in order from one topic: the latest wins.
 PIPELINE: tuple[Stage, ...] = (Stage.RECEIVED, Stage.HELD_FOR_REVIEW, Stage.APPROVED, Stage.RESERVED)

@@ -18,6 +18,7 @@ from .consultation import (
     PrescriptionAccepted,
     PrescriptionSubmitted,
     SenderReceipt,
+    StatusReceipt,
 )
 from .courier import (
     AddressLocated,
@@ -129,10 +130,11 @@ CONSULTATION_RECEIPTS = Topic(
     "consultation.receipts.v1",
     key="sender id",
     key_fields=("sender_id",),
-    messages=(SenderReceipt,),
+    messages=(SenderReceipt, StatusReceipt),
     public=True,
     description=(
         "The answer to every verified message an upstream system sent: accepted, or refused with the reason; "
+        "then each change of stage of a prescription it had accepted, until the last; "
         "each system reads the records keyed by its sender id."
     ),
 )

@@ -13,7 +13,7 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
 from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
-from pharmacy_contracts.lifecycle import TERMINAL, Stage, next_stage, prescription_of, stage_of
+from pharmacy_contracts.lifecycle import PIPELINE, TERMINAL, Stage, next_stage, prescription_of, stage_of
 
 # --- intake ------------------------------------------------------------------------------------
 
@@ -105,6 +105,9 @@ class HistoryEntry(BaseModel):
 
 class PrescriptionStatus(BaseModel):
     prescription_id: str
+    #: The system that sent it, and its message: told of each change of stage (once it is known).
+    sender_id: str | None = None
+    sender_message_id: str | None = None
     stage: Stage
     terminal: bool = False
     why: list[str] = Field(default_factory=list, description="What explains the current stage (holds, refusals)")
@@ -257,6 +260,14 @@ def track(
 
     `delivery_code` is the patient's proof-of-delivery code; it is shown once the prescription is approved.
     """
+    folded = track_step(status, event, delivery_code=delivery_code)
+    return folded[0] if folded is not None else None
+
+
+def track_step(
+    status: PrescriptionStatus | None, event: Envelope, *, delivery_code: str | None = None
+) -> tuple[PrescriptionStatus, HistoryEntry] | None:
+    """`track`, with the history entry the event added."""
     prescription_id = prescription_of(event)
     step = _step_of(event)
     if prescription_id is None or step is None:
@@ -271,6 +282,8 @@ def track(
     # (a stable sort: events of the same instant keep their arrival order).
     history = sorted([*current.history, entry], key=lambda h: h.at)
     updated = current.model_copy(update={"history": history})
+    if isinstance(event, PrescriptionAccepted):
+        updated.sender_id, updated.sender_message_id = event.sender_id, event.causation_id
     if isinstance(event, inv.StockReserved):
         updated.warehouse_id = event.warehouse_id
     if isinstance(event, c.CourierAssigned):
@@ -279,9 +292,53 @@ def track(
     if isinstance(event, rx.PrescriptionApproved) and delivery_code is not None:
         updated.delivery_code = delivery_code
     if current.terminal or reported is None:
-        return updated
+        return updated, entry
     stage = next_stage(current.stage, reported)
     if stage is not current.stage:
         # `why` explains the current stage: a hold's reasons do not outlive the hold.
         updated.stage, updated.terminal, updated.why = stage, stage in TERMINAL, list(step.why)
-    return updated
+    return updated, entry
+
+
+@dataclass(frozen=True)
+class Told:
+    """A change of stage the sending system hears about."""
+
+    stage: Stage
+    at: datetime
+    detail: str
+    why: tuple[str, ...] = ()
+
+
+def to_tell(
+    before: PrescriptionStatus | None, after: PrescriptionStatus, entry: HistoryEntry, event: Envelope
+) -> list[Told]:
+    """The changes of stage the sender is told of after one event.
+
+    Each event that moves a prescription to a stage is told, once: read late from another topic
+    too (an approval read after the courier's offer is still news to the sender; each receipt
+    carries when it happened), but nothing after the first terminal stage but such late news.
+    When this event names the sender (its acceptance read after later events), every change the
+    history already holds is told. Nothing while the sender is unknown, and nothing for "received":
+    the sender's acceptance receipt said that."""
+    if after.sender_id is None:
+        return []
+    if before is None or before.sender_id is None:
+        moves: list[Told] = []
+        at = Stage.RECEIVED
+        for step in after.history:
+            if step.stage is not at:
+                at = step.stage
+                moves.append(Told(step.stage, step.at, step.detail))
+            if at in TERMINAL:
+                break
+        if moves and moves[-1].stage is after.stage:
+            moves[-1] = Told(after.stage, moves[-1].at, moves[-1].detail, tuple(after.why))
+        return moves
+    reported = stage_of(event)
+    if reported is None or reported is before.stage or reported is Stage.RECEIVED:
+        return []
+    if before.terminal and reported not in PIPELINE:
+        return []
+    why = tuple(after.why) if after.stage is reported else ()
+    return [Told(reported, entry.at, entry.detail, why)]

@@ -139,7 +139,11 @@ class ConsultationService:
     async def track(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
         """Each prescription's status, folded from its lifecycle events: one load and one save a batch."""
         about = [r for r in records if domain.prescription_of(r.message) is not None]
-        folded = iter(await self._uow.run(self._storage.status, about, key=_lifecycle_key, decide=self._fold))
+        # The receipts a change of stage owes its sender follow from the status and the event alone
+        # (ids included): published before the status is saved, they need no outbox.
+        folded = iter(
+            await self._uow.run(self._storage.status, about, key=_lifecycle_key, decide=self._fold, publish_first=True)
+        )
         outcomes = [
             next(folded) if domain.prescription_of(r.message) is not None else Handled(r, Outcome.UNCHANGED)
             for r in records
@@ -154,11 +158,15 @@ class ConsultationService:
         assert prescription_id is not None
         # Derived, never stored elsewhere or logged: the patient reads it to the courier at the door.
         code = delivery_code(self._delivery_code_key, prescription_id)
-        updated = domain.track(status, event, delivery_code=code)
-        if updated is None:
+        folded = domain.track_step(status, event, delivery_code=code)
+        if folded is None:
             return Decision.unchanged()
+        updated, entry = folded
+        receipts = [
+            messages.status_receipt(updated, told, event) for told in domain.to_tell(status, updated, entry, event)
+        ]
         finished = updated.terminal and not (status is not None and status.terminal)
-        return Decision(updated, result=updated.stage.value if finished else None)
+        return Decision(updated, receipts, result=updated.stage.value if finished else None)
 
 
 def _behind_failures(
@@ -256,6 +264,7 @@ def refusal_receipt(headers: Mapping[str, str], key: bytes | None, reason: str, 
         prescription_id=identifier_or_none(key.decode("utf-8", "replace") if key else None),
         code=reason,
         detail=detail,
+        as_fhir=fhir.is_fhir(headers),
     )
 
 

@@ -15,6 +15,11 @@ How stream processors turn a batch into one round of state access, for any `Stor
    awaited; the entries are then dropped from the outboxes off the path, a whole store at a time.
    If publishing fails, the relay publishes them later.
 
+A projection whose events are derived from the state and the message alone (ids included: the same
+decision always makes the same events) may publish them *before* its save instead (`publish_first`):
+no outbox to write and clear, and a save that fails is decided again on redelivery and publishes the
+same events again, which readers drop by message id. Nothing is lost; nothing extra is written.
+
 Decisions are plain functions `(state, message) -> Decision`; the unit of work never runs one
 outside `run`, so results come back as values (`Handled`), not through captured lists.
 """
@@ -133,6 +138,8 @@ class _Round(Generic[S, M]):
     save: Save[S] | None = None
     #: Events this round's decisions caused (the save's outbox may also hold older ones).
     new_entries: int = 0
+    #: The same events, when they are published before the save instead of kept in its outbox.
+    first: tuple[OutboxEntry, ...] = ()
 
     @property
     def unconfirmed(self) -> bool:
@@ -167,8 +174,13 @@ class UnitOfWork:
         key: Callable[[M], str],
         decide: Callable[[S | None, M], Decision[S]],
         tracked: bool = True,
+        publish_first: bool = False,
     ) -> list[Handled[M]]:
         """Every record's outcome, in the order given.
+
+        `publish_first`: the decisions' events are published before the save, not kept in an
+        outbox; only for decisions whose events (and their ids) follow from state and message
+        alone (see the module's note). Without a publisher they go to the outbox all the same.
 
         `tracked=False`: the store's documents are keyed by the message itself (a claim on a
         message id), so recognising a duplicate is the decision's own business: every record
@@ -192,10 +204,20 @@ class UnitOfWork:
                 break
             # First from the store's memory; a document decided again is read from the database.
             loaded = await store.load(waiting, from_memory=attempt == 0)
+            first = publish_first and self._publish is not None
             rounds = {
-                doc_id: self._decide(store, loaded[doc_id], [records[i] for i in indexes], seen_before, decide, tracked)
+                doc_id: self._decide(
+                    store, loaded[doc_id], [records[i] for i in indexes], seen_before, decide, tracked, first
+                )
                 for doc_id, indexes in waiting.items()
             }
+            if first and not await self._published_first(store, rounds):
+                # Nothing is saved: every record of the round is handled again when redelivered.
+                for indexes in waiting.values():
+                    for index in indexes:
+                        outcomes[index] = Handled(records[index], Outcome.FAILED, error="publishing its events failed")
+                waiting = {}
+                break
             saves = [r.save for r in rounds.values() if r.save is not None]
             saved = await store.save(saves) if saves else None
             lost = set(saved.lost) if saved else set()
@@ -230,6 +252,7 @@ class UnitOfWork:
         seen_before: set[str],
         decide: Callable[[S | None, M], Decision[S]],
         tracked: bool,
+        publish_first: bool,
     ) -> _Round[S, M]:
         keeps_trace, store_name = store.keeps_trace, store.name
         decided: _Round[S, M] = _Round(stored, records)
@@ -272,6 +295,8 @@ class UnitOfWork:
                 traceparent = caused_in or traceparent
                 decided.handled.append(Handled(record, Outcome.APPLIED, tuple(decision.events), result=decision.result))
         decided.new_entries = len(new_entries)
+        if publish_first:
+            decided.first, new_entries = tuple(new_entries), []
         if changed and state is not None:
             kept = tuple(e for e in stored.outbox if e["message_id"] not in self._confirmed)
             decided.save = Save(
@@ -315,6 +340,18 @@ class UnitOfWork:
 
     def _entry(self, event: Envelope) -> OutboxEntry:
         return {**self._to_entry(event), "queued_at": time.time()}
+
+    async def _published_first(self, store: Store[Any], rounds: dict[str, _Round[Any, Any]]) -> bool:
+        """Publish the events of the rounds that will save, before their save; False if that failed."""
+        entries = [entry for decided in rounds.values() if decided.save is not None for entry in decided.first]
+        if not entries or self._publish is None:
+            return True
+        try:
+            await self._publish(entries)
+        except Exception:
+            log.exception("publishing before a save failed; the records are handled again", store=store.name)
+            return False
+        return True
 
     async def _publish_outboxes(self, store: Store[Any], written: list[Save[Any]]) -> None:
         if self._publish is None or not written:

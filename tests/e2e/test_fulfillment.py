@@ -480,6 +480,8 @@ async def test_replaying_every_topic_from_the_beginning_changes_nothing(system: 
 
     await wait_quiet(settings)
     documents_before, ends_before = await every_document(settings), await topic_ends(settings)
+    told_before = await stage_receipts(settings)
+    assert told_before, "the module's prescriptions were told to their senders"
 
     names = ("consultation-9", "prescription-9", "inventory-9", "courier-9")
     services.start_services(*names, env={"PHARMACY_KAFKA_GROUP_PREFIX": "replay"})
@@ -496,7 +498,8 @@ async def test_replaying_every_topic_from_the_beginning_changes_nothing(system: 
     assert stored >= REPLAYED_COLLECTIONS, f"collections the replay must leave alone are empty: {stored}"
     changed = document_changes(documents_before, documents_after)
     assert not changed, "the replay changed documents:\n" + "\n".join(changed[:30])
-    # A refusal is dead-lettered again, and its sender answered again: those topics may grow.
+    # A refusal is dead-lettered again, and its sender answered again: those topics may grow
+    # (the receipts topic by refusals only: see the counts below).
     refusals_answered = {
         topics.CONSULTATION_RECEIPTS.name,
         topics.COURIER_ANSWERS.name,
@@ -510,8 +513,16 @@ async def test_replaying_every_topic_from_the_beginning_changes_nothing(system: 
     # (Distinct answers: an answer the second-copy test published again byte for byte is one answer.)
     answers = [json.loads(r.value) for name in refusals_answered for r in await read_topic(settings, name, idle_s=1.0)]
     distinct = {a["message_id"]: a for a in answers}.values()
-    counted = Counter(a["answers_message_id"] for a in distinct if a["outcome"] != "refused")
+    counted = Counter(a["answers_message_id"] for a in distinct if a.get("outcome", "refused") != "refused")
     assert counted and max(counted.values()) == 1, [m for m, n in counted.items() if n > 1][:5]
+    # No change of stage is told again: the replay re-folded every status and told no one.
+    assert await stage_receipts(settings) == told_before
+
+
+async def stage_receipts(settings: RuntimeSettings) -> int:
+    """How many receipts of a change of stage the senders have been sent (records, repeats included)."""
+    records = await read_topic(settings, topics.CONSULTATION_RECEIPTS.name, idle_s=1.0)
+    return sum(json.loads(r.value)["type"] == "consultation.status_receipt" for r in records)
 
 
 #: Not a list of what is compared (every collection is), but what this module's traffic must have

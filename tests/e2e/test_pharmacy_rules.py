@@ -575,7 +575,13 @@ async def test_the_sender_hears_it_accepted_or_refused_and_status_shows_a_refusa
     accepted_id, reused_id = unique("RX-ACK"), unique("RX-BROKEN")
     first = prescription_message(accepted_id, [(metformin.drug_code, 30)], sender_id="hospital-test")
     again = prescription_message(accepted_id, [(metformin.drug_code, 60)], sender_id="hospital-test")
-    await system.publish(first, again)  # the second reuses the prescription id: refused
+    couriers = scripted_couriers(system.settings, {accepted_id: ["deliver"]})
+    couriers.start()
+    try:
+        await system.publish(first, again)  # the second reuses the prescription id: refused
+        delivered = await system.wait_stage(accepted_id, "delivered")
+    finally:
+        await couriers.stop()
     # A signed message that breaks the contract (a field no prescription has): refused at the door.
     broken = json.loads(prescription_message(reused_id, [(metformin.drug_code, 30)]).model_dump_json())
     broken["prescription"]["surprise"] = True
@@ -601,7 +607,7 @@ async def test_the_sender_hears_it_accepted_or_refused_and_status_shows_a_refusa
         answers.update(
             (a["answers_message_id"], a["outcome"], a["code"])
             for a in bodies
-            if a["prescription_id"] in (accepted_id, reused_id)
+            if a["type"] == "consultation.receipt" and a["prescription_id"] in (accepted_id, reused_id)
         )
         return len(answers) >= 3
 
@@ -611,6 +617,21 @@ async def test_the_sender_hears_it_accepted_or_refused_and_status_shows_a_refusa
         (again.message_id, "refused", "prescription_id_reused"),
         ("MSG-BROKEN-" + reused_id, "refused", "contract_violation"),
     }
+    # Then each change of the accepted one's stage, to the last, answering the message it came in.
+    records = await read_topic(system.settings, topics.CONSULTATION_RECEIPTS.name, idle_s=0.5)
+    told = [
+        json.loads(r.value)
+        for r in records
+        if r.key == b"hospital-test" and json.loads(r.value)["type"] == "consultation.status_receipt"
+    ]
+    told = list({t["message_id"]: t for t in told if t["prescription_id"] == accepted_id}.values())
+    told.sort(key=lambda t: t["occurred_at"])
+    stages = [t["stage"] for t in told]
+    moved_to = {h.stage.value for h in delivered.history} - {"received"}
+    assert set(stages) == moved_to and len(stages) == len(set(stages)), "each stage it reached, told once"
+    assert stages[:2] == ["approved", "reserved"] and stages[-2:] == ["picked_up", "delivered"], stages
+    assert [t["terminal"] for t in told] == [False] * (len(told) - 1) + [True]
+    assert {t["answers_message_id"] for t in told} == {first.message_id}
     env = {"PHARMACY_KAFKA_BOOTSTRAP_SERVERS": system.settings.kafka_bootstrap_servers}
     env["PHARMACY_MONGO_URL"] = system.settings.mongo_url.get_secret_value()
     shown = await asyncio.to_thread(CliRunner().invoke, cli.app, ["status", reused_id], env={**env, "COLUMNS": "200"})

@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 #: The types that answer a person or system (a receipt, a report's or a decision's outcome).
-ANSWERS = frozenset({"consultation.receipt", "courier.report_answered", "prescription.decision_answered"})
+ANSWERS = frozenset(
+    {"consultation.receipt", "consultation.status_receipt", "courier.report_answered", "prescription.decision_answered"}
+)
 
 
 class Published:

@@ -19,8 +19,10 @@ from pharmacy_contracts.consultation import (
     PrescriptionAccepted,
     PrescriptionSubmitted,
     SenderReceipt,
+    StatusReceipt,
 )
 from pharmacy_contracts.envelope import Envelope
+from pharmacy_contracts.stages import Stage
 from services.courier.domain import CourierProfile, Delivery, DeliveryState
 from services.inventory.domain import Location, Lot, Warehouse
 from services.prescription.domain import FormularyEntry
@@ -552,6 +554,18 @@ def one_of_each_message() -> list[Envelope]:
             outcome="refused",
             code="prescription_id_reused",
             detail="already received in another message",
+        ),
+        StatusReceipt(
+            **envelope_fields(),
+            sender_id="CLINIC-SYS-1",
+            answers_message_id="MSG-1",
+            prescription_id=RX_ID,
+            stage=Stage.DELIVERED,
+            terminal=True,
+            detail="delivered by CUR-1",
+            medication_request_status="completed",
+            medication_dispense_status="completed",
+            supply_delivery_status="completed",
         ),
         approved(),
         rejected(),

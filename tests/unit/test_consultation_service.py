@@ -147,6 +147,91 @@ async def test_the_status_follows_a_prescription_to_its_end_in_one_round(
     assert restock.outcome is Outcome.UNCHANGED
 
 
+async def test_the_sender_is_told_each_change_of_stage_once_with_its_fhir_statuses(
+    service: ConsultationService, published: Published
+) -> None:
+    events = [b.accepted(0), b.approved(1), b.reserved(2), b.assigned(3), b.picked_up(5), b.completed(7)]
+    await service.track([Record(e) for e in events])
+    told = published.answers(b.RX_ID)
+    assert [(r["stage"], r["terminal"]) for r in told] == [
+        ("approved", False),
+        ("reserved", False),
+        ("courier_assigned", False),
+        ("picked_up", False),
+        ("delivered", True),
+    ], "each change after the acceptance receipt, none for 'received'"
+    assert {r["sender_id"] for r in told} == {"CLINIC-SYS-1"}
+    assert {r["answers_message_id"] for r in told} == {events[0].causation_id}
+    assert [(e["topic"], e["key"]) for e in published.entries] == [("consultation.receipts.v1", "CLINIC-SYS-1")] * 5
+    assert [
+        (r["medication_request_status"], r["medication_dispense_status"], r["supply_delivery_status"]) for r in told
+    ] == [
+        ("active", None, None),
+        ("active", "preparation", None),
+        ("active", "preparation", "in-progress"),
+        ("active", "in-progress", "in-progress"),
+        ("completed", "completed", "completed"),
+    ]
+    assert "delivery_code" not in str(told) and "patient" not in str(told)
+    # The same events again (a redelivery): absorbed, nobody told twice.
+    await service.track([Record(e) for e in events])
+    assert len(published.answers(b.RX_ID)) == 5
+
+
+async def test_a_hold_and_a_rejection_are_told_with_their_reasons(
+    service: ConsultationService, published: Published
+) -> None:
+    await service.track([Record(b.accepted(0)), Record(b.rejected(1))])
+    [rejected] = published.answers(b.RX_ID)
+    assert (rejected["stage"], rejected["terminal"], rejected["medication_request_status"]) == (
+        "rejected",
+        True,
+        "cancelled",
+    )
+    assert rejected["reasons"] and all(":" in reason for reason in rejected["reasons"])
+
+
+async def test_changes_read_before_the_acceptance_are_told_once_the_sender_is_known(
+    service: ConsultationService, published: Published
+) -> None:
+    """Four topics, no order between them: the approval and the reservation may be read first."""
+    await service.track([Record(b.approved(1)), Record(b.reserved(2))])
+    assert published.answers(b.RX_ID) == [], "nobody to tell yet"
+    await service.track([Record(b.accepted(0)), Record(b.assigned(3))])
+    assert [r["stage"] for r in published.answers(b.RX_ID)] == ["approved", "reserved", "courier_assigned"]
+
+
+async def test_a_stage_read_late_from_another_topic_is_still_told_with_when_it_happened(
+    service: ConsultationService, published: Published
+) -> None:
+    """The courier's offer may be read before the reservation that preceded it."""
+    await service.track([Record(b.accepted(0)), Record(b.approved(1)), Record(b.assigned(3)), Record(b.reserved(2))])
+    await service.track([Record(b.completed(7)), Record(b.rejected(8))])
+    told = published.answers(b.RX_ID)
+    assert [(r["stage"], r["occurred_at"][14:16]) for r in told] == [
+        ("approved", "01"),
+        ("courier_assigned", "03"),
+        ("reserved", "02"),
+        ("delivered", "07"),
+    ], "the late reservation is told; nothing after the end but such late news"
+
+
+async def test_a_receipt_told_again_is_the_same_receipt(service: ConsultationService, published: Published) -> None:
+    """Published before the status is saved: a save that fails tells the change again, with the same id."""
+    events = [b.accepted(0), b.approved(1)]
+    await service.track([Record(e) for e in events])
+    first = published.answers(b.RX_ID)
+    again = ConsultationService(
+        Storage(),  # type: ignore[arg-type]
+        UnitOfWork(published, outbox_entry),
+        clock=lambda: b.at(0),
+        sender_keys={},
+        delivery_code_key=b"key",
+    )
+    await again.track([Record(e) for e in events])
+    assert published.answers(b.RX_ID) == first * 2
+
+
 # --- answers to senders -----------------------------------------------------------------------------
 
 
@@ -161,6 +246,21 @@ def test_a_verified_sender_hears_why_its_message_was_refused_at_the_door():
         "refused",
     )
     assert (receipt.code, receipt.detail) == ("fhir_unmappable", "Patient/p1 has no current physical address")
+
+
+def test_a_refused_fhir_message_is_also_answered_with_an_operation_outcome():
+    headers = {"x-sender-id": "hospital-a", "message-id": "MSG-78", "content-type": "application/fhir+json"}
+    receipt = refusal_receipt(headers, b"RX-78", "fhir_unmappable", "Patient/p1 has no current physical address")
+    assert receipt is not None and receipt.operation_outcome is not None
+    [issue] = receipt.operation_outcome["issue"]
+    assert (issue["severity"], issue["code"], issue["diagnostics"]) == (
+        "error",
+        "invalid",
+        "Patient/p1 has no current physical address",
+    )
+    assert issue["details"]["coding"][0]["code"] == "fhir_unmappable"
+    native = refusal_receipt({"x-sender-id": "hospital-a"}, b"RX-78", "prescription_id_reused", "again")
+    assert native is not None and native.operation_outcome is None
 
 
 @pytest.mark.parametrize("reason", ["unsigned", "unknown_key", "bad_signature", "sender_mismatch", "too_large"])

@@ -945,3 +945,74 @@ async def test_only_the_topics_a_store_remembers_are_looked_up_among_applied_ids
     event = Record(restock("WH-B", 1), Position("inventory.events.v1", 0, 5, 4))
     await uow.run(store, [command, event], key=by_warehouse, decide=add_units)
     assert await store.applied([command.message_id, event.message_id]) == {command.message_id}
+
+
+# --- events published before the save (a projection's derived events) ---------------------------
+
+
+async def run_first(uow: UnitOfWork, store: MemoryStore[Shelf], *commands: RestockRequested) -> list[Outcome]:
+    handled = await uow.run(
+        store, [Record(c) for c in commands], key=by_warehouse, decide=add_units, publish_first=True
+    )
+    return [h.outcome for h in handled]
+
+
+async def test_published_first_the_events_go_out_before_the_save_and_no_outbox_is_written_or_cleared(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
+) -> None:
+    saved_when_published: list[bool] = []
+    publish = broker.publish
+
+    async def watching(entries: Sequence[OutboxEntry]) -> None:
+        saved_when_published.append(shelves.state_of("WH-A") is not None)
+        await publish(entries)
+
+    uow._publish = watching
+    assert await run_first(uow, shelves, restock("WH-A", 1), restock("WH-A", 2), restock("WH-B", 1000)) == [
+        Outcome.APPLIED,
+        Outcome.APPLIED,
+        Outcome.APPLIED,
+    ]
+    assert saved_when_published == [False], "one publish for the batch, before the save"
+    assert len(broker.published) == 3
+    assert shelves.stored("WH-A").outbox == ()  # type: ignore[union-attr]
+    trips = shelves.round_trips
+    await uow.settled()
+    assert shelves.round_trips == trips and uow._clears == {}, "nothing to clear"
+
+
+async def test_published_first_a_failed_publish_saves_nothing_and_fails_every_record_for_redelivery(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker, log: Log
+) -> None:
+    broker.down = True
+    outcomes = await run_first(uow, shelves, restock("WH-A", 1), restock("WH-B", 1), restock("WH-C", 5_000))
+    assert outcomes == [Outcome.FAILED] * 3
+    assert shelves.state_of("WH-A") is None and shelves.state_of("WH-B") is None
+    assert ("exception", "publishing before a save failed; the records are handled again", {"store": "shelves"}) in (
+        log.lines
+    )
+    broker.down = False
+    assert await run_first(uow, shelves, restock("WH-A", 1)) == [Outcome.APPLIED]
+
+
+async def test_published_first_a_failed_save_is_decided_again_and_publishes_the_same_events_again(
+    uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
+) -> None:
+    command = restock("WH-A", 4, message_id="CMD-1")
+    shelves.fail_writes_of("WH-A")
+    assert await run_first(uow, shelves, command) == [Outcome.FAILED]
+    first = [e["body"] for e in broker.published]
+    shelves._failing.clear()
+    assert await run_first(uow, shelves, command) == [Outcome.APPLIED]
+    assert shelves.state_of("WH-A") == Shelf(units=4)
+    again = [e["body"] for e in broker.published][len(first) :]
+    # The decision's events are its own business (here: a copy of the command, the same each time).
+    assert again == first, "at least once: the same events again, which readers drop by message id"
+
+
+async def test_published_first_without_a_publisher_keeps_the_events_in_the_outbox_for_the_relay(
+    shelves: MemoryStore[Shelf],
+) -> None:
+    uow = UnitOfWork(None, outbox_entry)
+    await run_first(uow, shelves, restock("WH-A", 1))
+    assert len(shelves.stored("WH-A").outbox) == 1  # type: ignore[union-attr]

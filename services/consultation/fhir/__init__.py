@@ -10,17 +10,19 @@ saying where and why: the runtime dead-letters it with the original bytes, so no
 
 The package, by what each part does:
 - `bundle`: recognising and parsing an incoming bundle, and finding its resources by reference;
-- `systems`: the code and identifier systems read and written; `refusal`: how a refusal is worded;
+- `systems`: the code and identifier systems read and written;
 - `rules`: the fallbacks a deployment sets; `notes`: what the mapping says it did;
 - `identifiers`, `patient`, `prescriber`, `items`, `dosage`: the parts of the native prescription;
 - `prescription`: the whole Bundle as a Prescription; `submission`: as a PrescriptionSubmitted message;
-- `status`: a prescription's status told back as a FHIR searchset Bundle.
+- `status`: a prescription's status told back as a FHIR searchset Bundle (and its status codes);
+- `refusal`: a refusal as Refused(`fhir_unmappable`), and told back as an OperationOutcome.
 """
 
 from .bundle import FHIR_JSON, claimed_sender, is_fhir, parse_bundle
 from .prescription import READ_BUNDLE_TYPES, Mapped, to_prescription
+from .refusal import operation_outcome
 from .rules import DEFAULT_RULES, LICENCE_REGISTRIES, VALIDITY_DAYS, MappingRules
-from .status import status_to_fhir
+from .status import delivery_status, dispense_status, request_status, status_to_fhir
 from .submission import message_id_of, to_submission
 from .systems import DELIVERY_SYSTEM, FORMULARY_SYSTEM, PRESCRIPTION_SYSTEM, SENDER_SOURCE_PREFIX
 
@@ -37,9 +39,13 @@ __all__ = [
     "Mapped",
     "MappingRules",
     "claimed_sender",
+    "delivery_status",
+    "dispense_status",
     "is_fhir",
     "message_id_of",
+    "operation_outcome",
     "parse_bundle",
+    "request_status",
     "status_to_fhir",
     "to_prescription",
     "to_submission",

@@ -9,6 +9,8 @@ FORMULARY_SYSTEM = f"{BASE}/CodeSystem/formulary"
 LICENCE_SYSTEM = f"{BASE}/sid/prescriber-licence"
 PRESCRIPTION_SYSTEM = f"{BASE}/sid/prescription"
 DELIVERY_SYSTEM = f"{BASE}/sid/delivery"
+#: The reason codes of refusals (README: Reason codes), in an OperationOutcome's issue details.
+REASON_SYSTEM = f"{BASE}/CodeSystem/reason"
 #: Bundle.meta.source in this namespace names the sending system; it must match the signature's sender.
 SENDER_SOURCE_PREFIX = f"{BASE}/sender/"
 
