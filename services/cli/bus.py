@@ -76,7 +76,7 @@ def _signing_key(message: Envelope, settings: RuntimeSettings | None) -> client.
     token = (
         own.get_secret_value() if own else credentials.token(organisation, purpose, person) if organisation else None
     )
-    return client.SigningKey(person, credentials.TOKEN_KEY_ID, token.encode()) if token else None
+    return client.SigningKey(person, token.partition(".")[0], token.encode()) if token else None
 
 
 async def publish_all(

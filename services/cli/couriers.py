@@ -25,7 +25,7 @@ from services.consultation.gazetteer import Gazetteer, normalised
 from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.runtime import credentials
-from services.runtime.credentials import courier_token
+from services.runtime.credentials import MAX_ISSUE, courier_token
 
 from . import bus
 from .running import console, run, say_answer, settings_from_env, with_database
@@ -55,16 +55,21 @@ def couriers_load(file: Path = typer.Argument(..., exists=True, help="A JSON lis
 
 
 @roster.command("token")
-def couriers_token(courier_id: str = typer.Argument(..., help="The courier's id, as in the roster")) -> None:
+def couriers_token(
+    courier_id: str = typer.Argument(..., help="The courier's id, as in the roster"),
+    issue: int = typer.Option(1, "--issue", min=1, max=MAX_ISSUE, help="Which of their tokens: 2 to rotate the first"),
+) -> None:
     """The token of one courier: their app shows it to the courier gateway (GET /couriers/<id>/trips
     on the courier service), where it opens their own trips and nobody else's, and signs their
     reports with it (PHARMACY_COURIER_TOKEN for `pharmacy courier report`). Made with the service's
-    PHARMACY_COURIER_GATEWAY_KEY (or the local dev stack's); changing that key revokes every token."""
+    PHARMACY_COURIER_GATEWAY_KEY (or the local dev stack's). To rotate one courier's token, issue
+    the next (`--issue 2`), then revoke the old one on the courier service:
+    PHARMACY_COURIER_KEY_FLOOR='{"C-ID": 2}'. Changing the key revokes every courier's token."""
     key = credentials.secret_of(settings_from_env().courier_gateway_key)
     if key is None:
         console.print("[red]PHARMACY_COURIER_GATEWAY_KEY is not set:[/] set it to the courier service's key")
         raise typer.Exit(2)
-    print(courier_token(key, courier_id))
+    print(courier_token(key, courier_id, issue))
 
 
 def _gazetteer() -> Gazetteer:

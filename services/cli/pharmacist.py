@@ -214,15 +214,22 @@ def watch(
 
 
 @app.command()
-def token(pharmacist_id: str = typer.Argument(..., help="The pharmacist's id")) -> None:
+def token(
+    pharmacist_id: str = typer.Argument(..., help="The pharmacist's id"),
+    issue: int = typer.Option(
+        1, "--issue", min=1, max=credentials.MAX_ISSUE, help="Which of their tokens: 2 to rotate the first"
+    ),
+) -> None:
     """The token that signs one pharmacist's decisions and cancellations: they keep it as
     PHARMACY_PHARMACIST_TOKEN in their shell. Made with the prescription service's
-    PHARMACY_PHARMACIST_KEY (or the local dev stack's); changing that key revokes every token."""
+    PHARMACY_PHARMACIST_KEY (or the local dev stack's). To rotate one pharmacist's token, issue the
+    next (`--issue 2`), then revoke the old one on the prescription service:
+    PHARMACY_PHARMACIST_KEY_FLOOR='{"P-ID": 2}'. Changing the key revokes every pharmacist's token."""
     key = credentials.secret_of(settings_from_env().pharmacist_key)
     if key is None:
         console.print("[red]PHARMACY_PHARMACIST_KEY is not set:[/] set it to the prescription service's key")
         raise typer.Exit(2)
-    print(credentials.pharmacist_token(key, pharmacist_id))
+    print(credentials.pharmacist_token(key, pharmacist_id, issue))
 
 
 # --- decisions --------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def build(
         handle_batch=service.on_report,
         title="follow couriers' reports",
         # A report counts only signed by the courier it names (their token, `pharmacy couriers token`).
-        gate=credentials.signature_gate(courier_key, credentials.COURIER, "courier_id"),
+        gate=credentials.signature_gate(courier_key, credentials.COURIER, "courier_id", settings.courier_key_floor),
         on_dead_letter=answer_refusal,
     )
     runtime.consume(
@@ -84,7 +84,7 @@ def build(
     )
     runtime.every_sweep("deliveries", service.sweep)
     if courier_key is not None:
-        runtime.serve(*gateway.routes(courier_key, storage.held_by))
+        runtime.serve(*gateway.routes(courier_key, storage.held_by, settings.courier_key_floor))
 
     async def startup() -> None:
         settings.delivery_code_secret()  # refuses to start without the key, with a clear message

@@ -15,7 +15,6 @@ courier's reports. Changing the key revokes every token at once.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -24,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services.runtime.credentials import courier_token
+from services.runtime.credentials import COURIER, NO_FLOORS, Floors, is_token_of
 
 from .domain import Delivery, DeliveryState
 
@@ -38,11 +37,11 @@ OPEN_TRIP = frozenset({DeliveryState.OFFERED, DeliveryState.ACCEPTED, DeliverySt
 HeldBy = Callable[[str], Awaitable[list[Delivery]]]
 
 
-def is_courier(key: bytes, courier_id: str, authorization: str | None) -> bool:
+def is_courier(key: bytes, courier_id: str, authorization: str | None, floors: Floors = NO_FLOORS) -> bool:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
-    return hmac.compare_digest(token.strip().encode(), courier_token(key, courier_id).encode())
+    return is_token_of(key, COURIER, courier_id, token, floors)
 
 
 def open_trips(courier_id: str, deliveries: Iterable[Delivery]) -> list[dict[str, Any]]:
@@ -75,10 +74,10 @@ def open_trips(courier_id: str, deliveries: Iterable[Delivery]) -> list[dict[str
     return sorted(trips, key=lambda trip: trip["dispatch_id"])
 
 
-def routes(key: bytes, held_by: HeldBy) -> list[Route]:
+def routes(key: bytes, held_by: HeldBy, floors: Floors = NO_FLOORS) -> list[Route]:
     async def trips_of(request: Request) -> JSONResponse:
         courier_id = request.path_params["courier_id"]
-        if not is_courier(key, courier_id, request.headers.get("authorization")):
+        if not is_courier(key, courier_id, request.headers.get("authorization"), floors):
             # Which part was wrong is not the caller's business; the log keeps it for a person.
             log.warning("courier gateway refused a request", courier_id=courier_id, client=_client(request))
             return JSONResponse(

@@ -52,7 +52,9 @@ def build(
         handle_batch=service.on_review,
         title="apply pharmacists' review decisions and cancellations",
         # A decision counts only signed by the pharmacist it names (their token, `pharmacy review token`).
-        gate=credentials.signature_gate(pharmacist_key, credentials.PHARMACIST, "pharmacist_id"),
+        gate=credentials.signature_gate(
+            pharmacist_key, credentials.PHARMACIST, "pharmacist_id", settings.pharmacist_key_floor
+        ),
         on_dead_letter=answer_refusal,
     )
     runtime.consume(

@@ -29,7 +29,15 @@ REASONS: dict[str, Reason] = {
     "unexpected_message": Reason("any consumer", "a message of a type the topic carries but this use case never takes"),
     # --- signatures: upstream systems, couriers, pharmacists
     "unsigned": Reason("consultation, courier, prescription", "no sender, key id or signature header"),
-    "unknown_key": Reason("consultation", "the sender has no registered key of that id (PHARMACY_SENDER_KEYS)"),
+    "unknown_key": Reason(
+        "consultation, courier, prescription",
+        "the sender has no registered key of that id (PHARMACY_SENDER_KEYS), or a person's key id is no token issue",
+    ),
+    "revoked_key": Reason(
+        "courier, prescription",
+        "signed with a person's token of an issue their floor revoked (PHARMACY_COURIER_KEY_FLOOR, "
+        "PHARMACY_PHARMACIST_KEY_FLOOR)",
+    ),
     "bad_signature": Reason(
         "consultation, courier, prescription", "the signature does not match the bytes under the sender's key or token"
     ),
@@ -66,7 +74,9 @@ REASONS: dict[str, Reason] = {
 
 #: Reasons that leave a message's sender unknown (the signature gates', and a size checked before
 #: them): such a message gets no answer, since anyone may have sent it.
-SENDER_UNKNOWN = frozenset({"unsigned", "unknown_key", "bad_signature", "sender_mismatch", "unreadable", "too_large"})
+SENDER_UNKNOWN = frozenset(
+    {"unsigned", "unknown_key", "revoked_key", "bad_signature", "sender_mismatch", "unreadable", "too_large"}
+)
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+\-]{0,127}$")
 
 

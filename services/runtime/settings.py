@@ -118,6 +118,14 @@ class RuntimeSettings(BaseSettings):
         description="Key of the pharmacist tokens (`pharmacy review token`): the prescription service checks every "
         "pharmacist's decision and cancellation with it",
     )
+    courier_key_floor: dict[str, int] = Field(
+        default_factory=dict,
+        description='Each courier\'s lowest token issue that still counts (JSON, e.g. {"C-CHEN": 2} revokes '
+        "C-CHEN's first token once their second is issued); a courier not named: every issue",
+    )
+    pharmacist_key_floor: dict[str, int] = Field(
+        default_factory=dict, description="The same for pharmacists' tokens (PHARMACY_PHARMACIST_KEY_FLOOR)"
+    )
     answer_wait_s: float = Field(
         default=10.0,
         ge=0,

@@ -45,12 +45,12 @@ from services.cli import bus
 from services.cli import main as cli
 from services.courier.app import build, create_app
 from services.courier.domain import CourierProfile, DeliveryState
-from services.courier.gateway import courier_token
 from services.courier.settings import CourierSettings
 from services.courier.storage import CourierStorage
 from services.ops.devstack import free_port
 from services.ops.simulation import wrong_code
 from services.runtime import delivery_codes
+from services.runtime.credentials import courier_token
 from services.runtime.mongo import connect
 from services.runtime.observability import TRACEPARENT, current_traceparent
 from services.runtime.settings import RuntimeSettings

@@ -10,7 +10,8 @@ from typing import Any
 from starlette.applications import Starlette
 
 from services.courier.domain import Delivery, DeliveryState, offer
-from services.courier.gateway import courier_token, is_courier, open_trips, routes
+from services.courier.gateway import is_courier, open_trips, routes
+from services.runtime.credentials import courier_token
 from tests.support import asgi
 from tests.unit.builders import make_courier, make_delivery
 
@@ -41,6 +42,15 @@ def test_a_token_opens_one_courier_id_only() -> None:
     assert not is_courier(KEY, "C-AYA", token), "the scheme is required"
     assert not is_courier(KEY, "C-AYA", None)
     assert not is_courier(KEY, "C-AYA", "Bearer ")
+
+
+def test_a_revoked_token_opens_nothing_and_the_next_issue_does() -> None:
+    first, second = courier_token(KEY, "C-AYA", 1), courier_token(KEY, "C-AYA", 2)
+    floors = {"C-AYA": 2}
+    assert not is_courier(KEY, "C-AYA", f"Bearer {first}", floors)
+    assert is_courier(KEY, "C-AYA", f"Bearer {second}", floors)
+    assert is_courier(KEY, "C-AYA", f"Bearer {first}"), "without a floor every issue counts"
+    assert not is_courier(KEY, "C-AYA", "Bearer 0." + first.partition(".")[2])
 
 
 def test_only_the_couriers_open_trips_are_shown() -> None:

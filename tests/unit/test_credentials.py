@@ -54,7 +54,49 @@ def test_a_report_signed_with_the_organisations_key_or_the_couriers_own_token_is
     own = SecretStr(credentials.courier_token(KEY, "C-AMINA"))
     by_the_courier = bus.encode(report(), RuntimeSettings(courier_token=own))
     assert check(by_dispatcher) == check(by_the_courier) == "C-AMINA"
-    assert headers(by_the_courier)[signing.KEY_ID_HEADER] == credentials.TOKEN_KEY_ID
+    assert headers(by_the_courier)[signing.KEY_ID_HEADER] == "1", "the token's issue is the key id"
+
+
+def test_a_courier_s_token_is_rotated_by_issuing_the_next_and_revoked_by_their_floor():
+    first, second = (credentials.courier_token(KEY, "C-AMINA", issue) for issue in (1, 2))
+    assert first.startswith("1.") and second.startswith("2.") and first[2:] != second[2:]
+    signed_first = bus.encode(report(), RuntimeSettings(courier_token=SecretStr(first)))
+    signed_second = bus.encode(report(), RuntimeSettings(courier_token=SecretStr(second)))
+    assert check(signed_first) == check(signed_second) == "C-AMINA", "both count while the courier switches"
+    floors = {"C-AMINA": 2}
+    body, revoked = signed_first[2], headers(signed_first)
+    with pytest.raises(Refused) as refused:
+        credentials.verified_sender(body, revoked, KEY, credentials.COURIER, "courier_id", floors)
+    assert refused.value.code == "revoked_key"
+    assert (
+        credentials.verified_sender(
+            signed_second[2], headers(signed_second), KEY, credentials.COURIER, "courier_id", floors
+        )
+        == "C-AMINA"
+    )
+    # Another courier's floor is theirs alone.
+    assert check(signed_first) == "C-AMINA"
+    assert credentials.is_token_of(KEY, credentials.COURIER, "C-AMINA", second, floors)
+    assert not credentials.is_token_of(KEY, credentials.COURIER, "C-AMINA", first, floors)
+    assert not credentials.is_token_of(KEY, credentials.COURIER, "C-BOLAT", second, {})
+
+
+@pytest.mark.parametrize("key_id", ["token", "0", "-1", "1e3", "１", "99999999"])
+def test_a_key_id_that_is_no_token_issue_is_refused(key_id: str):
+    record = bus.encode(report(), RuntimeSettings(courier_gateway_key=SecretStr(KEY.decode())))
+    forged = {**headers(record), signing.KEY_ID_HEADER: key_id}
+    with pytest.raises(Refused) as refused:
+        credentials.verified_sender(record[2], forged, KEY, credentials.COURIER, "courier_id")
+    assert refused.value.code == "unknown_key"
+
+
+def test_the_issue_is_signed_into_the_token_so_relabelling_it_does_not_pass():
+    first = credentials.courier_token(KEY, "C-AMINA", 1)
+    relabelled = "7." + first.partition(".")[2]
+    record = bus.encode(report(), RuntimeSettings(courier_token=SecretStr(relabelled)))
+    with pytest.raises(Refused) as refused:
+        check(record)
+    assert refused.value.code == "bad_signature"
 
 
 @pytest.mark.parametrize(
@@ -105,3 +147,10 @@ def test_a_pharmacists_decision_is_signed_as_the_pharmacist_and_a_courier_token_
     with pytest.raises(Refused) as refused:
         gate(forged[2], headers(forged))
     assert refused.value.code == "bad_signature"
+
+
+def test_the_floors_are_read_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PHARMACY_COURIER_KEY_FLOOR", '{"C-CHEN": 2}')
+    monkeypatch.setenv("PHARMACY_PHARMACIST_KEY_FLOOR", '{"PH-AIGUL": 3}')
+    settings = RuntimeSettings()
+    assert (settings.courier_key_floor, settings.pharmacist_key_floor) == ({"C-CHEN": 2}, {"PH-AIGUL": 3})
