@@ -245,3 +245,28 @@ class DecisionAnswered(Envelope):
     outcome: Literal["applied", "refused"]
     code: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE] | None = None
     detail: Annotated[str, Field(min_length=1, max_length=2000), MULTILINE] | None = None
+
+
+class DrugListed(Envelope):
+    """prescription → `prescription.formulary.v1`, keyed by drug code: the formulary lists this drug,
+    as its entry was loaded or changed (`pharmacy formulary load`). Inventory keeps the list, and
+    refuses a restock of a drug not on it: nothing is stocked that no prescription may ask for."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id="MET500",
+            producer="prescription",
+            drug_code="MET500",
+            name="Metformin 500 mg tablets",
+            form="tablet",
+            cold_chain=False,
+            controlled=False,
+        )
+    )
+
+    type: Literal["prescription.drug_listed"] = "prescription.drug_listed"
+    drug_code: Identifier
+    name: Annotated[str, Field(min_length=1, max_length=200), ONE_LINE]
+    form: Annotated[str, Field(min_length=1, max_length=64), ONE_LINE]
+    cold_chain: bool = False
+    controlled: bool = False

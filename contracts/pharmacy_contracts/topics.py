@@ -63,6 +63,7 @@ from .inventory import (
 from .prescription import (
     CancellationOrdered,
     DecisionAnswered,
+    DrugListed,
     PrescriptionApproved,
     PrescriptionCancelled,
     PrescriptionHeld,
@@ -153,6 +154,14 @@ PRESCRIPTION_ANSWERS = Topic(
     messages=(DecisionAnswered,),
     public=True,
     description="What became of each pharmacist's signed decision or cancellation: applied, or refused and why.",
+)
+PRESCRIPTION_FORMULARY = Topic(
+    "prescription.formulary.v1",
+    key="drug code",
+    key_fields=("drug_code",),
+    messages=(DrugListed,),
+    public=False,
+    description="Each drug the formulary lists, as its entry was loaded or changed; inventory stocks only these.",
 )
 PRESCRIPTION_REVIEWS = Topic(
     "prescription.reviews.v1",
@@ -254,6 +263,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     PRESCRIPTION_DECISIONS,
     PRESCRIPTION_REVIEWS,
     PRESCRIPTION_ANSWERS,
+    PRESCRIPTION_FORMULARY,
     INVENTORY_COMMANDS,
     INVENTORY_EVENTS,
     COURIER_DISPATCH,

@@ -43,6 +43,12 @@ def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_
         title="register warehouses, restock lots and adjust counts on warehouse staff's request",
     )
     runtime.consume(
+        topics.PRESCRIPTION_FORMULARY,
+        group="inventory.formulary",
+        handle_batch=service.on_formulary,
+        title="keep the drugs the formulary lists: only these are restocked",
+    )
+    runtime.consume(
         topics.INVENTORY_EVENTS,
         group="inventory.ledger",
         background=True,

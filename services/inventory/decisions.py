@@ -17,11 +17,11 @@ from typing import Literal
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
-from pharmacy_contracts.prescription import PrescriptionApproved
+from pharmacy_contracts.prescription import DrugListed, PrescriptionApproved
 from services.runtime.unit_of_work import Decision
 
 from . import domain, messages
-from .domain import Allocation, AllocationState, Demand, Hold, Location, Warehouse
+from .domain import Allocation, AllocationState, Demand, Hold, ListedDrug, Location, Warehouse
 from .settings import InventorySettings
 
 DeliveryEvent = c.DeliveryPickedUp | c.DeliveryFailed | c.DeliveryCompleted | c.DeliveryAbandoned | c.DeliveryCancelled
@@ -45,6 +45,8 @@ class Rules:
 
     now: datetime
     settings: InventorySettings
+    #: The drugs the formulary lists, of those this batch restocks (none looked up: none listed).
+    listed: frozenset[str] = frozenset()
 
     @property
     def today(self) -> date:
@@ -237,6 +239,18 @@ def decide_command(rules: Rules, current: Warehouse | None, command: Envelope) -
     return Decision.refused("unexpected_message", f"{type(command).__name__} is not a warehouse command")
 
 
+def list_drug(current: ListedDrug | None, listed: DrugListed) -> Decision[ListedDrug]:
+    """The drug as the formulary now lists it (nothing to write if it reads the same)."""
+    drug = ListedDrug(
+        drug_code=listed.drug_code,
+        name=listed.name,
+        form=listed.form,
+        cold_chain=listed.cold_chain,
+        controlled=listed.controlled,
+    )
+    return Decision.unchanged() if drug == current else Decision(drug)
+
+
 def register(
     rules: Rules, current: Warehouse | None, command: inv.WarehouseRegistrationRequested
 ) -> Decision[Warehouse]:
@@ -246,6 +260,12 @@ def register(
 
 
 def restock(rules: Rules, current: Warehouse, command: inv.RestockRequested) -> Decision[Warehouse]:
+    if command.drug_code not in rules.listed:
+        reason = (
+            f"{command.drug_code} is not in the formulary: nothing is stocked that no prescription may ask for; "
+            "add it (pharmacy formulary load), then send the restock again"
+        )
+        return refuse_command(rules, current, command, reason)
     try:
         outcome = domain.restock(
             current, command.lot_id, command.drug_code, command.expiry_date, command.quantity, today=rules.today

@@ -90,6 +90,16 @@ class Location(BaseModel):
     longitude: float
 
 
+class ListedDrug(BaseModel):
+    """A drug the formulary lists, as the prescription service announced it: only these are stocked."""
+
+    drug_code: str
+    name: str
+    form: str
+    cold_chain: bool = False
+    controlled: bool = False
+
+
 class Warehouse(BaseModel):
     """A central warehouse or township pharmacy: where it is, its lots, and what it holds for whom."""
 

@@ -42,7 +42,7 @@ the other.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import partial
 from typing import Any
@@ -54,6 +54,7 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.envelope import utc_now
+from pharmacy_contracts.inventory import RestockRequested
 from pharmacy_contracts.prescription import PrescriptionApproved
 from services.runtime.store import Store, Stored
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
@@ -69,6 +70,7 @@ from .decisions import (
     decide_command,
     demand_of,
     expire_lots,
+    list_drug,
     move_hold,
     movements_of,
     reserve_at,
@@ -391,16 +393,25 @@ class InventoryService:
 
     async def on_command(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
         """Registrations, restocks and adjustments, each warehouse's in arrival order. A command sent
-        again, however many messages later, is recognised and changes nothing."""
+        again, however many messages later, is recognised and changes nothing. A restock of a drug
+        the formulary does not list is refused (one lookup of the batch's restocked drugs)."""
+        restocked = [r.message.drug_code for r in records if isinstance(r.message, RestockRequested)]
+        rules = replace(self._rules(), listed=await self._storage.listed(restocked))
         handled = await self._run(
             self._storage.warehouses,
             records,
             key=lambda command: getattr(command, "warehouse_id", command.correlation_id),
-            decide=partial(decide_command, self._rules()),
+            decide=partial(decide_command, rules),
         )
         for one in handled:
             one.record.in_context(_log_command, one)
         return handled
+
+    # --- prescription.formulary: the drugs that may be stocked -------------------------------------
+
+    async def on_formulary(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Keep the formulary's drugs, as the prescription service announces them."""
+        return await self._run(self._storage.drugs, records, key=lambda listed: listed.drug_code, decide=list_drug)
 
     # --- expiry (a sweep: no message says a date has passed) ---------------------------------------
 

@@ -20,9 +20,9 @@ from pymongo import ASCENDING, IndexModel, ReplaceOne
 
 from pharmacy_contracts import topics
 from services.runtime.mongo_store import MongoStore
-from services.runtime.store import DocumentMemory, S, Stored
+from services.runtime.store import DocumentMemory, S, Stored, overwrite
 
-from .domain import Allocation, LedgerEntry, Warehouse
+from .domain import Allocation, LedgerEntry, ListedDrug, Warehouse
 
 #: How long this process plans reservations on its memory of the warehouses before it reads them
 #: all again (so a warehouse another instance registered or restocked is seen within this).
@@ -68,6 +68,8 @@ class InventoryStorage:
         self.allocations: Documents[Allocation] = Documents(
             database, "inventory_allocations", Allocation, keeps_trace=True, memory=DocumentMemory(presumes_new=True)
         )
+        #: The drugs the formulary lists (prescription.formulary.v1): only these are restocked.
+        self.drugs: Documents[ListedDrug] = Documents(database, "inventory_drugs", ListedDrug, memory=DocumentMemory())
         self._ledger = database["inventory_ledger"]
 
     @property
@@ -76,6 +78,7 @@ class InventoryStorage:
 
     async def ensure_indexes(self) -> None:
         await self.warehouses.ensure_indexes()
+        await self.drugs.ensure_indexes()
         await self.allocations.ensure_indexes(plain=["state"])
         await self._ledger.create_indexes([IndexModel([("warehouse_id", ASCENDING), ("lot_id", ASCENDING)])])
 
@@ -109,6 +112,21 @@ class InventoryStorage:
         round trip. A copy from memory may be stale; only a version-guarded save vouches for it."""
         ids = list(dict.fromkeys(prescription_ids))
         return await self.allocations.load(ids, from_memory=True) if ids else {}
+
+    # --- the formulary's drugs --------------------------------------------------------------------
+
+    async def listed(self, drug_codes: Iterable[str]) -> frozenset[str]:
+        """Those of these drugs the formulary lists: one round trip (none for drugs held in memory)."""
+        codes = list(dict.fromkeys(drug_codes))
+        if not codes:
+            return frozenset()
+        found = await self.drugs.load(codes, from_memory=True)
+        return frozenset(code for code, stored in found.items() if stored.state is not None)
+
+    async def list_drugs(self, drugs: Iterable[ListedDrug]) -> None:
+        """As if the formulary had announced them (tools and tests that run no prescription service)."""
+        for drug in drugs:
+            await overwrite(self.drugs, drug.drug_code, drug)
 
     # --- the ledger -------------------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ load` do. Used by the demo, the bench and the chaos run.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -18,6 +21,7 @@ from pharmacy_contracts.consultation import PrescriptionSubmitted
 from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.inventory.domain import Location, distance_km
+from services.inventory.storage import InventoryStorage
 from services.prescription.domain import (
     FormularyEntry,
     Interaction,
@@ -38,14 +42,20 @@ def data(name: str) -> list[dict[str, Any]]:
 UNLIMITED_CAPACITY = 10_000
 
 
+#: How long the loaders wait for inventory to hear of the formulary (a relay pass and a batch).
+LISTED_WITHIN_S = 60.0
+
+
 async def load_reference_data(
     database: Any, *, couriers: int | None = None, courier_capacity: int | None = None
 ) -> None:
     """Everything in services/ops/data; only the first `couriers` of the roster if given, each
-    with `courier_capacity` if given."""
+    with `courier_capacity` if given. Returns once inventory lists the formulary's drugs (the
+    prescription service announces them), so the opening stock that follows is not refused."""
     prescription = PrescriptionStorage(database)
-    for entry in data("formulary.json"):
-        await prescription.save_formulary_entry(FormularyEntry.model_validate(entry))
+    formulary = [FormularyEntry.model_validate(entry) for entry in data("formulary.json")]
+    for entry in formulary:
+        await prescription.save_formulary_entry(entry)
     for record in data("prescribers.json"):
         await prescription.save_prescriber(PrescriberRecord.model_validate(record))
     for interaction in data("interactions.json"):
@@ -56,6 +66,20 @@ async def load_reference_data(
         if courier_capacity is not None:
             courier = courier.model_copy(update={"capacity": courier_capacity})
         await roster.save_courier(courier)
+    await wait_until_listed(database, [entry.drug_code for entry in formulary])
+
+
+async def wait_until_listed(database: Any, drug_codes: Sequence[str], within_s: float = LISTED_WITHIN_S) -> None:
+    """Until inventory lists every one of these drugs; RuntimeError after `within_s`."""
+    inventory, deadline = InventoryStorage(database), time.monotonic() + within_s
+    while len(await inventory.listed(drug_codes)) < len(set(drug_codes)):
+        inventory.drugs.memory.forget(drug_codes)  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"inventory did not hear of the formulary within {within_s:.0f} s: "
+                "are the prescription and inventory services running?"
+            )
+        await asyncio.sleep(0.2)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def build(
     """The app and its service, so a test can drive the clock and call the review sweep itself."""
     runtime = ServiceRuntime("prescription", settings)
     storage = PrescriptionStorage(runtime.database)
-    runtime.publish_outbox_of(storage.with_outbox)
+    runtime.publish_outbox_of(storage.with_outbox, written_by_tools=storage.written_by_tools)
     service = PrescriptionService(storage, runtime.unit_of_work, clock=clock, policy=settings.review_policy())
 
     runtime.consume(

@@ -15,6 +15,7 @@ from pharmacy_contracts.prescription import (
     CancellationOrdered,
     DecisionAnswered,
     DeliveryDetails,
+    DrugListed,
     PrescriptionApproved,
     PrescriptionCancelled,
     PrescriptionHeld,
@@ -126,4 +127,16 @@ def decision_refused(
         outcome="refused",
         code=code[:64],
         detail=detail[:2000] or None,
+    )
+
+
+def drug_listed(entry: domain.FormularyEntry) -> DrugListed:
+    """The formulary lists the drug, as its entry now reads (what inventory needs of it)."""
+    return DrugListed(
+        **PRODUCER.envelope(entry.drug_code),
+        drug_code=entry.drug_code,
+        name=entry.name,
+        form=entry.form,
+        cold_chain=entry.cold_chain,
+        controlled=entry.controlled,
     )

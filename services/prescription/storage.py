@@ -23,8 +23,10 @@ from pydantic import BaseModel
 
 from pharmacy_contracts.consultation import Prescription
 from services.runtime.mongo_store import MongoStore
+from services.runtime.relay import outbox_entry
 from services.runtime.store import DocumentMemory, overwrite
 
+from . import messages
 from .domain import (
     FormularyEntry,
     Interaction,
@@ -82,6 +84,11 @@ class PrescriptionStorage:
     def with_outbox(self) -> list[MongoStore[Any]]:
         return [self.verdicts]
 
+    @property
+    def written_by_tools(self) -> list[MongoStore[Any]]:
+        """The formulary: each entry written announces the drug to inventory (DrugListed)."""
+        return [self.formulary]
+
     async def ensure_indexes(self) -> None:
         await self.verdicts.ensure_indexes(plain=["state"])
         for store in (self.histories, self.formulary, self.prescribers, self.interactions):
@@ -132,7 +139,9 @@ class PrescriptionStorage:
         )
 
     async def save_formulary_entry(self, entry: FormularyEntry) -> None:
-        await overwrite(self.formulary, entry.drug_code, entry)
+        """The entry, and in the same write its announcement to inventory (published by the
+        service's relay: whoever writes it, the CLI or a loader, inventory hears)."""
+        await overwrite(self.formulary, entry.drug_code, entry, [outbox_entry(messages.drug_listed(entry))])
         await self._move_reference_stamp()
 
     async def save_prescriber(self, record: PrescriberRecord) -> None:

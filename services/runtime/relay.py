@@ -72,9 +72,9 @@ def publisher_for(broker: KafkaBroker) -> Publish:
 class StoreOutbox:
     """A `Store` whose writes a unit of work publishes, as the relay sees it."""
 
-    publishes_its_writes = True
-
-    def __init__(self, store: Store[Any], unit_of_work: UnitOfWork) -> None:
+    def __init__(self, store: Store[Any], unit_of_work: UnitOfWork, *, publishes_its_writes: bool = True) -> None:
+        #: False for a store people's tools write (reference data): its entries are relayed at once.
+        self.publishes_its_writes = publishes_its_writes
         self._store = store
         self._unit_of_work = unit_of_work
         self.name = store.name

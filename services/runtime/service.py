@@ -59,10 +59,14 @@ class ServiceRuntime:
         )
         self._relayed: list[StoreOutbox] = []
 
-    def publish_outbox_of(self, stores: Sequence[Store[Any]]) -> None:
+    def publish_outbox_of(self, stores: Sequence[Store[Any]], *, written_by_tools: Sequence[Store[Any]] = ()) -> None:
         """The unit of work publishes what each batch saves in these stores; the relay catches what
-        a crash left."""
+        a crash left. `written_by_tools`: stores people's tools write (reference data) with events
+        in their outbox, which no live write publishes: the relay publishes them at its next pass."""
         self._relayed += [StoreOutbox(store, self.unit_of_work) for store in stores]
+        self._relayed += [
+            StoreOutbox(store, self.unit_of_work, publishes_its_writes=False) for store in written_by_tools
+        ]
         self.relay = OutboxRelay(
             self.broker,
             self._relayed,

@@ -386,13 +386,15 @@ class MemoryStore(Generic[S]):
 OVERWRITE_ATTEMPTS = 5
 
 
-async def overwrite(store: Store[S], doc_id: str, state: S) -> None:
+async def overwrite(store: Store[S], doc_id: str, state: S, announce: Sequence[OutboxEntry] = ()) -> None:
     """A document entered by a person (reference data, a roster entry) becomes `state`, whatever it
-    was, keeping its outbox and the messages it absorbed; tried again while someone writes first."""
+    was, keeping its outbox and the messages it absorbed; tried again while someone writes first.
+    `announce`: entries added to its outbox in the same write (the store's relay publishes them)."""
     for _ in range(OVERWRITE_ATTEMPTS):
         current = (await store.load([doc_id]))[doc_id]
+        outbox = (*current.outbox, *announce)
         saved = await store.save(
-            [Save(doc_id, current.version, state, current.outbox, current.tracking, traceparent=current.traceparent)]
+            [Save(doc_id, current.version, state, outbox, current.tracking, traceparent=current.traceparent)]
         )
         if saved.failed:
             raise ValueError(f"{store.name}/{doc_id}: {saved.failed[doc_id]}")

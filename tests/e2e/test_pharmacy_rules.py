@@ -235,13 +235,31 @@ async def test_fefo_skips_a_short_dated_lot_and_an_expired_one_never_gets_on_the
         quantity=10,
         requested_by="test",
     )
-    await system.publish(expired)
+    # A drug the formulary does not list: nothing is stocked that no prescription may ask for.
+    unlisted = expired.model_copy(
+        update={
+            "message_id": unique("MSG-UNLISTED"),
+            "correlation_id": unique("CMD-UNLISTED"),
+            "drug_code": unique("NOT-LISTED"),
+            "lot_id": f"{warehouse}-unlisted",
+            "expiry_date": today + timedelta(days=300),
+        }
+    )
+    await system.publish(expired, unlisted)
+    reasons: dict[str, str] = {}
 
     async def refused() -> bool:
-        events = await topic_events(system.settings, topics.INVENTORY_EVENTS.name, expired.correlation_id)
-        return [e["type"] for e in events] == ["inventory.stock_command_refused"]
+        for command in (expired, unlisted):
+            events = await topic_events(system.settings, topics.INVENTORY_EVENTS.name, command.correlation_id)
+            if [e["type"] for e in events] == ["inventory.stock_command_refused"]:
+                reasons[command.correlation_id] = events[0]["reason"]
+        return len(reasons) == 2
 
-    await wait_until(refused, "the expired lot's restock to be refused")
+    await wait_until(refused, "the expired lot's and the unlisted drug's restocks to be refused")
+    assert "expired" in reasons[expired.correlation_id]
+    assert f"{unlisted.drug_code} is not in the formulary" in reasons[unlisted.correlation_id]
+    stocked = {w.warehouse_id: w for w in await system.inventory.all_warehouses()}[warehouse]
+    assert f"{warehouse}-expired" not in stocked.lots and f"{warehouse}-unlisted" not in stocked.lots
     prescription_id = unique("RX-FEFO")
     await system.publish(prescription_message(prescription_id, [(insulin.drug_code, 15)], days_supply=30))
     await reserved_at(system, prescription_id)

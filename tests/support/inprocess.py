@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -17,9 +17,13 @@ from faststream import FastStream
 
 from pharmacy_contracts import Envelope
 from pharmacy_contracts.consultation import CancellationRequested
+from pharmacy_contracts.inventory import RestockRequested
 from pharmacy_contracts.topics import BY_NAME, CONSULTATION_PRESCRIPTIONS
 from services.cli import bus
+from services.inventory.domain import ListedDrug
+from services.inventory.storage import InventoryStorage
 from services.runtime.errors import Refused
+from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from services.runtime.unit_of_work import Handled, Outcome, Record
 from tests.support.scenario import wait_until
@@ -151,13 +155,30 @@ def own_groups(settings_class: type[S], settings: RuntimeSettings, **overrides: 
 
 
 async def publish_noting(settings: RuntimeSettings, *messages: Envelope) -> list[RecordMetadata]:
-    """Publish in order and return where each message landed (topic, partition, offset)."""
+    """Publish in order and return where each message landed (topic, partition, offset).
+
+    The drugs restocks name are listed for inventory first, as the formulary would have announced
+    them: these tests run inventory without the prescription service (inventory refuses a restock
+    of a drug the formulary does not list; the unit and end-to-end tests prove that)."""
+    restocked = {m.drug_code: m for m in messages if isinstance(m, RestockRequested)}
+    if restocked:
+        await list_drugs(settings, restocked)
     async with bus.producer(settings) as client:
         landed = []
         for message in messages:
             name, key, value, headers = bus.encode(message, settings)
             landed.append(await client.send_and_wait(name, value, key=key, headers=headers))
         return landed
+
+
+async def list_drugs(settings: RuntimeSettings, drug_codes: Iterable[str]) -> None:
+    """The formulary's announcement of these drugs, written straight into inventory's list."""
+    client = connect(settings.mongo_url.get_secret_value())
+    try:
+        drugs = [ListedDrug(drug_code=code, name=f"drug {code}", form="tablet") for code in drug_codes]
+        await InventoryStorage(client[settings.mongo_database]).list_drugs(drugs)
+    finally:
+        client.close()
 
 
 async def wait_consumed(settings: RuntimeSettings, app: FastStream, landed: list[RecordMetadata]) -> None:

@@ -31,6 +31,7 @@ from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.inventory.domain import Warehouse
 from services.inventory.storage import InventoryStorage
+from services.ops.reference import wait_until_listed
 from services.ops.simulation import CourierSimulator, Plan
 from services.prescription.domain import FormularyEntry, Interaction, PrescriberRecord
 from services.prescription.storage import PrescriptionStorage
@@ -98,6 +99,7 @@ class System:
         self._registered: set[str] = set()
         self._client = connect(settings.mongo_url.get_secret_value())
         db = self._client[settings.mongo_database]
+        self.database = db
         self.consultation = ConsultationStorage(db)
         self.prescription = PrescriptionStorage(db)
         self.inventory = InventoryStorage(db)
@@ -123,6 +125,7 @@ class System:
         Stock rows are (warehouse, drug, units) or (warehouse, drug, units, lot, expiry). Every
         warehouse is registered first, at `locations[warehouse]` or next to the test patients."""
         await self.prescription.save_prescriber(registered_prescriber())
+        formulary = list(formulary)
         for entry in formulary:
             await self.prescription.save_formulary_entry(entry)
         for interaction in interactions:
@@ -130,6 +133,8 @@ class System:
         for profile in couriers:
             await self.courier.save_courier(profile)
         rows = [_lot_row(row) for row in stock]
+        # Inventory stocks only what the formulary lists: the prescription service announces it.
+        await wait_until_listed(self.database, [entry.drug_code for entry in formulary])
         locations = dict(locations or {})
         warehouses = dict.fromkeys(row[0] for row in rows)
         await self.publish(

@@ -569,6 +569,12 @@ def one_of_each_message() -> list[Envelope]:
         ),
         approved(),
         rejected(),
+        rx.DrugListed(
+            **envelope_fields(correlation_id="MET500"),
+            drug_code="MET500",
+            name="Metformin 500 mg",
+            form="tablet",
+        ),
         inv.RestockRequested(
             **envelope_fields(correlation_id="CMD-1"),
             warehouse_id="WH-1",

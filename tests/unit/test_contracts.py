@@ -320,7 +320,7 @@ def test_message_types_are_unique_across_all_topics():
 def test_topic_names_are_unique_and_versioned():
     names = [topic.name for topic in topics.ALL_TOPICS]
 
-    assert len(names) == len(set(names)) == 13
+    assert len(names) == len(set(names)) == 14
     assert "prescription.reviews.v1" in names
     assert all(name.endswith(".v1") for name in names)
     assert topics.BY_NAME["courier.updates.v1"] is topics.COURIER_UPDATES
@@ -468,6 +468,7 @@ def test_key_of_for_every_message_uses_its_topic_key_fields():
         "courier.dispatchers.v1": lambda m: m.prescription_id,
         "courier.answers.v1": lambda m: m.courier_id,
         "prescription.answers.v1": lambda m: m.pharmacist_id,
+        "prescription.formulary.v1": lambda m: m.drug_code,
     }
     assert set(expected) == set(topics.BY_NAME)
     for message in one_of_each_message():

@@ -18,13 +18,20 @@ from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.consultation import Address, Coordinates
 from pharmacy_contracts.limits import MAX_STOCK_UNITS
-from pharmacy_contracts.prescription import ApprovedLine, DeliveryDetails, PrescriptionApproved, PrescriptionCancelled
+from pharmacy_contracts.prescription import (
+    ApprovedLine,
+    DeliveryDetails,
+    DrugListed,
+    PrescriptionApproved,
+    PrescriptionCancelled,
+)
 from services.inventory import storage as inventory_storage
 from services.inventory.domain import (
     Allocation,
     AllocationState,
     LedgerEntry,
     Line,
+    ListedDrug,
     Location,
     Warehouse,
     recompute_lots,
@@ -64,6 +71,10 @@ class HookedStore(MemoryStore[S]):
         return await super().save(saves)
 
 
+#: The drugs the formulary has announced to the test's inventory.
+LISTED = ("D", "A", "B", "C", "MET500", "INS100")
+
+
 class Storage(InventoryStorage):
     """InventoryStorage's repositories over in-memory stores (its queries beyond the Store protocol too)."""
 
@@ -73,6 +84,9 @@ class Storage(InventoryStorage):
         self.allocations = HookedStore(  # type: ignore[assignment]
             "inventory_allocations", Allocation, keeps_trace=True, memory=DocumentMemory(presumes_new=True)
         )
+        self.drugs = HookedStore("inventory_drugs", ListedDrug, memory=DocumentMemory())  # type: ignore[assignment]
+        for code in LISTED:
+            self.drugs.put(code, ListedDrug(drug_code=code, name=f"drug {code}", form="tablet"))  # type: ignore[attr-defined]
         self.ledger: dict[str, LedgerEntry] = {}
         self.ledger_writes = 0
 
@@ -956,3 +970,33 @@ async def test_staff_release_or_write_off_quarantined_units_and_a_decision_the_b
     assert (written_off["level"]["available"], written_off["level"]["quarantined"]) == (7, 1)
     (refused,) = published.of_kind("inventory.stock_command_refused")
     assert refused["reason"] == "only 1 units of lot MET500-Q are in quarantine"
+
+
+async def test_a_restock_of_a_drug_the_formulary_does_not_list_is_refused_until_it_is_listed(
+    service: InventoryService, storage: Storage, published: Published
+) -> None:
+    wh = "WH-F"
+    await service.on_command([Record(registration(wh))])
+    unlisted = restock(wh, "NOPE", 10, "LOT-N")
+    [handled] = await service.on_command([Record(unlisted)])
+    assert handled.outcome is Outcome.APPLIED, "answered on the events topic, not dead-lettered"
+    [refused] = published.of_kind("stock_command_refused")
+    assert "NOPE is not in the formulary" in refused["reason"] and refused["drug_code"] == "NOPE"
+    assert "LOT-N" not in storage.warehouse(wh).lots
+
+    listed = DrugListed(
+        correlation_id="NOPE", producer="prescription", drug_code="NOPE", name="Now listed", form="tablet"
+    )
+    assert await outcomes(service.on_formulary, listed, listed) == [Outcome.APPLIED, Outcome.DUPLICATE]
+    await service.on_command([Record(restock(wh, "NOPE", 10, "LOT-N"))])
+    assert storage.warehouse(wh).lots["LOT-N"].available == 10
+
+
+async def test_the_formulary_list_is_one_lookup_per_batch_of_restocks(
+    service: InventoryService, storage: Storage
+) -> None:
+    await service.on_command([Record(registration("WH-L"))])
+    storage.drugs.memory.forget(LISTED)  # type: ignore[union-attr]
+    trips = storage.drugs.round_trips  # type: ignore[attr-defined]
+    await service.on_command([Record(restock("WH-L", code, 5, f"LOT-{code}")) for code in ("A", "B", "C", "D")])
+    assert storage.drugs.round_trips - trips == 1  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from pharmacy_contracts.inventory import RestockRequested
 from services.runtime.relay import OutboxRelay, StoreOutbox, outbox_entry
-from services.runtime.store import MemoryStore, OutboxEntry, Save, Stored, Tracking
+from services.runtime.store import MemoryStore, OutboxEntry, Save, Stored, Tracking, overwrite
 from services.runtime.unit_of_work import Decision, Record, UnitOfWork
 from tests.unit.test_outbox_relay import Broker
 
@@ -72,7 +72,6 @@ def outbox_of(store: Recorded) -> StoreOutbox:
 async def test_the_outbox_of_a_store_is_named_after_it_and_publishes_its_writes() -> None:
     outbox = outbox_of(Recorded())
     assert outbox.name == "shelves" and outbox.publishes_its_writes is True
-    assert StoreOutbox.publishes_its_writes is True
 
 
 async def test_pending_entries_are_listed_per_document_with_the_limit_and_age_asked_for() -> None:
@@ -162,4 +161,15 @@ async def test_a_stop_settles_the_unit_of_work_before_the_last_pass() -> None:
     relay.start()
     assert await relay.stop() == 0, "the write's own publish was confirmed and cleared: nothing left to relay"
     assert published == [command.message_id] and broker.ids() == []
+    assert store.stored("WH-A").outbox == ()  # type: ignore[union-attr]
+
+
+async def test_a_store_peoples_tools_write_is_relayed_at_once_not_after_the_stale_delay() -> None:
+    """Reference data a tool wrote with its announcement: no live write publishes it."""
+    store, command = Recorded(), restock("WH-A")
+    await overwrite(store, "WH-A", Shelf(units=1), [outbox_entry(command)])
+    uow, broker = UnitOfWork(None, outbox_entry), Broker()
+    relay = OutboxRelay(broker, [StoreOutbox(store, uow, publishes_its_writes=False)], 1, stale_after_s=60)  # type: ignore[arg-type]
+    assert await relay.drain_once() == 1 and broker.ids() == [command.message_id]
+    assert store.asked[-1] == (200, None), "asked for every entry, however new"
     assert store.stored("WH-A").outbox == ()  # type: ignore[union-attr]

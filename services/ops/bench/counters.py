@@ -65,6 +65,7 @@ ACTED_ON: dict[str, frozenset[str]] = {
         inv.WarehouseRegistrationRequested, inv.RestockRequested, inv.AdjustmentRequested, inv.QuarantineDecided
     ),
     "inventory.ledger": _types(*MOVING_STOCK),
+    "inventory.formulary": _types(rx.DrugListed),
     "courier.decisions": _types(*DECISIONS),
     "courier.stock": _types(*STOCK_EVENTS),
     "courier.updates": _types(c.CourierReported),
