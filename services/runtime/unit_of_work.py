@@ -18,7 +18,8 @@ How stream processors turn a batch into one round of state access, for any `Stor
 A projection whose events are derived from the state and the message alone (ids included: the same
 decision always makes the same events) may publish them *before* its save instead (`publish_first`):
 no outbox to write and clear, and a save that fails is decided again on redelivery and publishes the
-same events again, which readers drop by message id. Nothing is lost; nothing extra is written.
+same events again, which readers drop by message id. Nothing is lost; nothing extra is written. A
+document not known to exist yet takes the outbox as usual: a state presumed empty tells nothing.
 
 Decisions are plain functions `(state, message) -> Decision`; the unit of work never runs one
 outside `run`, so results come back as values (`Handled`), not through captured lists.
@@ -295,7 +296,10 @@ class UnitOfWork:
                 traceparent = caused_in or traceparent
                 decided.handled.append(Handled(record, Outcome.APPLIED, tuple(decision.events), result=decision.result))
         decided.new_entries = len(new_entries)
-        if publish_first:
+        if publish_first and stored.exists:
+            # Only on a document known to exist: one presumed new (or absent) may turn out to
+            # exist, and events decided on an empty state are not the document's to tell. Its
+            # events take the outbox, published after the insert proves it new.
             decided.first, new_entries = tuple(new_entries), []
         if changed and state is not None:
             kept = tuple(e for e in stored.outbox if e["message_id"] not in self._confirmed)

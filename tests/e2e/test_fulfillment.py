@@ -26,6 +26,7 @@ from services.runtime.mongo import connect
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch
 from tests.support.scenario import System, prescription_message, read_topic, scripted_couriers, wait_until
+from tests.support.scenario import drug as listed
 
 pytestmark = pytest.mark.e2e
 
@@ -353,7 +354,7 @@ async def test_two_inventory_instances_never_oversell(
     try:
         drug, warehouse = unique("DL"), unique("WH-L")
         units, demand = 25, 60
-        await system.seed(formulary=[], couriers=[], stock=[(warehouse, drug, units)])
+        await system.seed(formulary=[listed(drug)], couriers=[], stock=[(warehouse, drug, units)])
         example = prescription_message("RX-TEMPLATE", [(drug, 1)]).prescription
         approvals = [
             PrescriptionApproved(

@@ -58,6 +58,7 @@ from pharmacy_contracts.prescription import (
     ApprovedLine,
     CancellationOrdered,
     DeliveryDetails,
+    DrugListed,
     PrescriptionApproved,
     PrescriptionCancelled,
     PrescriptionHeld,
@@ -86,6 +87,7 @@ CONSUMED = (
     topics.CONSULTATION_INTAKE,
     topics.PRESCRIPTION_DECISIONS,
     topics.PRESCRIPTION_REVIEWS,
+    topics.PRESCRIPTION_FORMULARY,
     topics.INVENTORY_COMMANDS,
     topics.INVENTORY_EVENTS,
     topics.COURIER_UPDATES,
@@ -95,7 +97,7 @@ CONSUMED = (
 """Every topic a service reads (the test checks this against the services' own subscriptions)."""
 MAX_BYTES: int = RuntimeSettings.model_fields["max_message_bytes"].default
 EXAMPLES_PER_TOPIC = 40  # hypothesis examples per topic ...
-BATCH = 10  # ... of this many malformed messages each: 9 x 40 x 10 = 3600 messages
+BATCH = 10  # ... of this many malformed messages each: 10 x 40 x 10 = 4000 messages
 VALID_PRESCRIPTIONS = 30
 #: Parser and size refusals; `sender_mismatch` is the signature gate's (consultation.prescriptions.v1 only:
 #: prescriptions and cancellations alike are signed there).
@@ -179,6 +181,9 @@ def valid_bases() -> dict[str, list[dict[str, Any]]]:
                 **env, prescription_id=rid, held_since=held_at, expires_at=held_at + timedelta(hours=24), reasons=hold
             ),
             PrescriptionCancelled(**env, prescription_id=rid, **withdrawal, was_approved=True),
+        ],
+        topics.PRESCRIPTION_FORMULARY.name: [
+            DrugListed(**env, drug_code="DRUG-FA", name="Fuzz drug", form="tablet", cold_chain=True),
         ],
         topics.PRESCRIPTION_REVIEWS.name: [
             ReviewDecided(**env, prescription_id=rid, decision="approve", pharmacist_id="PH-FUZZ", note="checked"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from pharmacy_contracts import prescription as pr
 from pharmacy_contracts import signing, topics
 from services.cli import bus
 from services.cli import main as cli
-from services.courier.domain import CourierProfile
 from services.ops.simulation import wrong_code
-from services.prescription.domain import FormularyEntry, Interaction
+from services.prescription.domain import Interaction
 from services.runtime.credentials import courier_token
 from services.runtime.delivery_codes import delivery_code
 from services.runtime.settings import RuntimeSettings
@@ -32,10 +30,14 @@ from tests.support.scenario import (
     PATIENT_HOME,
     TEST_LICENCE,
     System,
+    courier,
+    drug,
     prescription_message,
     read_topic,
     scripted_couriers,
+    stocked_drugs,
     topic_events,
+    unique,
     wait_until,
 )
 
@@ -56,47 +58,6 @@ def service_env() -> dict[str, str]:
         "PHARMACY_REVIEW_EXPIRE_AFTER_S": str(REVIEW_EXPIRE_AFTER_S),
         "PHARMACY_OFFER_ACCEPT_TIMEOUT_S": str(OFFER_ACCEPT_TIMEOUT_S),
     }
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
-
-
-def drug(code: str, *classes: str, **flags: object) -> FormularyEntry:
-    return FormularyEntry.model_validate(
-        {
-            "drug_code": code,
-            "name": f"Drug {code}",
-            "max_quantity": 500,
-            "max_days_supply": 90,
-            "ingredient_classes": list(classes),
-            **flags,
-        }
-    )
-
-
-def courier(name: str, at: tuple[float, float] = PATIENT_HOME, **extra: object) -> CourierProfile:
-    return CourierProfile.model_validate(
-        {
-            "courier_id": unique(f"C-{name}"),
-            "name": name,
-            "zone": name.lower(),
-            "location": {"latitude": at[0], "longitude": at[1]},
-            **extra,
-        }
-    )
-
-
-async def stocked_drugs(system: System, *entries: FormularyEntry, units: int = 100, **seed: object) -> str:
-    """The drugs in the formulary and in a warehouse of their own next to the patients; its id."""
-    warehouse = unique("WH")
-    await system.seed(
-        formulary=entries,
-        couriers=[courier("Amina")],
-        stock=[(warehouse, e.drug_code, units) for e in entries],
-        **seed,  # type: ignore[arg-type]
-    )
-    return warehouse
 
 
 def reason_codes(status: object) -> str:

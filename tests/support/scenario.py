@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -135,6 +136,10 @@ class System:
         rows = [_lot_row(row) for row in stock]
         # Inventory stocks only what the formulary lists: the prescription service announces it.
         await wait_until_listed(self.database, [entry.drug_code for entry in formulary])
+        stocked_drugs = {row[1] for row in rows}
+        unlisted = stocked_drugs - await self.inventory.listed(stocked_drugs)
+        if unlisted:
+            raise ValueError(f"seed stock of drugs no formulary lists (pass them as formulary): {sorted(unlisted)}")
         locations = dict(locations or {})
         warehouses = dict.fromkeys(row[0] for row in rows)
         await self.publish(
@@ -301,3 +306,47 @@ def scripted_couriers(settings: RuntimeSettings, plans: dict[str, list[Plan]]) -
         return None if steps is None else steps[min(offer.attempt, len(steps)) - 1]
 
     return CourierSimulator(settings, plan_for)
+
+
+# --- what a test's world is made of -------------------------------------------------------------
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
+
+
+def drug(code: str, *classes: str, **flags: object) -> FormularyEntry:
+    return FormularyEntry.model_validate(
+        {
+            "drug_code": code,
+            "name": f"Drug {code}",
+            "max_quantity": 500,
+            "max_days_supply": 90,
+            "ingredient_classes": list(classes),
+            **flags,
+        }
+    )
+
+
+def courier(name: str, at: tuple[float, float] = PATIENT_HOME, **extra: object) -> CourierProfile:
+    return CourierProfile.model_validate(
+        {
+            "courier_id": unique(f"C-{name}"),
+            "name": name,
+            "zone": name.lower(),
+            "location": {"latitude": at[0], "longitude": at[1]},
+            **extra,
+        }
+    )
+
+
+async def stocked_drugs(system: System, *entries: FormularyEntry, units: int = 100, **seed: object) -> str:
+    """The drugs in the formulary and in a warehouse of their own next to the patients; its id."""
+    warehouse = unique("WH")
+    await system.seed(
+        formulary=entries,
+        couriers=[courier("Amina")],
+        stock=[(warehouse, e.drug_code, units) for e in entries],
+        **seed,  # type: ignore[arg-type]
+    )
+    return warehouse

@@ -960,11 +960,13 @@ async def run_first(uow: UnitOfWork, store: MemoryStore[Shelf], *commands: Resto
 async def test_published_first_the_events_go_out_before_the_save_and_no_outbox_is_written_or_cleared(
     uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
 ) -> None:
+    for warehouse in ("WH-A", "WH-B"):
+        shelves.put(warehouse, Shelf())
     saved_when_published: list[bool] = []
     publish = broker.publish
 
     async def watching(entries: Sequence[OutboxEntry]) -> None:
-        saved_when_published.append(shelves.state_of("WH-A") is not None)
+        saved_when_published.append(shelves.state_of("WH-A") != Shelf())
         await publish(entries)
 
     uow._publish = watching
@@ -984,10 +986,12 @@ async def test_published_first_the_events_go_out_before_the_save_and_no_outbox_i
 async def test_published_first_a_failed_publish_saves_nothing_and_fails_every_record_for_redelivery(
     uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker, log: Log
 ) -> None:
+    for warehouse in ("WH-A", "WH-B", "WH-C"):
+        shelves.put(warehouse, Shelf())
     broker.down = True
     outcomes = await run_first(uow, shelves, restock("WH-A", 1), restock("WH-B", 1), restock("WH-C", 5_000))
     assert outcomes == [Outcome.FAILED] * 3
-    assert shelves.state_of("WH-A") is None and shelves.state_of("WH-B") is None
+    assert shelves.state_of("WH-A") == shelves.state_of("WH-B") == Shelf()
     assert ("exception", "publishing before a save failed; the records are handled again", {"store": "shelves"}) in (
         log.lines
     )
@@ -999,6 +1003,7 @@ async def test_published_first_a_failed_save_is_decided_again_and_publishes_the_
     uow: UnitOfWork, shelves: MemoryStore[Shelf], broker: Broker
 ) -> None:
     command = restock("WH-A", 4, message_id="CMD-1")
+    shelves.put("WH-A", Shelf())
     shelves.fail_writes_of("WH-A")
     assert await run_first(uow, shelves, command) == [Outcome.FAILED]
     first = [e["body"] for e in broker.published]
@@ -1016,3 +1021,18 @@ async def test_published_first_without_a_publisher_keeps_the_events_in_the_outbo
     uow = UnitOfWork(None, outbox_entry)
     await run_first(uow, shelves, restock("WH-A", 1))
     assert len(shelves.stored("WH-A").outbox) == 1  # type: ignore[union-attr]
+
+
+async def test_published_first_a_document_not_known_to_exist_takes_the_outbox_instead(
+    uow: UnitOfWork, broker: Broker
+) -> None:
+    """A copy presumed new may be wrong (another process wrote it): what it decides is not told
+    before the insert proves it new, and is not told at all if the insert finds the document."""
+    written_elsewhere = MemoryStore("shelves", Shelf, memory=DocumentMemory(presumes_new=True))
+    written_elsewhere.put("WH-A", Shelf(units=5))
+    written_elsewhere.memory.forget(["WH-A"])  # type: ignore[union-attr]
+    command = restock("WH-A", 1)
+    assert await run_first(uow, written_elsewhere, command) == [Outcome.APPLIED]
+    assert written_elsewhere.state_of("WH-A") == Shelf(units=6), "decided again on the stored version"
+    assert [e["body"] for e in broker.published].count(broker.published[0]["body"]) == 1
+    assert "after 6" in broker.published[0]["body"], "only the decision on the stored version was told"
