@@ -10,24 +10,25 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import ValidationError
 from rich.markup import escape
-from rich.table import Table
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import Coordinates
-from services.consultation.gazetteer import Gazetteer, normalised
+from services.consultation.gazetteer import Gazetteer, Place, normalised
 from services.courier.domain import CourierProfile
 from services.courier.storage import CourierStorage
 from services.runtime import credentials
 from services.runtime.credentials import MAX_ISSUE, courier_token
 
 from . import bus
+from .render import Fitted, listing, print_json
 from .running import console, run, say_answer, settings_from_env, with_database
 
 courier = typer.Typer(no_args_is_help=True, help="For couriers: receive dispatches and report on them.")
@@ -116,18 +117,36 @@ def dispatch_locate(
 
 
 @dispatch.command("places")
-def dispatch_places(name: str = typer.Argument("", help="Part of a name, in any script (empty: all)")) -> None:
+def dispatch_places(
+    name: str = typer.Argument("", help="Part of a name, in any script (empty: all)"),
+    as_json: bool = typer.Option(False, "--json", help="The places as one JSON document"),
+) -> None:
     """The county gazetteer's places: id, kind, names in Uyghur, Chinese and Latin, coordinates."""
+    found = places_of(_gazetteer(), name)
+    if as_json:
+        print_json([asdict(place) for place in found])
+        return
+    console.print(places_table(found))
+
+
+def places_of(gazetteer: Gazetteer, name: str = "") -> list[Place]:
+    """The places one of whose names contains `name` (all for an empty one), as the file lists them."""
     wanted = normalised(name)
-    table = Table(title="county gazetteer")
-    for column in ("id", "kind", "names", "where"):
-        table.add_column(column, overflow="fold")
-    for found in _gazetteer().places.values():
-        if wanted and not any(wanted in normalised(n) for n in found.names):
-            continue
-        names = " / ".join(dict.fromkeys(n for n in found.names if n))
-        table.add_row(found.place_id, found.kind, names, f"{found.latitude:.4f}, {found.longitude:.4f}")
-    console.print(table)
+    return [p for p in gazetteer.places.values() if not wanted or any(wanted in normalised(n) for n in p.names)]
+
+
+def places_table(places: list[Place]) -> Fitted:
+    """The id a dispatcher types (`dispatch locate --place`) and the coordinates whole; the names,
+    in three scripts, wrap between names."""
+    table = listing("county gazetteer")
+    table.add_column("id", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("where", no_wrap=True)
+    table.add_column("names", overflow="fold")
+    for place in places:
+        names = " / ".join(escape(n) for n in dict.fromkeys(n for n in place.names if n))
+        table.add_row(place.place_id, place.kind, f"{place.latitude:.4f}, {place.longitude:.4f}", names)
+    return Fitted(table)
 
 
 def _dev_stack_courier_gateway() -> str | None:
@@ -183,6 +202,7 @@ def trips(
         help="The courier service's address, e.g. https://couriers.example (default: the local dev stack's)",
     ),
     token: str = typer.Option(..., envvar="COURIER_TOKEN", help="Your token (`pharmacy couriers token`)"),
+    as_json: bool = typer.Option(False, "--json", help="The gateway's answer as it came, one JSON document"),
 ) -> None:
     """Your open jobs (`jobs` and `trips` are the same command), from the courier gateway: only what is
     offered to you or in your hands, each with where to pick it up, the door as a geo: URI and a map
@@ -205,6 +225,9 @@ def trips(
     except (urllib.error.URLError, TimeoutError) as error:
         console.print(f"[red]the gateway did not answer:[/] {getattr(error, 'reason', error)}")
         raise typer.Exit(1) from None
+    if as_json:
+        print_json(answer)
+        return
     if not answer["trips"]:
         console.print("no open trips")
     for trip in answer["trips"]:

@@ -392,47 +392,42 @@ def watch(from_beginning: bool = typer.Option(False, "--from-beginning")) -> Non
 
 
 @warehouse.command()
-def stock() -> None:
+def stock(
+    wide: bool = typer.Option(False, "--wide", help="Every figure of each lot (dispatched, delivered, received, ...)"),
+    as_json: bool = typer.Option(False, "--json", help="Every lot with every figure, as one JSON document"),
+) -> None:
     """Current stock per warehouse, drug and lot, with expiry, quarantine and expiry warnings."""
     from services.inventory.settings import InventorySettings
 
+    from .render import print_json, stock_document
+
     warehouses = run(with_database(lambda db: InventoryStorage(db).all_warehouses()))
-    console.print(stock_table(warehouses, near_expiry_days=InventorySettings().near_expiry_days))
+    near_expiry_days = InventorySettings().near_expiry_days
+    if as_json:
+        print_json(stock_document(warehouses, near_expiry_days=near_expiry_days))
+        return
+    console.print(stock_table(warehouses, near_expiry_days=near_expiry_days, wide=wide))
 
 
 @warehouse.command()
-def ledger(warehouse_id: str, lot: str = typer.Argument(..., help="The lot id")) -> None:
+def ledger(
+    warehouse_id: str,
+    lot: str = typer.Argument(..., help="The lot id"),
+    wide: bool = typer.Option(False, "--wide", help="Where each movement came from and went to, and every figure"),
+    as_json: bool = typer.Option(False, "--json", help="Every movement with every figure, as one JSON document"),
+) -> None:
     """Every movement of one lot, oldest first, with the figures it left (from the stock ledger)."""
-    from rich.table import Table
-
-    from services.inventory.domain import Figures, shift
+    from .render import ledger_document, ledger_table, ledger_totals, print_json
 
     entries = run(with_database(lambda db: InventoryStorage(db).movements(warehouse_id, lot)))
     if not entries:
         console.print(f"no movements of lot {lot} at {warehouse_id} recorded")
         raise typer.Exit(1)
-    table = Table(title=f"ledger of lot {lot} ({entries[0].drug_code}) at {warehouse_id}")
-    words = ("at", "movement", "from", "to", "for, by, why")
-    for column in (*words, "units", "available", "reserved", "dispatched", "quarantine", "expired"):
-        table.add_column(column, justify="left" if column in words else "right", overflow="fold")
-    figures = Figures()
-    for entry in entries:
-        figures = shift(figures, entry.movement)
-        cause = "; ".join(p for p in (entry.prescription_id, entry.by, entry.reason) if p)
-        table.add_row(
-            f"{entry.occurred_at:%Y-%m-%d %H:%M:%S}",
-            entry.kind,
-            entry.source,
-            entry.target,
-            cause,
-            str(entry.quantity),
-            str(figures.available),
-            str(figures.reserved),
-            str(figures.dispatched),
-            str(figures.quarantined),
-            str(figures.expired),
-        )
-    console.print(table)
+    if as_json:
+        print_json(ledger_document(entries))
+        return
+    console.print(ledger_table(entries, wide=wide))
+    figures = ledger_totals(entries)
     console.print(
         f"received {figures.received}, adjusted {figures.adjusted:+d}, delivered {figures.delivered}"
         + ("" if figures.balanced else "  [red]the books do not balance[/]")
@@ -455,21 +450,29 @@ def create_topics_command() -> None:
 
 
 @app.command("topic-ids")
-def topic_ids_command() -> None:
+def topic_ids_command(
+    as_json: bool = typer.Option(False, "--json", help="Each topic's id (null: none), as one JSON document"),
+) -> None:
     """Each topic's id: services keep a topic's offset floors per id, so a topic deleted and
     created again, or mirrored to another cluster, gets a new id and no floor from before applies.
 
     Where the broker gives no ids, floors are keyed by the topic name: after recreating a topic
     there, set PHARMACY_KAFKA_TRACKING_EPOCH to a new value and restart the services."""
+    from .render import Fitted, print_json
+
     settings = settings_from_env()
     names = [topic.name for topic in topics.ALL_TOPICS]
     ids = run(KafkaTopicIds(settings)(names))
+    if as_json:
+        found = [{"topic": name, "topic_id": str(ids[name]) if ids.get(name) else None} for name in names]
+        print_json({"tracking_epoch": settings.kafka_tracking_epoch or None, "topics": found})
+        return
     table = Table(box=None, pad_edge=False)
     table.add_column("topic", no_wrap=True)
     table.add_column("topic id", no_wrap=True)
     for name in names:
         table.add_row(name, str(ids[name]) if ids.get(name) else "[yellow]none[/yellow]")
-    console.print(table)
+    console.print(Fitted(table))
     if settings.kafka_tracking_epoch:
         console.print(f"tracking epoch: {settings.kafka_tracking_epoch}")
     if any(ids.get(name) is None for name in names):

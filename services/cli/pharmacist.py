@@ -29,6 +29,7 @@ from services.runtime import credentials
 from services.runtime.mongo import client_for
 
 from . import bus
+from .render import Fitted, listing, print_json
 from .running import console, run, say_answer, settings_from_env
 
 T = TypeVar("T")
@@ -59,29 +60,53 @@ def _age(delta: timedelta) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
 
-def review_table(held: list[Verdict], now: datetime) -> Table:
-    table = Table(title=f"review queue: {len(held)} held")
-    for column in ("prescription", "patient", "reasons", "held for", "escalated", "expires in"):
-        table.add_column(column)
+def review_table(held: list[Verdict], now: datetime, *, wide: bool = False) -> Fitted:
+    """The queue, oldest first: the prescription id (the next command needs it whole), how long it
+    has waited, the time left (and whether it escalated), the reasons; `wide`: the patient and the
+    deadlines as times too."""
+    table = listing(f"review queue: {len(held)} held")
+    table.add_column("prescription", no_wrap=True)
+    if wide:
+        table.add_column("patient", no_wrap=True)
+    table.add_column("held for", justify="right", no_wrap=True)
+    table.add_column("expires in", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("escalates (UTC)", no_wrap=True)
+        table.add_column("expires (UTC)", no_wrap=True)
+    table.add_column("reasons", overflow="fold")
     for verdict in held:
         # Reasons carry names from upstream and staff: escaped, never read as markup.
         reasons = "\n".join(f"[bold]{r.code}[/] {escape(r.message)}" for r in verdict.reasons)
-        table.add_row(
-            verdict.prescription_id,
-            verdict.patient_id or "",
-            reasons,
-            _age(now - verdict.held_at) if verdict.held_at else "?",
-            "[red]yes[/]" if verdict.escalated else "no",
-            _age(verdict.expires_at - now) if verdict.expires_at else "?",
-        )
-    return table
+        left = _age(verdict.expires_at - now) if verdict.expires_at else "?"
+        row = [verdict.prescription_id]
+        if wide:
+            row.append(verdict.patient_id or "")
+        row += [_age(now - verdict.held_at) if verdict.held_at else "?", left]
+        if verdict.escalated:
+            row[-1] += "\n[red]escalated[/]"
+        if wide:
+            row += [f"{at:%Y-%m-%d %H:%M}" if at else "?" for at in (verdict.escalate_at, verdict.expires_at)]
+        table.add_row(*row, reasons)
+    return Fitted(table)
+
+
+def review_document(held: list[Verdict]) -> list[dict[str, Any]]:
+    """`review list --json`: each held prescription with its reasons and deadlines."""
+    fields = {"prescription_id", "patient_id", "reasons", "held_at", "escalate_at", "expires_at", "escalated"}
+    return [verdict.model_dump(mode="json", include=fields) for verdict in held]
 
 
 @app.command("list")
-def list_held() -> None:
+def list_held(
+    wide: bool = typer.Option(False, "--wide", help="Also the patient, and when each escalates and expires"),
+    as_json: bool = typer.Option(False, "--json", help="The queue as one JSON document"),
+) -> None:
     """Held prescriptions, oldest first, with their reasons and how long they have waited."""
     held = run(_with_storage(lambda storage: storage.held_verdicts()))
-    console.print(review_table(held, utc_now()))
+    if as_json:
+        print_json(review_document(held))
+        return
+    console.print(review_table(held, utc_now(), wide=wide))
 
 
 def age_on(born: date, today: date) -> int:
@@ -129,8 +154,13 @@ def review_detail(
     facts.add_row("valid", f"{prescription.issued_at:%Y-%m-%d} to {prescription.valid_until:%Y-%m-%d}")
     parts.append(facts)
     lines = Table(title="lines", title_justify="left", expand=False)
-    for column in ("#", "drug", "quantity", "days", "course", "dosage"):
-        lines.add_column(column, overflow="fold")
+    lines.add_column("#", justify="right", no_wrap=True)
+    # A drug's name and the days' basis are words: they wrap, each code and number staying whole.
+    lines.add_column("drug", overflow="fold")
+    lines.add_column("quantity", no_wrap=True)
+    lines.add_column("days", overflow="fold")
+    lines.add_column("course", no_wrap=True)
+    lines.add_column("dosage", overflow="fold")
     remarks: list[Text] = []
     for number, item in enumerate(prescription.items, 1):
         drug = names.get(item.drug_code)
@@ -149,7 +179,7 @@ def review_detail(
             f"note: {item.note_to_pharmacist}" if item.note_to_pharmacist else "",
         ]
         remarks += [Text(f"  {number}. {remark}") for remark in said if remark]
-    parts.append(lines)
+    parts.append(Fitted(lines))
     if remarks:
         parts.append(Text("how to dispense", style="dim"))
         parts += remarks

@@ -1,17 +1,104 @@
-"""How the tools show things to people."""
+"""How the tools show things to people.
+
+Tables are made for an 80-column terminal: ids, numbers and dates are never cut or folded. A
+listing shows its few essential columns unless asked for all (`--wide`), draws each row as a block
+of lines where even those do not fit (`Fitted`), and gives scripts the whole of it as one JSON
+document instead (`--json`, `print_json`).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
+from pydantic_core import to_jsonable_python
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import inventory as inv
 from services.consultation.domain import PrescriptionStatus, Stage
-from services.inventory.domain import Warehouse
+from services.inventory.domain import Figures, LedgerEntry, Warehouse, shift
+
+#: Room enough that measuring a table tells what it needs, not what it was given.
+_UNBOUNDED = 100_000
+
+
+# --- tables that fit ------------------------------------------------------------------------------
+
+
+def listing(title: str | None = None) -> Table:
+    """The look of the listing commands' tables: no borders, a rule under the headers, two spaces
+    between columns, so that the width of a terminal goes to the values."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+
+
+class Fitted:
+    """`table` where its rows fit the width given, else `narrow` (by default the same rows, a block
+    of "header value" lines each: `one_block_per_row`).
+
+    Ids, numbers and dates go in `no_wrap` columns and free text in `overflow="fold"` ones. Short
+    of room, rich would squeeze even a no_wrap column to `WH-…` (its last resort), so a table is
+    drawn only if its no_wrap columns fit whole and its free text has room for its longest word.
+    """
+
+    def __init__(self, table: Table, narrow: RenderableType | None = None) -> None:
+        self.table = table
+        self.narrow = narrow
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        unbounded = options.update_width(_UNBOUNDED)
+        for column in self.table.columns:
+            if column.no_wrap:
+                # A no_wrap column is measured by its longest word, like any other: its least width
+                # is its widest cell.
+                cells = (column.header, *column.cells)
+                column.min_width = max(Measurement.get(console, unbounded, cell).maximum for cell in cells)
+        needed = Measurement.get(console, unbounded, self.table).minimum
+        if needed <= options.max_width:
+            yield self.table
+        else:
+            yield self.narrow if self.narrow is not None else one_block_per_row(self.table)
+
+
+def one_block_per_row(table: Table) -> Group:
+    """The rows of `table` one below the other, each a block of "header value" lines: for a
+    terminal too narrow for a row, where a value longer than the whole line still folds rather
+    than disappear."""
+    parts: list[RenderableType] = []
+    if isinstance(table.title, str):
+        parts.append(Text.from_markup(table.title, style="table.title"))
+    elif table.title is not None:
+        parts.append(table.title)
+    columns = table.columns
+    for row in zip(*(list(column.cells) for column in columns), strict=True):
+        block = Table.grid(padding=(0, 2))
+        block.add_column(style="bold", no_wrap=True)
+        block.add_column(overflow="fold")
+        for column, cell in zip(columns, row, strict=True):
+            block.add_row(column.header, cell)
+        parts += [Text(""), block]
+    return Group(*parts)
+
+
+def print_json(document: Any) -> None:
+    """A listing's `--json`: one JSON document on stdout, without colour or line wrapping,
+    whatever the terminal (dates and times in ISO 8601)."""
+    print(json.dumps(document, indent=2, ensure_ascii=False, default=to_jsonable_python))
 
 
 def status_panel(status: PrescriptionStatus) -> Panel:
@@ -40,40 +127,156 @@ def status_panel(status: PrescriptionStatus) -> Panel:
     return Panel("\n".join(lines), title=f"prescription {status.prescription_id}")
 
 
-def stock_table(warehouses: list[Warehouse], *, today: date | None = None, near_expiry_days: int = 30) -> Table:
-    """By warehouse, drug and lot (first expiry first), with expiry marks: EXPIRED once past it,
-    "expires soon" within `near_expiry_days`."""
+#: The figures of a lot as `warehouse stock` heads them: the few a warehouse acts on, then the rest (`--wide`).
+STOCK_FIGURES = {"available": "available", "reserved": "reserved", "quarantined": "quarantine"}
+WIDE_STOCK_FIGURES = STOCK_FIGURES | {
+    "dispatched": "dispatched",
+    "expired": "expired",
+    "delivered": "delivered",
+    "received": "received",
+    "adjusted": "adjusted",
+}
+
+
+def _expiry(expiry_date: date, today: date, near_expiry_days: int) -> str:
+    if expiry_date <= today:
+        return "expired"
+    return "expires_soon" if expiry_date <= today + timedelta(days=near_expiry_days) else "ok"
+
+
+def stock_table(
+    warehouses: Sequence[Warehouse], *, today: date | None = None, near_expiry_days: int = 30, wide: bool = False
+) -> Group:
+    """A table per warehouse, by drug and lot (first expiry first), with expiry marks: EXPIRED
+    once past it, "expires soon" within `near_expiry_days`. Available, reserved and in quarantine
+    units; `wide`: every figure of the lot."""
     today = today or datetime.now(UTC).date()
-    table = Table(title="stock by lot")
-    columns = ("warehouse", "drug", "lot", "expires", "available", "reserved", "dispatched", "quarantine", "expired")
-    columns += ("delivered", "received", "adjusted")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("warehouse", "drug", "lot", "expires") else "right")
+    figures = WIDE_STOCK_FIGURES if wide else STOCK_FIGURES
+    parts: list[RenderableType] = [Text("stock by lot", style="bold")]
     for warehouse in sorted(warehouses, key=lambda w: w.warehouse_id):
-        where = warehouse.warehouse_id + ("" if warehouse.registered else " [red](not registered)[/]")
+        title = f"{warehouse.warehouse_id}  {escape(warehouse.name)}".rstrip()
+        title += "" if warehouse.registered else "  [red](not registered)[/]"
+        parts.append(Text(""))
+        if not warehouse.lots:
+            parts.append(Text.from_markup(f"{title}: no lots", style="table.title"))
+            continue
+        table = listing(title)
+        for column in ("drug", "lot", "expires"):
+            table.add_column(column, no_wrap=True)
+        for heading in figures.values():
+            table.add_column(heading, justify="right", no_wrap=True)
         for drug in sorted({lot.drug_code for lot in warehouse.lots.values()}):
             for lot_id, lot in warehouse.lots_of(drug):
-                if lot.expiry_date <= today:
-                    expires = f"[red]{lot.expiry_date} EXPIRED[/]"
-                elif lot.expiry_date <= today + timedelta(days=near_expiry_days):
-                    expires = f"[yellow]{lot.expiry_date} expires soon[/]"
-                else:
-                    expires = str(lot.expiry_date)
-                table.add_row(
-                    where,
-                    drug,
-                    escape(lot_id),
-                    expires,
-                    str(lot.available),
-                    str(lot.reserved),
-                    str(lot.dispatched),
-                    f"[magenta]{lot.quarantined}[/]" if lot.quarantined else "0",
-                    str(lot.expired),
-                    str(lot.delivered),
-                    str(lot.received),
-                    f"{lot.adjusted:+d}",
-                )
-    return table
+                # The mark goes under the date: beside it, it would widen the column past 80 columns.
+                expires = {
+                    "expired": f"[red]{lot.expiry_date}\nEXPIRED[/]",
+                    "expires_soon": f"[yellow]{lot.expiry_date}\nexpires soon[/]",
+                    "ok": str(lot.expiry_date),
+                }[_expiry(lot.expiry_date, today, near_expiry_days)]
+                cells = [_figure(name, getattr(lot, name)) for name in figures]
+                table.add_row(drug, escape(lot_id), expires, *cells)
+        parts.append(Fitted(table))
+    return Group(*parts)
+
+
+def _figure(name: str, value: int) -> str:
+    if name == "adjusted":
+        return f"{value:+d}"
+    if name == "quarantined" and value:
+        return f"[magenta]{value}[/]"
+    return str(value)
+
+
+def stock_document(
+    warehouses: Sequence[Warehouse], *, today: date | None = None, near_expiry_days: int = 30
+) -> list[dict[str, Any]]:
+    """`warehouse stock --json`: every lot with every figure, in the order of the tables."""
+    today = today or datetime.now(UTC).date()
+    return [
+        {
+            "warehouse_id": warehouse.warehouse_id,
+            "registered": warehouse.registered,
+            "drug_code": drug,
+            "lot_id": lot_id,
+            "expiry_date": lot.expiry_date,
+            "expiry": _expiry(lot.expiry_date, today, near_expiry_days),
+            **lot.counts().model_dump(),
+        }
+        for warehouse in sorted(warehouses, key=lambda w: w.warehouse_id)
+        for drug in sorted({lot.drug_code for lot in warehouse.lots.values()})
+        for lot_id, lot in warehouse.lots_of(drug)
+    ]
+
+
+#: The figures a movement leaves, as `warehouse ledger` heads them: what is on the shelf, then the rest (`--wide`).
+LEDGER_FIGURES = {"available": "available"}
+WIDE_LEDGER_FIGURES = LEDGER_FIGURES | {
+    "reserved": "reserved",
+    "dispatched": "dispatched",
+    "quarantined": "quarantine",
+    "expired": "expired",
+}
+
+
+def _cause(entry: LedgerEntry) -> str:
+    return "; ".join(p for p in (entry.prescription_id, entry.by, entry.reason) if p)
+
+
+def ledger_table(entries: Sequence[LedgerEntry], *, wide: bool = False) -> Fitted:
+    """Every movement of one lot (`entries`, oldest first) with the figures it left: units on the
+    shelf after it; `wide`: where from and to, and every figure."""
+    first = entries[0]
+    table = listing(f"ledger of lot {escape(first.lot_id)} ({first.drug_code}) at {first.warehouse_id}")
+    table.add_column("at (UTC)", no_wrap=True)
+    table.add_column("movement", no_wrap=True)
+    if wide:
+        table.add_column("from", no_wrap=True)
+        table.add_column("to", no_wrap=True)
+    table.add_column("units", justify="right", no_wrap=True)
+    figures = WIDE_LEDGER_FIGURES if wide else LEDGER_FIGURES
+    for heading in figures.values():
+        table.add_column(heading, justify="right", no_wrap=True)
+    # Names and reasons staff typed: free text, the one column that may fold.
+    table.add_column("for, by, why", overflow="fold")
+    after = Figures()
+    for entry in entries:
+        after = shift(after, entry.movement)
+        where = [entry.source, entry.target] if wide else []
+        table.add_row(
+            f"{entry.occurred_at:%Y-%m-%d %H:%M:%S}",
+            entry.kind,
+            *where,
+            str(entry.quantity),
+            *(str(getattr(after, name)) for name in figures),
+            escape(_cause(entry)),
+        )
+    return Fitted(table)
+
+
+def ledger_totals(entries: Sequence[LedgerEntry]) -> Figures:
+    after = Figures()
+    for entry in entries:
+        after = shift(after, entry.movement)
+    return after
+
+
+_LEDGER_FIELDS = {"occurred_at", "kind", "source", "target", "quantity", "prescription_id", "by", "reason"}
+
+
+def ledger_document(entries: Sequence[LedgerEntry]) -> dict[str, Any]:
+    """`warehouse ledger --json`: the lot, each movement with every figure it left, and the totals."""
+    first, after, movements = entries[0], Figures(), []
+    for entry in entries:
+        after = shift(after, entry.movement)
+        movements.append({**entry.model_dump(include=_LEDGER_FIELDS), "after": after.model_dump()})
+    return {
+        "warehouse_id": first.warehouse_id,
+        "lot_id": first.lot_id,
+        "drug_code": first.drug_code,
+        "movements": movements,
+        "totals": after.model_dump(),
+        "balanced": after.balanced,
+    }
 
 
 def describe_inventory_event(event: Envelope) -> str:

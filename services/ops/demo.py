@@ -15,13 +15,17 @@ import asyncio
 import random
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import typer
+from rich.columns import Columns
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
@@ -29,7 +33,7 @@ from pharmacy_contracts import prescription as pr
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationRequested
 from services.cli import bus
-from services.cli.render import describe_inventory_event, stock_table
+from services.cli.render import Fitted, describe_inventory_event, stock_table
 from services.consultation.domain import TERMINAL, PrescriptionStatus, Stage
 from services.consultation.storage import ConsultationStorage
 from services.inventory.storage import InventoryStorage
@@ -232,12 +236,7 @@ class Demo:
         return await self.consultation.statuses()
 
     def view(self, statuses: list[PrescriptionStatus], elapsed: float) -> Group:
-        counts = Counter(s.stage for s in statuses)
-        table = Table(title=f"{self.submitted}/{self.count} prescriptions submitted · {elapsed:.0f}s", expand=True)
-        for stage in Stage:
-            table.add_column(stage.value.replace("_", " "), justify="right")
-        table.add_row(*(f"[bold]{counts[s]}[/]" if s in TERMINAL else str(counts[s]) for s in Stage))
-        return Group(table, Panel("\n".join(self.feed) or "…", title="warehouse and courier feed"))
+        return progress_view(Counter(s.stage for s in statuses), self.submitted, self.count, elapsed, self.feed)
 
     async def run(self, timeout_s: float) -> list[PrescriptionStatus]:
         await self.seed_data()
@@ -267,21 +266,7 @@ class Demo:
             await asyncio.gather(*helpers, submitter, return_exceptions=True)
 
     async def summary(self, statuses: list[PrescriptionStatus]) -> None:
-        table = Table(title="how each prescription ended")
-        table.add_column("final state")
-        table.add_column("prescriptions", justify="right")
-        table.add_column("for example, why")
-        by_stage: dict[Stage, list[PrescriptionStatus]] = {}
-        for status in statuses:
-            by_stage.setdefault(status.stage, []).append(status)
-        for stage, members in sorted(by_stage.items(), key=lambda kv: -len(kv[1])):
-            example = next((m.why[0] for m in members if m.why), "")
-            retried = sum(1 for m in members if m.delivery_attempts > 1)
-            if stage is Stage.DELIVERED and retried:
-                example = f"{retried} of them after a failed attempt"
-            label = stage.value if stage in TERMINAL else f"{stage.value} (not finished)"
-            table.add_row(label, str(len(members)), example)
-        console.print(table)
+        console.print(endings_table(statuses))
         console.print(self.activity(statuses))
         warehouses = await self.inventory.all_warehouses()
         console.print(stock_table(warehouses))
@@ -291,7 +276,7 @@ class Demo:
             " + quarantined + expired + delivered): " + ("[green]yes[/]" if balanced else "[red]NO[/]")
         )
 
-    def activity(self, statuses: list[PrescriptionStatus]) -> Table:
+    def activity(self, statuses: list[PrescriptionStatus]) -> Fitted:
         """Reviews, cancellations and deliveries: what the pharmacy and the couriers did."""
         by_id = {s.prescription_id: s for s in statuses}
         delivered = {rx for rx, s in by_id.items() if s.stage is Stage.DELIVERED}
@@ -299,9 +284,6 @@ class Demo:
         cold = {o.package_id for o in offers if o.cold_chain and o.package_id in delivered}
         expired = sum(1 for s in statuses if any("REVIEW_EXPIRED" in why for why in s.why))
         cancelled = [s for s in statuses if s.stage is Stage.CANCELLED]
-        table = Table(title="the pharmacy's and the couriers' work")
-        table.add_column("what")
-        table.add_column("count", justify="right")
         rows = [
             ("held for a pharmacist, approved", self.reviews["approved"]),
             ("held for a pharmacist, rejected", self.reviews["rejected"]),
@@ -325,9 +307,54 @@ class Demo:
             ),
         ]
         rows += [(f"failed attempts: {reason.replace('_', ' ')}", n) for reason, n in sorted(self.failures.items())]
-        for what, count in rows:
-            table.add_row(what, str(count))
-        return table
+        return activity_table(rows)
+
+
+# --- what the demo shows: whole numbers and states at 80 columns as on a wide screen ----------------
+
+
+def progress_view(counts: Counter[Stage], submitted: int, count: int, elapsed: float, feed: Iterable[str]) -> Group:
+    """The live view: how many prescriptions are in each state, then the feed. A count beside its
+    state, as many to a line as fit: a column per state needs some 200 columns, and narrower rich
+    cut the states to `re… he… for re…`."""
+    states = [
+        Text.assemble((f"{counts[stage]:>5}", "bold" if stage in TERMINAL else ""), f" {stage.value.replace('_', ' ')}")
+        for stage in Stage
+    ]
+    title = f"{submitted}/{count} prescriptions submitted · {elapsed:.0f}s"
+    return Group(
+        Panel(Columns(states, equal=True, padding=(0, 2)), title=title),
+        Panel("\n".join(feed) or "(nothing yet)", title="warehouse and courier feed"),
+    )
+
+
+def endings_table(statuses: list[PrescriptionStatus]) -> Fitted:
+    """How each prescription ended: by final state, the most common first, with an example why."""
+    table = Table(title="how each prescription ended")
+    table.add_column("final state", no_wrap=True)
+    table.add_column("prescriptions", justify="right", no_wrap=True)
+    table.add_column("for example, why", overflow="fold")
+    by_stage: dict[Stage, list[PrescriptionStatus]] = {}
+    for status in statuses:
+        by_stage.setdefault(status.stage, []).append(status)
+    for stage, members in sorted(by_stage.items(), key=lambda kv: -len(kv[1])):
+        example = next((m.why[0] for m in members if m.why), "")
+        retried = sum(1 for m in members if m.delivery_attempts > 1)
+        if stage is Stage.DELIVERED and retried:
+            example = f"{retried} of them after a failed attempt"
+        label = stage.value if stage in TERMINAL else f"{stage.value}\n(not finished)"
+        table.add_row(label, str(len(members)), escape(example))
+    return Fitted(table)
+
+
+def activity_table(rows: Iterable[tuple[str, int]]) -> Fitted:
+    """Reviews, cancellations and deliveries, counted."""
+    table = Table(title="the pharmacy's and the couriers' work")
+    table.add_column("what", overflow="fold")
+    table.add_column("count", justify="right", no_wrap=True)
+    for what, count in rows:
+        table.add_row(what, str(count))
+    return Fitted(table)
 
 
 def main(

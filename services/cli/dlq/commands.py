@@ -7,17 +7,21 @@ from collections.abc import Sequence
 import typer
 from aiokafka.structs import RecordMetadata
 from pymongo.errors import PyMongoError
+from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
 from services.runtime.settings import RuntimeSettings
 
+from ..render import print_json
 from ..running import console, run, settings_from_env
 from .letters import DeadLetter, dead_letter_topic
 from .reading import read_dead_letter, read_dead_letters
-from .render import count_of, letters_lines, letters_table, print_letter, printable
+from .render import count_of, letters_document, letters_view, print_letter, printable
 from .replay_log import REPLAYS_COLLECTION, ReplayRecord, operator, replay_records, with_replay_log
 from .replaying import NotRecordedError, replay
+
+_stderr = Console(stderr=True)
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -33,13 +37,15 @@ def _dead_letter_topic_param(name: str) -> str:
         raise typer.BadParameter(str(error)) from None
 
 
-def _records_or_warning(settings: RuntimeSettings, letters: Sequence[DeadLetter]) -> dict[str, ReplayRecord] | None:
+def _records_or_warning(
+    settings: RuntimeSettings, letters: Sequence[DeadLetter], warn: Console = console
+) -> dict[str, ReplayRecord] | None:
     """For the commands that only look: the replay records, or a warning and None if the database
     cannot be reached (the letters themselves are still worth seeing)."""
     try:
         return run(replay_records(settings, letters))
     except PyMongoError as error:
-        console.print(
+        warn.print(
             Text(
                 f"replay records ({REPLAYS_COLLECTION}) unavailable, not shown: {printable(str(error), 200)}",
                 style="yellow",
@@ -51,20 +57,22 @@ def _records_or_warning(settings: RuntimeSettings, letters: Sequence[DeadLetter]
 @app.command("list")
 def list_command(
     topic: str | None = typer.Option(None, "--topic", help="Only this topic's dead letters (original or .dlq name)"),
+    as_json: bool = typer.Option(False, "--json", help="The letters and their replays as one JSON document"),
 ) -> None:
-    """Every dead letter, or one topic's, oldest first, and whether (and when) each was replayed."""
+    """Every dead letter, or one topic's, oldest first, and whether (and when) each was replayed:
+    a table where it fits the terminal, else a few lines per letter."""
     names = [_dead_letter_topic_param(topic)] if topic else None
     settings = settings_from_env()
     letters = run(read_dead_letters(settings, names))
+    if as_json:
+        # A warning that the records are unreadable goes to stderr: stdout stays one JSON document.
+        records = _records_or_warning(settings, letters, warn=_stderr) if letters else {}
+        print_json(letters_document(letters, records))
+        return
     if not letters:
         console.print(f"no dead letters on {names[0] if names else 'any dead-letter topic'}")
         return
-    records = _records_or_warning(settings, letters)
-    if console.width >= 120:
-        console.print(letters_table(letters, records))
-    else:
-        for line in letters_lines(letters, records):
-            console.print(line)
+    console.print(letters_view(letters, _records_or_warning(settings, letters)))
 
 
 @app.command()

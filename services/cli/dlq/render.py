@@ -1,15 +1,18 @@
-"""Showing dead letters on a terminal: the table (wide terminals) or lines (narrow ones) of `list`,
-the full letter of `show`, all with untrusted text made safe to print."""
+"""Showing dead letters on a terminal: the table (where its rows fit) or lines (narrower terminals)
+of `list`, or its JSON, the full letter of `show`, all with untrusted text made safe to print."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..render import Fitted
 from ..running import console
 from .letters import DeadLetter
 from .replay_log import ReplayRecord
@@ -53,18 +56,19 @@ def _replayed_cell(record: ReplayRecord | None) -> str:
 
 
 def letters_table(letters: Sequence[DeadLetter], records: dict[str, ReplayRecord] | None = None) -> Table:
-    """One row per letter, for terminals of 120 columns or more. With `records`, whether and when
-    each was replayed."""
+    """One row per letter, for terminals wide enough (`letters_view`). With `records`, whether and
+    when each was replayed. Positions, times, topics, reasons and keys are never cut or folded;
+    the detail is free text and folds."""
     table = Table(title=f"{count_of(letters, 'dead letter')}{_replayed_count(letters, records)}", show_lines=True)
-    table.add_column("dead letter", overflow="fold", ratio=3)
-    table.add_column("time (UTC)", min_width=10, ratio=2)
-    table.add_column("original", overflow="fold", ratio=3)
-    table.add_column("reason", style="bold red", overflow="fold", min_width=8, ratio=2)
-    table.add_column("tries", justify="right", min_width=2)
-    table.add_column("detail", ratio=4)
-    table.add_column("key", overflow="fold", ratio=2)
+    table.add_column("dead letter", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
+    table.add_column("original", no_wrap=True)
+    table.add_column("reason", style="bold red", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("detail", overflow="fold", min_width=20)
+    table.add_column("key", no_wrap=True)
     if records is not None:
-        table.add_column("replayed (UTC)", overflow="fold", min_width=10, ratio=2)
+        table.add_column("replayed (UTC)", no_wrap=True)
     for letter in letters:
         replayed = [] if records is None else [Text(_replayed_cell(records.get(letter.position)))]
         table.add_row(
@@ -80,8 +84,44 @@ def letters_table(letters: Sequence[DeadLetter], records: dict[str, ReplayRecord
     return table
 
 
+def letters_view(letters: Sequence[DeadLetter], records: dict[str, ReplayRecord] | None = None) -> Fitted:
+    """`dlq list`: the table where its rows fit the terminal, else `letters_lines`."""
+    return Fitted(letters_table(letters, records), narrow=Group(*letters_lines(letters, records)))
+
+
+def letters_document(
+    letters: Sequence[DeadLetter], records: dict[str, ReplayRecord] | None = None
+) -> list[dict[str, Any]]:
+    """`dlq list --json`: each letter's position, time, origin, reason, detail and key in full (the
+    key decoded, undecodable bytes as \\x escapes), and its replays (null: the records could not
+    be read)."""
+    return [
+        {
+            "position": letter.position,
+            "topic": letter.topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "time": letter.time,
+            "original_topic": letter.original_topic,
+            "original_partition": letter.original_partition,
+            "original_offset": letter.original_offset,
+            "reason": letter.reason,
+            "attempts": letter.attempts,
+            "detail": letter.detail,
+            "key": None if letter.key is None else letter.key.decode("utf-8", "backslashreplace"),
+            "replays": None if records is None else _replays(records.get(letter.position)),
+        }
+        for letter in letters
+    ]
+
+
+def _replays(record: ReplayRecord | None) -> list[dict[str, Any]]:
+    return [] if record is None else [replayed.document() for replayed in record.replays]
+
+
 def letters_lines(letters: Sequence[DeadLetter], records: dict[str, ReplayRecord] | None = None) -> list[Text]:
-    """The same as `letters_table`, three lines per letter (four if it was replayed), for narrow terminals."""
+    """The same as `letters_table`, three lines per letter (four if it was replayed), for narrow
+    terminals: the lines wrap between words, never inside a position, a time or a reason."""
     records_ = records or {}
     lines = [Text(count_of(letters, "dead letter") + _replayed_count(letters, records), style="bold")]
     for letter in letters:
@@ -120,7 +160,8 @@ def print_letter(letter: DeadLetter) -> None:
     console.print(Text(f"key: {printable(letter.key) if letter.key is not None else '(none)'}"))
     headers = Table(title="headers", show_header=True)
     headers.add_column("name", no_wrap=True)
-    headers.add_column("value")
+    # Any bytes at all, maybe one long token (a trace id, a topic:partition:offset): folded, never cut.
+    headers.add_column("value", overflow="fold")
     for name, raw in letter.headers:
         headers.add_row(Text(printable(name)), Text(printable(raw)))
     console.print(headers)
