@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from uuid import uuid4
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -15,7 +16,7 @@ from pharmacy_contracts import Envelope, client, signing
 from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted
 from pharmacy_contracts.courier import CourierReported
 from pharmacy_contracts.prescription import CancellationOrdered, ReviewDecided
-from pharmacy_contracts.topics import CONSULTATION_PRESCRIPTIONS, Topic
+from pharmacy_contracts.topics import CONSULTATION_PRESCRIPTIONS, Topic, topic_for
 from services.runtime import credentials
 from services.runtime.credentials import COURIER, PHARMACIST
 from services.runtime.security import aiokafka_kwargs
@@ -171,12 +172,66 @@ def short_id() -> str:
     return uuid4().hex[:12]
 
 
+@dataclass(frozen=True)
+class RefusedAtTheDoor:
+    """A message the service dead-lettered before any use case saw it (a signature, the contract,
+    an unknown warehouse): its answer is the dead letter's reason."""
+
+    code: str
+    detail: str
+    outcome: str = "refused"
+
+
+#: Whether an answer (a record of the answers topic) answers the message of this id.
+Answers = Callable[[Envelope, str], bool]
+
+
+def names_it(answer: Envelope, message_id: str) -> bool:
+    """An answer naming the message it answers (`answers_message_id`): receipts and answers topics."""
+    return getattr(answer, "answers_message_id", None) == message_id
+
+
+def caused_by_it(answer: Envelope, message_id: str) -> bool:
+    """An event the message caused (`causation_id`): what a warehouse command did, or why not."""
+    return answer.causation_id == message_id
+
+
 async def ask(
-    settings: RuntimeSettings, message: Envelope, answers: Topic, key: str, timeout_s: float
-) -> Envelope | None:
-    """Publish `message` and wait up to `timeout_s` for its answer on `answers` (the record keyed
-    `key` whose `answers_message_id` is the message's id); None if none came in time. The answers
-    are read from where the topic ended before the message went out, so none is missed."""
+    settings: RuntimeSettings,
+    message: Envelope,
+    answers: Topic,
+    key: str,
+    timeout_s: float,
+    answered: Answers = names_it,
+) -> Envelope | RefusedAtTheDoor | None:
+    """Publish `message` and wait up to `timeout_s` for its answer (see `ask_after`)."""
+    return await ask_after(
+        settings,
+        lambda: publish(settings, message),
+        message.message_id,
+        topic_for(message),
+        answers,
+        key,
+        timeout_s,
+        answered,
+    )
+
+
+async def ask_after(
+    settings: RuntimeSettings,
+    send: Callable[[], Awaitable[object]],
+    message_id: str,
+    sent_to: Topic,
+    answers: Topic,
+    key: str,
+    timeout_s: float,
+    answered: Answers = names_it,
+) -> Envelope | RefusedAtTheDoor | None:
+    """`send` the message of `message_id` to `sent_to` and wait up to `timeout_s` for its answer:
+    the record of `answers` keyed `key` that `answered` accepts, or the message's own dead letter
+    (refused at the door); None if neither came in time. Both are read from where they ended before
+    the message went out, so none is missed."""
+    dead_letters = sent_to.dead_letter_topic
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
@@ -189,23 +244,30 @@ async def ask(
     try:
         await consumer.topics()  # metadata of every topic, the answers' partitions among them
         partitions = [
-            TopicPartition(answers.name, p) for p in sorted(consumer.partitions_for_topic(answers.name) or ())
+            TopicPartition(name, p)
+            for name in (answers.name, dead_letters)
+            for p in sorted(consumer.partitions_for_topic(name) or ())
         ]
         consumer.assign(partitions)
         for partition, end in (await consumer.end_offsets(partitions)).items():
             consumer.seek(partition, end)
-        await publish(settings, message)
+        await send()
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             found = await consumer.getmany(timeout_ms=max(1, int(min(left, 0.5) * 1000)))
             for record in (r for batch in found.values() for r in batch):
+                if record.topic == dead_letters:
+                    headers = {name: (value or b"").decode("utf-8", "replace") for name, value in record.headers}
+                    if headers.get(client.MESSAGE_ID_HEADER) == message_id:
+                        return RefusedAtTheDoor(headers.get("dlq.reason", "refused"), headers.get("dlq.detail", ""))
+                    continue
                 if record.key != key.encode():
                     continue
                 try:
                     answer = answers.parse(record.value)
                 except ValidationError:
                     continue
-                if getattr(answer, "answers_message_id", None) == message.message_id:
+                if answered(answer, message_id):
                     return answer
         return None
     finally:

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from rich.text import Text
 
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
-from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted
+from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted, SenderReceipt
 from services.consultation import fhir
 from services.consultation.storage import ConsultationStorage
 from services.inventory.storage import InventoryStorage
@@ -37,7 +38,7 @@ from . import couriers as couriers_cli
 from .dlq.letters import DeadLetter
 from .dlq.reading import read_dead_letters
 from .render import describe_inventory_event, status_panel, stock_table
-from .running import console, report_failure, run, settings_from_env, with_database
+from .running import console, report_failure, run, say_answer, settings_from_env, with_database
 from .warehouses import registrations
 
 app = typer.Typer(pretty_exceptions_enable=False, no_args_is_help=True, help=__doc__)
@@ -61,13 +62,16 @@ def submit(
         ..., exists=True, readable=True, help="A prescription, a whole message, or a FHIR R4 Bundle, as JSON"
     ),
     sender_id: str = typer.Option("cli", help="The upstream system's registered id (it signs the message)"),
+    wait: float | None = typer.Option(None, "--wait", help="Seconds to wait for the receipt (PHARMACY_ANSWER_WAIT_S)"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Send and return (scripts)"),
 ) -> None:
-    """Publish a prescription on consultation.prescriptions.v1, as an upstream system does.
+    """Publish a prescription on consultation.prescriptions.v1, as an upstream system does, and
+    print the consultation service's receipt: accepted, or refused and why (exit 1).
 
     A FHIR R4 Bundle is sent as it is, marked `content-type: application/fhir+json` and signed the same way."""
     data = json.loads(file.read_text())
     if isinstance(data, dict) and data.get("resourceType") == "Bundle":
-        _submit_fhir_bundle(file.read_bytes(), sender_id)
+        _submit_fhir_bundle(file.read_bytes(), sender_id, wait, no_wait)
         return
     if "prescription" in data:
         message = PrescriptionSubmitted.model_validate(data)
@@ -82,14 +86,30 @@ def submit(
     settings = settings_from_env()
     if settings.signing_secret is None:
         settings = _with_dev_stack_key(settings)
-    run(bus.publish(settings, message))
     console.print(
-        f"submitted [bold]{message.prescription.prescription_id}[/] as message {message.message_id}, "
+        f"submitting [bold]{message.prescription.prescription_id}[/] as message {message.message_id}, "
         f"signed by {message.sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}"
     )
+    what = f"prescription {message.prescription.prescription_id}"
+    wait = _waiting(settings, wait, no_wait)
+    if wait <= 0:
+        run(bus.publish(settings, message))
+        return
+    receipt = run(bus.ask(settings, message, topics.CONSULTATION_RECEIPTS, sender_id, wait, answered=_receipt_of))
+    say_answer(receipt, waited_s=wait, what=what)
 
 
-def _submit_fhir_bundle(body: bytes, sender_id: str) -> None:
+def _waiting(settings: RuntimeSettings, wait: float | None, no_wait: bool) -> float:
+    """How long a command waits for its answer: --wait, else PHARMACY_ANSWER_WAIT_S; none with --no-wait."""
+    return 0.0 if no_wait else settings.answer_wait_s if wait is None else wait
+
+
+def _receipt_of(answer: Any, message_id: str) -> bool:
+    """The receipt of an upstream message (not the later receipts of its prescription's stages)."""
+    return isinstance(answer, SenderReceipt) and answer.answers_message_id == message_id
+
+
+def _submit_fhir_bundle(body: bytes, sender_id: str, wait: float | None, no_wait: bool) -> None:
     # Mapped here first, as the service will: an unmappable bundle is explained now rather than
     # dead-lettered later, and the record gets the prescription id as its key.
     try:
@@ -111,11 +131,27 @@ def _submit_fhir_bundle(body: bytes, sender_id: str) -> None:
         sender_id=sender_id,
         settings=settings,
     )
-    run(bus.publish_records(settings, record))
     console.print(
-        f"submitted FHIR bundle for [bold]{prescription.prescription_id}[/] as message {message_id}, "
+        f"submitting FHIR bundle for [bold]{prescription.prescription_id}[/] as message {message_id}, "
         f"signed by {sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}"
     )
+    wait_s = _waiting(settings, wait, no_wait)
+    if wait_s <= 0:
+        run(bus.publish_records(settings, record))
+        return
+    receipt = run(
+        bus.ask_after(
+            settings,
+            lambda: bus.publish_records(settings, record),
+            message_id,
+            topics.CONSULTATION_PRESCRIPTIONS,
+            topics.CONSULTATION_RECEIPTS,
+            sender_id,
+            wait_s,
+            answered=_receipt_of,
+        )
+    )
+    say_answer(receipt, waited_s=wait_s, what=f"prescription {prescription.prescription_id}")
 
 
 def _with_dev_stack_key(settings: RuntimeSettings) -> RuntimeSettings:
@@ -138,8 +174,11 @@ def cancel(
     reason: str = typer.Option(..., help="Why it is withdrawn; the pharmacy and the patient see it"),
     by: str = typer.Option(..., help="Who withdraws it: the doctor, the patient, ..."),
     sender_id: str = typer.Option("cli", help="The upstream system that sent the prescription (it signs the message)"),
+    wait: float | None = typer.Option(None, "--wait", help="Seconds to wait for the receipt (PHARMACY_ANSWER_WAIT_S)"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Send and return (scripts)"),
 ) -> None:
-    """Withdraw a prescription on consultation.prescriptions.v1, as the upstream system that sent it does."""
+    """Withdraw a prescription on consultation.prescriptions.v1, as the upstream system that sent
+    it does, and print the receipt: accepted, or refused and why (exit 1)."""
     try:
         message = CancellationRequested(
             correlation_id=prescription_id,
@@ -155,12 +194,17 @@ def cancel(
     settings = settings_from_env()
     if settings.signing_secret is None:
         settings = _with_dev_stack_key(settings)
-    run(bus.publish(settings, message))
     console.print(
-        f"cancellation of [bold]{prescription_id}[/] sent as message {message.message_id}, "
+        f"cancelling [bold]{prescription_id}[/] as message {message.message_id}, "
         f"signed by {message.sender_id} with key {settings.signing_key_id or '(none: it will be quarantined)'}; "
         f"follow it with `pharmacy status {prescription_id}`"
     )
+    wait_s = _waiting(settings, wait, no_wait)
+    if wait_s <= 0:
+        run(bus.publish(settings, message))
+        return
+    receipt = run(bus.ask(settings, message, topics.CONSULTATION_RECEIPTS, sender_id, wait_s, answered=_receipt_of))
+    say_answer(receipt, waited_s=wait_s, what=f"cancellation of {prescription_id}")
 
 
 @app.command()
@@ -272,11 +316,11 @@ def register(
             console.print(f"[red]not a valid registration:[/] {error}")
             raise typer.Exit(2) from None
         commands = [command]
-    run(bus.publish(settings_from_env(), *commands))
     for command in commands:
-        console.print(
+        _ask_inventory(
+            command,
             f"registration of {command.warehouse_id} ({command.kind}) at "
-            f"{command.location.latitude}, {command.location.longitude} requested"
+            f"{command.location.latitude}, {command.location.longitude}",
         )
 
 
@@ -300,8 +344,7 @@ def restock(
         quantity=quantity,
         requested_by=by,
     )
-    run(bus.publish(settings_from_env(), command))
-    console.print(f"restock of {quantity} × {drug_code} lot {lot} (expires {expiry}) at {warehouse_id} requested")
+    _ask_inventory(command, f"restock of {quantity} × {drug_code} lot {lot} (expires {expiry}) at {warehouse_id}")
 
 
 # "-12" is a count to remove, not an option: the command knows no short options to confuse it with.
@@ -325,8 +368,7 @@ def adjust(
         reason=reason,
         requested_by=by,
     )
-    run(bus.publish(settings_from_env(), command))
-    console.print(f"adjustment of {delta:+d} × {drug_code} lot {lot} at {warehouse_id} requested")
+    _ask_inventory(command, f"adjustment of {delta:+d} × {drug_code} lot {lot} at {warehouse_id}")
 
 
 def _decide_quarantine(
@@ -343,12 +385,43 @@ def _decide_quarantine(
         reason=reason,
         requested_by=by,
     )
-    run(bus.publish(settings_from_env(), command))
     done = "release" if decision == "release" else "write-off"
-    console.print(
-        f"{done} of {quantity} × {drug_code} lot {lot} from quarantine at {warehouse_id} requested "
-        "(`pharmacy warehouse watch` shows it done, or refused and why)"
+    _ask_inventory(command, f"{done} of {quantity} × {drug_code} lot {lot} from quarantine at {warehouse_id}")
+
+
+@dataclass(frozen=True)
+class _StockAnswer:
+    """What a warehouse command did, told as the other commands' answers are."""
+
+    outcome: str
+    code: str | None
+    detail: str
+
+
+def _ask_inventory(
+    command: inv.WarehouseRegistrationRequested
+    | inv.RestockRequested
+    | inv.AdjustmentRequested
+    | inv.QuarantineDecided,
+    what: str,
+) -> None:
+    """Send a warehouse command and print what inventory did (the event it caused on
+    inventory.events.v1), or why it refused it; exits 1 on a refusal. PHARMACY_ANSWER_WAIT_S: 0
+    sends and returns."""
+    settings = settings_from_env()
+    wait = settings.answer_wait_s
+    console.print(f"{what}: sent")
+    if wait <= 0:
+        run(bus.publish(settings, command))
+        return
+    answer = run(
+        bus.ask(settings, command, topics.INVENTORY_EVENTS, command.warehouse_id, wait, answered=bus.caused_by_it)
     )
+    if isinstance(answer, inv.StockCommandRefused):
+        answer = _StockAnswer("refused", "stock rule", answer.reason)
+    elif answer is not None and not isinstance(answer, bus.RefusedAtTheDoor):
+        answer = _StockAnswer("applied", None, Text.from_markup(describe_inventory_event(answer)).plain)
+    say_answer(answer, waited_s=wait, what=what)
 
 
 @warehouse.command()

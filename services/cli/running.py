@@ -102,8 +102,8 @@ def say_answer(answer: object | None, *, waited_s: float, what: str) -> None:
         )
         return
     outcome, code, detail = (getattr(answer, name, None) for name in ("outcome", "code", "detail"))
-    if outcome == "applied":
-        console.print(Text(f"{what}: {detail or 'applied'}", style="green"))
+    if outcome in ("applied", "accepted"):
+        console.print(Text(f"{what}: {detail or outcome}", style="green"))
     else:
         console.print(Text(f"{what} REFUSED ({code}): {detail or ''}".rstrip(": "), style="bold red"))
         raise typer.Exit(1)
