@@ -15,8 +15,9 @@ import asyncio
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import typer
 from rich.columns import Columns
@@ -81,6 +82,16 @@ DEMO_DEADLINES = {
     "PHARMACY_REVIEW_EXPIRE_AFTER_S": "35",
     "PHARMACY_OFFER_ACCEPT_TIMEOUT_S": "10",
 }
+
+
+def review_decision(codes: Sequence[str], controlled_seen: int) -> Literal["approve", "reject"]:
+    """The simulated pharmacist's decision on a hold (after the one left undecided): every other
+    controlled-drug prescription, the first among them, is rejected for want of a documented pain
+    assessment; every other hold is approved after a look. `controlled_seen`: controlled-drug holds
+    decided before this one. Deterministic, so every run shows both (README: `make demo`)."""
+    if "CONTROLLED_SUBSTANCE" in codes and controlled_seen % 2 == 0:
+        return "reject"
+    return "approve"
 
 
 class Demo:
@@ -197,9 +208,9 @@ class Demo:
                 await asyncio.sleep(0.5)
 
     async def pharmacist(self) -> None:
-        """The pharmacist on duty works the review queue: approves most holds after a look, rejects
-        some controlled-drug prescriptions, and misses one hold, which escalates and expires."""
-        missed_one = False
+        """The pharmacist on duty works the review queue: misses the first hold, which escalates and
+        expires, then decides each as `review_decision` says."""
+        missed_one, controlled_seen = False, 0
         async with bus.producer(self.settings) as producer:
             async for _, event, _ in bus.follow(self.settings, topics.PRESCRIPTION_DECISIONS, from_beginning=True):
                 if isinstance(event, pr.ReviewEscalated):
@@ -213,7 +224,9 @@ class Demo:
                     self.feed.append(f"[yellow]held[/] {event.prescription_id} ({', '.join(codes)}): nobody looks")
                     continue
                 await asyncio.sleep(self.rng.uniform(0.5, 2.0))
-                reject = "CONTROLLED_SUBSTANCE" in codes and self.rng.random() < 0.4
+                controlled = "CONTROLLED_SUBSTANCE" in codes
+                reject = review_decision(codes, controlled_seen) == "reject"
+                controlled_seen += controlled
                 decision = pr.ReviewDecided(
                     correlation_id=event.prescription_id,
                     producer="pharmacist-console",
