@@ -40,6 +40,7 @@ FOLLOWED = (
     topics.PRESCRIPTION_DECISIONS,
     topics.INVENTORY_EVENTS,
     topics.COURIER_DELIVERIES,
+    topics.PRESCRIPTION_FORMULARY,  # only for the drugs' names: stock events carry codes
 )
 RETRY_AFTER_S = 2.0
 

@@ -1,7 +1,7 @@
 """The board's state as a pure fold of the public events: `fold(board, event) -> board`.
 
-Only contracts come in, so the board depends on no service's model. Three rules keep it right
-when it reads four topics (their relative order is not guaranteed) and messages arrive twice:
+Only contracts come in, so the board depends on no service's model. Four rules keep it right
+when it reads five topics (their relative order is not guaranteed) and messages arrive twice:
 
 - Stock figures are sums of the events' `movements` (deltas), which add up the same in any order;
   each lot remembers the message ids it counted, so a re-delivered event changes nothing. (The
@@ -10,9 +10,12 @@ when it reads four topics (their relative order is not guaranteed) and messages 
   consultation service's tracking does: before the courier stage the furthest stage seen wins;
   courier events, in order on one topic, set it; the first terminal stage stays. The board shows
   the stages coarser (`STATES`).
+- A row's last step never contradicts its state: an event that moves no stage (a package back at
+  the warehouse, a wrong delivery code) explains the row only in the states it can describe
+  (`note_fits`); read late, after the prescription moved on, it changes nothing.
 - Per-courier counts are sets of (prescription, attempt), so counting twice is impossible.
 
-No patient data is kept: ids, drug codes, warehouses and couriers only.
+No patient data is kept: ids, drug codes and names, warehouses and couriers only.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ SHOWN_AS: dict[Stage, str] = {
     Stage.COURIER_ASSIGNED: "with_courier",
     Stage.ACCEPTED_BY_COURIER: "with_courier",
     Stage.PICKED_UP: "with_courier",
-    Stage.DELIVERY_FAILED: "with_courier",
+    # A failed attempt's goods are back at the warehouse (or never left) until the next courier.
+    Stage.DELIVERY_FAILED: "reserved",
     Stage.DELIVERED: "delivered",
     Stage.REJECTED: "rejected",
     Stage.OUT_OF_STOCK: "out_of_stock",
@@ -120,6 +124,7 @@ class Alert:
 @dataclass(frozen=True)
 class Board:
     warehouses: Mapping[str, str] = field(default_factory=dict)
+    drug_names: Mapping[str, str] = field(default_factory=dict)
     lots: Mapping[tuple[str, str], Lot] = field(default_factory=dict)
     low_stock: Mapping[tuple[str, str], int] = field(default_factory=dict)
     prescriptions: Mapping[str, PrescriptionRow] = field(default_factory=dict)
@@ -157,6 +162,8 @@ def _stock(board: Board, event: Envelope) -> Board:
     match event:
         case inv.WarehouseRegistered():
             return replace(board, warehouses={**board.warehouses, event.warehouse_id: event.name})
+        case rx.DrugListed():
+            return replace(board, drug_names={**board.drug_names, event.drug_code: event.name})
         case inv.StockRestocked():
             board = _with_lot_details(board, event.warehouse_id, event.lot_id, event.drug_code, event.expiry_date)
         case inv.StockReserved():
@@ -312,12 +319,43 @@ def _prescription(board: Board, event: Envelope) -> Board:
         return board  # a late copy of an earlier delivery attempt
     reported = stage_of(event)
     stage = row.stage if reported is None else next_stage(row.stage, reported)
-    if reported is None or reported is stage:  # a stale event read late neither explains nor refreshes the row
+    explains = reported is stage if reported is not None else note_fits(event, SHOWN_AS[stage])
+    if explains:  # a stale event read late neither explains nor refreshes the row
         row = replace(row, stage=stage, note=note, updated_at=event.occurred_at, seq=board.events)
     if isinstance(event, inv.StockReserved):
         row = replace(row, warehouse_id=event.warehouse_id)
     row = _delivery(row, event)
     return replace(board, prescriptions={**board.prescriptions, prescription_id: row})
+
+
+_TERMINAL_STATES = frozenset(SHOWN_AS[stage] for stage in TERMINAL)
+_QUARANTINED_AFTER = {"undeliverable": "undeliverable", "damaged": "undeliverable", "cancelled": "cancelled"}
+_OVERDUE_WHILE = {"awaiting_stock": "approved", "awaiting_courier": "reserved", "on_the_road": "with_courier"}
+
+
+def note_fits(event: Envelope, state: str) -> bool:
+    """Whether an event that moves no stage can be the last step of a row shown in `state`.
+
+    Such events come from other topics than the one that moves the stage, so they may be read after
+    the prescription moved on: "package back at the warehouse" read once the next courier has it
+    would contradict "with courier". Each fits only the states it describes; once a prescription
+    ended, only what happened to its goods afterwards still explains it."""
+    match event:
+        case CancellationAccepted():
+            return state not in _TERMINAL_STATES
+        case rx.ReviewEscalated():
+            return state == "held_for_review"
+        case inv.StockReturned():
+            return state == "reserved"
+        case inv.StockQuarantined():
+            return state == _QUARANTINED_AFTER[event.why]
+        case c.DeliveryCodeRejected():
+            return state == "with_courier"
+        case c.DeliveryOverdue():
+            return state == _OVERDUE_WHILE[event.stage]
+        case c.DeliveryCancelled():
+            return state == "cancelled"
+    return True
 
 
 _COURIER_EVENTS = (
@@ -378,7 +416,8 @@ def _courier(board: Board, event: Envelope) -> Board:
 
 
 def snapshot(board: Board, *, latest: int = 15) -> dict[str, Any]:
-    """The board as JSON-ready data: stock by warehouse, drug and lot; prescriptions; couriers."""
+    """The board as JSON-ready data: stock by warehouse, drug (with its formulary name, once heard) and lot;
+    prescriptions; couriers."""
     return {
         "events": board.events,
         "last_event_at": board.last_event_at.isoformat() if board.last_event_at else None,
@@ -406,6 +445,7 @@ def _stock_view(board: Board) -> list[dict[str, Any]]:
             drugs.append(
                 {
                     "drug_code": drug_code,
+                    "name": board.drug_names.get(drug_code),
                     **totals,
                     "low_stock_threshold": threshold if low else None,
                     "lots": [

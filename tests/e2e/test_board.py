@@ -1,5 +1,6 @@
 """The live board in a real browser: Debian's headless chromium, driven by Playwright, watches the
-board while prescriptions go through the four service processes, and sees it change without a reload.
+board while prescriptions go through the four service processes, and sees it change without a reload;
+then checks that it fits a 1,280 px laptop and a phone without sideways scrolling.
 
 `BOARD_SCREENSHOT=1` also saves the final board to docs/board.png (the README's picture).
 """
@@ -10,11 +11,12 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Page, expect
 
-from services.board.browser import CHROMIUM, board_page
+from services.board.browser import CHROMIUM, VIEWPORT, board_page
 from services.courier.domain import CourierProfile
 from services.ops.devstack import BOARD, DevStack
 from services.prescription.domain import FormularyEntry
@@ -25,6 +27,24 @@ pytestmark = pytest.mark.e2e
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "board.png"
 WAIT_MS = 60_000
+PHONE = {"width": 390, "height": 844}
+# What would make a reader scroll sideways or miss part of an id, measured in the page as laid out.
+LAYOUT = """() => {
+  const width = window.innerWidth;
+  const describe = (node) => node.outerHTML.slice(0, 160);
+  const all = [...document.querySelectorAll("body *")];
+  const panels = [...document.querySelectorAll(".panel")].map((panel) => panel.getBoundingClientRect());
+  return {
+    width,
+    scrollWidth: document.documentElement.scrollWidth,
+    beyondViewport: all.filter((node) => node.getBoundingClientRect().right > width + 0.5).map(describe),
+    clipped: [...document.querySelectorAll(".panel, th, td")]
+      .filter((node) => node.scrollWidth > node.clientWidth + 1)
+      .map(describe),
+    brokenIds: [...document.querySelectorAll(".id")].filter((node) => node.getClientRects().length > 1).map(describe),
+    panelLefts: [...new Set(panels.map((rect) => Math.round(rect.left)))],
+  };
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +107,8 @@ async def test_the_board_follows_prescriptions_live(system: System, page: Page, 
     )
     metformin = page.locator('tr.drug[data-warehouse="WH-NORTH"][data-drug="MET500"]')
     await expect(metformin.locator("td.available")).to_have_text("140", timeout=WAIT_MS)
+    # Stock events carry codes only: the name comes from the formulary's announcement.
+    await expect(metformin.locator(".name")).to_have_text("Metformin 500 mg", timeout=WAIT_MS)
     soon = page.locator('tr.lot[data-lot="MET-SOON"] [data-badge="soon"]')
     await expect(soon).to_be_visible(timeout=WAIT_MS)
 
@@ -129,3 +151,45 @@ async def test_the_board_follows_prescriptions_live(system: System, page: Page, 
             await page.screenshot(path=str(screenshot), full_page=True)
     finally:
         await couriers.stop()
+
+
+async def layout_at(page: Page, viewport: dict[str, int]) -> dict[str, Any]:
+    await page.set_viewport_size(viewport)
+    return await page.evaluate(LAYOUT)
+
+
+async def test_the_board_fits_a_laptop_and_a_phone_without_sideways_scrolling(system: System, page: Page) -> None:
+    await expect(page.locator("#connection")).to_have_attribute("data-connection", "live", timeout=WAIT_MS)
+    # Ids as long as the demo's: a township pharmacy's opening lot, a courier, a prescription.
+    lot = f"L{date.today():%Y%m%d}-opening-PH-KARA-BULAK-LEV50"
+    await system.seed(
+        formulary=[
+            FormularyEntry(drug_code="LEV50", name="Levothyroxine 50 mcg", max_quantity=200, max_days_supply=90)
+        ],
+        couriers=[CourierProfile(courier_id="C-DILNOZA", name="Dilnoza")],
+        stock=[("PH-KARA-BULAK", "LEV50", 90, lot, date.today() + timedelta(days=730))],
+    )
+    couriers = scripted_couriers(system.settings, {"RX-2026-00050": ["deliver"]})
+    couriers.start()
+    try:
+        await system.publish(
+            prescription_message("RX-2026-00050", [("LEV50", 30)]),
+            prescription_message("RX-2026-00051", [("LEV50", 900)]),  # rejected: a long reason code
+        )
+        row = page.locator('#rx-latest tr[data-prescription="RX-2026-00050"]')
+        await expect(row).to_have_attribute("data-state", "delivered", timeout=WAIT_MS)
+        rejected = page.locator('#rx-latest tr[data-prescription="RX-2026-00051"]')
+        await expect(rejected).to_have_attribute("data-state", "rejected", timeout=WAIT_MS)
+        await expect(page.locator(f'tr.lot[data-lot="{lot}"] td.lot-id')).to_have_text(lot, timeout=WAIT_MS)
+    finally:
+        await couriers.stop()
+
+    for viewport in (VIEWPORT, {"width": 1400, "height": 900}, PHONE):
+        layout = await layout_at(page, viewport)
+        where = f"at {viewport['width']} px"
+        assert layout["scrollWidth"] <= layout["width"], f"the page scrolls sideways {where}"
+        assert layout["beyondViewport"] == [], f"wider than the viewport {where}"
+        assert layout["clipped"] == [], f"content cut off {where}"
+        assert layout["brokenIds"] == [], f"ids broken across lines {where}"
+    assert len(layout["panelLefts"]) == 1, "on a phone the panels stand in one column"
+    assert len((await layout_at(page, VIEWPORT))["panelLefts"]) == 2, "a laptop shows two columns"

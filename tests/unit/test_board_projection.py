@@ -13,7 +13,7 @@ import pytest
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
-from pharmacy_contracts.consultation import Address, Coordinates, PrescriptionAccepted
+from pharmacy_contracts.consultation import Address, CancellationAccepted, Coordinates, PrescriptionAccepted
 from pharmacy_contracts.envelope import Envelope
 from services.board.app import LiveBoard, create_app
 from services.board.projection import EMPTY, RECENT_ALERTS, STATES, Board, fold, fold_all, snapshot
@@ -222,6 +222,20 @@ def test_warehouse_names_come_from_their_registration() -> None:
     assert snapshot(board)["stock"] == [{"warehouse_id": WH, "name": "Northford pharmacy", "drugs": []}]
 
 
+def listed(drug: str, name: str) -> rx.DrugListed:
+    return rx.DrugListed(**meta(drug), drug_code=drug, name=name, form="tablet")
+
+
+def test_drugs_show_their_formulary_name_once_it_is_heard() -> None:
+    board = fold(EMPTY, restocked(100))
+    assert stock_row(board)["name"] is None, "before the formulary's announcement, the code alone"
+    board = fold_all(board, [listed(DRUG, "Metformin 500 mg"), listed("AML5", "Amlodipine 5 mg")])
+    assert (stock_row(board)["drug_code"], stock_row(board)["name"]) == (DRUG, "Metformin 500 mg")
+    board = fold(board, listed(DRUG, "Metformin 500 mg tablets"))
+    assert stock_row(board)["name"] == "Metformin 500 mg tablets", "a changed entry renames the drug"
+    assert [w["drug_code"] for w in snapshot(board)["stock"][0]["drugs"]] == [DRUG], "a name alone stocks nothing"
+
+
 def low_stock(threshold: int) -> inv.LowStock:
     return inv.LowStock(**meta("low"), warehouse_id=WH, drug_code=DRUG, available=0, threshold=threshold)
 
@@ -414,7 +428,10 @@ def test_a_cancelled_delivery_leaves_the_couriers_load() -> None:
     board = fold_all(EMPTY, [delivery(c.CourierAssigned, "RX-1"), delivery(c.DeliveryPickedUp, "RX-1")])
     board = fold(board, c.DeliveryCancelled(**meta("RX-1"), prescription_id="RX-1", goods_returned=True))
     assert courier_row(board)["on_the_road"] == []
-    assert board.prescriptions["RX-1"].note == "delivery cancelled"
+    # Until the prescription's own cancellation is read, it is still shown with its courier.
+    assert board.prescriptions["RX-1"].note == "picked up by C-1"
+    board = fold(board, cancelled("RX-1"))
+    assert (state_of(board, "RX-1"), board.prescriptions["RX-1"].note) == ("cancelled", "cancelled by Dr A")
 
 
 def test_the_prescriptions_cancellation_ends_it_whichever_topic_is_read_first() -> None:
@@ -422,6 +439,160 @@ def test_the_prescriptions_cancellation_ends_it_whichever_topic_is_read_first() 
     delivery_cancelled = c.DeliveryCancelled(**meta("RX-1"), prescription_id="RX-1", goods_returned=True)
     for ending in ([cancelled("RX-1"), delivery_cancelled], [delivery_cancelled, cancelled("RX-1")]):
         assert state_of(fold_all(EMPTY, [*on_the_road, *ending]), "RX-1") == "cancelled"
+
+
+# --- state and last step --------------------------------------------------------------------------
+
+
+def failed_with_goods_back(rx_id: str, attempt: int = 1) -> Envelope:
+    return delivery(c.DeliveryFailed, rx_id, attempt=attempt).model_copy(update={"goods_returned": True})
+
+
+def returned(rx_id: str) -> inv.StockReturned:
+    return inv.StockReturned(
+        **meta(rx_id),
+        prescription_id=rx_id,
+        warehouse_id=WH,
+        lines=[inv.StockLine(drug_code=DRUG, quantity=30)],
+        levels=[level()],
+        movements=[move("returned", 30, "dispatched", "reserved")],
+    )
+
+
+def cancellation_request(rx_id: str) -> CancellationAccepted:
+    return CancellationAccepted(
+        **meta(rx_id), prescription_id=rx_id, sender_id="hospital", reason="changed therapy", requested_by="Dr A"
+    )
+
+
+def shown(board: Board, rx_id: str) -> tuple[str, str]:
+    row = next(row for row in snapshot(board)["prescriptions"]["latest"] if row["prescription_id"] == rx_id)
+    return row["state"], row["note"]
+
+
+def test_a_package_back_at_the_warehouse_is_not_shown_with_a_courier() -> None:
+    on_the_road = [reserved("RX-1", 30), delivery(c.CourierAssigned, "RX-1"), delivery(c.DeliveryPickedUp, "RX-1")]
+    board = fold_all(EMPTY, [*on_the_road, failed_with_goods_back("RX-1")])
+    assert shown(board, "RX-1") == ("reserved", "attempt 1 failed: patient_absent")
+    board = fold(board, returned("RX-1"))
+    assert shown(board, "RX-1") == ("reserved", f"package back at {WH}")
+
+
+def test_a_return_read_after_the_next_courier_took_the_package_changes_nothing() -> None:
+    board = fold_all(
+        EMPTY,
+        [
+            reserved("RX-1", 30),
+            delivery(c.CourierAssigned, "RX-1"),
+            delivery(c.DeliveryPickedUp, "RX-1"),
+            failed_with_goods_back("RX-1"),
+            delivery(c.CourierAssigned, "RX-1", courier="C-2", attempt=2),
+        ],
+    )
+    before = board.prescriptions["RX-1"]
+    board = fold(board, returned("RX-1"))  # the inventory topic was read behind the courier topic
+    assert board.prescriptions["RX-1"] == before
+    assert shown(board, "RX-1") == ("with_courier", "offered to C-2 (attempt 2)")
+
+
+def test_a_cancellation_request_read_after_the_end_keeps_the_ending() -> None:
+    request = cancellation_request("RX-1")
+    board = fold_all(EMPTY, [delivery(c.DeliveryCompleted, "RX-1"), request])
+    assert shown(board, "RX-1") == ("delivered", "delivered by C-1")
+
+
+# Which states each last step may be shown with: written out here, apart from the board's code.
+AGREES_WITH = {
+    "cancellation requested by": {"received", "held_for_review", "approved", "reserved", "with_courier"},
+    "passed the checks": {"approved"},
+    "stock reserved at": {"reserved"},
+    "offered to": {"with_courier"},
+    "picked up by": {"with_courier"},
+    "delivery overdue": {"with_courier"},
+    "wrong delivery code": {"with_courier"},
+    "attempt 1 failed": {"reserved"},
+    "package back at": {"reserved"},
+    "delivered by": {"delivered"},
+    "cancelled by": {"cancelled"},
+    "goods quarantined at": {"cancelled"},
+    "delivery cancelled": {"cancelled"},
+}
+
+
+def interleavings(*topics: list[Envelope]) -> list[list[Envelope]]:
+    """Every order the board may read these topics in: each topic in its own order, the topics mixed."""
+    topics_left = [topic for topic in topics if topic]
+    if not topics_left:
+        return [[]]
+    orders = []
+    for i, topic in enumerate(topics_left):
+        rest = [*topics_left[:i], topic[1:], *topics_left[i + 1 :]]
+        orders += [[topic[0], *order] for order in interleavings(*rest)]
+    return orders
+
+
+def redelivered_after_a_failure() -> list[list[Envelope]]:
+    return [
+        [approved("RX-1")],
+        [reserved("RX-1", 30), returned("RX-1")],
+        [
+            delivery(c.CourierAssigned, "RX-1"),
+            delivery(c.DeliveryPickedUp, "RX-1"),
+            failed_with_goods_back("RX-1"),
+            delivery(c.CourierAssigned, "RX-1", courier="C-2", attempt=2),
+            delivery(c.DeliveryPickedUp, "RX-1", courier="C-2", attempt=2),
+            c.DeliveryCodeRejected(
+                **meta("RX-1"),
+                prescription_id="RX-1",
+                dispatch_id="D-RX-1-2",
+                courier_id="C-2",
+                attempt=2,
+                wrong_codes=1,
+                locked=False,
+            ),
+            delivery(c.DeliveryCompleted, "RX-1", courier="C-2", attempt=2),
+        ],
+    ]
+
+
+def cancelled_on_the_road() -> list[list[Envelope]]:
+    request = cancellation_request("RX-1")
+    overdue = c.DeliveryOverdue(
+        **meta("RX-1"), prescription_id="RX-1", stage="on_the_road", since=datetime(2027, 1, 1, tzinfo=UTC)
+    )
+    quarantined = inv.StockQuarantined(
+        **meta("RX-1"),
+        prescription_id="RX-1",
+        warehouse_id=WH,
+        lines=[inv.StockLine(drug_code=DRUG, quantity=30)],
+        levels=[level()],
+        why="cancelled",
+    )
+    return [
+        [request],
+        [cancelled("RX-1")],
+        [reserved("RX-1", 30), quarantined],
+        [
+            delivery(c.CourierAssigned, "RX-1"),
+            delivery(c.DeliveryPickedUp, "RX-1"),
+            overdue,
+            c.DeliveryCancelled(**meta("RX-1"), prescription_id="RX-1", warehouse_id=WH, goods_returned=True),
+        ],
+    ]
+
+
+@pytest.mark.parametrize("journey", [redelivered_after_a_failure, cancelled_on_the_road])
+def test_state_and_last_step_agree_whatever_order_the_topics_are_read_in(journey: Any) -> None:
+    for order in interleavings(*journey()):
+        board = EMPTY
+        for event in order:
+            board = fold(board, event)
+            row = board.prescriptions["RX-1"]
+            state, note = row.state, row.note
+            if not note:
+                continue  # a row first seen through an event that cannot explain it yet says nothing
+            allowed = next(states for start, states in AGREES_WITH.items() if note.startswith(start))
+            assert state in allowed, f"{state!r} shown with {note!r}, after {[e.type for e in order]}"
 
 
 # --- the fold itself ------------------------------------------------------------------------------

@@ -19,6 +19,25 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Browsers may wrap text after a hyphen, which would split "C-CHEN" or "RX-2026-00050" over two
+// lines: every word with a hyphen in it (ids, dates) is kept whole in a nowrap span. Long reason
+// codes (CONTROLLED_SUBSTANCE) may wrap after an underscore instead of widening a narrow column;
+// ids never hold one, so no id is broken there.
+function withWholeIds(text) {
+  const nodes = [];
+  for (const part of String(text).split(/(\S*-\S*)/)) {
+    if (part.includes("-")) nodes.push(el("span", { class: "id" }, part));
+    else if (part) part.split(/(?<=_)/).forEach((piece, i) => nodes.push(...(i ? [el("wbr")] : []), piece));
+  }
+  return nodes;
+}
+
+function idList(ids) {
+  const nodes = [];
+  ids.forEach((id, i) => nodes.push(...(i ? [", "] : []), el("span", { class: "id" }, id)));
+  return nodes;
+}
+
 function flashIfChanged(row, key, shown) {
   const before = previous.get(key);
   if (before !== undefined && before !== shown) row.classList.add("flash");
@@ -44,7 +63,7 @@ function expiryCell(lot) {
   const cls = lot.alert === "expired" || days < 0 ? "expiry gone" : lot.alert === "nearing_expiry" ? "expiry soon" : "expiry";
   const alert =
     lot.alert === "expired" ? badge("expired", "expired") : lot.alert === "nearing_expiry" ? badge("soon", "expires soon") : null;
-  return el("td", { class: cls }, lot.expiry_date, el("span", { class: "muted" }, hint), alert);
+  return el("td", { class: cls }, el("span", { class: "id" }, lot.expiry_date), el("span", { class: "muted" }, hint), alert);
 }
 
 function badge(kind, text) {
@@ -53,24 +72,33 @@ function badge(kind, text) {
 
 const BUCKETS = ["available", "reserved", "dispatched", "quarantine", "expired"];
 
+const BUCKET_LABELS = { available: "available", reserved: "reserved", dispatched: "on the road", quarantine: "quarantine", expired: "expired" };
+
 function figure(bucket, units) {
-  return el("td", { class: `num ${bucket}${units === 0 ? " zero" : ""}` }, units);
+  // data-label names the figure where a phone's layout has no column header above it.
+  return el("td", { class: `num ${bucket}${units === 0 ? " zero" : ""}`, "data-label": BUCKET_LABELS[bucket] }, units);
 }
 
 function renderStock(stock) {
   const body = document.querySelector("#stock tbody");
   const rows = [];
   for (const warehouse of stock) {
-    const title = warehouse.name ? `${warehouse.name} · ${warehouse.warehouse_id}` : warehouse.warehouse_id;
-    rows.push(el("tr", { class: "warehouse", "data-warehouse": warehouse.warehouse_id }, el("th", { colSpan: 7 }, title)));
+    const id = el("span", { class: "id" }, warehouse.warehouse_id);
+    const title = warehouse.name ? [...withWholeIds(warehouse.name), " · ", id] : [id];
+    rows.push(el("tr", { class: "warehouse", "data-warehouse": warehouse.warehouse_id }, el("th", { colSpan: 7 }, ...title)));
     for (const drug of warehouse.drugs) {
       const low = drug.low_stock_threshold === null ? null : badge("low", `low stock (< ${drug.low_stock_threshold})`);
       const key = `drug:${warehouse.warehouse_id}:${drug.drug_code}`;
       const row = el(
         "tr",
         { class: "drug", "data-warehouse": warehouse.warehouse_id, "data-drug": drug.drug_code },
-        el("td", { class: "code" }, drug.drug_code, " ", low),
-        el("td", {}, ""),
+        el(
+          "td",
+          { class: "drug-name", colSpan: 2 },
+          el("span", { class: "code id" }, drug.drug_code),
+          drug.name ? el("span", { class: "name" }, drug.name) : null,
+          low,
+        ),
         ...BUCKETS.map((b) => figure(b, drug[b])),
       );
       rows.push(flashIfChanged(row, key, BUCKETS.map((b) => drug[b]).join("/") + (low ? "!" : "")));
@@ -79,7 +107,7 @@ function renderStock(stock) {
         const lotRow = el(
           "tr",
           { class: "lot", "data-warehouse": warehouse.warehouse_id, "data-drug": drug.drug_code, "data-lot": lot.lot_id },
-          el("td", { class: "lot-id", title: lot.lot_id }, lot.lot_id),
+          el("td", { class: "lot-id" }, lot.lot_id),
           expiryCell(lot),
           ...BUCKETS.map((b) => figure(b, lot[b])),
         );
@@ -106,12 +134,12 @@ function renderPrescriptions(prescriptions) {
   const rows = prescriptions.latest.map((p) =>
     flashIfChanged(
       el("tr", { "data-prescription": p.prescription_id, "data-state": p.state },
-        el("td", { class: "code" }, p.prescription_id),
-        el("td", {}, el("span", { class: `state state-${p.state}` }, p.label)),
-        el("td", { class: "note" }, p.note),
-        el("td", { class: "code" }, p.warehouse_id ?? ""),
-        el("td", { class: "code" }, p.courier_id ?? ""),
-        el("td", { class: "muted" }, time(p.updated_at))),
+        el("td", { class: "code rx-id" }, p.prescription_id),
+        el("td", { class: "rx-state" }, el("span", { class: `state state-${p.state}` }, p.label)),
+        el("td", { class: "note" }, ...withWholeIds(p.note)),
+        el("td", { class: "code where" }, p.warehouse_id),
+        el("td", { class: "code who" }, p.courier_id),
+        el("td", { class: "muted at" }, time(p.updated_at))),
       `rx:${p.prescription_id}`,
       p.state + p.note,
     ),
@@ -120,16 +148,17 @@ function renderPrescriptions(prescriptions) {
 }
 
 function renderCouriers(couriers) {
-  const ids = (list) => el("td", { class: "code ids" }, list.length ? `${list.length}: ${list.join(", ")}` : "–");
+  const ids = (kind, label, list) =>
+    el("td", { class: `code ids ${kind}`, "data-label": label }, ...(list.length ? idList(list) : ["–"]));
   const rows = couriers.map((c) =>
     flashIfChanged(
       el("tr", { "data-courier": c.courier_id },
-        el("td", { class: "code" }, c.courier_id),
-        ids(c.to_pickup),
-        ids(c.on_the_road),
-        el("td", { class: "num delivered" }, c.delivered),
-        el("td", { class: "num failed" }, c.failed),
-        el("td", { class: "num" }, c.missed_offers)),
+        el("td", { class: "code courier-id" }, c.courier_id),
+        ids("to-pickup", "to pick up", c.to_pickup),
+        ids("on-the-road", "on the road", c.on_the_road),
+        el("td", { class: "num delivered", "data-label": "delivered" }, c.delivered),
+        el("td", { class: "num failed", "data-label": "failed" }, c.failed),
+        el("td", { class: "num missed", "data-label": "missed offers" }, c.missed_offers)),
       `courier:${c.courier_id}`,
       [c.to_pickup.join(), c.on_the_road.join(), c.delivered, c.failed, c.missed_offers].join("/"),
     ),
@@ -140,7 +169,15 @@ function renderCouriers(couriers) {
 
 function renderAlerts(alerts) {
   const items = alerts.map((a) =>
-    el("li", { "data-kind": a.kind }, el("span", { class: "muted" }, time(a.at)), " ", badge(a.kind, a.kind.replace(/_/g, " ")), " ", a.text),
+    el(
+      "li",
+      { "data-kind": a.kind },
+      el("span", { class: "muted" }, time(a.at)),
+      " ",
+      badge(a.kind, a.kind.replace(/_/g, " ")),
+      " ",
+      ...withWholeIds(a.text),
+    ),
   );
   document.getElementById("alerts").replaceChildren(...items);
   document.getElementById("alerts-empty").hidden = items.length > 0;
