@@ -6,9 +6,11 @@ read-only views (`status`, `warehouse stock`) ask the owning service's own stora
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -24,6 +26,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationRequested, Prescription, PrescriptionSubmitted, SenderReceipt
 from services.consultation import fhir
+from services.consultation.domain import Stage
 from services.consultation.storage import ConsultationStorage
 from services.inventory.storage import InventoryStorage
 from services.prescription.domain import FormularyEntry
@@ -208,9 +211,18 @@ def cancel(
 
 
 @app.command()
-def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def status(
+    prescription_id: str,
+    as_json: bool = typer.Option(False, "--json"),
+    code: bool = typer.Option(
+        False, "--code", help="Only the patient's delivery code (what the hospital's app tells the patient)"
+    ),
+    until: Stage | None = typer.Option(
+        None, "--until", help="Wait until it has reached this stage (up to PHARMACY_ANSWER_WAIT_S), then show it"
+    ),
+) -> None:
     """Where a prescription is, and why; or, if it never got in, why it was refused at the door."""
-    found = run(with_database(lambda db: ConsultationStorage(db).status_of(prescription_id)))
+    found = run(with_database(lambda db: _status_reaching(ConsultationStorage(db), prescription_id, until)))
     if found is None:
         refusals = refused_at_the_door(
             run(read_dead_letters(settings_from_env(), [topics.CONSULTATION_PRESCRIPTIONS.name])), prescription_id
@@ -221,10 +233,30 @@ def status(prescription_id: str, as_json: bool = typer.Option(False, "--json")) 
             raise typer.Exit(1)
         console.print(f"no prescription {prescription_id} has been seen yet")
         raise typer.Exit(1)
-    if as_json:
+    if code:
+        if found.delivery_code is None:
+            console.print(f"{prescription_id} has no delivery code yet: it is given once the prescription is approved")
+            raise typer.Exit(1)
+        print(found.delivery_code)
+    elif as_json:
         print(found.model_dump_json(indent=2))
     else:
         console.print(status_panel(found))
+
+
+async def _status_reaching(storage: ConsultationStorage, prescription_id: str, stage: Stage | None) -> Any:
+    """The status, once it has reached `stage` (its history holds it) or the answer wait is over."""
+    deadline = time.monotonic() + settings_from_env().answer_wait_s
+    while True:
+        found = await storage.status_of(prescription_id)
+        reached = found is not None and any(step.stage is stage for step in found.history)
+        if stage is None or reached or time.monotonic() > deadline:
+            if stage is not None and not reached:
+                now = found.stage.value if found is not None else "not seen"
+                console.print(Text(f"{prescription_id} has not reached {stage.value} (now: {now})", style="yellow"))
+                raise typer.Exit(1)
+            return found
+        await asyncio.sleep(0.3)
 
 
 def refused_at_the_door(letters: Iterable[DeadLetter], prescription_id: str) -> list[str]:
@@ -410,9 +442,9 @@ def _ask_inventory(
     sends and returns."""
     settings = settings_from_env()
     wait = settings.answer_wait_s
-    console.print(f"{what}: sent")
     if wait <= 0:
         run(bus.publish(settings, command))
+        console.print(f"{what}: sent")
         return
     answer = run(
         bus.ask(settings, command, topics.INVENTORY_EVENTS, command.warehouse_id, wait, answered=bus.caused_by_it)
@@ -420,7 +452,8 @@ def _ask_inventory(
     if isinstance(answer, inv.StockCommandRefused):
         answer = _StockAnswer("refused", "stock rule", answer.reason)
     elif answer is not None and not isinstance(answer, bus.RefusedAtTheDoor):
-        answer = _StockAnswer("applied", None, Text.from_markup(describe_inventory_event(answer)).plain)
+        told = " ".join(Text.from_markup(describe_inventory_event(answer)).plain.split())
+        answer = _StockAnswer("applied", None, told)
     say_answer(answer, waited_s=wait, what=what)
 
 
