@@ -56,16 +56,19 @@ class Rules:
     def delivery_days(self) -> int:
         return self.settings.delivery_days
 
-    def threshold(self, drug: str) -> int:
-        return domain.threshold_for(drug, self.settings.low_stock_thresholds, self.settings.low_stock_threshold)
+    def threshold(self, drug: str, warehouse: Warehouse) -> int:
+        settings = self.settings
+        return domain.threshold_for(drug, settings.low_stock_thresholds, settings.low_stock_threshold, warehouse)
 
     def alerts(
         self, before: Warehouse, after: Warehouse, drugs: Iterable[str], correlation_id: str, cause: Envelope | None
     ) -> list[Envelope]:
+        """LowStock once a drug's stock crosses under its threshold (as it stands after the change:
+        a reservation larger than any before raises it as it is made)."""
         return [
-            messages.low_stock(after, drug, self.threshold(drug), correlation_id, cause, at=self.now)
+            messages.low_stock(after, drug, self.threshold(drug, after), correlation_id, cause, at=self.now)
             for drug in sorted(set(drugs))
-            if domain.fell_below(before, after, drug, self.threshold(drug))
+            if domain.fell_below(before, after, drug, self.threshold(drug, after))
         ]
 
 

@@ -100,6 +100,10 @@ class ListedDrug(BaseModel):
     controlled: bool = False
 
 
+#: How many of a drug's latest reservations a warehouse remembers, to know what the next may ask.
+RECENT_DEMAND = 20
+
+
 class Warehouse(BaseModel):
     """A central warehouse or township pharmacy: where it is, its lots, and what it holds for whom."""
 
@@ -109,6 +113,10 @@ class Warehouse(BaseModel):
     location: Location | None = Field(default=None, description="None until registered")
     lots: dict[str, Lot] = Field(default_factory=dict)
     holds: dict[str, Hold] = Field(default_factory=dict)
+    recent_demand: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description=f"The last {RECENT_DEMAND} quantities one prescription took of each drug here (newest last)",
+    )
 
     @property
     def registered(self) -> bool:
@@ -445,7 +453,10 @@ def reserve(
         )
     movements = tuple(move("reserved", p.lot_id, p.drug_code, p.quantity, "available", "reserved") for p in picks)
     holds = {**warehouse.holds, prescription_id: Hold(picks=picks)}
-    after = warehouse.model_copy(update={"lots": _apply(warehouse, movements), "holds": holds})
+    demand = {**warehouse.recent_demand}
+    for line in lines.values():
+        demand[line.drug_code] = [*demand.get(line.drug_code, ()), line.quantity][-RECENT_DEMAND:]
+    after = warehouse.model_copy(update={"lots": _apply(warehouse, movements), "holds": holds, "recent_demand": demand})
     return Outcome(after, movements, tuple(picks))
 
 
@@ -558,8 +569,14 @@ def mark_near_expiry_alerted(warehouse: Warehouse, lot_ids: Iterable[str]) -> Wa
     return warehouse.model_copy(update={"lots": lots})
 
 
-def threshold_for(drug_code: str, thresholds: Mapping[str, int], default: int) -> int:
-    return thresholds.get(drug_code, default)
+def threshold_for(
+    drug_code: str, thresholds: Mapping[str, int], default: int, warehouse: Warehouse | None = None
+) -> int:
+    """The level under which a drug's stock is low here: the one set for the drug (or for every
+    drug), and never less than the most one recent prescription took of it at this warehouse, so
+    the alert comes while the next such prescription can still be filled, not after it failed."""
+    recent = warehouse.recent_demand.get(drug_code, ()) if warehouse is not None else ()
+    return max(thresholds.get(drug_code, default), max(recent, default=0))
 
 
 def fell_below(before: Warehouse, after: Warehouse, drug_code: str, threshold: int) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from pharmacy_contracts.limits import MAX_STOCK_UNITS
 from services.inventory.domain import (
+    RECENT_DEMAND,
     DrugStock,
     Figures,
     Hold,
@@ -765,6 +766,19 @@ def test_fell_below_with_threshold_zero_never_alerts():
 def test_a_drugs_own_threshold_overrides_the_default():
     assert threshold_for("INSGL", {"INSGL": 5}, 20) == 5
     assert threshold_for("MET500", {"INSGL": 5}, 20) == 20
+
+
+def test_a_warehouse_remembers_what_recent_prescriptions_took_and_the_threshold_never_falls_below_it():
+    warehouse = make_warehouse(MET500=10_000)
+    for number, quantity in enumerate([30, 180, 60, *[10] * RECENT_DEMAND], 1):
+        warehouse = reserved_for(warehouse, f"RX-{number}", ("MET500", quantity))
+        if number == 3:
+            assert warehouse.recent_demand["MET500"] == [30, 180, 60]
+            assert threshold_for("MET500", {}, 20, warehouse) == 180
+            assert threshold_for("MET500", {"MET500": 500}, 20, warehouse) == 500, "a set threshold above it stands"
+    assert warehouse.recent_demand["MET500"] == [10] * RECENT_DEMAND, f"only the last {RECENT_DEMAND}"
+    assert threshold_for("MET500", {}, 20, warehouse) == 20
+    assert threshold_for("AML5", {}, 20, warehouse) == 20, "a drug never asked for here: the setting"
 
 
 # --- movements ----------------------------------------------------------------------------------------

@@ -1000,3 +1000,15 @@ async def test_the_formulary_list_is_one_lookup_per_batch_of_restocks(
     trips = storage.drugs.round_trips  # type: ignore[attr-defined]
     await service.on_command([Record(restock("WH-L", code, 5, f"LOT-{code}")) for code in ("A", "B", "C", "D")])
     assert storage.drugs.round_trips - trips == 1  # type: ignore[attr-defined]
+
+
+async def test_low_stock_is_told_while_the_next_prescription_like_the_last_can_still_be_filled(
+    service: InventoryService, storage: Storage, published: Published
+) -> None:
+    """The threshold of 5 alone stays silent at 120 tablets, while the next prescription for 180
+    would fail: the largest recent reservation of the drug here raises it."""
+    storage.put_warehouse(warehouse("WH-DEMAND", NEAR, MET500=300))
+    await outcomes(service.on_decision, approval("RX-BIG-1", ("MET500", 180)))
+    (low,) = published.of_kind("low_stock")
+    assert (low["drug_code"], low["available"], low["threshold"]) == ("MET500", 120, 180)
+    assert storage.warehouse("WH-DEMAND").recent_demand == {"MET500": [180]}
