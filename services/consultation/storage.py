@@ -41,7 +41,9 @@ class ConsultationStorage:
 
     @property
     def with_outbox(self) -> list[MongoStore[Any]]:
-        return [self.intake]
+        # The status's receipts are published before its save, except on a status not known to
+        # exist yet (see UnitOfWork.run's publish_first): those wait in its outbox like any event.
+        return [self.intake, self.status]
 
     async def ensure_indexes(self) -> None:
         await self.intake.ensure_indexes(plain=["patient_id"])

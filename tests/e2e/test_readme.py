@@ -52,11 +52,12 @@ def test_the_sections_commands_are_found() -> None:
 
 def test_every_day_to_day_command_of_the_readme_runs_in_order_on_a_fresh_stack(tmp_path: Path) -> None:
     commands = day_to_day_commands((ROOT / "README.md").read_text())
-    ports = [free_port()]
+    # The services' HTTP ports count up from a base: nothing else may fall in that range.
+    http = free_port()
+    ports = list(range(http, http + 20))
     for _ in range(3):
         ports.append(free_port(ports))
-    kafka, mongo, board = ports[:3]
-    http = free_port(ports)
+    kafka, mongo, board = ports[-3:]
     env = {
         **{name: value for name, value in os.environ.items() if not name.startswith("PHARMACY_")},
         "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
