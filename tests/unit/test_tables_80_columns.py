@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from pharmacy_contracts import topics
 from pharmacy_contracts.prescription import Reason
 from pharmacy_contracts.stages import Stage
-from services.cli import main, pharmacist
+from services.cli import main, pharmacist, warehouse_staff
 from services.cli.couriers import _gazetteer, places_of, places_table
 from services.cli.dlq import commands as dlq_commands
 from services.cli.dlq import render as dlq_render
@@ -316,7 +316,8 @@ def pharmacy(monkeypatch: pytest.MonkeyPatch, tmp_path: Any):
         return replay_records(dead_letter())
 
     monkeypatch.setattr(main, "with_database", with_database)
-    monkeypatch.setattr(main, "InventoryStorage", _Inventory)
+    monkeypatch.setattr(warehouse_staff, "with_database", with_database)
+    monkeypatch.setattr(warehouse_staff, "InventoryStorage", _Inventory)
     monkeypatch.setattr(main, "KafkaTopicIds", _TopicIds)
     monkeypatch.setattr(pharmacist, "_with_storage", with_storage)
     monkeypatch.setattr(pharmacist, "utc_now", lambda: NOW)
