@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .consultation import EXAMPLE_PRESCRIPTION, Address, Coordinates, Phone
-from .envelope import Envelope, Identifier, UtcDatetime, example_id, wire_example
+from .envelope import Contract, Envelope, Identifier, UtcDatetime, example_id, wire_example
 from .limits import MULTILINE, ONE_LINE, Attempts
 
 # A courier's or a dispatcher's few words for a person to read.
@@ -57,6 +57,66 @@ class DispatchOffered(Envelope):
     controlled: bool
     pickup_location: Coordinates | None = None
     accept_by: UtcDatetime | None = Field(default=None, description="Not accepted by then, it goes to the next courier")
+    round_id: Identifier | None = Field(
+        default=None, description="The delivery round this stop belongs to; absent, a trip of its own"
+    )
+    stop: Annotated[int, Field(ge=1, le=200)] | None = Field(
+        default=None, description="Its place in the round: 1 is driven to first. A re-planned round sends it again"
+    )
+    expected_at: UtcDatetime | None = Field(default=None, description="When the round is planned to reach the door")
+
+
+class RoundStop(Contract):
+    """One door of a round, in the order it is driven to: no name, diagnosis or drug."""
+
+    stop: Annotated[int, Field(ge=1, le=200)]
+    dispatch_id: Identifier
+    package_id: Identifier
+    address: Address
+    cold_chain: bool
+    expected_at: UtcDatetime
+
+
+class RoundOffered(Envelope):
+    """→ `courier.dispatch.v1`, keyed by courier id: a delivery round from one depot, its stops in
+    the order planned (each stop is also its own `courier.dispatch_offered`, which the courier
+    accepts, picks up, delivers or fails one by one). Sent again when the round is re-planned before
+    it leaves: the latest `planned_at` is the plan."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("inventory.stock_reserved"),
+            round_id="R-WH-NORTHFORD-CUR-07-20261125T0800",
+            courier_id="CUR-07",
+            planned_at="2026-11-25T07:55:00Z",
+            pickup_warehouse_id=_WH,
+            pickup_location={"latitude": 51.806, "longitude": 69.391},
+            departs_at="2026-11-25T08:00:00Z",
+            returns_at="2026-11-25T11:40:00Z",
+            km=118.4,
+            stops=[
+                {
+                    "stop": 1,
+                    "dispatch_id": f"{_RX}-D1",
+                    "package_id": _RX,
+                    "address": EXAMPLE_PRESCRIPTION["patient"]["address"],
+                    "cold_chain": False,
+                    "expected_at": "2026-11-25T08:47:00Z",
+                }
+            ],
+        )
+    )
+
+    type: Literal["courier.round_offered"] = "courier.round_offered"
+    round_id: Identifier
+    courier_id: Identifier
+    planned_at: UtcDatetime
+    pickup_warehouse_id: Identifier
+    pickup_location: Coordinates | None = None
+    departs_at: UtcDatetime
+    returns_at: UtcDatetime
+    km: Annotated[float, Field(ge=0, le=100_000)]
+    stops: list[RoundStop] = Field(min_length=1, max_length=200)
 
 
 class DispatchWithdrawn(Envelope):

@@ -59,6 +59,7 @@ class DeliveryDetails(Contract):
     contact_phone: Phone | None = None
     cold_chain: bool = False
     controlled: bool = False
+    urgent: bool = Field(default=False, description="An urgent medicine: its delivery round drives to it first")
 
 
 _RX = EXAMPLE_PRESCRIPTION["prescription_id"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aiokafka.structs import ConsumerRecord
@@ -15,7 +15,8 @@ from services.runtime import credentials
 from services.runtime.service import ServiceRuntime
 
 from . import gateway
-from .service import DECISIONS, STOCK_EVENTS, CourierService, refused_report_answer
+from .round_pass import PyVrpPlanner
+from .service import DECISIONS, STOCK_EVENTS, CourierService, RoundsConfig, refused_report_answer
 from .settings import CourierSettings
 from .storage import CourierStorage
 
@@ -42,6 +43,7 @@ def build(
         roster_refresh_s=settings.roster_refresh_s,
         code_key=key.get_secret_value().encode() if key is not None and key.get_secret_value() else None,
         clock=clock,
+        rounds=_rounds_of(settings),
     )
 
     runtime.consume(
@@ -102,3 +104,14 @@ def build(
 
 def create_app(settings: CourierSettings) -> FastStream:
     return build(settings)[0]
+
+
+def _rounds_of(settings: CourierSettings) -> RoundsConfig | None:
+    """Delivery rounds, when they are on: planned by PyVRP on the settings' roads and limits."""
+    if not settings.rounds:
+        return None
+    return RoundsConfig(
+        PyVrpPlanner(settings.roads(), settings.limits()),
+        cadence=timedelta(seconds=settings.rounds_cadence_s),
+        min_waiting=settings.rounds_min_deliveries,
+    )

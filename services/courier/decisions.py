@@ -28,12 +28,19 @@ from .domain import Attempt, CancelOutcome, CourierProfile, Delivery, DeliverySt
 
 
 class Look(Envelope):
-    """A sweep's look at one delivery (`deadlines`), or the waiting pass's (`offer_waiting`): the
-    record the unit of work decides on. Never published."""
+    """A sweep's look at one delivery (`deadlines`), the waiting pass's (`offer_waiting`), or the
+    round planner's (`offer_in_round`: this delivery is stop `stop` of `round_id` for `courier_id`):
+    the record the unit of work decides on. Never published."""
 
     type: Literal["courier.look"] = "courier.look"
     prescription_id: Identifier
-    purpose: Literal["deadlines", "offer_waiting"]
+    purpose: Literal["deadlines", "offer_waiting", "offer_in_round"]
+    courier_id: Identifier | None = None
+    round_id: Identifier | None = None
+    stop: int | None = None
+    expected_at: datetime | None = None
+    #: The whole round, told by the decision on its first stop.
+    round_offered: c.RoundOffered | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class Rules:
     now: datetime
     #: The key patients' delivery codes are checked with (None: no code is right).
     code_key: bytes | None = None
+    #: Deliveries go out in planned rounds (the round planner offers them), not one trip each.
+    rounds: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,8 @@ def decide(fleet: Fleet, rules: Rules, current: Delivery | None, message: Envelo
             return act_on_deadlines(fleet, rules, current, message)
         case Look(purpose="offer_waiting"):
             return offer_if_still_waiting(fleet, rules, current, message)
+        case Look(purpose="offer_in_round"):
+            return offer_in_round(fleet, rules, current, message)
     return Decision.refused("unexpected_message", f"{type(message).__name__} is nothing the courier service acts on")
 
 
@@ -202,17 +213,19 @@ def _offer(
     causation_id: str | None,
 ) -> Decision[Delivery]:
     assert delivery.details is not None and delivery.warehouse_id is not None
-    # Not on the map: no courier is sent looking; it waits for a dispatcher to place it.
-    courier = fleet.courier_for(delivery) if domain.located(delivery) else None
+    # Not on the map: no courier is sent looking; it waits for a dispatcher to place it. With
+    # rounds, it waits for the planner to put it in the next round from its depot.
+    courier = fleet.courier_for(delivery) if domain.located(delivery) and not rules.rounds else None
     offered = domain.offer(delivery, courier, now=rules.now, accept_timeout=rules.policy.accept_timeout)
     if courier is None:
         if not domain.began_waiting(before, offered):
             return Decision(offered, events, result=Decided(before, offered))
-        why = (
-            domain.why_no_courier(fleet.roster, fleet.loads, delivery)
-            if domain.located(delivery)
-            else domain.UNLOCATED.format(rx=delivery.prescription_id)
-        )
+        if not domain.located(delivery):
+            why = domain.UNLOCATED.format(rx=delivery.prescription_id)
+        elif rules.rounds:
+            why = f"waiting for the next delivery round from {delivery.warehouse_id}"
+        else:
+            why = domain.why_no_courier(fleet.roster, fleet.loads, delivery)
         waiting = messages.delivery_waiting(delivery, why, causation_id)
         return Decision(offered, [*events, waiting], result=Decided(before, offered, waiting_why=why))
     attempt = offered.current
@@ -229,6 +242,42 @@ def offer_if_still_waiting(fleet: Fleet, rules: Rules, current: Delivery | None,
     if not domain.located(current) or fleet.courier_for(current) is None:
         return Decision.unchanged()
     return _offer(fleet, rules, current, current, [], None)
+
+
+def offer_in_round(fleet: Fleet, rules: Rules, current: Delivery | None, look: Look) -> Decision[Delivery]:
+    """The round planner put this delivery at a stop of a round: a waiting delivery is offered to
+    the round's courier; a stop of that round that has not left takes its new place and time (the
+    courier is sent the stop again). Anything that changed meanwhile (cancelled, taken, picked up,
+    a courier it must not go to) leaves it as it is: the next plan sees it as it is now."""
+    assert look.courier_id is not None and look.round_id is not None and look.stop is not None
+    assert look.expected_at is not None
+    if current is None:
+        return Decision.unchanged()
+    slot = domain.RoundSlot(look.round_id, look.stop, look.expected_at)
+    told = [look.round_offered] if look.round_offered is not None else []
+    attempt = current.current
+    if domain.in_round_not_left(current) and attempt is not None and attempt.round_id == look.round_id:
+        if (attempt.stop, attempt.expected_at) == (slot.stop, slot.expected_at):
+            return Decision.unchanged()
+        after = domain.resequenced(current, slot)
+        moved = after.current
+        assert moved is not None and current.warehouse_id is not None
+        courier = next((p for p in fleet.roster if p.courier_id == look.courier_id), None)
+        if courier is None:
+            return Decision.unchanged()
+        dispatch = messages.dispatch_offered(after, moved, courier, None)
+        return Decision(after, [*told, dispatch], result=Decided(current, after))
+    if current.state is not DeliveryState.AWAITING_COURIER or not domain.ready_to_offer(current):
+        return Decision.unchanged()
+    courier = next((p for p in fleet.roster if p.courier_id == look.courier_id), None)
+    if courier is None or not domain.located(current) or not domain.may_carry(courier, current):
+        return Decision.unchanged()
+    offered = domain.offer(current, courier, now=rules.now, accept_timeout=rules.policy.accept_timeout, slot=slot)
+    attempt = offered.current
+    assert attempt is not None
+    dispatch = messages.dispatch_offered(current, attempt, courier, None)
+    assigned = messages.courier_assigned(current, attempt, courier, None)
+    return Decision(offered, [*told, assigned, dispatch], result=Decided(current, offered, offered_to=courier))
 
 
 def locate(fleet: Fleet, rules: Rules, current: Delivery | None, located: c.AddressLocated) -> Decision[Delivery]:

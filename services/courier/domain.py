@@ -87,6 +87,9 @@ class Attempt(BaseModel):
         default=False, description="Too many wrong codes: no 'delivered' report counts on this attempt any more"
     )
     overdue_alerted: bool = Field(default=False, description="The on-the-road deadline alert went out")
+    round_id: str | None = Field(default=None, description="The delivery round this attempt is a stop of")
+    stop: int | None = Field(default=None, description="Its place in the round as last planned")
+    expected_at: datetime | None = Field(default=None, description="When the round is planned to reach the door")
 
     @property
     def on_the_road_since(self) -> datetime | None:
@@ -204,6 +207,16 @@ def not_to_ask_again(delivery: Delivery) -> set[str]:
     }
 
 
+def may_carry(courier: CourierProfile, delivery: Delivery) -> bool:
+    """Whether this courier may take this delivery at all (load aside): on duty, a cold box for
+    cold-chain goods, and not a courier who let its offer expire or whom its patient refused."""
+    return (
+        courier.active
+        and (courier.cold_chain or not delivery.cold_chain)
+        and courier.courier_id not in not_to_ask_again(delivery)
+    )
+
+
 def _eligible(roster: Iterable[CourierProfile], loads: Mapping[str, int], delivery: Delivery) -> list[CourierProfile]:
     excluded = not_to_ask_again(delivery)
     return [
@@ -293,7 +306,23 @@ def await_courier(delivery: Delivery, now: datetime) -> Delivery:
     )
 
 
-def offer(delivery: Delivery, courier: CourierProfile | None, *, now: datetime, accept_timeout: timedelta) -> Delivery:
+@dataclass(frozen=True)
+class RoundSlot:
+    """A delivery's place in a planned round."""
+
+    round_id: str
+    stop: int
+    expected_at: datetime
+
+
+def offer(
+    delivery: Delivery,
+    courier: CourierProfile | None,
+    *,
+    now: datetime,
+    accept_timeout: timedelta,
+    slot: RoundSlot | None = None,
+) -> Delivery:
     if courier is None:
         return await_courier(delivery, now)
     number = len(delivery.attempts) + 1
@@ -303,6 +332,9 @@ def offer(delivery: Delivery, courier: CourierProfile | None, *, now: datetime, 
         courier_id=courier.courier_id,
         offered_at=now,
         accept_by=now + accept_timeout,
+        round_id=slot.round_id if slot else None,
+        stop=slot.stop if slot else None,
+        expected_at=slot.expected_at if slot else None,
     )
     return delivery.model_copy(
         update={
@@ -322,6 +354,29 @@ def began_waiting(before: Delivery | None, after: Delivery) -> bool:
         and after.awaiting_since is not None
         and (before is None or before.awaiting_since != after.awaiting_since)
     )
+
+
+# --- rounds ------------------------------------------------------------------------------------------
+
+
+def in_round_not_left(delivery: Delivery) -> bool:
+    """A stop of a round whose goods are still at the depot: it may be re-planned (its place
+    and time), never given to another van."""
+    attempt = delivery.current
+    return (
+        delivery.state in (DeliveryState.OFFERED, DeliveryState.ACCEPTED)
+        and attempt is not None
+        and attempt.round_id is not None
+        and attempt.picked_up_at is None
+    )
+
+
+def resequenced(delivery: Delivery, slot: RoundSlot) -> Delivery:
+    """The stop at its new place in its re-planned round."""
+    attempt = delivery.current
+    assert attempt is not None and attempt.round_id == slot.round_id
+    moved = attempt.model_copy(update={"stop": slot.stop, "expected_at": slot.expected_at})
+    return delivery.model_copy(update={"attempts": [*delivery.attempts[:-1], moved]})
 
 
 # --- couriers' reports ---------------------------------------------------------------------------------

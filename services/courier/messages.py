@@ -61,6 +61,9 @@ def dispatch_offered(
         controlled=delivery.details.controlled,
         pickup_location=delivery.pickup_location,
         accept_by=attempt.accept_by,
+        round_id=attempt.round_id,
+        stop=attempt.stop,
+        expected_at=attempt.expected_at,
     )
 
 

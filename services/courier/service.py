@@ -28,7 +28,8 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -42,7 +43,7 @@ from services.runtime.reasons import SENDER_UNKNOWN, identifier_or_none
 from services.runtime.store import Save, Saved, Store, Stored
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
 
-from . import decisions, domain, messages
+from . import decisions, domain, messages, round_pass
 from .decisions import Decided, Fleet, Handover, Look, Rules
 from .domain import CancelOutcome, Delivery, DeliveryState, Policy, ReportOutcome
 from .messages import PRODUCER
@@ -183,8 +184,10 @@ class CourierService:
         roster_refresh_s: float,
         code_key: bytes | None,
         clock: Callable[[], datetime],
+        rounds: RoundsConfig | None = None,
     ):
         self._storage = storage
+        self._rounds = rounds
         self._uow = unit_of_work
         self._policy = policy
         self._code_key = code_key
@@ -196,6 +199,9 @@ class CourierService:
         self._waiting_wanted = False
         #: Whether a delivery may be waiting for a courier; until a look says otherwise, assume so.
         self._maybe_waiting = True
+
+    def _rules(self) -> Rules:
+        return Rules(self._policy, self._clock(), self._code_key, rounds=self._rounds is not None)
 
     async def stop(self) -> None:
         if self._waiting_task is not None:
@@ -240,7 +246,7 @@ class CourierService:
     ) -> list[Handled[Any]]:
         if not records:
             return []
-        rules = rules or Rules(self._policy, self._clock(), self._code_key)
+        rules = rules or self._rules()
         batch = next(self._batches)
         store: Store[Delivery] = self._storage.deliveries
         fleet_for: Callable[[Envelope], Fleet] = _no_fleet
@@ -272,7 +278,7 @@ class CourierService:
                 freed = freed or result.handover.frees is not None
                 if result.after.state is DeliveryState.AWAITING_COURIER:
                     self._maybe_waiting = True
-        if freed:
+        if freed or (self._rounds is not None and self._maybe_waiting):
             self._offer_waiting_soon()
 
     # --- deadlines and waiting deliveries (the sweep) ----------------------------------------------
@@ -281,7 +287,7 @@ class CourierService:
         """Offers not accepted in time go to the next courier, passed deadlines are alerted once,
         and waiting deliveries are offered to couriers who became free. Idempotent: every change
         is a versioned write, decided again on the current document."""
-        rules = Rules(self._policy, self._clock(), self._code_key)
+        rules = self._rules()
         open_deliveries = await self._storage.open_deliveries()
         due = [_look(d, "deadlines") for d in open_deliveries if decisions.due(d, rules)]
         for handled in await self._decide(due, tracked=False, rules=rules):
@@ -314,6 +320,9 @@ class CourierService:
 
     async def _offer_waiting(self) -> None:
         """Offer waiting deliveries, longest waiting first, to couriers who can take them now."""
+        if self._rounds is not None:
+            await self._plan_rounds(self._rounds)
+            return
         async with self._waiting_lock:
             if not self._maybe_waiting:
                 return
@@ -331,6 +340,100 @@ class CourierService:
             offered = sum(h.outcome is Outcome.APPLIED for h in handled)
             if offered:
                 log.info("waiting deliveries offered", offered=offered, still_waiting=len(waiting) - offered)
+
+    async def _plan_rounds(self, config: RoundsConfig) -> None:
+        """Plan the rounds of every depot due a plan (round_pass.py), and offer them: each stop is
+        decided on its current document, so a plan made on a copy a report overtook changes nothing
+        it should not."""
+        async with self._waiting_lock:
+            if not self._maybe_waiting:
+                return
+            self._maybe_waiting = False
+            now = self._clock()
+            open_deliveries = await self._storage.open_deliveries()
+            if any(round_pass.waiting_for_a_round(d) for d in open_deliveries):
+                self._maybe_waiting = True  # until they are all in rounds
+            depots = round_pass.depots_due(
+                open_deliveries, now=now, cadence=config.cadence, min_waiting=config.min_waiting
+            )
+            if not depots:
+                return
+            await self._fleet.refresh(fresh=True)
+            fleet = self._fleet.view()
+            roster = {p.courier_id: p for p in fleet.roster}
+            shifts = round_pass.couriers_by_depot(
+                fleet.roster, fleet.loads, depots, round_pass.busy_couriers(open_deliveries)
+            )
+            by_id = {d.prescription_id: d for d in open_deliveries}
+            looks: list[Record[Look]] = []
+            for depot in depots:
+                candidates = list(depot.waiting)
+                for open_round in depot.not_left:
+                    courier = roster.get(open_round.courier_id)
+                    if courier is None or not candidates:
+                        continue
+                    room = courier.capacity - fleet.loads.get(courier.courier_id, 0) + len(open_round.stops)
+                    kept = [d.prescription_id for d in open_round.stops]
+                    fits = [d for d in candidates if domain.may_carry(courier, d)]
+                    # The search runs beside the event loop: consumers go on meanwhile.
+                    replanned = await asyncio.to_thread(
+                        config.planner,
+                        depot,
+                        [round_pass.Van(courier, room)],
+                        [*open_round.stops, *fits],
+                        required=kept,
+                        departs_at=now,
+                    )
+                    for planned in replanned:
+                        looks += self._round_looks(planned, open_round.round_id, depot, by_id, now)
+                        joined = {s.prescription_id for s in planned.stops}
+                        candidates = [d for d in candidates if d.prescription_id not in joined]
+                vans = [round_pass.Van(p, p.capacity - fleet.loads.get(p.courier_id, 0)) for p in shifts[depot.depot]]
+                if not candidates or not vans:
+                    continue
+                plan = await asyncio.to_thread(config.planner, depot, vans, candidates, required=(), departs_at=now)
+                for planned in plan:
+                    round_id = round_pass.round_id_for(depot.depot, planned.courier_id, now)
+                    looks += self._round_looks(planned, round_id, depot, by_id, now)
+            handled = await self._decide(looks, tracked=False)
+            offered = sum(h.outcome is Outcome.APPLIED for h in handled)
+            if offered:
+                log.info("delivery rounds planned", stops_offered_or_moved=offered, depots=len(depots))
+
+    def _round_looks(
+        self,
+        planned: round_pass.PlannedRound,
+        round_id: str,
+        depot: round_pass.Depot,
+        by_id: Mapping[str, Delivery],
+        now: datetime,
+    ) -> list[Record[Look]]:
+        if not planned.stops:
+            return []
+        looks = round_pass.looks_for(
+            planned, round_id=round_id, planned_at=now, depot=depot, deliveries=by_id, producer=PRODUCER.name
+        )
+        return [
+            Record(
+                Look(
+                    correlation_id=delivery.prescription_id,
+                    producer=PRODUCER.name,
+                    prescription_id=delivery.prescription_id,
+                    purpose="offer_in_round",
+                    **fields,  # type: ignore[arg-type]
+                )
+            )
+            for delivery, fields in looks
+        ]
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """Deliveries go out in planned rounds: how often a depot is planned and by what."""
+
+    planner: round_pass.Planner
+    cadence: timedelta
+    min_waiting: int
 
 
 # --- the decision the unit of work runs, and its keys --------------------------------------------------

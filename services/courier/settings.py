@@ -7,13 +7,27 @@ from pharmacy_contracts.courier import FailureReason
 from services.runtime.settings import RuntimeSettings
 
 from .domain import DEFAULT_RETRY_LIMITS, Policy
+from .round_settings import RoundSettings
 
 
 class MissingDeliveryCodeKey(RuntimeError):
     pass
 
 
-class CourierSettings(RuntimeSettings):
+class CourierSettings(RuntimeSettings, RoundSettings):
+    rounds: bool = Field(
+        default=False,
+        description=(
+            "Deliveries go out in delivery rounds planned per depot (a van, several doors, in order) "
+            "instead of one trip each to the nearest free courier"
+        ),
+    )
+    rounds_cadence_s: float = Field(
+        default=30 * 60, gt=0, description="A depot's waiting deliveries are planned into rounds at least this often"
+    )
+    rounds_min_deliveries: int = Field(
+        default=6, ge=1, description="This many deliveries waiting at a depot are planned at once, cadence or not"
+    )
     max_delivery_attempts: int = Field(
         default=3, ge=1, description="Failed attempts after which a delivery is undeliverable, whatever the reason"
     )

@@ -88,8 +88,8 @@ class CourierSimulator:
                     if message.return_goods:
                         drive(message.dispatch_id, [returned_report(message)])
                     continue
-                if not isinstance(message, c.DispatchOffered):
-                    continue
+                if not isinstance(message, c.DispatchOffered) or message.dispatch_id in self._taken:
+                    continue  # a round's stop sent again when the round was re-planned: the same job
                 plan = self.plan_for(message)
                 if plan is None:
                     continue

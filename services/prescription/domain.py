@@ -52,6 +52,9 @@ class FormularyEntry(BaseModel):
     cold_chain: bool = False
     controlled: bool = False
     high_risk: bool = Field(default=False, description="Always reviewed by a pharmacist (anticoagulants, say)")
+    urgent: bool = Field(
+        default=False, description="Needed within hours (insulin, antibiotics): a delivery round drives to it first"
+    )
 
     def days_supply_limit(self, chronic: bool) -> int:
         if chronic and self.max_days_supply_chronic is not None:
@@ -524,6 +527,7 @@ def delivery_details(prescription: Prescription, formulary: Mapping[str, Formula
         contact_phone=prescription.patient.phone,
         cold_chain=any(e.cold_chain for e in entries),
         controlled=any(e.controlled for e in entries),
+        urgent=any(e.urgent for e in entries),
     )
 
 

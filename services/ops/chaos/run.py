@@ -145,6 +145,15 @@ class ChaosRun:
         self.client.close()
 
 
+CHAOS_ROUNDS = {
+    "PHARMACY_ROUNDS": "true",
+    "PHARMACY_ROUNDS_CADENCE_S": "1",
+    "PHARMACY_ROUNDS_MIN_DELIVERIES": "5",
+    "PHARMACY_ROUNDS_PLAN_ITERATIONS": "200",
+    "PHARMACY_ROUNDS_PLAN_TIME_LIMIT_S": "0.5",
+}
+
+
 async def run_chaos(
     stack: DevStack,
     *,
@@ -157,10 +166,15 @@ async def run_chaos(
     kill_until_terminal: float = 0.85,
     settle_timeout_s: float = 600.0,
     couriers: int = 3,
+    rounds: bool = True,
     progress: Progress = quiet,
 ) -> ChaosReport:
     """Run the six processes on `stack` (broker and database already up) under load and kills, then
-    check every guarantee. The service processes are stopped at the end; the stack stays up."""
+    check every guarantee. The service processes are stopped at the end; the stack stays up.
+    `rounds`: deliveries go out in planned delivery rounds, planned often and briefly (a depot
+    every second, or at five waiting), so kills land in the middle of plans and re-plans."""
+    if rounds:
+        stack.extra_env.update(CHAOS_ROUNDS)
     run = ChaosRun(
         stack,
         prescriptions=prescriptions,

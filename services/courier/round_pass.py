@@ -1,0 +1,287 @@
+"""The round planner's pass over the open deliveries: which depots are due a plan, what each plan is
+made of, and the looks that carry the plan to each delivery. Pure: the pass in service.py reads the
+deliveries and the fleet, calls these, calls the planner (rounds.py) and hands the looks to the
+unit of work, where `decisions.offer_in_round` decides each delivery on its current document.
+
+A depot is planned when a delivery there has waited `cadence` (rounds leave on a rhythm), when
+`min_waiting` wait there (a van's worth), or at once when a round from there has not left yet: a
+delivery that arrives before departure is fitted into it (re-planned) rather than left for the next.
+
+A round's couriers and stops never change once planned but by re-planning before it leaves: its
+stops keep their courier, their order and times may change, and waiting deliveries may join it.
+A stop whose offer expires or fails leaves the round and waits for the next plan on its own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from pharmacy_contracts import courier as c
+from pharmacy_contracts.geo import great_circle_km
+
+from . import domain, rounds
+from .domain import CourierProfile, Delivery, DeliveryState
+from .roads import Roads
+from .rounds import Limits
+
+
+@dataclass(frozen=True)
+class OpenRound:
+    """The stops of one round still held by its courier (offered, accepted, on the road)."""
+
+    round_id: str
+    courier_id: str
+    depot: str
+    stops: tuple[Delivery, ...]
+
+    @property
+    def left(self) -> bool:
+        """The van left the depot: a stop of it was picked up."""
+        return any(d.current is not None and d.current.picked_up_at is not None for d in self.stops)
+
+
+@dataclass(frozen=True)
+class Depot:
+    """One depot's part of a pass: the deliveries waiting there and the rounds that have not left."""
+
+    depot: str
+    location: tuple[float, float] | None
+    waiting: tuple[Delivery, ...]
+    not_left: tuple[OpenRound, ...]
+
+
+@dataclass(frozen=True)
+class PlannedStop:
+    prescription_id: str
+    expected_at: datetime
+
+
+@dataclass(frozen=True)
+class PlannedRound:
+    """What the planner made of one van: its stops in order, when it is back and how far it drives."""
+
+    courier_id: str
+    stops: tuple[PlannedStop, ...]
+    departs_at: datetime
+    returns_at: datetime
+    km: float
+
+
+@dataclass(frozen=True)
+class Van:
+    """A courier on shift at a depot, and how many more packages they can take now."""
+
+    courier: CourierProfile
+    room: int
+
+
+class Planner(Protocol):
+    """Plans a depot's rounds: `required` deliveries (stops of a round re-planned before it leaves)
+    must be in a round; the others are planned as the vans allow."""
+
+    def __call__(
+        self,
+        depot: Depot,
+        vans: Sequence[Van],
+        deliveries: Sequence[Delivery],
+        *,
+        required: Collection[str],
+        departs_at: datetime,
+    ) -> list[PlannedRound]: ...
+
+
+def open_rounds(deliveries: Iterable[Delivery]) -> dict[str, OpenRound]:
+    members: dict[str, list[Delivery]] = defaultdict(list)
+    for delivery in deliveries:
+        attempt = delivery.current
+        if attempt is None or attempt.round_id is None or delivery.active_courier_id is None:
+            continue
+        if delivery.state in domain.FINISHED or attempt.status is not domain.AttemptStatus.OFFERED:
+            continue
+        members[attempt.round_id].append(delivery)
+    rounds: dict[str, OpenRound] = {}
+    for round_id, stops in members.items():
+        first = stops[0]
+        assert first.current is not None and first.warehouse_id is not None
+        ordered = tuple(sorted(stops, key=lambda d: (d.current.stop or 0) if d.current else 0))
+        rounds[round_id] = OpenRound(round_id, first.current.courier_id, first.warehouse_id, ordered)
+    return rounds
+
+
+def waiting_for_a_round(delivery: Delivery) -> bool:
+    return (
+        delivery.state is DeliveryState.AWAITING_COURIER
+        and domain.ready_to_offer(delivery)
+        and domain.located(delivery)
+    )
+
+
+def depots_due(deliveries: Sequence[Delivery], *, now: datetime, cadence: timedelta, min_waiting: int) -> list[Depot]:
+    """The depots to plan in this pass, by id."""
+    rounds = open_rounds(deliveries)
+    waiting: dict[str, list[Delivery]] = defaultdict(list)
+    located_at: dict[str, tuple[float, float]] = {}
+    for delivery in deliveries:
+        if delivery.warehouse_id is not None and delivery.pickup_location is not None:
+            point = delivery.pickup_location
+            located_at.setdefault(delivery.warehouse_id, (point.latitude, point.longitude))
+        if waiting_for_a_round(delivery):
+            assert delivery.warehouse_id is not None
+            waiting[delivery.warehouse_id].append(delivery)
+    due: list[Depot] = []
+    for depot in sorted(waiting):
+        here = sorted(waiting[depot], key=lambda d: (d.awaiting_since or now, d.prescription_id))
+        not_left = tuple(r for r in rounds.values() if r.depot == depot and not r.left)
+        oldest = here[0].awaiting_since or now
+        if not_left or len(here) >= min_waiting or now - oldest >= cadence:
+            due.append(Depot(depot, located_at.get(depot), tuple(here), not_left))
+    return due
+
+
+def busy_couriers(deliveries: Iterable[Delivery]) -> set[str]:
+    """Couriers who hold a round that has not come back: they get no second round meanwhile."""
+    return {r.courier_id for r in open_rounds(deliveries).values()}
+
+
+def couriers_by_depot(
+    roster: Iterable[CourierProfile], loads: Mapping[str, int], depots: Sequence[Depot], busy: set[str]
+) -> dict[str, list[CourierProfile]]:
+    """The free couriers on shift at each depot due a plan: each at the depot nearest their base
+    (a courier whose base is unknown, at the first depot), none twice in one pass."""
+    shifts: dict[str, list[CourierProfile]] = {d.depot: [] for d in depots}
+    if not depots:
+        return shifts
+    for courier in sorted(roster, key=lambda p: p.courier_id):
+        if not courier.active or courier.courier_id in busy or loads.get(courier.courier_id, 0) >= courier.capacity:
+            continue
+        shifts[_nearest_depot(courier, depots)].append(courier)
+    return shifts
+
+
+def _nearest_depot(courier: CourierProfile, depots: Sequence[Depot]) -> str:
+    if courier.location is None:
+        return depots[0].depot
+    base = (courier.location.latitude, courier.location.longitude)
+    placed = [d for d in depots if d.location is not None]
+    if not placed:
+        return depots[0].depot
+    return min(placed, key=lambda d: (great_circle_km(base, d.location), d.depot)).depot  # type: ignore[arg-type]
+
+
+def round_id_for(depot: str, courier_id: str, departs_at: datetime) -> str:
+    return f"R-{depot}-{courier_id}-{departs_at:%Y%m%dT%H%M%S}"
+
+
+def looks_for(
+    planned: PlannedRound,
+    *,
+    round_id: str,
+    planned_at: datetime,
+    depot: Depot,
+    deliveries: Mapping[str, Delivery],
+    producer: str,
+) -> list[tuple[Delivery, dict[str, object]]]:
+    """Each stop's look (as keyword arguments of `decisions.Look`), the round told with the first."""
+    stops: list[c.RoundStop] = []
+    for number, stop in enumerate(planned.stops, start=1):
+        delivery = deliveries[stop.prescription_id]
+        assert delivery.details is not None
+        attempt = delivery.current
+        in_this_round = attempt is not None and attempt.round_id == round_id
+        dispatch_id = (
+            attempt.dispatch_id
+            if in_this_round and attempt is not None
+            else domain.dispatch_id_for(delivery.prescription_id, len(delivery.attempts) + 1)
+        )
+        stops.append(
+            c.RoundStop(
+                stop=number,
+                dispatch_id=dispatch_id,
+                package_id=delivery.prescription_id,
+                address=delivery.details.address,
+                cold_chain=delivery.cold_chain,
+                expected_at=stop.expected_at,
+            )
+        )
+    first = deliveries[planned.stops[0].prescription_id]
+    told = c.RoundOffered(
+        correlation_id=round_id,
+        producer=producer,
+        round_id=round_id,
+        courier_id=planned.courier_id,
+        planned_at=planned_at,
+        pickup_warehouse_id=depot.depot,
+        pickup_location=first.pickup_location,
+        departs_at=planned.departs_at,
+        returns_at=planned.returns_at,
+        km=round(planned.km, 1),
+        stops=stops,
+    )
+    looks: list[tuple[Delivery, dict[str, object]]] = []
+    for number, stop in enumerate(planned.stops, start=1):
+        delivery = deliveries[stop.prescription_id]
+        looks.append(
+            (
+                delivery,
+                {
+                    "courier_id": planned.courier_id,
+                    "round_id": round_id,
+                    "stop": number,
+                    "expected_at": stop.expected_at,
+                    "round_offered": told if number == 1 else None,
+                },
+            )
+        )
+    return looks
+
+
+@dataclass(frozen=True)
+class PyVrpPlanner:
+    """The planner the service runs: rounds.py (PyVRP) on the depot's deliveries and vans. A stop
+    of a re-planned round the solver leaves out (it no longer fits) keeps its van, at the end."""
+
+    roads: Roads
+    limits: Limits
+
+    def __call__(
+        self,
+        depot: Depot,
+        vans: Sequence[Van],
+        deliveries: Sequence[Delivery],
+        *,
+        required: Collection[str],
+        departs_at: datetime,
+    ) -> list[PlannedRound]:
+        if depot.location is None or not vans:
+            return []
+        request = rounds.RoundRequest(
+            depot=rounds.DepotSite(depot.depot, depot.location),
+            departure=departs_at,
+            deliveries=tuple(_ready(d) for d in deliveries if domain.located(d)),
+            vans=tuple(rounds.Van(v.courier.courier_id, v.room, v.courier.cold_chain) for v in vans if v.room > 0),
+        )
+        if not request.vans:
+            return []
+        plan = rounds.plan_rounds(request, self.roads, self.limits)
+        planned = []
+        for made in plan.rounds:
+            stops = [PlannedStop(s.prescription_id, s.arrives) for s in made.stops]
+            placed = {s.prescription_id for s in stops}
+            stops += [PlannedStop(rx, made.returns) for rx in sorted(required) if rx not in placed]
+            planned.append(PlannedRound(made.courier_id, tuple(stops), made.departs, made.returns, made.km))
+        return planned
+
+
+def _ready(delivery: Delivery) -> rounds.ReadyDelivery:
+    assert delivery.details is not None and delivery.details.address.coordinates is not None
+    door = delivery.details.address.coordinates
+    return rounds.ReadyDelivery(
+        prescription_id=delivery.prescription_id,
+        location=(door.latitude, door.longitude),
+        cold_chain=delivery.cold_chain,
+        urgent=delivery.details.urgent,
+    )
