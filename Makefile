@@ -8,7 +8,7 @@ BENCH_ARGS ?=
 MUTATION_ARGS ?=
 MUTATION_STAMP := $(VENV)/.mutation-stamp
 
-.PHONY: install contracts asyncapi browser up down status demo test check lint unit chaos bench mutation clean
+.PHONY: install contracts asyncapi browser up down status demo test check lint unit chaos bench bench-rounds mutation clean
 
 $(STAMP): pyproject.toml contracts/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,9 @@ chaos: install ## the chaos run on its own (it also runs inside `make test`): ki
 
 bench: install ## throughput, latency and memory on the dev stack vs the bare and the stored relay; bench-results/ (BENCH_ARGS="--runs 1")
 	$(BIN)/python -m services.ops.bench $(BENCH_ARGS)
+
+bench-rounds: install ## delivery rounds vs one trip per delivery on the demo county, and the planning time of 200 deliveries and 10 vans (no stack needed)
+	$(BIN)/python -m services.ops.rounds_bench
 
 $(MUTATION_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[mutation]'
