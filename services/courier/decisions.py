@@ -79,6 +79,10 @@ class Fleet:
         return domain.choose_courier(self.roster, self.loads, delivery)
 
 
+#: Why a delivery waits when deliveries go out in rounds (a plan, not a shortage of couriers).
+NEXT_ROUND = "waiting for the next delivery round from"
+
+
 @dataclass(frozen=True)
 class Rules:
     """What every decision of one batch goes by besides the fleet."""
@@ -223,7 +227,7 @@ def _offer(
         if not domain.located(delivery):
             why = domain.UNLOCATED.format(rx=delivery.prescription_id)
         elif rules.rounds:
-            why = f"waiting for the next delivery round from {delivery.warehouse_id}"
+            why = f"{NEXT_ROUND} {delivery.warehouse_id}"
         else:
             why = domain.why_no_courier(fleet.roster, fleet.loads, delivery)
         waiting = messages.delivery_waiting(delivery, why, causation_id)

@@ -496,7 +496,9 @@ def _log(handled: Handled[Any], policy: Policy) -> None:
         )
     if isinstance(message, c.AddressLocated) and result.after.details is not None:
         log.info("address placed on the map", prescription_id=rx, located_by=message.located_by, place=message.place)
-    if result.waiting_why is not None:
+    if result.waiting_why is not None and result.waiting_why.startswith(decisions.NEXT_ROUND):
+        log.info("the delivery waits for its round", prescription_id=rx, why=result.waiting_why)
+    elif result.waiting_why is not None:
         log.warning("no courier can take the delivery; it waits", prescription_id=rx, why=result.waiting_why)
     if result.overdue is not None:
         log.warning("delivery overdue; the dispatcher decides", prescription_id=rx, stage=result.overdue)

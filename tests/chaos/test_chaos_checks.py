@@ -85,6 +85,22 @@ def test_an_offer_seen_again_is_not_acted_on_again():
     assert report.offers_without_outcome == [offer.dispatch_id]
 
 
+def test_a_round_stop_sent_again_is_no_reuse_but_a_dispatch_id_offered_to_two_couriers_is():
+    offer = next(m for m in one_of_each_message() if isinstance(m, c.DispatchOffered))
+    stop = offer.model_copy(update={"round_id": "R-1", "stop": 1})
+    moved = stop.model_copy(update={"message_id": "MSG-REPLANNED", "stop": 2})
+    elsewhere = stop.model_copy(update={"message_id": "MSG-OTHER-VAN", "courier_id": "CUR-OTHER"})
+    alone = offer.model_copy(update={"message_id": "MSG-AGAIN"})
+
+    assert checked(evidence({topics.COURIER_DISPATCH: [stop, moved]})).dispatch_ids_reused == {}
+    assert set(checked(evidence({topics.COURIER_DISPATCH: [stop, moved, elsewhere]})).dispatch_ids_reused) == {
+        offer.dispatch_id
+    }
+    assert set(checked(evidence({topics.COURIER_DISPATCH: [offer, alone]})).dispatch_ids_reused) == {
+        offer.dispatch_id
+    }
+
+
 def test_the_outcome_decides_where_held_stock_must_have_gone():
     assert expected_closing(Stage.DELIVERED, reserved=True, travelled=True) == {"StockDelivered": 1}
     assert expected_closing(Stage.CANCELLED, reserved=True, travelled=False) == {"StockReleased": 1}

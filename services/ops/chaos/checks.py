@@ -10,6 +10,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.lifecycle import TERMINAL, Stage
 from services.courier.domain import DeliveryState
 from services.inventory.domain import AllocationState, Figures, Warehouse, current_lots, recompute_lots
+from services.inventory.transfers import county_books
 from services.prescription.domain import VerdictState
 
 from .evidence import Evidence
@@ -22,6 +23,7 @@ def check(report: ChaosReport, seen: Evidence) -> None:
     report.dead_letters = dict(seen.dead_letters)
     check_outcomes(report, seen)
     check_stock(report, seen)
+    check_transfers(report, seen)
     check_ledger(report, seen)
     check_reservations(report, seen)
     check_dispatches(report, seen)
@@ -161,6 +163,28 @@ def check_stock(report: ChaosReport, seen: Evidence) -> None:
     report.open_holds = [f"{w.warehouse_id}/{rx}" for w in warehouses for rx in w.holds]
 
 
+#: A transfer's steps: each happens once per transfer (a second would move its units twice).
+TRANSFER_STEPS = (inv.TransferShipped, inv.TransferReceived, inv.TransferClosed)
+
+
+def check_transfers(report: ChaosReport, seen: Evidence) -> None:
+    """The county's books balance with units in transit counted once (at the source until received),
+    every receipt was closed at its source, and no transfer was shipped, received or closed twice."""
+    for drug, books in county_books(seen.warehouses).items():
+        if not books.balanced:
+            report.county_unbalanced.append(f"{drug}: {figures_text(books.figures)}, on the way {books.on_the_way}")
+        if not books.settled:
+            f = books.figures
+            report.transfers_not_closed.append(f"{drug}: transferred in {f.transferred_in}, out {f.transferred_out}")
+    steps: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    for event in seen.inventory_events:
+        if isinstance(event, TRANSFER_STEPS):
+            steps[event.transfer_id][type(event).__name__] += 1
+    for transfer_id, counts in steps.items():
+        if twice := {k: v for k, v in counts.items() if v > 1}:
+            report.transfer_steps_twice[transfer_id] = ", ".join(f"{k} ×{v}" for k, v in twice.items())
+
+
 def check_ledger(report: ChaosReport, seen: Evidence) -> None:
     """Every lot's figures, recomputed from the ledger's movements alone, match the warehouse documents."""
     entries, warehouses = seen.ledger, seen.warehouses
@@ -233,6 +257,14 @@ def check_reservations(report: ChaosReport, seen: Evidence) -> None:
             )
 
 
+def _one_stop_re_planned(offers: list[c.DispatchOffered]) -> bool:
+    """The offers of one dispatch id are one round's stop, sent again as its round was re-planned
+    before it left (its place and time changed): the same courier, package, attempt and round."""
+    return len({(o.courier_id, o.package_id, o.attempt, o.round_id) for o in offers}) == 1 and all(
+        o.round_id for o in offers
+    )
+
+
 def check_dispatches(report: ChaosReport, seen: Evidence) -> None:
     """Every dispatch offer has its own dispatch id and was acted on once, by the couriers and by the
     courier service; every wrong delivery code was refused."""
@@ -243,7 +275,9 @@ def check_dispatches(report: ChaosReport, seen: Evidence) -> None:
             by_dispatch[offer.dispatch_id].append(offer)
     report.offers_total = sum(len(o) for o in by_dispatch.values())
     report.dispatch_ids_reused = {
-        d: [f"{o.message_id} → {o.courier_id}" for o in found] for d, found in by_dispatch.items() if len(found) > 1
+        d: [f"{o.message_id} → {o.courier_id}" for o in found]
+        for d, found in by_dispatch.items()
+        if len(found) > 1 and not _one_stop_re_planned(found)
     }
     report.offers_acted_on = len(couriers.acted)
     report.duplicate_offers_ignored = len(couriers.duplicates)
