@@ -81,6 +81,12 @@ DEMO_DEADLINES = {
     "PHARMACY_REVIEW_ESCALATE_AFTER_S": "15",
     "PHARMACY_REVIEW_EXPIRE_AFTER_S": "35",
     "PHARMACY_OFFER_ACCEPT_TIMEOUT_S": "10",
+    # Deliveries go out in rounds: a depot is planned every 5 s of the demo, or at 4 waiting.
+    "PHARMACY_ROUNDS": "true",
+    "PHARMACY_ROUNDS_CADENCE_S": "5",
+    "PHARMACY_ROUNDS_MIN_DELIVERIES": "4",
+    "PHARMACY_ROUNDS_PLAN_ITERATIONS": "300",
+    "PHARMACY_ROUNDS_PLAN_TIME_LIMIT_S": "1",
 }
 
 
@@ -285,8 +291,9 @@ class Demo:
         console.print(stock_table(warehouses))
         balanced = all(lot.balanced for w in warehouses for lot in w.lots.values())
         console.print(
-            "stock books balance for every lot (received + adjusted = available + reserved + dispatched"
-            " + quarantined + expired + delivered): " + ("[green]yes[/]" if balanced else "[red]NO[/]")
+            "stock books balance for every lot (received + adjusted + transferred in = available + reserved"
+            " + dispatched + quarantined + expired + delivered + in transit + transferred out): "
+            + ("[green]yes[/]" if balanced else "[red]NO[/]")
         )
 
     def activity(self, statuses: list[PrescriptionStatus]) -> Fitted:
@@ -295,6 +302,10 @@ class Demo:
         delivered = {rx for rx, s in by_id.items() if s.stage is Stage.DELIVERED}
         offers = self.couriers.offers
         cold = {o.package_id for o in offers if o.cold_chain and o.package_id in delivered}
+        rounds: dict[str, set[str]] = {}
+        for o in offers:
+            if o.round_id is not None:
+                rounds.setdefault(o.round_id, set()).add(o.dispatch_id)
         expired = sum(1 for s in statuses if any("REVIEW_EXPIRED" in why for why in s.why))
         cancelled = [s for s in statuses if s.stage is Stage.CANCELLED]
         rows = [
@@ -310,6 +321,8 @@ class Demo:
                 len(self.cancel_late & {s.prescription_id for s in cancelled}),
             ),
             ("cold-chain deliveries (insulin), all by cold-chain couriers", len(cold)),
+            ("delivery rounds driven", len(rounds)),
+            ("stops in the largest round", max((len(stops) for stops in rounds.values()), default=0)),
             (
                 "offers not accepted in time, passed to the next courier",
                 sum(1 for w in self.couriers.withdrawals if w.reason == "acceptance_timeout"),
