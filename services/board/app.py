@@ -30,6 +30,7 @@ from pharmacy_contracts import topics
 from pharmacy_contracts.envelope import Envelope
 from services.runtime.security import aiokafka_kwargs
 
+from .county_map import EMPTY_MAP, fold_map_all, svg
 from .projection import EMPTY, fold_all, snapshot
 from .settings import BoardSettings
 
@@ -41,6 +42,7 @@ FOLLOWED = (
     topics.INVENTORY_EVENTS,
     topics.COURIER_DELIVERIES,
     topics.PRESCRIPTION_FORMULARY,  # only for the drugs' names: stock events carry codes
+    topics.COURIER_DISPATCH,  # only for the rounds' plans on the county picture (villages, no doors)
 )
 RETRY_AFTER_S = 2.0
 
@@ -51,6 +53,7 @@ class LiveBoard:
     def __init__(self, latest: int) -> None:
         self.latest = latest
         self.board = EMPTY
+        self.county = EMPTY_MAP
         self.version = 0
         self.unreadable = 0
         self.following = False
@@ -58,15 +61,16 @@ class LiveBoard:
         self._rendered: tuple[int, bytes] = (-1, b"")
 
     def apply(self, events: Iterable[Envelope], unreadable: int = 0) -> None:
-        board = fold_all(self.board, events)
+        events = list(events)
+        board, county = fold_all(self.board, events), fold_map_all(self.county, events)
         self.unreadable += unreadable
-        if board is not self.board:
-            self.board = board
+        if board is not self.board or county is not self.county:
+            self.board, self.county = board, county
             self._bump()
 
     def reset(self) -> None:
         """Back to empty, before reading the topics from their beginning again."""
-        self.board, self.unreadable = EMPTY, 0
+        self.board, self.county, self.unreadable = EMPTY, EMPTY_MAP, 0
         self._bump()
 
     def _bump(self) -> None:
@@ -144,6 +148,9 @@ def create_app(settings: BoardSettings, live: LiveBoard | None = None, *, follow
     async def state(_: Request) -> Response:
         return Response(live.state_json(), media_type="application/json")
 
+    async def county(_: Request) -> Response:
+        return Response(svg(live.county), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
     async def health(_: Request) -> Response:
         body = {"status": "ok" if live.following else "starting", "events": live.board.events}
         return JSONResponse(body, status_code=200 if live.following else 503)
@@ -173,6 +180,7 @@ def create_app(settings: BoardSettings, live: LiveBoard | None = None, *, follow
         routes=[
             Route("/", page),
             Route("/api/state", state),
+            Route("/county.svg", county),
             Route("/events", events),
             Route("/health", health),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
