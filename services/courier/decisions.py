@@ -215,11 +215,13 @@ def _offer(
     delivery: Delivery,
     events: Sequence[Envelope],
     causation_id: str | None,
+    *,
+    alone: bool = False,
 ) -> Decision[Delivery]:
     assert delivery.details is not None and delivery.warehouse_id is not None
     # Not on the map: no courier is sent looking; it waits for a dispatcher to place it. With
     # rounds, it waits for the planner to put it in the next round from its depot.
-    courier = fleet.courier_for(delivery) if domain.located(delivery) and not rules.rounds else None
+    courier = fleet.courier_for(delivery) if domain.located(delivery) and (alone or not rules.rounds) else None
     offered = domain.offer(delivery, courier, now=rules.now, accept_timeout=rules.policy.accept_timeout)
     if courier is None:
         if not domain.began_waiting(before, offered):
@@ -245,7 +247,8 @@ def offer_if_still_waiting(fleet: Fleet, rules: Rules, current: Delivery | None,
         return Decision.unchanged()
     if not domain.located(current) or fleet.courier_for(current) is None:
         return Decision.unchanged()
-    return _offer(fleet, rules, current, current, [], None)
+    # With rounds, the planner asks this only for a delivery no round can take: a trip of its own.
+    return _offer(fleet, rules, current, current, [], None, alone=True)
 
 
 def offer_in_round(fleet: Fleet, rules: Rules, current: Delivery | None, look: Look) -> Decision[Delivery]:

@@ -79,6 +79,16 @@ class Van:
     room: int
 
 
+@dataclass(frozen=True)
+class DepotPlan:
+    """A depot's rounds, and the deliveries no round from there can take however many vans were
+    free (a door too far for a round, a cold-chain door farther than its time out of the fridge,
+    a window missed): those go on a trip of their own, as without rounds."""
+
+    rounds: list[PlannedRound]
+    alone: list[str]
+
+
 class Planner(Protocol):
     """Plans a depot's rounds: `required` deliveries (stops of a round re-planned before it leaves)
     must be in a round; the others are planned as the vans allow."""
@@ -91,7 +101,7 @@ class Planner(Protocol):
         *,
         required: Collection[str],
         departs_at: datetime,
-    ) -> list[PlannedRound]: ...
+    ) -> DepotPlan: ...
 
 
 def open_rounds(deliveries: Iterable[Delivery]) -> dict[str, OpenRound]:
@@ -150,16 +160,46 @@ def busy_couriers(deliveries: Iterable[Delivery]) -> set[str]:
 def couriers_by_depot(
     roster: Iterable[CourierProfile], loads: Mapping[str, int], depots: Sequence[Depot], busy: set[str]
 ) -> dict[str, list[CourierProfile]]:
-    """The free couriers on shift at each depot due a plan: each at the depot nearest their base
-    (a courier whose base is unknown, at the first depot), none twice in one pass."""
+    """The free couriers on shift at each depot due a plan, none twice in one pass. Depots are
+    served in the order their oldest delivery has waited: each takes the free couriers whose base
+    is nearest it (those with a cold box last, when it waits for nothing cold, as another depot may);
+    one with none borrows the nearest free courier, and one whose waiting
+    deliveries need a cold box and has none borrows the nearest free cold-chain courier. No depot
+    waits for ever because the county has fewer couriers than depots: the one that waited longest
+    comes first the next time."""
+    free = sorted(
+        (p for p in roster if p.active and p.courier_id not in busy and loads.get(p.courier_id, 0) < p.capacity),
+        key=lambda p: p.courier_id,
+    )
     shifts: dict[str, list[CourierProfile]] = {d.depot: [] for d in depots}
-    if not depots:
-        return shifts
-    for courier in sorted(roster, key=lambda p: p.courier_id):
-        if not courier.active or courier.courier_id in busy or loads.get(courier.courier_id, 0) >= courier.capacity:
-            continue
+    for depot in sorted(depots, key=_longest_wait):
+        home = [p for p in free if _nearest_depot(p, depots) == depot.depot]
+        if not any(d.cold_chain for d in depot.waiting) and any(not p.cold_chain for p in home):
+            home = [p for p in home if not p.cold_chain]  # a cold box may be wanted elsewhere
+        if not home and free:
+            home = [_nearest(free, depot)]
+        cold = [p for p in free if p.cold_chain and p not in home]
+        if any(d.cold_chain for d in depot.waiting) and not any(p.cold_chain for p in home) and cold:
+            home.append(_nearest(cold, depot))
+        shifts[depot.depot] = home
+        free = [p for p in free if p not in home]
+    for courier in free:  # wanted nowhere else: at home after all
         shifts[_nearest_depot(courier, depots)].append(courier)
     return shifts
+
+
+def _longest_wait(depot: Depot) -> tuple[datetime, str]:
+    oldest = min((d.awaiting_since for d in depot.waiting if d.awaiting_since is not None), default=datetime.max)
+    return (oldest.replace(tzinfo=None), depot.depot)
+
+
+def _nearest(couriers: Sequence[CourierProfile], depot: Depot) -> CourierProfile:
+    def km(courier: CourierProfile) -> float:
+        if courier.location is None or depot.location is None:
+            return float("inf")
+        return great_circle_km((courier.location.latitude, courier.location.longitude), depot.location)
+
+    return min(couriers, key=lambda p: (km(p), p.courier_id))
 
 
 def _nearest_depot(courier: CourierProfile, depots: Sequence[Depot]) -> str:
@@ -239,6 +279,17 @@ def looks_for(
     return looks
 
 
+#: Why a delivery is left out of every plan, whatever vans are free: it goes on a trip of its own.
+NO_ROUND_CAN_TAKE = frozenset(
+    {
+        rounds.LeftOutReason.TOO_BIG,
+        rounds.LeftOutReason.WINDOW_MISSED,
+        rounds.LeftOutReason.OUT_OF_FRIDGE,
+        rounds.LeftOutReason.ROUND_TOO_LONG,
+    }
+)
+
+
 @dataclass(frozen=True)
 class PyVrpPlanner:
     """The planner the service runs: rounds.py (PyVRP) on the depot's deliveries and vans. A stop
@@ -255,9 +306,9 @@ class PyVrpPlanner:
         *,
         required: Collection[str],
         departs_at: datetime,
-    ) -> list[PlannedRound]:
+    ) -> DepotPlan:
         if depot.location is None or not vans:
-            return []
+            return DepotPlan([], [])
         request = rounds.RoundRequest(
             depot=rounds.DepotSite(depot.depot, depot.location),
             departure=departs_at,
@@ -265,15 +316,16 @@ class PyVrpPlanner:
             vans=tuple(rounds.Van(v.courier.courier_id, v.room, v.courier.cold_chain) for v in vans if v.room > 0),
         )
         if not request.vans:
-            return []
+            return DepotPlan([], [])
         plan = rounds.plan_rounds(request, self.roads, self.limits)
+        alone = sorted(o.prescription_id for o in plan.left_out if o.reason in NO_ROUND_CAN_TAKE)
         planned = []
         for made in plan.rounds:
             stops = [PlannedStop(s.prescription_id, s.arrives) for s in made.stops]
             placed = {s.prescription_id for s in stops}
             stops += [PlannedStop(rx, made.returns) for rx in sorted(required) if rx not in placed]
             planned.append(PlannedRound(made.courier_id, tuple(stops), made.departs, made.returns, made.km))
-        return planned
+        return DepotPlan(planned, [rx for rx in alone if rx not in required])
 
 
 def _ready(delivery: Delivery) -> rounds.ReadyDelivery:

@@ -384,7 +384,7 @@ class CourierService:
                         required=kept,
                         departs_at=now,
                     )
-                    for planned in replanned:
+                    for planned in replanned.rounds:
                         looks += self._round_looks(planned, open_round.round_id, depot, by_id, now)
                         joined = {s.prescription_id for s in planned.stops}
                         candidates = [d for d in candidates if d.prescription_id not in joined]
@@ -392,9 +392,11 @@ class CourierService:
                 if not candidates or not vans:
                     continue
                 plan = await asyncio.to_thread(config.planner, depot, vans, candidates, required=(), departs_at=now)
-                for planned in plan:
+                for planned in plan.rounds:
                     round_id = round_pass.round_id_for(depot.depot, planned.courier_id, now)
                     looks += self._round_looks(planned, round_id, depot, by_id, now)
+                # No round from this depot can take these, however many vans: a trip each, as without rounds.
+                looks += [_look(by_id[rx], "offer_waiting") for rx in plan.alone]
             handled = await self._decide(looks, tracked=False)
             offered = sum(h.outcome is Outcome.APPLIED for h in handled)
             if offered:

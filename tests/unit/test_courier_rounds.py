@@ -45,6 +45,8 @@ class InIdOrder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], list[str], list[str]]] = []
+        #: Deliveries no round can take (too far for a round, say).
+        self.alone: set[str] = set()
 
     def __call__(
         self,
@@ -54,11 +56,11 @@ class InIdOrder:
         *,
         required: Collection[str],
         departs_at: datetime,
-    ) -> list[round_pass.PlannedRound]:
+    ) -> round_pass.DepotPlan:
         self.calls.append(
             ([v.courier.courier_id for v in vans], [d.prescription_id for d in deliveries], sorted(required))
         )
-        left = sorted(deliveries, key=lambda d: d.prescription_id)
+        left = sorted((d for d in deliveries if d.prescription_id not in self.alone), key=lambda d: d.prescription_id)
         rounds = []
         for van in vans:
             fits = [d for d in left if van.courier.cold_chain or not d.cold_chain][: van.room]
@@ -74,7 +76,7 @@ class InIdOrder:
                     van.courier.courier_id, stops, departs_at, stops[-1].expected_at + timedelta(minutes=10), 42.0
                 )
             )
-        return rounds
+        return round_pass.DepotPlan(rounds, sorted(self.alone & {d.prescription_id for d in deliveries}))
 
 
 @pytest.fixture
@@ -237,3 +239,53 @@ def _code(rx: str) -> str:
     from tests.unit.test_courier_service import right_code
 
     return right_code(rx)
+
+
+async def test_a_delivery_no_round_can_take_goes_on_a_trip_of_its_own(
+    service: CourierService, storage: Storage, published: Published, planner: InIdOrder
+) -> None:
+    await roster(storage, b.make_courier("CUR-1", capacity=10))
+    planner.alone = {"RX-FAR"}
+    await ready(service, "RX-FAR", "RX-1", "RX-2")
+
+    await service.sweep()
+
+    (alone,) = published.offers("RX-FAR")
+    assert alone["round_id"] is None and alone["stop"] is None and alone["courier_id"] == "CUR-1"
+    assert [published.offers(rx)[-1]["stop"] for rx in ("RX-1", "RX-2")] == [1, 2]
+
+
+def _depot(depot_id: str, at: tuple[float, float], *waiting: Delivery, minute: int = 0) -> round_pass.Depot:
+    since = b.at(minute)
+    waits = tuple(d.model_copy(update={"awaiting_since": since}) for d in waiting)
+    return round_pass.Depot(depot_id, at, waits, ())
+
+
+def test_every_depot_due_gets_a_van_though_the_county_has_fewer_couriers_than_depots() -> None:
+    north, south = (51.8, 69.4), (50.6, 70.0)
+    home = b.make_courier("CUR-NORTH", base=north)
+    cold = b.make_courier("CUR-COLD", base=north, cold_chain=True)
+    warm = b.make_delivery(prescription_id="RX-W")
+    chilled = b.make_delivery(prescription_id="RX-C", details=b.delivery_details(cold_chain=True))
+
+    # South waited longest and has no courier of its own: it borrows the nearest; north keeps the other.
+    depots = [_depot("WH-NORTH", north, warm, minute=5), _depot("WH-SOUTH", south, warm, minute=1)]
+    shifts = round_pass.couriers_by_depot([home, cold], {}, depots, busy=set())
+    assert {d: [p.courier_id for p in ps] for d, ps in shifts.items()} == {
+        "WH-SOUTH": ["CUR-COLD"],
+        "WH-NORTH": ["CUR-NORTH"],
+    }
+
+    # A cold-chain package waiting where no cold box is on shift borrows the cold-chain courier.
+    depots = [_depot("WH-NORTH", north, warm, minute=1), _depot("WH-SOUTH", south, chilled, minute=5)]
+    shifts = round_pass.couriers_by_depot([home, cold], {}, depots, busy=set())
+    assert [p.courier_id for p in shifts["WH-SOUTH"]] == ["CUR-COLD"]
+
+    # Nothing cold waits anywhere: the cold-chain courier, wanted nowhere else, works from home.
+    depots = [_depot("WH-NORTH", north, warm, minute=1)]
+    shifts = round_pass.couriers_by_depot([home, cold], {}, depots, busy=set())
+    assert [p.courier_id for p in shifts["WH-NORTH"]] == ["CUR-NORTH", "CUR-COLD"]
+
+    # Busy or full couriers are on no shift.
+    shifts = round_pass.couriers_by_depot([home, cold], {"CUR-NORTH": 3}, depots, busy={"CUR-COLD"})
+    assert shifts == {"WH-NORTH": []}
