@@ -1,6 +1,16 @@
 """Pharmacy fulfillment message contracts: the only code the services share."""
 
-from . import consultation, courier, inventory, prescription, topics
+from . import consultation, courier, inventory, patient, prescription, topics
 from .envelope import Envelope, new_message_id, utc_now
 
-__all__ = ["Envelope", "consultation", "courier", "inventory", "new_message_id", "prescription", "topics", "utc_now"]
+__all__ = [
+    "Envelope",
+    "consultation",
+    "courier",
+    "inventory",
+    "new_message_id",
+    "patient",
+    "prescription",
+    "topics",
+    "utc_now",
+]

@@ -18,6 +18,9 @@ DosageText = Annotated[str, Field(min_length=1, max_length=2000), MULTILINE]
 Note = Annotated[str, Field(min_length=1, max_length=1000), MULTILINE]
 Remark = Annotated[str, Field(min_length=1, max_length=300), ONE_LINE]
 Phone = Annotated[str, Field(min_length=5, max_length=32, pattern=r"^\+?[0-9 ()\-]+$")]
+#: The languages patients are told things in (patient.notifications.v1): Uyghur (in its Arabic
+#: script), Chinese (simplified) and English, as ISO 639-1 codes.
+PatientLanguage = Literal["ug", "zh", "en"]
 
 
 class Coordinates(Contract):
@@ -45,6 +48,11 @@ class Patient(Contract):
         default_factory=list, max_length=50
     )
     address: Address
+    preferred_language: PatientLanguage | None = Field(
+        default=None,
+        description="The language the patient reads and hears best (FHIR Patient.communication); absent, the "
+        "pharmacy's default for the county applies",
+    )
 
 
 class Prescriber(Contract):
@@ -351,3 +359,43 @@ class StatusReceipt(Envelope):
     medication_request_status: FhirRequestStatus
     medication_dispense_status: FhirDispenseStatus | None = None
     supply_delivery_status: FhirDeliveryStatus | None = None
+
+
+class FollowUpRequested(Envelope):
+    """consultation → `consultation.receipts.v1`, keyed by sender id: a prescription the sender had
+    accepted ended without the patient's medicine (out of stock, or undeliverable), so someone on the
+    hospital's side should call the patient. Once per prescription and ending; sent at least once: a
+    repeat has the same `message_id`. The patient's phone is in the hospital's own records, not here."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RX,
+            causation_id=example_id("courier.delivery_abandoned"),
+            producer="consultation",
+            sender_id="district-clinic",
+            answers_message_id=example_id("consultation.prescription_submitted"),
+            prescription_id=_RX,
+            patient_id=EXAMPLE_PRESCRIPTION["patient"]["patient_id"],
+            stage="undeliverable",
+            reason="Not delivered: 3 attempts, last failure address_not_found. "
+            "Call the patient to check the address, then send the prescription again.",
+            chronic=True,
+        )
+    )
+
+    type: Literal["consultation.follow_up_requested"] = "consultation.follow_up_requested"
+    sender_id: Identifier
+    answers_message_id: Identifier | None = Field(
+        default=None, description="The message id of the prescription the sender sent"
+    )
+    prescription_id: Identifier
+    patient_id: Identifier
+    stage: Literal["out_of_stock", "undeliverable"] = Field(description="How the prescription ended")
+    reason: Annotated[str, Field(min_length=1, max_length=2000), MULTILINE] = Field(
+        description="What happened and what the call is for, in a sentence"
+    )
+    chronic: bool | None = Field(
+        default=None,
+        description="The prescription is for long-term therapy (an item marked chronic): the patient must not "
+        "run out; absent when not known",
+    )

@@ -234,7 +234,8 @@ def status(
             raise typer.Exit(1)
         print(found.delivery_code)
     elif as_json:
-        print(found.model_dump_json(indent=2))
+        # The patient's phone leaves the pharmacy only in the patient's own notifications.
+        print(found.model_dump_json(indent=2, exclude={"patient": {"phone"}}))
     else:
         console.print(status_panel(found))
 

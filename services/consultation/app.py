@@ -14,6 +14,7 @@ from .gazetteer import BUNDLED, Gazetteer
 from .service import ConsultationService, refusal_receipt, upstream_decoder
 from .settings import ConsultationSettings
 from .storage import ConsultationStorage
+from .wording import Wording
 
 #: Topics whose events move a prescription along; the status of each is kept from them.
 LIFECYCLE_TOPICS = (
@@ -35,6 +36,8 @@ def create_app(settings: ConsultationSettings) -> FastStream:
         sender_keys=settings.secrets(),
         delivery_code_key=settings.delivery_code_secret(),
         gazetteer=Gazetteer.load(settings.gazetteer_file or BUNDLED),
+        default_patient_language=settings.default_patient_language,
+        wording=Wording(settings.patient_timezone),
     )
 
     async def answer_refusal(record: ConsumerRecord, reason: str, detail: str) -> None:

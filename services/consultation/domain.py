@@ -12,8 +12,9 @@ from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
 from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as rx
-from pharmacy_contracts.consultation import CancellationAccepted, Prescription, PrescriptionAccepted
+from pharmacy_contracts.consultation import CancellationAccepted, PatientLanguage, Prescription, PrescriptionAccepted
 from pharmacy_contracts.lifecycle import PIPELINE, TERMINAL, Stage, next_stage, prescription_of, stage_of
+from pharmacy_contracts.patient import NotificationKind, NotificationReason
 
 # --- intake ------------------------------------------------------------------------------------
 
@@ -103,6 +104,23 @@ class HistoryEntry(BaseModel):
     warning: bool = Field(default=False, description="Something needs a person's attention (overdue, wrong code)")
 
 
+class PatientContact(BaseModel):
+    """The patient as the accepted prescription names them: who the hospital calls back, and where
+    the patient hears of each thing worth knowing. The phone leaves only in patient.notifications.v1."""
+
+    patient_id: str
+    # repr=False: kept out of tracebacks and debug output (a logged `patient` is redacted whole).
+    phone: str | None = Field(default=None, repr=False)
+    language: PatientLanguage | None = Field(
+        default=None, description="As the prescription stated it; None: the service's default language applies"
+    )
+
+
+def patient_of(prescription: Prescription) -> PatientContact:
+    patient = prescription.patient
+    return PatientContact(patient_id=patient.patient_id, phone=patient.phone, language=patient.preferred_language)
+
+
 class PrescriptionStatus(BaseModel):
     prescription_id: str
     #: The system that sent it, and its message: told of each change of stage (once it is known).
@@ -117,6 +135,13 @@ class PrescriptionStatus(BaseModel):
     # The patient's proof of delivery, read out to the courier at the door. Only the patient's
     # side sees it; repr=False keeps it out of tracebacks and debug output.
     delivery_code: str | None = Field(default=None, repr=False)
+    #: The patient, from the accepted prescription (None until it is read).
+    patient: PatientContact | None = None
+    #: Long-term therapy (an item marked chronic): the hospital's follow-up call says so.
+    chronic: bool | None = None
+    #: The last failed delivery attempt's reason, and whether the courier service tries again.
+    last_failure: str | None = None
+    will_retry: bool | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
@@ -284,6 +309,12 @@ def track_step(
     updated = current.model_copy(update={"history": history})
     if isinstance(event, PrescriptionAccepted):
         updated.sender_id, updated.sender_message_id = event.sender_id, event.causation_id
+        updated.patient = patient_of(event.prescription)
+        updated.chronic = any(item.chronic for item in event.prescription.items)
+    if isinstance(event, c.DeliveryFailed):
+        updated.last_failure, updated.will_retry = event.reason, event.will_retry
+    if isinstance(event, c.DeliveryAbandoned):
+        updated.last_failure, updated.will_retry = event.last_reason, False
     if isinstance(event, inv.StockReserved):
         updated.warehouse_id = event.warehouse_id
     if isinstance(event, c.CourierAssigned):
@@ -342,3 +373,170 @@ def to_tell(
         return []
     why = tuple(after.why) if after.stage is reported else ()
     return [Told(reported, entry.at, entry.detail, why)]
+
+
+# --- what the patient is told, and the hospital's follow-up ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One thing the patient is told (messages.py words it in their language)."""
+
+    kind: NotificationKind
+    at: datetime
+    language: PatientLanguage
+    reason: NotificationReason | None = None
+    will_retry: bool | None = None
+    #: When the delivery (after a failed attempt, the next one) should arrive: nothing plans one yet.
+    expected_from: datetime | None = None
+    expected_by: datetime | None = None
+
+
+#: The stages a patient hears of, as what they are told. Approval, reservation and the courier's
+#: offer are the pharmacy's business: the patient hears next when the medicine is on the way.
+_NOTICE_OF_STAGE: dict[Stage, NotificationKind] = {
+    Stage.HELD_FOR_REVIEW: "held_for_pharmacist",
+    Stage.PICKED_UP: "out_for_delivery",
+    Stage.DELIVERY_FAILED: "failed_attempt",
+    Stage.DELIVERED: "delivered",
+    Stage.CANCELLED: "cancelled",
+    Stage.REJECTED: "refused",
+    Stage.OUT_OF_STOCK: "out_of_stock",
+    Stage.UNDELIVERABLE: "undeliverable",
+}
+
+#: A refusal's checker codes as what the patient is told, the first that applies in this order: what
+#: a pharmacist decided (or did not decide in time); an expired prescription (a new one is needed
+#: whatever else is wrong); a danger; too soon; and anything else is the prescription to correct.
+_REFUSALS: tuple[tuple[NotificationReason, frozenset[str]], ...] = (
+    ("review_expired", frozenset({"REVIEW_EXPIRED"})),
+    ("pharmacist_declined", frozenset({"PHARMACIST_REJECTED"})),
+    ("expired", frozenset({"PRESCRIPTION_EXPIRED"})),
+    (
+        "not_safe",
+        frozenset(
+            {"ALLERGY_CONFLICT", "SEVERE_INTERACTION", "MODERATE_INTERACTION", "CONTROLLED_SUBSTANCE", "HIGH_RISK_DRUG"}
+        ),
+    ),
+    ("too_soon", frozenset({"REFILL_TOO_SOON"})),
+)
+
+_FAILURES: dict[str, NotificationReason] = {
+    "patient_absent": "patient_absent",
+    "address_not_found": "address_not_found",
+    "refused": "refused_at_door",
+    "damaged": "damaged",
+}
+
+
+def _codes(why: list[str]) -> set[str]:
+    """The codes of `why` lines ("CODE: sentence")."""
+    return {line.split(":", 1)[0].strip() for line in why}
+
+
+def refusal_reason(why: list[str]) -> NotificationReason:
+    codes = _codes(why)
+    return next((reason for reason, matching in _REFUSALS if codes & matching), "needs_correction")
+
+
+def failure_reason(failure: str | None) -> NotificationReason:
+    return _FAILURES.get(failure or "", "other")
+
+
+def _since(status: PrescriptionStatus) -> datetime:
+    """When the status reached its current stage: the first entry of the history's last run at it."""
+    since = status.history[-1].at if status.history else datetime.min
+    run_started = False
+    for entry in status.history:
+        if entry.stage is status.stage and not run_started:
+            since, run_started = entry.at, True
+        elif entry.stage is not status.stage:
+            run_started = False
+    return since
+
+
+def _notice_of_stage(status: PrescriptionStatus, at: datetime, language: PatientLanguage) -> Notice | None:
+    kind = _NOTICE_OF_STAGE.get(status.stage)
+    match kind:
+        case None:
+            return None
+        case "failed_attempt":
+            # The last attempt's failure comes with the abandonment, told once, as undeliverable.
+            if not status.will_retry:
+                return None
+            return Notice(kind, at, language, reason=failure_reason(status.last_failure), will_retry=True)
+        case "undeliverable":
+            return Notice(kind, at, language, reason=failure_reason(status.last_failure), will_retry=False)
+        case "refused":
+            return Notice(kind, at, language, reason=refusal_reason(status.why))
+    return Notice(kind, at, language)
+
+
+def to_notify(
+    before: PrescriptionStatus | None,
+    after: PrescriptionStatus,
+    event: Envelope,
+    *,
+    default_language: PatientLanguage,
+) -> list[Notice]:
+    """What the patient is told after one event: that the prescription was received, then each
+    stage they should know of (`_NOTICE_OF_STAGE`) once, when an event moves the status to it.
+
+    Nothing for a patient without a phone, nothing before the acceptance names the patient, and
+    nothing read late (a pipeline stage after a later one, anything after the end). When the
+    acceptance is read after later events, the patient hears it was received (unless it has already
+    ended) and where it stands now, not the stages it went through: old news is noise on a phone."""
+    patient = after.patient
+    if patient is None or patient.phone is None:
+        return []
+    language = patient.language or default_language
+    if before is None or before.patient is None:
+        received = [] if after.terminal else [Notice("accepted", event.occurred_at, language)]
+        now = _notice_of_stage(after, _since(after), language) if after.stage is not Stage.RECEIVED else None
+        return received + ([now] if now is not None else [])
+    reported = stage_of(event)
+    if reported is None or reported is before.stage or after.stage is not reported:
+        return []
+    notice = _notice_of_stage(after, event.occurred_at, language)
+    return [notice] if notice is not None else []
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A call the hospital's side should make: the prescription ended without the medicine."""
+
+    stage: Stage
+    at: datetime
+    reason: str
+
+
+#: The endings someone at the hospital calls the patient about: the prescription was right, the
+#: patient still needs the medicine, and the pharmacy could not get it to them.
+FOLLOW_UP_STAGES = frozenset({Stage.OUT_OF_STOCK, Stage.UNDELIVERABLE})
+
+#: What the call is for: out of stock, agree another supply; undeliverable, what the last failure asks.
+_OUT_OF_STOCK_CALL = (
+    "Call the patient to agree how they will get their medicine (another supply, another prescription)."
+)
+_UNDELIVERABLE_CALLS = {
+    "address_not_found": "Call the patient to check the address, then send the prescription again.",
+    "patient_absent": "Call the patient to agree when someone will be at home, then send the prescription again.",
+    "refused": "Call the patient to ask why the delivery was refused.",
+    "damaged": "Call the patient: the medicine was damaged on the way, and a new supply is needed.",
+}
+_UNDELIVERABLE_CALL = "Call the patient to arrange another delivery."
+
+
+def follow_up(before: PrescriptionStatus | None, after: PrescriptionStatus) -> FollowUp | None:
+    """The follow-up an event makes due: once, when the prescription reaches an ending in
+    `FOLLOW_UP_STAGES` with its sender and patient known (either may come last)."""
+    if after.sender_id is None or after.patient is None or after.stage not in FOLLOW_UP_STAGES:
+        return None
+    if before is not None and before.sender_id is not None and before.stage is after.stage:
+        return None
+    details = "; ".join(line.split(":", 1)[-1].strip() for line in after.why) or after.stage.value.replace("_", " ")
+    if after.stage is Stage.OUT_OF_STOCK:
+        what, call = "Out of stock", _OUT_OF_STOCK_CALL
+    else:
+        what, call = "Not delivered", _UNDELIVERABLE_CALLS.get(after.last_failure or "", _UNDELIVERABLE_CALL)
+    return FollowUp(after.stage, _since(after), f"{what}: {details}. {call}")

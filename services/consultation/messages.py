@@ -8,16 +8,19 @@ from uuid import NAMESPACE_URL, uuid5
 from pharmacy_contracts.consultation import (
     CancellationAccepted,
     CancellationRequested,
+    FollowUpRequested,
     PrescriptionAccepted,
     PrescriptionSubmitted,
     SenderReceipt,
     StatusReceipt,
 )
 from pharmacy_contracts.envelope import Envelope, Producer
+from pharmacy_contracts.patient import PatientNotified
 from pharmacy_contracts.stages import TERMINAL
 
 from . import fhir
-from .domain import PrescriptionStatus, Told
+from .domain import FollowUp, Notice, PrescriptionStatus, Told
+from .wording import Wording
 
 PRODUCER = Producer("consultation")
 
@@ -100,4 +103,67 @@ def status_receipt(status: PrescriptionStatus, told: Told, cause: Envelope) -> S
         medication_request_status=fhir.request_status(at_stage),
         medication_dispense_status=fhir.dispense_status(at_stage),
         supply_delivery_status=fhir.delivery_status(at_stage),
+    )
+
+
+def patient_notified(
+    status: PrescriptionStatus, notice: Notice, cause: Envelope, *, wording: Wording, delivery_code: str
+) -> PatientNotified:
+    """What the patient is told, worded in their language. Like a status receipt, everything in it
+    follows from the status and the notice, so telling it again is the same message. The delivery
+    code goes only into `out_for_delivery`: the patient needs it at the door, and nowhere before."""
+    patient = status.patient
+    assert patient is not None and patient.phone is not None
+    code = delivery_code if notice.kind == "out_for_delivery" else None
+    expected = (
+        (notice.expected_from, notice.expected_by)
+        if notice.expected_from is not None and notice.expected_by is not None
+        else None
+    )
+    return PatientNotified(
+        **PRODUCER.envelope(status.prescription_id, cause, at=notice.at),
+        message_id=str(
+            uuid5(
+                NAMESPACE_URL,
+                f"pharmacy:patient-notified:{status.prescription_id}:{notice.kind}:{notice.at.isoformat()}",
+            )
+        ),
+        prescription_id=status.prescription_id,
+        phone=patient.phone,
+        language=notice.language,
+        kind=notice.kind,
+        text=wording.text(
+            notice.kind,
+            notice.language,
+            prescription_id=status.prescription_id,
+            reason=notice.reason,
+            delivery_code=code,
+            expected=expected,
+        ),
+        reason=notice.reason,
+        delivery_code=code,
+        will_retry=notice.will_retry,
+        expected_from=notice.expected_from,
+        expected_by=notice.expected_by,
+    )
+
+
+def follow_up_requested(status: PrescriptionStatus, follow_up: FollowUp, cause: Envelope) -> FollowUpRequested:
+    """The hospital's call to make, keyed by its sender id like its receipts; the same every time it is told."""
+    assert status.sender_id is not None and status.patient is not None
+    return FollowUpRequested(
+        **PRODUCER.envelope(status.prescription_id, cause, at=follow_up.at),
+        message_id=str(
+            uuid5(
+                NAMESPACE_URL,
+                f"pharmacy:follow-up:{status.prescription_id}:{follow_up.stage}:{follow_up.at.isoformat()}",
+            )
+        ),
+        sender_id=status.sender_id,
+        answers_message_id=status.sender_message_id,
+        prescription_id=status.prescription_id,
+        patient_id=status.patient.patient_id,
+        stage=follow_up.stage.value,
+        reason=follow_up.reason[:2000],
+        chronic=status.chronic,
     )

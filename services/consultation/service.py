@@ -10,7 +10,13 @@ from datetime import datetime
 import structlog
 
 from pharmacy_contracts import Envelope, signing
-from pharmacy_contracts.consultation import CancellationRequested, PrescriptionSubmitted, SenderReceipt
+from pharmacy_contracts.consultation import (
+    CancellationRequested,
+    PatientLanguage,
+    PrescriptionAccepted,
+    PrescriptionSubmitted,
+    SenderReceipt,
+)
 from pharmacy_contracts.topics import Topic
 from services.runtime.delivery_codes import delivery_code
 from services.runtime.errors import Refused
@@ -22,6 +28,7 @@ from services.runtime.unit_of_work import Decision, Handled, Outcome, Record, Un
 from . import domain, fhir, messages
 from .gazetteer import Gazetteer
 from .storage import ConsultationStorage
+from .wording import Wording
 
 log = structlog.get_logger()
 
@@ -40,6 +47,8 @@ class ConsultationService:
         sender_keys: Mapping[str, Mapping[str, bytes]],
         delivery_code_key: bytes,
         gazetteer: Gazetteer | None = None,
+        default_patient_language: PatientLanguage = "ug",
+        wording: Wording | None = None,
     ):
         self._storage = storage
         self._uow = unit_of_work
@@ -47,6 +56,8 @@ class ConsultationService:
         self._sender_keys = sender_keys
         self._delivery_code_key = delivery_code_key
         self._gazetteer = gazetteer or Gazetteer.load()
+        self._default_language: PatientLanguage = default_patient_language
+        self._wording = wording or Wording()
 
     def check_signature(self, body: bytes, headers: dict[str, str]) -> None:
         """Only registered upstream systems may send prescriptions or cancel them, and only in their own name.
@@ -139,8 +150,9 @@ class ConsultationService:
     async def track(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
         """Each prescription's status, folded from its lifecycle events: one load and one save a batch."""
         about = [r for r in records if domain.prescription_of(r.message) is not None]
-        # The receipts a change of stage owes its sender follow from the status and the event alone
-        # (ids included): published before the status is saved, they need no outbox.
+        # The receipts a change of stage owes its sender, what the patient is told and the hospital's
+        # follow-up calls follow from the status and the event alone (ids included): published
+        # before the status is saved, they need no outbox.
         folded = iter(
             await self._uow.run(self._storage.status, about, key=_lifecycle_key, decide=self._fold, publish_first=True)
         )
@@ -151,6 +163,13 @@ class ConsultationService:
         for handled in outcomes:
             if handled.result is not None:  # the event finished the prescription
                 handled.record.in_context(prescription_finished, handled.result)
+            accepted = handled.record.message
+            if (
+                handled.outcome is Outcome.APPLIED
+                and isinstance(accepted, PrescriptionAccepted)
+                and accepted.prescription.patient.phone is None
+            ):
+                handled.record.in_context(log.info, "the patient gave no phone: no notifications will be sent")
         return outcomes
 
     def _fold(self, status: domain.PrescriptionStatus | None, event: Envelope) -> Decision[domain.PrescriptionStatus]:
@@ -165,8 +184,16 @@ class ConsultationService:
         receipts = [
             messages.status_receipt(updated, told, event) for told in domain.to_tell(status, updated, entry, event)
         ]
+        notifications = [
+            messages.patient_notified(updated, notice, event, wording=self._wording, delivery_code=code)
+            for notice in domain.to_notify(status, updated, event, default_language=self._default_language)
+        ]
+        follow_up = domain.follow_up(status, updated)
+        follow_ups = [messages.follow_up_requested(updated, follow_up, event)] if follow_up is not None else []
         finished = updated.terminal and not (status is not None and status.terminal)
-        return Decision(updated, receipts, result=updated.stage.value if finished else None)
+        return Decision(
+            updated, [*receipts, *notifications, *follow_ups], result=updated.stage.value if finished else None
+        )
 
 
 def _behind_failures(

@@ -1,7 +1,9 @@
 from pathlib import Path
 
+from babel.dates import get_timezone
 from pydantic import Field, SecretStr, field_validator
 
+from pharmacy_contracts.consultation import PatientLanguage
 from services.runtime.settings import RuntimeSettings
 
 from .fhir import LICENCE_REGISTRIES, VALIDITY_DAYS, MappingRules
@@ -26,6 +28,22 @@ class ConsultationSettings(RuntimeSettings):
         description="PHARMACY_GAZETTEER_FILE: the county's places (JSON, as services/consultation/data/gazetteer.json, "
         "which is the default) that place addresses arriving without coordinates",
     )
+    # Uyghur: in a rural Xinjiang county most patients speak Uyghur at home, and many older ones read
+    # little Chinese; a message they cannot read is worse than none. A hospital that knows better says
+    # so per patient (FHIR Patient.communication, or the prescription's `preferred_language`); a
+    # county where most patients read Chinese sets "zh".
+    default_patient_language: PatientLanguage = Field(
+        default="ug",
+        description="PHARMACY_DEFAULT_PATIENT_LANGUAGE: the language (ug, zh or en) patients are told things in "
+        "when their prescription does not say which they prefer",
+    )
+    # Beijing time: the official clock, the one hospitals, couriers and delivery rounds plan in. The
+    # texts name the clock ("Beijing time"), since many Uyghur speakers live by Xinjiang time, two hours behind.
+    patient_timezone: str = Field(
+        default="Asia/Shanghai",
+        description="PHARMACY_PATIENT_TIMEZONE: the IANA time zone of the times in patients' messages "
+        "(Asia/Urumqi for Xinjiang time)",
+    )
     fhir_licence_registries: dict[str, str] = Field(
         default_factory=lambda: dict(LICENCE_REGISTRIES),
         description=(
@@ -40,6 +58,15 @@ class ConsultationSettings(RuntimeSettings):
             '{"controlled": 28, "other": 180} (PHARMACY_FHIR_VALIDITY_DAYS)'
         ),
     )
+
+    @field_validator("patient_timezone")
+    @classmethod
+    def _timezone_is_known(cls, timezone: str) -> str:
+        try:
+            get_timezone(timezone)
+        except LookupError:
+            raise ValueError(f"{timezone!r} is not an IANA time zone (Asia/Shanghai, Asia/Urumqi...)") from None
+        return timezone
 
     # A field validator, not a model validator: its error shows only this field's input, never the
     # other settings (sender keys are secrets too).

@@ -52,7 +52,7 @@ KAFKA_BINDING_VERSION = "0.4.0"
 
 #: The topics each service's outbox publishes to (besides the dead-letter topics of what it consumes).
 PRODUCES: dict[str, tuple[Topic, ...]] = {
-    "consultation": (topics.CONSULTATION_INTAKE, topics.CONSULTATION_RECEIPTS),
+    "consultation": (topics.CONSULTATION_INTAKE, topics.CONSULTATION_RECEIPTS, topics.PATIENT_NOTIFICATIONS),
     "prescription": (topics.PRESCRIPTION_DECISIONS, topics.PRESCRIPTION_ANSWERS, topics.PRESCRIPTION_FORMULARY),
     "inventory": (topics.INVENTORY_EVENTS,),
     "courier": (topics.COURIER_DISPATCH, topics.COURIER_DELIVERIES, topics.COURIER_ANSWERS),

@@ -38,6 +38,10 @@ def test_the_package_leaves_out_the_development_tools_and_the_fault_hooks(tmp_pa
     assert "services.ops" not in entry_points and "pharmacy-dev" not in entry_points
     assert "pharmacy = services.cli.main:main" in entry_points
     assert "services/consultation/data/gazetteer.json" in names, "the county gazetteer ships with consultation"
+    catalogs = [
+        f"services/consultation/locale/{language}/LC_MESSAGES/notifications.po" for language in ("ug", "zh", "en")
+    ]
+    assert set(catalogs) <= set(names), "the patients' notifications ship in every language, read as .po"
 
 
 def test_the_image_is_built_from_a_pinned_base_and_checks_the_tools_are_out() -> None:

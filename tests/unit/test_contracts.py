@@ -320,7 +320,7 @@ def test_message_types_are_unique_across_all_topics():
 def test_topic_names_are_unique_and_versioned():
     names = [topic.name for topic in topics.ALL_TOPICS]
 
-    assert len(names) == len(set(names)) == 14
+    assert len(names) == len(set(names)) == 15
     assert "prescription.reviews.v1" in names
     assert all(name.endswith(".v1") for name in names)
     assert topics.BY_NAME["courier.updates.v1"] is topics.COURIER_UPDATES
@@ -458,6 +458,7 @@ def test_key_of_for_every_message_uses_its_topic_key_fields():
         "consultation.prescriptions.v1": lambda m: m.correlation_id,
         "consultation.intake.v1": lambda m: m.correlation_id,
         "consultation.receipts.v1": lambda m: m.sender_id,
+        "patient.notifications.v1": lambda m: m.prescription_id,
         "prescription.decisions.v1": lambda m: m.prescription_id,
         "prescription.reviews.v1": lambda m: m.prescription_id,
         "inventory.commands.v1": lambda m: m.warehouse_id,

@@ -728,3 +728,40 @@ def test_examples_cover_repeats_validity_and_supply_durations():
             dispense = request["dispenseRequest"]
             assert request["dosageInstruction"][0]["text"]
             assert {"quantity", "expectedSupplyDuration", "validityPeriod", "numberOfRepeatsAllowed"} <= set(dispense)
+
+
+# --- the patient's language (Patient.communication) ---------------------------------------------------
+
+
+def _speaks(*languages: tuple[str, bool | None]) -> Callable[[dict[str, Any]], None]:
+    def apply(data: dict[str, Any]) -> None:
+        first(data, "Patient")["communication"] = [
+            {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": code}]}}
+            | ({} if preferred is None else {"preferred": preferred})
+            for code, preferred in languages
+        ]
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("languages", "told_in"),
+    [
+        ((("ug-CN", None),), "ug"),
+        ((("ug-Arab-CN", True),), "ug"),
+        ((("zh-CN", None), ("ug", True)), "ug"),
+        ((("en-GB", None), ("zh-Hans-CN", None)), "en"),
+        ((("kk", True), ("zh_CN", None)), "zh"),
+        ((("ZH", None),), "zh"),
+    ],
+    ids=["ug-CN", "ug-Arab-CN", "preferred-first", "first-listed", "kazakh-then-chinese", "upper-case"],
+)
+def test_the_patients_language_is_their_preferred_one_we_write_in(languages, told_in):
+    assert mapped(_edit(CHRONIC, _speaks(*languages))).prescription.patient.preferred_language == told_in
+
+
+def test_a_patient_who_states_no_language_takes_the_default_and_one_we_do_not_write_in_is_noted():
+    assert mapped(example(CHRONIC)).prescription.patient.preferred_language is None
+    result = mapped(_edit(CHRONIC, _speaks(("kk-KZ", True), ("ru", False))))
+    assert result.prescription.patient.preferred_language is None
+    assert any("speaks kk-KZ, ru: notifications are not written in it" in note for note in result.notes)

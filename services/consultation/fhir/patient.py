@@ -1,6 +1,6 @@
 """The prescription's patient: the one Patient every MedicationRequest is about, mapped to the native
 patient with name, phone (if any), date of birth, delivery address (with coordinates if the bundle
-has them), and current allergies.
+has them), current allergies, and the language they are told things in (if the bundle says).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .bundle import Resources, code_in, target
 from .identifiers import business_id, person_name
 from .notes import Notes
 from .refusal import refuse
-from .systems import GEOLOCATION, SNOMED
+from .systems import BCP47, GEOLOCATION, SNOMED
 
 #: SNOMED "no known (drug / food / environmental) allergy": recorded absences, not allergies.
 NO_KNOWN_ALLERGY = frozenset({"716186003", "409137002", "429625007", "428607008"})
@@ -46,6 +46,7 @@ def native_patient(patient: Any, found: Resources, notes: Notes) -> dict[str, An
         "date_of_birth": birth,
         "allergies": _allergies(patient, found),
         "address": _address(patient, label, notes),
+        "preferred_language": _language(patient, label, notes),
     }
 
 
@@ -71,6 +72,32 @@ def _phone(patient: Any, label: str, notes: Notes) -> str | None:
         notes.add(f"{label} has no phone: the courier is told so")
         return None
     return str(phones[0].value)
+
+
+#: The languages patients are told things in (patient.notifications.v1), by their BCP 47 base language.
+TOLD_IN = ("ug", "zh", "en")
+
+
+def _language(patient: Any, label: str, notes: Notes) -> str | None:
+    """The first language of Patient.communication that patients can be told things in, the
+    preferred ones first, by its base language (ug-CN and ug-Arab-CN are Uyghur, zh-CN and
+    zh-Hans Chinese, en-GB English). None when it names none: the service's default applies."""
+    communication = sorted(patient.communication or (), key=lambda c: c.preferred is not True)
+    spoken = []
+    for entry in communication:
+        concept = entry.language
+        codes = [c.code for c in (concept.coding or ()) if c.code and c.system in (None, BCP47)] if concept else []
+        for code in codes:
+            base = str(code).replace("_", "-").split("-")[0].lower()
+            if base in TOLD_IN:
+                return base
+            spoken.append(str(code))
+    if spoken:
+        notes.add(
+            f"{label} speaks {', '.join(dict.fromkeys(spoken))}: notifications are not written in it, "
+            "the default language applies"
+        )
+    return None
 
 
 def _address(patient: Any, label: str, notes: Notes) -> dict[str, Any]:

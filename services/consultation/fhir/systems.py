@@ -20,6 +20,8 @@ V2_IDENTIFIER_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
 UCUM = "http://unitsofmeasure.org"
 COURSE_OF_THERAPY = "http://terminology.hl7.org/CodeSystem/medicationrequest-course-of-therapy"
 SNOMED = "http://snomed.info/sct"
+#: Languages (Patient.communication.language), as BCP 47 tags: ug-CN, zh-CN, en-GB.
+BCP47 = "urn:ietf:bcp:47"
 
 #: National extensions on MedicationRequest the pharmacist is shown: the controlled-drug schedule and
 #: quantity in words, and prescription endorsements (England's NHS EPS / UK Core).
