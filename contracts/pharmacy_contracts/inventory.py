@@ -18,10 +18,27 @@ Delta = Annotated[int, Field(ge=-MAX_UNITS, le=MAX_UNITS)]
 # Staff read the refusal; inventory writes it from lot ids, dates and figures.
 RefusalReason = Annotated[str, Field(min_length=1, max_length=1000), MULTILINE]
 
-Bucket = Literal["outside", "available", "reserved", "dispatched", "quarantine", "expired"]
-"""Where a unit of a lot is. `outside` is the world beyond the warehouse (suppliers, patients, bins)."""
+Bucket = Literal["outside", "available", "reserved", "dispatched", "quarantine", "expired", "in_transit"]
+"""Where a unit of a lot is. `outside` is the world beyond the warehouse (suppliers, patients, bins,
+another warehouse). `in_transit`: shipped to another warehouse, counted here until it says it
+received them."""
 
-MovementKind = Literal["received", "reserved", "released", "dispatched", "returned", "adjusted", "expired", "delivered"]
+MovementKind = Literal[
+    "received",
+    "reserved",
+    "released",
+    "dispatched",
+    "returned",
+    "adjusted",
+    "expired",
+    "delivered",
+    "transfer_out",
+    "transfer_in",
+    "transfer_closed",
+]
+"""`transfer_out`: shipped to another warehouse (available → in_transit, at the source);
+`transfer_in`: received from one (outside → available, at the destination); `transfer_closed`: the
+destination confirmed the receipt (in_transit → outside, at the source)."""
 
 
 class Movement(Contract):
@@ -213,6 +230,76 @@ class QuarantineDecided(Envelope):
     quantity: Units
     decision: QuarantineDecision
     reason: AdjustmentReason
+    requested_by: StaffName
+
+
+# Transfers: a township pharmacy restocked from the central warehouse (see `TransferSuggested`).
+_TOWNSHIP = "PH-KARA-BULAK"
+_TRANSFER_ID = "TR-5F0C2A9D41B7"
+_TRANSFER = {"transfer_id": _TRANSFER_ID, "drug_code": "LEV50"}
+_TRANSFER_PICKS = [
+    {"drug_code": "LEV50", "lot_id": "LEV50-L2702", "expiry_date": "2027-09-30", "quantity": 120},
+    {"drug_code": "LEV50", "lot_id": "LEV50-L2711", "expiry_date": "2028-06-30", "quantity": 70},
+]
+
+
+def _transfer_moves(kind: str, source: str, target: str) -> list[dict[str, object]]:
+    return [
+        {
+            "kind": kind,
+            "lot_id": pick["lot_id"],
+            "drug_code": "LEV50",
+            "quantity": pick["quantity"],
+            "source": source,
+            "target": target,
+        }
+        for pick in _TRANSFER_PICKS
+    ]
+
+
+class TransferShipRequested(Envelope):
+    """Warehouse staff at the central warehouse ship a transfer (usually one inventory suggested,
+    `TransferSuggested`) to a township pharmacy: the units leave the shelf and are counted here as
+    in transit until the township confirms their receipt. A transfer id is shipped once."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_TRANSFER_ID,
+            producer="warehouse-console",
+            warehouse_id=_WH,
+            **_TRANSFER,
+            to_warehouse_id=_TOWNSHIP,
+            quantity=190,
+            requested_by=_STAFF,
+        )
+    )
+
+    type: Literal["inventory.transfer_ship_requested"] = "inventory.transfer_ship_requested"
+    warehouse_id: Identifier = Field(description="The central warehouse the units leave")
+    transfer_id: Identifier
+    to_warehouse_id: Identifier = Field(description="The township pharmacy they go to")
+    drug_code: Identifier
+    quantity: Units
+    requested_by: StaffName
+
+
+class TransferReceiptRequested(Envelope):
+    """Staff at the township pharmacy confirm a shipped transfer arrived: its lots go on the shelf.
+    A transfer is received once; the central warehouse then closes its in-transit units."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_TRANSFER_ID,
+            producer="warehouse-console",
+            warehouse_id=_TOWNSHIP,
+            transfer_id=_TRANSFER_ID,
+            requested_by="Gulnara Sadykova",
+        )
+    )
+
+    type: Literal["inventory.transfer_receipt_requested"] = "inventory.transfer_receipt_requested"
+    warehouse_id: Identifier = Field(description="The township pharmacy the units arrived at")
+    transfer_id: Identifier
     requested_by: StaffName
 
 
@@ -462,8 +549,8 @@ class QuarantineCleared(Envelope):
 
 
 class StockCommandRefused(Envelope):
-    """A restock, adjustment or quarantine decision that would break the books (e.g. below zero);
-    nothing changed."""
+    """A restock, adjustment, quarantine decision or transfer shipment or receipt that would break
+    the books (e.g. below zero, a transfer shipped or received twice); nothing changed."""
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
@@ -553,3 +640,149 @@ class LowStock(Envelope):
     drug_code: Identifier
     available: StockUnits
     threshold: StockUnits
+
+
+# --- transfers: townships restocked from the centre ----------------------------------------------
+
+_DAYS = Annotated[int, Field(ge=0, le=365)]
+
+
+class TransferSuggested(Envelope):
+    """A township pharmacy's usable stock of a drug fell to or below its reorder point (average daily
+    demand there times lead time, plus safety stock): inventory suggests a transfer from the central
+    warehouse that can spare the most, enough to bring it to the reorder point plus a cover
+    quantity, from lots that last (first expiry first). Staff ship it (`TransferShipRequested`).
+    One transfer is open per township and drug until it is received."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_TRANSFER_ID,
+            causation_id=example_id("prescription.approved"),
+            producer="inventory",
+            warehouse_id=_TOWNSHIP,
+            **_TRANSFER,
+            from_warehouse_id=_WH,
+            quantity=190,
+            usable=60,
+            reorder_point=150,
+            cover=100,
+            recent_demand=420,
+            window_days=14,
+            lead_time_days=3,
+            safety_stock=60,
+            picks=_TRANSFER_PICKS,
+        )
+    )
+
+    type: Literal["inventory.transfer_suggested"] = "inventory.transfer_suggested"
+    warehouse_id: Identifier = Field(description="The township pharmacy to restock")
+    transfer_id: Identifier
+    from_warehouse_id: Identifier = Field(description="The central warehouse suggested to ship it")
+    drug_code: Identifier
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS)
+    usable: StockUnits = Field(description="Units on the township's shelf in lots that still last")
+    reorder_point: StockUnits
+    cover: StockUnits = Field(description="Units asked for beyond the reorder point")
+    recent_demand: StockUnits = Field(description="Units prescriptions took of the drug there in the window")
+    window_days: int = Field(ge=1, le=365, description="Days the average daily demand is taken over")
+    lead_time_days: _DAYS
+    safety_stock: StockUnits
+    picks: list[LotPick] = Field(min_length=1, description="The central warehouse's lots, first expiry first")
+
+
+class TransferShipped(Envelope):
+    """A transfer left the central warehouse: its units moved from available to in transit there
+    (`transfer_out`), where they are counted until the township confirms their receipt."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_TRANSFER_ID,
+            causation_id=example_id("inventory.transfer_ship_requested"),
+            producer="inventory",
+            warehouse_id=_WH,
+            **_TRANSFER,
+            to_warehouse_id=_TOWNSHIP,
+            quantity=190,
+            picks=_TRANSFER_PICKS,
+            requested_by=_STAFF,
+            level={"drug_code": "LEV50", "available": 2310, "reserved": 0, "dispatched": 0},
+            in_transit=190,
+            movements=_transfer_moves("transfer_out", "available", "in_transit"),
+        )
+    )
+
+    type: Literal["inventory.transfer_shipped"] = "inventory.transfer_shipped"
+    warehouse_id: Identifier = Field(description="The central warehouse the units left")
+    transfer_id: Identifier
+    to_warehouse_id: Identifier
+    drug_code: Identifier
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS)
+    picks: list[LotPick] = Field(min_length=1)
+    requested_by: StaffName
+    level: StockLevel
+    in_transit: StockUnits = Field(description="Units of the drug in transit from this warehouse after the shipment")
+    movements: list[Movement] = Field(default_factory=list)
+
+
+class TransferReceived(Envelope):
+    """A shipped transfer arrived at the township pharmacy: its lots are on the shelf there
+    (`transfer_in`). The central warehouse closes its in-transit units on hearing it
+    (`TransferClosed`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_TRANSFER_ID,
+            causation_id=example_id("inventory.transfer_receipt_requested"),
+            producer="inventory",
+            warehouse_id=_TOWNSHIP,
+            **_TRANSFER,
+            from_warehouse_id=_WH,
+            quantity=190,
+            picks=_TRANSFER_PICKS,
+            requested_by="Gulnara Sadykova",
+            level={"drug_code": "LEV50", "available": 250, "reserved": 0, "dispatched": 0},
+            movements=_transfer_moves("transfer_in", "outside", "available"),
+        )
+    )
+
+    type: Literal["inventory.transfer_received"] = "inventory.transfer_received"
+    warehouse_id: Identifier = Field(description="The township pharmacy the units arrived at")
+    transfer_id: Identifier
+    from_warehouse_id: Identifier
+    drug_code: Identifier
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS)
+    picks: list[LotPick] = Field(min_length=1)
+    requested_by: StaffName
+    level: StockLevel
+    movements: list[Movement] = Field(default_factory=list)
+
+
+class TransferClosed(Envelope):
+    """The central warehouse heard the township received a transfer: its in-transit units leave its
+    books (`transfer_closed`). Across the county, the units are counted once throughout: in transit
+    at the source until received, on the shelf at the destination after."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_TRANSFER_ID,
+            causation_id=example_id("inventory.transfer_received"),
+            producer="inventory",
+            warehouse_id=_WH,
+            **_TRANSFER,
+            to_warehouse_id=_TOWNSHIP,
+            quantity=190,
+            level={"drug_code": "LEV50", "available": 2310, "reserved": 0, "dispatched": 0},
+            in_transit=0,
+            movements=_transfer_moves("transfer_closed", "in_transit", "outside"),
+        )
+    )
+
+    type: Literal["inventory.transfer_closed"] = "inventory.transfer_closed"
+    warehouse_id: Identifier = Field(description="The central warehouse the units left")
+    transfer_id: Identifier
+    to_warehouse_id: Identifier
+    drug_code: Identifier
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS)
+    level: StockLevel
+    in_transit: StockUnits = Field(description="Units of the drug still in transit from this warehouse")
+    movements: list[Movement] = Field(default_factory=list)

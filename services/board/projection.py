@@ -63,8 +63,9 @@ SHOWN_AS: dict[Stage, str] = {
     Stage.CANCELLED: "cancelled",
 }
 """The state the board shows for each lifecycle stage."""
-BUCKETS = ("available", "reserved", "dispatched", "quarantine", "expired")
-"""Where a lot's units are, inside the warehouse or on the road; `outside` is not shown."""
+BUCKETS = ("available", "reserved", "dispatched", "quarantine", "expired", "in_transit")
+"""Where a lot's units are, inside the warehouse or on the road (to a patient, or to another
+warehouse: in transit, counted at the source until received); `outside` is not shown."""
 RECENT_ALERTS = 12
 
 DeliveryPhase = Literal["waiting", "assigned", "accepted", "picked_up"]
@@ -122,6 +123,23 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class TransferSeen:
+    """A transfer between two warehouses, as its events told it (in any order, any number of times)."""
+
+    transfer_id: str
+    drug_code: str
+    quantity: int
+    from_warehouse_id: str
+    to_warehouse_id: str
+    shipped: bool = False
+    received: bool = False
+
+    @property
+    def in_transit(self) -> bool:
+        return self.shipped and not self.received
+
+
+@dataclass(frozen=True)
 class Board:
     warehouses: Mapping[str, str] = field(default_factory=dict)
     drug_names: Mapping[str, str] = field(default_factory=dict)
@@ -129,6 +147,7 @@ class Board:
     low_stock: Mapping[tuple[str, str], int] = field(default_factory=dict)
     prescriptions: Mapping[str, PrescriptionRow] = field(default_factory=dict)
     couriers: Mapping[str, CourierRecord] = field(default_factory=dict)
+    transfers: Mapping[str, TransferSeen] = field(default_factory=dict)
     alerts: tuple[Alert, ...] = ()
     events: int = 0
     last_event_at: datetime | None = None
@@ -144,6 +163,7 @@ def fold(board: Board, event: Envelope) -> Board:
     """The board after one more event. Never mutates `board`; events it does not show change only the count."""
     board = replace(board, events=board.events + 1, last_event_at=event.occurred_at)
     board = _stock(board, event)
+    board = _transfer(board, event)
     board = _alert(board, event)
     board = _prescription(board, event)
     return _courier(board, event)
@@ -166,7 +186,7 @@ def _stock(board: Board, event: Envelope) -> Board:
             return replace(board, drug_names={**board.drug_names, event.drug_code: event.name})
         case inv.StockRestocked():
             board = _with_lot_details(board, event.warehouse_id, event.lot_id, event.drug_code, event.expiry_date)
-        case inv.StockReserved():
+        case inv.StockReserved() | inv.TransferShipped() | inv.TransferReceived():
             for pick in event.picks:
                 board = _with_lot_details(board, event.warehouse_id, pick.lot_id, pick.drug_code, pick.expiry_date)
         case inv.LotNearingExpiry():
@@ -219,6 +239,27 @@ def _count_movements(board: Board, message_id: str, warehouse_id: str, movements
     return replace(board, lots=lots)
 
 
+# --- transfers between warehouses ------------------------------------------------------------------
+
+
+def _transfer(board: Board, event: Envelope) -> Board:
+    """Shipped sets one flag and received (or closed at the source) the other: order and repeats do
+    not matter. Its units are counted by their movements like any others (`in_transit` at the source)."""
+    match event:
+        case inv.TransferShipped() | inv.TransferClosed():
+            source, destination = event.warehouse_id, event.to_warehouse_id
+        case inv.TransferReceived():
+            source, destination = event.from_warehouse_id, event.warehouse_id
+        case _:
+            return board
+    seen = board.transfers.get(event.transfer_id) or TransferSeen(
+        event.transfer_id, event.drug_code, event.quantity, source, destination
+    )
+    shipped = isinstance(event, inv.TransferShipped)
+    seen = replace(seen, shipped=seen.shipped or shipped, received=seen.received or not shipped)
+    return replace(board, transfers={**board.transfers, event.transfer_id: seen})
+
+
 # --- alerts ---------------------------------------------------------------------------------------
 
 
@@ -235,6 +276,12 @@ def _alert_of(event: Envelope) -> tuple[str, str] | None:
         case inv.LotExpired():
             lot = f"lot {event.lot_id} ({event.drug_code}) at {event.warehouse_id}"
             return "expired", f"{lot} expired: {event.removed} units removed"
+        case inv.TransferSuggested():
+            return "transfer_suggested", (
+                f"{event.drug_code} low at {event.warehouse_id} ({event.usable} usable, reorder point "
+                f"{event.reorder_point}): transfer {event.transfer_id} of {event.quantity} from "
+                f"{event.from_warehouse_id} suggested"
+            )
         case rx.ReviewEscalated():
             return "review_overdue", f"{event.prescription_id}: pharmacist review overdue"
         case c.DeliveryOverdue():
@@ -434,6 +481,10 @@ def _stock_view(board: Board) -> list[dict[str, Any]]:
         by_warehouse.setdefault(warehouse_id, {}).setdefault(lot.drug_code, []).append(lot)
     for warehouse_id in board.warehouses:
         by_warehouse.setdefault(warehouse_id, {})
+    travelling = sorted((t for t in board.transfers.values() if t.in_transit), key=lambda t: t.transfer_id)
+    for transfer in travelling:
+        by_warehouse.setdefault(transfer.from_warehouse_id, {})
+        by_warehouse.setdefault(transfer.to_warehouse_id, {})
     view = []
     for warehouse_id in sorted(by_warehouse):
         drugs = []
@@ -459,7 +510,25 @@ def _stock_view(board: Board) -> list[dict[str, Any]]:
                     ],
                 }
             )
-        view.append({"warehouse_id": warehouse_id, "name": board.warehouses.get(warehouse_id), "drugs": drugs})
+        in_transit = [
+            {
+                "transfer_id": t.transfer_id,
+                "drug_code": t.drug_code,
+                "quantity": t.quantity,
+                "direction": "out" if t.from_warehouse_id == warehouse_id else "in",
+                "other_warehouse_id": t.to_warehouse_id if t.from_warehouse_id == warehouse_id else t.from_warehouse_id,
+            }
+            for t in travelling
+            if warehouse_id in (t.from_warehouse_id, t.to_warehouse_id)
+        ]
+        view.append(
+            {
+                "warehouse_id": warehouse_id,
+                "name": board.warehouses.get(warehouse_id),
+                "drugs": drugs,
+                "in_transit": in_transit,
+            }
+        )
     return view
 
 

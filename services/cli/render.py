@@ -135,6 +135,9 @@ WIDE_STOCK_FIGURES = STOCK_FIGURES | {
     "delivered": "delivered",
     "received": "received",
     "adjusted": "adjusted",
+    "in_transit": "in transit",
+    "transferred_in": "moved in",
+    "transferred_out": "moved out",
 }
 
 
@@ -215,6 +218,7 @@ WIDE_LEDGER_FIGURES = LEDGER_FIGURES | {
     "dispatched": "dispatched",
     "quarantined": "quarantine",
     "expired": "expired",
+    "in_transit": "in transit",
 }
 
 
@@ -352,5 +356,29 @@ def describe_inventory_event(event: Envelope) -> str:
         case inv.StockCommandRefused():
             return (
                 f"{at} [red]refused[/]              {event.warehouse_id:<14} {event.drug_code}: {escape(event.reason)}"
+            )
+        case inv.TransferSuggested():
+            return (
+                f"{at} [bold cyan]transfer suggested[/]   {event.warehouse_id:<14} {event.quantity} × {event.drug_code}"
+                f" from {event.from_warehouse_id}: {event.usable} usable, reorder point {event.reorder_point}"
+                f" (pharmacy warehouse transfers ship {event.transfer_id})"
+            )
+        case inv.TransferShipped():
+            lots = ", ".join(f"{p.lot_id} ({p.quantity}, exp {p.expiry_date})" for p in event.picks)
+            return (
+                f"{at} [cyan]transfer shipped[/]     {event.warehouse_id:<14} {event.quantity} × {event.drug_code}"
+                f" to {event.to_warehouse_id} lots {lots} by {escape(event.requested_by)}"
+                f" ({event.transfer_id}; {event.level.available} left, {event.in_transit} in transit)"
+            )
+        case inv.TransferReceived():
+            return (
+                f"{at} [green]transfer received[/]    {event.warehouse_id:<14} +{event.quantity} × {event.drug_code}"
+                f" from {event.from_warehouse_id} by {escape(event.requested_by)}"
+                f" ({event.transfer_id}; now {event.level.available})"
+            )
+        case inv.TransferClosed():
+            return (
+                f"{at} [green]transfer closed[/]      {event.warehouse_id:<14} {event.quantity} × {event.drug_code}"
+                f" received at {event.to_warehouse_id} ({event.transfer_id}; {event.in_transit} still in transit)"
             )
     return f"{at} {event.type}"

@@ -1,6 +1,7 @@
 """`pharmacy warehouse`: the commands of warehouse staff. Each command that changes stock sends
 its command on inventory.commands.v1 and prints what inventory did (the event it caused on
-inventory.events.v1), or why it refused; the views (`stock`, `ledger`) read inventory's own storage.
+inventory.events.v1), or why it refused; the views (`stock`, `ledger`, `transfers`) read inventory's
+own storage.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.text import Text
 
 from pharmacy_contracts import inventory as inv
@@ -29,9 +31,12 @@ from .render import (
     stock_table,
 )
 from .running import console, run, say_answer, settings_from_env, with_database
+from .transfer_view import TransferRow, transfer_rows, transfers_document, transfers_table
 from .warehouses import registrations
 
-app = typer.Typer(no_args_is_help=True, help="For warehouse staff: watch stock move, restock, adjust.")
+app = typer.Typer(no_args_is_help=True, help="For warehouse staff: watch stock move, restock, adjust, transfer.")
+transfers = typer.Typer(help="Transfers from the central warehouse to township pharmacies: list them, ship, receive.")
+app.add_typer(transfers, name="transfers")
 
 
 def _date(text: str) -> date:
@@ -157,7 +162,9 @@ def _ask_inventory(
     command: inv.WarehouseRegistrationRequested
     | inv.RestockRequested
     | inv.AdjustmentRequested
-    | inv.QuarantineDecided,
+    | inv.QuarantineDecided
+    | inv.TransferShipRequested
+    | inv.TransferReceiptRequested,
     what: str,
 ) -> None:
     """Send a warehouse command and print what inventory did (the event it caused on
@@ -251,7 +258,94 @@ def ledger(
         return
     console.print(ledger_table(entries, wide=wide))
     figures = ledger_totals(entries)
+    moved = figures.transferred_in or figures.transferred_out or figures.in_transit
     console.print(
         f"received {figures.received}, adjusted {figures.adjusted:+d}, delivered {figures.delivered}"
+        + (
+            f", transferred in {figures.transferred_in}, in transit {figures.in_transit}, "
+            f"transferred out {figures.transferred_out}"
+            if moved
+            else ""
+        )
         + ("" if figures.balanced else "  [red]the books do not balance[/]")
+    )
+
+
+# --- transfers: townships restocked from the centre -------------------------------------------------
+
+
+@transfers.callback(invoke_without_command=True)
+def transfers_list(
+    context: typer.Context,
+    wide: bool = typer.Option(False, "--wide", help="Since when, the lots, who shipped and received"),
+    as_json: bool = typer.Option(False, "--json", help="Every transfer with every detail, as one JSON document"),
+) -> None:
+    """Suggested, in transit and received transfers (`ship` and `receive` act on them)."""
+    if context.invoked_subcommand is not None:
+        return
+    rows = transfer_rows(run(with_database(lambda db: InventoryStorage(db).all_warehouses())))
+    if as_json:
+        print_json(transfers_document(rows))
+        return
+    if not rows:
+        console.print("no transfers yet: inventory suggests one when a township runs low of a drug the centre has")
+        return
+    console.print(transfers_table(rows, wide=wide))
+
+
+def _transfer(transfer_id: str) -> TransferRow:
+    rows = transfer_rows(run(with_database(lambda db: InventoryStorage(db).all_warehouses())))
+    found = next((row for row in rows if row.transfer_id == transfer_id), None)
+    if found is None:
+        console.print(f"[red]no transfer {escape(transfer_id)} is known[/]: `pharmacy warehouse transfers` lists them")
+        raise typer.Exit(1)
+    return found
+
+
+@transfers.command("ship")
+def transfer_ship(
+    transfer_id: str,
+    by: str = typer.Option(..., help="Who is shipping, at the central warehouse"),
+    quantity: int | None = typer.Option(None, help="Units to ship, if not the suggested quantity"),
+) -> None:
+    """Ship a suggested transfer from the central warehouse: its units leave the shelf (first
+    expiry first, lots that last) and are in transit until the township receives them."""
+    row = _transfer(transfer_id)
+    if row.state == "received":
+        # The centre refuses a transfer it shipped while it remembers it; one received long ago it
+        # may have forgotten (it keeps the last finished ones), so the tool does not ask.
+        console.print(f"[red]transfer {escape(transfer_id)} was received at {row.to_warehouse_id}[/]: nothing to ship")
+        raise typer.Exit(1)
+    units = quantity if quantity is not None else row.quantity
+    command = inv.TransferShipRequested(
+        correlation_id=transfer_id,
+        producer="warehouse-cli",
+        warehouse_id=row.from_warehouse_id,
+        transfer_id=transfer_id,
+        to_warehouse_id=row.to_warehouse_id,
+        drug_code=row.drug_code,
+        quantity=units,
+        requested_by=by,
+    )
+    what = f"shipment of {units} × {row.drug_code} from {row.from_warehouse_id} to {row.to_warehouse_id}"
+    _ask_inventory(command, f"{what} (transfer {transfer_id})")
+
+
+@transfers.command("receive")
+def transfer_receive(
+    transfer_id: str,
+    by: str = typer.Option(..., help="Who received the goods, at the township pharmacy"),
+) -> None:
+    """Confirm a shipped transfer arrived at the township: its lots go on the shelf there, and the
+    central warehouse closes its in-transit units."""
+    row = _transfer(transfer_id)
+    command = inv.TransferReceiptRequested(
+        correlation_id=transfer_id,
+        producer="warehouse-cli",
+        warehouse_id=row.to_warehouse_id,
+        transfer_id=transfer_id,
+        requested_by=by,
+    )
+    _ask_inventory(
+        command, f"receipt of {row.quantity} × {row.drug_code} at {row.to_warehouse_id} (transfer {transfer_id})"
     )

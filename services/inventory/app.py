@@ -40,7 +40,7 @@ def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_
         topics.INVENTORY_COMMANDS,
         group="inventory.commands",
         handle_batch=service.on_command,
-        title="register warehouses, restock lots and adjust counts on warehouse staff's request",
+        title="register warehouses, restock lots, adjust counts, ship and receive transfers on staff's request",
     )
     runtime.consume(
         topics.PRESCRIPTION_FORMULARY,
@@ -52,9 +52,10 @@ def create_app(settings: InventorySettings, clock: Callable[[], datetime] = utc_
         topics.INVENTORY_EVENTS,
         group="inventory.ledger",
         background=True,
-        handle_batch=service.record_movements,
+        handle_batch=service.on_inventory_event,
         acts_on=MOVING_STOCK,
-        title="keep the stock ledger: one entry per movement",
+        title="keep the stock ledger (one entry per movement); note a transfer shipped, close one received",
     )
     runtime.every_sweep("lot-expiry", service.sweep_expiry)
+    runtime.every_sweep("transfer-suggestions", service.sweep_transfers)
     return runtime.app(on_startup=storage.ensure_indexes)

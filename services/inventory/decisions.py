@@ -8,11 +8,12 @@ becomes, the events it causes (assembled in messages.py), or why nothing happens
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
-from functools import partial
+from functools import cached_property, partial
 from typing import Literal
+from uuid import NAMESPACE_URL, uuid5
 
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
@@ -20,8 +21,8 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.prescription import DrugListed, PrescriptionApproved
 from services.runtime.unit_of_work import Decision
 
-from . import domain, messages
-from .domain import Allocation, AllocationState, Demand, Hold, ListedDrug, Location, Warehouse
+from . import domain, messages, transfers
+from .domain import Allocation, AllocationState, Demand, Hold, ListedDrug, Location, Transfer, TransferPick, Warehouse
 from .settings import InventorySettings
 
 DeliveryEvent = c.DeliveryPickedUp | c.DeliveryFailed | c.DeliveryCompleted | c.DeliveryAbandoned | c.DeliveryCancelled
@@ -38,6 +39,15 @@ class ExpiryDue(Envelope):
     warehouse_id: str
 
 
+class TransfersDue(Envelope):
+    """The transfer sweep's proposal for one township (never on the wire): drugs that look like they
+    need a transfer, decided again on the document as it stands."""
+
+    type: Literal["inventory.transfers_due"] = "inventory.transfers_due"
+    warehouse_id: str
+    drug_codes: list[str]
+
+
 @dataclass(frozen=True)
 class Rules:
     """What every decision of one batch reads besides its document and its message: the moment
@@ -47,6 +57,9 @@ class Rules:
     settings: InventorySettings
     #: The drugs the formulary lists, of those this batch restocks (none looked up: none listed).
     listed: frozenset[str] = frozenset()
+    #: Every warehouse, as the batch read them (possibly a moment stale): the centres a transfer is
+    #: suggested from, the township one is shipped to. Empty where the batch needs none.
+    warehouses: Mapping[str, Warehouse] = field(default_factory=dict)
 
     @property
     def today(self) -> date:
@@ -59,6 +72,39 @@ class Rules:
     def threshold(self, drug: str, warehouse: Warehouse) -> int:
         settings = self.settings
         return domain.threshold_for(drug, settings.low_stock_thresholds, settings.low_stock_threshold, warehouse)
+
+    @cached_property
+    def transfer_rules(self) -> transfers.TransferRules:
+        settings = self.settings
+        return transfers.TransferRules(
+            today=self.today,
+            window_days=settings.demand_window_days,
+            min_shelf_days=settings.transfer_min_shelf_days,
+            policies=settings.reorder_policies,
+            default=settings.reorder_default,
+        )
+
+    def suggest_transfers(
+        self, township: Warehouse, drugs: Iterable[str], cause: Envelope | None, *, key: str | None = None
+    ) -> tuple[Warehouse, list[Envelope]]:
+        """A transfer suggested for each of these drugs the township now needs (`transfers.suggest`),
+        from the centres as the batch read them; the township remembers it open. Its id follows
+        from `key` (the cause's message id unless given), so a decision made again names the same."""
+        if township.kind != "township":
+            return township, []
+        others = [w for wid, w in self.warehouses.items() if wid != township.warehouse_id]
+        events: list[Envelope] = []
+        for drug in sorted(set(drugs)):
+            transfer_id = transfer_id_for(township.warehouse_id, drug, key or (cause.message_id if cause else ""))
+            suggestion = transfers.suggest(
+                township, drug, others, self.transfer_rules, transfer_id=transfer_id, at=self.now
+            )
+            if suggestion is not None:
+                township = suggestion.township
+                events.append(
+                    messages.transfer_suggested(suggestion, self.settings.demand_window_days, cause, at=self.now)
+                )
+        return township, events
 
     def alerts(
         self, before: Warehouse, after: Warehouse, drugs: Iterable[str], correlation_id: str, cause: Envelope | None
@@ -155,11 +201,10 @@ def reserve_at(
         reserved = domain.reserve(current, rx, demand.lines, today=rules.today, delivery_days=rules.delivery_days)
     except domain.StockRefused:
         return Decision(result=AtWarehouse.CANNOT_FILL)
-    after = reserved.warehouse
     event = messages.stock_reserved(approved, demand, reserved, at=rules.now)
-    return Decision(
-        after, [event, *rules.alerts(current, after, demand.lines, rx, approved)], result=AtWarehouse.RESERVED
-    )
+    alerts = rules.alerts(current, reserved.warehouse, demand.lines, rx, approved)
+    after, suggested = rules.suggest_transfers(reserved.warehouse, demand.lines, approved)
+    return Decision(after, [event, *alerts, *suggested], result=AtWarehouse.RESERVED)
 
 
 def after_delivery_event(current: Allocation | None, event: DeliveryEvent) -> Decision[Allocation]:
@@ -239,6 +284,12 @@ def decide_command(rules: Rules, current: Warehouse | None, command: Envelope) -
             if isinstance(command, inv.QuarantineDecided):
                 return clear_quarantine(rules, current, command)
             return adjust(rules, current, command)
+        case inv.TransferShipRequested() | inv.TransferReceiptRequested():
+            if current is None or not current.registered:
+                return Decision.refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
+            if isinstance(command, inv.TransferShipRequested):
+                return ship_transfer(rules, current, command)
+            return receive_transfer(rules, current, command)
     return Decision.refused("unexpected_message", f"{type(command).__name__} is not a warehouse command")
 
 
@@ -301,11 +352,95 @@ def clear_quarantine(rules: Rules, current: Warehouse, command: inv.QuarantineDe
 
 
 def refuse_command(
-    rules: Rules, current: Warehouse, command: messages.StaffCommand, reason: str
+    rules: Rules, current: Warehouse, command: messages.StaffCommand, reason: str, *, drug_code: str | None = None
 ) -> Decision[Warehouse]:
     """A command the stock rules refuse is answered on the events topic (staff watch it), and the
     warehouse remembers it was handled: sent again, it is not refused twice."""
-    return Decision(current, [messages.stock_command_refused(command, reason, at=rules.now)])
+    return Decision(current, [messages.stock_command_refused(command, reason, at=rules.now, drug_code=drug_code)])
+
+
+# --- transfers: townships restocked from the centre (see transfers.py for the two steps and why) ----
+
+
+def transfer_id_for(township_id: str, drug_code: str, cause_id: str) -> str:
+    """The id of a transfer suggested because of `cause_id`: the same decision made again (a lost
+    race, a redelivery) names the same transfer."""
+    return "TR-" + uuid5(NAMESPACE_URL, f"transfer:{township_id}:{drug_code}:{cause_id}").hex[:12].upper()
+
+
+def ship_transfer(rules: Rules, current: Warehouse, command: inv.TransferShipRequested) -> Decision[Warehouse]:
+    """At the centre: the units leave the shelf for in transit, once per transfer id."""
+    try:
+        shipped, transfer = transfers.ship(
+            current,
+            command.transfer_id,
+            command.to_warehouse_id,
+            command.drug_code,
+            command.quantity,
+            rules.transfer_rules,
+            destination=rules.warehouses.get(command.to_warehouse_id),
+            by=command.requested_by,
+            at=rules.now,
+        )
+    except domain.StockRefused as refused:
+        return refuse_command(rules, current, command, str(refused))
+    return Decision(shipped.warehouse, [messages.transfer_shipped(command, shipped, transfer, at=rules.now)])
+
+
+def receive_transfer(rules: Rules, current: Warehouse, command: inv.TransferReceiptRequested) -> Decision[Warehouse]:
+    """At the township: the units shipped go on the shelf, once per transfer."""
+    try:
+        received, transfer = transfers.receive(current, command.transfer_id, by=command.requested_by, at=rules.now)
+    except domain.StockRefused as refused:
+        known = current.incoming.get(command.transfer_id)
+        drug = known.drug_code if known is not None else None
+        return refuse_command(rules, current, command, str(refused), drug_code=drug)
+    return Decision(received.warehouse, [messages.transfer_received(command, received, transfer, at=rules.now)])
+
+
+def hear_transfer(rules: Rules, current: Warehouse | None, event: Envelope) -> Decision[Warehouse]:
+    """A transfer event of another warehouse: shipped (the township notes it in transit, with its
+    lots) or received (the centre closes its in-transit units). The result says what was done."""
+    if current is None:
+        return Decision.unchanged()
+    match event:
+        case inv.TransferShipped():
+            shipped = Transfer(
+                transfer_id=event.transfer_id,
+                drug_code=event.drug_code,
+                quantity=event.quantity,
+                from_warehouse_id=event.warehouse_id,
+                to_warehouse_id=event.to_warehouse_id,
+                state="in_transit",
+                picks=[
+                    TransferPick(lot_id=p.lot_id, expiry_date=p.expiry_date, quantity=p.quantity) for p in event.picks
+                ],
+                shipped_at=event.occurred_at,
+                shipped_by=event.requested_by,
+            )
+            noted = transfers.shipment_heard(current, shipped)
+            return Decision.unchanged() if noted is None else Decision(noted, result="in transit noted")
+        case inv.TransferReceived():
+            closing = transfers.close(current, event.transfer_id, at=rules.now)
+            if closing is None:
+                return Decision.unchanged()
+            closed, transfer = closing
+            return Decision(
+                closed.warehouse, [messages.transfer_closed(event, closed, transfer, at=rules.now)], result="closed"
+            )
+    return Decision.unchanged()
+
+
+def suggest_due(rules: Rules, current: Warehouse | None, due: TransfersDue) -> Decision[Warehouse]:
+    """The sweep's proposal, decided on the township as it stands (another instance, or a
+    reservation, may have suggested meanwhile)."""
+    if current is None:
+        return Decision.unchanged()
+    # Named after the sweep's moment: the same township and drug may need another transfer later.
+    after, suggested = rules.suggest_transfers(current, due.drug_codes, None, key=f"sweep:{rules.now.isoformat()}")
+    if not suggested:
+        return Decision.unchanged()
+    return Decision(after, suggested, result=[e.drug_code for e in suggested if isinstance(e, inv.TransferSuggested)])
 
 
 def expire_lots(rules: Rules, window: int, current: Warehouse | None, _: ExpiryDue) -> Decision[Warehouse]:
@@ -340,8 +475,20 @@ def movements_of(event: Envelope) -> list[domain.LedgerEntry]:
         movements,
         prescription_id=_text(event, "prescription_id"),
         by=_text(event, "requested_by"),
-        reason=_text(event, "reason"),
+        reason=_text(event, "reason") or _transfer_note(event),
     )
+
+
+def _transfer_note(event: Envelope) -> str | None:
+    """What a transfer's ledger line says it was: which transfer, to or from where."""
+    match event:
+        case inv.TransferShipped():
+            return f"transfer {event.transfer_id} to {event.to_warehouse_id}"
+        case inv.TransferReceived():
+            return f"transfer {event.transfer_id} from {event.from_warehouse_id}"
+        case inv.TransferClosed():
+            return f"transfer {event.transfer_id} received at {event.to_warehouse_id}"
+    return None
 
 
 def _text(event: Envelope, field_name: str) -> str | None:

@@ -25,7 +25,13 @@ WarehouseKind = Literal["central", "township"]
 
 class Figures(BaseModel):
     """Units in each place, and how they came and went. The conservation law the tests check:
-    available + reserved + dispatched + quarantined + expired + delivered == received + adjusted."""
+    available + reserved + dispatched + quarantined + expired + delivered + in_transit + transferred_out
+    == received + adjusted + transferred_in.
+
+    Transfers between warehouses: units shipped stay on the source's books as `in_transit` until the
+    destination confirms their receipt (there they count as `transferred_in`); the source then
+    closes them (`transferred_out`). Summed over the county, `transferred_in` and `transferred_out`
+    cancel once every receipt is closed, so shipped units are counted once (see `county_books`)."""
 
     available: int = Field(default=0, ge=0)
     reserved: int = Field(default=0, ge=0)
@@ -33,17 +39,27 @@ class Figures(BaseModel):
     quarantined: int = Field(default=0, ge=0)
     expired: int = Field(default=0, ge=0)
     delivered: int = Field(default=0, ge=0, description="Units handed to patients (gone to `outside`)")
+    in_transit: int = Field(default=0, ge=0, description="Units shipped to another warehouse, not yet received there")
     received: int = Field(default=0, ge=0)
     adjusted: int = 0
+    transferred_in: int = Field(default=0, ge=0, description="Units received from another warehouse")
+    transferred_out: int = Field(
+        default=0, ge=0, description="Units shipped to another warehouse that confirmed their receipt"
+    )
 
     def counts(self) -> Figures:
         """The figures alone, without whatever else a subclass carries (to compare with the ledger)."""
         return Figures(**{name: getattr(self, name) for name in Figures.model_fields})
 
     @property
+    def held(self) -> int:
+        """Units on these books: in the warehouse, on the road to patients or to another warehouse."""
+        return self.available + self.reserved + self.dispatched + self.quarantined + self.expired + self.in_transit
+
+    @property
     def balanced(self) -> bool:
-        held = self.available + self.reserved + self.dispatched + self.quarantined + self.expired + self.delivered
-        return held == self.received + self.adjusted
+        gone = self.delivered + self.transferred_out
+        return self.held + gone == self.received + self.adjusted + self.transferred_in
 
 
 class DrugStock(Figures):
@@ -102,6 +118,82 @@ class ListedDrug(BaseModel):
 
 #: How many of a drug's latest reservations a warehouse remembers, to know what the next may ask.
 RECENT_DEMAND = 20
+#: Days of demand a warehouse remembers per drug: a reorder point's moving average is taken over at
+#: most these (`InventorySettings.demand_window_days`). One figure per day that had demand, so a
+#: drug's history never holds more than this many.
+DEMAND_DAYS = 90
+#: Transfers a warehouse keeps once finished (received, closed), newest first, for the listing; open
+#: ones are kept until they finish. A message about a transfer dropped since is recognised by the
+#: document's tracking (its partition offsets), and a dropped transfer is never open again.
+FINISHED_TRANSFERS_KEPT = 100
+
+
+class DayDemand(BaseModel):
+    day: date
+    units: int = Field(ge=0)
+
+
+class DrugDemand(BaseModel):
+    """What prescriptions took of one drug at one warehouse, day by day (days without demand are not
+    written: they count as zero). `since`: the first day any was taken here, so a young history is
+    averaged over the days it covers, not over a whole window it was not there for."""
+
+    since: date
+    days: list[DayDemand] = Field(default_factory=list, description=f"At most {DEMAND_DAYS} days, oldest first")
+
+    def taken(self, day: date, units: int) -> DrugDemand:
+        """With `units` more taken on `day`, days older than `DEMAND_DAYS` forgotten."""
+        days = [d for d in self.days if (day - d.day).days < DEMAND_DAYS]
+        if days and days[-1].day == day:
+            days[-1] = DayDemand(day=day, units=days[-1].units + units)
+        else:
+            days.append(DayDemand(day=day, units=units))
+        return DrugDemand(since=min(self.since, day), days=days)
+
+    def in_window(self, today: date, window_days: int) -> tuple[int, int]:
+        """Units taken over the last `window_days` days (today included), and the days they are
+        averaged over: the window, or fewer if the history is younger."""
+        units = sum(d.units for d in self.days if 0 <= (today - d.day).days < window_days)
+        observed = max(1, min(window_days, (today - self.since).days + 1))
+        return units, observed
+
+
+TransferState = Literal["suggested", "in_transit", "received", "closed"]
+
+
+class TransferPick(BaseModel):
+    """Units of one lot in a transfer (the lot keeps its id and expiry at the destination)."""
+
+    lot_id: str
+    expiry_date: date
+    quantity: int = Field(gt=0)
+
+
+class Transfer(BaseModel):
+    """A transfer as one warehouse knows it: a township its incoming ones (suggested, in transit to
+    it, received), the centre its outgoing ones (in transit from it, closed)."""
+
+    transfer_id: str
+    drug_code: str
+    quantity: int = Field(gt=0)
+    from_warehouse_id: str
+    to_warehouse_id: str
+    state: TransferState
+    picks: list[TransferPick] = Field(default_factory=list)
+    suggested_at: datetime | None = None
+    shipped_at: datetime | None = None
+    finished_at: datetime | None = Field(default=None, description="Received (incoming) or closed (outgoing)")
+    shipped_by: str | None = None
+    received_by: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.state in ("suggested", "in_transit")
+
+    @property
+    def since(self) -> datetime | None:
+        """When it entered its state."""
+        return {"suggested": self.suggested_at, "in_transit": self.shipped_at}.get(self.state, self.finished_at)
 
 
 class Warehouse(BaseModel):
@@ -117,6 +209,11 @@ class Warehouse(BaseModel):
         default_factory=dict,
         description=f"The last {RECENT_DEMAND} quantities one prescription took of each drug here (newest last)",
     )
+    daily_demand: dict[str, DrugDemand] = Field(
+        default_factory=dict, description="Units prescriptions took of each drug here per day (reorder points)"
+    )
+    incoming: dict[str, Transfer] = Field(default_factory=dict, description="Transfers to here, by transfer id")
+    outgoing: dict[str, Transfer] = Field(default_factory=dict, description="Transfers from here, by transfer id")
 
     @property
     def registered(self) -> bool:
@@ -183,6 +280,7 @@ BUCKET_FIELDS: dict[Bucket, str | None] = {
     "dispatched": "dispatched",
     "quarantine": "quarantined",
     "expired": "expired",
+    "in_transit": "in_transit",
 }
 
 F = TypeVar("F", bound=Figures)
@@ -193,8 +291,9 @@ def move(kind: MovementKind, lot_id: str, drug_code: str, quantity: int, source:
 
 
 def shift(figures: F, movement: Movement) -> F:
-    """Move the units between buckets; receipts, adjustments and deliveries also count where units
-    came from or went to, which keeps the conservation law. Unchecked: see `apply_movement`."""
+    """Move the units between buckets; receipts, adjustments, deliveries and transfers received or
+    closed also count where units came from or went to, which keeps the conservation law. Unchecked:
+    see `apply_movement`."""
     changes: dict[str, int] = {}
     quantity = movement.quantity
     if (source := BUCKET_FIELDS[movement.source]) is not None:
@@ -207,6 +306,10 @@ def shift(figures: F, movement: Movement) -> F:
         changes["adjusted"] = figures.adjusted + (quantity if movement.source == "outside" else -quantity)
     elif movement.kind == "delivered":
         changes["delivered"] = figures.delivered + quantity
+    elif movement.kind == "transfer_in":
+        changes["transferred_in"] = figures.transferred_in + quantity
+    elif movement.kind == "transfer_closed":
+        changes["transferred_out"] = figures.transferred_out + quantity
     return figures.model_copy(update=changes)
 
 
@@ -223,6 +326,11 @@ def _apply(warehouse: Warehouse, movements: Sequence[Movement]) -> dict[str, Lot
     for movement in movements:
         lots[movement.lot_id] = apply_movement(lots[movement.lot_id], movement)
     return lots
+
+
+def apply_movements(warehouse: Warehouse, movements: Sequence[Movement]) -> dict[str, Lot]:
+    """The warehouse's lots after the movements, each checked (`apply_movement`)."""
+    return _apply(warehouse, movements)
 
 
 # --- registration, restock, adjustment -------------------------------------------------------------
@@ -249,7 +357,7 @@ def restock(
             f"lot {lot_id} of {drug_code} expired on {expiry_date} (today is {today}): "
             "expired goods are not put on the shelf; return them to the supplier"
         )
-    _refuse_over_capacity(warehouse, drug_code, quantity)
+    refuse_over_capacity(warehouse, drug_code, quantity)
     existing = warehouse.lots.get(lot_id)
     if existing is not None and (existing.drug_code, existing.expiry_date) != (drug_code, expiry_date):
         raise StockRefused(
@@ -273,7 +381,7 @@ def adjust(warehouse: Warehouse, lot_id: str, drug_code: str, delta: int) -> Out
         raise StockRefused(f"lot {lot_id} is {lot.drug_code}, not {drug_code}")
     if lot.available + delta < 0:
         raise StockRefused(f"only {lot.available} units of {drug_code} in lot {lot_id} are available to remove")
-    _refuse_over_capacity(warehouse, drug_code, delta)
+    refuse_over_capacity(warehouse, drug_code, delta)
     if delta > 0:
         movement = move("adjusted", lot_id, drug_code, delta, "outside", "available")
     else:
@@ -303,11 +411,11 @@ def clear_quarantine(
     return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, [movement])}), (movement,))
 
 
-def _refuse_over_capacity(warehouse: Warehouse, drug_code: str, adding: int) -> None:
+def refuse_over_capacity(warehouse: Warehouse, drug_code: str, adding: int) -> None:
     """Every figure an event reports of a drug (a level, a lot, a movement, a shortage) is at most
     what the warehouse holds of it; keeping that under the contracts' bound keeps every event valid."""
     level = warehouse.level(drug_code)
-    held = level.available + level.reserved + level.dispatched + level.quarantined
+    held = level.available + level.reserved + level.dispatched + level.quarantined + level.in_transit
     if adding > 0 and held + adding > MAX_STOCK_UNITS:
         raise StockRefused(
             f"{warehouse.warehouse_id} holds {held} units of {drug_code}; {adding} more would pass the "
@@ -454,9 +562,12 @@ def reserve(
     movements = tuple(move("reserved", p.lot_id, p.drug_code, p.quantity, "available", "reserved") for p in picks)
     holds = {**warehouse.holds, prescription_id: Hold(picks=picks)}
     demand = {**warehouse.recent_demand}
+    daily = {**warehouse.daily_demand}
     for line in lines.values():
         demand[line.drug_code] = [*demand.get(line.drug_code, ()), line.quantity][-RECENT_DEMAND:]
-    after = warehouse.model_copy(update={"lots": _apply(warehouse, movements), "holds": holds, "recent_demand": demand})
+        daily[line.drug_code] = daily.get(line.drug_code, DrugDemand(since=today)).taken(today, line.quantity)
+    lots = _apply(warehouse, movements)
+    after = warehouse.model_copy(update={"lots": lots, "holds": holds, "recent_demand": demand, "daily_demand": daily})
     return Outcome(after, movements, tuple(picks))
 
 

@@ -17,7 +17,7 @@ from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.envelope import Producer
 from pharmacy_contracts.prescription import PrescriptionApproved
 
-from . import domain
+from . import domain, transfers
 from .domain import Demand, Location, Warehouse
 
 PRODUCER = Producer("inventory")
@@ -178,16 +178,110 @@ def quarantine_cleared(
 
 
 #: The commands warehouse staff send that change stock (a refusal of any answers with its drug).
-StaffCommand = inv.RestockRequested | inv.AdjustmentRequested | inv.QuarantineDecided
+StaffCommand = (
+    inv.RestockRequested
+    | inv.AdjustmentRequested
+    | inv.QuarantineDecided
+    | inv.TransferShipRequested
+    | inv.TransferReceiptRequested
+)
 
 
-def stock_command_refused(command: StaffCommand, reason: str, *, at: datetime) -> inv.StockCommandRefused:
+def stock_command_refused(
+    command: StaffCommand, reason: str, *, at: datetime, drug_code: str | None = None
+) -> inv.StockCommandRefused:
     return inv.StockCommandRefused(
         **PRODUCER.envelope(command.correlation_id, command, at=at),
         warehouse_id=command.warehouse_id,
-        drug_code=command.drug_code,
+        drug_code=getattr(command, "drug_code", drug_code),
         reason=reason,
     )
+
+
+# --- transfers: townships restocked from the centre ---------------------------------------------------
+
+
+def transfer_suggested(
+    suggestion: transfers.Suggestion, window_days: int, cause: Envelope | None, *, at: datetime
+) -> inv.TransferSuggested:
+    transfer, policy = suggestion.transfer, suggestion.policy
+    return inv.TransferSuggested(
+        **PRODUCER.envelope(transfer.transfer_id, cause, at=at),
+        warehouse_id=transfer.to_warehouse_id,
+        transfer_id=transfer.transfer_id,
+        from_warehouse_id=transfer.from_warehouse_id,
+        drug_code=transfer.drug_code,
+        quantity=transfer.quantity,
+        usable=suggestion.usable,
+        reorder_point=suggestion.reorder_point,
+        cover=policy.cover,
+        recent_demand=suggestion.recent_demand,
+        window_days=window_days,
+        lead_time_days=policy.lead_time_days,
+        safety_stock=policy.safety_stock,
+        picks=_transfer_picks(transfer),
+    )
+
+
+def transfer_shipped(
+    command: inv.TransferShipRequested, shipped: domain.Outcome, transfer: domain.Transfer, *, at: datetime
+) -> inv.TransferShipped:
+    after = shipped.warehouse
+    return inv.TransferShipped(
+        **PRODUCER.envelope(transfer.transfer_id, command, at=at),
+        warehouse_id=after.warehouse_id,
+        transfer_id=transfer.transfer_id,
+        to_warehouse_id=transfer.to_warehouse_id,
+        drug_code=transfer.drug_code,
+        quantity=transfer.quantity,
+        picks=_transfer_picks(transfer),
+        requested_by=command.requested_by,
+        level=_level(after, transfer.drug_code),
+        in_transit=after.level(transfer.drug_code).in_transit,
+        movements=list(shipped.movements),
+    )
+
+
+def transfer_received(
+    command: inv.TransferReceiptRequested, received: domain.Outcome, transfer: domain.Transfer, *, at: datetime
+) -> inv.TransferReceived:
+    after = received.warehouse
+    return inv.TransferReceived(
+        **PRODUCER.envelope(transfer.transfer_id, command, at=at),
+        warehouse_id=after.warehouse_id,
+        transfer_id=transfer.transfer_id,
+        from_warehouse_id=transfer.from_warehouse_id,
+        drug_code=transfer.drug_code,
+        quantity=transfer.quantity,
+        picks=_transfer_picks(transfer),
+        requested_by=command.requested_by,
+        level=_level(after, transfer.drug_code),
+        movements=list(received.movements),
+    )
+
+
+def transfer_closed(
+    cause: inv.TransferReceived, closed: domain.Outcome, transfer: domain.Transfer, *, at: datetime
+) -> inv.TransferClosed:
+    after = closed.warehouse
+    return inv.TransferClosed(
+        **PRODUCER.envelope(transfer.transfer_id, cause, at=at),
+        warehouse_id=after.warehouse_id,
+        transfer_id=transfer.transfer_id,
+        to_warehouse_id=transfer.to_warehouse_id,
+        drug_code=transfer.drug_code,
+        quantity=transfer.quantity,
+        level=_level(after, transfer.drug_code),
+        in_transit=after.level(transfer.drug_code).in_transit,
+        movements=list(closed.movements),
+    )
+
+
+def _transfer_picks(transfer: domain.Transfer) -> list[inv.LotPick]:
+    return [
+        inv.LotPick(drug_code=transfer.drug_code, lot_id=p.lot_id, expiry_date=p.expiry_date, quantity=p.quantity)
+        for p in transfer.picks
+    ]
 
 
 # --- alerts and expiry ---------------------------------------------------------------------------------

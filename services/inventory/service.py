@@ -1,5 +1,7 @@
 """Use cases of the inventory service, each over a batch: reservations, the delivery moving held
-stock, warehouse staff's commands, the expiry sweep and the ledger.
+stock, warehouse staff's commands, the expiry sweep, the ledger, and transfers from the centre to
+townships (suggested on a reservation or by a sweep, shipped and received on staff's commands, noted
+and closed at the other end on reading the events back: see transfers.py for why in two steps).
 
 Each use case takes a batch's records and answers, in the same order, what became of each
 (`Handled`). It loads what the batch touches with one query per store, decides in memory with the
@@ -59,22 +61,26 @@ from pharmacy_contracts.prescription import PrescriptionApproved
 from services.runtime.store import Store, Stored
 from services.runtime.unit_of_work import Handled, Outcome, Record, UnitOfWork
 
-from . import domain
+from . import domain, transfers
 from .decisions import (
     AtWarehouse,
     DeliveryEvent,
     ExpiryDue,
     Rules,
+    TransfersDue,
     after_delivery_event,
     allocate,
     decide_command,
     demand_of,
     expire_lots,
+    hear_transfer,
     list_drug,
     move_hold,
     movements_of,
     reserve_at,
     settle_reservation,
+    suggest_due,
+    transfer_id_for,
 )
 from .domain import Allocation, AllocationState, Demand, Location, Warehouse
 from .messages import PRODUCER
@@ -96,6 +102,8 @@ DELIVERY_EVENTS: tuple[type[Envelope], ...] = (
 )
 #: The events that move stock, which the ledger records (the others on the topic move nothing).
 MOVING_STOCK = tuple(m for m in topics.INVENTORY_EVENTS.messages if "movements" in m.model_fields)
+#: A transfer's steps another warehouse acts on: shipped (the township notes it), received (the centre closes it).
+TRANSFER_STEPS: tuple[type[Envelope], ...] = (inv.TransferShipped, inv.TransferReceived)
 
 #: Outcomes after which a record goes no further (it is dead-lettered or tried again).
 STOPPED = (Outcome.REFUSED, Outcome.FAILED)
@@ -228,7 +236,9 @@ class InventoryService:
         for (i, reservation), plan in zip(waiting.items(), plans, strict=True):
             reservation.planned(records[i], plan)
         to_release = await self._allocate(rules, records, waiting)
-        to_settle = await self._reserve(rules, records, waiting, to_release)
+        # The centres a township's reservation may suggest a transfer from, as this round read them.
+        seen = {wid: stored.state for wid, stored in warehouses.items() if stored.state is not None}
+        to_settle = await self._reserve(replace(rules, warehouses=seen), records, waiting, to_release)
         to_release += await self._settle(records, waiting, to_settle)
         await self._release(rules, records, waiting, to_release)
 
@@ -397,6 +407,10 @@ class InventoryService:
         the formulary does not list is refused (one lookup of the batch's restocked drugs)."""
         restocked = [r.message.drug_code for r in records if isinstance(r.message, RestockRequested)]
         rules = replace(self._rules(), listed=await self._storage.listed(restocked))
+        if any(isinstance(r.message, inv.TransferShipRequested) for r in records):
+            # Where a shipment goes must be a registered warehouse: every warehouse, mostly from memory.
+            documents, _ = await self._storage.warehouses_to_plan_on()
+            rules = replace(rules, warehouses={wid: d.state for wid, d in documents.items() if d.state is not None})
         handled = await self._run(
             self._storage.warehouses,
             records,
@@ -406,6 +420,62 @@ class InventoryService:
         for one in handled:
             one.record.in_context(_log_command, one)
         return handled
+
+    # --- inventory.events: the ledger, and transfers between warehouses ----------------------------
+
+    async def on_inventory_event(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """Inventory's own events, read back: a transfer's next step at the other warehouse, then
+        every movement into the ledger (both are idempotent, so a batch handled again is harmless).
+        One consumer does both: a transfer's steps are not urgent (people carry the goods), and a
+        service reads a topic once."""
+        stepped = await self.on_transfer_event(records)
+        recorded = await self.record_movements(records)
+        return [_combined(r, [one, two]) for r, one, two in zip(records, stepped, recorded, strict=True)]
+
+    async def on_transfer_event(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
+        """A transfer's next step at the other warehouse (see transfers.py): a shipment is noted in
+        transit at its township, a receipt closes the in-transit units at its centre. Each is applied
+        once: the transfer's state on the document says whether it was."""
+        rules = self._rules()
+        steps = [i for i, r in enumerate(records) if isinstance(r.message, TRANSFER_STEPS)]
+        handled = await self._run(
+            self._storage.warehouses,
+            [records[i] for i in steps],
+            key=_other_end,
+            decide=partial(hear_transfer, rules),
+        )
+        by_index = dict(zip(steps, handled, strict=True))
+        for one in handled:
+            one.record.in_context(_log_transfer_step, one)
+        return [by_index.get(i) or Handled(r, Outcome.UNCHANGED) for i, r in enumerate(records)]
+
+    async def sweep_transfers(self) -> None:
+        """Suggest the transfers no reservation did (the township's stock fell by an adjustment, an
+        expiry or a write-off; the centre had nothing to spare then and has now): every warehouse in
+        one query, then one version-guarded save of the townships that need one."""
+        rules = self._rules()
+        documents = await self._storage.warehouse_documents()
+        warehouses = {wid: stored.state for wid, stored in documents.items() if stored.state is not None}
+        rules = replace(rules, warehouses=warehouses)
+        due = []
+        for wid, township in warehouses.items():
+            drugs = _transfers_due(township, rules)
+            if drugs:
+                due.append(
+                    Record(TransfersDue(correlation_id=wid, producer=PRODUCER.name, warehouse_id=wid, drug_codes=drugs))
+                )
+        swept = await self._run(
+            self._storage.warehouses,  # on the read just made, held in the store's memory
+            due,
+            key=lambda proposal: proposal.warehouse_id,
+            decide=partial(suggest_due, rules),
+            tracked=False,
+        )
+        for handled in swept:
+            if handled.outcome is Outcome.APPLIED:
+                log.info("transfers suggested", warehouse_id=handled.record.message.warehouse_id, drugs=handled.result)
+            elif handled.outcome is Outcome.FAILED:
+                log.warning("transfers not suggested; the next sweep tries again", error=handled.error)
 
     # --- prescription.formulary: the drugs that may be stocked -------------------------------------
 
@@ -481,6 +551,32 @@ def _by_message(values: Mapping[str, str | None], message: Envelope) -> str:
 def _holding(warehouses: Iterable[Warehouse]) -> dict[str, str]:
     """Which warehouse holds stock for each prescription."""
     return {rx: w.warehouse_id for w in warehouses for rx in w.holds}
+
+
+def _other_end(event: Envelope) -> str:
+    """The warehouse a transfer step is for: a shipment's township, a receipt's centre."""
+    if isinstance(event, inv.TransferShipped):
+        return event.to_warehouse_id
+    assert isinstance(event, inv.TransferReceived)
+    return event.from_warehouse_id
+
+
+def _transfers_due(township: Warehouse, rules: Rules) -> list[str]:
+    """The drugs a transfer would be suggested for at this township now (on the sweep's read)."""
+    others = [w for wid, w in rules.warehouses.items() if wid != township.warehouse_id]
+    return [
+        drug
+        for drug in sorted(township.daily_demand)
+        if transfers.suggest(
+            township,
+            drug,
+            others,
+            rules.transfer_rules,
+            transfer_id=transfer_id_for(township.warehouse_id, drug, "sweep"),
+            at=rules.now,
+        )
+        is not None
+    ]
 
 
 def _expiry_due(warehouse: Warehouse, today: date, window: int) -> bool:
@@ -564,6 +660,15 @@ def _log_command(handled: Handled[Any]) -> None:
             delta=command.delta,
             refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
         )
+    elif isinstance(command, inv.TransferShipRequested | inv.TransferReceiptRequested):
+        log.info(
+            "transfer shipment handled"
+            if isinstance(command, inv.TransferShipRequested)
+            else "transfer receipt handled",
+            warehouse_id=command.warehouse_id,
+            transfer_id=command.transfer_id,
+            refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
+        )
     elif isinstance(command, inv.QuarantineDecided):
         log.info(
             "quarantine decision handled",
@@ -573,6 +678,14 @@ def _log_command(handled: Handled[Any]) -> None:
             decision=command.decision,
             refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
         )
+
+
+def _log_transfer_step(handled: Handled[Any]) -> None:
+    event = handled.record.message
+    if handled.outcome is Outcome.APPLIED:
+        log.info(f"transfer {handled.result}", transfer_id=event.transfer_id, warehouse_id=_other_end(event))
+    elif handled.outcome is Outcome.UNCHANGED:
+        log.info("transfer step already taken; nothing to do", transfer_id=event.transfer_id)
 
 
 def _log_expiry(handled: Handled[Any]) -> None:

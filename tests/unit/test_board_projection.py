@@ -182,6 +182,7 @@ def test_lot_figures_follow_the_movements_through_the_whole_path() -> None:
         "dispatched": 30,
         "quarantine": 0,
         "expired": 0,
+        "in_transit": 0,
         "alert": None,
     }
     board = fold(board, held_stock(inv.StockDelivered, "RX-1", 30, "dispatched", "outside"))
@@ -219,7 +220,9 @@ def test_warehouse_names_come_from_their_registration() -> None:
         **meta("register-WH-N"), warehouse_id=WH, name="Northford pharmacy", kind="township", location=HERE
     )
     board = fold_all(EMPTY, [registered])
-    assert snapshot(board)["stock"] == [{"warehouse_id": WH, "name": "Northford pharmacy", "drugs": []}]
+    assert snapshot(board)["stock"] == [
+        {"warehouse_id": WH, "name": "Northford pharmacy", "drugs": [], "in_transit": []}
+    ]
 
 
 def listed(drug: str, name: str) -> rx.DrugListed:

@@ -70,9 +70,34 @@ function badge(kind, text) {
   return el("span", { class: `badge ${kind}`, "data-badge": kind }, text);
 }
 
-const BUCKETS = ["available", "reserved", "dispatched", "quarantine", "expired"];
+const BUCKETS = ["available", "reserved", "dispatched", "quarantine", "expired", "in_transit"];
 
-const BUCKET_LABELS = { available: "available", reserved: "reserved", dispatched: "on the road", quarantine: "quarantine", expired: "expired" };
+const BUCKET_LABELS = {
+  available: "available",
+  reserved: "reserved",
+  dispatched: "on the road",
+  quarantine: "quarantine",
+  expired: "expired",
+  in_transit: "in transit",
+};
+
+// A transfer on its way between two warehouses, under both: "→ 190 × LEV50 to PH-KARA-BULAK".
+function transferRow(warehouseId, transfer) {
+  const out = transfer.direction === "out";
+  const text = `${out ? "→" : "←"} ${transfer.quantity} × ${transfer.drug_code} in transit ${out ? "to" : "from"} `;
+  return el(
+    "tr",
+    { class: "transfer", "data-warehouse": warehouseId, "data-transfer": transfer.transfer_id, "data-direction": transfer.direction },
+    el(
+      "td",
+      { colSpan: 8 },
+      text,
+      el("span", { class: "id" }, transfer.other_warehouse_id),
+      " · ",
+      el("span", { class: "id code" }, transfer.transfer_id),
+    ),
+  );
+}
 
 function figure(bucket, units) {
   // data-label names the figure where a phone's layout has no column header above it.
@@ -85,7 +110,11 @@ function renderStock(stock) {
   for (const warehouse of stock) {
     const id = el("span", { class: "id" }, warehouse.warehouse_id);
     const title = warehouse.name ? [...withWholeIds(warehouse.name), " · ", id] : [id];
-    rows.push(el("tr", { class: "warehouse", "data-warehouse": warehouse.warehouse_id }, el("th", { colSpan: 7 }, ...title)));
+    rows.push(el("tr", { class: "warehouse", "data-warehouse": warehouse.warehouse_id }, el("th", { colSpan: 8 }, ...title)));
+    for (const transfer of warehouse.in_transit || []) {
+      const key = `transfer:${warehouse.warehouse_id}:${transfer.transfer_id}`;
+      rows.push(flashIfChanged(transferRow(warehouse.warehouse_id, transfer), key, String(transfer.quantity)));
+    }
     for (const drug of warehouse.drugs) {
       const low = drug.low_stock_threshold === null ? null : badge("low", `low stock (< ${drug.low_stock_threshold})`);
       const key = `drug:${warehouse.warehouse_id}:${drug.drug_code}`;

@@ -62,7 +62,12 @@ ACTED_ON: dict[str, frozenset[str]] = {
     "inventory.reservations": _types(*APPROVALS),
     "inventory.deliveries": _types(*DELIVERY_EVENTS),
     "inventory.commands": _types(
-        inv.WarehouseRegistrationRequested, inv.RestockRequested, inv.AdjustmentRequested, inv.QuarantineDecided
+        inv.WarehouseRegistrationRequested,
+        inv.RestockRequested,
+        inv.AdjustmentRequested,
+        inv.QuarantineDecided,
+        inv.TransferShipRequested,
+        inv.TransferReceiptRequested,
     ),
     "inventory.ledger": _types(*MOVING_STOCK),
     "inventory.formulary": _types(rx.DrugListed),

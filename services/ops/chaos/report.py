@@ -25,6 +25,10 @@ class StockRow:
     adjusted_applied: int  # sum of StockAdjusted deltas on inventory.events.v1
     delivered_expected: int  # the lines of the prescriptions delivered from this warehouse
     quarantined_expected: int  # the lines of undeliverable prescriptions whose goods had travelled
+    # transfers between warehouses (services/inventory/transfers.py)
+    in_transit: int = 0
+    transferred_in: int = 0
+    transferred_out: int = 0
 
     @property
     def figures(self) -> Figures:
@@ -65,6 +69,9 @@ class ChaosReport:
     ledger_entries: int = 0
     ledger_mismatches: dict[str, str] = field(default_factory=dict)  # warehouse/lot → ledger vs document
     open_holds: list[str] = field(default_factory=list)
+    county_unbalanced: list[str] = field(default_factory=list)  # drug: county figures
+    transfers_not_closed: list[str] = field(default_factory=list)  # drug: received at townships, not closed
+    transfer_steps_twice: dict[str, str] = field(default_factory=dict)  # transfer id → steps taken twice
     restocks_sent: int = 0
     adjustments_sent: int = 0
     adjustments_unanswered: list[str] = field(default_factory=list)
@@ -143,6 +150,12 @@ class ChaosReport:
             found.append(f"the ledger does not recompute these lots: {_some(self.ledger_mismatches)}")
         if self.open_holds:
             found.append(f"{len(self.open_holds)} holds still open: {self.open_holds[:5]}")
+        if self.county_unbalanced:
+            found.append(f"the county's books do not balance: {self.county_unbalanced[:5]}")
+        if self.transfers_not_closed:
+            found.append(f"transfers received but not closed at their source: {self.transfers_not_closed[:5]}")
+        if self.transfer_steps_twice:
+            found.append(f"transfer steps taken more than once: {_some(self.transfer_steps_twice)}")
         if self.adjustments_unanswered or self.adjustments_answered_twice:
             found.append(
                 f"adjustments not answered exactly once: unanswered {self.adjustments_unanswered[:5]}, "
@@ -199,7 +212,13 @@ def _row(r: StockRow) -> str:
 
 
 def figures_text(f: Figures) -> str:
-    return (
+    text = (
         f"received {f.received} adjusted {f.adjusted} = available {f.available} + reserved {f.reserved} "
         f"+ dispatched {f.dispatched} + quarantined {f.quarantined} + expired {f.expired} + delivered {f.delivered}"
     )
+    if f.in_transit or f.transferred_in or f.transferred_out:
+        text += (
+            f" (transfers: + in transit {f.in_transit} + transferred out {f.transferred_out}"
+            f", transferred in {f.transferred_in} on the left)"
+        )
+    return text
