@@ -384,6 +384,19 @@ def restocked(minute: int = 0, warehouse_id: str = "WH-1") -> inv.StockRestocked
     )
 
 
+def transfer_messages() -> list[Envelope]:
+    """The transfer commands and events, as their published examples show them."""
+    classes = (
+        inv.TransferShipRequested,
+        inv.TransferReceiptRequested,
+        inv.TransferSuggested,
+        inv.TransferShipped,
+        inv.TransferReceived,
+        inv.TransferClosed,
+    )
+    return [cls.model_validate(cls.model_json_schema()["examples"][0]) for cls in classes]
+
+
 def more_inventory_messages() -> list[Envelope]:
     """The inventory messages of lots, warehouses, quarantine and delivery (for `one_of_each_message`)."""
     where = Coordinates(latitude=51.81, longitude=69.40)
@@ -653,6 +666,7 @@ def one_of_each_message() -> list[Envelope]:
         ),
         low_stock(),
         *more_inventory_messages(),
+        *transfer_messages(),
         c.DispatchOffered(
             **envelope_fields(),
             dispatch_id=f"{RX_ID}-D1",
