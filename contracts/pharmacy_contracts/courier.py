@@ -221,6 +221,9 @@ class DeliveryPickedUp(_DeliveryEvent):
 
     type: Literal["courier.picked_up"] = "courier.picked_up"
     warehouse_id: Identifier
+    expected_at: UtcDatetime | None = Field(
+        default=None, description="When the delivery round is planned to reach the door (absent: a trip of its own)"
+    )
 
 
 class DeliveryCompleted(_DeliveryEvent):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
@@ -142,6 +142,8 @@ class PrescriptionStatus(BaseModel):
     #: The last failed delivery attempt's reason, and whether the courier service tries again.
     last_failure: str | None = None
     will_retry: bool | None = None
+    #: When the courier's round is planned to reach the door (a round's stop only).
+    expected_at: datetime | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
@@ -315,6 +317,8 @@ def track_step(
         updated.last_failure, updated.will_retry = event.reason, event.will_retry
     if isinstance(event, c.DeliveryAbandoned):
         updated.last_failure, updated.will_retry = event.last_reason, False
+    if isinstance(event, c.DeliveryPickedUp):
+        updated.expected_at = event.expected_at
     if isinstance(event, inv.StockReserved):
         updated.warehouse_id = event.warehouse_id
     if isinstance(event, c.CourierAssigned):
@@ -387,7 +391,8 @@ class Notice:
     language: PatientLanguage
     reason: NotificationReason | None = None
     will_retry: bool | None = None
-    #: When the delivery (after a failed attempt, the next one) should arrive: nothing plans one yet.
+    #: When the delivery should arrive: the round's planned time at the door, give or take
+    #: `ARRIVAL_WINDOW` (a trip of its own plans no time).
     expected_from: datetime | None = None
     expected_by: datetime | None = None
 
@@ -469,7 +474,16 @@ def _notice_of_stage(status: PrescriptionStatus, at: datetime, language: Patient
             return Notice(kind, at, language, reason=failure_reason(status.last_failure), will_retry=False)
         case "refused":
             return Notice(kind, at, language, reason=refusal_reason(status.why))
+    if kind == "out_for_delivery" and status.expected_at is not None:
+        expected = status.expected_at
+        return Notice(
+            kind, at, language, expected_from=expected - ARRIVAL_WINDOW, expected_by=expected + ARRIVAL_WINDOW
+        )
     return Notice(kind, at, language)
+
+
+#: A round's planned time at a door, as the patient is told it: an hour either side (roads, doors before).
+ARRIVAL_WINDOW = timedelta(hours=1)
 
 
 def to_notify(

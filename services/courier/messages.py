@@ -105,7 +105,12 @@ def delivery_accepted(rx: str, attempt: Attempt, causation_id: str) -> c.Deliver
 
 
 def delivery_picked_up(rx: str, attempt: Attempt, warehouse_id: str, causation_id: str) -> c.DeliveryPickedUp:
-    return c.DeliveryPickedUp(**PRODUCER.envelope(rx, causation_id), **_attempt(rx, attempt), warehouse_id=warehouse_id)
+    return c.DeliveryPickedUp(
+        **PRODUCER.envelope(rx, causation_id),
+        **_attempt(rx, attempt),
+        warehouse_id=warehouse_id,
+        expected_at=attempt.expected_at,
+    )
 
 
 def delivery_completed(rx: str, attempt: Attempt, warehouse_id: str, causation_id: str) -> c.DeliveryCompleted:

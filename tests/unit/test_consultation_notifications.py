@@ -338,3 +338,16 @@ async def test_the_hospital_is_asked_to_call_once_keyed_by_its_sender_id(
     )
     assert body["answers_message_id"] == events[0].causation_id
     assert body["reason"].startswith("Out of stock: MET500 needs 180") and PHONE not in entry["body"]
+
+
+def test_out_for_delivery_in_a_round_gives_the_planned_time_an_hour_either_side():
+    at_the_door = b.at(95)
+    in_a_round = b.picked_up(5).model_copy(update={"expected_at": at_the_door})
+    [_, out] = notices(accepted(0), b.approved(1), b.reserved(2), b.assigned(3), in_a_round)
+    assert (out.kind, out.expected_from, out.expected_by) == (
+        "out_for_delivery",
+        at_the_door - domain.ARRIVAL_WINDOW,
+        at_the_door + domain.ARRIVAL_WINDOW,
+    )
+    [_, alone] = notices(accepted(0), *on_the_way())
+    assert (alone.expected_from, alone.expected_by) == (None, None), "a trip of its own plans no time"
