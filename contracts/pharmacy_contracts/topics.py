@@ -15,6 +15,7 @@ from pydantic import Field, TypeAdapter
 from .consultation import (
     CancellationAccepted,
     CancellationRequested,
+    FollowUpRequested,
     PrescriptionAccepted,
     PrescriptionSubmitted,
     SenderReceipt,
@@ -37,6 +38,7 @@ from .courier import (
     DispatchOffered,
     DispatchWithdrawn,
     ReportAnswered,
+    RoundOffered,
 )
 from .envelope import Envelope
 from .inventory import (
@@ -57,9 +59,16 @@ from .inventory import (
     StockReserved,
     StockRestocked,
     StockReturned,
+    TransferClosed,
+    TransferReceiptRequested,
+    TransferReceived,
+    TransferShipped,
+    TransferShipRequested,
+    TransferSuggested,
     WarehouseRegistered,
     WarehouseRegistrationRequested,
 )
+from .patient import PatientNotified
 from .prescription import (
     CancellationOrdered,
     DecisionAnswered,
@@ -131,12 +140,24 @@ CONSULTATION_RECEIPTS = Topic(
     "consultation.receipts.v1",
     key="sender id",
     key_fields=("sender_id",),
-    messages=(SenderReceipt, StatusReceipt),
+    messages=(SenderReceipt, StatusReceipt, FollowUpRequested),
     public=True,
     description=(
         "The answer to every verified message an upstream system sent: accepted, or refused with the reason; "
-        "then each change of stage of a prescription it had accepted, until the last; "
+        "then each change of stage of a prescription it had accepted, until the last, and a follow-up call to "
+        "make when one ends out of stock or undeliverable; "
         "each system reads the records keyed by its sender id."
+    ),
+)
+PATIENT_NOTIFICATIONS = Topic(
+    "patient.notifications.v1",
+    key="prescription id",
+    key_fields=("prescription_id",),
+    messages=(PatientNotified,),
+    public=True,
+    description=(
+        "What each patient with a phone is told, in their language, for an SMS or voice gateway: received, "
+        "held for a pharmacist, on the way (with the delivery code), a failed attempt, delivered, or how it ended."
     ),
 )
 PRESCRIPTION_DECISIONS = Topic(
@@ -175,9 +196,19 @@ INVENTORY_COMMANDS = Topic(
     "inventory.commands.v1",
     key="warehouse id",
     key_fields=("warehouse_id",),
-    messages=(WarehouseRegistrationRequested, RestockRequested, AdjustmentRequested, QuarantineDecided),
+    messages=(
+        WarehouseRegistrationRequested,
+        RestockRequested,
+        AdjustmentRequested,
+        QuarantineDecided,
+        TransferShipRequested,
+        TransferReceiptRequested,
+    ),
     public=False,
-    description="Warehouse registrations, restocks (by lot), adjustments and quarantine decisions from staff.",
+    description=(
+        "Warehouse registrations, restocks (by lot), adjustments and quarantine decisions from staff; "
+        "transfers shipped from the centre and received at townships."
+    ),
 )
 INVENTORY_EVENTS = Topic(
     "inventory.events.v1",
@@ -199,6 +230,10 @@ INVENTORY_EVENTS = Topic(
         LowStock,
         LotNearingExpiry,
         LotExpired,
+        TransferSuggested,
+        TransferShipped,
+        TransferReceived,
+        TransferClosed,
     ),
     public=True,
     description="Every stock change and alert, for warehouse staff and downstream services.",
@@ -207,7 +242,7 @@ COURIER_DISPATCH = Topic(
     "courier.dispatch.v1",
     key="courier id",
     key_fields=("courier_id",),
-    messages=(DispatchOffered, DispatchWithdrawn),
+    messages=(DispatchOffered, RoundOffered, DispatchWithdrawn),
     public=True,
     description="Dispatch offers (and withdrawals) to couriers; each courier reads the messages keyed by its id.",
 )
@@ -260,6 +295,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     CONSULTATION_PRESCRIPTIONS,
     CONSULTATION_INTAKE,
     CONSULTATION_RECEIPTS,
+    PATIENT_NOTIFICATIONS,
     PRESCRIPTION_DECISIONS,
     PRESCRIPTION_REVIEWS,
     PRESCRIPTION_ANSWERS,

@@ -15,6 +15,7 @@ from pharmacy_contracts.consultation import (
     CancellationAccepted,
     CancellationRequested,
     Coordinates,
+    FollowUpRequested,
     Prescription,
     PrescriptionAccepted,
     PrescriptionSubmitted,
@@ -22,6 +23,7 @@ from pharmacy_contracts.consultation import (
     StatusReceipt,
 )
 from pharmacy_contracts.envelope import Envelope
+from pharmacy_contracts.patient import PatientNotified
 from pharmacy_contracts.stages import Stage
 from services.courier.domain import CourierProfile, Delivery, DeliveryState
 from services.inventory.domain import Location, Lot, Warehouse
@@ -397,6 +399,13 @@ def transfer_messages() -> list[Envelope]:
     return [cls.model_validate(cls.model_json_schema()["examples"][0]) for cls in classes]
 
 
+def patient_messages() -> list[Envelope]:
+    """What the patient and the hospital are told (patient.notified, consultation.follow_up_requested), as
+    their published examples show them."""
+    classes = (PatientNotified, FollowUpRequested)
+    return [cls.model_validate(cls.model_json_schema()["examples"][0]) for cls in classes]
+
+
 def more_inventory_messages() -> list[Envelope]:
     """The inventory messages of lots, warehouses, quarantine and delivery (for `one_of_each_message`)."""
     where = Coordinates(latitude=51.81, longitude=69.40)
@@ -543,6 +552,26 @@ def lifecycle_messages_of_reviews_and_cancellations() -> list[Envelope]:
             return_goods=True,
         ),
         c.DeliveryOfferExpired(**trip),
+        c.RoundOffered(
+            **_common("R-WH-1-CUR-1", 3),
+            round_id="R-WH-1-CUR-1",
+            courier_id="CUR-1",
+            planned_at=at(3),
+            pickup_warehouse_id="WH-1",
+            departs_at=at(3),
+            returns_at=at(90),
+            km=42.0,
+            stops=[
+                c.RoundStop(
+                    stop=1,
+                    dispatch_id=f"{RX_ID}-D1",
+                    package_id=RX_ID,
+                    address=delivery_details().address,
+                    cold_chain=False,
+                    expected_at=at(30),
+                )
+            ],
+        ),
         c.DeliveryWaiting(
             **_common(RX_ID, 3), prescription_id=RX_ID, warehouse_id="WH-1", why="no cold-chain courier is free"
         ),
@@ -667,6 +696,7 @@ def one_of_each_message() -> list[Envelope]:
         low_stock(),
         *more_inventory_messages(),
         *transfer_messages(),
+        *patient_messages(),
         c.DispatchOffered(
             **envelope_fields(),
             dispatch_id=f"{RX_ID}-D1",
