@@ -248,6 +248,8 @@ def cli_problem(args: list[str], *, whole: bool = True) -> str | None:
         while hasattr(command, "commands"):
             rest = [*ctx._protected_args, *ctx.args]  # what the group left for its subcommand
             if not rest:
+                if getattr(command, "invoke_without_command", False):
+                    return None  # a group that does something by itself (`pharmacy warehouse transfers` lists)
                 return "names a group of commands, not a command" if whole else None
             word = rest[0]
             name, sub, rest = command.resolve_command(ctx, rest)
