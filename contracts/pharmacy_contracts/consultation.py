@@ -390,7 +390,9 @@ class FollowUpRequested(Envelope):
     )
     prescription_id: Identifier
     patient_id: Identifier
-    stage: Literal["out_of_stock", "undeliverable"] = Field(description="How the prescription ended")
+    stage: Literal["out_of_stock", "undeliverable", "recalled"] = Field(
+        description="How the prescription ended; `recalled`: delivered, and a lot in it was recalled since"
+    )
     reason: Annotated[str, Field(min_length=1, max_length=2000), MULTILINE] = Field(
         description="What happened and what the call is for, in a sentence"
     )

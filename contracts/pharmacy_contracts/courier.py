@@ -135,7 +135,9 @@ class DispatchWithdrawn(Envelope):
     dispatch_id: Identifier
     courier_id: Identifier
     package_id: Identifier
-    reason: Literal["acceptance_timeout", "cancelled"]
+    reason: Literal["acceptance_timeout", "cancelled", "recalled"] = Field(
+        description="`recalled`: a lot in the package was recalled (if on the road, it comes back to quarantine)"
+    )
     return_goods: bool
 
 

@@ -35,8 +35,10 @@ MovementKind = Literal[
     "transfer_out",
     "transfer_in",
     "transfer_closed",
+    "recalled",
 ]
-"""`transfer_out`: shipped to another warehouse (available → in_transit, at the source);
+"""`recalled`: units of a recalled lot taken out of use (available or reserved → quarantine).
+`transfer_out`: shipped to another warehouse (available → in_transit, at the source);
 `transfer_in`: received from one (outside → available, at the destination); `transfer_closed`: the
 destination confirmed the receipt (in_transit → outside, at the source)."""
 
@@ -300,6 +302,43 @@ class TransferReceiptRequested(Envelope):
     type: Literal["inventory.transfer_receipt_requested"] = "inventory.transfer_receipt_requested"
     warehouse_id: Identifier = Field(description="The township pharmacy the units arrived at")
     transfer_id: Identifier
+    requested_by: StaffName
+
+
+# A lot recall: every warehouse that holds the lot quarantines it (see `LotRecallRequested`).
+_RECALL_ID = "RC-7A41C09E2B55"
+_RECALL = {
+    "recall_id": _RECALL_ID,
+    "lot_id": "MET500-L2611",
+    "reason": "Supplier recall notice 2026/118: tablets may not dissolve",
+    "requested_by": _STAFF,
+}
+RecallStatus = Literal["delivered", "on_the_road", "withdrawn"]
+"""What a recall means for one prescription: units of the lot were `delivered` to the patient; they
+are `on_the_road` (the courier brings them back, to quarantine); the reservation was `withdrawn`
+(no other lot at the warehouse could replace the recalled units: the prescription ends out of stock)."""
+
+
+class LotRecallRequested(Envelope):
+    """Staff recall a lot at one warehouse: every unit of it there goes to quarantine, open
+    reservations holding it are re-picked from other lots of the drug (or withdrawn), deliveries on
+    the road with it are called back, and the prescriptions it was delivered to are listed.
+
+    One command per warehouse (the `pharmacy recall` tool sends one to every registered warehouse,
+    under one `recall_id`): a write here is one warehouse document, so each warehouse applies its own
+    part once (its command id is kept for good, and the same recall id is refused a second time)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RECALL_ID, producer="warehouse-console", warehouse_id=_WH, **_RECALL
+        )
+    )
+
+    type: Literal["inventory.lot_recall_requested"] = "inventory.lot_recall_requested"
+    warehouse_id: Identifier
+    recall_id: Identifier
+    lot_id: Identifier
+    reason: AdjustmentReason
     requested_by: StaffName
 
 
@@ -786,3 +825,88 @@ class TransferClosed(Envelope):
     level: StockLevel
     in_transit: StockUnits = Field(description="Units of the drug still in transit from this warehouse")
     movements: list[Movement] = Field(default_factory=list)
+
+
+# --- lot recalls ---------------------------------------------------------------------------------
+
+
+class LotRecalled(Envelope):
+    """A warehouse applied its part of a lot recall (`LotRecallRequested`): the lot's shelf units went
+    to quarantine (`quarantined`), the reservations holding it were re-picked from other lots
+    (`re_picked`) or withdrawn (`withdrawn`), deliveries on the road with it are called back
+    (`on_the_road`), and `delivered_to` lists the prescriptions it was delivered to from here. Each
+    of these prescriptions but the re-picked is also told on its own (`PrescriptionRecalled`, keyed
+    by it). A warehouse that never held the lot answers with empty lists (and quarantines it if it
+    ever arrives)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            correlation_id=_RECALL_ID,
+            causation_id=example_id("inventory.lot_recall_requested"),
+            producer="inventory",
+            warehouse_id=_WH,
+            **_RECALL,
+            drug_code="MET500",
+            quarantined=420,
+            re_picked=["RX-2026-000412"],
+            withdrawn=[],
+            on_the_road=["RX-2026-000398"],
+            delivered_to=[_RX],
+            level={"drug_code": "MET500", "available": 360, "reserved": 180, "dispatched": 90, "quarantined": 600},
+            movements=[
+                {"kind": "recalled", **_LOT, "quantity": 420, "source": "available", "target": "quarantine"},
+                {"kind": "recalled", **_LOT, "quantity": 180, "source": "reserved", "target": "quarantine"},
+                {
+                    "kind": "reserved",
+                    "lot_id": "MET500-L2703",
+                    "drug_code": "MET500",
+                    "quantity": 180,
+                    "source": "available",
+                    "target": "reserved",
+                },
+            ],
+        )
+    )
+
+    type: Literal["inventory.lot_recalled"] = "inventory.lot_recalled"
+    warehouse_id: Identifier
+    recall_id: Identifier
+    lot_id: Identifier
+    drug_code: Identifier | None = Field(default=None, description="None: the warehouse never held the lot")
+    reason: AdjustmentReason
+    requested_by: StaffName
+    quarantined: StockUnits = Field(description="Units of the lot taken off the shelf (reserved ones: see movements)")
+    re_picked: list[Identifier] = Field(description="Reservations now held from other lots of the drug")
+    withdrawn: list[Identifier] = Field(description="Reservations no other lot could cover: withdrawn, out of stock")
+    on_the_road: list[Identifier] = Field(description="Deliveries on the road with the lot: called back")
+    delivered_to: list[Identifier] = Field(description="Prescriptions the lot was delivered to from here")
+    level: StockLevel | None = None
+    movements: list[Movement] = Field(default_factory=list)
+
+
+class PrescriptionRecalled(Envelope):
+    """One prescription a lot recall concerns, keyed by it (see `RecallStatus`): the consultation
+    service tells the patient and asks the hospital to follow up; the courier service calls back a
+    delivery on the road, or withdraws one whose reservation was withdrawn."""
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("inventory.lot_recall_requested"),
+            prescription_id=_RX,
+            warehouse_id=_WH,
+            **{k: v for k, v in _RECALL.items() if k != "requested_by"},
+            drug_code="MET500",
+            quantity=180,
+            status="delivered",
+        )
+    )
+
+    type: Literal["inventory.prescription_recalled"] = "inventory.prescription_recalled"
+    prescription_id: Identifier
+    warehouse_id: Identifier
+    recall_id: Identifier
+    lot_id: Identifier
+    drug_code: Identifier
+    quantity: int = Field(gt=0, le=MAX_STOCK_UNITS, description="Units of the lot the prescription took")
+    reason: AdjustmentReason
+    status: RecallStatus

@@ -53,6 +53,9 @@ def stage_of(event: Envelope) -> Stage | None:
             return Stage.RESERVED
         case inv.ReservationFailed():
             return Stage.OUT_OF_STOCK
+        case inv.PrescriptionRecalled(status="on_the_road" | "withdrawn"):
+            # A lot in it was recalled and nothing at its warehouse replaces it: it ends without the medicine.
+            return Stage.OUT_OF_STOCK
         case c.DeliveryWaiting() | c.DeliveryOfferExpired():
             return Stage.WAITING_FOR_COURIER
         case c.CourierAssigned():

@@ -21,11 +21,13 @@ NotificationKind = Literal[
     "refused",
     "out_of_stock",
     "undeliverable",
+    "recalled",
 ]
 """What happened, from the patient's side: the prescription was received; a pharmacist must look at
 it first; the medicine is on the way (with the code to read to the courier); an attempt failed and
 another is coming; it was delivered; cancelled; refused; the medicine is out of stock; it could not
-be delivered and no more attempts are coming."""
+be delivered and no more attempts are coming; a lot of medicine delivered to them was recalled (do
+not take it; the hospital will call)."""
 
 NotificationReason = Literal[
     # why a prescription was refused

@@ -45,7 +45,10 @@ from .inventory import (
     AdjustmentRequested,
     LotExpired,
     LotNearingExpiry,
+    LotRecalled,
+    LotRecallRequested,
     LowStock,
+    PrescriptionRecalled,
     QuarantineCleared,
     QuarantineDecided,
     ReservationFailed,
@@ -203,11 +206,12 @@ INVENTORY_COMMANDS = Topic(
         QuarantineDecided,
         TransferShipRequested,
         TransferReceiptRequested,
+        LotRecallRequested,
     ),
     public=False,
     description=(
         "Warehouse registrations, restocks (by lot), adjustments and quarantine decisions from staff; "
-        "transfers shipped from the centre and received at townships."
+        "transfers shipped from the centre and received at townships; lot recalls (one per warehouse)."
     ),
 )
 INVENTORY_EVENTS = Topic(
@@ -234,6 +238,8 @@ INVENTORY_EVENTS = Topic(
         TransferShipped,
         TransferReceived,
         TransferClosed,
+        LotRecalled,
+        PrescriptionRecalled,
     ),
     public=True,
     description="Every stock change and alert, for warehouse staff and downstream services.",

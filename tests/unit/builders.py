@@ -387,7 +387,7 @@ def restocked(minute: int = 0, warehouse_id: str = "WH-1") -> inv.StockRestocked
 
 
 def transfer_messages() -> list[Envelope]:
-    """The transfer commands and events, as their published examples show them."""
+    """The transfer and lot recall commands and events, as their published examples show them."""
     classes = (
         inv.TransferShipRequested,
         inv.TransferReceiptRequested,
@@ -395,6 +395,9 @@ def transfer_messages() -> list[Envelope]:
         inv.TransferShipped,
         inv.TransferReceived,
         inv.TransferClosed,
+        inv.LotRecallRequested,
+        inv.LotRecalled,
+        inv.PrescriptionRecalled,
     )
     return [cls.model_validate(cls.model_json_schema()["examples"][0]) for cls in classes]
 
