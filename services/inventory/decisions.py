@@ -21,7 +21,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts.prescription import DrugListed, PrescriptionApproved
 from services.runtime.unit_of_work import Decision
 
-from . import domain, messages, transfers
+from . import domain, messages, recalls, transfers
 from .domain import Allocation, AllocationState, Demand, Hold, ListedDrug, Location, Transfer, TransferPick, Warehouse
 from .settings import InventorySettings
 
@@ -60,6 +60,8 @@ class Rules:
     #: Every warehouse, as the batch read them (possibly a moment stale): the centres a transfer is
     #: suggested from, the township one is shipped to. Empty where the batch needs none.
     warehouses: Mapping[str, Warehouse] = field(default_factory=dict)
+    #: Units of each recalled lot the ledger says were delivered, by (warehouse, lot) then prescription.
+    delivered: Mapping[tuple[str, str], Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def today(self) -> date:
@@ -269,7 +271,14 @@ def move_hold(rules: Rules, current: Warehouse | None, message: Envelope) -> Dec
         return Decision.unchanged()
     _, reported_as, what = move
     reported = reported_as(current, rx, outcome, message, at=rules.now)
-    return Decision(outcome.warehouse, [reported], result=what)
+    # Delivered after its lot was recalled here (the courier was faster than the call-back): the
+    # patient is among those who received it.
+    late = [
+        messages.recalled_on_delivery(current, rx, pick, message, at=rules.now)
+        for pick in current.holds[rx].picks
+        if isinstance(message, c.DeliveryCompleted) and pick.lot_id in current.recalled_lots
+    ]
+    return Decision(outcome.warehouse, [reported, *late], result=what)
 
 
 def decide_command(rules: Rules, current: Warehouse | None, command: Envelope) -> Decision[Warehouse]:
@@ -284,6 +293,10 @@ def decide_command(rules: Rules, current: Warehouse | None, command: Envelope) -
             if isinstance(command, inv.QuarantineDecided):
                 return clear_quarantine(rules, current, command)
             return adjust(rules, current, command)
+        case inv.LotRecallRequested():
+            if current is None or not current.registered:
+                return Decision.refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
+            return recall_lot(rules, current, command)
         case inv.TransferShipRequested() | inv.TransferReceiptRequested():
             if current is None or not current.registered:
                 return Decision.refused("unknown_warehouse", f"warehouse {command.warehouse_id} is not registered")
@@ -357,6 +370,33 @@ def refuse_command(
     """A command the stock rules refuse is answered on the events topic (staff watch it), and the
     warehouse remembers it was handled: sent again, it is not refused twice."""
     return Decision(current, [messages.stock_command_refused(command, reason, at=rules.now, drug_code=drug_code)])
+
+
+# --- lot recalls (see recalls.py for what a recall does and why one command per warehouse) ------------
+
+
+def recall_lot(rules: Rules, current: Warehouse, command: inv.LotRecallRequested) -> Decision[Warehouse]:
+    """The warehouse's part of a recall, once per recall id: the answer (`LotRecalled`), one
+    `PrescriptionRecalled` per prescription delivered, on the road or withdrawn, and a low-stock
+    alert if the shelf fell under its threshold."""
+    note = recalls.note_for(command.recall_id, command.reason, command.requested_by, rules.now)
+    try:
+        done = recalls.recall(
+            current,
+            command.lot_id,
+            note,
+            today=rules.today,
+            delivery_days=rules.delivery_days,
+            delivered_before=rules.delivered.get((current.warehouse_id, command.lot_id)),
+        )
+    except domain.StockRefused as refused:
+        known = current.lots.get(command.lot_id)
+        return refuse_command(rules, current, command, str(refused), drug_code=known.drug_code if known else None)
+    events: list[Envelope] = [messages.lot_recalled(command, done, at=rules.now)]
+    events += messages.prescriptions_recalled(command, done, at=rules.now)
+    if done.drug_code is not None:
+        events += rules.alerts(current, done.warehouse, [done.drug_code], command.correlation_id, command)
+    return Decision(done.warehouse, events, result=done)
 
 
 # --- transfers: townships restocked from the centre (see transfers.py for the two steps and why) ----

@@ -9,7 +9,7 @@ ledger built from them recomputes exactly the figures the warehouse documents ho
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Literal, TypeVar
@@ -70,6 +70,10 @@ class Lot(Figures):
     drug_code: str
     expiry_date: date
     near_expiry_alerted: bool = False
+    delivered_to: dict[str, int] = Field(
+        default_factory=dict,
+        description="Units of this lot delivered from here, by prescription (a recall lists them)",
+    )
 
 
 class Pick(BaseModel):
@@ -84,6 +88,9 @@ class Hold(BaseModel):
     """Stock held for one prescription, from reservation until delivered, released or quarantined."""
 
     picks: list[Pick]
+    days_supply: dict[str, int] = Field(
+        default_factory=dict, description="Per drug, the days the units must last (a recall's re-pick honours it)"
+    )
     dispatched: bool = Field(default=False, description="On the road now")
     travelled: bool = Field(
         default=False, description="Has been on the road, even if back now: never goes straight back on the shelf"
@@ -196,6 +203,15 @@ class Transfer(BaseModel):
         return {"suggested": self.suggested_at, "in_transit": self.shipped_at}.get(self.state, self.finished_at)
 
 
+class RecallNote(BaseModel):
+    """A lot recalled at this warehouse: it never goes back on the shelf here."""
+
+    recall_id: str
+    reason: str
+    at: datetime
+    by: str
+
+
 class Warehouse(BaseModel):
     """A central warehouse or township pharmacy: where it is, its lots, and what it holds for whom."""
 
@@ -214,6 +230,9 @@ class Warehouse(BaseModel):
     )
     incoming: dict[str, Transfer] = Field(default_factory=dict, description="Transfers to here, by transfer id")
     outgoing: dict[str, Transfer] = Field(default_factory=dict, description="Transfers from here, by transfer id")
+    recalled_lots: dict[str, RecallNote] = Field(
+        default_factory=dict, description="Lots recalled here, by lot id: never on the shelf here again"
+    )
 
     @property
     def registered(self) -> bool:
@@ -357,6 +376,7 @@ def restock(
             f"lot {lot_id} of {drug_code} expired on {expiry_date} (today is {today}): "
             "expired goods are not put on the shelf; return them to the supplier"
         )
+    refuse_recalled(warehouse, lot_id, "restocked")
     refuse_over_capacity(warehouse, drug_code, quantity)
     existing = warehouse.lots.get(lot_id)
     if existing is not None and (existing.drug_code, existing.expiry_date) != (drug_code, expiry_date):
@@ -379,6 +399,8 @@ def adjust(warehouse: Warehouse, lot_id: str, drug_code: str, delta: int) -> Out
         raise StockRefused(f"no lot {lot_id} in {warehouse.warehouse_id}: restock it first")
     if lot.drug_code != drug_code:
         raise StockRefused(f"lot {lot_id} is {lot.drug_code}, not {drug_code}")
+    if delta > 0:
+        refuse_recalled(warehouse, lot_id, "put back on the shelf")
     if lot.available + delta < 0:
         raise StockRefused(f"only {lot.available} units of {drug_code} in lot {lot_id} are available to remove")
     refuse_over_capacity(warehouse, drug_code, delta)
@@ -402,6 +424,8 @@ def clear_quarantine(
         raise StockRefused(f"lot {lot_id} is {lot.drug_code}, not {drug_code}")
     if lot.quarantined < quantity:
         raise StockRefused(f"only {lot.quarantined} units of lot {lot_id} are in quarantine")
+    if release:
+        refuse_recalled(warehouse, lot_id, "released from quarantine; write it off")
     if release and lot.expiry_date < today:
         raise StockRefused(f"lot {lot_id} expired on {lot.expiry_date:%Y-%m-%d}: it can only be written off")
     if release:
@@ -409,6 +433,13 @@ def clear_quarantine(
     else:
         movement = move("adjusted", lot_id, drug_code, quantity, "quarantine", "outside")
     return Outcome(warehouse.model_copy(update={"lots": _apply(warehouse, [movement])}), (movement,))
+
+
+def refuse_recalled(warehouse: Warehouse, lot_id: str, what: str) -> None:
+    """A recalled lot is never put (back) on the shelf here."""
+    note = warehouse.recalled_lots.get(lot_id)
+    if note is not None:
+        raise StockRefused(f"lot {lot_id} was recalled ({note.recall_id}: {note.reason}): it cannot be {what}")
 
 
 def refuse_over_capacity(warehouse: Warehouse, drug_code: str, adding: int) -> None:
@@ -560,7 +591,8 @@ def reserve(
             f"{warehouse.warehouse_id} cannot fill {[(ln.drug_code, ln.quantity) for ln in lines.values()]}"
         )
     movements = tuple(move("reserved", p.lot_id, p.drug_code, p.quantity, "available", "reserved") for p in picks)
-    holds = {**warehouse.holds, prescription_id: Hold(picks=picks)}
+    days_supply = {line.drug_code: line.days_supply for line in lines.values()}
+    holds = {**warehouse.holds, prescription_id: Hold(picks=picks, days_supply=days_supply)}
     demand = {**warehouse.recent_demand}
     daily = {**warehouse.daily_demand}
     for line in lines.values():
@@ -639,7 +671,13 @@ def deliver(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
     hold = warehouse.holds.get(prescription_id)
     if hold is None or not hold.dispatched:
         return None
-    return _move_hold(warehouse, prescription_id, "delivered", "dispatched", "outside", None)
+    moved = _move_hold(warehouse, prescription_id, "delivered", "dispatched", "outside", None)
+    lots = dict(moved.warehouse.lots)
+    for pick in hold.picks:
+        lot = lots[pick.lot_id]
+        to = {**lot.delivered_to, prescription_id: lot.delivered_to.get(prescription_id, 0) + pick.quantity}
+        lots[pick.lot_id] = lot.model_copy(update={"delivered_to": to})
+    return replace(moved, warehouse=moved.warehouse.model_copy(update={"lots": lots}))
 
 
 # --- expiry and alerts -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pharmacy_contracts.consultation import Coordinates
 from pharmacy_contracts.envelope import Producer
 from pharmacy_contracts.prescription import PrescriptionApproved
 
-from . import domain, transfers
+from . import domain, recalls, transfers
 from .domain import Demand, Location, Warehouse
 
 PRODUCER = Producer("inventory")
@@ -184,6 +184,7 @@ StaffCommand = (
     | inv.QuarantineDecided
     | inv.TransferShipRequested
     | inv.TransferReceiptRequested
+    | inv.LotRecallRequested
 )
 
 
@@ -282,6 +283,74 @@ def _transfer_picks(transfer: domain.Transfer) -> list[inv.LotPick]:
         inv.LotPick(drug_code=transfer.drug_code, lot_id=p.lot_id, expiry_date=p.expiry_date, quantity=p.quantity)
         for p in transfer.picks
     ]
+
+
+# --- lot recalls -----------------------------------------------------------------------------------------
+
+
+def lot_recalled(command: inv.LotRecallRequested, done: recalls.Recalled, *, at: datetime) -> inv.LotRecalled:
+    after = done.warehouse
+    return inv.LotRecalled(
+        **PRODUCER.envelope(command.recall_id, command, at=at),
+        warehouse_id=after.warehouse_id,
+        recall_id=command.recall_id,
+        lot_id=command.lot_id,
+        drug_code=done.drug_code,
+        reason=command.reason,
+        requested_by=command.requested_by,
+        quarantined=done.quarantined,
+        re_picked=list(done.re_picked),
+        withdrawn=list(done.withdrawn),
+        on_the_road=list(done.on_the_road),
+        delivered_to=list(done.delivered_to),
+        level=_level(after, done.drug_code) if done.drug_code is not None else None,
+        movements=list(done.movements),
+    )
+
+
+def prescriptions_recalled(
+    command: inv.LotRecallRequested, done: recalls.Recalled, *, at: datetime
+) -> list[inv.PrescriptionRecalled]:
+    """One per prescription the recall concerns (a re-picked one: nothing changes for its patient)."""
+    if done.drug_code is None:  # never held here: nobody was served from here
+        return []
+    drug = done.drug_code
+    concerned: list[tuple[str, inv.RecallStatus]] = [
+        *((rx, "delivered") for rx in done.delivered_to),
+        *((rx, "on_the_road") for rx in done.on_the_road),
+        *((rx, "withdrawn") for rx in done.withdrawn),
+    ]
+    return [
+        inv.PrescriptionRecalled(
+            **PRODUCER.envelope(rx, command, at=at),
+            prescription_id=rx,
+            warehouse_id=done.warehouse.warehouse_id,
+            recall_id=command.recall_id,
+            lot_id=command.lot_id,
+            drug_code=drug,
+            quantity=max(1, done.units.get(rx, 1)),
+            reason=command.reason,
+            status=status,
+        )
+        for rx, status in concerned
+    ]
+
+
+def recalled_on_delivery(
+    before: Warehouse, rx: str, pick: domain.Pick, cause: Envelope, *, at: datetime
+) -> inv.PrescriptionRecalled:
+    note = before.recalled_lots[pick.lot_id]
+    return inv.PrescriptionRecalled(
+        **PRODUCER.envelope(rx, cause, at=at),
+        prescription_id=rx,
+        warehouse_id=before.warehouse_id,
+        recall_id=note.recall_id,
+        lot_id=pick.lot_id,
+        drug_code=pick.drug_code,
+        quantity=pick.quantity,
+        reason=note.reason,
+        status="delivered",
+    )
 
 
 # --- alerts and expiry ---------------------------------------------------------------------------------

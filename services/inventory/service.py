@@ -411,6 +411,12 @@ class InventoryService:
             # Where a shipment goes must be a registered warehouse: every warehouse, mostly from memory.
             documents, _ = await self._storage.warehouses_to_plan_on()
             rules = replace(rules, warehouses={wid: d.state for wid, d in documents.items() if d.state is not None})
+        recalled = [
+            (r.message.warehouse_id, r.message.lot_id) for r in records if isinstance(r.message, inv.LotRecallRequested)
+        ]
+        if recalled:
+            # Deliveries of the lot from before lots remembered them, from the ledger.
+            rules = replace(rules, delivered=await self._storage.delivered_units(recalled))
         handled = await self._run(
             self._storage.warehouses,
             records,
@@ -668,6 +674,20 @@ def _log_command(handled: Handled[Any]) -> None:
             warehouse_id=command.warehouse_id,
             transfer_id=command.transfer_id,
             refused=any(isinstance(e, inv.StockCommandRefused) for e in handled.events),
+        )
+    elif isinstance(command, inv.LotRecallRequested):
+        done = next((e for e in handled.events if isinstance(e, inv.LotRecalled)), None)
+        log.info(
+            "lot recall handled",
+            warehouse_id=command.warehouse_id,
+            recall_id=command.recall_id,
+            lot_id=command.lot_id,
+            refused=done is None,
+            quarantined=done.quarantined if done else 0,
+            re_picked=len(done.re_picked) if done else 0,
+            withdrawn=len(done.withdrawn) if done else 0,
+            on_the_road=len(done.on_the_road) if done else 0,
+            delivered_to=len(done.delivered_to) if done else 0,
         )
     elif isinstance(command, inv.QuarantineDecided):
         log.info(

@@ -142,6 +142,16 @@ class InventoryStorage:
         entries = [_ledger_entry(d) async for d in self._ledger.find(query)]
         return sorted(entries, key=lambda e: (e.occurred_at, e.message_id, e.index))
 
+    async def delivered_units(self, lots: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, int]]:
+        """Units of each (warehouse, lot) delivered, by prescription, as the ledger has them."""
+        found: dict[tuple[str, str], dict[str, int]] = {}
+        for warehouse_id, lot_id in dict.fromkeys(lots):
+            delivered = found.setdefault((warehouse_id, lot_id), {})
+            for entry in await self.movements(warehouse_id, lot_id):
+                if entry.kind == "delivered" and entry.prescription_id is not None:
+                    delivered[entry.prescription_id] = delivered.get(entry.prescription_id, 0) + entry.quantity
+        return found
+
 
 def _ledger_doc(entry: LedgerEntry) -> dict[str, Any]:
     doc = entry.model_dump(exclude={"entry_id"})

@@ -313,6 +313,12 @@ def receive(township: Warehouse, transfer_id: str, *, by: str, at: datetime) -> 
     movements = tuple(
         move("transfer_in", p.lot_id, transfer.drug_code, p.quantity, "outside", "available") for p in transfer.picks
     )
+    # A lot recalled while it was on the way arrives, and goes straight to quarantine (see recalls.py).
+    movements += tuple(
+        move("recalled", p.lot_id, transfer.drug_code, p.quantity, "available", "quarantine")
+        for p in transfer.picks
+        if p.lot_id in township.recalled_lots
+    )
     received = transfer.model_copy(update={"state": "received", "finished_at": at, "received_by": by})
     before = township.model_copy(update={"lots": lots})
     incoming = _kept({**township.incoming, transfer_id: received})

@@ -435,7 +435,7 @@ def test_reserve_moves_each_pick_from_available_to_reserved_and_records_a_hold()
     assert lot_figures(after, "SOON") == (0, 40, 0, 0, 0, 0)
     assert lot_figures(after, "LATER") == (50, 50, 0, 0, 0, 0)
     assert lot_figures(after, "EXPIRED") == (100, 0, 0, 0, 0, 0), "untouched"
-    assert after.holds == {"RX-1": Hold(picks=picks(("SOON", 40), ("LATER", 50)))}
+    assert after.holds == {"RX-1": Hold(picks=picks(("SOON", 40), ("LATER", 50)), days_supply={"MET500": 30})}
     assert after.holds["RX-1"].lines == {"MET500": 90}
     assert outcome.picks == tuple(picks(("SOON", 40), ("LATER", 50)))
     assert outcome.movements == (
