@@ -125,6 +125,8 @@ def decide(fleet: Fleet, rules: Rules, current: Delivery | None, message: Envelo
             return take_reservation(fleet, rules, current, message)
         case inv.ReservationFailed():
             return reservation_failed(current, message)
+        case inv.PrescriptionRecalled():
+            return recall(current, message)
         case c.CourierReported():
             return follow_report(fleet, rules, current, message)
         case c.AddressLocated():
@@ -320,8 +322,28 @@ def cancel(current: Delivery | None, cancelled: PrescriptionCancelled) -> Decisi
     return Decision(after, events, result=Decided(before, after, cancel=outcome))
 
 
+def recall(current: Delivery | None, recalled: inv.PrescriptionRecalled) -> Decision[Delivery]:
+    """A lot in the package was recalled and nothing replaces it (`withdrawn`), or the package is on
+    the road with it (`on_the_road`): the delivery is withdrawn as a cancelled one is
+    (`domain.cancel`), the courier told why (`DispatchWithdrawn`, reason `recalled`) and, if they
+    have the goods, to bring them back; once back, inventory puts them in quarantine. A lot already
+    delivered is the patient's to hear of (the consultation service tells them): nothing to do here."""
+    if recalled.status == "delivered" or current is None:
+        return Decision.unchanged()
+    after, outcome = domain.cancel(current)
+    events = _cancel_events(current, after, outcome, recalled.message_id, reason="recalled")
+    if events is None:
+        return Decision(result=Decided(current, current, cancel=outcome))
+    return Decision(after, events, result=Decided(current, after, cancel=outcome))
+
+
 def _cancel_events(
-    before: Delivery, after: Delivery, outcome: CancelOutcome, causation_id: str
+    before: Delivery,
+    after: Delivery,
+    outcome: CancelOutcome,
+    causation_id: str,
+    *,
+    reason: Literal["cancelled", "recalled"] = "cancelled",
 ) -> list[Envelope] | None:
     rx = before.prescription_id
     attempt = before.current
@@ -335,12 +357,12 @@ def _cancel_events(
         case CancelOutcome.WITHDRAWN:
             assert attempt is not None
             return [
-                messages.dispatch_withdrawn(attempt, rx, causation_id, reason="cancelled", return_goods=False),
+                messages.dispatch_withdrawn(attempt, rx, causation_id, reason=reason, return_goods=False),
                 messages.delivery_cancelled(rx, causation_id, before.warehouse_id, goods_returned=travelled),
             ]
         case CancelOutcome.RECALLED:
             assert attempt is not None
-            return [messages.dispatch_withdrawn(attempt, rx, causation_id, reason="cancelled", return_goods=True)]
+            return [messages.dispatch_withdrawn(attempt, rx, causation_id, reason=reason, return_goods=True)]
     return None
 
 

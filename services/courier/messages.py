@@ -72,7 +72,7 @@ def dispatch_withdrawn(
     rx: str,
     causation_id: str | None,
     *,
-    reason: Literal["acceptance_timeout", "cancelled"],
+    reason: Literal["acceptance_timeout", "cancelled", "recalled"],
     return_goods: bool,
 ) -> c.DispatchWithdrawn:
     return c.DispatchWithdrawn(

@@ -169,7 +169,7 @@ class OfferPlan:
 
 #: What each consumer acts on (the rest of its topic is passed over unparsed: `acts_on`).
 DECISIONS: tuple[type[Envelope], ...] = (PrescriptionApproved, PrescriptionCancelled)
-STOCK_EVENTS: tuple[type[Envelope], ...] = (inv.StockReserved, inv.ReservationFailed)
+STOCK_EVENTS: tuple[type[Envelope], ...] = (inv.StockReserved, inv.ReservationFailed, inv.PrescriptionRecalled)
 
 
 class CourierService:
@@ -221,7 +221,8 @@ class CourierService:
         return await self._decide_those(records, DECISIONS)
 
     async def on_inventory_event(self, records: Sequence[Record[Envelope]]) -> list[Handled[Envelope]]:
-        """Reserved stock (the delivery may be offered) and reservations that failed."""
+        """Reserved stock (the delivery may be offered), reservations that failed, and prescriptions
+        a lot recall withdrew or calls back from the road."""
         return await self._decide_those(records, STOCK_EVENTS)
 
     async def on_report(self, records: Sequence[Record[c.CourierReported]]) -> list[Handled[c.CourierReported]]:
