@@ -144,6 +144,8 @@ class PrescriptionStatus(BaseModel):
     will_retry: bool | None = None
     #: When the courier's round is planned to reach the door (a round's stop only).
     expected_at: datetime | None = None
+    #: Lots delivered to the patient and recalled since, that the patient and hospital were told of.
+    recalled_lots: list[str] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
@@ -187,6 +189,7 @@ LIFECYCLE_EVENTS: tuple[type[Envelope], ...] = (
     inv.StockReturned,
     inv.StockQuarantined,
     inv.StockDelivered,
+    inv.PrescriptionRecalled,
     c.DeliveryWaiting,
     c.CourierAssigned,
     c.DeliveryOfferExpired,
@@ -241,6 +244,15 @@ def _step_of(event: Envelope) -> _Step | None:
             return _Step(f"{_lines(event)} quarantined at {event.warehouse_id} ({event.why})")
         case inv.StockDelivered():
             return _Step(f"stock hold closed at {event.warehouse_id}: the patient has the goods")
+        case inv.PrescriptionRecalled():
+            recalled = f"lot {event.lot_id} of {event.drug_code} recalled ({event.reason})"
+            if event.status == "delivered":
+                return _Step(f"{recalled}: {event.quantity} units of it were delivered to the patient", warning=True)
+            if event.status == "on_the_road":
+                why = (f"RECALLED: {recalled}; the delivery on the road was called back",)
+                return _Step(f"{recalled}: the delivery on the road is called back, the goods go to quarantine", why)
+            why = (f"RECALLED: {recalled}; no other lot at {event.warehouse_id} could replace it",)
+            return _Step(f"{recalled}: no other lot at {event.warehouse_id} replaces it; reservation withdrawn", why)
         # --- delivery
         case c.DeliveryWaiting():
             return _Step(f"waiting for a courier: {event.why}")
@@ -321,6 +333,9 @@ def track_step(
         updated.expected_at = event.expected_at
     if isinstance(event, inv.StockReserved):
         updated.warehouse_id = event.warehouse_id
+    if _newly_recalled(updated, event):
+        assert isinstance(event, inv.PrescriptionRecalled)
+        updated.recalled_lots = [*updated.recalled_lots, event.lot_id]
     if isinstance(event, c.CourierAssigned):
         updated.courier_id = event.courier_id
         updated.delivery_attempts = event.attempt
@@ -333,6 +348,13 @@ def track_step(
         # `why` explains the current stage: a hold's reasons do not outlive the hold.
         updated.stage, updated.terminal, updated.why = stage, stage in TERMINAL, list(step.why)
     return updated, entry
+
+
+def _newly_recalled(before: PrescriptionStatus | None, event: Envelope) -> bool:
+    """A recall of a lot delivered to the patient, not told before (once per lot)."""
+    if not isinstance(event, inv.PrescriptionRecalled) or event.status != "delivered":
+        return False
+    return before is None or event.lot_id not in before.recalled_lots
 
 
 @dataclass(frozen=True)
@@ -504,6 +526,9 @@ def to_notify(
     if patient is None or patient.phone is None:
         return []
     language = patient.language or default_language
+    if _newly_recalled(before, event):
+        # Told whatever the stage: the patient may have the medicine at home.
+        return [Notice("recalled", event.occurred_at, language)]
     if before is None or before.patient is None:
         received = [] if after.terminal else [Notice("accepted", event.occurred_at, language)]
         now = _notice_of_stage(after, _since(after), language) if after.stage is not Stage.RECEIVED else None
@@ -522,6 +547,12 @@ class FollowUp:
     stage: Stage
     at: datetime
     reason: str
+    #: A lot delivered to the patient and recalled since (the call is about it, whatever the stage).
+    recalled_lot: str | None = None
+
+    @property
+    def ending(self) -> str:
+        return "recalled" if self.recalled_lot is not None else self.stage.value
 
 
 #: The endings someone at the hospital calls the patient about: the prescription was right, the
@@ -541,9 +572,20 @@ _UNDELIVERABLE_CALLS = {
 _UNDELIVERABLE_CALL = "Call the patient to arrange another delivery."
 
 
-def follow_up(before: PrescriptionStatus | None, after: PrescriptionStatus) -> FollowUp | None:
+def follow_up(
+    before: PrescriptionStatus | None, after: PrescriptionStatus, event: Envelope | None = None
+) -> FollowUp | None:
     """The follow-up an event makes due: once, when the prescription reaches an ending in
-    `FOLLOW_UP_STAGES` with its sender and patient known (either may come last)."""
+    `FOLLOW_UP_STAGES` with its sender and patient known (either may come last); and once per lot
+    delivered to the patient and recalled since."""
+    if event is not None and _newly_recalled(before, event) and after.sender_id and after.patient:
+        assert isinstance(event, inv.PrescriptionRecalled)
+        reason = (
+            f"Recalled: lot {event.lot_id} of {event.drug_code} ({event.reason}); {event.quantity} units of it "
+            "were delivered to the patient. Call the patient: tell them not to take it, arrange its return, "
+            "and agree a replacement."
+        )
+        return FollowUp(after.stage, event.occurred_at, reason, recalled_lot=event.lot_id)
     if after.sender_id is None or after.patient is None or after.stage not in FOLLOW_UP_STAGES:
         return None
     if before is not None and before.sender_id is not None and before.stage is after.stage:

@@ -156,14 +156,15 @@ def follow_up_requested(status: PrescriptionStatus, follow_up: FollowUp, cause: 
         message_id=str(
             uuid5(
                 NAMESPACE_URL,
-                f"pharmacy:follow-up:{status.prescription_id}:{follow_up.stage}:{follow_up.at.isoformat()}",
+                f"pharmacy:follow-up:{status.prescription_id}:{follow_up.stage}:{follow_up.at.isoformat()}"
+                + (f":recalled:{follow_up.recalled_lot}" if follow_up.recalled_lot is not None else ""),
             )
         ),
         sender_id=status.sender_id,
         answers_message_id=status.sender_message_id,
         prescription_id=status.prescription_id,
         patient_id=status.patient.patient_id,
-        stage=follow_up.stage.value,
+        stage=follow_up.ending,
         reason=follow_up.reason[:2000],
         chronic=status.chronic,
     )

@@ -188,7 +188,7 @@ class ConsultationService:
             messages.patient_notified(updated, notice, event, wording=self._wording, delivery_code=code)
             for notice in domain.to_notify(status, updated, event, default_language=self._default_language)
         ]
-        follow_up = domain.follow_up(status, updated)
+        follow_up = domain.follow_up(status, updated, event)
         follow_ups = [messages.follow_up_requested(updated, follow_up, event)] if follow_up is not None else []
         finished = updated.terminal and not (status is not None and status.terminal)
         return Decision(

@@ -73,6 +73,10 @@ OPENING: Mapping[NotificationKind, str] = {
         "We do not have all the medicine for your prescription %(rx)s now. Your hospital will call you."
     ),
     "undeliverable": N_("We could not deliver your medicine for prescription %(rx)s."),
+    "recalled": N_(
+        "Medicine we delivered to you for prescription %(rx)s has been recalled because it may not be safe. "
+        "Do not take it, and keep it to give back. Your hospital will call you about a replacement."
+    ),
 }
 
 REASONS: Mapping[NotificationReason, str] = {
