@@ -33,7 +33,7 @@ from services.runtime.settings import RuntimeSettings
 from services.runtime.topic_ids import KafkaTopicIds
 from services.runtime.topic_setup import TopicSetupError, create_topics
 
-from . import bus, dlq, pharmacist, warehouse_staff
+from . import bus, dlq, pharmacist, recall, warehouse_staff
 from . import couriers as couriers_cli
 from .dlq.letters import DeadLetter
 from .dlq.reading import read_dead_letters
@@ -49,6 +49,7 @@ app.add_typer(couriers_cli.roster, name="couriers")
 app.add_typer(couriers_cli.dispatch, name="dispatch")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(pharmacist.app, name="review")
+app.command("recall")(recall.recall)
 
 
 # --- upstream -----------------------------------------------------------------------------------

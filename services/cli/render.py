@@ -381,4 +381,16 @@ def describe_inventory_event(event: Envelope) -> str:
                 f"{at} [green]transfer closed[/]      {event.warehouse_id:<14} {event.quantity} × {event.drug_code}"
                 f" received at {event.to_warehouse_id} ({event.transfer_id}; {event.in_transit} still in transit)"
             )
+        case inv.LotRecalled():
+            return (
+                f"{at} [bold red]LOT RECALLED[/]         {event.warehouse_id:<14} lot {event.lot_id}"
+                f" ({event.recall_id}, {escape(event.reason)}): {event.quarantined} off the shelf,"
+                f" {len(event.re_picked)} re-picked, {len(event.withdrawn)} withdrawn,"
+                f" {len(event.on_the_road)} called back, delivered to {len(event.delivered_to)}"
+            )
+        case inv.PrescriptionRecalled():
+            return (
+                f"{at} [red]recall[/]               {event.prescription_id:<14} lot {event.lot_id} at"
+                f" {event.warehouse_id}: {event.status.replace('_', ' ')}"
+            )
     return f"{at} {event.type}"
