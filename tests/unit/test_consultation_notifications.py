@@ -351,3 +351,61 @@ def test_out_for_delivery_in_a_round_gives_the_planned_time_an_hour_either_side(
     )
     [_, alone] = notices(accepted(0), *on_the_way())
     assert (alone.expected_from, alone.expected_by) == (None, None), "a trip of its own plans no time"
+
+
+# --- a lot recall ---------------------------------------------------------------------------------------
+
+
+def lot_recalled(minute: int, status: str, lot_id: str = "MET500-L2611") -> Envelope:
+    from pharmacy_contracts import inventory as inv
+
+    return inv.PrescriptionRecalled(
+        **b.envelope_fields(message_id=f"MSG-RECALL-{minute}", occurred_at=b.at(minute), correlation_id=b.RX_ID),
+        prescription_id=b.RX_ID,
+        warehouse_id="WH-NORTHFORD",
+        recall_id="RC-1",
+        lot_id=lot_id,
+        drug_code="MET500",
+        quantity=180,
+        reason="supplier recall notice 118",
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def test_a_patient_who_received_a_recalled_lot_is_told_once_per_lot_and_the_hospital_asked_to_call():
+    delivered = [accepted(0), *on_the_way(), b.completed(7)]
+    again = lot_recalled(9, "delivered")  # the same lot, told by a second recall
+    other = lot_recalled(10, "delivered", lot_id="AML5-L2609")
+
+    events = [*delivered, lot_recalled(8, "delivered"), again, other]
+    assert [n.kind for n in notices(*events)] == ["accepted", "out_for_delivery", "delivered", "recalled", "recalled"]
+    calls = []
+    status: PrescriptionStatus | None = None
+    for event in events:
+        folded = domain.track_step(status, event)
+        assert folded is not None
+        found = domain.follow_up(status, folded[0], event)
+        calls += [found] if found is not None else []
+        status = folded[0]
+    assert [(c.ending, c.recalled_lot) for c in calls] == [("recalled", "MET500-L2611"), ("recalled", "AML5-L2609")]
+    assert calls[0].reason.startswith("Recalled: lot MET500-L2611 of MET500 (supplier recall notice 118)")
+    assert status is not None and status.stage is Stage.DELIVERED
+
+
+@pytest.mark.parametrize("status", ["withdrawn", "on_the_road"])
+def test_a_prescription_the_recall_withdrew_ends_out_of_stock_told_and_followed_up(status: str):
+    events = [accepted(0), *on_the_way(), lot_recalled(6, status)]
+    assert [n.kind for n in notices(*events)] == ["accepted", "out_for_delivery", "out_of_stock"]
+    [due] = follow_ups(*events)
+    assert due.stage is Stage.OUT_OF_STOCK and due.reason.startswith("Out of stock: lot MET500-L2611 of MET500")
+
+
+async def test_the_recalled_notification_and_its_follow_up_are_published(
+    service: ConsultationService, published: Published
+):
+    events = [accepted(0), *on_the_way(), b.completed(7), lot_recalled(8, "delivered")]
+    await service.track([Record(e) for e in events])
+    recalled = [n for n in told(published) if n.kind == "recalled"]
+    assert len(recalled) == 1 and b.RX_ID in recalled[0].text and PHONE not in recalled[0].text
+    [entry] = [e for e in published.entries if e["type"] == FOLLOW_UP]
+    assert json.loads(entry["body"])["stage"] == "recalled"

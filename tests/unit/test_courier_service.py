@@ -14,6 +14,7 @@ import pytest
 
 from pharmacy_contracts import Envelope
 from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
 from services.courier.domain import CourierProfile, Delivery, DeliveryState, Policy
 from services.courier.service import CourierService, refused_report_answer
 from services.courier.storage import CourierStorage
@@ -658,3 +659,47 @@ def test_a_courier_hears_why_a_signed_report_was_refused_and_a_forger_hears_noth
         "not_your_dispatch",
     )
     assert refused_report_answer(headers, body, b"RX-1", "bad_signature", "forged") is None
+
+
+# --- a lot recall ---------------------------------------------------------------------------------------
+
+
+def lot_recalled(rx: str, status: str) -> Any:
+    example = inv.PrescriptionRecalled.model_json_schema()["examples"][0]
+    return inv.PrescriptionRecalled.model_validate(
+        {**example, "message_id": str(uuid4()), "correlation_id": rx, "prescription_id": rx, "status": status}
+    )
+
+
+async def test_a_package_on_the_road_with_a_recalled_lot_is_called_back_and_comes_back_cancelled(
+    service: CourierService, storage: Storage, published: Published
+) -> None:
+    await roster(storage, b.make_courier("CUR-1"))
+    await offered(service, "RX-1")
+    await service.on_report(records(report("RX-1", "accepted", published)))
+    await service.on_report(records(report("RX-1", "picked_up", published)))
+
+    await service.on_inventory_event(records(lot_recalled("RX-1", "on_the_road")))
+    assert storage.delivery_of("RX-1").state is DeliveryState.RETURNING
+    [withdrawn] = published.bodies("RX-1", WITHDRAWN)
+    assert (withdrawn["reason"], withdrawn["return_goods"]) == ("recalled", True)
+
+    await service.on_report(records(report("RX-1", "returned", published)))
+    assert storage.delivery_of("RX-1").state is DeliveryState.CANCELLED
+    assert published.bodies("RX-1", CANCELLED)[-1]["goods_returned"] is True, "inventory quarantines them"
+
+
+async def test_an_offer_whose_reservation_the_recall_withdrew_is_withdrawn_and_a_delivered_lot_changes_nothing(
+    service: CourierService, storage: Storage, published: Published
+) -> None:
+    await roster(storage, b.make_courier("CUR-1"))
+    await offered(service, "RX-1", "RX-2")
+
+    handled = await service.on_inventory_event(
+        records(lot_recalled("RX-1", "withdrawn"), lot_recalled("RX-2", "delivered"))
+    )
+
+    assert outcomes(handled) == [Outcome.APPLIED, Outcome.UNCHANGED]
+    assert storage.delivery_of("RX-1").state is DeliveryState.CANCELLED
+    assert published.bodies("RX-1", WITHDRAWN)[0]["reason"] == "recalled"
+    assert storage.delivery_of("RX-2").state is DeliveryState.OFFERED
