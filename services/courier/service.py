@@ -385,8 +385,10 @@ class CourierService:
                         departs_at=now,
                     )
                     for planned in replanned.rounds:
+                        joined = {s.prescription_id for s in planned.stops} - set(kept)
+                        if not joined:
+                            continue  # nothing new fits: the round stands as its courier knows it
                         looks += self._round_looks(planned, open_round.round_id, depot, by_id, now)
-                        joined = {s.prescription_id for s in planned.stops}
                         candidates = [d for d in candidates if d.prescription_id not in joined]
                 vans = [round_pass.Van(p, p.capacity - fleet.loads.get(p.courier_id, 0)) for p in shifts[depot.depot]]
                 if not candidates or not vans:

@@ -289,3 +289,19 @@ def test_every_depot_due_gets_a_van_though_the_county_has_fewer_couriers_than_de
     # Busy or full couriers are on no shift.
     shifts = round_pass.couriers_by_depot([home, cold], {"CUR-NORTH": 3}, depots, busy={"CUR-COLD"})
     assert shifts == {"WH-NORTH": []}
+
+
+async def test_a_re_plan_that_fits_nobody_new_sends_nothing_again(
+    service: CourierService, storage: Storage, published: Published
+) -> None:
+    await roster(storage, b.make_courier("CUR-1", capacity=3))
+    await ready(service, "RX-1", "RX-2", "RX-3")
+    await service.sweep()
+    told = len(rounds_told(published))
+
+    await ready(service, "RX-9")  # the van is full: the planner leaves it out
+    await service.sweep()
+
+    assert [len(published.offers(rx)) for rx in ("RX-1", "RX-2", "RX-3")] == [1, 1, 1]
+    assert len(rounds_told(published)) == told
+    assert published.offers("RX-9") == []
