@@ -169,7 +169,12 @@ class OfferPlan:
 
 #: What each consumer acts on (the rest of its topic is passed over unparsed: `acts_on`).
 DECISIONS: tuple[type[Envelope], ...] = (PrescriptionApproved, PrescriptionCancelled)
-STOCK_EVENTS: tuple[type[Envelope], ...] = (inv.StockReserved, inv.ReservationFailed)
+STOCK_EVENTS: tuple[type[Envelope], ...] = (
+    inv.StockReserved,
+    inv.ReservationFailed,
+    inv.StockRepacked,
+    inv.StockQuarantined,
+)
 
 
 class CourierService:
