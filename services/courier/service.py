@@ -399,11 +399,16 @@ class CourierService:
                 if not candidates or not vans:
                     continue
                 plan = await asyncio.to_thread(config.planner, depot, vans, candidates, required=(), departs_at=now)
+                alone = list(plan.alone)
                 for planned in plan.rounds:
+                    # A stop whose courier let its offer expire or was refused at its door goes to
+                    # the next courier on a trip of its own, not back to the same van.
+                    kept, passed_on = round_pass.without_refusers(planned, roster, by_id)
+                    alone += passed_on
                     round_id = round_pass.round_id_for(depot.depot, planned.courier_id, now)
-                    looks += self._round_looks(planned, round_id, depot, by_id, now)
+                    looks += self._round_looks(kept, round_id, depot, by_id, now)
                 # No round from this depot can take these, however many vans: a trip each, as without rounds.
-                looks += [_look(by_id[rx], "offer_waiting") for rx in plan.alone]
+                looks += [_look(by_id[rx], "offer_waiting") for rx in alone]
             handled = await self._decide(looks, tracked=False)
             offered = sum(h.outcome is Outcome.APPLIED for h in handled)
             if offered:
