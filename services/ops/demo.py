@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -121,8 +121,9 @@ class Demo:
         self.cancel_early: set[str] = set()
         self.cancel_late: set[str] = set()
         self.ignored_once = False
-        self.transfers: Counter[str] = Counter()
-        self.told: Counter[str] = Counter()
+        #: Transfer ids suggested, shipped and received; re-packs (message ids); notifications by language.
+        self.transfers: defaultdict[str, set[str]] = defaultdict(set)
+        self.told: defaultdict[str, set[str]] = defaultdict(set)
 
     def plan_for(self, offer: c.DispatchOffered) -> Plan:
         if offer.cold_chain:
@@ -259,8 +260,8 @@ class Demo:
             async for _, event, _ in bus.follow(self.settings, topics.INVENTORY_EVENTS, from_beginning=True):
                 command: inv.TransferShipRequested | inv.TransferReceiptRequested
                 match event:
-                    case inv.TransferSuggested():
-                        self.transfers["suggested"] += 1
+                    case inv.TransferSuggested() if event.transfer_id not in self.transfers["suggested"]:
+                        self.transfers["suggested"].add(event.transfer_id)
                         command = inv.TransferShipRequested(
                             correlation_id=event.transfer_id,
                             producer="warehouse-console",
@@ -271,8 +272,8 @@ class Demo:
                             quantity=event.quantity,
                             requested_by="Aigerim Bekova",
                         )
-                    case inv.TransferShipped():
-                        self.transfers["shipped"] += 1
+                    case inv.TransferShipped() if event.transfer_id not in self.transfers["shipped"]:
+                        self.transfers["shipped"].add(event.transfer_id)
                         command = inv.TransferReceiptRequested(
                             correlation_id=event.transfer_id,
                             producer="warehouse-console",
@@ -281,10 +282,10 @@ class Demo:
                             requested_by="Gulnara Sadykova",
                         )
                     case inv.TransferReceived():
-                        self.transfers["received"] += 1
+                        self.transfers["received"].add(event.transfer_id)
                         continue
                     case inv.StockRepacked():
-                        self.transfers["packed again"] += 1
+                        self.transfers["packed again"].add(event.message_id)
                         continue
                     case _:
                         continue
@@ -295,7 +296,7 @@ class Demo:
         """What patients' phones received (patient.notifications.v1), by language."""
         async for _, event, _ in bus.follow(self.settings, topics.PATIENT_NOTIFICATIONS, from_beginning=True):
             if isinstance(event, PatientNotified):
-                self.told[event.language] += 1
+                self.told[event.language].add(event.message_id)  # each once, however often re-published
 
     async def watch_inventory(self) -> None:
         async for _, event, _ in bus.follow(self.settings, topics.INVENTORY_EVENTS, from_beginning=True):
@@ -375,16 +376,16 @@ class Demo:
             ),
             ("cold-chain deliveries (insulin), all by cold-chain couriers", len(cold)),
             ("delivery rounds driven", len(rounds)),
-            ("damaged packages packed again", self.transfers["packed again"]),
+            ("stops in the largest round", max((len(stops) for stops in rounds.values()), default=0)),
+            ("damaged packages packed again", len(self.transfers["packed again"])),
             (
                 "transfers to townships suggested / shipped / received",
-                f"{self.transfers['suggested']} / {self.transfers['shipped']} / {self.transfers['received']}",
+                " / ".join(str(len(self.transfers[step])) for step in ("suggested", "shipped", "received")),
             ),
             (
                 "patients told on their phones (Uyghur / Chinese / English)",
-                f"{self.told['ug']} / {self.told['zh']} / {self.told['en']}",
+                " / ".join(str(len(self.told[language])) for language in ("ug", "zh", "en")),
             ),
-            ("stops in the largest round", max((len(stops) for stops in rounds.values()), default=0)),
             (
                 "offers not accepted in time, passed to the next courier",
                 sum(1 for w in self.couriers.withdrawals if w.reason == "acceptance_timeout"),
