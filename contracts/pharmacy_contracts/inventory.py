@@ -484,6 +484,11 @@ class StockQuarantined(_Movement):
 
     type: Literal["inventory.stock_quarantined"] = "inventory.stock_quarantined"
     why: Literal["undeliverable", "damaged", "cancelled"]
+    packed_again: bool | None = Field(
+        default=None,
+        description="Damaged goods of a delivery to be tried again: whether the shelf packed the prescription "
+        "again (`inventory.stock_repacked` follows) or could not (the delivery is given up)",
+    )
 
     model_config = ConfigDict(
         json_schema_extra=wire_example(
@@ -492,6 +497,29 @@ class StockQuarantined(_Movement):
             levels=[{**level, "dispatched": 0, "quarantined": level["dispatched"]} for level in _ON_THE_ROAD],
             movements=_moves("returned", "dispatched", "quarantine"),
             why="undeliverable",
+        )
+    )
+
+
+class StockRepacked(_Movement):
+    """A package found damaged (at the door or at the depot) was packed again: its units went to
+    quarantine (`inventory.stock_quarantined`, why `damaged`) and the same lines are held again from
+    the shelf, first expiry first, for the next attempt (`picks`). When the shelf cannot fill it
+    again, only the quarantine is told and the delivery is given up."""
+
+    type: Literal["inventory.stock_repacked"] = "inventory.stock_repacked"
+    picks: list[LotPick] = Field(min_length=1)
+
+    model_config = ConfigDict(
+        json_schema_extra=wire_example(
+            **_after("courier.delivery_failed"),
+            **_RESERVATION,
+            picks=[
+                {**_LOT, "expiry_date": "2028-03-31", "quantity": 180},
+                {"lot_id": "AML5-L2609", "drug_code": "AML5", "expiry_date": "2027-12-31", "quantity": 90},
+            ],
+            levels=_HELD,
+            movements=_moves("reserved", "available", "reserved"),
         )
     )
 

@@ -170,7 +170,9 @@ def _rejection_detail(event: rx.PrescriptionRejected) -> str:
     return "rejected by the checks"
 
 
-def _lines(event: inv.StockReleased | inv.StockReturned | inv.StockQuarantined | inv.StockDelivered) -> str:
+def _lines(
+    event: inv.StockReleased | inv.StockReturned | inv.StockQuarantined | inv.StockRepacked | inv.StockDelivered,
+) -> str:
     return ", ".join(f"{line.quantity} × {line.drug_code}" for line in event.lines) or "the goods"
 
 
@@ -188,6 +190,7 @@ LIFECYCLE_EVENTS: tuple[type[Envelope], ...] = (
     inv.StockReleased,
     inv.StockReturned,
     inv.StockQuarantined,
+    inv.StockRepacked,
     inv.StockDelivered,
     inv.PrescriptionRecalled,
     c.DeliveryWaiting,
@@ -242,6 +245,8 @@ def _step_of(event: Envelope) -> _Step | None:
             return _Step(f"package back at {event.warehouse_id}, held for the next attempt")
         case inv.StockQuarantined():
             return _Step(f"{_lines(event)} quarantined at {event.warehouse_id} ({event.why})")
+        case inv.StockRepacked():
+            return _Step(f"packed again at {event.warehouse_id} after the package was damaged: {_lines(event)}")
         case inv.StockDelivered():
             return _Step(f"stock hold closed at {event.warehouse_id}: the patient has the goods")
         case inv.PrescriptionRecalled():

@@ -127,6 +127,12 @@ def decide(fleet: Fleet, rules: Rules, current: Delivery | None, message: Envelo
             return reservation_failed(current, message)
         case inv.PrescriptionRecalled():
             return recall(current, message)
+        case inv.StockRepacked():
+            return take_repack(fleet, rules, current, message)
+        case inv.StockQuarantined(why="damaged", packed_again=False):
+            return repack_failed(current, message)
+        case inv.StockQuarantined():
+            return Decision.unchanged()
         case c.CourierReported():
             return follow_report(fleet, rules, current, message)
         case c.AddressLocated():
@@ -143,7 +149,7 @@ def decide(fleet: Fleet, rules: Rules, current: Delivery | None, message: Envelo
 def may_offer(message: Envelope) -> bool:
     """Whether deciding this message may offer the delivery to a courier."""
     match message:
-        case PrescriptionApproved() | inv.StockReserved() | c.AddressLocated() | Look():
+        case PrescriptionApproved() | inv.StockReserved() | inv.StockRepacked() | c.AddressLocated() | Look():
             return True
         case c.CourierReported():
             return message.status == "failed"  # a retry is offered in the same write
@@ -192,6 +198,32 @@ def reservation_failed(current: Delivery | None, failed: inv.ReservationFailed) 
         after = delivery.model_copy(update={"state": DeliveryState.CANCELLED})
         return Decision(after, result=Decided(current, after))
     return Decision.unchanged()
+
+
+def take_repack(
+    fleet: Fleet, rules: Rules, current: Delivery | None, repacked: inv.StockRepacked
+) -> Decision[Delivery]:
+    """The damaged package was packed again: the next attempt is offered (or waits for its round)."""
+    if current is None or not current.repack_pending:
+        return Decision.unchanged()
+    return _offer_if_ready(fleet, rules, current, domain.packed_again(current), [], repacked.message_id)
+
+
+def repack_failed(current: Delivery | None, quarantined: inv.StockQuarantined) -> Decision[Delivery]:
+    """The shelf cannot pack the damaged package again: the delivery is given up (the hospital is
+    asked to call the patient), its goods already in quarantine."""
+    if current is None or not current.repack_pending:
+        return Decision.unchanged()
+    after = domain.not_packed_again(current)
+    abandoned = messages.delivery_abandoned(
+        current.prescription_id,
+        quarantined.warehouse_id,
+        quarantined.message_id,
+        attempts=max(1, domain.failures(after)),
+        last_reason="damaged",
+        goods_travelled=domain.goods_travelled(after),
+    )
+    return Decision(after, [abandoned], result=Decided(current, after))
 
 
 # --- offering ----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ DEFAULT_RETRY_LIMITS: dict[str, int] = {
     "patient_absent": 3,
     "address_not_found": 2,
     "refused": 1,
-    "damaged": 1,
+    "damaged": 2,  # the pharmacy packs it again once (inventory: StockRepacked)
     "other": 3,
 }
 
@@ -112,6 +112,9 @@ class Delivery(BaseModel):
     waiting_overdue_alerted: bool = Field(default=False, description="The waiting deadline alert of this wait went out")
     cancel_notice_due: bool = Field(
         default=False, description="Cancelled before the warehouse was known: DeliveryCancelled goes out once it is"
+    )
+    repack_pending: bool = Field(
+        default=False, description="Found damaged: waits for the warehouse to pack it again before the next attempt"
     )
 
     @model_validator(mode="after")
@@ -289,6 +292,7 @@ def ready_to_offer(delivery: Delivery) -> bool:
         delivery.state in (DeliveryState.WAITING, DeliveryState.AWAITING_COURIER)
         and delivery.details is not None
         and delivery.warehouse_id is not None
+        and not delivery.repack_pending
     )
 
 
@@ -393,6 +397,18 @@ def failures(delivery: Delivery) -> int:
     return sum(a.status is AttemptStatus.FAILED for a in delivery.attempts)
 
 
+def packed_again(delivery: Delivery) -> Delivery:
+    """The warehouse packed the damaged delivery again: it may be offered."""
+    return delivery.model_copy(update={"repack_pending": False})
+
+
+def not_packed_again(delivery: Delivery) -> Delivery:
+    """The warehouse cannot pack the damaged delivery again: it is undeliverable."""
+    return delivery.model_copy(
+        update={"repack_pending": False, "state": DeliveryState.UNDELIVERABLE, "active_courier_id": None}
+    )
+
+
 def goods_travelled(delivery: Delivery) -> bool:
     return any(a.picked_up_at is not None for a in delivery.attempts)
 
@@ -473,6 +489,10 @@ def apply_report(
     failed = attempt.model_copy(update={"status": AttemptStatus.FAILED, "failure_reason": failure_reason})
     after = _replace_current(delivery, failed)
     if will_retry(failures(after), failure_reason, policy):
+        if failure_reason == "damaged":
+            # Not offered again until the warehouse has packed it again (or says it cannot).
+            repack = {"state": DeliveryState.WAITING, "active_courier_id": None, "repack_pending": True}
+            return after.model_copy(update=repack), ReportOutcome.FAILED_WILL_RETRY
         return await_courier(after, now), ReportOutcome.FAILED_WILL_RETRY
     given_up = after.model_copy(update={"state": DeliveryState.UNDELIVERABLE, "active_courier_id": None})
     return given_up, ReportOutcome.FAILED_GIVEN_UP

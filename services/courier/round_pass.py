@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -210,6 +210,19 @@ def _nearest_depot(courier: CourierProfile, depots: Sequence[Depot]) -> str:
     if not placed:
         return depots[0].depot
     return min(placed, key=lambda d: (great_circle_km(base, d.location), d.depot)).depot  # type: ignore[arg-type]
+
+
+def without_refusers(
+    planned: PlannedRound, roster: Mapping[str, CourierProfile], deliveries: Mapping[str, Delivery]
+) -> tuple[PlannedRound, list[str]]:
+    """The round without the stops its courier may not take (they let the delivery's offer expire,
+    or its patient refused them), and those stops. The planner knows vans, not such history."""
+    courier = roster.get(planned.courier_id)
+    if courier is None:
+        return replace(planned, stops=()), [s.prescription_id for s in planned.stops]
+    kept = tuple(s for s in planned.stops if domain.may_carry(courier, deliveries[s.prescription_id]))
+    passed_on = [s.prescription_id for s in planned.stops if s not in kept]
+    return replace(planned, stops=kept), passed_on
 
 
 def round_id_for(depot: str, courier_id: str, departs_at: datetime) -> str:

@@ -169,7 +169,13 @@ class OfferPlan:
 
 #: What each consumer acts on (the rest of its topic is passed over unparsed: `acts_on`).
 DECISIONS: tuple[type[Envelope], ...] = (PrescriptionApproved, PrescriptionCancelled)
-STOCK_EVENTS: tuple[type[Envelope], ...] = (inv.StockReserved, inv.ReservationFailed, inv.PrescriptionRecalled)
+STOCK_EVENTS: tuple[type[Envelope], ...] = (
+    inv.StockReserved,
+    inv.ReservationFailed,
+    inv.StockRepacked,
+    inv.StockQuarantined,
+    inv.PrescriptionRecalled,
+)
 
 
 class CourierService:
@@ -386,18 +392,25 @@ class CourierService:
                         departs_at=now,
                     )
                     for planned in replanned.rounds:
+                        joined = {s.prescription_id for s in planned.stops} - set(kept)
+                        if not joined:
+                            continue  # nothing new fits: the round stands as its courier knows it
                         looks += self._round_looks(planned, open_round.round_id, depot, by_id, now)
-                        joined = {s.prescription_id for s in planned.stops}
                         candidates = [d for d in candidates if d.prescription_id not in joined]
                 vans = [round_pass.Van(p, p.capacity - fleet.loads.get(p.courier_id, 0)) for p in shifts[depot.depot]]
                 if not candidates or not vans:
                     continue
                 plan = await asyncio.to_thread(config.planner, depot, vans, candidates, required=(), departs_at=now)
+                alone = list(plan.alone)
                 for planned in plan.rounds:
+                    # A stop whose courier let its offer expire or was refused at its door goes to
+                    # the next courier on a trip of its own, not back to the same van.
+                    kept, passed_on = round_pass.without_refusers(planned, roster, by_id)
+                    alone += passed_on
                     round_id = round_pass.round_id_for(depot.depot, planned.courier_id, now)
-                    looks += self._round_looks(planned, round_id, depot, by_id, now)
+                    looks += self._round_looks(kept, round_id, depot, by_id, now)
                 # No round from this depot can take these, however many vans: a trip each, as without rounds.
-                looks += [_look(by_id[rx], "offer_waiting") for rx in plan.alone]
+                looks += [_look(by_id[rx], "offer_waiting") for rx in alone]
             handled = await self._decide(looks, tracked=False)
             offered = sum(h.outcome is Outcome.APPLIED for h in handled)
             if offered:

@@ -251,6 +251,25 @@ def hold_move_for(message: Envelope, hold: Hold) -> HoldMove | None:
     return None
 
 
+def repack(rules: Rules, current: Warehouse, failed: c.DeliveryFailed) -> Decision[Warehouse]:
+    """A package found damaged, to be tried again: the damaged units to quarantine and the
+    prescription packed again from the shelf. If the shelf cannot, only the quarantine is told, and
+    the courier service gives the delivery up (it waits for the re-pack)."""
+    rx = failed.prescription_id
+    outcomes = domain.repack(current, rx, today=rules.today, delivery_days=rules.delivery_days)
+    assert outcomes is not None
+    damaged, packed = outcomes
+    quarantined = messages.stock_quarantined(
+        current, rx, damaged, failed, at=rules.now, why="damaged", packed_again=packed is not None
+    )
+    if packed is None:
+        return Decision(
+            damaged.warehouse, [quarantined], result="quarantined (damaged); the shelf cannot pack it again"
+        )
+    repacked = messages.stock_repacked(packed, rx, failed, at=rules.now)
+    return Decision(packed.warehouse, [quarantined, repacked], result="quarantined (damaged) and packed again")
+
+
 def withdrawal(hold: Hold, why: Literal["undeliverable", "cancelled"]) -> HoldMove:
     """The delivery is given up: goods that never left go back on the shelf; goods that travelled,
     even if back since, go to quarantine: nothing that left goes straight back to available stock."""
@@ -265,6 +284,8 @@ def move_hold(rules: Rules, current: Warehouse | None, message: Envelope) -> Dec
     rx: str = message.prescription_id  # type: ignore[attr-defined]
     if current is None or rx not in current.holds:
         return Decision.unchanged()
+    if isinstance(message, c.DeliveryFailed) and message.reason == "damaged" and message.will_retry:
+        return repack(rules, current, message)
     move = hold_move_for(message, current.holds[rx])
     outcome = move[0](current, rx) if move is not None else None
     if move is None or outcome is None:

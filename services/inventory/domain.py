@@ -666,6 +666,32 @@ def quarantine(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
     return _move_hold(warehouse, prescription_id, "returned", source, "quarantine", None)
 
 
+def repack(
+    warehouse: Warehouse, prescription_id: str, *, today: date, delivery_days: int
+) -> tuple[Outcome, Outcome | None] | None:
+    """A package found damaged: its units go to quarantine (the hold closes, `quarantine`), then the
+    same lines are picked again from the shelf, first expiry first, and held for the next attempt.
+    The second outcome is None when the shelf cannot fill it again. A re-pack is no new demand.
+    None if nothing is held for the prescription."""
+    hold = warehouse.holds.get(prescription_id)
+    if hold is None:
+        return None
+    damaged = quarantine(warehouse, prescription_id)
+    assert damaged is not None
+    lines = {
+        code: Line(code, quantity)
+        for code, quantity in merge_quantities((p.drug_code, p.quantity) for p in hold.picks).items()
+    }
+    picks = plan_picks(damaged.warehouse, lines, today=today, delivery_days=delivery_days)
+    if picks is None:
+        return damaged, None
+    movements = tuple(move("reserved", p.lot_id, p.drug_code, p.quantity, "available", "reserved") for p in picks)
+    shelf = damaged.warehouse
+    holds = {**shelf.holds, prescription_id: Hold(picks=picks)}
+    packed = shelf.model_copy(update={"lots": _apply(shelf, movements), "holds": holds})
+    return damaged, Outcome(packed, movements, tuple(picks))
+
+
 def deliver(warehouse: Warehouse, prescription_id: str) -> Outcome | None:
     """Dispatched → the patient: the units leave the books as delivered and the hold is closed."""
     hold = warehouse.holds.get(prescription_id)

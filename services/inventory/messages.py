@@ -38,15 +38,7 @@ def stock_reserved(
         warehouse_id=after.warehouse_id,
         pickup_location=_coordinates(after.location),
         lines=_lines(demand.quantities),
-        picks=[
-            inv.LotPick(
-                drug_code=p.drug_code,
-                lot_id=p.lot_id,
-                expiry_date=after.lots[p.lot_id].expiry_date,
-                quantity=p.quantity,
-            )
-            for p in reserved.picks
-        ],
+        picks=_picks(after, reserved.picks),
         levels=_levels(after, demand.lines),
         movements=list(reserved.movements),
     )
@@ -103,8 +95,30 @@ def stock_quarantined(
     *,
     at: datetime,
     why: Literal["undeliverable", "damaged", "cancelled"],
+    packed_again: bool | None = None,
 ) -> inv.StockQuarantined:
-    return inv.StockQuarantined(**_hold_moved(before, rx, moved, cause, at), why=why)
+    return inv.StockQuarantined(**_hold_moved(before, rx, moved, cause, at), why=why, packed_again=packed_again)
+
+
+def stock_repacked(packed: domain.Outcome, rx: str, cause: Envelope, *, at: datetime) -> inv.StockRepacked:
+    """The new hold of a prescription packed again (`packed.warehouse` holds it)."""
+    after = packed.warehouse
+    return inv.StockRepacked(
+        **_hold_moved(after, rx, packed, cause, at),
+        picks=_picks(after, packed.picks),
+    )
+
+
+def _picks(warehouse: Warehouse, picks: Iterable[domain.Pick]) -> list[inv.LotPick]:
+    return [
+        inv.LotPick(
+            drug_code=p.drug_code,
+            lot_id=p.lot_id,
+            expiry_date=warehouse.lots[p.lot_id].expiry_date,
+            quantity=p.quantity,
+        )
+        for p in picks
+    ]
 
 
 def _hold_moved(before: Warehouse, rx: str, moved: domain.Outcome, cause: Envelope, at: datetime) -> dict[str, object]:

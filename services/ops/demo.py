@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -33,6 +33,7 @@ from pharmacy_contracts import inventory as inv
 from pharmacy_contracts import prescription as pr
 from pharmacy_contracts import topics
 from pharmacy_contracts.consultation import CancellationRequested
+from pharmacy_contracts.patient import PatientNotified
 from services.cli import bus
 from services.cli.render import Fitted, describe_inventory_event, stock_table
 from services.consultation.domain import TERMINAL, PrescriptionStatus, Stage
@@ -120,6 +121,9 @@ class Demo:
         self.cancel_early: set[str] = set()
         self.cancel_late: set[str] = set()
         self.ignored_once = False
+        #: Transfer ids suggested, shipped and received; re-packs (message ids); notifications by language.
+        self.transfers: defaultdict[str, set[str]] = defaultdict(set)
+        self.told: defaultdict[str, set[str]] = defaultdict(set)
 
     def plan_for(self, offer: c.DispatchOffered) -> Plan:
         if offer.cold_chain:
@@ -178,6 +182,9 @@ class Demo:
                 self.cancel_early.add(prescription.prescription_id)
             elif draw < 0.11:
                 self.cancel_late.add(prescription.prescription_id)
+            # Most patients read Uyghur, some Chinese, a few (visiting experts' patients) English.
+            language = self.rng.choices(("ug", "zh", "en"), weights=(6, 3, 1))[0]
+            object.__setattr__(prescription.patient, "preferred_language", language)
             ids.append(prescription.prescription_id)
         async with bus.producer(self.settings) as producer:
             for message in messages:
@@ -246,6 +253,51 @@ class Demo:
                 verb = "[red]rejects[/]" if reject else "[green]approves[/]"
                 self.feed.append(f"[cyan]pharmacist[/] {verb} {event.prescription_id} ({', '.join(codes)})")
 
+    async def warehouse_clerks(self) -> None:
+        """Staff at the central warehouse ship each transfer inventory suggests, and the township's
+        clerk confirms it arrived, a moment later each (README: Townships restocked from the centre)."""
+        async with bus.producer(self.settings) as producer:
+            async for _, event, _ in bus.follow(self.settings, topics.INVENTORY_EVENTS, from_beginning=True):
+                command: inv.TransferShipRequested | inv.TransferReceiptRequested
+                match event:
+                    case inv.TransferSuggested() if event.transfer_id not in self.transfers["suggested"]:
+                        self.transfers["suggested"].add(event.transfer_id)
+                        command = inv.TransferShipRequested(
+                            correlation_id=event.transfer_id,
+                            producer="warehouse-console",
+                            warehouse_id=event.from_warehouse_id,
+                            transfer_id=event.transfer_id,
+                            to_warehouse_id=event.warehouse_id,
+                            drug_code=event.drug_code,
+                            quantity=event.quantity,
+                            requested_by="Aigerim Bekova",
+                        )
+                    case inv.TransferShipped() if event.transfer_id not in self.transfers["shipped"]:
+                        self.transfers["shipped"].add(event.transfer_id)
+                        command = inv.TransferReceiptRequested(
+                            correlation_id=event.transfer_id,
+                            producer="warehouse-console",
+                            warehouse_id=event.to_warehouse_id,
+                            transfer_id=event.transfer_id,
+                            requested_by="Gulnara Sadykova",
+                        )
+                    case inv.TransferReceived():
+                        self.transfers["received"].add(event.transfer_id)
+                        continue
+                    case inv.StockRepacked():
+                        self.transfers["packed again"].add(event.message_id)
+                        continue
+                    case _:
+                        continue
+                await asyncio.sleep(self.rng.uniform(0.5, 2.0))
+                await bus.publish_all(producer, [command], self.settings)
+
+    async def patients_told(self) -> None:
+        """What patients' phones received (patient.notifications.v1), by language."""
+        async for _, event, _ in bus.follow(self.settings, topics.PATIENT_NOTIFICATIONS, from_beginning=True):
+            if isinstance(event, PatientNotified):
+                self.told[event.language].add(event.message_id)  # each once, however often re-published
+
     async def watch_inventory(self) -> None:
         async for _, event, _ in bus.follow(self.settings, topics.INVENTORY_EVENTS, from_beginning=True):
             if event is not None and not isinstance(event, inv.StockRestocked):
@@ -266,6 +318,8 @@ class Demo:
             asyncio.create_task(self.watch_inventory()),
             asyncio.create_task(self.pharmacist()),
             asyncio.create_task(self.cancel_some()),
+            asyncio.create_task(self.warehouse_clerks()),
+            asyncio.create_task(self.patients_told()),
         ]
         submitter = asyncio.create_task(self.submit_all())
         started = time.monotonic()
@@ -323,6 +377,15 @@ class Demo:
             ("cold-chain deliveries (insulin), all by cold-chain couriers", len(cold)),
             ("delivery rounds driven", len(rounds)),
             ("stops in the largest round", max((len(stops) for stops in rounds.values()), default=0)),
+            ("damaged packages packed again", len(self.transfers["packed again"])),
+            (
+                "transfers to townships suggested / shipped / received",
+                " / ".join(str(len(self.transfers[step])) for step in ("suggested", "shipped", "received")),
+            ),
+            (
+                "patients told on their phones (Uyghur / Chinese / English)",
+                " / ".join(str(len(self.told[language])) for language in ("ug", "zh", "en")),
+            ),
             (
                 "offers not accepted in time, passed to the next courier",
                 sum(1 for w in self.couriers.withdrawals if w.reason == "acceptance_timeout"),
@@ -373,7 +436,7 @@ def endings_table(statuses: list[PrescriptionStatus]) -> Fitted:
     return Fitted(table)
 
 
-def activity_table(rows: Iterable[tuple[str, int]]) -> Fitted:
+def activity_table(rows: Iterable[tuple[str, int | str]]) -> Fitted:
     """Reviews, cancellations and deliveries, counted."""
     table = Table(title="the pharmacy's and the couriers' work")
     table.add_column("what", overflow="fold")

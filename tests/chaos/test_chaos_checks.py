@@ -14,7 +14,7 @@ from pharmacy_contracts.lifecycle import Stage
 from services.consultation.domain import PrescriptionStatus
 from services.courier.domain import DeliveryState
 from services.inventory.domain import AllocationState
-from services.ops.chaos.checks import check, expected_closing, owner_agrees
+from services.ops.chaos.checks import check, expected_closing, owner_agrees, with_repacks
 from services.ops.chaos.evidence import Evidence, TopicLog
 from services.ops.chaos.load import Couriers, Load
 from services.ops.chaos.report import ChaosReport
@@ -96,9 +96,7 @@ def test_a_round_stop_sent_again_is_no_reuse_but_a_dispatch_id_offered_to_two_co
     assert set(checked(evidence({topics.COURIER_DISPATCH: [stop, moved, elsewhere]})).dispatch_ids_reused) == {
         offer.dispatch_id
     }
-    assert set(checked(evidence({topics.COURIER_DISPATCH: [offer, alone]})).dispatch_ids_reused) == {
-        offer.dispatch_id
-    }
+    assert set(checked(evidence({topics.COURIER_DISPATCH: [offer, alone]})).dispatch_ids_reused) == {offer.dispatch_id}
 
 
 def test_the_outcome_decides_where_held_stock_must_have_gone():
@@ -106,6 +104,14 @@ def test_the_outcome_decides_where_held_stock_must_have_gone():
     assert expected_closing(Stage.CANCELLED, reserved=True, travelled=False) == {"StockReleased": 1}
     assert expected_closing(Stage.UNDELIVERABLE, reserved=True, travelled=True) == {"StockQuarantined": 1}
     assert expected_closing(Stage.OUT_OF_STOCK, reserved=False, travelled=False) == {}
+
+
+def test_a_package_found_damaged_closes_its_hold_to_quarantine_and_a_repack_opens_the_next():
+    delivered = expected_closing(Stage.DELIVERED, reserved=True, travelled=True)
+    assert with_repacks(delivered, damaged=0, repacked=0) == {"StockDelivered": 1}
+    assert with_repacks(delivered, damaged=1, repacked=1) == {"StockDelivered": 1, "StockQuarantined": 1}
+    given_up = expected_closing(Stage.UNDELIVERABLE, reserved=True, travelled=False)
+    assert with_repacks(given_up, damaged=1, repacked=0) == {"StockQuarantined": 1}, "the damage was the end of it"
 
 
 def test_the_owner_of_a_terminal_stage_must_have_recorded_it():

@@ -438,6 +438,13 @@ def more_inventory_messages() -> list[Envelope]:
             **held,
             levels=[inv.StockLevel(drug_code="MET500", available=20, reserved=0, dispatched=0, quarantined=180)],
             why="damaged",
+            packed_again=True,
+        ),
+        inv.StockRepacked(
+            **envelope_fields(),
+            **held,
+            picks=[inv.LotPick(drug_code="MET500", lot_id="MET500-L2", expiry_date=date(2028, 3, 31), quantity=180)],
+            levels=[inv.StockLevel(drug_code="MET500", available=20, reserved=180, dispatched=0, quarantined=180)],
         ),
         inv.StockDelivered(
             **envelope_fields(),

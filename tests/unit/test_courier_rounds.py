@@ -289,3 +289,36 @@ def test_every_depot_due_gets_a_van_though_the_county_has_fewer_couriers_than_de
     # Busy or full couriers are on no shift.
     shifts = round_pass.couriers_by_depot([home, cold], {"CUR-NORTH": 3}, depots, busy={"CUR-COLD"})
     assert shifts == {"WH-NORTH": []}
+
+
+async def test_a_re_plan_that_fits_nobody_new_sends_nothing_again(
+    service: CourierService, storage: Storage, published: Published
+) -> None:
+    await roster(storage, b.make_courier("CUR-1", capacity=3))
+    await ready(service, "RX-1", "RX-2", "RX-3")
+    await service.sweep()
+    told = len(rounds_told(published))
+
+    await ready(service, "RX-9")  # the van is full: the planner leaves it out
+    await service.sweep()
+
+    assert [len(published.offers(rx)) for rx in ("RX-1", "RX-2", "RX-3")] == [1, 1, 1]
+    assert len(rounds_told(published)) == told
+    assert published.offers("RX-9") == []
+
+
+async def test_a_round_nobody_accepted_goes_to_the_next_courier(
+    service: CourierService, storage: Storage, published: Published, clock: Clock
+) -> None:
+    await roster(storage, b.make_courier("CUR-1", capacity=10), b.make_courier("CUR-2", capacity=10))
+    await ready(service, "RX-1", "RX-2", "RX-3")
+    await service.sweep()
+    assert {published.offers(rx)[-1]["courier_id"] for rx in ("RX-1", "RX-2", "RX-3")} == {"CUR-1"}
+
+    clock.now += POLICY.accept_timeout + timedelta(minutes=1)
+    await service.sweep()  # the offers expire: the stops wait for the next plan
+    await service.sweep()  # the planner would give them to CUR-1 again: they go to the next courier
+
+    latest = [published.offers(rx)[-1] for rx in ("RX-1", "RX-2", "RX-3")]
+    assert {o["courier_id"] for o in latest} == {"CUR-2"}
+    assert all(o["attempt"] == 2 for o in latest)

@@ -703,3 +703,62 @@ async def test_an_offer_whose_reservation_the_recall_withdrew_is_withdrawn_and_a
     assert storage.delivery_of("RX-1").state is DeliveryState.CANCELLED
     assert published.bodies("RX-1", WITHDRAWN)[0]["reason"] == "recalled"
     assert storage.delivery_of("RX-2").state is DeliveryState.OFFERED
+
+
+def _inventory_says(cls: Any, rx: str, **fields: Any) -> Any:
+    example = cls.model_json_schema()["examples"][0]
+    return cls.model_validate(
+        {
+            **example,
+            "message_id": str(uuid4()),
+            "correlation_id": rx,
+            "prescription_id": rx,
+            "warehouse_id": "WH-1",
+            **fields,
+        }
+    )
+
+
+async def test_a_damaged_package_waits_to_be_packed_again_then_goes_out_again(
+    service: CourierService, storage: Storage, published: Published
+) -> None:
+    from pharmacy_contracts import inventory as inv
+
+    await roster(storage, b.make_courier("CUR-1"), b.make_courier("CUR-2"))
+    await offered(service, "RX-1")
+    await service.on_report(records(report("RX-1", "picked_up", published)))
+
+    await service.on_report(records(report("RX-1", "failed", published, failure_reason="damaged")))
+    waiting = storage.delivery_of("RX-1")
+    assert waiting.state is DeliveryState.WAITING and waiting.repack_pending
+    (failed,) = published.bodies("RX-1", kind(c.DeliveryFailed))
+    assert (failed["reason"], failed["will_retry"]) == ("damaged", True)
+    assert len(published.offers("RX-1")) == 1, "not offered before it is packed again"
+
+    handled = await service.on_inventory_event(records(_inventory_says(inv.StockRepacked, "RX-1")))
+
+    assert outcomes(handled) == [Outcome.APPLIED]
+    assert [o["attempt"] for o in published.offers("RX-1")] == [1, 2]
+    assert not storage.delivery_of("RX-1").repack_pending
+
+
+async def test_a_damaged_package_the_warehouse_cannot_pack_again_is_given_up(
+    service: CourierService, storage: Storage, published: Published
+) -> None:
+    from pharmacy_contracts import inventory as inv
+
+    await roster(storage, b.make_courier("CUR-1"))
+    await offered(service, "RX-1")
+    await service.on_report(records(report("RX-1", "failed", published, failure_reason="damaged")))
+    not_again = _inventory_says(inv.StockQuarantined, "RX-1", why="damaged", packed_again=False)
+    undeliverable = _inventory_says(inv.StockQuarantined, "RX-2", why="undeliverable")
+
+    assert outcomes(await service.on_inventory_event(records(not_again, undeliverable))) == [
+        Outcome.APPLIED,
+        Outcome.UNCHANGED,
+    ]
+
+    assert storage.delivery_of("RX-1").state is DeliveryState.UNDELIVERABLE
+    (given_up,) = published.bodies("RX-1", kind(c.DeliveryAbandoned))
+    assert (given_up["last_reason"], given_up["goods_travelled"]) == ("damaged", False)
+    assert len(published.offers("RX-1")) == 1

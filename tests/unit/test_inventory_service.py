@@ -1012,3 +1012,43 @@ async def test_low_stock_is_told_while_the_next_prescription_like_the_last_can_s
     (low,) = published.of_kind("low_stock")
     assert (low["drug_code"], low["available"], low["threshold"]) == ("MET500", 120, 180)
     assert storage.warehouse("WH-DEMAND").recent_demand == {"MET500": [180]}
+
+
+async def test_a_damaged_package_goes_to_quarantine_and_is_packed_again_from_the_shelf(
+    service: InventoryService, storage: Storage, published: Published, reserved: list[str]
+) -> None:
+    rx = reserved[0]
+    picked_up = c.DeliveryPickedUp(**attempt(rx, "PH-NEAR"))
+    damaged = c.DeliveryFailed(**attempt(rx, "PH-NEAR"), reason="damaged", goods_returned=True, will_retry=True)
+
+    assert await outcomes(service.on_delivery_event, picked_up, damaged, damaged) == [
+        Outcome.APPLIED,
+        Outcome.APPLIED,
+        Outcome.DUPLICATE,
+    ]
+
+    assert published.kinds(rx) == ["stock_dispatched", "stock_quarantined", "stock_repacked"]
+    (quarantined,) = published.of_kind("stock_quarantined")
+    assert (quarantined["why"], quarantined["packed_again"]) == ("damaged", True)
+    (repacked,) = published.of_kind("stock_repacked")
+    assert [(p["lot_id"], p["quantity"]) for p in repacked["picks"]] == [("A-L1", 10)]
+    near = storage.warehouse("PH-NEAR")
+    # 100 units: 50 held for the other five, 10 damaged in quarantine, 10 packed again, 30 on the shelf
+    assert figures(near, "A-L1")[:4] == (30, 60, 0, 10)
+    assert near.holds[rx].travelled is False and balanced(near)
+
+
+async def test_a_damaged_package_the_shelf_cannot_pack_again_is_only_quarantined(
+    service: InventoryService, storage: Storage, published: Published
+) -> None:
+    storage.put_warehouse(warehouse("PH-NEAR", NEAR, A=10))
+    await service.on_decision([Record(approval("RX-1", ("A", 10)))])
+    damaged = c.DeliveryFailed(**attempt("RX-1", "PH-NEAR"), reason="damaged", goods_returned=False, will_retry=True)
+
+    assert await outcomes(service.on_delivery_event, damaged) == [Outcome.APPLIED]
+
+    (quarantined,) = published.of_kind("stock_quarantined")
+    assert (quarantined["why"], quarantined["packed_again"]) == ("damaged", False)
+    assert published.of_kind("stock_repacked") == []
+    near = storage.warehouse("PH-NEAR")
+    assert "RX-1" not in near.holds and figures(near, "A-L1")[:4] == (0, 0, 0, 10) and balanced(near)

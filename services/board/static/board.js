@@ -221,6 +221,8 @@ function render(state) {
   const unreadable = state.unreadable ? ` · ${state.unreadable} unreadable` : "";
   document.getElementById("summary").textContent = `${state.events} events read${last}${unreadable}`;
   document.body.dataset.version = state.version;
+  // The picture follows the board: a new version may be a new plan, a stop done, a transfer.
+  document.getElementById("county").src = `/county.svg?v=${state.version}`;
 }
 
 function setConnection(status, text) {

@@ -38,6 +38,7 @@ HOLD_EVENTS = (
     inv.StockReturned,
     inv.StockReleased,
     inv.StockQuarantined,
+    inv.StockRepacked,
     inv.StockDelivered,
 )
 
@@ -71,6 +72,16 @@ def expected_closing(stage: Stage, *, reserved: bool, travelled: bool) -> dict[s
     if stage in (Stage.UNDELIVERABLE, Stage.CANCELLED) and reserved:
         return {"StockQuarantined": 1} if travelled else {"StockReleased": 1}
     return {}
+
+
+def with_repacks(expected: dict[str, int], *, damaged: int, repacked: int) -> dict[str, int]:
+    """Each package found damaged closed its hold to quarantine; packed again each time, the last
+    hold closes as the ending says, otherwise the damaged goods were the end of it."""
+    if not damaged:
+        return expected
+    closing = Counter(expected if repacked == damaged else {})
+    closing["StockQuarantined"] += damaged
+    return dict(closing)
 
 
 def check_outcomes(report: ChaosReport, seen: Evidence) -> None:
@@ -109,9 +120,19 @@ def check_stock(report: ChaosReport, seen: Evidence) -> None:
     restocked, adjustments = seen.load.restocked, seen.load.adjustments
     delivered_lines: Counter[Shelf] = Counter()
     came_back_lines: Counter[Shelf] = Counter()
+    # Packages found damaged are quarantined whole; the last one not packed again ended the hold.
+    damaged: Counter[str] = Counter()
+    repacked: Counter[str] = Counter()
+    for event in events:
+        if isinstance(event, inv.StockQuarantined) and event.why == "damaged":
+            damaged[event.prescription_id] += 1
+            for line in event.lines:
+                came_back_lines[event.warehouse_id, line.drug_code] += line.quantity
+        elif isinstance(event, inv.StockRepacked):
+            repacked[event.prescription_id] += 1
     for rx, status in statuses.items():
         allocation = allocations.get(rx)
-        if allocation is None or not allocation.warehouse_id:
+        if allocation is None or not allocation.warehouse_id or damaged[rx] > repacked[rx]:
             continue
         if status.stage is Stage.DELIVERED:
             target = delivered_lines
@@ -220,9 +241,12 @@ def check_reservations(report: ChaosReport, seen: Evidence) -> None:
                 | inv.StockReturned()
                 | inv.StockReleased()
                 | inv.StockQuarantined()
+                | inv.StockRepacked()
                 | inv.StockDelivered()
             ):
                 moved[event.prescription_id][type(event).__name__] += 1
+                if isinstance(event, inv.StockQuarantined) and event.why == "damaged":
+                    moved[event.prescription_id]["damaged"] += 1
         if isinstance(event, HOLD_EVENTS):
             for movement in event.movements:
                 held[event.prescription_id][movement.source] -= movement.quantity
@@ -246,7 +270,11 @@ def check_reservations(report: ChaosReport, seen: Evidence) -> None:
         if not status.terminal:
             continue
         counts = moved.get(rx, Counter())
-        expected = expected_closing(status.stage, reserved=rx in reserved, travelled=rx in travelled)
+        expected = with_repacks(
+            expected_closing(status.stage, reserved=rx in reserved, travelled=rx in travelled),
+            damaged=counts["damaged"],
+            repacked=counts["StockRepacked"],
+        )
         closing = {kind: counts[kind] for kind in CLOSING_EVENTS if counts[kind]}
         left = {bucket: units for bucket in ("reserved", "dispatched") if (units := held[rx][bucket])}
         if closing != expected or left:

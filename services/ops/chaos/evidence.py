@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from pharmacy_contracts import Envelope, topics
 from pharmacy_contracts import courier as c
+from pharmacy_contracts import inventory as inv
 from services.consultation.domain import PrescriptionStatus
 from services.consultation.storage import ConsultationStorage
 from services.courier.domain import Delivery
@@ -26,6 +28,8 @@ from services.prescription.storage import PrescriptionStorage
 from services.runtime.settings import RuntimeSettings
 
 from .load import Couriers, Load
+
+_DAWN = datetime.min.replace(tzinfo=UTC)
 
 
 async def read_topic(settings: RuntimeSettings, name: str) -> list[tuple[bytes | None, bytes]]:
@@ -131,8 +135,17 @@ class Evidence:
 
     @property
     def travelled(self) -> set[str]:
-        """The prescriptions whose goods were picked up at least once."""
-        return {e.prescription_id for e in self.delivery_events if isinstance(e, c.DeliveryPickedUp)}
+        """The prescriptions whose goods, as last packed, were picked up at least once: a package
+        found damaged and packed again is goods from the shelf that have not left yet."""
+        repacked: dict[str, datetime] = {}
+        for event in self.inventory_events:
+            if isinstance(event, inv.StockRepacked):
+                repacked[event.prescription_id] = max(event.occurred_at, repacked.get(event.prescription_id, _DAWN))
+        return {
+            e.prescription_id
+            for e in self.delivery_events
+            if isinstance(e, c.DeliveryPickedUp) and e.occurred_at > repacked.get(e.prescription_id, _DAWN)
+        }
 
 
 @dataclass
