@@ -139,9 +139,9 @@ async def test_a_held_a_cancelled_and_a_refused_prescription_are_told_how_they_s
 
 async def test_an_undeliverable_prescription_is_told_and_the_hospital_asked_to_call(system: System) -> None:
     metformin = drug(unique("MET"), "biguanide")
-    await stocked_drugs(system, metformin)
+    await stocked_drugs(system, metformin, units=30)
     rx = unique("RX-UNDELIVERABLE")
-    # A damaged package is not tried again (retry limit 1).
+    # A damaged package is packed again from the shelf, but the first package took all there was.
     await system.publish(of_patient(prescription_message(rx, [(metformin.drug_code, 30)]), "ug"))
     await told(system, rx, ["accepted"])
     simulator = scripted_couriers(system.settings, {rx: ["fail-after-pickup:damaged"]})
@@ -151,7 +151,7 @@ async def test_an_undeliverable_prescription_is_told_and_the_hospital_asked_to_c
     finally:
         await simulator.stop()
     assert status.stage.value == "undeliverable"
-    *_, given_up = await told(system, rx, ["accepted", "out_for_delivery", "undeliverable"])
+    *_, given_up = await told(system, rx, ["accepted", "out_for_delivery", "failed_attempt", "undeliverable"])
     assert (given_up["reason"], given_up["will_retry"], given_up["delivery_code"]) == ("damaged", False, None)
     assert "دوختۇرخانا سىزگە تېلېفون قىلىدۇ." in given_up["text"], "your hospital will call you"
 

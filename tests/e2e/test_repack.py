@@ -15,19 +15,32 @@ from tests.support.scenario import (
     stocked_drugs,
     topic_events,
     unique,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
+
+
+async def patient_known(system: System, rx: str) -> None:
+    """The status has read the acceptance (the patient's phone): couriers set out after, as on a
+    real day, so the patient hears each step (an acceptance read late tells only where it stands)."""
+
+    async def known() -> bool:
+        status = await system.status(rx)
+        return status is not None and status.patient is not None
+
+    await wait_until(known, f"the acceptance of {rx} to reach its status", timeout=60)
 
 
 async def test_a_damaged_package_is_packed_again_and_delivered(system: System) -> None:
     code = unique("DMG")
     warehouse = await stocked_drugs(system, drug(code), units=100)
     rx = unique("RX-DAMAGED")
+    await system.publish(prescription_message(rx, [(code, 30)]))
+    await patient_known(system, rx)
     couriers = scripted_couriers(system.settings, {rx: ["fail-after-pickup:damaged", "deliver"]})
     couriers.start()
     try:
-        await system.publish(prescription_message(rx, [(code, 30)]))
         final = await system.wait_stage(rx, "delivered", timeout=120)
     finally:
         await couriers.stop()
