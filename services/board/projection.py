@@ -282,6 +282,12 @@ def _alert_of(event: Envelope) -> tuple[str, str] | None:
                 f"{event.reorder_point}): transfer {event.transfer_id} of {event.quantity} from "
                 f"{event.from_warehouse_id} suggested"
             )
+        case inv.LotRecalled() if event.drug_code is not None:
+            return "recalled", (
+                f"lot {event.lot_id} ({event.drug_code}) recalled at {event.warehouse_id}: {event.quarantined} units to"
+                f" quarantine, {len(event.re_picked)} reservations re-picked, {len(event.withdrawn)} withdrawn,"
+                f" {len(event.on_the_road)} called back from the road, {len(event.delivered_to)} patients served"
+            )
         case rx.ReviewEscalated():
             return "review_overdue", f"{event.prescription_id}: pharmacist review overdue"
         case c.DeliveryOverdue():

@@ -73,7 +73,11 @@ DIFFICULT_LOTS = [
     ("PH-NORTHFORD", "MET500", 200, "MET500-OLD", -7),
     ("PH-RIVERTON", "AML5", 100, "AML5-SOON", 20),
     ("WH-CENTRAL", "LEV50", 150, "LEV50-SHORT", 60),
+    # One supplier batch at the centre and a pharmacy, recalled while the demo runs (`quality_officer`).
+    ("WH-CENTRAL", "AML5", 360, "AML5-B2611", 400),
+    ("PH-NORTHFORD", "AML5", 90, "AML5-B2611", 400),
 ]
+RECALLED_LOT = "AML5-B2611"
 UNREACHABLE = "Farmstead 13"  # no courier ever finds it: shows the retry limit and the release of stock
 FAILURES = ["patient_absent", "refused", "damaged", "address_not_found"]
 #: Deadlines short enough to happen while the demo runs (hours in production; see the README).
@@ -124,6 +128,10 @@ class Demo:
         #: Transfer ids suggested, shipped and received; re-packs (message ids); notifications by language.
         self.transfers: defaultdict[str, set[str]] = defaultdict(set)
         self.told: defaultdict[str, set[str]] = defaultdict(set)
+        #: Set once most prescriptions have ended: the recall then also finds patients already served.
+        self.recall_due = asyncio.Event()
+        #: The recall's answer from each warehouse.
+        self.recalled: dict[str, inv.LotRecalled] = {}
 
     def plan_for(self, offer: c.DispatchOffered) -> Plan:
         if offer.cold_chain:
@@ -287,10 +295,33 @@ class Demo:
                     case inv.StockRepacked():
                         self.transfers["packed again"].add(event.message_id)
                         continue
+                    case inv.LotRecalled():
+                        self.recalled[event.warehouse_id] = event
+                        continue
                     case _:
                         continue
                 await asyncio.sleep(self.rng.uniform(0.5, 2.0))
                 await bus.publish_all(producer, [command], self.settings)
+
+    async def quality_officer(self) -> None:
+        """Once most prescriptions have ended, the supplier recalls a batch: the pharmacy's quality
+        officer recalls the lot in every warehouse, as `pharmacy recall` does (README: Lot recall)."""
+        await self.recall_due.wait()
+        recall_id = "RC-DEMO-B2611"
+        commands = [
+            inv.LotRecallRequested(
+                correlation_id=recall_id,
+                producer="warehouse-cli",
+                warehouse_id=warehouse_id,
+                recall_id=recall_id,
+                lot_id=RECALLED_LOT,
+                reason="supplier recall notice: tablets out of specification",
+                requested_by="Aigerim Bekova",
+            )
+            for warehouse_id in STOCK
+        ]
+        await bus.publish(self.settings, *commands)
+        self.feed.append(f"[red]recall[/] lot {RECALLED_LOT} in every warehouse")
 
     async def patients_told(self) -> None:
         """What patients' phones received (patient.notifications.v1), by language."""
@@ -320,6 +351,7 @@ class Demo:
             asyncio.create_task(self.cancel_some()),
             asyncio.create_task(self.warehouse_clerks()),
             asyncio.create_task(self.patients_told()),
+            asyncio.create_task(self.quality_officer()),
         ]
         submitter = asyncio.create_task(self.submit_all())
         started = time.monotonic()
@@ -328,6 +360,8 @@ class Demo:
                 while True:
                     statuses = await self.statuses()
                     live.update(self.view(statuses, time.monotonic() - started))
+                    if sum(s.terminal for s in statuses) >= 0.85 * self.count:
+                        self.recall_due.set()
                     done = submitter.done() and sum(s.terminal for s in statuses) >= self.count
                     if done or time.monotonic() - started > timeout_s:
                         return statuses
@@ -381,6 +415,19 @@ class Demo:
             (
                 "transfers to townships suggested / shipped / received",
                 " / ".join(str(len(self.transfers[step])) for step in ("suggested", "shipped", "received")),
+            ),
+            (
+                f"lot {RECALLED_LOT} recalled: units quarantined / reservations re-picked / called back"
+                " from the road / patients already served (told, and the hospital asked to call)",
+                " / ".join(
+                    str(n)
+                    for n in (
+                        sum(r.quarantined for r in self.recalled.values()),
+                        sum(len(r.re_picked) + len(r.withdrawn) for r in self.recalled.values()),
+                        sum(len(r.on_the_road) for r in self.recalled.values()),
+                        sum(len(r.delivered_to) for r in self.recalled.values()),
+                    )
+                ),
             ),
             (
                 "patients told on their phones (Uyghur / Chinese / English)",

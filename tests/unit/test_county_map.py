@@ -134,3 +134,17 @@ async def test_the_board_serves_the_county_picture_from_the_events_it_follows() 
     status, body = await call(app, "/county.svg")
     assert status == 200 and body.startswith(b"<svg") and b"<polyline" in body and b"CUR-7" in body
     assert live.version > version, "a new plan is news for the pages"
+
+
+def test_a_recall_is_an_alert_on_the_board_where_the_lot_was() -> None:
+    from pharmacy_contracts import inventory as inv
+    from services.board.projection import EMPTY, fold_all
+
+    example = inv.LotRecalled.model_json_schema()["examples"][0]
+    recalled = inv.LotRecalled.model_validate(example)
+    never_held = inv.LotRecalled.model_validate({**example, "message_id": "M-ELSEWHERE", "drug_code": None})
+
+    board = fold_all(EMPTY, [recalled, never_held])
+
+    (alert,) = board.alerts
+    assert alert.kind == "recalled" and recalled.lot_id in alert.text and recalled.warehouse_id in alert.text
