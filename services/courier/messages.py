@@ -7,10 +7,12 @@ waiting pass decides on its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
 from pharmacy_contracts import courier as c
+from pharmacy_contracts.consultation import Address, Coordinates
 from pharmacy_contracts.courier import FailureReason
 from pharmacy_contracts.envelope import Producer
 
@@ -65,6 +67,49 @@ def dispatch_offered(
         stop=attempt.stop,
         expected_at=attempt.expected_at,
     )
+
+
+def round_offered(
+    round_id: str,
+    courier_id: str,
+    *,
+    planned_at: datetime,
+    depot: str,
+    pickup_location: Coordinates | None,
+    departs_at: datetime,
+    returns_at: datetime,
+    km: float,
+    stops: Sequence[tuple[int, str, Delivery, datetime]],
+) -> c.RoundOffered:
+    """A round as its courier is told it: each stop (number, dispatch id, delivery, time at the
+    door) in order, with the door's address and whether it is cold, nothing more."""
+    return c.RoundOffered(
+        **PRODUCER.envelope(round_id, None),
+        round_id=round_id,
+        courier_id=courier_id,
+        planned_at=planned_at,
+        pickup_warehouse_id=depot,
+        pickup_location=pickup_location,
+        departs_at=departs_at,
+        returns_at=returns_at,
+        km=round(km, 1),
+        stops=[
+            c.RoundStop(
+                stop=number,
+                dispatch_id=dispatch_id,
+                package_id=delivery.prescription_id,
+                address=_address(delivery),
+                cold_chain=delivery.cold_chain,
+                expected_at=expected_at,
+            )
+            for number, dispatch_id, delivery, expected_at in stops
+        ],
+    )
+
+
+def _address(delivery: Delivery) -> Address:
+    assert delivery.details is not None
+    return delivery.details.address
 
 
 def dispatch_withdrawn(

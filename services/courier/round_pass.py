@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from pharmacy_contracts import courier as c
 from pharmacy_contracts.geo import great_circle_km
 
-from . import domain, rounds
+from . import domain, messages, rounds
+from .decisions import Look
 from .domain import CourierProfile, Delivery, DeliveryState
 from .roads import Roads
 from .rounds import Limits
@@ -236,60 +236,45 @@ def looks_for(
     planned_at: datetime,
     depot: Depot,
     deliveries: Mapping[str, Delivery],
-    producer: str,
-) -> list[tuple[Delivery, dict[str, object]]]:
-    """Each stop's look (as keyword arguments of `decisions.Look`), the round told with the first."""
-    stops: list[c.RoundStop] = []
+) -> list[Look]:
+    """Each stop's look for `decisions.offer_in_round`; the first carries the round as it is told."""
+    stops = []
     for number, stop in enumerate(planned.stops, start=1):
         delivery = deliveries[stop.prescription_id]
-        assert delivery.details is not None
         attempt = delivery.current
         in_this_round = attempt is not None and attempt.round_id == round_id
         dispatch_id = (
             attempt.dispatch_id
-            if in_this_round and attempt is not None
+            if attempt is not None and in_this_round
             else domain.dispatch_id_for(delivery.prescription_id, len(delivery.attempts) + 1)
         )
-        stops.append(
-            c.RoundStop(
-                stop=number,
-                dispatch_id=dispatch_id,
-                package_id=delivery.prescription_id,
-                address=delivery.details.address,
-                cold_chain=delivery.cold_chain,
-                expected_at=stop.expected_at,
-            )
-        )
+        stops.append((number, dispatch_id, delivery, stop.expected_at))
     first = deliveries[planned.stops[0].prescription_id]
-    told = c.RoundOffered(
-        correlation_id=round_id,
-        producer=producer,
-        round_id=round_id,
-        courier_id=planned.courier_id,
+    told = messages.round_offered(
+        round_id,
+        planned.courier_id,
         planned_at=planned_at,
-        pickup_warehouse_id=depot.depot,
+        depot=depot.depot,
         pickup_location=first.pickup_location,
         departs_at=planned.departs_at,
         returns_at=planned.returns_at,
-        km=round(planned.km, 1),
+        km=planned.km,
         stops=stops,
     )
-    looks: list[tuple[Delivery, dict[str, object]]] = []
-    for number, stop in enumerate(planned.stops, start=1):
-        delivery = deliveries[stop.prescription_id]
-        looks.append(
-            (
-                delivery,
-                {
-                    "courier_id": planned.courier_id,
-                    "round_id": round_id,
-                    "stop": number,
-                    "expected_at": stop.expected_at,
-                    "round_offered": told if number == 1 else None,
-                },
-            )
+    return [
+        Look(
+            correlation_id=delivery.prescription_id,
+            producer=messages.PRODUCER.name,
+            prescription_id=delivery.prescription_id,
+            purpose="offer_in_round",
+            courier_id=planned.courier_id,
+            round_id=round_id,
+            stop=number,
+            expected_at=expected_at,
+            round_offered=told if number == 1 else None,
         )
-    return looks
+        for number, _, delivery, expected_at in stops
+    ]
 
 
 #: Why a delivery is left out of every plan, whatever vans are free: it goes on a trip of its own.

@@ -426,21 +426,8 @@ class CourierService:
     ) -> list[Record[Look]]:
         if not planned.stops:
             return []
-        looks = round_pass.looks_for(
-            planned, round_id=round_id, planned_at=now, depot=depot, deliveries=by_id, producer=PRODUCER.name
-        )
-        return [
-            Record(
-                Look(
-                    correlation_id=delivery.prescription_id,
-                    producer=PRODUCER.name,
-                    prescription_id=delivery.prescription_id,
-                    purpose="offer_in_round",
-                    **fields,  # type: ignore[arg-type]
-                )
-            )
-            for delivery, fields in looks
-        ]
+        looks = round_pass.looks_for(planned, round_id=round_id, planned_at=now, depot=depot, deliveries=by_id)
+        return [Record(look) for look in looks]
 
 
 @dataclass(frozen=True)
