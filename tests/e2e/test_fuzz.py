@@ -122,6 +122,12 @@ def dump(doc: Any) -> bytes:
     return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
+def from_example(cls: Any, envelope: dict[str, Any], **fields: Any) -> Any:
+    """A message of `cls` as its published example has it, with the fuzz's envelope and ids."""
+    example = cls.model_json_schema()["examples"][0]
+    return cls.model_validate({**example, **envelope, "message_id": f"FUZZ-{cls.__name__}", **fields})
+
+
 def valid_bases() -> dict[str, list[dict[str, Any]]]:
     """A valid message of every type each consumed topic carries (checked below), as JSON trees."""
     submitted = prescription_message("RX-FUZZ-BASE", [("DRUG-FA", 2), ("DRUG-FB", 1)], sender_id=SIGNER)
@@ -285,6 +291,23 @@ def valid_bases() -> dict[str, list[dict[str, Any]]]:
             c.AddressLocated(**env, prescription_id=rid, coordinates=site, located_by="DSP-FUZZ", place="Fuzz village"),
         ],
     }
+    # Transfers, re-packs and recalls start from their published examples, at the fuzz's warehouse,
+    # prescription and drug.
+    fuzz_ids = {"warehouse_id": "WH-FUZZ", "drug_code": "DRUG-FA"}
+    messages[topics.INVENTORY_COMMANDS.name] += [
+        from_example(inv.TransferShipRequested, env, **fuzz_ids, to_warehouse_id="PH-FUZZ"),
+        from_example(inv.TransferReceiptRequested, env, warehouse_id="WH-FUZZ"),
+        from_example(inv.LotRecallRequested, env, warehouse_id="WH-FUZZ", lot_id="LOT-FA-1"),
+    ]
+    messages[topics.INVENTORY_EVENTS.name] += [
+        from_example(inv.StockRepacked, env, **held_stock, picks=[inv.LotPick(**lot, quantity=2)]),
+        from_example(inv.TransferSuggested, env, **fuzz_ids),
+        from_example(inv.TransferShipped, env, **fuzz_ids),
+        from_example(inv.TransferReceived, env, **fuzz_ids),
+        from_example(inv.TransferClosed, env, **fuzz_ids),
+        from_example(inv.LotRecalled, env, warehouse_id="WH-FUZZ", lot_id="LOT-FA-1", drug_code="DRUG-FA"),
+        from_example(inv.PrescriptionRecalled, env, prescription_id=rid, lot_id="LOT-FA-1"),
+    ]
     assert set(messages) == {topic.name for topic in CONSUMED}
     bases = {name: [m.model_dump(mode="json") for m in found] for name, found in messages.items()}
     for name, docs in bases.items():  # the starting points really are valid, and every message type is fuzzed

@@ -114,15 +114,18 @@ async def test_a_held_a_cancelled_and_a_refused_prescription_are_told_how_they_s
     metformin = drug(unique("MET"), "biguanide")
     await stocked_drugs(system, morphine, metformin)
     held, cancelled, refused = unique("RX-HELD"), unique("RX-CANCELLED"), unique("RX-REFUSED")
+    short = unique("RX-SHORT")
     await system.publish(
         of_patient(prescription_message(held, [(morphine.drug_code, 20)]), "zh"),
         of_patient(prescription_message(cancelled, [(morphine.drug_code, 20)]), "en"),
         # The formulary's maximum is 500: refused by the checks.
         of_patient(prescription_message(refused, [(metformin.drug_code, 501)]), None),
+        # 100 in stock: out of stock.
+        of_patient(prescription_message(short, [(metformin.drug_code, 300)]), "zh"),
     )
     await system.wait_stage(cancelled, "held_for_review")
     await system.cancel(cancelled)
-    await system.wait_terminal([cancelled, refused])
+    await system.wait_terminal([cancelled, refused, short])
 
     [_, on_hold] = await told(system, held, ["accepted", "held_for_pharmacist"])
     assert on_hold["language"] == "zh" and "药师" in on_hold["text"]
@@ -130,6 +133,9 @@ async def test_a_held_a_cancelled_and_a_refused_prescription_are_told_how_they_s
 
     *_, withdrawn = await told(system, cancelled, ["accepted", "held_for_pharmacist", "cancelled"])
     assert withdrawn["text"].startswith(f"Your prescription {cancelled} was cancelled.")
+
+    *_, none_left = await told(system, short, ["accepted", "out_of_stock"])
+    assert none_left["language"] == "zh" and short in none_left["text"] and metformin.drug_code not in none_left["text"]
 
     # No language stated: the county's default, Uyghur; the reason a patient understands, not the code.
     *_, refusal = await told(system, refused, ["accepted", "refused"])
