@@ -100,6 +100,10 @@ DISPATCH_KEYS = {
     "controlled",
     "pickup_location",
     "accept_by",
+    # A stop of a delivery round: which round, its place and its time at the door.
+    "round_id",
+    "stop",
+    "expected_at",
 }
 
 
