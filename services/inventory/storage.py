@@ -6,23 +6,34 @@ Warehouses are few (tens), so a batch of reservations (and the expiry sweep) rea
 query and plans on them; the read goes into the store's memory (`DocumentMemory`), so the unit of
 work writes on it instead of loading the warehouses a second time. Allocations are created by their
 prescription's first message and changed by this process a moment later, so their memory presumes
-an unknown one new (its insert proves it). The ledger is append-only facts, not versioned state: one
-unordered bulk upsert per batch, keyed by event and movement.
+an unknown one new (its insert proves it).
+
+The ledger is append-only facts, not versioned state, kept in pages (MongoDB's bucket pattern): a
+batch's new movements become one document, so recording them costs one insert however many there
+are, where one document per movement cost a write each. A page lists the movement ids, lots and
+warehouses it holds (multikey indexes), so a lot's history is one query; a batch handled again finds
+its movements recorded and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, ReplaceOne
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
 
 from pharmacy_contracts import topics
 from services.runtime.mongo_store import MongoStore
 from services.runtime.store import DocumentMemory, S, Stored, overwrite
 
 from .domain import Allocation, LedgerEntry, ListedDrug, Warehouse
+
+#: Movements one ledger page holds at most (a page of this many is about 200 KB, far below 16 MB).
+LEDGER_PAGE_ENTRIES = 500
 
 #: How long this process plans reservations on its memory of the warehouses before it reads them
 #: all again (so a warehouse another instance registered or restocked is seen within this).
@@ -80,7 +91,9 @@ class InventoryStorage:
         await self.warehouses.ensure_indexes()
         await self.drugs.ensure_indexes()
         await self.allocations.ensure_indexes(plain=["state"])
-        await self._ledger.create_indexes([IndexModel([("warehouse_id", ASCENDING), ("lot_id", ASCENDING)])])
+        await self._ledger.create_indexes(
+            [IndexModel([(field, ASCENDING)]) for field in ("entry_ids", "lots", "warehouses")]
+        )
 
     # --- warehouses and allocations ---------------------------------------------------------------
 
@@ -131,16 +144,37 @@ class InventoryStorage:
     # --- the ledger -------------------------------------------------------------------------------
 
     async def record_movements(self, entries: Sequence[LedgerEntry]) -> None:
-        """Upserts by id: an event recorded twice (redelivered, replayed) leaves one entry per movement."""
-        if not entries:
+        """The movements not recorded yet, as pages of one insert: an event recorded again
+        (redelivered, replayed) finds its movements there and adds nothing. One query and one write."""
+        fresh = list({e.entry_id: e for e in entries}.values())
+        if not fresh:
             return
-        operations = [ReplaceOne({"_id": e.entry_id}, _ledger_doc(e), upsert=True) for e in entries]
-        await self._ledger.bulk_write(operations, ordered=False)
+        # `$in` over an array field: the dev server matches array members with `$in`, not with
+        # equality, and MongoDB does both.
+        recorded = self._ledger.find({"entry_ids": {"$in": [e.entry_id for e in fresh]}}, {"entry_ids": 1})
+        known = {entry_id async for page in recorded for entry_id in page["entry_ids"]}
+        fresh = [e for e in fresh if e.entry_id not in known]
+        for start in range(0, len(fresh), LEDGER_PAGE_ENTRIES):
+            page = _ledger_page(fresh[start : start + LEDGER_PAGE_ENTRIES])
+            # Another consumer may have recorded these very movements (a rebalance): one page.
+            with contextlib.suppress(DuplicateKeyError):
+                await self._ledger.insert_one(page)
 
     async def movements(self, warehouse_id: str | None = None, lot_id: str | None = None) -> list[LedgerEntry]:
-        query = {k: v for k, v in (("warehouse_id", warehouse_id), ("lot_id", lot_id)) if v is not None}
-        entries = [_ledger_entry(d) async for d in self._ledger.find(query)]
-        return sorted(entries, key=lambda e: (e.occurred_at, e.message_id, e.index))
+        """The movements of a lot, of a warehouse, or all, oldest first, each once."""
+        if warehouse_id is not None and lot_id is not None:
+            query: dict[str, Any] = {"lots": {"$in": [_lot_key(warehouse_id, lot_id)]}}
+        elif warehouse_id is not None:
+            query = {"warehouses": {"$in": [warehouse_id]}}
+        else:
+            query = {}
+        found: dict[str, LedgerEntry] = {}
+        async for page in self._ledger.find(query, {"entries": 1}):
+            for doc in page["entries"]:
+                if warehouse_id in (None, doc["warehouse_id"]) and lot_id in (None, doc["lot_id"]):
+                    entry = LedgerEntry.model_validate(doc)
+                    found.setdefault(entry.entry_id, entry)
+        return sorted(found.values(), key=lambda e: (e.occurred_at, e.message_id, e.index))
 
     async def delivered_units(self, lots: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, int]]:
         """Units of each (warehouse, lot) delivered, by prescription, as the ledger has them."""
@@ -153,11 +187,18 @@ class InventoryStorage:
         return found
 
 
-def _ledger_doc(entry: LedgerEntry) -> dict[str, Any]:
-    doc = entry.model_dump(exclude={"entry_id"})
-    doc["_id"] = entry.entry_id
-    return doc
+def _lot_key(warehouse_id: str, lot_id: str) -> str:
+    return f"{warehouse_id}/{lot_id}"
 
 
-def _ledger_entry(doc: dict[str, Any]) -> LedgerEntry:
-    return LedgerEntry.model_validate({**{k: v for k, v in doc.items() if k != "_id"}, "entry_id": doc["_id"]})
+def _ledger_page(entries: Sequence[LedgerEntry]) -> dict[str, Any]:
+    """One page; its id follows from the movements it holds, so two consumers that record the same
+    ones write one page."""
+    ids = [e.entry_id for e in entries]
+    return {
+        "_id": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32],
+        "entry_ids": ids,
+        "lots": sorted({_lot_key(e.warehouse_id, e.lot_id) for e in entries}),
+        "warehouses": sorted({e.warehouse_id for e in entries}),
+        "entries": [e.model_dump(mode="json") for e in entries],
+    }

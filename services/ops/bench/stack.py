@@ -114,7 +114,7 @@ async def caught_up(settings: RuntimeSettings, timeout_s: float) -> bool:
 
 async def document_writes(settings: RuntimeSettings) -> dict[str, int]:
     """Writes per collection of the pipeline's database: a versioned document was written as many
-    times as its version says; a document without a version (a ledger line) once."""
+    times as its version says; a document without a version (a page of ledger lines) once."""
     client = client_for(settings)
     try:
         database = client[settings.mongo_database]
