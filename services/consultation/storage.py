@@ -26,6 +26,7 @@ class ConsultationStorage:
             "consultation_prescriptions",
             IntakeRecord,
             keeps_trace=True,
+            marks_published=True,
             # Written once, then only by a cancellation or the clear of its outbox: a short memory
             # serves the clear that follows within a second, and holds no prescriptions for long.
             memory=DocumentMemory(INTAKE_MEMORY, presumes_new=True),
@@ -36,7 +37,11 @@ class ConsultationStorage:
         )
         #: What the patient and the hospital see of each prescription, folded from every lifecycle event.
         self.status: MongoStore[PrescriptionStatus] = MongoStore(
-            database, "consultation_status", PrescriptionStatus, memory=DocumentMemory(presumes_new=True)
+            database,
+            "consultation_status",
+            PrescriptionStatus,
+            memory=DocumentMemory(presumes_new=True),
+            marks_published=True,
         )
 
     @property

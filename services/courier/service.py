@@ -166,6 +166,12 @@ class OfferPlan:
     async def drop_published(self, published: Mapping[str, Collection[str]]) -> None:
         await self._store.drop_published(published)
 
+    async def note_mark(self) -> None:
+        await self._store.note_mark()
+
+    async def retire(self) -> None:
+        await self._store.retire()
+
 
 #: What each consumer acts on (the rest of its topic is passed over unparsed: `acts_on`).
 DECISIONS: tuple[type[Envelope], ...] = (PrescriptionApproved, PrescriptionCancelled)

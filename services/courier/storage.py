@@ -33,6 +33,7 @@ class CourierStorage:
             keeps_trace=True,
             keeps_every_message=True,
             memory=DocumentMemory(presumes_new=True),
+            marks_published=True,
         )
         #: One document per courier, written by dispatchers (`pharmacy couriers load`), no message.
         self.roster: MongoStore[CourierProfile] = MongoStore(database, "courier_roster", CourierProfile)

@@ -74,10 +74,16 @@ class InventoryStorage:
             Warehouse,
             remembers_commands=[topics.INVENTORY_COMMANDS.name],
             memory=DocumentMemory(),
+            marks_published=True,
         )
         # One per prescription: its events are the prescription's story, so they keep its trace.
         self.allocations: Documents[Allocation] = Documents(
-            database, "inventory_allocations", Allocation, keeps_trace=True, memory=DocumentMemory(presumes_new=True)
+            database,
+            "inventory_allocations",
+            Allocation,
+            keeps_trace=True,
+            memory=DocumentMemory(presumes_new=True),
+            marks_published=True,
         )
         #: The drugs the formulary lists (prescription.formulary.v1): only these are restocked.
         self.drugs: Documents[ListedDrug] = Documents(database, "inventory_drugs", ListedDrug, memory=DocumentMemory())

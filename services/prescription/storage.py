@@ -61,6 +61,7 @@ class PrescriptionStorage:
             keeps_trace=True,
             keeps_every_message=True,
             memory=DocumentMemory(presumes_new=True),
+            marks_published=True,
         )
         #: One document per patient: the medicine approved for them, which later checks read.
         self.histories: MongoStore[MedicationHistory] = MongoStore(

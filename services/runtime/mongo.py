@@ -68,9 +68,14 @@ def _labelled(error: OperationFailure) -> bool:
     return any(error.has_error_label(label) for label in OUTAGE_LABELS)
 
 
-def document_indexes(unique_state_fields: Sequence[Sequence[str]], plain: Iterable[str]) -> list[IndexModel]:
-    """The relay's index on the outbox count, and the service's own on fields of the state."""
+def document_indexes(
+    unique_state_fields: Sequence[Sequence[str]], plain: Iterable[str], *, by_writer: bool = False
+) -> list[IndexModel]:
+    """The relay's index on the outbox count (or, `by_writer`, on each writer's saves: see
+    `outbox_marks`), and the service's own on fields of the state."""
     indexes = [IndexModel([("outbox_pending", ASCENDING)])]
+    if by_writer:
+        indexes.append(IndexModel([("outbox_writer", ASCENDING), ("saved_at", ASCENDING)]))
     indexes += [IndexModel([(f"state.{f}", ASCENDING) for f in fields], unique=True) for fields in unique_state_fields]
     indexes += [IndexModel([(f"state.{f}", ASCENDING)]) for f in plain]
     return indexes

@@ -1,7 +1,8 @@
 """The `Store` on MongoDB (and on the dev server, whose gaps it avoids).
 
 A document is `{_id, version, state, outbox, outbox_pending, outbox_at, handled, positions,
-write_id}` (and `traceparent` where kept):
+write_id}` (and `traceparent` where kept; `outbox_writer` and `saved_at` in a store whose published
+entries are known by writers' marks instead of cleared, see `outbox_marks`):
 
 * a save is a whole-document replace guarded by `version` (or a plain insert), all of one save in
   one unordered bulk write: no `$push`/`$pull` of sub-documents, no positional updates;
@@ -26,10 +27,13 @@ from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from .mongo import DUPLICATE_KEY, NoPrimary, WriteNotDurable, document_indexes, is_outage, record_applied
+from .outbox_marks import OutboxMarks, writers_of
 from .store import DocumentMemory, RemembersCommands, S, Save, Saved, Stored, Tracking, remembered
 
 #: Times a save of published-entry removals is tried again when someone wrote the document first.
 CLEAR_ATTEMPTS = 5
+#: How often the relay's passes look at what other writers left (a writer that died).
+OTHERS_EVERY_S = 5.0
 
 
 class MongoStore(Generic[S]):
@@ -43,6 +47,7 @@ class MongoStore(Generic[S]):
         keeps_trace: bool = False,
         keeps_every_message: bool = False,
         memory: DocumentMemory[S] | None = None,
+        marks_published: bool = False,
     ) -> None:
         """`remembers_commands`: the documents take commands people or their systems may send again
         at any time (an upstream prescription, a pharmacist's decision); the ids of the messages
@@ -57,7 +62,11 @@ class MongoStore(Generic[S]):
         absorbed (see `Store.keeps_every_message`), so commands sent again need no applied-id list.
 
         `memory`: the documents this process last wrote or read, which a unit of work decides on
-        without loading them again (see `DocumentMemory`)."""
+        without loading them again (see `DocumentMemory`).
+
+        `marks_published`: published entries are not cleared from their document (a second write of
+        it) but known by this process's mark in `<name>_writers` (see `outbox_marks`); for stores
+        whose saves this process publishes itself. Without it, the relay clears them."""
         self.name = name
         self.keeps_every_message = keeps_every_message
         self.memory = memory
@@ -66,9 +75,14 @@ class MongoStore(Generic[S]):
         self.model = model
         self._collection: AsyncIOMotorCollection = database[name]
         self._applied: AsyncIOMotorCollection | None = database[f"{name}_applied"] if remembers_commands else None
+        self.marks: OutboxMarks | None = OutboxMarks(writers_of(database, name)) if marks_published else None
+        #: When this relay last read the other writers' marks (see `pending_outbox`).
+        self._others_read_at = float("-inf")
 
     async def ensure_indexes(self, *unique_state_fields: Sequence[str], plain: Sequence[str] = ()) -> None:
-        await self._collection.create_indexes(document_indexes(unique_state_fields, plain))
+        await self._collection.create_indexes(
+            document_indexes(unique_state_fields, plain, by_writer=self.marks is not None)
+        )
 
     async def load(self, ids: Collection[str], *, from_memory: bool = False) -> dict[str, Stored[S]]:
         wanted = list(dict.fromkeys(ids))
@@ -87,12 +101,42 @@ class MongoStore(Generic[S]):
         write_id = uuid.uuid4().hex
         documents = {}
         saved = Saved()
+        if self.marks is not None:
+            await self.marks.announce()
+        # Registered before the write starts, in the same step as its time is taken: a mark noted
+        # while the write is under way stays below it.
+        saved_at = time.time()
         for save in saves:
             try:
-                documents[save.id] = self._document(save, write_id)
+                documents[save.id] = self._document(save, write_id, saved_at)
             except (ValueError, TypeError) as error:  # a state that will not serialise
                 saved.failed[save.id] = repr(error)
         ready = [save for save in saves if save.id in documents]
+        registered = {
+            save.id: self.marks.saving(save.id, saved_at, (e["message_id"] for e in save.outbox))
+            for save in ready
+            if self.marks is not None and save.outbox
+        }
+        # A write that raised may still have landed: its registrations stay, and the relay's pass
+        # finds out (entries the document does not hold are dropped from them).
+        saved = await self._save_ready(ready, documents, write_id, saved)
+        self._not_written(registered, [*saved.lost, *saved.failed])
+        if self.memory is not None:
+            self.memory.saved(saves, saved)
+        applied = [message_id for save in saves if save.id in saved.written for message_id in save.applied]
+        if applied and self._applied is not None:
+            await record_applied(self._applied, applied)
+        return saved
+
+    def _not_written(self, registered: Mapping[str, Any], doc_ids: Sequence[str]) -> None:
+        if self.marks is not None:
+            for doc_id in doc_ids:
+                if doc_id in registered:
+                    self.marks.not_written(doc_id, registered[doc_id])
+
+    async def _save_ready(
+        self, ready: Sequence[Save[S]], documents: Mapping[str, dict[str, Any]], write_id: str, saved: Saved
+    ) -> Saved:
         try:
             outcome = await self._write(ready, documents, write_id) if ready else Saved()
         except (BSONError, OverflowError):
@@ -107,11 +151,6 @@ class MongoStore(Generic[S]):
                 else:
                     _merge(outcome, alone)
         _merge(saved, outcome)
-        if self.memory is not None:
-            self.memory.saved(saves, saved)
-        applied = [message_id for save in saves if save.id in saved.written for message_id in save.applied]
-        if applied and self._applied is not None:
-            await record_applied(self._applied, applied)
         return saved
 
     def remembers(self, topic: str | None) -> bool:
@@ -127,6 +166,8 @@ class MongoStore(Generic[S]):
         return [self._stored(d) async for d in self._collection.find({})]
 
     async def pending_outbox(self, limit: int = 200, *, written_before: float | None = None) -> list[Stored[S]]:
+        if self.marks is not None:
+            return await self._not_known_published(limit, written_before)
         query: dict[str, Any] = {"outbox_pending": {"$gt": 0}}
         if written_before is not None:
             query["outbox_at"] = {"$lt": written_before}
@@ -134,9 +175,58 @@ class MongoStore(Generic[S]):
         cursor = self._collection.find(query, {"outbox": 1, "version": 1}).limit(limit)
         return [Stored(d["_id"], None, d["version"], tuple(d["outbox"])) async for d in cursor]
 
+    async def _not_known_published(self, limit: int, written_before: float | None) -> list[Stored[S]]:
+        """This writer's saves the broker has not confirmed (up to `limit`), then what other writers
+        saved at or after their marks: all of it for a writer gone silent (it died), the stale part
+        for a live one (its own publish is failing). `written_before` None: everything, now."""
+        assert self.marks is not None
+        found: list[Stored[S]] = []
+        mine = dict(list(self.marks.unconfirmed(written_before).items())[:limit])
+        if mine:
+            async for doc in self._collection.find({"_id": {"$in": list(mine)}}, {"outbox": 1, "version": 1}):
+                entries = tuple(e for e in doc["outbox"] if e["message_id"] in mine[doc["_id"]])
+                held = {e["message_id"] for e in entries}
+                self.marks.confirmed(doc["_id"], mine[doc["_id"]] - held)  # saved over, or never written
+                if entries:
+                    found.append(Stored(doc["_id"], None, doc["version"], entries))
+            for doc_id in set(mine) - {s.id for s in found}:
+                self.marks.confirmed(doc_id, mine[doc_id])
+        now = time.time()
+        if written_before is not None and now - self._others_read_at < OTHERS_EVERY_S:
+            return found
+        self._others_read_at = now
+        bound = now if written_before is None else written_before
+        for writer, (through, noted_at) in (await self.marks.read_others()).items():
+            query = {"outbox_writer": writer, "outbox_pending": {"$gt": 0}, "saved_at": {"$gte": through, "$lt": bound}}
+            left = [
+                Stored(d["_id"], None, d["version"], tuple(d["outbox"]))
+                async for d in self._collection.find(query, {"outbox": 1, "version": 1})
+            ]
+            self.marks.handing_out(writer, through, noted_at, bound, (s.id for s in left))
+            found += left
+        await self.marks.settle_drained()
+        return found
+
+    async def note_mark(self) -> None:
+        """The relay's pass: this writer's mark, when it moved (see `outbox_marks`)."""
+        if self.marks is not None:
+            await self.marks.note()
+
+    async def retire(self) -> None:
+        """At a clean stop, after the relay's last pass."""
+        if self.marks is not None:
+            await self.marks.retire()
+
     async def drop_published(self, published: Mapping[str, Collection[str]]) -> None:
-        """A top-level `$set` of each outbox, guarded by the version, so the state is neither read
-        nor validated; raises if some could not be cleared (the relay then waits before its next pass)."""
+        """Published entries leave the outbox. With marks, only this process's memory changes (the
+        document keeps them until its next save); otherwise a top-level `$set` of each outbox,
+        guarded by the version, so the state is neither read nor validated; raises if some could
+        not be cleared (the relay then waits before its next pass)."""
+        if self.marks is not None:
+            for doc_id, message_ids in published.items():
+                self.marks.confirmed(doc_id, message_ids)
+            await self.marks.settle_drained()
+            return
         waiting = {doc_id: set(ids) for doc_id, ids in published.items() if ids}
         for _ in range(CLEAR_ATTEMPTS):
             if not waiting:
@@ -181,6 +271,20 @@ class MongoStore(Generic[S]):
 
     # --- documents ----------------------------------------------------------------------------
 
+    def _outbox_of(self, document: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+        """The entries of a document's outbox not known published: all of them, unless its writer's
+        mark (or, for this writer's own, what the broker confirmed) says they went out."""
+        outbox = tuple(document.get("outbox", ()))
+        if self.marks is None or not outbox:
+            return outbox
+        writer = document.get("outbox_writer")
+        if writer == self.marks.writer:
+            waiting = self.marks.unconfirmed_of(document["_id"])
+            return tuple(e for e in outbox if e["message_id"] in waiting)
+        if self.marks.published_by_mark(writer, document.get("saved_at")):
+            return ()
+        return outbox
+
     def _stored_or_broken(self, document: dict[str, Any]) -> Stored[S]:
         """A document whose state no longer validates (a model changed under it) is returned
         broken, so only its own records fail, not the batch."""
@@ -195,13 +299,12 @@ class MongoStore(Generic[S]):
             document["_id"],
             self.model.model_validate(document["state"]),
             document["version"],
-            tuple(document.get("outbox", ())),
+            self._outbox_of(document),
             Tracking(tuple(document.get("handled", ())), dict(document.get("positions", {}))),
             document.get("traceparent"),
         )
 
-    def _document(self, save: Save[S], write_id: str) -> dict[str, Any]:
-        now = time.time()
+    def _document(self, save: Save[S], write_id: str, now: float) -> dict[str, Any]:
         document = {
             "_id": save.id,
             "version": save.version,
@@ -216,6 +319,9 @@ class MongoStore(Generic[S]):
         }
         if save.traceparent is not None:
             document["traceparent"] = save.traceparent
+        if self.marks is not None:
+            document["outbox_writer"] = self.marks.writer
+            document["saved_at"] = now
         return document
 
     async def _write(self, saves: Sequence[Save[S]], documents: Mapping[str, dict[str, Any]], write_id: str) -> Saved:

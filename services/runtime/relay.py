@@ -88,6 +88,12 @@ class StoreOutbox:
     async def remove_published(self, doc_id: str, message_ids: set[str]) -> None:
         await self._store.drop_published({doc_id: message_ids})
 
+    async def note_mark(self) -> None:
+        await self._store.note_mark()
+
+    async def retire(self) -> None:
+        await self._store.retire()
+
     async def settled(self) -> None:
         await self._unit_of_work.settled()
 
@@ -137,6 +143,11 @@ class OutboxRelay:
         if self._task is None:
             return 0
         await self._task
+        for store in self._stores:
+            try:
+                await store.retire()
+            except Exception as error:  # its mark stays: another process publishes what it may have left
+                log.warning("outbox mark not closed at stop", store=store.name, error=repr(error))
         return self._relayed_at_stop
 
     async def left_behind(self) -> int:
@@ -173,6 +184,7 @@ class OutboxRelay:
         """Publish one round of left-behind events from every store; returns how many were sent."""
         sent = 0
         for store in self._stores:
+            await store.note_mark()
             stale = store.publishes_its_writes and not everything
             pending = await store.pending_outbox(written_before=time.time() - self._stale_after_s if stale else None)
             self._found[store.name] = max(self._found.get(store.name, 0), len(pending))

@@ -159,7 +159,15 @@ class Store(Protocol[S]):
         ...
 
     async def drop_published(self, published: Mapping[str, Collection[str]]) -> None:
-        """Remove these published entries (by message id) from their documents' outboxes."""
+        """These published entries (by message id) are no longer pending."""
+        ...
+
+    async def note_mark(self) -> None:
+        """Called on every pass of the relay: a store that knows published entries by a mark notes it."""
+        ...
+
+    async def retire(self) -> None:
+        """At a clean stop, after the relay's last pass."""
         ...
 
 
@@ -371,6 +379,12 @@ class MemoryStore(Generic[S]):
                 self._documents[doc_id] = replace(current, outbox=left, version=current.version + 1)
                 if self.memory is not None:
                     self.memory.cleared(doc_id, left, current.version + 1)
+
+    async def note_mark(self) -> None:
+        """Nothing to note: published entries are dropped from the outbox here."""
+
+    async def retire(self) -> None:
+        """Nothing to close."""
 
     def _loaded(self, doc_id: str) -> Stored[S]:
         stored = self._documents.get(doc_id)

@@ -23,6 +23,7 @@ from services.ops.lag import consumer_lag
 from services.prescription.domain import FormularyEntry
 from services.runtime import credentials
 from services.runtime.mongo import connect
+from services.runtime.outbox_marks import WRITERS_SUFFIX, unpublished
 from services.runtime.settings import RuntimeSettings
 from tests.support.inprocess import TopicWatch
 from tests.support.scenario import System, prescription_message, read_topic, scripted_couriers, wait_until
@@ -595,8 +596,9 @@ async def pending_outboxes(settings: RuntimeSettings) -> list[str]:
         pending = []
         for database in sorted(set(await client.list_database_names()) - SERVER_DATABASES):
             for collection in sorted(await client[database].list_collection_names()):
-                found = client[database][collection].find({"outbox_pending": {"$gt": 0}}, {"_id": 1})
-                pending += [f"{database}.{collection}/{doc['_id']}: outbox" async for doc in found]
+                if not collection.endswith(WRITERS_SUFFIX):
+                    found = await unpublished(client[database], collection)
+                    pending += [f"{database}.{collection}/{doc_id}: outbox" for doc_id in found]
         return pending
     finally:
         client.close()

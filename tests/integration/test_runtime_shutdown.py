@@ -33,6 +33,7 @@ from services.ops.devstack import DevStack
 from services.prescription.domain import FormularyEntry
 from services.prescription.storage import PrescriptionStorage
 from services.runtime.mongo import connect
+from services.runtime.outbox_marks import unpublished
 from services.runtime.settings import RuntimeSettings
 from services.runtime.store import Store
 from tests.support.inprocess import TopicWatch, publish_noting
@@ -184,9 +185,7 @@ async def test_sigterm_stops_a_service_cleanly_within_ten_seconds(
         assert stopped["relayed_at_stop"] >= 1, "the event whose publish failed went out at the stop"
         assert stopped["outbox_left"] == 0
 
-        holding = {
-            store.name: await database[store.name].count_documents({"outbox_pending": {"$gt": 0}}) for store in stores
-        }
+        holding = {store.name: len(await unpublished(database, store.name)) for store in stores}
         assert set(holding.values()) == {0}, f"outboxes still holding events: {holding}"
         assert await committed_past(settings, case.group, landed), "the message in flight was committed"
         async with TopicWatch(settings.kafka_bootstrap_servers, case.published.name) as watch:

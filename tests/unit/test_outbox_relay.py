@@ -78,6 +78,8 @@ class Store:
         self.page = page
         self.settled_calls = 0
         self.failures = 0
+        self.marks_noted = 0
+        self.retired = False
 
     def write(self, doc_id: str, *entries: dict[str, Any], at: float | None = None) -> None:
         self.outboxes[doc_id] = ([*self.outboxes.get(doc_id, ([], 0.0))[0], *entries], at or time.time())
@@ -103,6 +105,12 @@ class Store:
 
     async def settled(self) -> None:
         self.settled_calls += 1
+
+    async def note_mark(self) -> None:
+        self.marks_noted += 1
+
+    async def retire(self) -> None:
+        self.retired = True
 
     def left(self) -> list[str]:
         return [e["message_id"] for entries, _ in self.outboxes.values() for e in entries]

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from pharmacy_contracts.lifecycle import TERMINAL, Stage
+from services.runtime.outbox_marks import WRITERS_SUFFIX, unpublished
 from services.runtime.settings import RuntimeSettings
 
 from ..lag import consumer_lag
@@ -44,9 +45,11 @@ class Settling:
         return seen - unfinished, seen
 
     async def outbox_pending(self) -> int:
+        """Documents whose outbox holds events not known published (see runtime/outbox_marks.py)."""
         pending = 0
         for name in await self.db.list_collection_names():
-            pending += len(await self.db[name].find({"outbox_pending": {"$gt": 0}}, {"_id": 1}).to_list(None))
+            if not name.endswith(WRITERS_SUFFIX):
+                pending += len(await unpublished(self.db, name))
         return pending
 
     async def watch(self, load: Load, started: float, stop: asyncio.Event) -> None:
