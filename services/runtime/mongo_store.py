@@ -101,7 +101,7 @@ class MongoStore(Generic[S]):
         write_id = uuid.uuid4().hex
         documents = {}
         saved = Saved()
-        if self.marks is not None:
+        if self.marks is not None and any(save.outbox for save in saves):
             await self.marks.announce()
         # Registered before the write starts, in the same step as its time is taken: a mark noted
         # while the write is under way stays below it.
@@ -197,7 +197,8 @@ class MongoStore(Generic[S]):
         self._others_read_at = now
         bound = now if written_before is None else written_before
         for writer, (through, noted_at) in (await self.marks.read_others()).items():
-            query = {"outbox_writer": writer, "outbox_pending": {"$gt": 0}, "saved_at": {"$gte": through, "$lt": bound}}
+            since = max(through, self.marks.relayed_through.get(writer, through))
+            query = {"outbox_writer": writer, "outbox_pending": {"$gt": 0}, "saved_at": {"$gte": since, "$lt": bound}}
             left = [
                 Stored(d["_id"], None, d["version"], tuple(d["outbox"]))
                 async for d in self._collection.find(query, {"outbox": 1, "version": 1})

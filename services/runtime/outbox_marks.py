@@ -90,6 +90,9 @@ class OutboxMarks:
         #: Other writers' marks as last read (the relay reads them on its passes).
         self.known: dict[str, float] = {}
         self._draining: dict[str, _Drained] = {}
+        #: Per other writer, up to when this relay published what it left (a live one's mark, which
+        #: only it moves, may lag): the next pass starts there, not again from its mark.
+        self.relayed_through: dict[str, float] = {}
 
     # --- this writer's saves ------------------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class OutboxMarks:
             if drained.handed_out:
                 continue
             del self._draining[writer]
+            self.relayed_through[writer] = max(drained.bound, self.relayed_through.get(writer, -math.inf))
             if not drained.silent:
                 continue  # a live writer moves its own mark
             bound = CLOSED if drained.noted_at < now - CLOSE_AFTER_S else drained.bound

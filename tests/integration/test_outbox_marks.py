@@ -93,11 +93,9 @@ async def test_what_a_writer_that_died_left_is_handed_to_another_and_its_mark_mo
     silent_since = time.time() - 3 * outbox_marks.BEAT_S
     await writers_of(database, "counted").update_one({"_id": dead.marks.writer}, {"$set": {"noted_at": silent_since}})
 
-    assert ids(await alive.pending_outbox()) == {"a": ["e1"]}
-    await alive.drop_published({"a": {"e1"}})
+    assert await alive.pending_outbox() == [], "published once by this relay: not handed out again"
 
     assert await unpublished(database, "counted") == []
-    assert await alive.pending_outbox() == []
 
 
 async def test_a_writer_silent_for_long_is_closed_once_what_it_left_is_published(
