@@ -89,8 +89,10 @@ class MongoStore(Generic[S]):
         served, missing = self.memory.recall(wanted) if from_memory and self.memory else ({}, wanted)
         found: dict[str, Stored[S]] = {}
         if missing:
-            cursor = self._collection.find({"_id": {"$in": missing}})
-            found = {d["_id"]: self._stored_or_broken(d) async for d in cursor}
+            documents = await self._collection.find({"_id": {"$in": missing}}).to_list(None)
+            if self.marks is not None and self.marks.worth_reading_others(documents):
+                await self.marks.read_others()
+            found = {d["_id"]: self._stored_or_broken(d) for d in documents}
             if self.memory is not None:
                 self.memory.loaded(found.values())
         return {doc_id: served.get(doc_id) or found.get(doc_id) or Stored(doc_id) for doc_id in wanted}

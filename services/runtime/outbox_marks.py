@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,9 @@ BEAT_S = 10.0
 CLOSE_AFTER_S = 120.0
 #: Clocks of one machine may step back a little (NTP): a mark is noted this much below the present.
 CLOCK_SLACK_S = 1.0
+#: How old other writers' marks may be before documents read with entries they do not cover make
+#: the store read them again.
+KNOWN_FRESH_S = 1.0
 #: The mark of a writer whose every document is published, for good.
 CLOSED = math.inf
 #: A store's writers' marks live in the collection named after it with this suffix.
@@ -89,6 +92,7 @@ class OutboxMarks:
         self._last_saved_at = -math.inf
         #: Other writers' marks as last read (the relay reads them on its passes).
         self.known: dict[str, float] = {}
+        self.known_read_at = -math.inf
         self._draining: dict[str, _Drained] = {}
         #: Per other writer, up to when this relay published what it left (a live one's mark, which
         #: only it moves, may lag): the next pass starts there, not again from its mark.
@@ -172,7 +176,7 @@ class OutboxMarks:
     async def read_others(self) -> dict[str, tuple[float, float]]:
         """Every other writer's mark and when it last noted one; closed ones are left out."""
         found: dict[str, tuple[float, float]] = {}
-        self.known = {}
+        self.known, self.known_read_at = {}, time.monotonic()
         async for doc in self._writers.find({}):
             through = float(doc.get("through", -math.inf))
             if doc["_id"] != self.writer:
@@ -199,6 +203,19 @@ class OutboxMarks:
                 continue  # a live writer moves its own mark
             bound = CLOSED if drained.noted_at < now - CLOSE_AFTER_S else drained.bound
             await self._writers.update_one({"_id": writer, "through": drained.through}, {"$set": {"through": bound}})
+
+    def worth_reading_others(self, documents: Iterable[Mapping[str, Any]]) -> bool:
+        """Whether documents just read carry entries of another writer that marks as last read do
+        not cover, and those marks are old enough to read again (then a save of such a copy would
+        publish them again: harmless, but a patient's message twice)."""
+        if time.monotonic() - self.known_read_at < KNOWN_FRESH_S:
+            return False
+        return any(
+            d.get("outbox")
+            and d.get("outbox_writer") not in (None, self.writer)
+            and not self.published_by_mark(d.get("outbox_writer"), d.get("saved_at"))
+            for d in documents
+        )
 
     def published_by_mark(self, writer: str | None, saved_at: float | None) -> bool:
         """Whether a document's stored outbox is known published, by its writer's mark (as last read)."""
