@@ -228,6 +228,8 @@ class MongoStore(Generic[S]):
         if self.marks is not None:
             for doc_id, message_ids in published.items():
                 self.marks.confirmed(doc_id, message_ids)
+                if self.memory is not None:
+                    self.memory.published(doc_id, message_ids)
             await self.marks.settle_drained()
             return
         waiting = {doc_id: set(ids) for doc_id, ids in published.items() if ids}

@@ -239,6 +239,15 @@ class DocumentMemory(Generic[S]):
         else:
             self.forget([doc_id])
 
+    def published(self, doc_id: str, message_ids: Collection[str]) -> None:
+        """These entries went out and the document is not written for it (see `outbox_marks`): the
+        copy held drops them too, so it does not keep whole event bodies for nothing."""
+        held = self._documents.get(doc_id)
+        if held is not None and held.outbox:
+            left = tuple(e for e in held.outbox if e["message_id"] not in message_ids)
+            if len(left) != len(held.outbox):
+                self._documents[doc_id] = replace(held, outbox=left)
+
     def forget(self, ids: Iterable[str]) -> None:
         """Drop these copies (they are stale, or may be): the next batch loads the documents."""
         for doc_id in ids:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from services.runtime import outbox_marks
 from services.runtime.mongo_store import MongoStore
 from services.runtime.outbox_marks import CLOSED, unpublished, writers_of
-from services.runtime.store import Save, Stored, Tracking
+from services.runtime.store import DocumentMemory, Save, Stored, Tracking
 
 
 class Counted(BaseModel):
@@ -40,9 +40,9 @@ def replace(stored: Stored[Counted], count: int, *outbox: str) -> Save[Counted]:
     return Save(stored.id, stored.version, Counted(count=count), entries, stored.tracking)
 
 
-def writer(database: AsyncIOMotorDatabase) -> MongoStore[Counted]:
+def writer(database: AsyncIOMotorDatabase, memory: DocumentMemory[Counted] | None = None) -> MongoStore[Counted]:
     """One process's store (each has a writer of its own)."""
-    return MongoStore(database, "counted", Counted, marks_published=True)
+    return MongoStore(database, "counted", Counted, marks_published=True, memory=memory)
 
 
 async def raw(database: AsyncIOMotorDatabase, doc_id: str) -> dict[str, Any]:
@@ -167,3 +167,16 @@ async def test_a_clean_stop_closes_the_mark(database: AsyncIOMotorDatabase) -> N
     mark = await writers_of(database, "counted").find_one({})
     assert mark is not None and mark["through"] == CLOSED
     assert await unpublished(database, "counted") == []
+
+
+async def test_the_copy_in_memory_drops_published_entries_and_stays_on_the_stored_version(
+    database: AsyncIOMotorDatabase,
+) -> None:
+    store = writer(database, DocumentMemory())
+    await store.save([insert("a", "e1", "e2")])
+
+    await store.drop_published({"a": {"e1"}})
+
+    remembered = (await store.load(["a"], from_memory=True))["a"]
+    assert ([e["message_id"] for e in remembered.outbox], remembered.version) == (["e2"], 1)
+    assert (await store.save([replace(remembered, 2)])).written == ["a"], "its version is the database's"
