@@ -199,13 +199,13 @@ class MongoStore(Generic[S]):
         self._others_read_at = now
         bound = now if written_before is None else written_before
         for writer, (through, noted_at) in (await self.marks.read_others()).items():
-            since = max(through, self.marks.relayed_through.get(writer, through))
-            query = {"outbox_writer": writer, "outbox_pending": {"$gt": 0}, "saved_at": {"$gte": since, "$lt": bound}}
+            query = {"outbox_writer": writer, "outbox_pending": {"$gt": 0}, "saved_at": {"$gte": through, "$lt": bound}}
             left = [
                 Stored(d["_id"], None, d["version"], tuple(d["outbox"]))
                 async for d in self._collection.find(query, {"outbox": 1, "version": 1})
+                if not self.marks.already_relayed(writer, d["_id"], d["version"])
             ]
-            self.marks.handing_out(writer, through, noted_at, bound, (s.id for s in left))
+            self.marks.handing_out(writer, through, noted_at, bound, {s.id: s.version for s in left})
             found += left
         await self.marks.settle_drained()
         return found

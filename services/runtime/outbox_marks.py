@@ -76,7 +76,8 @@ class _Drained:
     bound: float
     noted_at: float
     silent: bool
-    handed_out: set[str] = field(default_factory=set)
+    #: Handed out and not yet published, by id: the version handed out.
+    handed_out: dict[str, int] = field(default_factory=dict)
 
 
 class OutboxMarks:
@@ -94,9 +95,10 @@ class OutboxMarks:
         self.known: dict[str, float] = {}
         self.known_read_at = -math.inf
         self._draining: dict[str, _Drained] = {}
-        #: Per other writer, up to when this relay published what it left (a live one's mark, which
-        #: only it moves, may lag): the next pass starts there, not again from its mark.
-        self.relayed_through: dict[str, float] = {}
+        #: Per other writer, the (document, version) pairs this relay published for it while its mark
+        #: (which only it moves while it lives) still lags: the next pass does not hand them out again.
+        #: A document of that writer that lands later, even one saved earlier, is still handed out.
+        self.relayed: dict[str, set[tuple[str, int]]] = {}
 
     # --- this writer's saves ------------------------------------------------------------------------
 
@@ -141,9 +143,10 @@ class OutboxMarks:
             unconfirmed.message_ids -= set(message_ids)
             if not unconfirmed.message_ids:
                 del self._unconfirmed[doc_id]
-        drained = [w for w, d in self._draining.items() if doc_id in d.handed_out]
-        for writer in drained:
-            self._draining[writer].handed_out.discard(doc_id)
+        for writer, drained in self._draining.items():
+            version = drained.handed_out.pop(doc_id, None)
+            if version is not None:
+                self.relayed.setdefault(writer, set()).add((doc_id, version))
 
     def mark(self) -> float:
         oldest = min((u.saved_at for u in self._unconfirmed.values()), default=time.time())
@@ -185,10 +188,15 @@ class OutboxMarks:
                     found[doc["_id"]] = (through, float(doc.get("noted_at", -math.inf)))
         return found
 
-    def handing_out(self, writer: str, through: float, noted_at: float, bound: float, doc_ids: Iterable[str]) -> None:
-        """Documents another writer left, handed to the relay to publish (see `settle_drained`)."""
+    def already_relayed(self, writer: str, doc_id: str, version: int) -> bool:
+        return (doc_id, version) in self.relayed.get(writer, ())
+
+    def handing_out(
+        self, writer: str, through: float, noted_at: float, bound: float, documents: Mapping[str, int]
+    ) -> None:
+        """Documents another writer left (id: version), handed to the relay to publish (see `settle_drained`)."""
         silent = is_silent(noted_at, time.time())
-        self._draining[writer] = _Drained(through, bound, noted_at, silent, set(doc_ids))
+        self._draining[writer] = _Drained(through, bound, noted_at, silent, dict(documents))
 
     async def settle_drained(self) -> None:
         """Move up the mark of each silent writer whose left-over documents were all published (guarded
@@ -198,9 +206,9 @@ class OutboxMarks:
             if drained.handed_out:
                 continue
             del self._draining[writer]
-            self.relayed_through[writer] = max(drained.bound, self.relayed_through.get(writer, -math.inf))
             if not drained.silent:
                 continue  # a live writer moves its own mark
+            self.relayed.pop(writer, None)
             bound = CLOSED if drained.noted_at < now - CLOSE_AFTER_S else drained.bound
             await self._writers.update_one({"_id": writer, "through": drained.through}, {"$set": {"through": bound}})
 
