@@ -185,14 +185,17 @@ class MongoStore(Generic[S]):
         found: list[Stored[S]] = []
         mine = dict(list(self.marks.unconfirmed(written_before).items())[:limit])
         if mine:
+            held: dict[str, set[str]] = {doc_id: set() for doc_id in mine}
             async for doc in self._collection.find({"_id": {"$in": list(mine)}}, {"outbox": 1, "version": 1}):
                 entries = tuple(e for e in doc["outbox"] if e["message_id"] in mine[doc["_id"]])
-                held = {e["message_id"] for e in entries}
-                self.marks.confirmed(doc["_id"], mine[doc["_id"]] - held)  # saved over, or never written
+                held[doc["_id"]] = {e["message_id"] for e in entries}
                 if entries:
                     found.append(Stored(doc["_id"], None, doc["version"], entries))
-            for doc_id in set(mine) - {s.id for s in found}:
-                self.marks.confirmed(doc_id, mine[doc_id])
+            for doc_id, ids in mine.items():
+                # Entries the document does not hold were saved over (published by whoever did) or
+                # never written; unless a write of it may still be landing.
+                if self.marks.no_write_under_way(doc_id):
+                    self.marks.confirmed(doc_id, ids - held[doc_id])
         now = time.time()
         if written_before is not None and now - self._others_read_at < OTHERS_EVERY_S:
             return found

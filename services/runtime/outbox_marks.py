@@ -40,6 +40,9 @@ BEAT_S = 10.0
 #: A writer silent for this long is taken for gone: once what it left is published, its mark is
 #: closed, and no relay looks at its documents again.
 CLOSE_AFTER_S = 120.0
+#: A save registered this recently may still be landing (server selection, write concern timeout):
+#: entries of it that its document does not hold yet are not taken for saved over.
+WRITE_UNDER_WAY_S = 60.0
 #: Clocks of one machine may step back a little (NTP): a mark is noted this much below the present.
 CLOCK_SLACK_S = 1.0
 #: How old other writers' marks may be before documents read with entries they do not cover make
@@ -66,6 +69,8 @@ class _Unconfirmed:
 
     saved_at: float
     message_ids: set[str]
+    #: When the latest of them was registered (its write may still be under way).
+    latest: float = -math.inf
 
 
 @dataclass
@@ -113,9 +118,10 @@ class OutboxMarks:
         before = self._unconfirmed.get(doc_id)
         ids = set(message_ids)
         if before is None:
-            self._unconfirmed[doc_id] = _Unconfirmed(saved_at, ids)
+            self._unconfirmed[doc_id] = _Unconfirmed(saved_at, ids, saved_at)
         else:
-            self._unconfirmed[doc_id] = _Unconfirmed(min(before.saved_at, saved_at), before.message_ids | ids)
+            merged = before.message_ids | ids
+            self._unconfirmed[doc_id] = _Unconfirmed(min(before.saved_at, saved_at), merged, saved_at)
         self._last_saved_at = max(self._last_saved_at, saved_at)
         return before
 
@@ -132,6 +138,12 @@ class OutboxMarks:
             for doc_id, u in self._unconfirmed.items()
             if written_before is None or u.saved_at < written_before
         }
+
+    def no_write_under_way(self, doc_id: str) -> bool:
+        """Whether this writer's last save of the document is long enough ago that no write of it
+        can still land (the driver gives up on a write well within this)."""
+        unconfirmed = self._unconfirmed.get(doc_id)
+        return unconfirmed is None or unconfirmed.latest < time.time() - WRITE_UNDER_WAY_S
 
     def unconfirmed_of(self, doc_id: str) -> set[str]:
         unconfirmed = self._unconfirmed.get(doc_id)

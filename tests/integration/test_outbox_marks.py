@@ -144,8 +144,9 @@ async def test_an_unconfirmed_entry_is_carried_by_the_next_save_and_a_lost_save_
 
 
 async def test_an_entry_the_document_no_longer_holds_is_dropped_from_the_writers_memory(
-    database: AsyncIOMotorDatabase,
+    database: AsyncIOMotorDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(outbox_marks, "WRITE_UNDER_WAY_S", 0.0)  # its save is long done
     store, other = writer(database), writer(database)
     await store.save([insert("a", "e1")])
     # Another writer saved over it without e1 (its relay had published it).
@@ -196,3 +197,13 @@ async def test_a_live_writers_document_published_once_is_not_handed_out_again_bu
     )
 
     assert ids(await relay.pending_outbox()) == {"b": ["e2"]}, "a not again; b although saved before the pass"
+
+
+async def test_entries_of_a_write_still_under_way_are_not_taken_for_saved_over(database: AsyncIOMotorDatabase) -> None:
+    store = writer(database)
+    await store.save([insert("a", "e1")])
+    assert store.marks is not None
+    store.marks.saving("a", time.time(), ["e2"])  # the next save of it, its write not landed yet
+
+    assert ids(await store.pending_outbox()) == {"a": ["e1"]}
+    assert store.marks.unconfirmed(None) == {"a": {"e1", "e2"}}, "e2 waits for its write"
