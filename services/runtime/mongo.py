@@ -71,11 +71,13 @@ def _labelled(error: OperationFailure) -> bool:
 def document_indexes(
     unique_state_fields: Sequence[Sequence[str]], plain: Iterable[str], *, by_writer: bool = False
 ) -> list[IndexModel]:
-    """The relay's index on the outbox count (or, `by_writer`, on each writer's saves: see
-    `outbox_marks`), and the service's own on fields of the state."""
-    indexes = [IndexModel([("outbox_pending", ASCENDING)])]
+    """The relay's index: on the outbox count, or, `by_writer`, on each writer's saves (see
+    `outbox_marks`: there nearly every document holds entries, so a count index would only cost
+    each save an index update); and the service's own on fields of the state."""
     if by_writer:
-        indexes.append(IndexModel([("outbox_writer", ASCENDING), ("saved_at", ASCENDING)]))
+        indexes = [IndexModel([("outbox_writer", ASCENDING), ("saved_at", ASCENDING)])]
+    else:
+        indexes = [IndexModel([("outbox_pending", ASCENDING)])]
     indexes += [IndexModel([(f"state.{f}", ASCENDING) for f in fields], unique=True) for fields in unique_state_fields]
     indexes += [IndexModel([(f"state.{f}", ASCENDING)]) for f in plain]
     return indexes

@@ -207,3 +207,12 @@ async def test_entries_of_a_write_still_under_way_are_not_taken_for_saved_over(d
 
     assert ids(await store.pending_outbox()) == {"a": ["e1"]}
     assert store.marks.unconfirmed(None) == {"a": {"e1", "e2"}}, "e2 waits for its write"
+
+
+async def test_the_relay_looks_documents_up_by_writer_and_moment_not_by_outbox_count(
+    database: AsyncIOMotorDatabase,
+) -> None:
+    await writer(database).ensure_indexes()
+    keys = [tuple(index["key"].items()) async for index in database["counted"].list_indexes()]
+    assert (("outbox_writer", 1), ("saved_at", 1)) in keys
+    assert (("outbox_pending", 1),) not in keys
